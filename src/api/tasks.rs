@@ -1,0 +1,83 @@
+//! Operator views of tasks: `GET /api/v1/tasks` and `GET /api/v1/tasks/{id}`.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, AppState, auth};
+use crate::core::{Event, Task, TaskId, TaskState};
+use crate::store::TaskSummary;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Only tasks in this state.
+    state: Option<String>,
+    /// At most this many (default 100, at most 1000).
+    limit: Option<u32>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TaskList {
+    pub tasks: Vec<TaskSummary>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LoggedEvent {
+    pub seq: i64,
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TaskDetail {
+    pub task: Task,
+    pub events: Vec<LoggedEvent>,
+}
+
+pub async fn list(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<TaskList>, ApiError> {
+    auth::require_operator(&headers, app.operator_token())?;
+    let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let state = match q.state.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(TaskState::parse(s).ok_or_else(|| {
+            let names: Vec<_> = TaskState::ALL.iter().map(|s| s.as_str()).collect();
+            ApiError::BadRequest(format!(
+                "unknown state {s:?}; expected one of {}",
+                names.join(", ")
+            ))
+        })?),
+    };
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let tasks = app.reads.with(move |r| Ok(r.tasks(state, limit)?)).await?;
+    Ok(Json(TaskList { tasks }))
+}
+
+pub async fn show(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<TaskDetail>, ApiError> {
+    auth::require_operator(&headers, app.operator_token())?;
+    let id: TaskId = id
+        .parse()
+        .map_err(|e: crate::core::InvalidId| ApiError::BadRequest(e.to_string()))?;
+    app.reads
+        .with(move |r| {
+            let task = r
+                .task(id)?
+                .ok_or_else(|| ApiError::NotFound(format!("task {id} not found")))?;
+            let events = r
+                .task_events(id)?
+                .into_iter()
+                .map(|(seq, event)| LoggedEvent { seq, event })
+                .collect();
+            Ok(Json(TaskDetail { task, events }))
+        })
+        .await
+}

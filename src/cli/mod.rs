@@ -1,0 +1,218 @@
+//! The command line: `serve`, `config check`, `store rebuild`, `tasks`, `status`.
+
+mod serve;
+mod views;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, LogFormat};
+use crate::core::TaskState;
+use crate::store::{Store, StoreError, StoreLock};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "forgefleet",
+    version,
+    about = "Runs a fleet of AI coding agents from Forgejo issues"
+)]
+pub struct Cli {
+    /// The configuration file (TOML). Without one, every setting has its default.
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "FORGEFLEET_CONFIG",
+        value_name = "FILE"
+    )]
+    config: Option<PathBuf>,
+    /// Log as JSON lines instead of human-readable text (overrides `[server] log_format`).
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the orchestrator: HTTP API, engine and periodic checks.
+    Serve,
+    /// Work with configuration files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Maintain the database.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+    /// List tasks, most recently changed first.
+    Tasks {
+        /// Only tasks in this state (queued, assigned, running, validating, completed, failed, agent_lost, cancelled).
+        #[arg(long)]
+        state: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Print JSON for scripts instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Summarise the fleet: tasks by state, queue depth, agents.
+    Status {
+        /// Print JSON for scripts instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Check a configuration file: prints `ok` and the effective settings, or each problem with its key.
+    Check {
+        /// The file to check.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum StoreCommand {
+    /// Recompute every projection (tasks, agents, leases) from the event log. Refuses while `serve` runs.
+    Rebuild,
+}
+
+/// A failure the user can act on, with the exit code it deserves: 2 for a problem with what the user gave us
+/// (configuration, a locked or damaged database), 1 for anything else.
+#[derive(Debug)]
+pub struct CliError {
+    pub code: u8,
+    pub message: String,
+}
+
+impl CliError {
+    pub fn usage(message: impl Into<String>) -> Self {
+        Self {
+            code: 2,
+            message: message.into(),
+        }
+    }
+    pub fn failure(message: impl Into<String>) -> Self {
+        Self {
+            code: 1,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<StoreError> for CliError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Corrupt { .. } | StoreError::TooNew { .. } | StoreError::Open { .. } => {
+                CliError::usage(e.to_string())
+            }
+            other => CliError::failure(other.to_string()),
+        }
+    }
+}
+
+/// Parses the command line, runs the command, and turns the outcome into an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("forgefleet: {}", e.message);
+            ExitCode::from(e.code)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), CliError> {
+    if let Command::Config {
+        command: ConfigCommand::Check { file },
+    } = &cli.command
+    {
+        return config_check(file);
+    }
+    let config = load_config(&cli)?;
+    match cli.command {
+        Command::Serve => serve::run(config),
+        Command::Config { .. } => unreachable!("handled above"),
+        Command::Store {
+            command: StoreCommand::Rebuild,
+        } => rebuild(&config),
+        Command::Tasks { state, limit, json } => {
+            let state = match state {
+                None => None,
+                Some(s) => Some(TaskState::parse(&s).ok_or_else(|| {
+                    let names: Vec<_> = TaskState::ALL.iter().map(|s| s.as_str()).collect();
+                    CliError::usage(format!(
+                        "unknown state {s:?}; expected one of {}",
+                        names.join(", ")
+                    ))
+                })?),
+            };
+            let store = Store::open_read_only(&config.store.path)?;
+            views::tasks(&store, state, limit, json)
+        }
+        Command::Status { json } => {
+            let store = Store::open_read_only(&config.store.path)?;
+            views::status(&store, json)
+        }
+    }
+}
+
+fn load_config(cli: &Cli) -> Result<Config, CliError> {
+    let mut config = Config::load(cli.config.as_deref()).map_err(|errors| {
+        let source = cli
+            .config
+            .as_ref()
+            .map_or("the defaults".to_string(), |p| p.display().to_string());
+        CliError::usage(format!(
+            "the configuration in {source} has problems:\n{errors}"
+        ))
+    })?;
+    if cli.log_json {
+        config.server.log_format = LogFormat::Json;
+    }
+    crate::telemetry::init_logging(config.server.log_format, &config.server.log_level);
+    Ok(config)
+}
+
+fn config_check(file: &std::path::Path) -> Result<(), CliError> {
+    match Config::load(Some(file)) {
+        Ok(config) => {
+            println!("ok");
+            print!("{}", config.effective_toml());
+            Ok(())
+        }
+        Err(errors) => {
+            println!("{errors}");
+            Err(CliError::usage(format!(
+                "{}: {} problem(s)",
+                file.display(),
+                errors.0.len()
+            )))
+        }
+    }
+}
+
+fn rebuild(config: &Config) -> Result<(), CliError> {
+    let _lock = StoreLock::acquire(&config.store.path, "forgefleet store rebuild")
+        .map_err(|e| CliError::usage(e.to_string()))?;
+    let mut store = Store::open(&config.store.path)?;
+    let report = store.rebuild()?;
+    let secs = report.elapsed.as_secs_f64();
+    println!(
+        "rebuilt {} tasks and {} agents from {} events in {:.3} s ({:.0} events/s)",
+        report.tasks,
+        report.agents,
+        report.events,
+        secs,
+        report.events as f64 / secs.max(1e-9)
+    );
+    Ok(())
+}

@@ -1,0 +1,116 @@
+//! `forgefleet serve`: lock the database, start the engine, the periodic checks and the HTTP API.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use super::CliError;
+use crate::api::{self, AppState, ReadPool};
+use crate::config::Config;
+use crate::engine::{self, Command, Engine, EngineHandle, EngineSettings, SystemClock};
+use crate::store::{Store, StoreLock};
+use crate::telemetry::Metrics;
+
+pub fn run(config: Config) -> Result<(), CliError> {
+    // Before anything else: a second server on the same database must not touch it.
+    let lock = StoreLock::acquire(&config.store.path, "forgefleet serve")
+        .map_err(|e| CliError::usage(e.to_string()))?;
+    let store = Store::open(&config.store.path)?;
+    let events = store.read().event_count()?;
+    let settings = EngineSettings {
+        retry: config.retry_policy(),
+        labels: config.label_scheme(),
+        task_timeout: config.task_timeout(),
+        start_timeout: config.start_timeout(),
+        heartbeat_interval: config.heartbeat_interval(),
+        missed_heartbeats: config.agents.missed_heartbeats,
+    };
+    let metrics = Arc::new(Metrics::new());
+    let (handle, engine_thread) =
+        engine::spawn(Engine::new(store, settings, SystemClock), metrics.clone());
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("forgefleet-io")
+        .build()
+        .map_err(|e| CliError::failure(format!("cannot start the async runtime: {e}")))?;
+    let served = runtime.block_on(async {
+        let listener = TcpListener::bind(config.server.listen).await.map_err(|e| {
+            CliError::usage(format!(
+                "cannot listen on {} ([server] listen): {e}",
+                config.server.listen
+            ))
+        })?;
+        tracing::info!(
+            listen = %config.server.listen,
+            store = %config.store.path.display(),
+            events,
+            lock = %lock.path().display(),
+            "forgefleet is serving"
+        );
+        let ticker = tokio::spawn(periodic_checks(
+            handle.clone(),
+            config.task_check_interval(),
+        ));
+        let state = AppState {
+            engine: handle,
+            reads: ReadPool::new(config.store.path.clone()),
+            metrics,
+            operator_token: config.api.operator_token.clone(),
+        };
+        let app = api::router(state, config.api.max_body_bytes);
+        let result = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown_signal())
+            .await;
+        ticker.abort();
+        result.map_err(|e| CliError::failure(format!("the HTTP server failed: {e}")))
+    });
+    // Every engine handle is gone now; the engine finishes what it was given and stops.
+    drop(runtime);
+    let _ = engine_thread.join();
+    tracing::info!("forgefleet stopped");
+    drop(lock);
+    served
+}
+
+/// Sends the engine its periodic checks: leases not started in time, deadlines, silent agents, backoffs.
+async fn periodic_checks(engine: EngineHandle, every: Duration) {
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        match engine.send(Command::Tick).await {
+            Ok(crate::engine::Reply::Ticked(r))
+                if !(r.lost.is_empty() && r.timed_out.is_empty() && r.offline.is_empty()) =>
+            {
+                tracing::info!(lost = ?r.lost, timed_out = ?r.timed_out, offline = ?r.offline, "periodic checks acted");
+            }
+            Ok(_) => {}
+            Err(crate::engine::EngineError::Stopped) => return,
+            Err(e) => tracing::error!(error = %e, "periodic checks failed"),
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}

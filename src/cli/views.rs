@@ -1,0 +1,144 @@
+//! `tasks` and `status`: read straight from the database (read-only), so they work with or without `serve`.
+
+use std::collections::BTreeMap;
+
+use serde_json::json;
+
+use super::CliError;
+use crate::core::{AgentStatus, Priority, TaskState};
+use crate::store::Store;
+
+pub fn tasks(
+    store: &Store,
+    state: Option<TaskState>,
+    limit: u32,
+    as_json: bool,
+) -> Result<(), CliError> {
+    let tasks = store.read().tasks(state, limit)?;
+    if as_json {
+        println!("{}", json!({ "tasks": tasks }));
+        return Ok(());
+    }
+    if tasks.is_empty() {
+        println!("no tasks");
+        return Ok(());
+    }
+    let rows: Vec<[String; 8]> = tasks
+        .iter()
+        .map(|t| {
+            [
+                t.id.to_string(),
+                t.issue.clone(),
+                t.state.to_string(),
+                t.priority.to_string(),
+                t.attempt.to_string(),
+                t.agent.clone().unwrap_or_else(|| "-".into()),
+                t.updated_at.clone(),
+                shorten(&t.title, 50),
+            ]
+        })
+        .collect();
+    print_table(
+        [
+            "ID", "ISSUE", "STATE", "PRIORITY", "ATTEMPT", "AGENT", "UPDATED", "TITLE",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+pub fn status(store: &Store, as_json: bool) -> Result<(), CliError> {
+    let r = store.read();
+    let events = r.event_count()?;
+    let counts = r.counts_by_state()?;
+    let by_state: BTreeMap<&str, u64> = TaskState::ALL
+        .iter()
+        .map(|s| {
+            (
+                s.as_str(),
+                counts.iter().find(|(t, _)| t == s).map_or(0, |(_, n)| *n),
+            )
+        })
+        .collect();
+    let depth = r.queue_depth_by_priority()?;
+    let queue: BTreeMap<&str, u64> = Priority::ALL
+        .iter()
+        .map(|p| {
+            (
+                p.as_str(),
+                depth.iter().find(|(q, _)| q == p).map_or(0, |(_, n)| *n),
+            )
+        })
+        .collect();
+    let mut agents: BTreeMap<&str, u64> = [
+        AgentStatus::Online,
+        AgentStatus::Busy,
+        AgentStatus::Draining,
+        AgentStatus::Offline,
+    ]
+    .iter()
+    .map(|s| (s.as_str(), 0))
+    .collect();
+    for a in r.agents()? {
+        if a.agent.state != crate::core::AgentState::Deregistered {
+            *agents
+                .entry(a.agent.status(a.running).as_str())
+                .or_default() += 1;
+        }
+    }
+    if as_json {
+        println!(
+            "{}",
+            json!({"store": store.path(), "events": events, "tasks": by_state, "queue": queue, "agents": agents})
+        );
+        return Ok(());
+    }
+    let join = |m: &BTreeMap<&str, u64>, order: &[&str]| {
+        order
+            .iter()
+            .map(|k| format!("{k} {}", m.get(k).copied().unwrap_or(0)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let states: Vec<&str> = TaskState::ALL.iter().map(|s| s.as_str()).collect();
+    let priorities: Vec<&str> = Priority::ALL.iter().map(|p| p.as_str()).collect();
+    println!("store:  {} ({events} events)", store.path());
+    println!("tasks:  {}", join(&by_state, &states));
+    println!("queue:  {}", join(&queue, &priorities));
+    println!(
+        "agents: {}",
+        join(&agents, &["online", "busy", "draining", "offline"])
+    );
+    Ok(())
+}
+
+fn shorten(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(max - 1).collect();
+    out.push('…');
+    out
+}
+
+/// Left-aligned columns, two spaces apart.
+fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}

@@ -1,0 +1,367 @@
+//! The configuration of forgefleet: one TOML file, every key optional, secrets also from the environment.
+//!
+//! [`Config::load`] reads the file, applies `FORGEFLEET_<SECTION>_<KEY>` environment variables to the
+//! secrets and checks everything, reporting every problem at once with the key it concerns.
+//! `config.example.toml` at the crate root shows every key with its default; `docs/configuration.md` explains
+//! them.
+
+mod errors;
+mod load;
+mod retry;
+mod secret;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::core::{LabelScheme, Priority, RepoName, RetryPolicy};
+
+pub use errors::{ConfigError, ConfigErrors};
+pub use retry::{RetryClassConfig, RetryConfig};
+pub use secret::Secret;
+
+/// The whole configuration. `Config::default()` is what forgefleet runs with when there is no file.
+///
+/// Read it with [`Config::load`] or [`Config::from_toml_str`]: deserializing it directly skips the
+/// environment overrides and the checks, and stops at the first problem.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[server]`: where the HTTP API listens, and logging.
+    pub server: ServerConfig,
+    /// `[store]`: the SQLite database.
+    pub store: StoreConfig,
+    /// `[api]`: the operator API.
+    pub api: ApiConfig,
+    /// `[agents]`: registration, heartbeats and long polls.
+    pub agents: AgentsConfig,
+    /// `[tasks]`: time limits and progress logs.
+    pub tasks: TasksConfig,
+    /// `[retry.<class>]`: the retry budget and backoff of each failure class. Default: `RetryPolicy::default()`.
+    pub retry: RetryConfig,
+    /// `[labels]`: the names of the labels forgefleet reads and writes. Default: `LabelScheme::default()`.
+    pub labels: LabelsConfig,
+    /// `[forgejo]`: the Forgejo instance and the repositories watched.
+    pub forgejo: ForgejoConfig,
+    /// `[matrix]`: the chat bot.
+    pub matrix: MatrixConfig,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One readable line per event, for a terminal.
+    #[default]
+    Human,
+    /// One JSON object per line, for a log collector.
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address and port the HTTP API listens on; an IP address, host names are not resolved.
+    /// Default: `"127.0.0.1:8080"`.
+    #[serde(deserialize_with = "socket_addr")]
+    pub listen: SocketAddr,
+    /// `"human"` or `"json"`. Default: `"human"`.
+    pub log_format: LogFormat,
+    /// Which log lines to keep, as a tracing `EnvFilter` directive such as `"info,forgefleet=debug"`;
+    /// `RUST_LOG`, when set, is up to the program that sets up logging. Default: `"info"`.
+    pub log_level: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            log_format: LogFormat::Human,
+            log_level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// The SQLite database file, created if missing; a relative path is relative to the current directory.
+    /// Default: `"./forgefleet-data/forgefleet.db"`.
+    pub path: PathBuf,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("./forgefleet-data/forgefleet.db"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Bearer token for the operator API (status, retry, ...). Secret; env `FORGEFLEET_API_OPERATOR_TOKEN`.
+    /// Default: unset, and then the operator API answers 401 to everyone.
+    #[serde(with = "secret::optional")]
+    pub operator_token: Option<Secret>,
+    /// Largest request body accepted, in bytes; larger requests get 413. Default: `1048576` (1 MiB).
+    pub max_body_bytes: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            operator_token: None,
+            max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentsConfig {
+    /// The token an agent shows to register. Secret; env `FORGEFLEET_AGENTS_REGISTRATION_TOKEN`.
+    /// Default: unset, and then no agent can register.
+    #[serde(with = "secret::optional")]
+    pub registration_token: Option<Secret>,
+    /// Seconds between heartbeats, told to each agent when it registers. Default: `10`.
+    pub heartbeat_interval_secs: u64,
+    /// Heartbeats an agent may miss before it counts as offline and its tasks as `agent_lost`. Default: `3`.
+    pub missed_heartbeats: u32,
+    /// Seconds an agent has to start an assigned task before the assignment counts as `agent_lost`.
+    /// Default: `30`.
+    pub start_timeout_secs: u64,
+    /// Longest long poll on `POST /assignments/next`, in seconds; an agent asking for longer waits this long.
+    /// Default: `60`.
+    pub max_wait_secs: u64,
+}
+
+impl Default for AgentsConfig {
+    fn default() -> Self {
+        Self {
+            registration_token: None,
+            heartbeat_interval_secs: 10,
+            missed_heartbeats: 3,
+            start_timeout_secs: 30,
+            max_wait_secs: 60,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TasksConfig {
+    /// Minutes an attempt may run before it fails with `timeout`. Default: `60`.
+    pub timeout_mins: u64,
+    /// Seconds between checks for timed-out tasks and lost agents. Default: `5`.
+    pub check_interval_secs: u64,
+    /// Progress lines kept per attempt; older ones are dropped. Default: `200`.
+    pub progress_lines_kept: usize,
+}
+
+impl Default for TasksConfig {
+    fn default() -> Self {
+        Self {
+            timeout_mins: 60,
+            check_interval_secs: 5,
+            progress_lines_kept: 200,
+        }
+    }
+}
+
+/// The label names, as in [`LabelScheme`]; the defaults are `LabelScheme::default()`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LabelsConfig {
+    /// Queues an issue. Default: `"status:todo"`.
+    pub todo: String,
+    /// Set when an agent has the task. Default: `"status:doing"`.
+    pub doing: String,
+    /// Set when the receipt checked out. Default: `"status:done"`.
+    pub done: String,
+    /// Set when the retries are spent. Default: `"status:failed"`.
+    pub failed: String,
+    /// Prefix of the priority labels (`<prefix>critical|high|medium|low`). Default: `"priority:"`.
+    pub priority_prefix: String,
+    /// Prefix of the task type labels (`<prefix>bug`). Default: `"type:"`.
+    pub type_prefix: String,
+    /// Prefix of the capability labels (`<prefix>rust`). Default: `"needs:"`.
+    pub needs_prefix: String,
+    /// Prefix of the labels that pin a task to an agent (`<prefix>claude-1`). Default: `"agent:"`.
+    pub agent_prefix: String,
+    /// Priority of an issue without a priority label: critical, high, medium or low. Default: `"medium"`.
+    pub default_priority: Priority,
+}
+
+impl Default for LabelsConfig {
+    fn default() -> Self {
+        let s = LabelScheme::default();
+        Self {
+            todo: s.todo,
+            doing: s.doing,
+            done: s.done,
+            failed: s.failed,
+            priority_prefix: s.priority_prefix,
+            type_prefix: s.type_prefix,
+            needs_prefix: s.needs_prefix,
+            agent_prefix: s.agent_prefix,
+            default_priority: s.default_priority,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForgejoConfig {
+    /// Base URL of the Forgejo instance, `http://` or `https://`. Default: unset (no Forgejo: nothing is
+    /// watched).
+    #[serde(with = "secret::optional")]
+    pub url: Option<String>,
+    /// API token of the bot account; required when `url` is set. Secret; env `FORGEFLEET_FORGEJO_TOKEN`.
+    /// Default: unset.
+    #[serde(with = "secret::optional")]
+    pub token: Option<Secret>,
+    /// Shared secret that signs webhook deliveries. Secret; env `FORGEFLEET_FORGEJO_WEBHOOK_SECRET`.
+    /// Default: unset, and then every webhook delivery is refused (polling still works).
+    #[serde(with = "secret::optional")]
+    pub webhook_secret: Option<Secret>,
+    /// The bot account's user name, so that forgefleet can tell its own comments and label changes from
+    /// people's. Default: unset.
+    #[serde(with = "secret::optional")]
+    pub bot_user: Option<String>,
+    /// Watched repositories as `owner/name`. Default: `[]`.
+    pub repos: Vec<String>,
+    /// Minutes between polls for issues changed since the last one, the safety net for lost webhooks.
+    /// Default: `5`.
+    pub reconcile_interval_mins: u64,
+    /// Hours between full sweeps of every open issue, which catch what `since` polling cannot. Default: `24`.
+    pub full_sweep_hours: u64,
+}
+
+impl Default for ForgejoConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            token: None,
+            webhook_secret: None,
+            bot_user: None,
+            repos: Vec::new(),
+            reconcile_interval_mins: 5,
+            full_sweep_hours: 24,
+        }
+    }
+}
+
+impl ForgejoConfig {
+    /// The watched repositories; entries that do not parse are skipped, which after a successful
+    /// [`Config::load`] is none of them.
+    pub fn repo_names(&self) -> Vec<RepoName> {
+        self.repos
+            .iter()
+            .filter_map(|r| RepoName::parse(r).ok())
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MatrixConfig {
+    /// Base URL of the homeserver, `http://` or `https://`. Default: unset (no Matrix bot).
+    #[serde(with = "secret::optional")]
+    pub homeserver_url: Option<String>,
+    /// The bot's user, `@name:server` or just `name`; required when `homeserver_url` is set. Default: unset.
+    #[serde(with = "secret::optional")]
+    pub user: Option<String>,
+    /// The bot's password; required when `homeserver_url` is set. Secret; env `FORGEFLEET_MATRIX_PASSWORD`.
+    /// Default: unset.
+    #[serde(with = "secret::optional")]
+    pub password: Option<Secret>,
+    /// Rooms the bot joins and posts to, as ids (`!id:server`) or aliases (`#name:server`). Default: `[]`.
+    pub rooms: Vec<String>,
+}
+
+impl Config {
+    /// The retry policy of the core with this configuration's rules.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        self.retry.policy()
+    }
+
+    /// The label scheme of the core with this configuration's names.
+    pub fn label_scheme(&self) -> LabelScheme {
+        let l = self.labels.clone();
+        LabelScheme {
+            todo: l.todo,
+            doing: l.doing,
+            done: l.done,
+            failed: l.failed,
+            priority_prefix: l.priority_prefix,
+            type_prefix: l.type_prefix,
+            needs_prefix: l.needs_prefix,
+            agent_prefix: l.agent_prefix,
+            default_priority: l.default_priority,
+        }
+    }
+
+    /// How long an attempt may run before it times out.
+    pub fn task_timeout(&self) -> Duration {
+        minutes(self.tasks.timeout_mins)
+    }
+
+    /// How often timeouts and lost agents are looked for.
+    pub fn task_check_interval(&self) -> Duration {
+        Duration::from_secs(self.tasks.check_interval_secs)
+    }
+
+    /// The heartbeat interval agents are told to keep.
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_secs(self.agents.heartbeat_interval_secs)
+    }
+
+    /// Silence after which an agent is offline: the heartbeat interval times the heartbeats it may miss.
+    pub fn agent_offline_after(&self) -> Duration {
+        self.heartbeat_interval()
+            .saturating_mul(self.agents.missed_heartbeats)
+    }
+
+    /// How long an agent has to start an assigned task.
+    pub fn start_timeout(&self) -> Duration {
+        Duration::from_secs(self.agents.start_timeout_secs)
+    }
+
+    /// The longest long poll for an assignment.
+    pub fn max_wait(&self) -> Duration {
+        Duration::from_secs(self.agents.max_wait_secs)
+    }
+
+    /// How often issues changed since the last poll are fetched.
+    pub fn reconcile_interval(&self) -> Duration {
+        minutes(self.forgejo.reconcile_interval_mins)
+    }
+
+    /// How often every open issue is swept.
+    pub fn full_sweep_interval(&self) -> Duration {
+        minutes(self.forgejo.full_sweep_hours.saturating_mul(60))
+    }
+}
+
+/// std's own error says only "invalid socket address syntax"; this one shows the value and an example.
+fn socket_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "expected an IP address and port such as \"127.0.0.1:8080\" or \"[::]:8080\", found {text:?} \
+             (host names are not resolved)"
+        ))
+    })
+}
+
+fn minutes(m: u64) -> Duration {
+    Duration::from_secs(m.saturating_mul(60))
+}

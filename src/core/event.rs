@@ -1,0 +1,219 @@
+//! The events of the append-only log: every change to a task or an agent is one of these.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use super::ids::{AgentId, AgentName, IssueRef, TaskId};
+use super::labels::TaskSpec;
+use super::policy::{FailureClass, RetryDecision};
+use super::receipt::Receipt;
+use super::time::Timestamp;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// An issue asked for work: creates the task, or queues a new attempt of a finished one.
+    TaskQueued {
+        task: TaskId,
+        issue: IssueRef,
+        title: String,
+        body: String,
+        labels: Vec<String>,
+        spec: TaskSpec,
+        at: Timestamp,
+    },
+    /// The issue's title, body or labels changed while the task exists.
+    TaskSpecChanged {
+        task: TaskId,
+        title: String,
+        body: String,
+        labels: Vec<String>,
+        spec: TaskSpec,
+        at: Timestamp,
+    },
+    /// Leased to an agent: it must start by `start_by` and finish by `deadline`.
+    TaskAssigned {
+        task: TaskId,
+        attempt: u32,
+        agent: AgentId,
+        at: Timestamp,
+        start_by: Timestamp,
+        deadline: Timestamp,
+    },
+    TaskStarted {
+        task: TaskId,
+        attempt: u32,
+        at: Timestamp,
+    },
+    ReceiptReceived {
+        task: TaskId,
+        attempt: u32,
+        receipt: Receipt,
+        at: Timestamp,
+    },
+    TaskCompleted {
+        task: TaskId,
+        attempt: u32,
+        at: Timestamp,
+    },
+    /// The agent holding the lease vanished (heartbeats stopped, never started, or deregistered).
+    TaskLost {
+        task: TaskId,
+        attempt: u32,
+        agent: AgentId,
+        at: Timestamp,
+    },
+    /// The attempt failed; the retry policy's decision is part of the fact.
+    AttemptFailed {
+        task: TaskId,
+        attempt: u32,
+        class: FailureClass,
+        message: String,
+        decision: RetryDecision,
+        at: Timestamp,
+    },
+    TaskCancelled {
+        task: TaskId,
+        attempt: u32,
+        reason: String,
+        at: Timestamp,
+    },
+    /// An operator asked for another go at a failed or cancelled task: a fresh retry budget.
+    TaskRetried {
+        task: TaskId,
+        by: String,
+        at: Timestamp,
+    },
+    AgentRegistered {
+        agent: AgentId,
+        name: AgentName,
+        adapter: String,
+        capabilities: BTreeSet<String>,
+        max_concurrency: u32,
+        version: String,
+        token_hash: String,
+        at: Timestamp,
+    },
+    AgentDraining {
+        agent: AgentId,
+        at: Timestamp,
+    },
+    AgentOffline {
+        agent: AgentId,
+        at: Timestamp,
+    },
+    AgentOnline {
+        agent: AgentId,
+        at: Timestamp,
+    },
+    AgentDeregistered {
+        agent: AgentId,
+        at: Timestamp,
+    },
+}
+
+impl Event {
+    /// The name stored in the log's `kind` column (the serde tag).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::TaskQueued { .. } => "task_queued",
+            Event::TaskSpecChanged { .. } => "task_spec_changed",
+            Event::TaskAssigned { .. } => "task_assigned",
+            Event::TaskStarted { .. } => "task_started",
+            Event::ReceiptReceived { .. } => "receipt_received",
+            Event::TaskCompleted { .. } => "task_completed",
+            Event::TaskLost { .. } => "task_lost",
+            Event::AttemptFailed { .. } => "attempt_failed",
+            Event::TaskCancelled { .. } => "task_cancelled",
+            Event::TaskRetried { .. } => "task_retried",
+            Event::AgentRegistered { .. } => "agent_registered",
+            Event::AgentDraining { .. } => "agent_draining",
+            Event::AgentOffline { .. } => "agent_offline",
+            Event::AgentOnline { .. } => "agent_online",
+            Event::AgentDeregistered { .. } => "agent_deregistered",
+        }
+    }
+
+    /// The task this event belongs to, if it is a task event.
+    pub fn task(&self) -> Option<TaskId> {
+        match self {
+            Event::TaskQueued { task, .. }
+            | Event::TaskSpecChanged { task, .. }
+            | Event::TaskAssigned { task, .. }
+            | Event::TaskStarted { task, .. }
+            | Event::ReceiptReceived { task, .. }
+            | Event::TaskCompleted { task, .. }
+            | Event::TaskLost { task, .. }
+            | Event::AttemptFailed { task, .. }
+            | Event::TaskCancelled { task, .. }
+            | Event::TaskRetried { task, .. } => Some(*task),
+            _ => None,
+        }
+    }
+
+    /// The agent this event belongs to, if it is an agent event.
+    pub fn agent(&self) -> Option<AgentId> {
+        match self {
+            Event::AgentRegistered { agent, .. }
+            | Event::AgentDraining { agent, .. }
+            | Event::AgentOffline { agent, .. }
+            | Event::AgentOnline { agent, .. }
+            | Event::AgentDeregistered { agent, .. } => Some(*agent),
+            _ => None,
+        }
+    }
+
+    pub fn at(&self) -> Timestamp {
+        match self {
+            Event::TaskQueued { at, .. }
+            | Event::TaskSpecChanged { at, .. }
+            | Event::TaskAssigned { at, .. }
+            | Event::TaskStarted { at, .. }
+            | Event::ReceiptReceived { at, .. }
+            | Event::TaskCompleted { at, .. }
+            | Event::TaskLost { at, .. }
+            | Event::AttemptFailed { at, .. }
+            | Event::TaskCancelled { at, .. }
+            | Event::TaskRetried { at, .. }
+            | Event::AgentRegistered { at, .. }
+            | Event::AgentDraining { at, .. }
+            | Event::AgentOffline { at, .. }
+            | Event::AgentOnline { at, .. }
+            | Event::AgentDeregistered { at, .. } => *at,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kind_is_the_serde_tag() {
+        let events = [
+            Event::TaskStarted {
+                task: TaskId(1),
+                attempt: 1,
+                at: Timestamp(0),
+            },
+            Event::AgentOnline {
+                agent: AgentId(1),
+                at: Timestamp(0),
+            },
+            Event::AttemptFailed {
+                task: TaskId(1),
+                attempt: 1,
+                class: FailureClass::Timeout,
+                message: "slow".into(),
+                decision: RetryDecision::GiveUp,
+                at: Timestamp(0),
+            },
+        ];
+        for e in events {
+            let v = serde_json::to_value(&e).unwrap();
+            assert_eq!(v["type"], e.kind());
+            assert_eq!(serde_json::from_value::<Event>(v).unwrap(), e);
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! The domain, pure: no tokio, no SQL, no HTTP. Time comes in as an argument.
+
+pub mod agent;
+pub mod effects;
+pub mod event;
+pub mod ids;
+pub mod labels;
+pub mod policy;
+pub mod queue;
+pub mod receipt;
+pub mod task;
+pub mod time;
+
+pub use agent::{Agent, AgentState, AgentStatus};
+pub use effects::{Effect, effects_of};
+pub use event::Event;
+pub use ids::{AgentId, AgentName, CommitSha, InvalidId, IssueRef, RepoName, TaskId};
+pub use labels::{LabelChange, LabelReading, LabelScheme, Priority, StatusLabel, TaskSpec};
+pub use policy::{FailureClass, RetryDecision, RetryPolicy, RetryRule};
+pub use receipt::{Artifact, Receipt, Usage};
+pub use task::{Lease, Task, TaskState, TransitionError};
+pub use time::Timestamp;

@@ -1,0 +1,386 @@
+//! Tasks and their state machine: every change is an event, and an event that does not apply is an error.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::agent::AgentState;
+use super::event::Event;
+use super::ids::{AgentId, IssueRef, TaskId};
+use super::labels::{StatusLabel, TaskSpec};
+use super::policy::{FailureClass, RetryDecision};
+use super::receipt::Receipt;
+use super::time::Timestamp;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    Queued,
+    /// Leased to an agent that has not acknowledged it yet.
+    Assigned,
+    /// The agent acknowledged it and is working.
+    Running,
+    /// A receipt arrived and is being checked.
+    Validating,
+    Completed,
+    Failed,
+    /// The agent vanished; the task waits for the retry decision.
+    AgentLost,
+    Cancelled,
+}
+
+impl TaskState {
+    pub const ALL: [TaskState; 8] = [
+        TaskState::Queued,
+        TaskState::Assigned,
+        TaskState::Running,
+        TaskState::Validating,
+        TaskState::Completed,
+        TaskState::Failed,
+        TaskState::AgentLost,
+        TaskState::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Queued => "queued",
+            TaskState::Assigned => "assigned",
+            TaskState::Running => "running",
+            TaskState::Validating => "validating",
+            TaskState::Completed => "completed",
+            TaskState::Failed => "failed",
+            TaskState::AgentLost => "agent_lost",
+            TaskState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        TaskState::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+
+    /// Finished: nothing more happens unless someone queues it again.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            TaskState::Completed | TaskState::Failed | TaskState::Cancelled
+        )
+    }
+
+    /// An agent holds a lease in this state.
+    pub fn is_leased(self) -> bool {
+        matches!(
+            self,
+            TaskState::Assigned | TaskState::Running | TaskState::Validating
+        )
+    }
+
+    /// The `status:*` label an issue in this state should carry.
+    pub fn status_label(self) -> StatusLabel {
+        match self {
+            TaskState::Queued | TaskState::AgentLost => StatusLabel::Todo,
+            TaskState::Assigned | TaskState::Running | TaskState::Validating => StatusLabel::Doing,
+            TaskState::Completed => StatusLabel::Done,
+            TaskState::Failed | TaskState::Cancelled => StatusLabel::Failed,
+        }
+    }
+}
+
+impl fmt::Display for TaskState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An agent's hold on one attempt of a task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub agent: AgentId,
+    pub attempt: u32,
+    pub assigned_at: Timestamp,
+    /// The agent must acknowledge (`start`) before this, or the task is requeued.
+    pub start_by: Timestamp,
+    pub started_at: Option<Timestamp>,
+    /// The task times out after this.
+    pub deadline: Timestamp,
+}
+
+/// Why the last attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    pub attempt: u32,
+    pub class: FailureClass,
+    pub message: String,
+    pub at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    pub id: TaskId,
+    pub issue: IssueRef,
+    pub title: String,
+    pub body: String,
+    pub labels: Vec<String>,
+    pub spec: TaskSpec,
+    pub state: TaskState,
+    /// 1 for the first attempt; every retry adds one.
+    pub attempt: u32,
+    /// Retries used so far, per failure class.
+    pub retries: BTreeMap<FailureClass, u32>,
+    /// A retried task waits in the queue until then.
+    pub not_before: Option<Timestamp>,
+    /// When it was last queued by a person (labelled, reopened, retried): the age the queue orders by.
+    pub queued_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub lease: Option<Lease>,
+    pub last_failure: Option<Failure>,
+    pub receipt: Option<Receipt>,
+}
+
+/// An event that does not apply to the task or agent in its current state. Nothing was changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransitionError {
+    #[error("task {task} is {from}: `{event}` does not apply")]
+    Task {
+        task: TaskId,
+        from: TaskState,
+        event: &'static str,
+    },
+    #[error("task {task} is on attempt {current}, not {given}")]
+    StaleAttempt {
+        task: TaskId,
+        current: u32,
+        given: u32,
+    },
+    #[error("agent {agent} is {}: `{event}` does not apply", from.as_str())]
+    Agent {
+        agent: AgentId,
+        from: AgentState,
+        event: &'static str,
+    },
+    #[error("event `{event}` is not about task {task}")]
+    WrongTask { task: TaskId, event: &'static str },
+    #[error("`{class}` failures are recorded as cancellations, not failed attempts")]
+    CancelledIsNotAFailure { class: FailureClass },
+}
+
+impl Task {
+    /// A new task from its first `TaskQueued` event.
+    pub fn queued(e: &Event) -> Option<Task> {
+        match e {
+            Event::TaskQueued {
+                task,
+                issue,
+                title,
+                body,
+                labels,
+                spec,
+                at,
+            } => Some(Task {
+                id: *task,
+                issue: issue.clone(),
+                title: title.clone(),
+                body: body.clone(),
+                labels: labels.clone(),
+                spec: spec.clone(),
+                state: TaskState::Queued,
+                attempt: 1,
+                retries: BTreeMap::new(),
+                not_before: None,
+                queued_at: *at,
+                updated_at: *at,
+                lease: None,
+                last_failure: None,
+                receipt: None,
+            }),
+            _ => None,
+        }
+    }
+
+    pub fn retries_used(&self, class: FailureClass) -> u32 {
+        self.retries.get(&class).copied().unwrap_or(0)
+    }
+
+    /// Applies one event, or says why it does not apply and leaves the task as it was.
+    pub fn apply(&mut self, e: &Event) -> Result<(), TransitionError> {
+        use TaskState::*;
+        if e.task() != Some(self.id) {
+            return Err(TransitionError::WrongTask {
+                task: self.id,
+                event: e.kind(),
+            });
+        }
+        let illegal = TransitionError::Task {
+            task: self.id,
+            from: self.state,
+            event: e.kind(),
+        };
+        let check_attempt = |given: u32| {
+            if given == self.attempt {
+                Ok(())
+            } else {
+                Err(TransitionError::StaleAttempt {
+                    task: self.id,
+                    current: self.attempt,
+                    given,
+                })
+            }
+        };
+        match e {
+            Event::TaskQueued {
+                title,
+                body,
+                labels,
+                spec,
+                at,
+                ..
+            } => {
+                if !self.state.is_terminal() {
+                    return Err(illegal);
+                }
+                self.title = title.clone();
+                self.body = body.clone();
+                self.labels = labels.clone();
+                self.spec = spec.clone();
+                self.fresh_attempt(*at);
+            }
+            Event::TaskSpecChanged {
+                title,
+                body,
+                labels,
+                spec,
+                ..
+            } => {
+                self.title = title.clone();
+                self.body = body.clone();
+                self.labels = labels.clone();
+                self.spec = spec.clone();
+            }
+            Event::TaskAssigned {
+                attempt,
+                agent,
+                at,
+                start_by,
+                deadline,
+                ..
+            } => {
+                if self.state != Queued {
+                    return Err(illegal);
+                }
+                check_attempt(*attempt)?;
+                self.state = Assigned;
+                self.not_before = None;
+                self.lease = Some(Lease {
+                    agent: *agent,
+                    attempt: *attempt,
+                    assigned_at: *at,
+                    start_by: *start_by,
+                    started_at: None,
+                    deadline: *deadline,
+                });
+            }
+            Event::TaskStarted { attempt, at, .. } => {
+                if self.state != Assigned {
+                    return Err(illegal);
+                }
+                check_attempt(*attempt)?;
+                self.state = Running;
+                if let Some(lease) = &mut self.lease {
+                    lease.started_at = Some(*at);
+                }
+            }
+            Event::ReceiptReceived {
+                attempt, receipt, ..
+            } => {
+                if !matches!(self.state, Assigned | Running) {
+                    return Err(illegal);
+                }
+                check_attempt(*attempt)?;
+                self.state = Validating;
+                self.receipt = Some(receipt.clone());
+            }
+            Event::TaskCompleted { attempt, .. } => {
+                if self.state != Validating {
+                    return Err(illegal);
+                }
+                check_attempt(*attempt)?;
+                self.state = Completed;
+                self.lease = None;
+            }
+            Event::TaskLost { attempt, .. } => {
+                if !matches!(self.state, Assigned | Running) {
+                    return Err(illegal);
+                }
+                check_attempt(*attempt)?;
+                self.state = AgentLost;
+                self.lease = None;
+            }
+            Event::AttemptFailed {
+                attempt,
+                class,
+                message,
+                decision,
+                at,
+                ..
+            } => {
+                if *class == FailureClass::Cancelled {
+                    return Err(TransitionError::CancelledIsNotAFailure { class: *class });
+                }
+                if !matches!(self.state, Assigned | Running | Validating | AgentLost) {
+                    return Err(illegal);
+                }
+                check_attempt(*attempt)?;
+                self.lease = None;
+                self.last_failure = Some(Failure {
+                    attempt: *attempt,
+                    class: *class,
+                    message: message.clone(),
+                    at: *at,
+                });
+                match decision {
+                    RetryDecision::Retry { not_before, .. } => {
+                        *self.retries.entry(*class).or_default() += 1;
+                        self.attempt += 1;
+                        self.state = Queued;
+                        self.not_before = Some(*not_before);
+                        self.receipt = None;
+                    }
+                    RetryDecision::GiveUp => self.state = Failed,
+                }
+            }
+            Event::TaskCancelled { attempt, .. } => {
+                if self.state.is_terminal() {
+                    return Err(illegal);
+                }
+                check_attempt(*attempt)?;
+                self.state = Cancelled;
+                self.lease = None;
+                self.not_before = None;
+            }
+            Event::TaskRetried { at, .. } => {
+                if !matches!(self.state, Failed | Cancelled) {
+                    return Err(illegal);
+                }
+                self.fresh_attempt(*at);
+            }
+            _ => return Err(illegal),
+        }
+        self.updated_at = e.at();
+        Ok(())
+    }
+
+    /// A person asked for the task again: a new attempt with a fresh retry budget.
+    fn fresh_attempt(&mut self, at: Timestamp) {
+        self.state = TaskState::Queued;
+        self.attempt += 1;
+        self.retries.clear();
+        self.not_before = None;
+        self.queued_at = at;
+        self.lease = None;
+        self.receipt = None;
+    }
+}
+
+#[cfg(test)]
+#[path = "task_tests.rs"]
+mod tests;

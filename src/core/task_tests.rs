@@ -1,0 +1,362 @@
+use super::*;
+use crate::core::ids::{CommitSha, RepoName};
+use crate::core::labels::Priority;
+use crate::core::receipt::Usage;
+
+const T: TaskId = TaskId(7);
+const A: AgentId = AgentId(3);
+
+fn at(ms: i64) -> Timestamp {
+    Timestamp(ms)
+}
+
+fn queued_event(ms: i64) -> Event {
+    Event::TaskQueued {
+        task: T,
+        issue: IssueRef {
+            repo: RepoName::parse("acme/app").unwrap(),
+            number: 12,
+        },
+        title: "Fix it".into(),
+        body: "".into(),
+        labels: vec!["status:todo".into()],
+        spec: TaskSpec {
+            priority: Priority::High,
+            ..TaskSpec::default()
+        },
+        at: at(ms),
+    }
+}
+
+fn receipt() -> Receipt {
+    Receipt {
+        pr_number: 5,
+        head_sha: CommitSha::parse(&"a".repeat(40)).unwrap(),
+        summary: "done".into(),
+        usage: Usage::default(),
+        cost_usd: None,
+        duration_secs: None,
+        session_id: None,
+        artifacts: vec![],
+    }
+}
+
+/// One event of each kind, for the task's current attempt.
+fn event_of_kind(kind: &str, attempt: u32) -> Event {
+    let t = T;
+    match kind {
+        "task_queued" => queued_event(100),
+        "task_spec_changed" => Event::TaskSpecChanged {
+            task: t,
+            title: "New title".into(),
+            body: "b".into(),
+            labels: vec![],
+            spec: TaskSpec::default(),
+            at: at(100),
+        },
+        "task_assigned" => Event::TaskAssigned {
+            task: t,
+            attempt,
+            agent: A,
+            at: at(100),
+            start_by: at(130),
+            deadline: at(3700),
+        },
+        "task_started" => Event::TaskStarted {
+            task: t,
+            attempt,
+            at: at(100),
+        },
+        "receipt_received" => Event::ReceiptReceived {
+            task: t,
+            attempt,
+            receipt: receipt(),
+            at: at(100),
+        },
+        "task_completed" => Event::TaskCompleted {
+            task: t,
+            attempt,
+            at: at(100),
+        },
+        "task_lost" => Event::TaskLost {
+            task: t,
+            attempt,
+            agent: A,
+            at: at(100),
+        },
+        "attempt_failed" => Event::AttemptFailed {
+            task: t,
+            attempt,
+            class: FailureClass::AgentError,
+            message: "exit 1".into(),
+            decision: RetryDecision::Retry {
+                not_before: at(500),
+                retries_left: 1,
+            },
+            at: at(100),
+        },
+        "task_cancelled" => Event::TaskCancelled {
+            task: t,
+            attempt,
+            reason: "label removed".into(),
+            at: at(100),
+        },
+        "task_retried" => Event::TaskRetried {
+            task: t,
+            by: "alice".into(),
+            at: at(100),
+        },
+        other => panic!("no such kind {other}"),
+    }
+}
+
+const KINDS: [&str; 10] = [
+    "task_queued",
+    "task_spec_changed",
+    "task_assigned",
+    "task_started",
+    "receipt_received",
+    "task_completed",
+    "task_lost",
+    "attempt_failed",
+    "task_cancelled",
+    "task_retried",
+];
+
+/// A task brought into `state` by legal events.
+fn task_in(state: TaskState) -> Task {
+    let mut t = Task::queued(&queued_event(0)).unwrap();
+    let path: &[&str] = match state {
+        TaskState::Queued => &[],
+        TaskState::Assigned => &["task_assigned"],
+        TaskState::Running => &["task_assigned", "task_started"],
+        TaskState::Validating => &["task_assigned", "task_started", "receipt_received"],
+        TaskState::Completed => &[
+            "task_assigned",
+            "task_started",
+            "receipt_received",
+            "task_completed",
+        ],
+        TaskState::AgentLost => &["task_assigned", "task_lost"],
+        TaskState::Cancelled => &["task_cancelled"],
+        TaskState::Failed => &["task_assigned"],
+    };
+    for kind in path {
+        t.apply(&event_of_kind(kind, t.attempt)).unwrap();
+    }
+    if state == TaskState::Failed {
+        t.apply(&Event::AttemptFailed {
+            task: T,
+            attempt: 1,
+            class: FailureClass::Timeout,
+            message: "too slow".into(),
+            decision: RetryDecision::GiveUp,
+            at: at(50),
+        })
+        .unwrap();
+    }
+    assert_eq!(t.state, state);
+    t
+}
+
+fn legal_from(kind: &str) -> &'static [TaskState] {
+    use TaskState::*;
+    match kind {
+        "task_queued" => &[Completed, Failed, Cancelled],
+        "task_spec_changed" => &TaskState::ALL,
+        "task_assigned" => &[Queued],
+        "task_started" => &[Assigned],
+        "receipt_received" => &[Assigned, Running],
+        "task_completed" => &[Validating],
+        "task_lost" => &[Assigned, Running],
+        "attempt_failed" => &[Assigned, Running, Validating, AgentLost],
+        "task_cancelled" => &[Queued, Assigned, Running, Validating, AgentLost],
+        "task_retried" => &[Failed, Cancelled],
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn every_event_applies_exactly_in_the_states_the_machine_allows() {
+    for state in TaskState::ALL {
+        for kind in KINDS {
+            let mut t = task_in(state);
+            let before = t.clone();
+            let result = t.apply(&event_of_kind(kind, t.attempt));
+            if legal_from(kind).contains(&state) {
+                assert!(result.is_ok(), "{kind} from {state}: {result:?}");
+            } else {
+                assert_eq!(
+                    result,
+                    Err(TransitionError::Task {
+                        task: T,
+                        from: state,
+                        event: event_of_kind(kind, 1).kind()
+                    }),
+                    "{kind} from {state} must be refused"
+                );
+                assert_eq!(t, before, "a refused {kind} from {state} changed the task");
+            }
+        }
+    }
+}
+
+#[test]
+fn legal_events_lead_to_the_documented_state() {
+    use TaskState::*;
+    let cases: &[(TaskState, &str, TaskState)] = &[
+        (Queued, "task_assigned", Assigned),
+        (Assigned, "task_started", Running),
+        (Assigned, "receipt_received", Validating),
+        (Running, "receipt_received", Validating),
+        (Validating, "task_completed", Completed),
+        (Assigned, "task_lost", AgentLost),
+        (Running, "task_lost", AgentLost),
+        (Running, "attempt_failed", Queued),
+        (AgentLost, "attempt_failed", Queued),
+        (Validating, "attempt_failed", Queued),
+        (Running, "task_cancelled", Cancelled),
+        (Queued, "task_cancelled", Cancelled),
+        (Failed, "task_retried", Queued),
+        (Cancelled, "task_retried", Queued),
+        (Completed, "task_queued", Queued),
+        (Running, "task_spec_changed", Running),
+    ];
+    for (from, kind, to) in cases {
+        let mut t = task_in(*from);
+        t.apply(&event_of_kind(kind, t.attempt)).unwrap();
+        assert_eq!(t.state, *to, "{kind} from {from}");
+        assert_eq!(
+            t.lease.is_some(),
+            to.is_leased(),
+            "{kind} from {from}: lease held iff leased state"
+        );
+    }
+}
+
+#[test]
+fn a_stale_attempt_is_refused_and_changes_nothing() {
+    for (state, kind) in [
+        (TaskState::Queued, "task_assigned"),
+        (TaskState::Assigned, "task_started"),
+        (TaskState::Running, "receipt_received"),
+        (TaskState::Validating, "task_completed"),
+        (TaskState::Running, "task_lost"),
+        (TaskState::Running, "attempt_failed"),
+        (TaskState::Running, "task_cancelled"),
+    ] {
+        let mut t = task_in(state);
+        let before = t.clone();
+        let err = t.apply(&event_of_kind(kind, t.attempt + 1)).unwrap_err();
+        assert_eq!(
+            err,
+            TransitionError::StaleAttempt {
+                task: T,
+                current: 1,
+                given: 2
+            },
+            "{kind}"
+        );
+        assert_eq!(t, before);
+    }
+}
+
+#[test]
+fn a_retryable_failure_queues_the_next_attempt_after_the_backoff() {
+    let mut t = task_in(TaskState::Running);
+    t.apply(&event_of_kind("attempt_failed", 1)).unwrap();
+    assert_eq!(
+        (t.state, t.attempt, t.not_before),
+        (TaskState::Queued, 2, Some(at(500)))
+    );
+    assert_eq!(t.retries_used(FailureClass::AgentError), 1);
+    assert_eq!(
+        t.last_failure.as_ref().map(|f| f.class),
+        Some(FailureClass::AgentError)
+    );
+    assert_eq!(
+        t.queued_at,
+        at(0),
+        "an automatic retry keeps its place by age"
+    );
+    t.apply(&event_of_kind("task_assigned", 2)).unwrap();
+    assert_eq!(t.not_before, None);
+}
+
+#[test]
+fn giving_up_fails_the_task_and_a_person_can_retry_it_with_a_fresh_budget() {
+    let mut t = task_in(TaskState::Running);
+    t.apply(&event_of_kind("attempt_failed", 1)).unwrap();
+    t.apply(&event_of_kind("task_assigned", 2)).unwrap();
+    t.apply(&Event::AttemptFailed {
+        task: T,
+        attempt: 2,
+        class: FailureClass::AgentError,
+        message: "again".into(),
+        decision: RetryDecision::GiveUp,
+        at: at(900),
+    })
+    .unwrap();
+    assert_eq!((t.state, t.attempt), (TaskState::Failed, 2));
+    t.apply(&Event::TaskRetried {
+        task: T,
+        by: "bob".into(),
+        at: at(1000),
+    })
+    .unwrap();
+    assert_eq!(
+        (t.state, t.attempt, t.retries_used(FailureClass::AgentError)),
+        (TaskState::Queued, 3, 0)
+    );
+    assert_eq!(t.queued_at, at(1000));
+}
+
+#[test]
+fn cancelled_is_never_a_failed_attempt() {
+    let mut t = task_in(TaskState::Running);
+    let e = Event::AttemptFailed {
+        task: T,
+        attempt: 1,
+        class: FailureClass::Cancelled,
+        message: "".into(),
+        decision: RetryDecision::GiveUp,
+        at: at(1),
+    };
+    assert!(matches!(
+        t.apply(&e),
+        Err(TransitionError::CancelledIsNotAFailure { .. })
+    ));
+    assert_eq!(t.state, TaskState::Running);
+}
+
+#[test]
+fn events_of_other_tasks_and_agents_are_refused() {
+    let mut t = task_in(TaskState::Queued);
+    let other = Event::TaskStarted {
+        task: TaskId(99),
+        attempt: 1,
+        at: at(1),
+    };
+    assert!(matches!(
+        t.apply(&other),
+        Err(TransitionError::WrongTask { .. })
+    ));
+    let agent_event = Event::AgentOnline {
+        agent: A,
+        at: at(1),
+    };
+    assert!(t.apply(&agent_event).is_err());
+}
+
+#[test]
+fn each_state_maps_to_one_status_label() {
+    use StatusLabel::*;
+    let labels: Vec<_> = TaskState::ALL.iter().map(|s| s.status_label()).collect();
+    assert_eq!(
+        labels,
+        [Todo, Doing, Doing, Doing, Done, Failed, Todo, Failed]
+    );
+    for s in TaskState::ALL {
+        assert_eq!(TaskState::parse(s.as_str()), Some(s));
+    }
+}

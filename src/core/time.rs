@@ -1,0 +1,137 @@
+//! Points in time as plain values: the core never reads a clock, time comes in as an argument.
+
+use std::fmt;
+use std::ops::{Add, Sub};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds since the Unix epoch, UTC. Serialized as RFC 3339 text, so the log and the API read as
+/// dates; integers (milliseconds) are accepted too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(pub i64);
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_rfc3339())
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Timestamp;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an RFC 3339 date-time or milliseconds since 1970")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Timestamp, E> {
+                Timestamp::parse_rfc3339(s)
+                    .ok_or_else(|| E::custom(format!("{s:?} is not an RFC 3339 date-time")))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Timestamp, E> {
+                Ok(Timestamp(n))
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Timestamp, E> {
+                i64::try_from(n)
+                    .map(Timestamp)
+                    .map_err(|_| E::custom("timestamp out of range"))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Timestamp {
+    pub fn from_millis(ms: i64) -> Self {
+        Self(ms)
+    }
+    pub fn millis(self) -> i64 {
+        self.0
+    }
+    /// RFC 3339 with milliseconds, e.g. `2026-11-24T03:20:00.000Z`.
+    pub fn to_rfc3339(self) -> String {
+        match chrono::DateTime::from_timestamp_millis(self.0) {
+            Some(t) => t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            None => format!("@{}ms", self.0),
+        }
+    }
+    pub fn parse_rfc3339(s: &str) -> Option<Self> {
+        chrono::DateTime::parse_from_rfc3339(s)
+            .ok()
+            .map(|t| Self(t.timestamp_millis()))
+    }
+    /// How long from `self` until `later` (zero if `later` is not later).
+    pub fn until(self, later: Timestamp) -> Duration {
+        Duration::from_millis(later.0.saturating_sub(self.0).max(0) as u64)
+    }
+}
+
+impl Add<Duration> for Timestamp {
+    type Output = Timestamp;
+    fn add(self, d: Duration) -> Timestamp {
+        Timestamp(
+            self.0
+                .saturating_add(d.as_millis().min(i64::MAX as u128) as i64),
+        )
+    }
+}
+
+impl Sub<Duration> for Timestamp {
+    type Output = Timestamp;
+    fn sub(self, d: Duration) -> Timestamp {
+        Timestamp(
+            self.0
+                .saturating_sub(d.as_millis().min(i64::MAX as u128) as i64),
+        )
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_rfc3339())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_and_parses_rfc3339() {
+        let t = Timestamp(1_795_000_000_123);
+        let s = t.to_rfc3339();
+        assert!(s.ends_with(".123Z"), "{s}");
+        assert_eq!(Timestamp::parse_rfc3339(&s), Some(t));
+        assert_eq!(Timestamp::parse_rfc3339("yesterday"), None);
+    }
+
+    #[test]
+    fn serializes_as_text_and_reads_text_or_millis() {
+        let t = Timestamp(1_795_000_000_123);
+        let json = serde_json::to_string(&t).unwrap();
+        assert_eq!(json, format!("\"{}\"", t.to_rfc3339()));
+        assert_eq!(serde_json::from_str::<Timestamp>(&json).unwrap(), t);
+        assert_eq!(
+            serde_json::from_str::<Timestamp>("1795000000123").unwrap(),
+            t
+        );
+        assert!(serde_json::from_str::<Timestamp>("\"noon\"").is_err());
+    }
+
+    #[test]
+    fn arithmetic_saturates_and_until_is_never_negative() {
+        let t = Timestamp(1000);
+        assert_eq!(t + Duration::from_secs(1), Timestamp(2000));
+        assert_eq!(t - Duration::from_secs(1), Timestamp(0));
+        assert_eq!(Timestamp(5000).until(Timestamp(1000)), Duration::ZERO);
+        assert_eq!(
+            Timestamp(1000).until(Timestamp(5000)),
+            Duration::from_secs(4)
+        );
+        assert_eq!(
+            Timestamp(i64::MAX - 1) + Duration::from_secs(10),
+            Timestamp(i64::MAX)
+        );
+    }
+}

@@ -1,0 +1,154 @@
+//! What the engine is asked to do, what it answers, and why it refuses.
+
+use std::collections::BTreeSet;
+
+use serde::Serialize;
+
+use crate::core::{
+    AgentId, AgentName, FailureClass, IssueRef, Lease, Receipt, Task, TaskId, Timestamp,
+    TransitionError,
+};
+use crate::store::StoreError;
+
+/// An issue as Forgejo shows it, from a webhook or a poll: both go through the same code.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IssueObservation {
+    pub issue: IssueRef,
+    pub title: String,
+    pub body: String,
+    pub labels: Vec<String>,
+    pub open: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Registration {
+    pub name: AgentName,
+    pub adapter: String,
+    pub capabilities: BTreeSet<String>,
+    pub max_concurrency: u32,
+    pub version: String,
+    pub token_hash: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    ObserveIssue(IssueObservation),
+    RegisterAgent(Registration),
+    Heartbeat {
+        agent: AgentId,
+        running: Vec<TaskId>,
+    },
+    NextAssignment {
+        agent: AgentId,
+    },
+    StartTask {
+        agent: AgentId,
+        task: TaskId,
+        attempt: u32,
+    },
+    FailTask {
+        agent: AgentId,
+        task: TaskId,
+        attempt: u32,
+        class: FailureClass,
+        message: String,
+    },
+    SubmitReceipt {
+        agent: AgentId,
+        task: TaskId,
+        attempt: u32,
+        receipt: Receipt,
+    },
+    /// The verdict on a receipt: `None` means every check passed; otherwise why it did not.
+    FinishValidation {
+        task: TaskId,
+        attempt: u32,
+        failure: Option<String>,
+    },
+    CancelTask {
+        task: TaskId,
+        reason: String,
+    },
+    RetryTask {
+        task: TaskId,
+        by: String,
+    },
+    DrainAgent {
+        agent: AgentId,
+    },
+    DeregisterAgent {
+        agent: AgentId,
+    },
+    /// The periodic checks: leases not started in time, tasks past their deadline, silent agents.
+    Tick,
+}
+
+impl Command {
+    /// Whether this command may make a task available, so waiting agents should look again.
+    pub fn may_queue(&self) -> bool {
+        matches!(
+            self,
+            Command::ObserveIssue(_)
+                | Command::FailTask { .. }
+                | Command::FinishValidation { .. }
+                | Command::RetryTask { .. }
+                | Command::DeregisterAgent { .. }
+                | Command::Tick
+                | Command::RegisterAgent(_)
+                | Command::Heartbeat { .. }
+        )
+    }
+}
+
+/// A task leased to an agent: what it needs to do the work.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Assignment {
+    pub task: Task,
+    pub lease: Lease,
+}
+
+/// What happened at the periodic checks.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct TickReport {
+    pub lost: Vec<TaskId>,
+    pub timed_out: Vec<TaskId>,
+    pub offline: Vec<AgentId>,
+    /// The next moment something becomes due (a backoff ends); the timer may sleep until then.
+    pub next_release: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// The task the observation concerns, if any.
+    Observed(Option<TaskId>),
+    Registered(AgentId),
+    Heartbeat {
+        cancel: Vec<TaskId>,
+    },
+    Assignment(Option<Box<Assignment>>),
+    Done,
+    Ticked(TickReport),
+}
+
+/// Why the engine refused a command. Nothing was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error(transparent)]
+    Conflict(#[from] TransitionError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the engine has stopped")]
+    Stopped,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<rusqlite::Error> for EngineError {
+    fn from(e: rusqlite::Error) -> Self {
+        EngineError::Store(StoreError::Sqlite(e))
+    }
+}

@@ -1,0 +1,488 @@
+//! How each command becomes events: the decisions, made through the core, written through the store.
+
+use std::time::Duration;
+
+use super::command::{
+    Assignment, Command, EngineError, IssueObservation, Registration, Reply, TickReport,
+};
+use crate::core::{
+    AgentId, AgentState, Event, FailureClass, LabelScheme, RetryDecision, RetryPolicy, StatusLabel,
+    Task, TaskId, TaskState, Timestamp, TransitionError,
+};
+use crate::store::WriteTx;
+
+/// The policy the engine decides with.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    pub retry: RetryPolicy,
+    pub labels: LabelScheme,
+    /// How long a task may run before it fails with `timeout`.
+    pub task_timeout: Duration,
+    /// How long an agent has to acknowledge an assignment.
+    pub start_timeout: Duration,
+    pub heartbeat_interval: Duration,
+    /// Heartbeats an agent may miss before it is offline.
+    pub missed_heartbeats: u32,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        Self {
+            retry: RetryPolicy::default(),
+            labels: LabelScheme::default(),
+            task_timeout: Duration::from_secs(60 * 60),
+            start_timeout: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(10),
+            missed_heartbeats: 3,
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, EngineError>;
+
+/// Applies one command inside the caller's transaction.
+pub fn handle(s: &EngineSettings, tx: &WriteTx<'_>, cmd: Command, now: Timestamp) -> Result<Reply> {
+    match cmd {
+        Command::ObserveIssue(o) => observe_issue(s, tx, o, now).map(Reply::Observed),
+        Command::RegisterAgent(r) => register(tx, r, now).map(Reply::Registered),
+        Command::Heartbeat { agent, running } => heartbeat(tx, agent, running, now),
+        Command::NextAssignment { agent } => next_assignment(s, tx, agent, now),
+        Command::StartTask {
+            agent,
+            task,
+            attempt,
+        } => {
+            leased(tx, agent, task, attempt)?;
+            append(
+                tx,
+                Event::TaskStarted {
+                    task,
+                    attempt,
+                    at: now,
+                },
+            )
+        }
+        Command::FailTask {
+            agent,
+            task,
+            attempt,
+            class,
+            message,
+        } => {
+            if class == FailureClass::Cancelled {
+                return Err(EngineError::Invalid(
+                    "an agent cannot report class `cancelled`; cancellations come from people"
+                        .into(),
+                ));
+            }
+            let t = leased(tx, agent, task, attempt)?;
+            fail(s, tx, &t, class, message, now)
+        }
+        Command::SubmitReceipt {
+            agent,
+            task,
+            attempt,
+            receipt,
+        } => {
+            leased(tx, agent, task, attempt)?;
+            append(
+                tx,
+                Event::ReceiptReceived {
+                    task,
+                    attempt,
+                    receipt,
+                    at: now,
+                },
+            )
+        }
+        Command::FinishValidation {
+            task,
+            attempt,
+            failure,
+        } => {
+            let t = find_task(tx, task)?;
+            if t.attempt != attempt {
+                return Err(TransitionError::StaleAttempt {
+                    task,
+                    current: t.attempt,
+                    given: attempt,
+                }
+                .into());
+            }
+            match failure {
+                None => append(
+                    tx,
+                    Event::TaskCompleted {
+                        task,
+                        attempt,
+                        at: now,
+                    },
+                ),
+                Some(why) => {
+                    if t.state != TaskState::Validating {
+                        return Err(TransitionError::Task {
+                            task,
+                            from: t.state,
+                            event: "attempt_failed",
+                        }
+                        .into());
+                    }
+                    fail(s, tx, &t, FailureClass::VerificationFailed, why, now)
+                }
+            }
+        }
+        Command::CancelTask { task, reason } => {
+            let t = find_task(tx, task)?;
+            append(
+                tx,
+                Event::TaskCancelled {
+                    task,
+                    attempt: t.attempt,
+                    reason,
+                    at: now,
+                },
+            )
+        }
+        Command::RetryTask { task, by } => {
+            find_task(tx, task)?;
+            append(tx, Event::TaskRetried { task, by, at: now })
+        }
+        Command::DrainAgent { agent } => {
+            find_agent(tx, agent)?;
+            append(tx, Event::AgentDraining { agent, at: now })
+        }
+        Command::DeregisterAgent { agent } => {
+            find_agent(tx, agent)?;
+            append(tx, Event::AgentDeregistered { agent, at: now })?;
+            // Its work goes back to the queue at once: the agent said goodbye, there is nothing to wait for.
+            lose_leases_of(s, tx, agent, now, true)?;
+            Ok(Reply::Done)
+        }
+        Command::Tick => tick(s, tx, now).map(Reply::Ticked),
+    }
+}
+
+fn append(tx: &WriteTx<'_>, e: Event) -> Result<Reply> {
+    tx.append(&e)?;
+    Ok(Reply::Done)
+}
+
+fn find_task(tx: &WriteTx<'_>, id: TaskId) -> Result<Task> {
+    tx.read()
+        .task(id)?
+        .ok_or_else(|| EngineError::NotFound(format!("task {id}")))
+}
+
+fn find_agent(tx: &WriteTx<'_>, id: AgentId) -> Result<crate::core::Agent> {
+    tx.read()
+        .agent(id)?
+        .ok_or_else(|| EngineError::NotFound(format!("agent {id}")))
+}
+
+/// The task, if `agent` holds the lease of this `attempt`. An agent reporting on an attempt it held once but
+/// lost since gets a conflict (its news is stale); an agent that never held it is forbidden.
+fn leased(tx: &WriteTx<'_>, agent: AgentId, task: TaskId, attempt: u32) -> Result<Task> {
+    let t = find_task(tx, task)?;
+    match &t.lease {
+        Some(l) if l.agent == agent && l.attempt == attempt => Ok(t),
+        _ if attempt != t.attempt && tx.read().ever_held(task, agent, attempt)? => {
+            Err(EngineError::Conflict(TransitionError::StaleAttempt {
+                task,
+                current: t.attempt,
+                given: attempt,
+            }))
+        }
+        _ => Err(EngineError::Forbidden(format!(
+            "agent {agent} does not hold the lease of task {task} attempt {attempt}"
+        ))),
+    }
+}
+
+fn observe_issue(
+    s: &EngineSettings,
+    tx: &WriteTx<'_>,
+    o: IssueObservation,
+    now: Timestamp,
+) -> Result<Option<TaskId>> {
+    let reading = s.labels.read(&o.labels);
+    let existing = tx.read().task_by_issue(&o.issue)?;
+    let wants_work = o.open && reading.wants_work();
+    // A finished task starts again only when a person changed its labels back to `todo`: the same labels
+    // seen again (a replay, a poll racing our own label write) must not redo finished work.
+    let queue_as = match &existing {
+        None if wants_work => Some(tx.read().next_task_id()?),
+        Some(t) if t.state.is_terminal() && wants_work && o.labels != t.labels => Some(t.id),
+        _ => None,
+    };
+    if let Some(task) = queue_as {
+        tx.append(&Event::TaskQueued {
+            task,
+            issue: o.issue,
+            title: o.title,
+            body: o.body,
+            labels: o.labels,
+            spec: reading.spec,
+            at: now,
+        })?;
+        return Ok(Some(task));
+    }
+    match existing {
+        None => Ok(None),
+        Some(t) if t.state.is_terminal() => Ok(Some(t.id)),
+        Some(t) => {
+            // While active, the issue carries `todo` or (once we labelled it) `doing`. Neither, or a closed
+            // issue, means a person called the work off.
+            let still_wanted = o.open
+                && (reading.statuses.contains(&StatusLabel::Todo)
+                    || reading.statuses.contains(&StatusLabel::Doing));
+            if !still_wanted {
+                let reason = if o.open {
+                    format!("the `{}` label was removed", s.labels.todo)
+                } else {
+                    "the issue was closed".to_string()
+                };
+                tx.append(&Event::TaskCancelled {
+                    task: t.id,
+                    attempt: t.attempt,
+                    reason,
+                    at: now,
+                })?;
+            } else if o.title != t.title
+                || o.body != t.body
+                || o.labels != t.labels
+                || reading.spec != t.spec
+            {
+                tx.append(&Event::TaskSpecChanged {
+                    task: t.id,
+                    title: o.title,
+                    body: o.body,
+                    labels: o.labels,
+                    spec: reading.spec,
+                    at: now,
+                })?;
+            }
+            Ok(Some(t.id))
+        }
+    }
+}
+
+fn register(tx: &WriteTx<'_>, r: Registration, now: Timestamp) -> Result<AgentId> {
+    if r.max_concurrency == 0 {
+        return Err(EngineError::Invalid(
+            "max_concurrency must be at least 1".into(),
+        ));
+    }
+    let id = match tx.read().agent_by_name(&r.name)? {
+        Some(a) => a.id,
+        None => tx.read().next_agent_id()?,
+    };
+    tx.append(&Event::AgentRegistered {
+        agent: id,
+        name: r.name,
+        adapter: r.adapter,
+        capabilities: r.capabilities,
+        max_concurrency: r.max_concurrency,
+        version: r.version,
+        token_hash: r.token_hash,
+        at: now,
+    })?;
+    tx.touch_agent(id, now)?;
+    Ok(id)
+}
+
+fn heartbeat(
+    tx: &WriteTx<'_>,
+    agent: AgentId,
+    running: Vec<TaskId>,
+    now: Timestamp,
+) -> Result<Reply> {
+    let a = find_agent(tx, agent)?;
+    if a.state == AgentState::Deregistered {
+        return Err(EngineError::Forbidden(format!(
+            "agent {} has deregistered; register again",
+            a.name
+        )));
+    }
+    if a.state == AgentState::Offline {
+        tx.append(&Event::AgentOnline { agent, at: now })?;
+    }
+    tx.touch_agent(agent, now)?;
+    // Anything it runs without holding the lease (cancelled, lost, or given to another) must stop.
+    let held = tx.read().leases_of(agent)?;
+    let cancel = running
+        .into_iter()
+        .filter(|t| !held.iter().any(|(h, _)| h == t))
+        .collect();
+    Ok(Reply::Heartbeat { cancel })
+}
+
+fn next_assignment(
+    s: &EngineSettings,
+    tx: &WriteTx<'_>,
+    agent: AgentId,
+    now: Timestamp,
+) -> Result<Reply> {
+    let a = find_agent(tx, agent)?;
+    let running = tx.read().running_count(agent)?;
+    let Some(id) = tx.read().next_for(&a, running, now)? else {
+        return Ok(Reply::Assignment(None));
+    };
+    let t = find_task(tx, id)?;
+    tx.append(&Event::TaskAssigned {
+        task: id,
+        attempt: t.attempt,
+        agent,
+        at: now,
+        start_by: now + s.start_timeout,
+        deadline: now + s.task_timeout,
+    })?;
+    let task = find_task(tx, id)?;
+    let lease = task
+        .lease
+        .clone()
+        .ok_or_else(|| EngineError::Invalid("assigned task has no lease".into()))?;
+    Ok(Reply::Assignment(Some(Box::new(Assignment {
+        task,
+        lease,
+    }))))
+}
+
+/// Records a failed attempt with the retry policy's decision.
+fn fail(
+    s: &EngineSettings,
+    tx: &WriteTx<'_>,
+    t: &Task,
+    class: FailureClass,
+    message: String,
+    now: Timestamp,
+) -> Result<Reply> {
+    let decision = s.retry.decide(class, t.retries_used(class), now);
+    append(
+        tx,
+        Event::AttemptFailed {
+            task: t.id,
+            attempt: t.attempt,
+            class,
+            message,
+            decision,
+            at: now,
+        },
+    )
+}
+
+/// Every lease the agent holds is lost; with `at_once`, the retry skips its backoff.
+fn lose_leases_of(
+    s: &EngineSettings,
+    tx: &WriteTx<'_>,
+    agent: AgentId,
+    now: Timestamp,
+    at_once: bool,
+) -> Result<Vec<TaskId>> {
+    let mut lost = Vec::new();
+    for (task, attempt) in tx.read().leases_of(agent)? {
+        let t = find_task(tx, task)?;
+        let message = if at_once {
+            "the agent deregistered while holding the task".to_string()
+        } else {
+            format!("agent {agent} stopped sending heartbeats")
+        };
+        lose(s, tx, &t, attempt, agent, message, now, at_once)?;
+        lost.push(task);
+    }
+    Ok(lost)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn lose(
+    s: &EngineSettings,
+    tx: &WriteTx<'_>,
+    t: &Task,
+    attempt: u32,
+    agent: AgentId,
+    message: String,
+    now: Timestamp,
+    at_once: bool,
+) -> Result<()> {
+    // A task mid-validation is past the agent's part: losing the agent does not lose the work.
+    if !matches!(t.state, TaskState::Assigned | TaskState::Running) {
+        return Ok(());
+    }
+    tx.append(&Event::TaskLost {
+        task: t.id,
+        attempt,
+        agent,
+        at: now,
+    })?;
+    let mut decision = s.retry.decide(
+        FailureClass::AgentLost,
+        t.retries_used(FailureClass::AgentLost),
+        now,
+    );
+    if let (true, RetryDecision::Retry { not_before, .. }) = (at_once, &mut decision) {
+        *not_before = now;
+    }
+    tx.append(&Event::AttemptFailed {
+        task: t.id,
+        attempt,
+        class: FailureClass::AgentLost,
+        message,
+        decision,
+        at: now,
+    })?;
+    Ok(())
+}
+
+fn tick(s: &EngineSettings, tx: &WriteTx<'_>, now: Timestamp) -> Result<TickReport> {
+    let mut report = TickReport::default();
+    for expired in tx.read().expired_leases(now)? {
+        let t = find_task(tx, expired.task)?;
+        if !expired.started && t.state == TaskState::Assigned {
+            let message = format!(
+                "agent {} did not start the task within {} s of taking it",
+                expired.agent,
+                s.start_timeout.as_secs()
+            );
+            lose(
+                s,
+                tx,
+                &t,
+                expired.attempt,
+                expired.agent,
+                message,
+                now,
+                false,
+            )?;
+            report.lost.push(t.id);
+        } else if t.lease.as_ref().is_some_and(|l| l.deadline <= now)
+            && t.state != TaskState::Validating
+        {
+            let message = format!(
+                "the task ran past its time limit of {} min",
+                s.task_timeout.as_secs() / 60
+            );
+            fail(s, tx, &t, FailureClass::Timeout, message, now)?;
+            report.timed_out.push(t.id);
+        }
+    }
+    let silence = s.heartbeat_interval * s.missed_heartbeats;
+    for agent in tx.read().silent_agents(now - silence)? {
+        tx.append(&Event::AgentOffline { agent, at: now })?;
+        report
+            .lost
+            .extend(lose_leases_of(s, tx, agent, now, false)?);
+        report.offline.push(agent);
+    }
+    report.next_release = tx.read().next_release(now)?;
+    Ok(report)
+}
+
+#[cfg(test)]
+pub(crate) fn observation(issue: &str, labels: &[&str]) -> IssueObservation {
+    IssueObservation {
+        issue: issue.parse().unwrap(),
+        title: format!("Work on {issue}"),
+        body: String::new(),
+        labels: labels.iter().map(|l| l.to_string()).collect(),
+        open: true,
+    }
+}

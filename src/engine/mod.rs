@@ -1,0 +1,100 @@
+//! The serial heart: commands from HTTP, timers, webhooks and chat are applied one at a time, each one's
+//! events, projection updates and outbox rows committed together, so nothing races on a task.
+
+pub mod clock;
+pub mod command;
+pub mod logic;
+mod runner;
+
+#[cfg(test)]
+mod tests;
+
+use std::time::Instant;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use command::{
+    Assignment, Command, EngineError, IssueObservation, Registration, Reply, TickReport,
+};
+pub use logic::EngineSettings;
+pub use runner::{EngineHandle, spawn};
+
+use crate::store::Store;
+
+/// Observes each committed batch: how many commands, how many events, how long it took.
+pub trait BatchObserver: Send + 'static {
+    fn committed(&self, commands: usize, events: u64, elapsed: std::time::Duration);
+}
+
+impl BatchObserver for () {
+    fn committed(&self, _: usize, _: u64, _: std::time::Duration) {}
+}
+
+/// The engine without a thread: applies commands directly. The runner wraps it; tests and benchmarks use it
+/// as it is.
+pub struct Engine {
+    pub store: Store,
+    pub settings: EngineSettings,
+    pub clock: Box<dyn Clock>,
+}
+
+impl Engine {
+    pub fn new(store: Store, settings: EngineSettings, clock: impl Clock) -> Self {
+        Self {
+            store,
+            settings,
+            clock: Box::new(clock),
+        }
+    }
+
+    /// Applies one command in its own transaction.
+    pub fn execute(&mut self, cmd: Command) -> Result<Reply, EngineError> {
+        self.execute_batch(vec![cmd])
+            .pop()
+            .unwrap_or(Err(EngineError::Stopped))
+    }
+
+    /// Applies several commands in one transaction (group commit), each in its own savepoint so one refused
+    /// command leaves the others in. If the commit itself fails, every command fails.
+    pub fn execute_batch(&mut self, cmds: Vec<Command>) -> Vec<Result<Reply, EngineError>> {
+        let n = cmds.len();
+        let mut tx = match self.store.write() {
+            Ok(tx) => tx,
+            Err(e) => return failed_all(n, &e.to_string()),
+        };
+        let mut replies = Vec::with_capacity(n);
+        for cmd in cmds {
+            let now = self.clock.now();
+            let settings = &self.settings;
+            replies.push(tx.savepoint(|tx| logic::handle(settings, tx, cmd, now)));
+        }
+        match tx.commit() {
+            Ok(()) => replies,
+            Err(e) => failed_all(n, &e.to_string()),
+        }
+    }
+
+    /// Like `execute_batch`, reporting to `observer`.
+    pub fn execute_observed(
+        &mut self,
+        cmds: Vec<Command>,
+        observer: &dyn BatchObserver,
+    ) -> Vec<Result<Reply, EngineError>> {
+        let started = Instant::now();
+        let before = self.store.read().event_count().unwrap_or(0);
+        let n = cmds.len();
+        let replies = self.execute_batch(cmds);
+        let after = self.store.read().event_count().unwrap_or(before);
+        observer.committed(n, after.saturating_sub(before), started.elapsed());
+        replies
+    }
+}
+
+fn failed_all(n: usize, why: &str) -> Vec<Result<Reply, EngineError>> {
+    (0..n)
+        .map(|_| {
+            Err(EngineError::Store(crate::store::StoreError::Decode(
+                format!("the transaction failed: {why}"),
+            )))
+        })
+        .collect()
+}

@@ -1,0 +1,511 @@
+//! The engine's decisions, told as short stories with a hand-moved clock.
+
+use std::time::Duration;
+
+use super::logic::observation;
+use super::*;
+use crate::core::*;
+
+struct Fleet {
+    engine: Engine,
+    clock: ManualClock,
+}
+
+fn fleet() -> Fleet {
+    let clock = ManualClock::new(Timestamp(1_800_000_000_000));
+    let engine = Engine::new(
+        Store::open_in_memory().unwrap(),
+        EngineSettings::default(),
+        clock.clone(),
+    );
+    Fleet { engine, clock }
+}
+
+impl Fleet {
+    fn label(&mut self, issue: &str, labels: &[&str]) -> Option<TaskId> {
+        match self
+            .engine
+            .execute(Command::ObserveIssue(observation(issue, labels)))
+            .unwrap()
+        {
+            Reply::Observed(t) => t,
+            other => panic!("{other:?}"),
+        }
+    }
+    fn close(&mut self, issue: &str) {
+        let mut o = observation(issue, &["status:todo"]);
+        o.open = false;
+        self.engine.execute(Command::ObserveIssue(o)).unwrap();
+    }
+    fn register(&mut self, name: &str, caps: &[&str], slots: u32) -> AgentId {
+        let r = Registration {
+            name: AgentName::parse(name).unwrap(),
+            adapter: "command".into(),
+            capabilities: caps.iter().map(|c| c.to_string()).collect(),
+            max_concurrency: slots,
+            version: "1".into(),
+            token_hash: format!("hash-{name}"),
+        };
+        match self.engine.execute(Command::RegisterAgent(r)).unwrap() {
+            Reply::Registered(id) => id,
+            other => panic!("{other:?}"),
+        }
+    }
+    fn pull(&mut self, agent: AgentId) -> Option<Assignment> {
+        match self
+            .engine
+            .execute(Command::NextAssignment { agent })
+            .unwrap()
+        {
+            Reply::Assignment(a) => a.map(|a| *a),
+            other => panic!("{other:?}"),
+        }
+    }
+    fn start(&mut self, agent: AgentId, a: &Assignment) {
+        self.engine
+            .execute(Command::StartTask {
+                agent,
+                task: a.task.id,
+                attempt: a.lease.attempt,
+            })
+            .unwrap();
+    }
+    fn heartbeat(&mut self, agent: AgentId, running: &[TaskId]) -> Vec<TaskId> {
+        match self
+            .engine
+            .execute(Command::Heartbeat {
+                agent,
+                running: running.to_vec(),
+            })
+            .unwrap()
+        {
+            Reply::Heartbeat { cancel } => cancel,
+            other => panic!("{other:?}"),
+        }
+    }
+    fn tick(&mut self) -> TickReport {
+        match self.engine.execute(Command::Tick).unwrap() {
+            Reply::Ticked(r) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+    fn later(&mut self, d: Duration) {
+        self.clock.advance(d);
+    }
+    fn task(&self, id: TaskId) -> Task {
+        self.engine.store.read().task(id).unwrap().unwrap()
+    }
+}
+
+fn mins(m: u64) -> Duration {
+    Duration::from_secs(60 * m)
+}
+
+#[test]
+fn labelling_an_issue_todo_queues_a_task_with_its_spec() {
+    let mut f = fleet();
+    let id = f
+        .label(
+            "acme/app#7",
+            &["status:todo", "priority:high", "needs:rust"],
+        )
+        .unwrap();
+    let t = f.task(id);
+    assert_eq!(
+        (t.state, t.attempt, t.spec.priority),
+        (TaskState::Queued, 1, Priority::High)
+    );
+    assert!(
+        f.label("acme/app#8", &["type:bug"]).is_none(),
+        "no status:todo, no task"
+    );
+    assert_eq!(
+        f.label(
+            "acme/app#7",
+            &["status:todo", "priority:high", "needs:rust"]
+        ),
+        Some(id),
+        "a replay changes nothing"
+    );
+    assert_eq!(f.engine.store.read().task_events(id).unwrap().len(), 1);
+}
+
+#[test]
+fn an_agent_pulls_starts_and_the_issue_gets_doing() {
+    let mut f = fleet();
+    let task = f.label("acme/app#1", &["status:todo"]).unwrap();
+    let a1 = f.register("a1", &[], 1);
+    let a = f.pull(a1).unwrap();
+    assert_eq!(
+        (a.task.id, a.lease.attempt, a.task.state),
+        (task, 1, TaskState::Assigned)
+    );
+    assert_eq!(a.lease.deadline, a.lease.assigned_at + mins(60));
+    f.start(a1, &a);
+    assert_eq!(f.task(task).state, TaskState::Running);
+    let outbox = f
+        .engine
+        .store
+        .read()
+        .outbox_due(Timestamp(i64::MAX), 10)
+        .unwrap();
+    assert_eq!(outbox.len(), 1);
+    assert!(
+        outbox[0].payload.contains("\"status\":\"doing\""),
+        "{}",
+        outbox[0].payload
+    );
+    assert!(f.pull(a1).is_none(), "one slot, already used");
+}
+
+#[test]
+fn lost_agent_task_is_requeued_with_next_attempt_for_another_agent() {
+    let mut f = fleet();
+    let task = f.label("acme/app#1", &["status:todo"]).unwrap();
+    let a1 = f.register("a1", &[], 1);
+    let a = f.pull(a1).unwrap();
+    f.start(a1, &a);
+    let a2 = f.register("a2", &[], 1);
+    f.later(Duration::from_secs(31));
+    f.heartbeat(a2, &[]);
+    let report = f.tick();
+    assert_eq!(
+        (report.offline.as_slice(), report.lost.as_slice()),
+        ([a1].as_slice(), [task].as_slice())
+    );
+    let t = f.task(task);
+    assert_eq!((t.state, t.attempt), (TaskState::Queued, 2));
+    assert_eq!(
+        t.last_failure.as_ref().unwrap().class,
+        FailureClass::AgentLost
+    );
+    assert!(f.pull(a2).is_none(), "the backoff has not passed");
+    f.later(mins(1));
+    f.heartbeat(a2, &[]);
+    let b = f.pull(a2).unwrap();
+    assert_eq!((b.task.id, b.lease.attempt), (task, 2));
+    // The first agent comes back and still thinks it has the task: it is told to stop, and cannot report.
+    assert_eq!(f.heartbeat(a1, &[task]), [task]);
+    let err = f
+        .engine
+        .execute(Command::StartTask {
+            agent: a1,
+            task,
+            attempt: 1,
+        })
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            EngineError::Conflict(TransitionError::StaleAttempt {
+                current: 2,
+                given: 1,
+                ..
+            })
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_assignment_not_started_in_time_goes_back_to_the_queue() {
+    let mut f = fleet();
+    let task = f.label("acme/app#1", &["status:todo"]).unwrap();
+    let a1 = f.register("a1", &[], 1);
+    f.pull(a1).unwrap();
+    f.later(Duration::from_secs(29));
+    f.heartbeat(a1, &[]);
+    assert!(f.tick().lost.is_empty());
+    f.later(Duration::from_secs(2));
+    f.heartbeat(a1, &[]);
+    assert_eq!(f.tick().lost, [task]);
+    assert_eq!(f.task(task).state, TaskState::Queued);
+}
+
+#[test]
+fn a_task_past_its_deadline_times_out_and_the_policy_decides() {
+    let mut f = fleet();
+    let task = f.label("acme/app#1", &["status:todo"]).unwrap();
+    let a1 = f.register("a1", &[], 1);
+    let a = f.pull(a1).unwrap();
+    f.start(a1, &a);
+    for _ in 0..6 {
+        f.later(mins(10));
+        f.heartbeat(a1, &[task]);
+    }
+    assert_eq!(f.tick().timed_out, [task]);
+    let t = f.task(task);
+    assert_eq!(
+        (t.state, t.attempt),
+        (TaskState::Queued, 2),
+        "timeout allows one retry by default"
+    );
+    f.later(mins(5));
+    f.heartbeat(a1, &[]);
+    let b = f.pull(a1).unwrap();
+    f.start(a1, &b);
+    for _ in 0..6 {
+        f.later(mins(10));
+        f.heartbeat(a1, &[task]);
+    }
+    f.tick();
+    assert_eq!(
+        f.task(task).state,
+        TaskState::Failed,
+        "the timeout budget is spent"
+    );
+    let outbox = f
+        .engine
+        .store
+        .read()
+        .outbox_due(Timestamp(i64::MAX), 10)
+        .unwrap();
+    assert!(outbox.last().unwrap().payload.contains("failed"));
+}
+
+#[test]
+fn agent_errors_retry_until_their_budget_is_spent() {
+    let mut f = fleet();
+    let task = f.label("acme/app#1", &["status:todo"]).unwrap();
+    let a1 = f.register("a1", &[], 1);
+    let mut attempts = Vec::new();
+    loop {
+        f.later(mins(120));
+        f.heartbeat(a1, &[]);
+        let Some(a) = f.pull(a1) else { break };
+        attempts.push(a.lease.attempt);
+        f.start(a1, &a);
+        f.engine
+            .execute(Command::FailTask {
+                agent: a1,
+                task,
+                attempt: a.lease.attempt,
+                class: FailureClass::AgentError,
+                message: "exit status 1".into(),
+            })
+            .unwrap();
+    }
+    assert_eq!(attempts, [1, 2, 3], "two retries of agent_error by default");
+    assert_eq!(f.task(task).state, TaskState::Failed);
+    f.engine
+        .execute(Command::RetryTask {
+            task,
+            by: "operator".into(),
+        })
+        .unwrap();
+    let t = f.task(task);
+    assert_eq!((t.state, t.attempt), (TaskState::Queued, 4));
+}
+
+#[test]
+fn only_the_leaseholder_may_report_and_cancelled_is_not_theirs_to_say() {
+    let mut f = fleet();
+    let task = f.label("acme/app#1", &["status:todo"]).unwrap();
+    let a1 = f.register("a1", &[], 1);
+    let a2 = f.register("a2", &[], 1);
+    let a = f.pull(a1).unwrap();
+    let err = f
+        .engine
+        .execute(Command::StartTask {
+            agent: a2,
+            task,
+            attempt: a.lease.attempt,
+        })
+        .unwrap_err();
+    assert!(matches!(err, EngineError::Forbidden(_)), "{err}");
+    let err = f
+        .engine
+        .execute(Command::FailTask {
+            agent: a1,
+            task,
+            attempt: 1,
+            class: FailureClass::Cancelled,
+            message: "".into(),
+        })
+        .unwrap_err();
+    assert!(matches!(err, EngineError::Invalid(_)), "{err}");
+    let err = f
+        .engine
+        .execute(Command::StartTask {
+            agent: a1,
+            task: TaskId(99),
+            attempt: 1,
+        })
+        .unwrap_err();
+    assert!(matches!(err, EngineError::NotFound(_)), "{err}");
+    assert_eq!(
+        f.task(task).state,
+        TaskState::Assigned,
+        "refusals change nothing"
+    );
+}
+
+#[test]
+fn removing_todo_or_closing_cancels_and_the_agent_is_told_to_stop() {
+    let mut f = fleet();
+    let t1 = f.label("acme/app#1", &["status:todo"]).unwrap();
+    let t2 = f.label("acme/app#2", &["status:todo"]).unwrap();
+    let a1 = f.register("a1", &[], 2);
+    let a = f.pull(a1).unwrap();
+    f.start(a1, &a);
+    // While running the issue carries status:doing (our own label): that is not a cancellation.
+    f.label("acme/app#1", &["status:doing"]);
+    assert_eq!(f.task(t1).state, TaskState::Running);
+    f.label("acme/app#1", &["type:bug"]);
+    assert_eq!(f.task(t1).state, TaskState::Cancelled);
+    assert_eq!(f.heartbeat(a1, &[t1]), [t1]);
+    f.close("acme/app#2");
+    assert_eq!(f.task(t2).state, TaskState::Cancelled);
+    let events = f.engine.store.read().task_events(t2).unwrap();
+    assert!(
+        matches!(&events.last().unwrap().1, Event::TaskCancelled { reason, .. } if reason.contains("closed"))
+    );
+}
+
+#[test]
+fn a_finished_task_is_queued_again_only_when_a_person_relabels_it() {
+    let mut f = fleet();
+    let task = f.label("acme/app#1", &["status:todo"]).unwrap();
+    f.engine
+        .execute(Command::CancelTask {
+            task,
+            reason: "test".into(),
+        })
+        .unwrap();
+    f.label("acme/app#1", &["status:todo"]);
+    assert_eq!(
+        f.task(task).state,
+        TaskState::Cancelled,
+        "the same labels again are an echo, not a request"
+    );
+    f.label("acme/app#1", &["status:failed"]);
+    f.label("acme/app#1", &["status:todo", "priority:low"]);
+    let t = f.task(task);
+    assert_eq!(
+        (t.state, t.attempt, t.spec.priority),
+        (TaskState::Queued, 2, Priority::Low)
+    );
+}
+
+#[test]
+fn routing_respects_capabilities_pins_and_slots() {
+    let mut f = fleet();
+    let gpu = f
+        .label("acme/app#1", &["status:todo", "needs:gpu"])
+        .unwrap();
+    let pinned = f.label("acme/app#2", &["status:todo", "agent:b"]).unwrap();
+    let any = f.label("acme/app#3", &["status:todo"]).unwrap();
+    let a = f.register("a", &[], 1);
+    let b = f.register("b", &["gpu"], 2);
+    assert_eq!(f.pull(a).unwrap().task.id, any);
+    assert!(f.pull(a).is_none());
+    assert_eq!(f.pull(b).unwrap().task.id, gpu);
+    assert_eq!(f.pull(b).unwrap().task.id, pinned);
+    assert!(f.pull(b).is_none());
+}
+
+#[test]
+fn draining_agents_get_no_new_work_and_deregistering_requeues_at_once() {
+    let mut f = fleet();
+    let t1 = f.label("acme/app#1", &["status:todo"]).unwrap();
+    f.label("acme/app#2", &["status:todo"]).unwrap();
+    let a1 = f.register("a1", &[], 2);
+    let a = f.pull(a1).unwrap();
+    f.start(a1, &a);
+    f.engine.execute(Command::DrainAgent { agent: a1 }).unwrap();
+    assert!(f.pull(a1).is_none());
+    f.engine
+        .execute(Command::DeregisterAgent { agent: a1 })
+        .unwrap();
+    let t = f.task(t1);
+    assert_eq!((t.state, t.attempt), (TaskState::Queued, 2));
+    let a2 = f.register("a2", &[], 2);
+    assert_eq!(
+        f.pull(a2).unwrap().task.id,
+        t1,
+        "no backoff after a deregistration"
+    );
+}
+
+#[test]
+fn a_batch_commits_good_commands_and_refuses_bad_ones_alone() {
+    let mut f = fleet();
+    let replies = f.engine.execute_batch(vec![
+        Command::ObserveIssue(observation("acme/app#1", &["status:todo"])),
+        Command::CancelTask {
+            task: TaskId(42),
+            reason: "x".into(),
+        },
+        Command::ObserveIssue(observation("acme/app#2", &["status:todo"])),
+    ]);
+    assert!(replies[0].is_ok() && replies[2].is_ok());
+    assert!(matches!(replies[1], Err(EngineError::NotFound(_))));
+    assert_eq!(f.engine.store.read().event_count().unwrap(), 2);
+}
+
+#[test]
+fn re_registering_keeps_the_agent_id() {
+    let mut f = fleet();
+    let a = f.register("a1", &[], 1);
+    assert_eq!(f.register("a1", &["x"], 3), a);
+    assert_ne!(f.register("a2", &[], 1), a);
+}
+
+#[test]
+fn a_receipt_moves_to_validating_and_the_verdict_completes_or_retries() {
+    let mut f = fleet();
+    let task = f.label("acme/app#1", &["status:todo"]).unwrap();
+    let a1 = f.register("a1", &[], 1);
+    let a = f.pull(a1).unwrap();
+    f.start(a1, &a);
+    let receipt = Receipt {
+        pr_number: 3,
+        head_sha: CommitSha::parse(&"b".repeat(40)).unwrap(),
+        summary: "fixed".into(),
+        usage: Usage::default(),
+        cost_usd: Some(0.12),
+        duration_secs: Some(30),
+        session_id: None,
+        artifacts: vec![],
+    };
+    let submit = |attempt| Command::SubmitReceipt {
+        agent: a1,
+        task,
+        attempt,
+        receipt: receipt.clone(),
+    };
+    f.engine.execute(submit(1)).unwrap();
+    assert_eq!(f.task(task).state, TaskState::Validating);
+    let failure = Some("the pull request does not refer to the issue".to_string());
+    f.engine
+        .execute(Command::FinishValidation {
+            task,
+            attempt: 1,
+            failure,
+        })
+        .unwrap();
+    let t = f.task(task);
+    assert_eq!((t.state, t.attempt), (TaskState::Queued, 2));
+    assert_eq!(
+        t.last_failure.unwrap().class,
+        FailureClass::VerificationFailed
+    );
+    f.later(mins(2));
+    f.heartbeat(a1, &[]);
+    let b = f.pull(a1).unwrap();
+    f.start(a1, &b);
+    f.engine.execute(submit(2)).unwrap();
+    f.engine
+        .execute(Command::FinishValidation {
+            task,
+            attempt: 2,
+            failure: None,
+        })
+        .unwrap();
+    assert_eq!(f.task(task).state, TaskState::Completed);
+    assert_eq!(
+        f.engine.store.read().running_count(a1).unwrap(),
+        0,
+        "the lease ends with the task"
+    );
+}

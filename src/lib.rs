@@ -1,0 +1,12 @@
+//! forgefleet: runs a fleet of AI coding agents from Forgejo issues.
+//!
+//! Dependencies flow one way: `api` -> `engine` -> `core`; `store` serves the engine. `core` imports nothing
+//! from the rest of the crate and does no I/O.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod core;
+pub mod engine;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,214 @@
+//! SQLite: the append-only event log, the projections built from it, and the outbox.
+//!
+//! One writer (the engine) appends events and updates projections in the same transaction; readers open
+//! their own connections (WAL lets them read while the writer writes).
+
+mod lock;
+mod projection;
+mod queries;
+mod rebuild;
+mod schema;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+pub use lock::{LockError, StoreLock};
+pub use projection::Appended;
+pub use queries::{AgentRow, OutboxRow, TaskSummary};
+pub use rebuild::RebuildReport;
+pub use schema::SCHEMA_VERSION;
+
+use crate::core::TransitionError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path} is not a forgefleet database, or it is damaged: {detail}")]
+    Corrupt { path: String, detail: String },
+    #[error(
+        "{path} was written by a newer forgefleet (schema version {found}, this one knows up to {known})"
+    )]
+    TooNew {
+        path: String,
+        found: i64,
+        known: i64,
+    },
+    #[error("cannot open database {path}: {detail}")]
+    Open { path: String, detail: String },
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
+    #[error("stored data could not be read back: {0}")]
+    Decode(String),
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A connection to the store, with the schema migrated to the current version.
+pub struct Store {
+    conn: Connection,
+    path: String,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating it and its directory if needed) the database at `path` for writing, and migrates it.
+    pub fn open(path: &Path) -> Result<Store> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
+                path: path.display().to_string(),
+                detail: e.to_string(),
+            })?;
+        }
+        let conn = Connection::open(path).map_err(|e| open_error(path, e))?;
+        Self::init(conn, path.display().to_string())
+    }
+
+    /// Opens an existing database for reading only (status commands); never creates or migrates.
+    pub fn open_read_only(path: &Path) -> Result<Store> {
+        if !path.exists() {
+            return Err(StoreError::Open {
+                path: path.display().to_string(),
+                detail: "no such file (has `forgefleet serve` run with this store path?)".into(),
+            });
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).map_err(|e| open_error(path, e))?;
+        let path_s = path.display().to_string();
+        conn.busy_timeout(Duration::from_secs(5))?;
+        let version = schema::version(&conn).map_err(|e| classify(&path_s, e))?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::TooNew {
+                path: path_s,
+                found: version,
+                known: SCHEMA_VERSION,
+            });
+        }
+        Ok(Store { conn, path: path_s })
+    }
+
+    /// A fresh database in memory with the real migrations: for tests.
+    pub fn open_in_memory() -> Result<Store> {
+        Self::init(Connection::open_in_memory()?, ":memory:".into())
+    }
+
+    fn init(conn: Connection, path: String) -> Result<Store> {
+        let setup = || -> rusqlite::Result<i64> {
+            conn.busy_timeout(Duration::from_secs(5))?;
+            // WAL: readers never block the writer. NORMAL: a commit survives a crash of forgefleet; only a
+            // power loss can take the last commits, which reconciliation with Forgejo repairs.
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
+            conn.pragma_update(None, "foreign_keys", "ON")?;
+            schema::version(&conn)
+        };
+        let found = setup().map_err(|e| classify(&path, e))?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::TooNew {
+                path,
+                found,
+                known: SCHEMA_VERSION,
+            });
+        }
+        let mut store = Store { conn, path };
+        schema::migrate(&mut store.conn).map_err(|e| classify(&store.path, e))?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The raw connection, for benchmarks and tests that compare against plain SQL.
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Starts a write transaction. Everything appended through it commits or rolls back together.
+    pub fn write(&mut self) -> Result<WriteTx<'_>> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        Ok(WriteTx { tx })
+    }
+
+    /// A read view (one implicit transaction per query).
+    pub fn read(&self) -> ReadView<'_> {
+        ReadView { conn: &self.conn }
+    }
+}
+
+/// An open write transaction.
+pub struct WriteTx<'a> {
+    tx: rusqlite::Transaction<'a>,
+}
+
+impl WriteTx<'_> {
+    pub fn commit(self) -> Result<()> {
+        Ok(self.tx.commit()?)
+    }
+    /// Reads within this transaction, seeing what it has written so far.
+    pub fn read(&self) -> ReadView<'_> {
+        ReadView { conn: &self.tx }
+    }
+    /// Runs `f` in a savepoint: if it fails, only its own writes are undone and the transaction goes on.
+    pub fn savepoint<T, E: From<rusqlite::Error>>(
+        &mut self,
+        f: impl FnOnce(&WriteTx<'_>) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
+        self.tx.execute_batch("SAVEPOINT cmd")?;
+        match f(self) {
+            Ok(v) => {
+                self.tx.execute_batch("RELEASE cmd")?;
+                Ok(v)
+            }
+            Err(e) => {
+                self.tx.execute_batch("ROLLBACK TO cmd; RELEASE cmd")?;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Queries over the projections, inside or outside a write transaction.
+pub struct ReadView<'a> {
+    conn: &'a Connection,
+}
+
+fn open_error(path: &Path, e: rusqlite::Error) -> StoreError {
+    StoreError::Open {
+        path: path.display().to_string(),
+        detail: e.to_string(),
+    }
+}
+
+/// SQLite reports a file that is not a database only when it is first read: name that case plainly.
+fn classify(path: &str, e: rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode::{DatabaseCorrupt, NotADatabase};
+    match &e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(f.code, NotADatabase | DatabaseCorrupt) =>
+        {
+            StoreError::Corrupt {
+                path: path.to_string(),
+                detail: e.to_string(),
+            }
+        }
+        _ => StoreError::Sqlite(e),
+    }
+}
+
+/// The default data directory's database file, relative to the working directory.
+pub fn default_path() -> PathBuf {
+    PathBuf::from("forgefleet-data").join("forgefleet.db")
+}
+
+#[cfg(test)]
+mod tests;

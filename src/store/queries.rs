@@ -1,0 +1,352 @@
+//! Reads over the projections: what the engine decides with and what operators look at.
+
+use rusqlite::{OptionalExtension, params};
+use serde::Serialize;
+
+use super::projection::{decode, load_agent, load_task};
+use super::{ReadView, Result};
+use crate::core::queue::{Candidate, QueueKey, pick_next};
+use crate::core::{
+    Agent, AgentId, AgentName, Event, IssueRef, Priority, Task, TaskId, TaskSpec, TaskState,
+    Timestamp,
+};
+
+/// A task as listed: enough to show a table without its body.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TaskSummary {
+    pub id: TaskId,
+    pub issue: String,
+    pub title: String,
+    pub state: TaskState,
+    pub priority: Priority,
+    pub attempt: u32,
+    pub agent: Option<String>,
+    pub not_before: Option<String>,
+    pub updated_at: String,
+}
+
+/// An agent with what is derived from other tables.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentRow {
+    pub agent: Agent,
+    pub running: u32,
+    pub last_heartbeat_at: Option<Timestamp>,
+}
+
+/// A side effect waiting to be delivered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub event_seq: i64,
+    pub kind: String,
+    pub payload: String,
+    pub attempts: u32,
+    pub next_attempt_at: Timestamp,
+}
+
+/// A lease that ran out: the agent never acknowledged in time, or the task passed its deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExpiredLease {
+    pub task: TaskId,
+    pub attempt: u32,
+    pub agent: AgentId,
+    pub started: bool,
+}
+
+impl ReadView<'_> {
+    pub fn task(&self, id: TaskId) -> Result<Option<Task>> {
+        load_task(self.conn, id)
+    }
+
+    pub fn task_by_issue(&self, issue: &IssueRef) -> Result<Option<Task>> {
+        let data: Option<String> = self
+            .conn
+            .prepare_cached("SELECT data FROM tasks WHERE repo = ?1 AND issue = ?2")?
+            .query_row(params![issue.repo.as_str(), issue.number as i64], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        data.map(|d| decode(&d)).transpose()
+    }
+
+    /// Tasks, newest change first, optionally of one state.
+    pub fn tasks(&self, state: Option<TaskState>, limit: u32) -> Result<Vec<TaskSummary>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT t.data, a.name FROM tasks t
+             LEFT JOIN leases l ON l.task_id = t.id LEFT JOIN agents a ON a.id = l.agent_id
+             WHERE ?1 IS NULL OR t.state = ?1 ORDER BY t.updated_at DESC, t.id DESC LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![state.map(|s| s.as_str()), limit], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (data, agent) = row?;
+            let t: Task = decode(&data)?;
+            out.push(TaskSummary {
+                id: t.id,
+                issue: t.issue.to_string(),
+                title: t.title,
+                state: t.state,
+                priority: t.spec.priority,
+                attempt: t.attempt,
+                agent,
+                not_before: t.not_before.map(|n| n.to_rfc3339()),
+                updated_at: t.updated_at.to_rfc3339(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The log of one task, oldest first, with sequence numbers.
+    pub fn task_events(&self, id: TaskId) -> Result<Vec<(i64, Event)>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT seq, payload FROM events WHERE task_id = ?1 ORDER BY seq")?;
+        let rows = stmt.query_map([id.0], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+        })?;
+        rows.map(|r| {
+            let (seq, payload) = r?;
+            Ok((seq, decode(&payload)?))
+        })
+        .collect()
+    }
+
+    pub fn agent(&self, id: AgentId) -> Result<Option<Agent>> {
+        load_agent(self.conn, id)
+    }
+
+    pub fn agent_by_name(&self, name: &AgentName) -> Result<Option<Agent>> {
+        self.agent_where("name", name.as_str())
+    }
+
+    pub fn agent_by_token_hash(&self, hash: &str) -> Result<Option<Agent>> {
+        self.agent_where("token_hash", hash)
+    }
+
+    fn agent_where(&self, column: &str, value: &str) -> Result<Option<Agent>> {
+        let sql = format!("SELECT data FROM agents WHERE {column} = ?1");
+        let data: Option<String> = self
+            .conn
+            .prepare_cached(&sql)?
+            .query_row([value], |r| r.get(0))
+            .optional()?;
+        data.map(|d| decode(&d)).transpose()
+    }
+
+    pub fn agents(&self) -> Result<Vec<AgentRow>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT a.data, a.last_heartbeat_at, (SELECT COUNT(*) FROM leases l WHERE l.agent_id = a.id)
+             FROM agents a ORDER BY a.name",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Option<i64>>(1)?,
+                r.get::<_, u32>(2)?,
+            ))
+        })?;
+        rows.map(|r| {
+            let (data, hb, running) = r?;
+            Ok(AgentRow {
+                agent: decode(&data)?,
+                running,
+                last_heartbeat_at: hb.map(Timestamp),
+            })
+        })
+        .collect()
+    }
+
+    /// How many tasks an agent holds leases on: the slots it uses.
+    pub fn running_count(&self, agent: AgentId) -> Result<u32> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT COUNT(*) FROM leases WHERE agent_id = ?1")?
+            .query_row([agent.0], |r| r.get(0))?)
+    }
+
+    /// The tasks an agent holds leases on, with the attempt of each.
+    pub fn leases_of(&self, agent: AgentId) -> Result<Vec<(TaskId, u32)>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT task_id, attempt FROM leases WHERE agent_id = ?1 ORDER BY task_id",
+        )?;
+        let rows = stmt.query_map([agent.0], |r| Ok((TaskId(r.get(0)?), r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Whether the log shows `agent` was once assigned this attempt of the task.
+    pub fn ever_held(&self, task: TaskId, agent: AgentId, attempt: u32) -> Result<bool> {
+        let n: i64 = self
+            .conn
+            .prepare_cached(
+                "SELECT COUNT(*) FROM events WHERE task_id = ?1 AND kind = 'task_assigned'
+                 AND json_extract(payload, '$.agent') = ?2 AND json_extract(payload, '$.attempt') = ?3",
+            )?
+            .query_row(params![task.0, agent.0, attempt], |r| r.get(0))?;
+        Ok(n > 0)
+    }
+
+    /// The first queued task, in queue order, that `agent` may take now.
+    pub fn next_for(&self, agent: &Agent, running: u32, now: Timestamp) -> Result<Option<TaskId>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, priority, queued_at, not_before, needs, pin FROM tasks
+             WHERE state = 'queued' ORDER BY priority, queued_at, id",
+        )?;
+        let mut rows = stmt.query([])?;
+        // Rows are decoded one at a time and the walk stops at the first fit, so a deep queue costs
+        // only as much as the tasks this agent has to skip.
+        let mut failure = None;
+        let candidates = std::iter::from_fn(|| {
+            match rows
+                .next()
+                .and_then(|r| r.map(candidate_from_row).transpose())
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    failure = Some(e);
+                    None
+                }
+            }
+        });
+        let picked = pick_next(candidates, agent, running, now);
+        match failure {
+            Some(e) => Err(e.into()),
+            None => Ok(picked),
+        }
+    }
+
+    /// Leases whose agent did not start in time, or whose task passed its deadline.
+    pub fn expired_leases(&self, now: Timestamp) -> Result<Vec<ExpiredLease>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT task_id, attempt, agent_id, started_at IS NOT NULL FROM leases
+             WHERE deadline <= ?1 OR (started_at IS NULL AND start_by <= ?1) ORDER BY task_id",
+        )?;
+        let rows = stmt.query_map([now.0], |r| {
+            Ok(ExpiredLease {
+                task: TaskId(r.get(0)?),
+                attempt: r.get(1)?,
+                agent: AgentId(r.get(2)?),
+                started: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Online or draining agents not heard from since `cutoff`.
+    pub fn silent_agents(&self, cutoff: Timestamp) -> Result<Vec<AgentId>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id FROM agents WHERE state IN ('online', 'draining') AND COALESCE(last_heartbeat_at, 0) < ?1",
+        )?;
+        let rows = stmt.query_map([cutoff.0], |r| Ok(AgentId(r.get(0)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The earliest moment a queued task's backoff ends after `now`: when waiting agents should look again.
+    pub fn next_release(&self, now: Timestamp) -> Result<Option<Timestamp>> {
+        let t: Option<i64> = self
+            .conn
+            .prepare_cached(
+                "SELECT MIN(not_before) FROM tasks WHERE state = 'queued' AND not_before > ?1",
+            )?
+            .query_row([now.0], |r| r.get(0))?;
+        Ok(t.map(Timestamp))
+    }
+
+    pub fn counts_by_state(&self) -> Result<Vec<(TaskState, u64)>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT state, COUNT(*) FROM tasks GROUP BY state")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))?;
+        let mut out = Vec::new();
+        for r in rows {
+            let (s, n) = r?;
+            if let Some(s) = TaskState::parse(&s) {
+                out.push((s, n));
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn queue_depth_by_priority(&self) -> Result<Vec<(Priority, u64)>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT priority, COUNT(*) FROM tasks WHERE state = 'queued' GROUP BY priority",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, u64>(1)?)))?;
+        let mut out = Vec::new();
+        for r in rows {
+            let (p, n) = r?;
+            if let Some(p) = Priority::from_rank(p) {
+                out.push((p, n));
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn event_count(&self) -> Result<u64> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM events")?
+            .query_row([], |r| r.get(0))?)
+    }
+
+    pub fn next_task_id(&self) -> Result<TaskId> {
+        Ok(TaskId(
+            self.conn
+                .prepare_cached("SELECT COALESCE(MAX(id), 0) + 1 FROM tasks")?
+                .query_row([], |r| r.get(0))?,
+        ))
+    }
+
+    pub fn next_agent_id(&self) -> Result<AgentId> {
+        Ok(AgentId(
+            self.conn
+                .prepare_cached("SELECT COALESCE(MAX(id), 0) + 1 FROM agents")?
+                .query_row([], |r| r.get(0))?,
+        ))
+    }
+
+    /// Undelivered side effects that are due, oldest first.
+    pub fn outbox_due(&self, now: Timestamp, limit: u32) -> Result<Vec<OutboxRow>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, event_seq, kind, payload, attempts, next_attempt_at FROM outbox
+             WHERE delivered_at IS NULL AND next_attempt_at <= ?1 ORDER BY id LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![now.0, limit], |r| {
+            Ok(OutboxRow {
+                id: r.get(0)?,
+                event_seq: r.get(1)?,
+                kind: r.get(2)?,
+                payload: r.get(3)?,
+                attempts: r.get(4)?,
+                next_attempt_at: Timestamp(r.get(5)?),
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
+fn candidate_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Candidate> {
+    let needs: String = r.get(4)?;
+    let pin: Option<String> = r.get(5)?;
+    let spec = TaskSpec {
+        priority: Priority::from_rank(r.get(1)?).unwrap_or_default(),
+        kind: None,
+        needs: needs
+            .split('\n')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect(),
+        agent: pin.and_then(|p| AgentName::parse(&p).ok()),
+    };
+    let key = QueueKey {
+        priority: spec.priority,
+        queued_at: Timestamp(r.get(2)?),
+        task: TaskId(r.get(0)?),
+    };
+    Ok(Candidate {
+        key,
+        spec,
+        not_before: r.get::<_, Option<i64>>(3)?.map(Timestamp),
+    })
+}

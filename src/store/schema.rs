@@ -1,0 +1,105 @@
+//! Versioned migrations, tracked in SQLite's `user_version`.
+
+use rusqlite::Connection;
+
+/// Each entry takes the schema from version `i` to `i + 1`. Never edit one that has shipped: add another.
+pub(super) const MIGRATIONS: &[&str] = &[
+    // 1: the log, the projections, the outbox.
+    r#"
+    CREATE TABLE events (
+        seq      INTEGER PRIMARY KEY,
+        at       INTEGER NOT NULL,
+        kind     TEXT    NOT NULL,
+        task_id  INTEGER,
+        agent_id INTEGER,
+        payload  TEXT    NOT NULL
+    );
+    CREATE INDEX events_by_task ON events(task_id, seq) WHERE task_id IS NOT NULL;
+    CREATE INDEX events_by_agent ON events(agent_id, seq) WHERE agent_id IS NOT NULL;
+    -- The log is the truth the projections are rebuilt from: SQLite itself refuses to rewrite history.
+    CREATE TRIGGER events_are_append_only_update BEFORE UPDATE ON events
+        BEGIN SELECT RAISE(ABORT, 'events are append-only: they cannot be updated'); END;
+    CREATE TRIGGER events_are_append_only_delete BEFORE DELETE ON events
+        BEGIN SELECT RAISE(ABORT, 'events are append-only: they cannot be deleted'); END;
+
+    CREATE TABLE tasks (
+        id         INTEGER PRIMARY KEY,
+        repo       TEXT    NOT NULL,
+        issue      INTEGER NOT NULL,
+        state      TEXT    NOT NULL,
+        priority   INTEGER NOT NULL,
+        queued_at  INTEGER NOT NULL,
+        not_before INTEGER,
+        attempt    INTEGER NOT NULL,
+        needs      TEXT    NOT NULL,
+        pin        TEXT,
+        updated_at INTEGER NOT NULL,
+        data       TEXT    NOT NULL,
+        UNIQUE (repo, issue)
+    );
+    -- Only queued tasks are ever picked: the partial index stays as small as the queue.
+    CREATE INDEX tasks_queue ON tasks(priority, queued_at, id) WHERE state = 'queued';
+    CREATE INDEX tasks_by_state ON tasks(state);
+
+    CREATE TABLE agents (
+        id                INTEGER PRIMARY KEY,
+        name              TEXT    NOT NULL UNIQUE,
+        state             TEXT    NOT NULL,
+        token_hash        TEXT    NOT NULL,
+        updated_at        INTEGER NOT NULL,
+        data              TEXT    NOT NULL,
+        -- Volatile: heartbeats are too frequent to log; a rebuild keeps what is here.
+        last_heartbeat_at INTEGER
+    );
+    CREATE INDEX agents_by_token ON agents(token_hash);
+
+    CREATE TABLE leases (
+        task_id     INTEGER PRIMARY KEY REFERENCES tasks(id),
+        agent_id    INTEGER NOT NULL REFERENCES agents(id),
+        attempt     INTEGER NOT NULL,
+        assigned_at INTEGER NOT NULL,
+        start_by    INTEGER NOT NULL,
+        started_at  INTEGER,
+        deadline    INTEGER NOT NULL
+    );
+    CREATE INDEX leases_by_agent ON leases(agent_id);
+    CREATE INDEX leases_by_deadline ON leases(deadline);
+
+    CREATE TABLE outbox (
+        id              INTEGER PRIMARY KEY,
+        event_seq       INTEGER NOT NULL REFERENCES events(seq),
+        kind            TEXT    NOT NULL,
+        payload         TEXT    NOT NULL,
+        created_at      INTEGER NOT NULL,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at INTEGER NOT NULL,
+        delivered_at    INTEGER,
+        last_error      TEXT
+    );
+    CREATE INDEX outbox_pending ON outbox(next_attempt_at) WHERE delivered_at IS NULL;
+    "#,
+];
+
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+pub(super) fn version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.pragma_query_value(None, "user_version", |r| r.get(0))
+}
+
+/// Applies every migration the database has not seen, each in its own transaction.
+pub(super) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    migrate_to(conn, SCHEMA_VERSION)
+}
+
+pub(super) fn migrate_to(conn: &mut Connection, target: i64) -> rusqlite::Result<()> {
+    loop {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let v = version(&tx)?;
+        if v >= target {
+            return Ok(());
+        }
+        tx.execute_batch(MIGRATIONS[v as usize])?;
+        tx.pragma_update(None, "user_version", v + 1)?;
+        tx.commit()?;
+    }
+}
