@@ -8,5 +8,6 @@ pub mod cli;
 pub mod config;
 pub mod core;
 pub mod engine;
+pub mod server;
 pub mod store;
 pub mod telemetry;

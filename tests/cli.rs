@@ -6,29 +6,22 @@ use support::{Home, stderr, stdout};
 
 #[test]
 fn config_check_prints_ok_and_the_effective_settings_with_secrets_masked() {
-    let home =
-        Home::with_config("[forgejo]\ntoken = \"very-secret-token\"\nrepos = [\"acme/app\"]\n");
+    let home = Home::with_config("[forgejo]\ntoken = \"very-secret-token\"\nrepos = [\"acme/app\"]\n");
     let out = home.run(&["config", "check", home.config().to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     assert!(text.starts_with("ok\n"), "{text}");
     assert!(text.contains("listen = \"127.0.0.1:"), "{text}");
     assert!(text.contains("***"), "{text}");
-    assert!(
-        !text.contains("very-secret-token"),
-        "a secret leaked: {text}"
-    );
+    assert!(!text.contains("very-secret-token"), "a secret leaked: {text}");
 }
 
 #[test]
 fn a_broken_config_names_each_key_and_exits_2() {
     let home = Home::new();
     let bad = home.dir.path().join("bad.toml");
-    std::fs::write(
-        &bad,
-        "[server]\nlisten = \"127.0.0.1:8080\"\nlisen = 1\n\n[tasks]\ntimeout_mins = \"soon\"\n",
-    )
-    .unwrap();
+    std::fs::write(&bad, "[server]\nlisten = \"127.0.0.1:8080\"\nlisen = 1\n\n[tasks]\ntimeout_mins = \"soon\"\n")
+        .unwrap();
     let out = home.run(&["config", "check", bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let text = stdout(&out);
@@ -58,24 +51,15 @@ fn a_second_serve_on_the_same_database_refuses_and_says_who_holds_it() {
     let first = home.serve();
     let other = Home::new();
     // Same database, another port: only the lock can stop it.
-    let config = std::fs::read_to_string(home.config())
-        .unwrap()
-        .replace(&home.addr.to_string(), &other.addr.to_string());
+    let config =
+        std::fs::read_to_string(home.config()).unwrap().replace(&home.addr.to_string(), &other.addr.to_string());
     std::fs::write(other.config(), config).unwrap();
     let out = other.run(&["serve"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let msg = stderr(&out);
-    assert!(
-        msg.contains("in use") && msg.contains(&format!("pid {}", first.child.id())),
-        "{msg}"
-    );
+    assert!(msg.contains("in use") && msg.contains(&format!("pid {}", first.child.id())), "{msg}");
     let out = home.run(&["store", "rebuild"]);
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "rebuild must not run under a live server: {}",
-        stderr(&out)
-    );
+    assert_eq!(out.status.code(), Some(2), "rebuild must not run under a live server: {}", stderr(&out));
     assert!(first.stop().success());
 }
 
@@ -83,40 +67,23 @@ fn a_second_serve_on_the_same_database_refuses_and_says_who_holds_it() {
 fn a_corrupt_database_is_refused_with_exit_2() {
     let home = Home::new();
     std::fs::create_dir_all(home.db().parent().unwrap()).unwrap();
-    std::fs::write(
-        home.db(),
-        b"this is not sqlite at all, just some text that fills the header.....",
-    )
-    .unwrap();
+    std::fs::write(home.db(), b"this is not sqlite at all, just some text that fills the header.....").unwrap();
     for args in [&["serve"][..], &["status"], &["store", "rebuild"]] {
         let out = home.run(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
-        assert!(
-            stderr(&out).contains("not a forgefleet database"),
-            "{args:?}: {}",
-            stderr(&out)
-        );
+        assert!(stderr(&out).contains("not a forgefleet database"), "{args:?}: {}", stderr(&out));
     }
 }
 
 #[test]
 fn tasks_and_status_show_the_queue_as_tables_and_json() {
     let home = Home::new();
-    support::seed(
-        &home.db(),
-        &[
-            ("acme/app#1", &["status:todo", "priority:high"]),
-            ("acme/app#2", &["status:todo"]),
-        ],
-    );
+    support::seed(&home.db(), &[("acme/app#1", &["status:todo", "priority:high"]), ("acme/app#2", &["status:todo"])]);
     let out = home.run(&["tasks"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let table = stdout(&out);
     assert!(table.lines().next().unwrap().starts_with("ID"), "{table}");
-    assert!(
-        table.contains("acme/app#1") && table.contains("high"),
-        "{table}"
-    );
+    assert!(table.contains("acme/app#1") && table.contains("high"), "{table}");
 
     let out = home.run(&["tasks", "--json", "--state", "queued"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -142,11 +109,7 @@ fn store_rebuild_reports_what_it_rebuilt() {
     support::seed(&home.db(), &[("acme/app#1", &["status:todo"])]);
     let out = home.run(&["store", "rebuild"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stdout(&out).contains("rebuilt 1 tasks and 0 agents from 1 events"),
-        "{}",
-        stdout(&out)
-    );
+    assert!(stdout(&out).contains("rebuilt 1 tasks and 0 agents from 1 events"), "{}", stdout(&out));
 }
 
 #[test]

@@ -3,12 +3,8 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use forgefleet::core::{
-    AgentId, AgentName, CommitSha, FailureClass, Receipt, TaskId, Timestamp, Usage,
-};
-use forgefleet::engine::{
-    Command, Engine, EngineSettings, IssueObservation, ManualClock, Registration, Reply,
-};
+use forgefleet::core::{AgentId, AgentName, CommitSha, FailureClass, Receipt, TaskId, Timestamp, Usage};
+use forgefleet::engine::{Command, Engine, EngineSettings, IssueObservation, ManualClock, Registration, Reply};
 use forgefleet::store::Store;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -18,15 +14,11 @@ fn snapshot(store: &Store) -> Vec<String> {
     let conn = store.connection();
     let mut out = Vec::new();
     for (table, order) in [("tasks", "id"), ("agents", "id"), ("leases", "task_id")] {
-        let mut stmt = conn
-            .prepare(&format!("SELECT * FROM {table} ORDER BY {order}"))
-            .unwrap();
+        let mut stmt = conn.prepare(&format!("SELECT * FROM {table} ORDER BY {order}")).unwrap();
         let n = stmt.column_count();
         let rows = stmt
             .query_map([], |r| {
-                let cells: Vec<String> = (0..n)
-                    .map(|i| format!("{:?}", r.get_ref(i).unwrap()))
-                    .collect();
+                let cells: Vec<String> = (0..n).map(|i| format!("{:?}", r.get_ref(i).unwrap())).collect();
                 Ok(format!("{table}: {}", cells.join(" | ")))
             })
             .unwrap();
@@ -35,14 +27,7 @@ fn snapshot(store: &Store) -> Vec<String> {
     out
 }
 
-const LABELS: &[&str] = &[
-    "priority:high",
-    "priority:low",
-    "priority:critical",
-    "needs:gpu",
-    "agent:a1",
-    "type:bug",
-];
+const LABELS: &[&str] = &["priority:high", "priority:low", "priority:critical", "needs:gpu", "agent:a1", "type:bug"];
 const CLASSES: [FailureClass; 5] = [
     FailureClass::AgentError,
     FailureClass::Timeout,
@@ -57,28 +42,20 @@ fn random_command(rng: &mut StdRng, engine: &Engine) -> Command {
     let current = engine.store.read().task(task).unwrap();
     let attempt = current.as_ref().map_or(1, |t| t.attempt);
     // Mostly the leaseholder speaks about its task; sometimes a stranger does, which must be refused.
-    if let Some(lease) = current
-        .and_then(|t| t.lease)
-        .filter(|_| rng.random_bool(0.8))
-    {
+    if let Some(lease) = current.and_then(|t| t.lease).filter(|_| rng.random_bool(0.8)) {
         agent = lease.agent;
     }
     match rng.random_range(0..100) {
         0..=19 => {
-            let mut labels: Vec<String> = LABELS
-                .iter()
-                .filter(|_| rng.random_bool(0.2))
-                .map(|l| l.to_string())
-                .collect();
+            let mut labels: Vec<String> =
+                LABELS.iter().filter(|_| rng.random_bool(0.2)).map(|l| l.to_string()).collect();
             match rng.random_range(0..10) {
                 0..=6 => labels.push("status:todo".into()),
                 7 => labels.push("status:doing".into()),
                 _ => {}
             }
             Command::ObserveIssue(IssueObservation {
-                issue: format!("acme/app#{}", rng.random_range(1..=60))
-                    .parse()
-                    .unwrap(),
+                issue: format!("acme/app#{}", rng.random_range(1..=60)).parse().unwrap(),
                 title: format!("title {}", rng.random_range(0..3)),
                 body: String::new(),
                 labels,
@@ -86,11 +63,8 @@ fn random_command(rng: &mut StdRng, engine: &Engine) -> Command {
             })
         }
         20..=24 => {
-            let caps: BTreeSet<String> = if rng.random_bool(0.3) {
-                ["gpu".to_string()].into()
-            } else {
-                BTreeSet::new()
-            };
+            let caps: BTreeSet<String> =
+                if rng.random_bool(0.3) { ["gpu".to_string()].into() } else { BTreeSet::new() };
             Command::RegisterAgent(Registration {
                 name: AgentName::parse(&format!("a{}", rng.random_range(1..=6))).unwrap(),
                 adapter: "command".into(),
@@ -100,16 +74,12 @@ fn random_command(rng: &mut StdRng, engine: &Engine) -> Command {
                 token_hash: format!("h{}", rng.random::<u32>()),
             })
         }
-        25..=39 => Command::NextAssignment { agent },
-        40..=49 => Command::StartTask {
+        25..=39 => Command::NextAssignment {
             agent,
-            task,
-            attempt,
+            request_key: rng.random_bool(0.5).then(|| format!("k{}", rng.random_range(0..20))),
         },
-        50..=57 => Command::Heartbeat {
-            agent,
-            running: vec![task],
-        },
+        40..=49 => Command::StartTask { agent, task, attempt },
+        50..=57 => Command::Heartbeat { agent, running: vec![task] },
         58..=63 => Command::FailTask {
             agent,
             task,
@@ -125,11 +95,7 @@ fn random_command(rng: &mut StdRng, engine: &Engine) -> Command {
                 pr_number: rng.random_range(1..100),
                 head_sha: CommitSha::parse(&format!("{:040x}", rng.random::<u64>())).unwrap(),
                 summary: "did it".into(),
-                usage: Usage {
-                    input_tokens: 10,
-                    output_tokens: 5,
-                    ..Usage::default()
-                },
+                usage: Usage { input_tokens: 10, output_tokens: 5, ..Usage::default() },
                 cost_usd: Some(0.01),
                 duration_secs: Some(3),
                 session_id: None,
@@ -141,14 +107,8 @@ fn random_command(rng: &mut StdRng, engine: &Engine) -> Command {
             attempt,
             failure: rng.random_bool(0.3).then(|| "head mismatch".to_string()),
         },
-        78..=80 => Command::CancelTask {
-            task,
-            reason: "operator".into(),
-        },
-        81..=83 => Command::RetryTask {
-            task,
-            by: "operator".into(),
-        },
+        78..=80 => Command::CancelTask { task, reason: "operator".into() },
+        81..=83 => Command::RetryTask { task, by: "operator".into() },
         84..=85 => Command::DrainAgent { agent },
         86..=87 => Command::DeregisterAgent { agent },
         _ => Command::Tick,
@@ -160,32 +120,19 @@ fn rebuilt_projections_equal_the_live_ones_after_long_random_scenarios() {
     for seed in 1..=4u64 {
         let mut rng = StdRng::seed_from_u64(seed);
         let clock = ManualClock::new(Timestamp(1_800_000_000_000));
-        let mut engine = Engine::new(
-            Store::open_in_memory().unwrap(),
-            EngineSettings::default(),
-            clock.clone(),
-        );
+        let mut engine = Engine::new(Store::open_in_memory().unwrap(), EngineSettings::default(), clock.clone());
         let mut ok = 0;
         for _ in 0..4000 {
             if rng.random_bool(0.2) {
                 clock.advance(Duration::from_secs(rng.random_range(1..900)));
             }
-            let batch: Vec<Command> = (0..rng.random_range(1..4))
-                .map(|_| random_command(&mut rng, &engine))
-                .collect();
-            ok += engine
-                .execute_batch(batch)
-                .iter()
-                .filter(|r| r.is_ok())
-                .count();
+            let batch: Vec<Command> = (0..rng.random_range(1..4)).map(|_| random_command(&mut rng, &engine)).collect();
+            ok += engine.execute_batch(batch).iter().filter(|r| r.is_ok()).count();
         }
         let kinds: BTreeSet<String> = {
             let conn = engine.store.connection();
             let mut stmt = conn.prepare("SELECT DISTINCT kind FROM events").unwrap();
-            stmt.query_map([], |r| r.get(0))
-                .unwrap()
-                .map(Result::unwrap)
-                .collect()
+            stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
         };
         // The scenario must have walked the whole machine, or equality would prove little.
         assert!(kinds.len() >= 14, "seed {seed}: only {kinds:?}");
@@ -203,9 +150,6 @@ fn rebuilt_projections_equal_the_live_ones_after_long_random_scenarios() {
         engine.store.rebuild().unwrap();
         assert_eq!(snapshot(&engine.store), rebuilt);
         // And the engine goes on working on the rebuilt tables.
-        assert!(matches!(
-            engine.execute(Command::Tick),
-            Ok(Reply::Ticked(_))
-        ));
+        assert!(matches!(engine.execute(Command::Tick), Ok(Reply::Ticked(_))));
     }
 }

@@ -57,11 +57,7 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        (
-            status,
-            Json(json!({"error": {"code": code, "message": message}})),
-        )
-            .into_response()
+        (status, Json(json!({"error": {"code": code, "message": message}}))).into_response()
     }
 }
 
@@ -72,9 +68,7 @@ impl From<EngineError> for ApiError {
             EngineError::Forbidden(why) => ApiError::Forbidden(why),
             EngineError::Conflict(t) => ApiError::Conflict(t.to_string()),
             EngineError::Invalid(why) => ApiError::BadRequest(why),
-            EngineError::Stopped => {
-                ApiError::Unavailable("the engine is shutting down; try again shortly".into())
-            }
+            EngineError::Stopped => ApiError::Unavailable("the engine is shutting down; try again shortly".into()),
             EngineError::Store(s) => ApiError::Internal(s.to_string()),
         }
     }

@@ -1,9 +1,12 @@
 //! HTTP: axum routes. Handlers only translate requests into reads or engine commands and back.
 
+mod agents;
 pub mod auth;
 mod error;
+mod extract;
 mod reads;
 mod tasks;
+mod work;
 
 use std::sync::Arc;
 
@@ -11,12 +14,14 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 
+pub use agents::{AgentList, AgentView, DeregisterResponse, HeartbeatResponse, RegisterResponse};
 pub use error::ApiError;
 pub use reads::ReadPool;
+pub use work::{AssignmentView, TaskAck};
 
-use crate::config::Secret;
+use crate::config::Config;
 use crate::engine::EngineHandle;
 use crate::telemetry::Metrics;
 
@@ -26,20 +31,26 @@ pub struct AppState {
     pub engine: EngineHandle,
     pub reads: ReadPool,
     pub metrics: Arc<Metrics>,
-    pub operator_token: Option<Secret>,
-}
-
-impl AppState {
-    fn operator_token(&self) -> Option<&str> {
-        self.operator_token.as_ref().map(|s| s.expose())
-    }
+    pub config: Arc<Config>,
 }
 
 /// The whole HTTP surface.
-pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+pub fn router(state: AppState) -> Router {
+    let max_body_bytes = state.config.api.max_body_bytes;
     let v1 = Router::new()
+        .route("/agents/register", post(agents::register))
+        .route("/agents/heartbeat", post(agents::heartbeat))
+        .route("/agents/deregister", post(agents::deregister))
+        .route("/agents", get(agents::list))
+        .route("/agents/{name}/drain", post(agents::drain))
+        .route("/assignments/next", post(work::next))
         .route("/tasks", get(tasks::list))
-        .route("/tasks/{id}", get(tasks::show));
+        .route("/tasks/{id}", get(tasks::show))
+        .route("/tasks/{id}/start", post(work::start))
+        .route("/tasks/{id}/progress", post(work::progress))
+        .route("/tasks/{id}/fail", post(work::fail))
+        .route("/tasks/{id}/retry", post(work::retry))
+        .route("/tasks/{id}/cancel", post(work::cancel));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -55,18 +66,9 @@ async fn healthz() -> impl IntoResponse {
 }
 
 async fn metrics(State(app): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let (by_state, by_priority) = app
-        .reads
-        .with(|r| Ok((r.counts_by_state()?, r.queue_depth_by_priority()?)))
-        .await?;
+    let (by_state, by_priority) = app.reads.with(|r| Ok((r.counts_by_state()?, r.queue_depth_by_priority()?))).await?;
     app.metrics.set_tasks(&by_state, &by_priority);
-    Ok((
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        app.metrics.render(),
-    ))
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], app.metrics.render()))
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

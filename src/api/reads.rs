@@ -15,10 +15,7 @@ pub struct ReadPool {
 
 impl ReadPool {
     pub fn new(path: PathBuf) -> Self {
-        Self {
-            path: Arc::new(path),
-            idle: Arc::default(),
-        }
+        Self { path: Arc::new(path), idle: Arc::default() }
     }
 
     /// Runs `f` with a read view on a blocking thread.

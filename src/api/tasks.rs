@@ -2,10 +2,10 @@
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, AppState, auth};
+use super::extract::Operator;
+use super::{ApiError, AppState};
 use crate::core::{Event, Task, TaskId, TaskState};
 use crate::store::TaskSummary;
 
@@ -34,23 +34,28 @@ pub struct LoggedEvent {
 pub struct TaskDetail {
     pub task: Task,
     pub events: Vec<LoggedEvent>,
+    /// The agents' newest progress lines, oldest first.
+    pub progress: Vec<ProgressLine>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProgressLine {
+    pub attempt: u32,
+    pub at: crate::core::Timestamp,
+    pub line: String,
 }
 
 pub async fn list(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    _op: Operator,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<TaskList>, ApiError> {
-    auth::require_operator(&headers, app.operator_token())?;
     let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let state = match q.state.as_deref() {
         None | Some("") => None,
         Some(s) => Some(TaskState::parse(s).ok_or_else(|| {
             let names: Vec<_> = TaskState::ALL.iter().map(|s| s.as_str()).collect();
-            ApiError::BadRequest(format!(
-                "unknown state {s:?}; expected one of {}",
-                names.join(", ")
-            ))
+            ApiError::BadRequest(format!("unknown state {s:?}; expected one of {}", names.join(", ")))
         })?),
     };
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
@@ -60,24 +65,20 @@ pub async fn list(
 
 pub async fn show(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    _op: Operator,
     Path(id): Path<String>,
 ) -> Result<Json<TaskDetail>, ApiError> {
-    auth::require_operator(&headers, app.operator_token())?;
-    let id: TaskId = id
-        .parse()
-        .map_err(|e: crate::core::InvalidId| ApiError::BadRequest(e.to_string()))?;
+    let id: TaskId = id.parse().map_err(|e: crate::core::InvalidId| ApiError::BadRequest(e.to_string()))?;
     app.reads
         .with(move |r| {
-            let task = r
-                .task(id)?
-                .ok_or_else(|| ApiError::NotFound(format!("task {id} not found")))?;
-            let events = r
-                .task_events(id)?
+            let task = r.task(id)?.ok_or_else(|| ApiError::NotFound(format!("task {id} not found")))?;
+            let events = r.task_events(id)?.into_iter().map(|(seq, event)| LoggedEvent { seq, event }).collect();
+            let progress = r
+                .progress(id, 200)?
                 .into_iter()
-                .map(|(seq, event)| LoggedEvent { seq, event })
+                .map(|(attempt, at, line)| ProgressLine { attempt, at, line })
                 .collect();
-            Ok(Json(TaskDetail { task, events }))
+            Ok(Json(TaskDetail { task, events, progress }))
         })
         .await
 }

@@ -13,20 +13,10 @@ use crate::core::TaskState;
 use crate::store::{Store, StoreError, StoreLock};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "forgefleet",
-    version,
-    about = "Runs a fleet of AI coding agents from Forgejo issues"
-)]
+#[command(name = "forgefleet", version, about = "Runs a fleet of AI coding agents from Forgejo issues")]
 pub struct Cli {
     /// The configuration file (TOML). Without one, every setting has its default.
-    #[arg(
-        long,
-        short,
-        global = true,
-        env = "FORGEFLEET_CONFIG",
-        value_name = "FILE"
-    )]
+    #[arg(long, short, global = true, env = "FORGEFLEET_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     /// Log as JSON lines instead of human-readable text (overrides `[server] log_format`).
     #[arg(long, global = true)]
@@ -94,16 +84,10 @@ pub struct CliError {
 
 impl CliError {
     pub fn usage(message: impl Into<String>) -> Self {
-        Self {
-            code: 2,
-            message: message.into(),
-        }
+        Self { code: 2, message: message.into() }
     }
     pub fn failure(message: impl Into<String>) -> Self {
-        Self {
-            code: 1,
-            message: message.into(),
-        }
+        Self { code: 1, message: message.into() }
     }
 }
 
@@ -131,28 +115,20 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<(), CliError> {
-    if let Command::Config {
-        command: ConfigCommand::Check { file },
-    } = &cli.command
-    {
+    if let Command::Config { command: ConfigCommand::Check { file } } = &cli.command {
         return config_check(file);
     }
     let config = load_config(&cli)?;
     match cli.command {
         Command::Serve => serve::run(config),
         Command::Config { .. } => unreachable!("handled above"),
-        Command::Store {
-            command: StoreCommand::Rebuild,
-        } => rebuild(&config),
+        Command::Store { command: StoreCommand::Rebuild } => rebuild(&config),
         Command::Tasks { state, limit, json } => {
             let state = match state {
                 None => None,
                 Some(s) => Some(TaskState::parse(&s).ok_or_else(|| {
                     let names: Vec<_> = TaskState::ALL.iter().map(|s| s.as_str()).collect();
-                    CliError::usage(format!(
-                        "unknown state {s:?}; expected one of {}",
-                        names.join(", ")
-                    ))
+                    CliError::usage(format!("unknown state {s:?}; expected one of {}", names.join(", ")))
                 })?),
             };
             let store = Store::open_read_only(&config.store.path)?;
@@ -167,13 +143,8 @@ fn run(cli: Cli) -> Result<(), CliError> {
 
 fn load_config(cli: &Cli) -> Result<Config, CliError> {
     let mut config = Config::load(cli.config.as_deref()).map_err(|errors| {
-        let source = cli
-            .config
-            .as_ref()
-            .map_or("the defaults".to_string(), |p| p.display().to_string());
-        CliError::usage(format!(
-            "the configuration in {source} has problems:\n{errors}"
-        ))
+        let source = cli.config.as_ref().map_or("the defaults".to_string(), |p| p.display().to_string());
+        CliError::usage(format!("the configuration in {source} has problems:\n{errors}"))
     })?;
     if cli.log_json {
         config.server.log_format = LogFormat::Json;
@@ -191,11 +162,7 @@ fn config_check(file: &std::path::Path) -> Result<(), CliError> {
         }
         Err(errors) => {
             println!("{errors}");
-            Err(CliError::usage(format!(
-                "{}: {} problem(s)",
-                file.display(),
-                errors.0.len()
-            )))
+            Err(CliError::usage(format!("{}: {} problem(s)", file.display(), errors.0.len())))
         }
     }
 }

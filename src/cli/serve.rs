@@ -1,34 +1,23 @@
 //! `forgefleet serve`: lock the database, start the engine, the periodic checks and the HTTP API.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 
 use super::CliError;
-use crate::api::{self, AppState, ReadPool};
 use crate::config::Config;
-use crate::engine::{self, Command, Engine, EngineHandle, EngineSettings, SystemClock};
+use crate::engine::{Command, EngineHandle, SystemClock};
+use crate::server::Server;
 use crate::store::{Store, StoreLock};
-use crate::telemetry::Metrics;
 
 pub fn run(config: Config) -> Result<(), CliError> {
     // Before anything else: a second server on the same database must not touch it.
-    let lock = StoreLock::acquire(&config.store.path, "forgefleet serve")
-        .map_err(|e| CliError::usage(e.to_string()))?;
+    let lock =
+        StoreLock::acquire(&config.store.path, "forgefleet serve").map_err(|e| CliError::usage(e.to_string()))?;
     let store = Store::open(&config.store.path)?;
     let events = store.read().event_count()?;
-    let settings = EngineSettings {
-        retry: config.retry_policy(),
-        labels: config.label_scheme(),
-        task_timeout: config.task_timeout(),
-        start_timeout: config.start_timeout(),
-        heartbeat_interval: config.heartbeat_interval(),
-        missed_heartbeats: config.agents.missed_heartbeats,
-    };
-    let metrics = Arc::new(Metrics::new());
-    let (handle, engine_thread) =
-        engine::spawn(Engine::new(store, settings, SystemClock), metrics.clone());
+    let server = Server::start(config.clone(), store, SystemClock);
+    let handle = server.engine().clone();
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -37,10 +26,7 @@ pub fn run(config: Config) -> Result<(), CliError> {
         .map_err(|e| CliError::failure(format!("cannot start the async runtime: {e}")))?;
     let served = runtime.block_on(async {
         let listener = TcpListener::bind(config.server.listen).await.map_err(|e| {
-            CliError::usage(format!(
-                "cannot listen on {} ([server] listen): {e}",
-                config.server.listen
-            ))
+            CliError::usage(format!("cannot listen on {} ([server] listen): {e}", config.server.listen))
         })?;
         tracing::info!(
             listen = %config.server.listen,
@@ -49,26 +35,15 @@ pub fn run(config: Config) -> Result<(), CliError> {
             lock = %lock.path().display(),
             "forgefleet is serving"
         );
-        let ticker = tokio::spawn(periodic_checks(
-            handle.clone(),
-            config.task_check_interval(),
-        ));
-        let state = AppState {
-            engine: handle,
-            reads: ReadPool::new(config.store.path.clone()),
-            metrics,
-            operator_token: config.api.operator_token.clone(),
-        };
-        let app = api::router(state, config.api.max_body_bytes);
-        let result = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal())
-            .await;
+        let ticker = tokio::spawn(periodic_checks(handle, config.task_check_interval()));
+        let result = axum::serve(listener, server.router()).with_graceful_shutdown(shutdown_signal()).await;
         ticker.abort();
+        let _ = ticker.await;
         result.map_err(|e| CliError::failure(format!("the HTTP server failed: {e}")))
     });
     // Every engine handle is gone now; the engine finishes what it was given and stops.
     drop(runtime);
-    let _ = engine_thread.join();
+    server.shutdown();
     tracing::info!("forgefleet stopped");
     drop(lock);
     served

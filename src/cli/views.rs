@@ -8,12 +8,7 @@ use super::CliError;
 use crate::core::{AgentStatus, Priority, TaskState};
 use crate::store::Store;
 
-pub fn tasks(
-    store: &Store,
-    state: Option<TaskState>,
-    limit: u32,
-    as_json: bool,
-) -> Result<(), CliError> {
+pub fn tasks(store: &Store, state: Option<TaskState>, limit: u32, as_json: bool) -> Result<(), CliError> {
     let tasks = store.read().tasks(state, limit)?;
     if as_json {
         println!("{}", json!({ "tasks": tasks }));
@@ -38,12 +33,7 @@ pub fn tasks(
             ]
         })
         .collect();
-    print_table(
-        [
-            "ID", "ISSUE", "STATE", "PRIORITY", "ATTEMPT", "AGENT", "UPDATED", "TITLE",
-        ],
-        &rows,
-    );
+    print_table(["ID", "ISSUE", "STATE", "PRIORITY", "ATTEMPT", "AGENT", "UPDATED", "TITLE"], &rows);
     Ok(())
 }
 
@@ -53,37 +43,19 @@ pub fn status(store: &Store, as_json: bool) -> Result<(), CliError> {
     let counts = r.counts_by_state()?;
     let by_state: BTreeMap<&str, u64> = TaskState::ALL
         .iter()
-        .map(|s| {
-            (
-                s.as_str(),
-                counts.iter().find(|(t, _)| t == s).map_or(0, |(_, n)| *n),
-            )
-        })
+        .map(|s| (s.as_str(), counts.iter().find(|(t, _)| t == s).map_or(0, |(_, n)| *n)))
         .collect();
     let depth = r.queue_depth_by_priority()?;
-    let queue: BTreeMap<&str, u64> = Priority::ALL
-        .iter()
-        .map(|p| {
-            (
-                p.as_str(),
-                depth.iter().find(|(q, _)| q == p).map_or(0, |(_, n)| *n),
-            )
-        })
-        .collect();
-    let mut agents: BTreeMap<&str, u64> = [
-        AgentStatus::Online,
-        AgentStatus::Busy,
-        AgentStatus::Draining,
-        AgentStatus::Offline,
-    ]
-    .iter()
-    .map(|s| (s.as_str(), 0))
-    .collect();
+    let queue: BTreeMap<&str, u64> =
+        Priority::ALL.iter().map(|p| (p.as_str(), depth.iter().find(|(q, _)| q == p).map_or(0, |(_, n)| *n))).collect();
+    let mut agents: BTreeMap<&str, u64> =
+        [AgentStatus::Online, AgentStatus::Busy, AgentStatus::Draining, AgentStatus::Offline]
+            .iter()
+            .map(|s| (s.as_str(), 0))
+            .collect();
     for a in r.agents()? {
         if a.agent.state != crate::core::AgentState::Deregistered {
-            *agents
-                .entry(a.agent.status(a.running).as_str())
-                .or_default() += 1;
+            *agents.entry(a.agent.status(a.running).as_str()).or_default() += 1;
         }
     }
     if as_json {
@@ -94,21 +66,14 @@ pub fn status(store: &Store, as_json: bool) -> Result<(), CliError> {
         return Ok(());
     }
     let join = |m: &BTreeMap<&str, u64>, order: &[&str]| {
-        order
-            .iter()
-            .map(|k| format!("{k} {}", m.get(k).copied().unwrap_or(0)))
-            .collect::<Vec<_>>()
-            .join(", ")
+        order.iter().map(|k| format!("{k} {}", m.get(k).copied().unwrap_or(0))).collect::<Vec<_>>().join(", ")
     };
     let states: Vec<&str> = TaskState::ALL.iter().map(|s| s.as_str()).collect();
     let priorities: Vec<&str> = Priority::ALL.iter().map(|p| p.as_str()).collect();
     println!("store:  {} ({events} events)", store.path());
     println!("tasks:  {}", join(&by_state, &states));
     println!("queue:  {}", join(&queue, &priorities));
-    println!(
-        "agents: {}",
-        join(&agents, &["online", "busy", "draining", "offline"])
-    );
+    println!("agents: {}", join(&agents, &["online", "busy", "draining", "offline"]));
     Ok(())
 }
 
@@ -130,11 +95,7 @@ fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
         }
     }
     let line = |cells: Vec<&str>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
+        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
         println!("{}", padded.join("  ").trim_end());
     };
     line(header.to_vec());

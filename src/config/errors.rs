@@ -17,10 +17,7 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            key: key.into(),
-            message: message.into(),
-        }
+        Self { key: key.into(), message: message.into() }
     }
 }
 
@@ -71,9 +68,7 @@ fn render(path: &[Step]) -> String {
                 if !out.is_empty() {
                     out.push('.');
                 }
-                let bare = !k.is_empty()
-                    && k.chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+                let bare = !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
                 if bare {
                     out.push_str(k);
                 } else {
@@ -147,36 +142,20 @@ pub(crate) fn from_toml(err: &toml::de::Error, text: &str, doc: &DeTable<'_>) ->
     if path.is_empty() {
         ConfigError::new(format!("line {line}, column {col}"), message)
     } else {
-        ConfigError::new(
-            render(&path),
-            format!("{message} (line {line}, column {col})"),
-        )
+        ConfigError::new(render(&path), format!("{message} (line {line}, column {col})"))
     }
 }
 
 /// The error for a top-level key that is not a section; `at` is where the key starts in `text`.
-pub(crate) fn unknown_section(
-    name: &str,
-    is_table: bool,
-    sections: &[&str],
-    text: &str,
-    at: usize,
-) -> ConfigError {
-    let expected = sections
-        .iter()
-        .map(|s| format!("[{s}]"))
-        .collect::<Vec<_>>()
-        .join(", ");
+pub(crate) fn unknown_section(name: &str, is_table: bool, sections: &[&str], text: &str, at: usize) -> ConfigError {
+    let expected = sections.iter().map(|s| format!("[{s}]")).collect::<Vec<_>>().join(", ");
     let (line, col) = line_col(text, at);
     let why = if is_table {
         format!("unknown section [{name}]; expected one of {expected}")
     } else {
         format!("unknown key `{name}` outside any section; every key belongs in one of {expected}")
     };
-    ConfigError::new(
-        render(&[Step::Key(name.to_string())]),
-        format!("{why} (line {line}, column {col})"),
-    )
+    ConfigError::new(render(&[Step::Key(name.to_string())]), format!("{why} (line {line}, column {col})"))
 }
 
 /// Rewrites serde's messages in the words of a configuration file: keys rather than fields, the section
@@ -185,20 +164,12 @@ fn reword(message: &str, path: &[Step]) -> String {
     if let Some(rest) = message.strip_prefix("unknown field `") {
         let (name, expected) = rest.split_once('`').unwrap_or((rest, ""));
         let expected = expected.trim_start_matches(',').trim();
-        let expected = if expected == "there are no fields" {
-            "this section takes no keys"
-        } else {
-            expected
-        };
+        let expected = if expected == "there are no fields" { "this section takes no keys" } else { expected };
         let section = match path.split_last() {
             Some((Step::Key(last), parent)) if last == name => render(parent),
             _ => render(path),
         };
-        let where_ = if section.is_empty() {
-            "at the top level".to_string()
-        } else {
-            format!("in [{section}]")
-        };
+        let where_ = if section.is_empty() { "at the top level".to_string() } else { format!("in [{section}]") };
         let mut out = format!("unknown key `{name}` {where_}; {expected}");
         if section == "retry" && name == "cancelled" {
             out.push_str("; cancelled tasks are never retried, so there is nothing to configure");
@@ -236,10 +207,7 @@ mod tests {
 
     #[test]
     fn errors_display_one_key_and_reason_per_line() {
-        let errs = ConfigErrors(vec![
-            ConfigError::new("a.b", "too small"),
-            ConfigError::new("c[1]", "bad"),
-        ]);
+        let errs = ConfigErrors(vec![ConfigError::new("a.b", "too small"), ConfigError::new("c[1]", "bad")]);
         assert_eq!(errs.to_string(), "a.b: too small\nc[1]: bad");
     }
 
@@ -255,8 +223,7 @@ mod tests {
     fn spans_map_to_dotted_paths_with_array_indices() {
         let text = "[forgejo]\nrepos = [\"a/b\", \"c\"]\n[retry.timeout]\ncap_secs = 1\n";
         let doc = DeTable::parse(text).unwrap();
-        let at =
-            |needle: &str| render(&path_at(doc.get_ref(), text.find(needle).unwrap()).unwrap());
+        let at = |needle: &str| render(&path_at(doc.get_ref(), text.find(needle).unwrap()).unwrap());
         assert_eq!(at("\"c\""), "forgejo.repos[1]");
         assert_eq!(at("cap_secs"), "retry.timeout.cap_secs");
         assert_eq!(at("1\n"), "retry.timeout.cap_secs");

@@ -10,9 +10,7 @@ use super::errors::{self, ConfigError, ConfigErrors};
 use super::{Config, Secret, validate};
 
 /// The sections of the file, in the order `Config` declares them.
-const SECTIONS: [&str; 9] = [
-    "server", "store", "api", "agents", "tasks", "retry", "labels", "forgejo", "matrix",
-];
+const SECTIONS: [&str; 9] = ["server", "store", "api", "agents", "tasks", "retry", "labels", "forgejo", "matrix"];
 
 impl Config {
     /// Reads the file (`None`: defaults only), applies the secrets found in the process environment and
@@ -23,10 +21,7 @@ impl Config {
             return Self::from_toml_str("", &env);
         };
         let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError::new(
-                path.display().to_string(),
-                format!("cannot read the configuration file: {e}"),
-            )
+            ConfigError::new(path.display().to_string(), format!("cannot read the configuration file: {e}"))
         })?;
         Self::from_toml_str(&text, &env)
     }
@@ -34,31 +29,21 @@ impl Config {
     /// Parses `text`, takes secrets from `env` where it has them, and checks the result. `env` is asked for
     /// names such as `FORGEFLEET_FORGEJO_TOKEN`; tests pass a closure instead of touching the process
     /// environment.
-    pub fn from_toml_str(
-        text: &str,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Config, ConfigErrors> {
+    pub fn from_toml_str(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
         let mut config = Config::default();
         let mut problems = parse_into(text, &mut config);
         config.apply_env(env);
         // Sections that did not parse kept their defaults, which pass the checks, so what validation finds
         // is about the file and comes on top of the parse errors rather than instead of them.
         problems.extend(validate::check(&config));
-        if problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigErrors(problems))
-        }
+        if problems.is_empty() { Ok(config) } else { Err(ConfigErrors(problems)) }
     }
 
     /// Every secret with its key path: the one list the environment overrides are derived from.
     pub(crate) fn secrets_mut(&mut self) -> [(&'static str, &mut Option<Secret>); 5] {
         [
             ("api.operator_token", &mut self.api.operator_token),
-            (
-                "agents.registration_token",
-                &mut self.agents.registration_token,
-            ),
+            ("agents.registration_token", &mut self.agents.registration_token),
             ("forgejo.token", &mut self.forgejo.token),
             ("forgejo.webhook_secret", &mut self.forgejo.webhook_secret),
             ("matrix.password", &mut self.matrix.password),
@@ -68,11 +53,7 @@ impl Config {
     /// The secret settings and the environment variable each can come from, e.g.
     /// `("forgejo.token", "FORGEFLEET_FORGEJO_TOKEN")`.
     pub fn secret_env_vars() -> Vec<(&'static str, String)> {
-        Config::default()
-            .secrets_mut()
-            .into_iter()
-            .map(|(key, _)| (key, env_var_name(key)))
-            .collect()
+        Config::default().secrets_mut().into_iter().map(|(key, _)| (key, env_var_name(key))).collect()
     }
 
     /// An environment variable wins over the file, except when it is empty: an empty variable is easier to
@@ -105,10 +86,7 @@ fn parse_into(text: &str, config: &mut Config) -> Vec<ConfigError> {
     let (doc, syntax) = DeTable::parse_recoverable(text);
     if !syntax.is_empty() {
         // After a syntax error the document is a best guess; reading it would report guesses as problems.
-        return syntax
-            .iter()
-            .map(|e| errors::from_toml(e, text, doc.get_ref()))
-            .collect();
+        return syntax.iter().map(|e| errors::from_toml(e, text, doc.get_ref())).collect();
     }
     let mut problems = Vec::new();
     for (key, value) in doc.get_ref().clone() {
@@ -125,8 +103,7 @@ fn parse_into(text: &str, config: &mut Config) -> Vec<ConfigError> {
             "matrix" => section(value, &mut config.matrix),
             _ => {
                 let at = key.span().start;
-                let e =
-                    errors::unknown_section(name, value.get_ref().is_table(), &SECTIONS, text, at);
+                let e = errors::unknown_section(name, value.get_ref().is_table(), &SECTIONS, text, at);
                 problems.push((at, e));
                 continue;
             }
@@ -141,10 +118,7 @@ fn parse_into(text: &str, config: &mut Config) -> Vec<ConfigError> {
     problems.into_iter().map(|(_, e)| e).collect()
 }
 
-fn section<'i, T: Deserialize<'i>>(
-    value: Spanned<DeValue<'i>>,
-    into: &mut T,
-) -> Result<(), toml::de::Error> {
+fn section<'i, T: Deserialize<'i>>(value: Spanned<DeValue<'i>>, into: &mut T) -> Result<(), toml::de::Error> {
     *into = T::deserialize(ValueDeserializer::from(value))?;
     Ok(())
 }

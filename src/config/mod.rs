@@ -98,9 +98,7 @@ pub struct StoreConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self {
-            path: PathBuf::from("./forgefleet-data/forgefleet.db"),
-        }
+        Self { path: PathBuf::from("./forgefleet-data/forgefleet.db") }
     }
 }
 
@@ -117,10 +115,7 @@ pub struct ApiConfig {
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        Self {
-            operator_token: None,
-            max_body_bytes: 1024 * 1024,
-        }
+        Self { operator_token: None, max_body_bytes: 1024 * 1024 }
     }
 }
 
@@ -168,11 +163,7 @@ pub struct TasksConfig {
 
 impl Default for TasksConfig {
     fn default() -> Self {
-        Self {
-            timeout_mins: 60,
-            check_interval_secs: 5,
-            progress_lines_kept: 200,
-        }
+        Self { timeout_mins: 60, check_interval_secs: 5, progress_lines_kept: 200 }
     }
 }
 
@@ -243,6 +234,11 @@ pub struct ForgejoConfig {
     pub reconcile_interval_mins: u64,
     /// Hours between full sweeps of every open issue, which catch what `since` polling cannot. Default: `24`.
     pub full_sweep_hours: u64,
+    /// The branch agents base their work on and open pull requests against, until forgefleet has read the
+    /// repository's own default branch. Default: `"main"`.
+    pub base_branch: String,
+    /// Agents push their work to `<branch_prefix>issue-<N>-attempt-<A>`. Default: `"forgefleet/"`.
+    pub branch_prefix: String,
 }
 
 impl Default for ForgejoConfig {
@@ -255,6 +251,8 @@ impl Default for ForgejoConfig {
             repos: Vec::new(),
             reconcile_interval_mins: 5,
             full_sweep_hours: 24,
+            base_branch: "main".into(),
+            branch_prefix: "forgefleet/".into(),
         }
     }
 }
@@ -263,10 +261,7 @@ impl ForgejoConfig {
     /// The watched repositories; entries that do not parse are skipped, which after a successful
     /// [`Config::load`] is none of them.
     pub fn repo_names(&self) -> Vec<RepoName> {
-        self.repos
-            .iter()
-            .filter_map(|r| RepoName::parse(r).ok())
-            .collect()
+        self.repos.iter().filter_map(|r| RepoName::parse(r).ok()).collect()
     }
 }
 
@@ -326,8 +321,7 @@ impl Config {
 
     /// Silence after which an agent is offline: the heartbeat interval times the heartbeats it may miss.
     pub fn agent_offline_after(&self) -> Duration {
-        self.heartbeat_interval()
-            .saturating_mul(self.agents.missed_heartbeats)
+        self.heartbeat_interval().saturating_mul(self.agents.missed_heartbeats)
     }
 
     /// How long an agent has to start an assigned task.

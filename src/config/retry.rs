@@ -22,15 +22,8 @@ pub struct RetryClassConfig {
 impl RetryClassConfig {
     fn of(policy: &RetryPolicy, class: FailureClass) -> Self {
         // Every class but `cancelled` has a rule in the core's default policy, and `cancelled` has no section.
-        let rule = policy
-            .rule(class)
-            .copied()
-            .expect("the default retry policy has a rule for every retried class");
-        Self {
-            max_retries: rule.max_retries,
-            base_secs: rule.base.as_secs(),
-            cap_secs: rule.cap.as_secs(),
-        }
+        let rule = policy.rule(class).copied().expect("the default retry policy has a rule for every retried class");
+        Self { max_retries: rule.max_retries, base_secs: rule.base.as_secs(), cap_secs: rule.cap.as_secs() }
     }
 
     fn rule(&self) -> RetryRule {
@@ -89,11 +82,7 @@ impl RetryConfig {
 
     /// The core's policy with these rules.
     pub fn policy(&self) -> RetryPolicy {
-        self.classes()
-            .into_iter()
-            .fold(RetryPolicy::default(), |p, (class, c)| {
-                p.with_rule(class, c.rule())
-            })
+        self.classes().into_iter().fold(RetryPolicy::default(), |p, (class, c)| p.with_rule(class, c.rule()))
     }
 }
 
@@ -157,24 +146,9 @@ mod tests {
 
     #[test]
     fn a_partial_retry_section_keeps_its_own_class_defaults() {
-        let r: RetryConfig =
-            toml::from_str("[timeout]\nmax_retries = 4\n[rate_limited]\ncap_secs = 99999").unwrap();
-        assert_eq!(
-            r.timeout,
-            RetryClassConfig {
-                max_retries: 4,
-                base_secs: 300,
-                cap_secs: 3600
-            }
-        );
-        assert_eq!(
-            r.rate_limited,
-            RetryClassConfig {
-                max_retries: 5,
-                base_secs: 600,
-                cap_secs: 99999
-            }
-        );
+        let r: RetryConfig = toml::from_str("[timeout]\nmax_retries = 4\n[rate_limited]\ncap_secs = 99999").unwrap();
+        assert_eq!(r.timeout, RetryClassConfig { max_retries: 4, base_secs: 300, cap_secs: 3600 });
+        assert_eq!(r.rate_limited, RetryClassConfig { max_retries: 5, base_secs: 600, cap_secs: 99999 });
         assert_eq!(r.agent_lost, RetryConfig::default().agent_lost);
         let rule = r.policy().rule(FailureClass::Timeout).copied().unwrap();
         assert_eq!((rule.max_retries, rule.base.as_secs()), (4, 300));

@@ -113,10 +113,7 @@ pub(crate) mod optional {
 
     use super::Blank;
 
-    pub(crate) fn serialize<S: Serializer, T: Serialize>(
-        v: &Option<T>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer, T: Serialize>(v: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
         match v {
             Some(v) => v.serialize(s),
             None => s.serialize_str(""),

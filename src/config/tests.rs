@@ -23,11 +23,7 @@ fn problems(text: &str) -> ConfigErrors {
 /// The one problem about `key`, failing with the whole list when there is not exactly one.
 fn problem<'a>(errs: &'a ConfigErrors, key: &str) -> &'a str {
     let found = errs.about(key);
-    assert_eq!(
-        found.len(),
-        1,
-        "expected one problem about {key}, got:\n{errs}"
-    );
+    assert_eq!(found.len(), 1, "expected one problem about {key}, got:\n{errs}");
     &found[0].message
 }
 
@@ -57,35 +53,14 @@ fn no_file_means_every_default() {
     assert_eq!(c.server.log_format, LogFormat::Human);
     assert_eq!(c.server.log_level, "info");
     assert_eq!(c.store.path, Path::new("./forgefleet-data/forgefleet.db"));
-    assert_eq!(
-        (c.api.operator_token.is_none(), c.api.max_body_bytes),
-        (true, 1_048_576)
-    );
+    assert_eq!((c.api.operator_token.is_none(), c.api.max_body_bytes), (true, 1_048_576));
     let a = &c.agents;
     assert_eq!(
-        (
-            a.heartbeat_interval_secs,
-            a.missed_heartbeats,
-            a.start_timeout_secs,
-            a.max_wait_secs
-        ),
+        (a.heartbeat_interval_secs, a.missed_heartbeats, a.start_timeout_secs, a.max_wait_secs),
         (10, 3, 30, 60)
     );
-    assert_eq!(
-        (
-            c.tasks.timeout_mins,
-            c.tasks.check_interval_secs,
-            c.tasks.progress_lines_kept
-        ),
-        (60, 5, 200)
-    );
-    assert_eq!(
-        (
-            c.forgejo.reconcile_interval_mins,
-            c.forgejo.full_sweep_hours
-        ),
-        (5, 24)
-    );
+    assert_eq!((c.tasks.timeout_mins, c.tasks.check_interval_secs, c.tasks.progress_lines_kept), (60, 5, 200));
+    assert_eq!((c.forgejo.reconcile_interval_mins, c.forgejo.full_sweep_hours), (5, 24));
     assert!(c.forgejo.url.is_none() && c.forgejo.repos.is_empty() && c.matrix.rooms.is_empty());
     assert_eq!(c.task_timeout().as_secs(), 3600);
     assert_eq!(c.agent_offline_after().as_secs(), 30);
@@ -107,26 +82,17 @@ fn settings_from_the_file_reach_the_core_types() {
          [tasks]\ntimeout_mins = 90\n",
     )
     .unwrap();
-    let rule = c
-        .retry_policy()
-        .rule(FailureClass::Timeout)
-        .copied()
-        .unwrap();
-    assert_eq!(
-        (rule.max_retries, rule.base.as_secs(), rule.cap.as_secs()),
-        (4, 300, 3600)
-    );
+    let rule = c.retry_policy().rule(FailureClass::Timeout).copied().unwrap();
+    assert_eq!((rule.max_retries, rule.base.as_secs(), rule.cap.as_secs()), (4, 300, 3600));
     let scheme = c.label_scheme();
-    assert_eq!(
-        (scheme.todo.as_str(), scheme.default_priority),
-        ("fleet/todo", crate::core::Priority::Low)
-    );
+    assert_eq!((scheme.todo.as_str(), scheme.default_priority), ("fleet/todo", crate::core::Priority::Low));
     assert_eq!(c.task_timeout().as_secs(), 90 * 60);
 }
 
 #[test]
 fn env_wins_over_file() {
-    let text = "[forgejo]\ntoken = \"from-file\"\nwebhook_secret = \"file-hook\"\n[api]\noperator_token = \"op-file\"\n";
+    let text =
+        "[forgejo]\ntoken = \"from-file\"\nwebhook_secret = \"file-hook\"\n[api]\noperator_token = \"op-file\"\n";
     let env = |name: &str| match name {
         "FORGEFLEET_FORGEJO_TOKEN" => Some("from-env".to_string()),
         "FORGEFLEET_MATRIX_PASSWORD" => Some("pw-env".to_string()),
@@ -136,31 +102,18 @@ fn env_wins_over_file() {
     let c = Config::from_toml_str(text, &env).unwrap();
     let shown = |s: &Option<Secret>| s.as_ref().map(|s| s.expose().to_string());
     assert_eq!(shown(&c.forgejo.token).as_deref(), Some("from-env"));
-    assert_eq!(
-        shown(&c.forgejo.webhook_secret).as_deref(),
-        Some("file-hook"),
-        "no env var: the file's value stays"
-    );
+    assert_eq!(shown(&c.forgejo.webhook_secret).as_deref(), Some("file-hook"), "no env var: the file's value stays");
     assert_eq!(shown(&c.api.operator_token).as_deref(), Some("op-file"));
     assert_eq!(shown(&c.matrix.password).as_deref(), Some("pw-env"));
-    assert_eq!(
-        shown(&c.agents.registration_token).as_deref(),
-        Some("reg-env")
-    );
+    assert_eq!(shown(&c.agents.registration_token).as_deref(), Some("reg-env"));
 }
 
 #[test]
 fn empty_env_var_is_ignored() {
     let env = |_: &str| Some(String::new());
     let c = Config::from_toml_str("[forgejo]\ntoken = \"from-file\"\n", &env).unwrap();
-    assert_eq!(
-        c.forgejo.token.as_ref().map(Secret::expose),
-        Some("from-file")
-    );
-    assert!(
-        c.api.operator_token.is_none(),
-        "an empty variable does not set a secret"
-    );
+    assert_eq!(c.forgejo.token.as_ref().map(Secret::expose), Some("from-file"));
+    assert!(c.api.operator_token.is_none(), "an empty variable does not set a secret");
 }
 
 #[test]
@@ -171,10 +124,7 @@ fn an_empty_string_in_the_file_means_unset() {
 
 #[test]
 fn secret_env_vars_are_named_after_section_and_key() {
-    let names: Vec<String> = Config::secret_env_vars()
-        .into_iter()
-        .map(|(_, v)| v)
-        .collect();
+    let names: Vec<String> = Config::secret_env_vars().into_iter().map(|(_, v)| v).collect();
     assert_eq!(
         names,
         [
@@ -186,10 +136,7 @@ fn secret_env_vars_are_named_after_section_and_key() {
         ]
     );
     for name in &names {
-        assert!(
-            EXAMPLE.contains(name.as_str()),
-            "config.example.toml should mention {name}"
-        );
+        assert!(EXAMPLE.contains(name.as_str()), "config.example.toml should mention {name}");
     }
 }
 
@@ -215,64 +162,40 @@ fn unknown_key_names_key_and_section() {
     let errs = problems("[server]\nlisen = \"0.0.0.0:80\"\n");
     let why = problem(&errs, "server.lisen");
     assert!(why.contains("unknown key `lisen` in [server]"), "{why}");
-    assert!(
-        why.contains("`listen`") && why.contains("line 2, column 1"),
-        "{why}"
-    );
+    assert!(why.contains("`listen`") && why.contains("line 2, column 1"), "{why}");
 
     let errs = problems("[retry.timeout]\nbase = 5\n");
-    assert!(
-        problem(&errs, "retry.timeout.base").contains("in [retry.timeout]"),
-        "{errs}"
-    );
+    assert!(problem(&errs, "retry.timeout.base").contains("in [retry.timeout]"), "{errs}");
 
     let errs = problems("[sever]\nlisten = \"0.0.0.0:80\"\n");
-    assert!(
-        problem(&errs, "sever").contains("unknown section [sever]"),
-        "{errs}"
-    );
+    assert!(problem(&errs, "sever").contains("unknown section [sever]"), "{errs}");
 }
 
 #[test]
 fn retry_for_cancelled_is_refused_with_the_reason() {
     let errs = problems("[retry.cancelled]\nmax_retries = 1\n");
     let why = problem(&errs, "retry.cancelled");
-    assert!(
-        why.contains("unknown key `cancelled` in [retry]") && why.contains("never retried"),
-        "{why}"
-    );
+    assert!(why.contains("unknown key `cancelled` in [retry]") && why.contains("never retried"), "{why}");
 }
 
 #[test]
 fn wrong_type_says_expected_and_found() {
     let errs = problems("[tasks]\ntimeout_mins = \"an hour\"\n");
     let why = problem(&errs, "tasks.timeout_mins");
-    assert!(
-        why.starts_with("expected a non-negative integer, found string \"an hour\""),
-        "{why}"
-    );
+    assert!(why.starts_with("expected a non-negative integer, found string \"an hour\""), "{why}");
 
     let errs = problems("[agents]\nmissed_heartbeats = -1\n");
-    assert!(
-        problem(&errs, "agents.missed_heartbeats").contains("found integer `-1`"),
-        "{errs}"
-    );
+    assert!(problem(&errs, "agents.missed_heartbeats").contains("found integer `-1`"), "{errs}");
 
     let errs = problems("[server]\nlisten = \"localhost:8080\"\nlog_format = \"xml\"\n");
-    assert!(
-        problem(&errs, "server.listen").contains("\"localhost:8080\""),
-        "{errs}"
-    );
+    assert!(problem(&errs, "server.listen").contains("\"localhost:8080\""), "{errs}");
 }
 
 #[test]
 fn a_secret_of_the_wrong_type_is_not_echoed() {
     let errs = problems("[forgejo]\ntoken = 8675309\n");
     let why = problem(&errs, "forgejo.token");
-    assert!(
-        why.contains("expected a string") && !why.contains("8675309"),
-        "{why}"
-    );
+    assert!(why.contains("expected a string") && !why.contains("8675309"), "{why}");
 }
 
 #[test]
@@ -293,34 +216,16 @@ fn problems_in_different_sections_are_all_reported() {
         "[server]\nlisen = 1\n[tasks]\ntimeout_mins = \"x\"\n[retry.agent_lost]\nbase_secs = 0\n[labels]\ntodo = \"\"\n",
     );
     let keys: Vec<_> = errs.0.iter().map(|e| e.key.as_str()).collect();
-    assert_eq!(
-        keys,
-        [
-            "server.lisen",
-            "tasks.timeout_mins",
-            "retry.agent_lost.base_secs",
-            "labels.todo"
-        ],
-        "{errs}"
-    );
+    assert_eq!(keys, ["server.lisen", "tasks.timeout_mins", "retry.agent_lost.base_secs", "labels.todo"], "{errs}");
     assert_eq!(errs.to_string().lines().count(), 4);
 }
 
 #[test]
 fn invalid_repo_names_are_reported_with_their_index() {
     let errs = problems("[forgejo]\nrepos = [\"acme/ok\", \"no-slash\", \"acme/ok\", \"a b/c\"]\n");
-    assert!(
-        problem(&errs, "forgejo.repos[1]").contains("owner/name"),
-        "{errs}"
-    );
-    assert!(
-        problem(&errs, "forgejo.repos[2]").contains("listed twice"),
-        "{errs}"
-    );
-    assert!(
-        problem(&errs, "forgejo.repos[3]").contains("\"a b/c\""),
-        "{errs}"
-    );
+    assert!(problem(&errs, "forgejo.repos[1]").contains("owner/name"), "{errs}");
+    assert!(problem(&errs, "forgejo.repos[2]").contains("listed twice"), "{errs}");
+    assert!(problem(&errs, "forgejo.repos[3]").contains("\"a b/c\""), "{errs}");
     assert_eq!(errs.0.len(), 3, "{errs}");
     let c = parse("[forgejo]\nrepos = [\"acme/widgets\"]\n").unwrap();
     assert_eq!(c.forgejo.repo_names()[0].owner(), "acme");
@@ -328,46 +233,22 @@ fn invalid_repo_names_are_reported_with_their_index() {
 
 #[test]
 fn retry_cap_below_base_is_rejected() {
-    let errs = problems(
-        "[retry.timeout]\nbase_secs = 600\ncap_secs = 60\n[retry.agent_error]\nbase_secs = 0\n",
-    );
-    assert!(
-        problem(&errs, "retry.timeout.cap_secs").contains("less than base_secs (600)"),
-        "{errs}"
-    );
-    assert!(
-        problem(&errs, "retry.agent_error.base_secs").contains("at least 1"),
-        "{errs}"
-    );
-    assert!(
-        parse("[retry.timeout]\nbase_secs = 60\ncap_secs = 60\n").is_ok(),
-        "cap = base is fine"
-    );
+    let errs = problems("[retry.timeout]\nbase_secs = 600\ncap_secs = 60\n[retry.agent_error]\nbase_secs = 0\n");
+    assert!(problem(&errs, "retry.timeout.cap_secs").contains("less than base_secs (600)"), "{errs}");
+    assert!(problem(&errs, "retry.agent_error.base_secs").contains("at least 1"), "{errs}");
+    assert!(parse("[retry.timeout]\nbase_secs = 60\ncap_secs = 60\n").is_ok(), "cap = base is fine");
 }
 
 #[test]
 fn duplicate_status_label_names_are_rejected() {
-    let errs = problems(
-        "[labels]\ndone = \"status:todo\"\nfailed = \" x \"\nneeds_prefix = \"type:\"\nagent_prefix = \"\"\n",
-    );
-    assert!(
-        problem(&errs, "labels.done").contains("already the label of labels.todo"),
-        "{errs}"
-    );
+    let errs =
+        problems("[labels]\ndone = \"status:todo\"\nfailed = \" x \"\nneeds_prefix = \"type:\"\nagent_prefix = \"\"\n");
+    assert!(problem(&errs, "labels.done").contains("already the label of labels.todo"), "{errs}");
     assert!(problem(&errs, "labels.failed").contains("spaces"), "{errs}");
-    assert!(
-        problem(&errs, "labels.needs_prefix").contains("labels.type_prefix"),
-        "{errs}"
-    );
-    assert!(
-        problem(&errs, "labels.agent_prefix").contains("empty"),
-        "{errs}"
-    );
+    assert!(problem(&errs, "labels.needs_prefix").contains("labels.type_prefix"), "{errs}");
+    assert!(problem(&errs, "labels.agent_prefix").contains("empty"), "{errs}");
     let errs = problems("[labels]\ndefault_priority = \"urgent\"\n");
-    assert!(
-        problem(&errs, "labels.default_priority").contains("`critical`"),
-        "{errs}"
-    );
+    assert!(problem(&errs, "labels.default_priority").contains("`critical`"), "{errs}");
 }
 
 #[test]
@@ -375,30 +256,15 @@ fn urls_and_the_credentials_they_need_are_checked() {
     let errs = problems(
         "[forgejo]\nurl = \"forgejo.example\"\n[matrix]\nhomeserver_url = \"https://\"\nrooms = [\"general\"]\n",
     );
-    assert!(
-        problem(&errs, "forgejo.url").contains("http:// or https://"),
-        "{errs}"
-    );
-    assert!(
-        problem(&errs, "forgejo.token").contains("FORGEFLEET_FORGEJO_TOKEN"),
-        "{errs}"
-    );
-    assert!(
-        problem(&errs, "matrix.homeserver_url").contains("no host"),
-        "{errs}"
-    );
+    assert!(problem(&errs, "forgejo.url").contains("http:// or https://"), "{errs}");
+    assert!(problem(&errs, "forgejo.token").contains("FORGEFLEET_FORGEJO_TOKEN"), "{errs}");
+    assert!(problem(&errs, "matrix.homeserver_url").contains("no host"), "{errs}");
     problem(&errs, "matrix.user");
     problem(&errs, "matrix.password");
-    assert!(
-        problem(&errs, "matrix.rooms[0]").contains("room id"),
-        "{errs}"
-    );
+    assert!(problem(&errs, "matrix.rooms[0]").contains("room id"), "{errs}");
 
     let env = |name: &str| (name == "FORGEFLEET_FORGEJO_TOKEN").then(|| "t".to_string());
-    assert!(
-        Config::from_toml_str("[forgejo]\nurl = \"http://localhost:3000\"\n", &env).is_ok(),
-        "the env supplies it"
-    );
+    assert!(Config::from_toml_str("[forgejo]\nurl = \"http://localhost:3000\"\n", &env).is_ok(), "the env supplies it");
 }
 
 #[test]
@@ -406,11 +272,7 @@ fn zero_intervals_are_rejected() {
     let errs = problems(
         "[agents]\nheartbeat_interval_secs = 0\n[tasks]\ncheck_interval_secs = 0\n[api]\nmax_body_bytes = 0\n",
     );
-    for key in [
-        "agents.heartbeat_interval_secs",
-        "tasks.check_interval_secs",
-        "api.max_body_bytes",
-    ] {
+    for key in ["agents.heartbeat_interval_secs", "tasks.check_interval_secs", "api.max_body_bytes"] {
         assert!(problem(&errs, key).contains("at least 1"), "{errs}");
     }
 }
@@ -431,11 +293,7 @@ fn example_file_equals_defaults() {
 fn example_file_shows_every_key() {
     let every_key = keys_of(&Config::default().effective_toml());
     assert!(every_key.len() > 40, "{every_key:?}");
-    assert_eq!(
-        keys_of(EXAMPLE),
-        every_key,
-        "config.example.toml and Config disagree on the keys"
-    );
+    assert_eq!(keys_of(EXAMPLE), every_key, "config.example.toml and Config disagree on the keys");
 }
 
 #[test]
@@ -451,14 +309,8 @@ fn effective_toml_masks_secrets_and_round_trips() {
 
     let text = c.effective_toml();
     assert!(!text.contains("s3cret"), "{text}");
-    assert!(
-        text.contains("token = \"***\""),
-        "a set secret shows as ***:\n{text}"
-    );
-    assert!(
-        text.contains("webhook_secret = \"\""),
-        "an unset secret shows as empty:\n{text}"
-    );
+    assert!(text.contains("token = \"***\""), "a set secret shows as ***:\n{text}");
+    assert!(text.contains("webhook_secret = \"\""), "an unset secret shows as empty:\n{text}");
 
     let mut back = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     assert_eq!(back.forgejo.token.as_ref().map(Secret::expose), Some("***"));
@@ -477,8 +329,5 @@ fn load_reads_a_file_and_names_one_it_cannot_read() {
     let errs = Config::load(Some(&missing)).unwrap_err();
     assert_eq!(errs.0.len(), 1);
     assert_eq!(errs.0[0].key, missing.display().to_string());
-    assert!(
-        errs.0[0].message.contains("cannot read") && errs.0[0].message.contains("os error"),
-        "{errs}"
-    );
+    assert!(errs.0[0].message.contains("cannot read") && errs.0[0].message.contains("os error"), "{errs}");
 }

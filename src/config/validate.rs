@@ -11,16 +11,11 @@ pub(crate) fn check(c: &Config) -> Vec<ConfigError> {
     let mut p = Problems(Vec::new());
 
     if c.server.log_level.trim().is_empty() {
-        p.add(
-            "server.log_level",
-            "must not be empty; \"info\" is the usual choice",
-        );
+        p.add("server.log_level", "must not be empty; \"info\" is the usual choice");
     } else if let Err(e) = tracing_subscriber::EnvFilter::try_new(&c.server.log_level) {
         p.add(
             "server.log_level",
-            format!(
-                "is not a valid log filter ({e}); examples: \"info\", \"info,forgefleet=debug\""
-            ),
+            format!("is not a valid log filter ({e}); examples: \"info\", \"info,forgefleet=debug\""),
         );
     }
     if c.store.path.as_os_str().is_empty() {
@@ -28,14 +23,8 @@ pub(crate) fn check(c: &Config) -> Vec<ConfigError> {
     }
     p.positive("api.max_body_bytes", c.api.max_body_bytes as u64);
 
-    p.positive(
-        "agents.heartbeat_interval_secs",
-        c.agents.heartbeat_interval_secs,
-    );
-    p.positive(
-        "agents.missed_heartbeats",
-        u64::from(c.agents.missed_heartbeats),
-    );
+    p.positive("agents.heartbeat_interval_secs", c.agents.heartbeat_interval_secs);
+    p.positive("agents.missed_heartbeats", u64::from(c.agents.missed_heartbeats));
     p.positive("agents.start_timeout_secs", c.agents.start_timeout_secs);
     p.positive("agents.max_wait_secs", c.agents.max_wait_secs);
     p.positive("tasks.timeout_mins", c.tasks.timeout_mins);
@@ -68,22 +57,14 @@ pub(crate) fn check(c: &Config) -> Vec<ConfigError> {
 fn check_labels(c: &Config, p: &mut Problems) {
     let l = &c.labels;
     // A label name is matched exactly against a trimmed label, so stray spaces would never match.
-    let names = [
-        ("todo", &l.todo),
-        ("doing", &l.doing),
-        ("done", &l.done),
-        ("failed", &l.failed),
-    ];
+    let names = [("todo", &l.todo), ("doing", &l.doing), ("done", &l.done), ("failed", &l.failed)];
     let mut seen: HashMap<&str, &str> = HashMap::new();
     for (key, name) in names {
         let path = format!("labels.{key}");
         if name.trim().is_empty() {
             p.add(path, "must not be empty");
         } else if name.trim() != name.as_str() {
-            p.add(
-                path,
-                format!("{name:?} starts or ends with spaces, which label names never match"),
-            );
+            p.add(path, format!("{name:?} starts or ends with spaces, which label names never match"));
         } else if let Some(first) = seen.insert(name, key) {
             p.add(path, format!("{name:?} is already the label of labels.{first}; each status needs its own label"));
         }
@@ -98,23 +79,12 @@ fn check_labels(c: &Config, p: &mut Problems) {
     for (key, prefix) in prefixes {
         let path = format!("labels.{key}");
         if prefix.is_empty() {
-            p.add(
-                path,
-                "must not be empty: an empty prefix would claim every label",
-            );
+            p.add(path, "must not be empty: an empty prefix would claim every label");
         } else if prefix.trim_start() != prefix.as_str() {
-            p.add(
-                path,
-                format!("{prefix:?} starts with spaces, which label names never match"),
-            );
+            p.add(path, format!("{prefix:?} starts with spaces, which label names never match"));
         } else if let Some(first) = seen.insert(prefix, key) {
             // Labels are tried against the prefixes in turn, so the later one would never see a label.
-            p.add(
-                path,
-                format!(
-                    "{prefix:?} is already labels.{first}; each kind of label needs its own prefix"
-                ),
-            );
+            p.add(path, format!("{prefix:?} is already labels.{first}; each kind of label needs its own prefix"));
         }
     }
 }
@@ -123,10 +93,7 @@ fn check_forgejo(c: &Config, p: &mut Problems) {
     let f = &c.forgejo;
     p.url("forgejo.url", f.url.as_deref());
     if f.url.is_some() && f.token.is_none() {
-        p.add(
-            "forgejo.token",
-            "is required when forgejo.url is set (or set FORGEFLEET_FORGEJO_TOKEN)",
-        );
+        p.add("forgejo.token", "is required when forgejo.url is set (or set FORGEFLEET_FORGEJO_TOKEN)");
     }
     let mut seen: HashMap<&str, usize> = HashMap::new();
     for (i, repo) in f.repos.iter().enumerate() {
@@ -134,14 +101,23 @@ fn check_forgejo(c: &Config, p: &mut Problems) {
         if let Err(e) = RepoName::parse(repo) {
             p.add(path, e.to_string());
         } else if let Some(first) = seen.insert(repo, i) {
-            p.add(
-                path,
-                format!("{repo:?} is listed twice (also forgejo.repos[{first}])"),
-            );
+            p.add(path, format!("{repo:?} is listed twice (also forgejo.repos[{first}])"));
         }
     }
     p.positive("forgejo.reconcile_interval_mins", f.reconcile_interval_mins);
     p.positive("forgejo.full_sweep_hours", f.full_sweep_hours);
+    // Both end up in git ref names the agents push: keep to what git accepts everywhere.
+    let ref_ok = |s: &str| {
+        !s.contains("..")
+            && !s.starts_with('/')
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '-' | '_' | '.'))
+    };
+    if f.base_branch.is_empty() || !ref_ok(&f.base_branch) {
+        p.add("forgejo.base_branch", "must be a branch name (letters, digits, '/', '-', '_', '.')");
+    }
+    if !ref_ok(&f.branch_prefix) {
+        p.add("forgejo.branch_prefix", "may hold only letters, digits, '/', '-', '_' and '.'");
+    }
 }
 
 fn check_matrix(c: &Config, p: &mut Problems) {
@@ -149,10 +125,7 @@ fn check_matrix(c: &Config, p: &mut Problems) {
     p.url("matrix.homeserver_url", m.homeserver_url.as_deref());
     if m.homeserver_url.is_some() {
         if m.user.is_none() {
-            p.add(
-                "matrix.user",
-                "is required when matrix.homeserver_url is set",
-            );
+            p.add("matrix.user", "is required when matrix.homeserver_url is set");
         }
         if m.password.is_none() {
             p.add(
@@ -163,10 +136,7 @@ fn check_matrix(c: &Config, p: &mut Problems) {
     }
     for (i, room) in m.rooms.iter().enumerate() {
         // Newer room versions drop the `:server` part of room ids, so only the sigil is certain.
-        if !(room.starts_with('!') || room.starts_with('#'))
-            || room.len() < 2
-            || room.contains(char::is_whitespace)
-        {
+        if !(room.starts_with('!') || room.starts_with('#')) || room.len() < 2 || room.contains(char::is_whitespace) {
             p.add(
                 format!("matrix.rooms[{i}]"),
                 format!("{room:?} is not a room id (\"!id:server\") or alias (\"#name:server\")"),
@@ -190,20 +160,11 @@ impl Problems {
 
     fn url(&mut self, key: &str, url: Option<&str>) {
         let Some(url) = url else { return };
-        let rest = url
-            .strip_prefix("https://")
-            .or_else(|| url.strip_prefix("http://"));
+        let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
         match rest {
-            None => self.add(
-                key,
-                format!("{url:?} is not a URL starting with http:// or https://"),
-            ),
-            Some(rest) if rest.is_empty() || rest.starts_with('/') => {
-                self.add(key, format!("{url:?} names no host"))
-            }
-            Some(_) if url.contains(char::is_whitespace) => {
-                self.add(key, format!("{url:?} contains spaces"))
-            }
+            None => self.add(key, format!("{url:?} is not a URL starting with http:// or https://")),
+            Some(rest) if rest.is_empty() || rest.starts_with('/') => self.add(key, format!("{url:?} names no host")),
+            Some(_) if url.contains(char::is_whitespace) => self.add(key, format!("{url:?} contains spaces")),
             Some(_) => {}
         }
     }

@@ -33,14 +33,9 @@ impl AgentState {
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
-        [
-            AgentState::Online,
-            AgentState::Draining,
-            AgentState::Offline,
-            AgentState::Deregistered,
-        ]
-        .into_iter()
-        .find(|a| a.as_str() == s)
+        [AgentState::Online, AgentState::Draining, AgentState::Offline, AgentState::Deregistered]
+            .into_iter()
+            .find(|a| a.as_str() == s)
     }
 }
 
@@ -85,27 +80,20 @@ impl Agent {
     /// A new agent from its registration event.
     pub fn registered(e: &Event) -> Option<Agent> {
         match e {
-            Event::AgentRegistered {
-                agent,
-                name,
-                adapter,
-                capabilities,
-                max_concurrency,
-                version,
-                token_hash,
-                at,
-            } => Some(Agent {
-                id: *agent,
-                name: name.clone(),
-                adapter: adapter.clone(),
-                capabilities: capabilities.clone(),
-                max_concurrency: *max_concurrency,
-                version: version.clone(),
-                token_hash: token_hash.clone(),
-                state: AgentState::Online,
-                registered_at: *at,
-                updated_at: *at,
-            }),
+            Event::AgentRegistered { agent, name, adapter, capabilities, max_concurrency, version, token_hash, at } => {
+                Some(Agent {
+                    id: *agent,
+                    name: name.clone(),
+                    adapter: adapter.clone(),
+                    capabilities: capabilities.clone(),
+                    max_concurrency: *max_concurrency,
+                    version: version.clone(),
+                    token_hash: token_hash.clone(),
+                    state: AgentState::Online,
+                    registered_at: *at,
+                    updated_at: *at,
+                })
+            }
             _ => None,
         }
     }
@@ -113,24 +101,15 @@ impl Agent {
     /// Applies one of this agent's events. Re-registration refreshes everything and brings it back online.
     pub fn apply(&mut self, e: &Event) -> Result<(), TransitionError> {
         use AgentState::*;
-        let illegal = || TransitionError::Agent {
-            agent: self.id,
-            from: self.state,
-            event: e.kind(),
-        };
+        let illegal = || TransitionError::Agent { agent: self.id, from: self.state, event: e.kind() };
         let (next, at) = match e {
             Event::AgentRegistered { .. } => {
                 let fresh = Agent::registered(e).ok_or_else(illegal)?;
-                *self = Agent {
-                    registered_at: self.registered_at,
-                    ..fresh
-                };
+                *self = Agent { registered_at: self.registered_at, ..fresh };
                 return Ok(());
             }
             Event::AgentDraining { at, .. } if self.state == Online => (Draining, at),
-            Event::AgentOffline { at, .. } if matches!(self.state, Online | Draining) => {
-                (Offline, at)
-            }
+            Event::AgentOffline { at, .. } if matches!(self.state, Online | Draining) => (Offline, at),
             Event::AgentOnline { at, .. } if self.state == Offline => (Online, at),
             Event::AgentDeregistered { at, .. } if self.state != Deregistered => (Deregistered, at),
             _ => return Err(illegal()),
@@ -212,18 +191,10 @@ pub(crate) mod tests {
     #[test]
     fn draining_and_offline_agents_take_nothing() {
         let mut a = agent(1, "a1", &[], 4);
-        a.apply(&Event::AgentDraining {
-            agent: a.id,
-            at: Timestamp(5),
-        })
-        .unwrap();
+        a.apply(&Event::AgentDraining { agent: a.id, at: Timestamp(5) }).unwrap();
         assert_eq!(a.status(0), AgentStatus::Draining);
         assert!(!a.can_take(&spec(&[], None), 0));
-        a.apply(&Event::AgentOffline {
-            agent: a.id,
-            at: Timestamp(6),
-        })
-        .unwrap();
+        a.apply(&Event::AgentOffline { agent: a.id, at: Timestamp(6) }).unwrap();
         assert_eq!(a.status(0), AgentStatus::Offline);
         assert!(!a.can_take(&spec(&[], None), 0));
     }
@@ -231,35 +202,13 @@ pub(crate) mod tests {
     #[test]
     fn agent_transitions_that_do_not_apply_are_errors() {
         let mut a = agent(1, "a1", &[], 1);
-        let online = Event::AgentOnline {
-            agent: a.id,
-            at: Timestamp(1),
-        };
-        assert!(matches!(
-            a.apply(&online),
-            Err(TransitionError::Agent {
-                from: AgentState::Online,
-                ..
-            })
-        ));
-        a.apply(&Event::AgentDeregistered {
-            agent: a.id,
-            at: Timestamp(2),
-        })
-        .unwrap();
+        let online = Event::AgentOnline { agent: a.id, at: Timestamp(1) };
+        assert!(matches!(a.apply(&online), Err(TransitionError::Agent { from: AgentState::Online, .. })));
+        a.apply(&Event::AgentDeregistered { agent: a.id, at: Timestamp(2) }).unwrap();
         for e in [
-            Event::AgentDraining {
-                agent: a.id,
-                at: Timestamp(3),
-            },
-            Event::AgentOffline {
-                agent: a.id,
-                at: Timestamp(3),
-            },
-            Event::AgentDeregistered {
-                agent: a.id,
-                at: Timestamp(3),
-            },
+            Event::AgentDraining { agent: a.id, at: Timestamp(3) },
+            Event::AgentOffline { agent: a.id, at: Timestamp(3) },
+            Event::AgentDeregistered { agent: a.id, at: Timestamp(3) },
             online,
         ] {
             assert!(a.apply(&e).is_err(), "{e:?}");
@@ -270,11 +219,7 @@ pub(crate) mod tests {
     #[test]
     fn re_registering_refreshes_the_agent_and_brings_it_back() {
         let mut a = agent(1, "a1", &["x"], 1);
-        a.apply(&Event::AgentOffline {
-            agent: a.id,
-            at: Timestamp(3),
-        })
-        .unwrap();
+        a.apply(&Event::AgentOffline { agent: a.id, at: Timestamp(3) }).unwrap();
         let b = agent(1, "a1", &["y"], 3);
         let e = Event::AgentRegistered {
             agent: a.id,
@@ -287,15 +232,8 @@ pub(crate) mod tests {
             at: Timestamp(9),
         };
         a.apply(&e).unwrap();
-        assert_eq!(
-            (a.state, a.max_concurrency, a.token_hash.as_str()),
-            (AgentState::Online, 3, "new")
-        );
-        assert_eq!(
-            a.registered_at,
-            Timestamp(0),
-            "first registration time is kept"
-        );
+        assert_eq!((a.state, a.max_concurrency, a.token_hash.as_str()), (AgentState::Online, 3, "new"));
+        assert_eq!(a.registered_at, Timestamp(0), "first registration time is kept");
         assert!(a.capabilities.contains("y") && !a.capabilities.contains("x"));
     }
 }

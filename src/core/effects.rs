@@ -11,10 +11,7 @@ use super::task::Task;
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Effect {
     /// Leave `status` as the issue's only `status:*` label.
-    SetStatusLabel {
-        issue: IssueRef,
-        status: StatusLabel,
-    },
+    SetStatusLabel { issue: IssueRef, status: StatusLabel },
 }
 
 impl Effect {
@@ -28,17 +25,12 @@ impl Effect {
 /// The effects of one task going from `before` (None: it did not exist) to `after`.
 /// A new task needs no label: its issue carries `status:todo` already, which is why it exists.
 pub fn effects_of(before: Option<&Task>, after: &Task) -> Vec<Effect> {
-    let was = before
-        .map(|t| t.state.status_label())
-        .unwrap_or(StatusLabel::Todo);
+    let was = before.map(|t| t.state.status_label()).unwrap_or(StatusLabel::Todo);
     let now = after.state.status_label();
     if was == now {
         return Vec::new();
     }
-    vec![Effect::SetStatusLabel {
-        issue: after.issue.clone(),
-        status: now,
-    }]
+    vec![Effect::SetStatusLabel { issue: after.issue.clone(), status: now }]
 }
 
 #[cfg(test)]
@@ -53,10 +45,7 @@ mod tests {
     fn only_a_change_of_status_label_is_an_effect() {
         let q = Event::TaskQueued {
             task: TaskId(1),
-            issue: IssueRef {
-                repo: RepoName::parse("a/b").unwrap(),
-                number: 1,
-            },
+            issue: IssueRef { repo: RepoName::parse("a/b").unwrap(), number: 1 },
             title: "t".into(),
             body: "".into(),
             labels: vec![],
@@ -74,23 +63,15 @@ mod tests {
                 at: Timestamp(1),
                 start_by: Timestamp(2),
                 deadline: Timestamp(3),
+                request_key: None,
             })
             .unwrap();
         assert_eq!(
             effects_of(Some(&queued), &assigned),
-            [Effect::SetStatusLabel {
-                issue: queued.issue.clone(),
-                status: StatusLabel::Doing
-            }]
+            [Effect::SetStatusLabel { issue: queued.issue.clone(), status: StatusLabel::Doing }]
         );
         let mut started = assigned.clone();
-        started
-            .apply(&Event::TaskStarted {
-                task: TaskId(1),
-                attempt: 1,
-                at: Timestamp(2),
-            })
-            .unwrap();
+        started.apply(&Event::TaskStarted { task: TaskId(1), attempt: 1, at: Timestamp(2) }).unwrap();
         assert!(effects_of(Some(&assigned), &started).is_empty());
     }
 }

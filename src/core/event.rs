@@ -32,7 +32,8 @@ pub enum Event {
         spec: TaskSpec,
         at: Timestamp,
     },
-    /// Leased to an agent: it must start by `start_by` and finish by `deadline`.
+    /// Leased to an agent: it must start by `start_by` and finish by `deadline`. `request_key` is the
+    /// agent's idempotency key for the request that got it, so a retried request gets the same lease.
     TaskAssigned {
         task: TaskId,
         attempt: u32,
@@ -40,6 +41,8 @@ pub enum Event {
         at: Timestamp,
         start_by: Timestamp,
         deadline: Timestamp,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request_key: Option<String>,
     },
     TaskStarted {
         task: TaskId,
@@ -192,15 +195,8 @@ mod tests {
     #[test]
     fn the_kind_is_the_serde_tag() {
         let events = [
-            Event::TaskStarted {
-                task: TaskId(1),
-                attempt: 1,
-                at: Timestamp(0),
-            },
-            Event::AgentOnline {
-                agent: AgentId(1),
-                at: Timestamp(0),
-            },
+            Event::TaskStarted { task: TaskId(1), attempt: 1, at: Timestamp(0) },
+            Event::AgentOnline { agent: AgentId(1), at: Timestamp(0) },
             Event::AttemptFailed {
                 task: TaskId(1),
                 attempt: 1,

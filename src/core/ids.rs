@@ -55,20 +55,11 @@ pub struct AgentName(String);
 
 impl AgentName {
     pub fn parse(s: &str) -> Result<Self, InvalidId> {
-        let bad = |why| {
-            Err(InvalidId {
-                what: "agent name",
-                value: s.to_string(),
-                why,
-            })
-        };
+        let bad = |why| Err(InvalidId { what: "agent name", value: s.to_string(), why });
         if s.is_empty() || s.len() > 64 {
             return bad("it must be 1 to 64 characters long");
         }
-        if !s
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-        {
+        if !s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
             return bad("only letters, digits, '.', '_' and '-' are allowed");
         }
         Ok(Self(s.to_string()))
@@ -102,21 +93,14 @@ pub struct RepoName(String);
 
 impl RepoName {
     pub fn parse(s: &str) -> Result<Self, InvalidId> {
-        let bad = |why| {
-            Err(InvalidId {
-                what: "repository",
-                value: s.to_string(),
-                why,
-            })
-        };
+        let bad = |why| Err(InvalidId { what: "repository", value: s.to_string(), why });
         let Some((owner, name)) = s.split_once('/') else {
             return bad("expected owner/name");
         };
         let part_ok = |p: &str| {
             !p.is_empty()
                 && p.len() <= 100
-                && p.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+                && p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
         };
         if !part_ok(owner) || !part_ok(name) {
             return bad("expected owner/name made of letters, digits, '.', '_' and '-'");
@@ -167,22 +151,13 @@ impl fmt::Display for IssueRef {
 impl FromStr for IssueRef {
     type Err = InvalidId;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = |why| InvalidId {
-            what: "issue",
-            value: s.to_string(),
-            why,
-        };
-        let (repo, number) = s
-            .rsplit_once('#')
-            .ok_or_else(|| bad("expected owner/name#number"))?;
+        let bad = |why| InvalidId { what: "issue", value: s.to_string(), why };
+        let (repo, number) = s.rsplit_once('#').ok_or_else(|| bad("expected owner/name#number"))?;
         let number = match number.parse::<u64>() {
             Ok(n) if n > 0 => n,
             _ => return Err(bad("the issue number must be a positive whole number")),
         };
-        Ok(Self {
-            repo: RepoName::parse(repo)?,
-            number,
-        })
+        Ok(Self { repo: RepoName::parse(repo)?, number })
     }
 }
 

@@ -9,9 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::ids::AgentName;
 
 /// How urgent a task is. Declared most urgent first, so `Ord` sorts the queue.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Priority {
     Critical,
@@ -22,12 +20,7 @@ pub enum Priority {
 }
 
 impl Priority {
-    pub const ALL: [Priority; 4] = [
-        Priority::Critical,
-        Priority::High,
-        Priority::Medium,
-        Priority::Low,
-    ];
+    pub const ALL: [Priority; 4] = [Priority::Critical, Priority::High, Priority::Medium, Priority::Low];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -58,9 +51,7 @@ impl FromStr for Priority {
         Priority::ALL
             .into_iter()
             .find(|p| p.as_str() == s)
-            .ok_or_else(|| {
-                format!("unknown priority {s:?}; expected critical, high, medium or low")
-            })
+            .ok_or_else(|| format!("unknown priority {s:?}; expected critical, high, medium or low"))
     }
 }
 
@@ -159,24 +150,16 @@ impl LabelScheme {
     }
 
     fn status_of(&self, label: &str) -> Option<StatusLabel> {
-        [
-            StatusLabel::Todo,
-            StatusLabel::Doing,
-            StatusLabel::Done,
-            StatusLabel::Failed,
-        ]
-        .into_iter()
-        .find(|s| self.status_name(*s) == label)
+        [StatusLabel::Todo, StatusLabel::Doing, StatusLabel::Done, StatusLabel::Failed]
+            .into_iter()
+            .find(|s| self.status_name(*s) == label)
     }
 
     /// Reads an issue's labels. Several priorities: the most urgent wins. Several agent pins: the task cannot
     /// be routed, which is reported as a problem and the first pin is kept.
     pub fn read<S: AsRef<str>>(&self, labels: &[S]) -> LabelReading {
         let mut r = LabelReading {
-            spec: TaskSpec {
-                priority: self.default_priority,
-                ..TaskSpec::default()
-            },
+            spec: TaskSpec { priority: self.default_priority, ..TaskSpec::default() },
             ..Default::default()
         };
         let mut priority: Option<Priority> = None;
@@ -197,8 +180,7 @@ impl LabelScheme {
                 }
             } else if let Some(n) = label.strip_prefix(&self.needs_prefix) {
                 if n.is_empty() {
-                    r.problems
-                        .push(format!("label {label:?} names no capability"));
+                    r.problems.push(format!("label {label:?} names no capability"));
                 } else {
                     r.spec.needs.insert(n.to_string());
                 }
@@ -221,11 +203,7 @@ impl LabelScheme {
     }
 
     /// The label changes that leave `want` as the only status label (or none when `want` is `None`).
-    pub fn status_change<S: AsRef<str>>(
-        &self,
-        current: &[S],
-        want: Option<StatusLabel>,
-    ) -> LabelChange {
+    pub fn status_change<S: AsRef<str>>(&self, current: &[S], want: Option<StatusLabel>) -> LabelChange {
         let mut change = LabelChange::default();
         let mut has_want = false;
         for label in current {
@@ -244,17 +222,8 @@ impl LabelScheme {
 
     /// Every label name forgefleet may write or route on with a fixed name, for creating them in a repository.
     pub fn managed_labels(&self) -> Vec<String> {
-        let mut v = vec![
-            self.todo.clone(),
-            self.doing.clone(),
-            self.done.clone(),
-            self.failed.clone(),
-        ];
-        v.extend(
-            Priority::ALL
-                .iter()
-                .map(|p| format!("{}{}", self.priority_prefix, p)),
-        );
+        let mut v = vec![self.todo.clone(), self.doing.clone(), self.done.clone(), self.failed.clone()];
+        v.extend(Priority::ALL.iter().map(|p| format!("{}{}", self.priority_prefix, p)));
         v
     }
 }
@@ -269,22 +238,12 @@ mod tests {
 
     #[test]
     fn todo_with_priority_type_needs_and_pin_becomes_a_spec() {
-        let r = read(&[
-            "status:todo",
-            "priority:high",
-            "type:bug",
-            "needs:rust",
-            "needs:gpu",
-            "agent:claude-1",
-            "other",
-        ]);
+        let r =
+            read(&["status:todo", "priority:high", "type:bug", "needs:rust", "needs:gpu", "agent:claude-1", "other"]);
         assert!(r.wants_work());
         assert_eq!(r.spec.priority, Priority::High);
         assert_eq!(r.spec.kind.as_deref(), Some("bug"));
-        assert_eq!(
-            r.spec.needs.iter().map(String::as_str).collect::<Vec<_>>(),
-            ["gpu", "rust"]
-        );
+        assert_eq!(r.spec.needs.iter().map(String::as_str).collect::<Vec<_>>(), ["gpu", "rust"]);
         assert_eq!(r.spec.agent.as_ref().map(|a| a.as_str()), Some("claude-1"));
         assert!(r.problems.is_empty(), "{:?}", r.problems);
     }
@@ -292,28 +251,14 @@ mod tests {
     #[test]
     fn no_priority_label_means_the_default_and_the_most_urgent_of_several_wins() {
         assert_eq!(read(&["status:todo"]).spec.priority, Priority::Medium);
-        assert_eq!(
-            read(&["priority:low", "priority:critical", "priority:high"])
-                .spec
-                .priority,
-            Priority::Critical
-        );
-        let custom = LabelScheme {
-            default_priority: Priority::Low,
-            ..LabelScheme::default()
-        };
+        assert_eq!(read(&["priority:low", "priority:critical", "priority:high"]).spec.priority, Priority::Critical);
+        let custom = LabelScheme { default_priority: Priority::Low, ..LabelScheme::default() };
         assert_eq!(custom.read(&["status:todo"]).spec.priority, Priority::Low);
     }
 
     #[test]
     fn labels_we_cannot_understand_are_reported_not_guessed() {
-        let r = read(&[
-            "priority:urgent",
-            "agent:two words",
-            "needs:",
-            "agent:a",
-            "agent:b",
-        ]);
+        let r = read(&["priority:urgent", "agent:two words", "needs:", "agent:a", "agent:b"]);
         assert_eq!(r.spec.priority, Priority::Medium);
         assert_eq!(r.spec.agent.as_ref().map(|a| a.as_str()), Some("a"));
         assert_eq!(r.problems.len(), 4, "{:?}", r.problems);
@@ -338,21 +283,12 @@ mod tests {
     #[test]
     fn status_change_leaves_exactly_one_status_label() {
         let s = LabelScheme::default();
-        let c = s.status_change(
-            &["status:todo", "status:done", "type:bug"],
-            Some(StatusLabel::Doing),
-        );
+        let c = s.status_change(&["status:todo", "status:done", "type:bug"], Some(StatusLabel::Doing));
         assert_eq!(c.add, ["status:doing"]);
         assert_eq!(c.remove, ["status:todo", "status:done"]);
-        assert!(
-            s.status_change(&["status:doing", "x"], Some(StatusLabel::Doing))
-                .is_empty()
-        );
+        assert!(s.status_change(&["status:doing", "x"], Some(StatusLabel::Doing)).is_empty());
         let c = s.status_change(&["status:doing"], None);
-        assert_eq!(
-            (c.add.len(), c.remove.as_slice()),
-            (0, ["status:doing".to_string()].as_slice())
-        );
+        assert_eq!((c.add.len(), c.remove.as_slice()), (0, ["status:doing".to_string()].as_slice()));
     }
 
     #[test]

@@ -58,16 +58,10 @@ impl fmt::Display for FailureClass {
 impl FromStr for FailureClass {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        FailureClass::ALL
-            .into_iter()
-            .find(|c| c.as_str() == s)
-            .ok_or_else(|| {
-                let names: Vec<_> = FailureClass::ALL.iter().map(|c| c.as_str()).collect();
-                format!(
-                    "unknown failure class {s:?}; expected one of {}",
-                    names.join(", ")
-                )
-            })
+        FailureClass::ALL.into_iter().find(|c| c.as_str() == s).ok_or_else(|| {
+            let names: Vec<_> = FailureClass::ALL.iter().map(|c| c.as_str()).collect();
+            format!("unknown failure class {s:?}; expected one of {}", names.join(", "))
+        })
     }
 }
 
@@ -83,10 +77,7 @@ impl RetryRule {
     /// The wait before retry number `n` (0 for the first retry).
     pub fn backoff(&self, n: u32) -> Duration {
         let factor = 1u32.checked_shl(n.min(31)).unwrap_or(u32::MAX);
-        self.base
-            .checked_mul(factor)
-            .unwrap_or(self.cap)
-            .min(self.cap)
+        self.base.checked_mul(factor).unwrap_or(self.cap).min(self.cap)
     }
 }
 
@@ -95,10 +86,7 @@ impl RetryRule {
 #[serde(tag = "decision", rename_all = "snake_case")]
 pub enum RetryDecision {
     /// Queue the next attempt, not before the given time.
-    Retry {
-        not_before: Timestamp,
-        retries_left: u32,
-    },
+    Retry { not_before: Timestamp, retries_left: u32 },
     /// The budget of this class is spent (or the class is never retried).
     GiveUp,
 }
@@ -112,11 +100,7 @@ pub struct RetryPolicy {
 impl Default for RetryPolicy {
     fn default() -> Self {
         let min = |m: u64| Duration::from_secs(60 * m);
-        let rule = |max_retries, base, cap| RetryRule {
-            max_retries,
-            base,
-            cap,
-        };
+        let rule = |max_retries, base, cap| RetryRule { max_retries, base, cap };
         let rules = BTreeMap::from([
             (FailureClass::AgentLost, rule(3, min(1), min(30))),
             (FailureClass::Timeout, rule(1, min(5), min(60))),
@@ -167,18 +151,10 @@ mod tests {
 
     #[test]
     fn backoff_doubles_up_to_the_cap() {
-        let r = RetryRule {
-            max_retries: 10,
-            base: secs(60),
-            cap: secs(300),
-        };
+        let r = RetryRule { max_retries: 10, base: secs(60), cap: secs(300) };
         let waits: Vec<_> = (0..5).map(|n| r.backoff(n).as_secs()).collect();
         assert_eq!(waits, [60, 120, 240, 300, 300]);
-        assert_eq!(
-            r.backoff(200),
-            secs(300),
-            "huge exponents saturate at the cap"
-        );
+        assert_eq!(r.backoff(200), secs(300), "huge exponents saturate at the cap");
     }
 
     #[test]
@@ -192,28 +168,12 @@ mod tests {
                     let rule = p.rule(class).unwrap();
                     assert_eq!(
                         first,
-                        RetryDecision::Retry {
-                            not_before: NOW + rule.base,
-                            retries_left: rule.max_retries - 1
-                        },
+                        RetryDecision::Retry { not_before: NOW + rule.base, retries_left: rule.max_retries - 1 },
                         "{class}"
                     );
-                    assert_eq!(
-                        p.decide(class, rule.max_retries, NOW),
-                        RetryDecision::GiveUp,
-                        "{class}"
-                    );
+                    assert_eq!(p.decide(class, rule.max_retries, NOW), RetryDecision::GiveUp, "{class}");
                     let last = p.decide(class, rule.max_retries - 1, NOW);
-                    assert!(
-                        matches!(
-                            last,
-                            RetryDecision::Retry {
-                                retries_left: 0,
-                                ..
-                            }
-                        ),
-                        "{class}: {last:?}"
-                    );
+                    assert!(matches!(last, RetryDecision::Retry { retries_left: 0, .. }), "{class}: {last:?}");
                 }
             }
         }
@@ -231,28 +191,12 @@ mod tests {
 
     #[test]
     fn a_zero_budget_never_retries_and_cancelled_cannot_be_configured() {
-        let none = RetryRule {
-            max_retries: 0,
-            base: secs(1),
-            cap: secs(1),
-        };
+        let none = RetryRule { max_retries: 0, base: secs(1), cap: secs(1) };
         let p = RetryPolicy::default()
             .with_rule(FailureClass::Timeout, none)
-            .with_rule(
-                FailureClass::Cancelled,
-                RetryRule {
-                    max_retries: 9,
-                    ..none
-                },
-            );
-        assert_eq!(
-            p.decide(FailureClass::Timeout, 0, NOW),
-            RetryDecision::GiveUp
-        );
-        assert_eq!(
-            p.decide(FailureClass::Cancelled, 0, NOW),
-            RetryDecision::GiveUp
-        );
+            .with_rule(FailureClass::Cancelled, RetryRule { max_retries: 9, ..none });
+        assert_eq!(p.decide(FailureClass::Timeout, 0, NOW), RetryDecision::GiveUp);
+        assert_eq!(p.decide(FailureClass::Cancelled, 0, NOW), RetryDecision::GiveUp);
     }
 
     #[test]
@@ -261,9 +205,6 @@ mod tests {
             assert_eq!(c.as_str().parse::<FailureClass>().unwrap(), c);
         }
         let err = "oops".parse::<FailureClass>().unwrap_err();
-        assert!(
-            err.contains("agent_lost") && err.contains("rate_limited"),
-            "{err}"
-        );
+        assert!(err.contains("agent_lost") && err.contains("rate_limited"), "{err}");
     }
 }

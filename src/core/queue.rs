@@ -48,10 +48,7 @@ where
     if !agent.can_take(&TaskSpec::default(), running) {
         return None;
     }
-    candidates
-        .into_iter()
-        .find(|c| is_ready(c.not_before, now) && agent.can_take(&c.spec, running))
-        .map(|c| c.key.task)
+    candidates.into_iter().find(|c| is_ready(c.not_before, now) && agent.can_take(&c.spec, running)).map(|c| c.key.task)
 }
 
 #[cfg(test)]
@@ -61,11 +58,7 @@ mod tests {
     use crate::core::ids::AgentName;
 
     fn key(task: i64, priority: Priority, queued_at: i64) -> QueueKey {
-        QueueKey {
-            priority,
-            queued_at: Timestamp(queued_at),
-            task: TaskId(task),
-        }
+        QueueKey { priority, queued_at: Timestamp(queued_at), task: TaskId(task) }
     }
 
     #[test]
@@ -110,20 +103,11 @@ mod tests {
             (3, spec(&["rust"], None), None),
         ];
         let a = agent(1, "a1", &["rust"], 1);
-        assert_eq!(
-            pick_next(candidates(&specs), &a, 0, Timestamp(0)),
-            Some(TaskId(3))
-        );
+        assert_eq!(pick_next(candidates(&specs), &a, 0, Timestamp(0)), Some(TaskId(3)));
         let gpu = agent(2, "g", &["gpu", "rust"], 1);
-        assert_eq!(
-            pick_next(candidates(&specs), &gpu, 0, Timestamp(0)),
-            Some(TaskId(1))
-        );
+        assert_eq!(pick_next(candidates(&specs), &gpu, 0, Timestamp(0)), Some(TaskId(1)));
         let other = agent(3, "other", &[], 1);
-        assert_eq!(
-            pick_next(candidates(&specs), &other, 0, Timestamp(0)),
-            Some(TaskId(2))
-        );
+        assert_eq!(pick_next(candidates(&specs), &other, 0, Timestamp(0)), Some(TaskId(2)));
     }
 
     #[test]
@@ -131,10 +115,7 @@ mod tests {
         let specs = vec![(1, spec(&[], None), Some(1000))];
         let a = agent(1, "a1", &[], 1);
         assert_eq!(pick_next(candidates(&specs), &a, 0, Timestamp(999)), None);
-        assert_eq!(
-            pick_next(candidates(&specs), &a, 0, Timestamp(1000)),
-            Some(TaskId(1))
-        );
+        assert_eq!(pick_next(candidates(&specs), &a, 0, Timestamp(1000)), Some(TaskId(1)));
     }
 
     #[test]
@@ -142,9 +123,6 @@ mod tests {
         let specs = vec![(1, spec(&[], None), None)];
         let a = agent(1, "a1", &[], 2);
         assert_eq!(pick_next(candidates(&specs), &a, 2, Timestamp(0)), None);
-        assert_eq!(
-            pick_next(candidates(&specs), &a, 1, Timestamp(0)),
-            Some(TaskId(1))
-        );
+        assert_eq!(pick_next(candidates(&specs), &a, 1, Timestamp(0)), Some(TaskId(1)));
     }
 }

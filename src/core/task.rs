@@ -61,18 +61,12 @@ impl TaskState {
 
     /// Finished: nothing more happens unless someone queues it again.
     pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            TaskState::Completed | TaskState::Failed | TaskState::Cancelled
-        )
+        matches!(self, TaskState::Completed | TaskState::Failed | TaskState::Cancelled)
     }
 
     /// An agent holds a lease in this state.
     pub fn is_leased(self) -> bool {
-        matches!(
-            self,
-            TaskState::Assigned | TaskState::Running | TaskState::Validating
-        )
+        matches!(self, TaskState::Assigned | TaskState::Running | TaskState::Validating)
     }
 
     /// The `status:*` label an issue in this state should carry.
@@ -103,6 +97,9 @@ pub struct Lease {
     pub started_at: Option<Timestamp>,
     /// The task times out after this.
     pub deadline: Timestamp,
+    /// The idempotency key of the request that was answered with this lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_key: Option<String>,
 }
 
 /// Why the last attempt ended.
@@ -141,23 +138,11 @@ pub struct Task {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TransitionError {
     #[error("task {task} is {from}: `{event}` does not apply")]
-    Task {
-        task: TaskId,
-        from: TaskState,
-        event: &'static str,
-    },
+    Task { task: TaskId, from: TaskState, event: &'static str },
     #[error("task {task} is on attempt {current}, not {given}")]
-    StaleAttempt {
-        task: TaskId,
-        current: u32,
-        given: u32,
-    },
+    StaleAttempt { task: TaskId, current: u32, given: u32 },
     #[error("agent {agent} is {}: `{event}` does not apply", from.as_str())]
-    Agent {
-        agent: AgentId,
-        from: AgentState,
-        event: &'static str,
-    },
+    Agent { agent: AgentId, from: AgentState, event: &'static str },
     #[error("event `{event}` is not about task {task}")]
     WrongTask { task: TaskId, event: &'static str },
     #[error("`{class}` failures are recorded as cancellations, not failed attempts")]
@@ -168,15 +153,7 @@ impl Task {
     /// A new task from its first `TaskQueued` event.
     pub fn queued(e: &Event) -> Option<Task> {
         match e {
-            Event::TaskQueued {
-                task,
-                issue,
-                title,
-                body,
-                labels,
-                spec,
-                at,
-            } => Some(Task {
+            Event::TaskQueued { task, issue, title, body, labels, spec, at } => Some(Task {
                 id: *task,
                 issue: issue.clone(),
                 title: title.clone(),
@@ -205,36 +182,18 @@ impl Task {
     pub fn apply(&mut self, e: &Event) -> Result<(), TransitionError> {
         use TaskState::*;
         if e.task() != Some(self.id) {
-            return Err(TransitionError::WrongTask {
-                task: self.id,
-                event: e.kind(),
-            });
+            return Err(TransitionError::WrongTask { task: self.id, event: e.kind() });
         }
-        let illegal = TransitionError::Task {
-            task: self.id,
-            from: self.state,
-            event: e.kind(),
-        };
+        let illegal = TransitionError::Task { task: self.id, from: self.state, event: e.kind() };
         let check_attempt = |given: u32| {
             if given == self.attempt {
                 Ok(())
             } else {
-                Err(TransitionError::StaleAttempt {
-                    task: self.id,
-                    current: self.attempt,
-                    given,
-                })
+                Err(TransitionError::StaleAttempt { task: self.id, current: self.attempt, given })
             }
         };
         match e {
-            Event::TaskQueued {
-                title,
-                body,
-                labels,
-                spec,
-                at,
-                ..
-            } => {
+            Event::TaskQueued { title, body, labels, spec, at, .. } => {
                 if !self.state.is_terminal() {
                     return Err(illegal);
                 }
@@ -244,26 +203,13 @@ impl Task {
                 self.spec = spec.clone();
                 self.fresh_attempt(*at);
             }
-            Event::TaskSpecChanged {
-                title,
-                body,
-                labels,
-                spec,
-                ..
-            } => {
+            Event::TaskSpecChanged { title, body, labels, spec, .. } => {
                 self.title = title.clone();
                 self.body = body.clone();
                 self.labels = labels.clone();
                 self.spec = spec.clone();
             }
-            Event::TaskAssigned {
-                attempt,
-                agent,
-                at,
-                start_by,
-                deadline,
-                ..
-            } => {
+            Event::TaskAssigned { attempt, agent, at, start_by, deadline, request_key, .. } => {
                 if self.state != Queued {
                     return Err(illegal);
                 }
@@ -277,6 +223,7 @@ impl Task {
                     start_by: *start_by,
                     started_at: None,
                     deadline: *deadline,
+                    request_key: request_key.clone(),
                 });
             }
             Event::TaskStarted { attempt, at, .. } => {
@@ -289,9 +236,7 @@ impl Task {
                     lease.started_at = Some(*at);
                 }
             }
-            Event::ReceiptReceived {
-                attempt, receipt, ..
-            } => {
+            Event::ReceiptReceived { attempt, receipt, .. } => {
                 if !matches!(self.state, Assigned | Running) {
                     return Err(illegal);
                 }
@@ -315,14 +260,7 @@ impl Task {
                 self.state = AgentLost;
                 self.lease = None;
             }
-            Event::AttemptFailed {
-                attempt,
-                class,
-                message,
-                decision,
-                at,
-                ..
-            } => {
+            Event::AttemptFailed { attempt, class, message, decision, at, .. } => {
                 if *class == FailureClass::Cancelled {
                     return Err(TransitionError::CancelledIsNotAFailure { class: *class });
                 }
@@ -331,12 +269,8 @@ impl Task {
                 }
                 check_attempt(*attempt)?;
                 self.lease = None;
-                self.last_failure = Some(Failure {
-                    attempt: *attempt,
-                    class: *class,
-                    message: message.clone(),
-                    at: *at,
-                });
+                self.last_failure =
+                    Some(Failure { attempt: *attempt, class: *class, message: message.clone(), at: *at });
                 match decision {
                     RetryDecision::Retry { not_before, .. } => {
                         *self.retries.entry(*class).or_default() += 1;

@@ -13,17 +13,11 @@ fn at(ms: i64) -> Timestamp {
 fn queued_event(ms: i64) -> Event {
     Event::TaskQueued {
         task: T,
-        issue: IssueRef {
-            repo: RepoName::parse("acme/app").unwrap(),
-            number: 12,
-        },
+        issue: IssueRef { repo: RepoName::parse("acme/app").unwrap(), number: 12 },
         title: "Fix it".into(),
         body: "".into(),
         labels: vec!["status:todo".into()],
-        spec: TaskSpec {
-            priority: Priority::High,
-            ..TaskSpec::default()
-        },
+        spec: TaskSpec { priority: Priority::High, ..TaskSpec::default() },
         at: at(ms),
     }
 }
@@ -61,51 +55,22 @@ fn event_of_kind(kind: &str, attempt: u32) -> Event {
             at: at(100),
             start_by: at(130),
             deadline: at(3700),
+            request_key: None,
         },
-        "task_started" => Event::TaskStarted {
-            task: t,
-            attempt,
-            at: at(100),
-        },
-        "receipt_received" => Event::ReceiptReceived {
-            task: t,
-            attempt,
-            receipt: receipt(),
-            at: at(100),
-        },
-        "task_completed" => Event::TaskCompleted {
-            task: t,
-            attempt,
-            at: at(100),
-        },
-        "task_lost" => Event::TaskLost {
-            task: t,
-            attempt,
-            agent: A,
-            at: at(100),
-        },
+        "task_started" => Event::TaskStarted { task: t, attempt, at: at(100) },
+        "receipt_received" => Event::ReceiptReceived { task: t, attempt, receipt: receipt(), at: at(100) },
+        "task_completed" => Event::TaskCompleted { task: t, attempt, at: at(100) },
+        "task_lost" => Event::TaskLost { task: t, attempt, agent: A, at: at(100) },
         "attempt_failed" => Event::AttemptFailed {
             task: t,
             attempt,
             class: FailureClass::AgentError,
             message: "exit 1".into(),
-            decision: RetryDecision::Retry {
-                not_before: at(500),
-                retries_left: 1,
-            },
+            decision: RetryDecision::Retry { not_before: at(500), retries_left: 1 },
             at: at(100),
         },
-        "task_cancelled" => Event::TaskCancelled {
-            task: t,
-            attempt,
-            reason: "label removed".into(),
-            at: at(100),
-        },
-        "task_retried" => Event::TaskRetried {
-            task: t,
-            by: "alice".into(),
-            at: at(100),
-        },
+        "task_cancelled" => Event::TaskCancelled { task: t, attempt, reason: "label removed".into(), at: at(100) },
+        "task_retried" => Event::TaskRetried { task: t, by: "alice".into(), at: at(100) },
         other => panic!("no such kind {other}"),
     }
 }
@@ -131,12 +96,7 @@ fn task_in(state: TaskState) -> Task {
         TaskState::Assigned => &["task_assigned"],
         TaskState::Running => &["task_assigned", "task_started"],
         TaskState::Validating => &["task_assigned", "task_started", "receipt_received"],
-        TaskState::Completed => &[
-            "task_assigned",
-            "task_started",
-            "receipt_received",
-            "task_completed",
-        ],
+        TaskState::Completed => &["task_assigned", "task_started", "receipt_received", "task_completed"],
         TaskState::AgentLost => &["task_assigned", "task_lost"],
         TaskState::Cancelled => &["task_cancelled"],
         TaskState::Failed => &["task_assigned"],
@@ -188,11 +148,7 @@ fn every_event_applies_exactly_in_the_states_the_machine_allows() {
             } else {
                 assert_eq!(
                     result,
-                    Err(TransitionError::Task {
-                        task: T,
-                        from: state,
-                        event: event_of_kind(kind, 1).kind()
-                    }),
+                    Err(TransitionError::Task { task: T, from: state, event: event_of_kind(kind, 1).kind() }),
                     "{kind} from {state} must be refused"
                 );
                 assert_eq!(t, before, "a refused {kind} from {state} changed the task");
@@ -226,11 +182,7 @@ fn legal_events_lead_to_the_documented_state() {
         let mut t = task_in(*from);
         t.apply(&event_of_kind(kind, t.attempt)).unwrap();
         assert_eq!(t.state, *to, "{kind} from {from}");
-        assert_eq!(
-            t.lease.is_some(),
-            to.is_leased(),
-            "{kind} from {from}: lease held iff leased state"
-        );
+        assert_eq!(t.lease.is_some(), to.is_leased(), "{kind} from {from}: lease held iff leased state");
     }
 }
 
@@ -248,15 +200,7 @@ fn a_stale_attempt_is_refused_and_changes_nothing() {
         let mut t = task_in(state);
         let before = t.clone();
         let err = t.apply(&event_of_kind(kind, t.attempt + 1)).unwrap_err();
-        assert_eq!(
-            err,
-            TransitionError::StaleAttempt {
-                task: T,
-                current: 1,
-                given: 2
-            },
-            "{kind}"
-        );
+        assert_eq!(err, TransitionError::StaleAttempt { task: T, current: 1, given: 2 }, "{kind}");
         assert_eq!(t, before);
     }
 }
@@ -265,20 +209,10 @@ fn a_stale_attempt_is_refused_and_changes_nothing() {
 fn a_retryable_failure_queues_the_next_attempt_after_the_backoff() {
     let mut t = task_in(TaskState::Running);
     t.apply(&event_of_kind("attempt_failed", 1)).unwrap();
-    assert_eq!(
-        (t.state, t.attempt, t.not_before),
-        (TaskState::Queued, 2, Some(at(500)))
-    );
+    assert_eq!((t.state, t.attempt, t.not_before), (TaskState::Queued, 2, Some(at(500))));
     assert_eq!(t.retries_used(FailureClass::AgentError), 1);
-    assert_eq!(
-        t.last_failure.as_ref().map(|f| f.class),
-        Some(FailureClass::AgentError)
-    );
-    assert_eq!(
-        t.queued_at,
-        at(0),
-        "an automatic retry keeps its place by age"
-    );
+    assert_eq!(t.last_failure.as_ref().map(|f| f.class), Some(FailureClass::AgentError));
+    assert_eq!(t.queued_at, at(0), "an automatic retry keeps its place by age");
     t.apply(&event_of_kind("task_assigned", 2)).unwrap();
     assert_eq!(t.not_before, None);
 }
@@ -298,16 +232,8 @@ fn giving_up_fails_the_task_and_a_person_can_retry_it_with_a_fresh_budget() {
     })
     .unwrap();
     assert_eq!((t.state, t.attempt), (TaskState::Failed, 2));
-    t.apply(&Event::TaskRetried {
-        task: T,
-        by: "bob".into(),
-        at: at(1000),
-    })
-    .unwrap();
-    assert_eq!(
-        (t.state, t.attempt, t.retries_used(FailureClass::AgentError)),
-        (TaskState::Queued, 3, 0)
-    );
+    t.apply(&Event::TaskRetried { task: T, by: "bob".into(), at: at(1000) }).unwrap();
+    assert_eq!((t.state, t.attempt, t.retries_used(FailureClass::AgentError)), (TaskState::Queued, 3, 0));
     assert_eq!(t.queued_at, at(1000));
 }
 
@@ -322,29 +248,16 @@ fn cancelled_is_never_a_failed_attempt() {
         decision: RetryDecision::GiveUp,
         at: at(1),
     };
-    assert!(matches!(
-        t.apply(&e),
-        Err(TransitionError::CancelledIsNotAFailure { .. })
-    ));
+    assert!(matches!(t.apply(&e), Err(TransitionError::CancelledIsNotAFailure { .. })));
     assert_eq!(t.state, TaskState::Running);
 }
 
 #[test]
 fn events_of_other_tasks_and_agents_are_refused() {
     let mut t = task_in(TaskState::Queued);
-    let other = Event::TaskStarted {
-        task: TaskId(99),
-        attempt: 1,
-        at: at(1),
-    };
-    assert!(matches!(
-        t.apply(&other),
-        Err(TransitionError::WrongTask { .. })
-    ));
-    let agent_event = Event::AgentOnline {
-        agent: A,
-        at: at(1),
-    };
+    let other = Event::TaskStarted { task: TaskId(99), attempt: 1, at: at(1) };
+    assert!(matches!(t.apply(&other), Err(TransitionError::WrongTask { .. })));
+    let agent_event = Event::AgentOnline { agent: A, at: at(1) };
     assert!(t.apply(&agent_event).is_err());
 }
 
@@ -352,10 +265,7 @@ fn events_of_other_tasks_and_agents_are_refused() {
 fn each_state_maps_to_one_status_label() {
     use StatusLabel::*;
     let labels: Vec<_> = TaskState::ALL.iter().map(|s| s.status_label()).collect();
-    assert_eq!(
-        labels,
-        [Todo, Doing, Doing, Doing, Done, Failed, Todo, Failed]
-    );
+    assert_eq!(labels, [Todo, Doing, Doing, Doing, Done, Failed, Todo, Failed]);
     for s in TaskState::ALL {
         assert_eq!(TaskState::parse(s.as_str()), Some(s));
     }

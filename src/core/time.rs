@@ -26,16 +26,13 @@ impl<'de> Deserialize<'de> for Timestamp {
                 f.write_str("an RFC 3339 date-time or milliseconds since 1970")
             }
             fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Timestamp, E> {
-                Timestamp::parse_rfc3339(s)
-                    .ok_or_else(|| E::custom(format!("{s:?} is not an RFC 3339 date-time")))
+                Timestamp::parse_rfc3339(s).ok_or_else(|| E::custom(format!("{s:?} is not an RFC 3339 date-time")))
             }
             fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Timestamp, E> {
                 Ok(Timestamp(n))
             }
             fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Timestamp, E> {
-                i64::try_from(n)
-                    .map(Timestamp)
-                    .map_err(|_| E::custom("timestamp out of range"))
+                i64::try_from(n).map(Timestamp).map_err(|_| E::custom("timestamp out of range"))
             }
         }
         d.deserialize_any(V)
@@ -57,9 +54,7 @@ impl Timestamp {
         }
     }
     pub fn parse_rfc3339(s: &str) -> Option<Self> {
-        chrono::DateTime::parse_from_rfc3339(s)
-            .ok()
-            .map(|t| Self(t.timestamp_millis()))
+        chrono::DateTime::parse_from_rfc3339(s).ok().map(|t| Self(t.timestamp_millis()))
     }
     /// How long from `self` until `later` (zero if `later` is not later).
     pub fn until(self, later: Timestamp) -> Duration {
@@ -70,20 +65,14 @@ impl Timestamp {
 impl Add<Duration> for Timestamp {
     type Output = Timestamp;
     fn add(self, d: Duration) -> Timestamp {
-        Timestamp(
-            self.0
-                .saturating_add(d.as_millis().min(i64::MAX as u128) as i64),
-        )
+        Timestamp(self.0.saturating_add(d.as_millis().min(i64::MAX as u128) as i64))
     }
 }
 
 impl Sub<Duration> for Timestamp {
     type Output = Timestamp;
     fn sub(self, d: Duration) -> Timestamp {
-        Timestamp(
-            self.0
-                .saturating_sub(d.as_millis().min(i64::MAX as u128) as i64),
-        )
+        Timestamp(self.0.saturating_sub(d.as_millis().min(i64::MAX as u128) as i64))
     }
 }
 
@@ -112,10 +101,7 @@ mod tests {
         let json = serde_json::to_string(&t).unwrap();
         assert_eq!(json, format!("\"{}\"", t.to_rfc3339()));
         assert_eq!(serde_json::from_str::<Timestamp>(&json).unwrap(), t);
-        assert_eq!(
-            serde_json::from_str::<Timestamp>("1795000000123").unwrap(),
-            t
-        );
+        assert_eq!(serde_json::from_str::<Timestamp>("1795000000123").unwrap(), t);
         assert!(serde_json::from_str::<Timestamp>("\"noon\"").is_err());
     }
 
@@ -125,13 +111,7 @@ mod tests {
         assert_eq!(t + Duration::from_secs(1), Timestamp(2000));
         assert_eq!(t - Duration::from_secs(1), Timestamp(0));
         assert_eq!(Timestamp(5000).until(Timestamp(1000)), Duration::ZERO);
-        assert_eq!(
-            Timestamp(1000).until(Timestamp(5000)),
-            Duration::from_secs(4)
-        );
-        assert_eq!(
-            Timestamp(i64::MAX - 1) + Duration::from_secs(10),
-            Timestamp(i64::MAX)
-        );
+        assert_eq!(Timestamp(1000).until(Timestamp(5000)), Duration::from_secs(4));
+        assert_eq!(Timestamp(i64::MAX - 1) + Duration::from_secs(10), Timestamp(i64::MAX));
     }
 }

@@ -5,8 +5,7 @@ use std::collections::BTreeSet;
 use serde::Serialize;
 
 use crate::core::{
-    AgentId, AgentName, FailureClass, IssueRef, Lease, Receipt, Task, TaskId, Timestamp,
-    TransitionError,
+    AgentId, AgentName, FailureClass, IssueRef, Lease, Receipt, Task, TaskId, Timestamp, TransitionError,
 };
 use crate::store::StoreError;
 
@@ -38,8 +37,17 @@ pub enum Command {
         agent: AgentId,
         running: Vec<TaskId>,
     },
+    /// The next task that fits the agent, if any. A repeated `request_key` gets the lease it got before.
     NextAssignment {
         agent: AgentId,
+        request_key: Option<String>,
+    },
+    /// Log lines from the agent working on a task; the newest few are kept.
+    Progress {
+        agent: AgentId,
+        task: TaskId,
+        attempt: u32,
+        lines: Vec<String>,
     },
     StartTask {
         agent: AgentId,
@@ -84,18 +92,18 @@ pub enum Command {
 }
 
 impl Command {
-    /// Whether this command may make a task available, so waiting agents should look again.
-    pub fn may_queue(&self) -> bool {
+    /// Whether this command may make a task available or free an agent's slot, so waiting agents should
+    /// be matched again.
+    pub fn may_free_work(&self) -> bool {
         matches!(
             self,
             Command::ObserveIssue(_)
                 | Command::FailTask { .. }
                 | Command::FinishValidation { .. }
+                | Command::CancelTask { .. }
                 | Command::RetryTask { .. }
                 | Command::DeregisterAgent { .. }
                 | Command::Tick
-                | Command::RegisterAgent(_)
-                | Command::Heartbeat { .. }
         )
     }
 }
@@ -126,6 +134,8 @@ pub enum Reply {
         cancel: Vec<TaskId>,
     },
     Assignment(Option<Box<Assignment>>),
+    /// Tasks that went back to the queue.
+    Requeued(Vec<TaskId>),
     Done,
     Ticked(TickReport),
 }
@@ -144,7 +154,17 @@ pub enum EngineError {
     #[error("the engine has stopped")]
     Stopped,
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(StoreError),
+}
+
+impl From<StoreError> for EngineError {
+    /// An event refused by the state machine is the caller's conflict, not a storage failure.
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Transition(t) => EngineError::Conflict(t),
+            other => EngineError::Store(other),
+        }
+    }
 }
 
 impl From<rusqlite::Error> for EngineError {

@@ -2,12 +2,10 @@
 
 use std::time::Duration;
 
-use super::command::{
-    Assignment, Command, EngineError, IssueObservation, Registration, Reply, TickReport,
-};
+use super::command::{Assignment, Command, EngineError, IssueObservation, Registration, Reply, TickReport};
 use crate::core::{
-    AgentId, AgentState, Event, FailureClass, LabelScheme, RetryDecision, RetryPolicy, StatusLabel,
-    Task, TaskId, TaskState, Timestamp, TransitionError,
+    AgentId, AgentState, Event, FailureClass, LabelScheme, RetryDecision, RetryPolicy, StatusLabel, Task, TaskId,
+    TaskState, Timestamp, TransitionError,
 };
 use crate::store::WriteTx;
 
@@ -23,6 +21,8 @@ pub struct EngineSettings {
     pub heartbeat_interval: Duration,
     /// Heartbeats an agent may miss before it is offline.
     pub missed_heartbeats: u32,
+    /// Progress lines kept per task.
+    pub progress_lines_kept: usize,
 }
 
 impl Default for EngineSettings {
@@ -34,6 +34,7 @@ impl Default for EngineSettings {
             start_timeout: Duration::from_secs(30),
             heartbeat_interval: Duration::from_secs(10),
             missed_heartbeats: 3,
+            progress_lines_kept: 200,
         }
     }
 }
@@ -46,86 +47,39 @@ pub fn handle(s: &EngineSettings, tx: &WriteTx<'_>, cmd: Command, now: Timestamp
         Command::ObserveIssue(o) => observe_issue(s, tx, o, now).map(Reply::Observed),
         Command::RegisterAgent(r) => register(tx, r, now).map(Reply::Registered),
         Command::Heartbeat { agent, running } => heartbeat(tx, agent, running, now),
-        Command::NextAssignment { agent } => next_assignment(s, tx, agent, now),
-        Command::StartTask {
-            agent,
-            task,
-            attempt,
-        } => {
+        Command::NextAssignment { agent, request_key } => next_assignment(s, tx, agent, request_key, now),
+        Command::Progress { agent, task, attempt, lines } => {
             leased(tx, agent, task, attempt)?;
-            append(
-                tx,
-                Event::TaskStarted {
-                    task,
-                    attempt,
-                    at: now,
-                },
-            )
+            tx.add_progress(task, attempt, &lines, now, s.progress_lines_kept)?;
+            Ok(Reply::Done)
         }
-        Command::FailTask {
-            agent,
-            task,
-            attempt,
-            class,
-            message,
-        } => {
+        Command::StartTask { agent, task, attempt } => {
+            leased(tx, agent, task, attempt)?;
+            append(tx, Event::TaskStarted { task, attempt, at: now })
+        }
+        Command::FailTask { agent, task, attempt, class, message } => {
             if class == FailureClass::Cancelled {
                 return Err(EngineError::Invalid(
-                    "an agent cannot report class `cancelled`; cancellations come from people"
-                        .into(),
+                    "an agent cannot report class `cancelled`; cancellations come from people".into(),
                 ));
             }
             let t = leased(tx, agent, task, attempt)?;
             fail(s, tx, &t, class, message, now)
         }
-        Command::SubmitReceipt {
-            agent,
-            task,
-            attempt,
-            receipt,
-        } => {
+        Command::SubmitReceipt { agent, task, attempt, receipt } => {
             leased(tx, agent, task, attempt)?;
-            append(
-                tx,
-                Event::ReceiptReceived {
-                    task,
-                    attempt,
-                    receipt,
-                    at: now,
-                },
-            )
+            append(tx, Event::ReceiptReceived { task, attempt, receipt, at: now })
         }
-        Command::FinishValidation {
-            task,
-            attempt,
-            failure,
-        } => {
+        Command::FinishValidation { task, attempt, failure } => {
             let t = find_task(tx, task)?;
             if t.attempt != attempt {
-                return Err(TransitionError::StaleAttempt {
-                    task,
-                    current: t.attempt,
-                    given: attempt,
-                }
-                .into());
+                return Err(TransitionError::StaleAttempt { task, current: t.attempt, given: attempt }.into());
             }
             match failure {
-                None => append(
-                    tx,
-                    Event::TaskCompleted {
-                        task,
-                        attempt,
-                        at: now,
-                    },
-                ),
+                None => append(tx, Event::TaskCompleted { task, attempt, at: now }),
                 Some(why) => {
                     if t.state != TaskState::Validating {
-                        return Err(TransitionError::Task {
-                            task,
-                            from: t.state,
-                            event: "attempt_failed",
-                        }
-                        .into());
+                        return Err(TransitionError::Task { task, from: t.state, event: "attempt_failed" }.into());
                     }
                     fail(s, tx, &t, FailureClass::VerificationFailed, why, now)
                 }
@@ -133,15 +87,7 @@ pub fn handle(s: &EngineSettings, tx: &WriteTx<'_>, cmd: Command, now: Timestamp
         }
         Command::CancelTask { task, reason } => {
             let t = find_task(tx, task)?;
-            append(
-                tx,
-                Event::TaskCancelled {
-                    task,
-                    attempt: t.attempt,
-                    reason,
-                    at: now,
-                },
-            )
+            append(tx, Event::TaskCancelled { task, attempt: t.attempt, reason, at: now })
         }
         Command::RetryTask { task, by } => {
             find_task(tx, task)?;
@@ -155,8 +101,7 @@ pub fn handle(s: &EngineSettings, tx: &WriteTx<'_>, cmd: Command, now: Timestamp
             find_agent(tx, agent)?;
             append(tx, Event::AgentDeregistered { agent, at: now })?;
             // Its work goes back to the queue at once: the agent said goodbye, there is nothing to wait for.
-            lose_leases_of(s, tx, agent, now, true)?;
-            Ok(Reply::Done)
+            lose_leases_of(s, tx, agent, now, true).map(Reply::Requeued)
         }
         Command::Tick => tick(s, tx, now).map(Reply::Ticked),
     }
@@ -168,15 +113,11 @@ fn append(tx: &WriteTx<'_>, e: Event) -> Result<Reply> {
 }
 
 fn find_task(tx: &WriteTx<'_>, id: TaskId) -> Result<Task> {
-    tx.read()
-        .task(id)?
-        .ok_or_else(|| EngineError::NotFound(format!("task {id}")))
+    tx.read().task(id)?.ok_or_else(|| EngineError::NotFound(format!("task {id}")))
 }
 
 fn find_agent(tx: &WriteTx<'_>, id: AgentId) -> Result<crate::core::Agent> {
-    tx.read()
-        .agent(id)?
-        .ok_or_else(|| EngineError::NotFound(format!("agent {id}")))
+    tx.read().agent(id)?.ok_or_else(|| EngineError::NotFound(format!("agent {id}")))
 }
 
 /// The task, if `agent` holds the lease of this `attempt`. An agent reporting on an attempt it held once but
@@ -186,11 +127,7 @@ fn leased(tx: &WriteTx<'_>, agent: AgentId, task: TaskId, attempt: u32) -> Resul
     match &t.lease {
         Some(l) if l.agent == agent && l.attempt == attempt => Ok(t),
         _ if attempt != t.attempt && tx.read().ever_held(task, agent, attempt)? => {
-            Err(EngineError::Conflict(TransitionError::StaleAttempt {
-                task,
-                current: t.attempt,
-                given: attempt,
-            }))
+            Err(EngineError::Conflict(TransitionError::StaleAttempt { task, current: t.attempt, given: attempt }))
         }
         _ => Err(EngineError::Forbidden(format!(
             "agent {agent} does not hold the lease of task {task} attempt {attempt}"
@@ -198,12 +135,7 @@ fn leased(tx: &WriteTx<'_>, agent: AgentId, task: TaskId, attempt: u32) -> Resul
     }
 }
 
-fn observe_issue(
-    s: &EngineSettings,
-    tx: &WriteTx<'_>,
-    o: IssueObservation,
-    now: Timestamp,
-) -> Result<Option<TaskId>> {
+fn observe_issue(s: &EngineSettings, tx: &WriteTx<'_>, o: IssueObservation, now: Timestamp) -> Result<Option<TaskId>> {
     let reading = s.labels.read(&o.labels);
     let existing = tx.read().task_by_issue(&o.issue)?;
     let wants_work = o.open && reading.wants_work();
@@ -233,25 +165,15 @@ fn observe_issue(
             // While active, the issue carries `todo` or (once we labelled it) `doing`. Neither, or a closed
             // issue, means a person called the work off.
             let still_wanted = o.open
-                && (reading.statuses.contains(&StatusLabel::Todo)
-                    || reading.statuses.contains(&StatusLabel::Doing));
+                && (reading.statuses.contains(&StatusLabel::Todo) || reading.statuses.contains(&StatusLabel::Doing));
             if !still_wanted {
                 let reason = if o.open {
                     format!("the `{}` label was removed", s.labels.todo)
                 } else {
                     "the issue was closed".to_string()
                 };
-                tx.append(&Event::TaskCancelled {
-                    task: t.id,
-                    attempt: t.attempt,
-                    reason,
-                    at: now,
-                })?;
-            } else if o.title != t.title
-                || o.body != t.body
-                || o.labels != t.labels
-                || reading.spec != t.spec
-            {
+                tx.append(&Event::TaskCancelled { task: t.id, attempt: t.attempt, reason, at: now })?;
+            } else if o.title != t.title || o.body != t.body || o.labels != t.labels || reading.spec != t.spec {
                 tx.append(&Event::TaskSpecChanged {
                     task: t.id,
                     title: o.title,
@@ -268,9 +190,7 @@ fn observe_issue(
 
 fn register(tx: &WriteTx<'_>, r: Registration, now: Timestamp) -> Result<AgentId> {
     if r.max_concurrency == 0 {
-        return Err(EngineError::Invalid(
-            "max_concurrency must be at least 1".into(),
-        ));
+        return Err(EngineError::Invalid("max_concurrency must be at least 1".into()));
     }
     let id = match tx.read().agent_by_name(&r.name)? {
         Some(a) => a.id,
@@ -290,18 +210,10 @@ fn register(tx: &WriteTx<'_>, r: Registration, now: Timestamp) -> Result<AgentId
     Ok(id)
 }
 
-fn heartbeat(
-    tx: &WriteTx<'_>,
-    agent: AgentId,
-    running: Vec<TaskId>,
-    now: Timestamp,
-) -> Result<Reply> {
+fn heartbeat(tx: &WriteTx<'_>, agent: AgentId, running: Vec<TaskId>, now: Timestamp) -> Result<Reply> {
     let a = find_agent(tx, agent)?;
     if a.state == AgentState::Deregistered {
-        return Err(EngineError::Forbidden(format!(
-            "agent {} has deregistered; register again",
-            a.name
-        )));
+        return Err(EngineError::Forbidden(format!("agent {} has deregistered; register again", a.name)));
     }
     if a.state == AgentState::Offline {
         tx.append(&Event::AgentOnline { agent, at: now })?;
@@ -309,10 +221,7 @@ fn heartbeat(
     tx.touch_agent(agent, now)?;
     // Anything it runs without holding the lease (cancelled, lost, or given to another) must stop.
     let held = tx.read().leases_of(agent)?;
-    let cancel = running
-        .into_iter()
-        .filter(|t| !held.iter().any(|(h, _)| h == t))
-        .collect();
+    let cancel = running.into_iter().filter(|t| !held.iter().any(|(h, _)| h == t)).collect();
     Ok(Reply::Heartbeat { cancel })
 }
 
@@ -320,31 +229,41 @@ fn next_assignment(
     s: &EngineSettings,
     tx: &WriteTx<'_>,
     agent: AgentId,
+    request_key: Option<String>,
     now: Timestamp,
 ) -> Result<Reply> {
     let a = find_agent(tx, agent)?;
-    let running = tx.read().running_count(agent)?;
-    let Some(id) = tx.read().next_for(&a, running, now)? else {
-        return Ok(Reply::Assignment(None));
+    if a.state == AgentState::Deregistered {
+        return Err(EngineError::Forbidden(format!("agent {} has deregistered; register again", a.name)));
+    }
+    // The same request again (its answer was lost): the same lease, never a second task.
+    let repeated = match &request_key {
+        Some(key) => tx.read().lease_by_request(agent, key)?,
+        None => None,
     };
-    let t = find_task(tx, id)?;
-    tx.append(&Event::TaskAssigned {
-        task: id,
-        attempt: t.attempt,
-        agent,
-        at: now,
-        start_by: now + s.start_timeout,
-        deadline: now + s.task_timeout,
-    })?;
+    let id = match repeated {
+        Some(id) => id,
+        None => {
+            let running = tx.read().running_count(agent)?;
+            let Some(id) = tx.read().next_for(&a, running, now)? else {
+                return Ok(Reply::Assignment(None));
+            };
+            let t = find_task(tx, id)?;
+            tx.append(&Event::TaskAssigned {
+                task: id,
+                attempt: t.attempt,
+                agent,
+                at: now,
+                start_by: now + s.start_timeout,
+                deadline: now + s.task_timeout,
+                request_key,
+            })?;
+            id
+        }
+    };
     let task = find_task(tx, id)?;
-    let lease = task
-        .lease
-        .clone()
-        .ok_or_else(|| EngineError::Invalid("assigned task has no lease".into()))?;
-    Ok(Reply::Assignment(Some(Box::new(Assignment {
-        task,
-        lease,
-    }))))
+    let lease = task.lease.clone().ok_or_else(|| EngineError::Invalid("assigned task has no lease".into()))?;
+    Ok(Reply::Assignment(Some(Box::new(Assignment { task, lease }))))
 }
 
 /// Records a failed attempt with the retry policy's decision.
@@ -357,17 +276,7 @@ fn fail(
     now: Timestamp,
 ) -> Result<Reply> {
     let decision = s.retry.decide(class, t.retries_used(class), now);
-    append(
-        tx,
-        Event::AttemptFailed {
-            task: t.id,
-            attempt: t.attempt,
-            class,
-            message,
-            decision,
-            at: now,
-        },
-    )
+    append(tx, Event::AttemptFailed { task: t.id, attempt: t.attempt, class, message, decision, at: now })
 }
 
 /// Every lease the agent holds is lost; with `at_once`, the retry skips its backoff.
@@ -407,17 +316,8 @@ fn lose(
     if !matches!(t.state, TaskState::Assigned | TaskState::Running) {
         return Ok(());
     }
-    tx.append(&Event::TaskLost {
-        task: t.id,
-        attempt,
-        agent,
-        at: now,
-    })?;
-    let mut decision = s.retry.decide(
-        FailureClass::AgentLost,
-        t.retries_used(FailureClass::AgentLost),
-        now,
-    );
+    tx.append(&Event::TaskLost { task: t.id, attempt, agent, at: now })?;
+    let mut decision = s.retry.decide(FailureClass::AgentLost, t.retries_used(FailureClass::AgentLost), now);
     if let (true, RetryDecision::Retry { not_before, .. }) = (at_once, &mut decision) {
         *not_before = now;
     }
@@ -442,24 +342,10 @@ fn tick(s: &EngineSettings, tx: &WriteTx<'_>, now: Timestamp) -> Result<TickRepo
                 expired.agent,
                 s.start_timeout.as_secs()
             );
-            lose(
-                s,
-                tx,
-                &t,
-                expired.attempt,
-                expired.agent,
-                message,
-                now,
-                false,
-            )?;
+            lose(s, tx, &t, expired.attempt, expired.agent, message, now, false)?;
             report.lost.push(t.id);
-        } else if t.lease.as_ref().is_some_and(|l| l.deadline <= now)
-            && t.state != TaskState::Validating
-        {
-            let message = format!(
-                "the task ran past its time limit of {} min",
-                s.task_timeout.as_secs() / 60
-            );
+        } else if t.lease.as_ref().is_some_and(|l| l.deadline <= now) && t.state != TaskState::Validating {
+            let message = format!("the task ran past its time limit of {} min", s.task_timeout.as_secs() / 60);
             fail(s, tx, &t, FailureClass::Timeout, message, now)?;
             report.timed_out.push(t.id);
         }
@@ -467,9 +353,7 @@ fn tick(s: &EngineSettings, tx: &WriteTx<'_>, now: Timestamp) -> Result<TickRepo
     let silence = s.heartbeat_interval * s.missed_heartbeats;
     for agent in tx.read().silent_agents(now - silence)? {
         tx.append(&Event::AgentOffline { agent, at: now })?;
-        report
-            .lost
-            .extend(lose_leases_of(s, tx, agent, now, false)?);
+        report.lost.extend(lose_leases_of(s, tx, agent, now, false)?);
         report.offline.push(agent);
     }
     report.next_release = tx.read().next_release(now)?;

@@ -12,9 +12,7 @@ mod tests;
 use std::time::Instant;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use command::{
-    Assignment, Command, EngineError, IssueObservation, Registration, Reply, TickReport,
-};
+pub use command::{Assignment, Command, EngineError, IssueObservation, Registration, Reply, TickReport};
 pub use logic::EngineSettings;
 pub use runner::{EngineHandle, spawn};
 
@@ -39,18 +37,12 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(store: Store, settings: EngineSettings, clock: impl Clock) -> Self {
-        Self {
-            store,
-            settings,
-            clock: Box::new(clock),
-        }
+        Self { store, settings, clock: Box::new(clock) }
     }
 
     /// Applies one command in its own transaction.
     pub fn execute(&mut self, cmd: Command) -> Result<Reply, EngineError> {
-        self.execute_batch(vec![cmd])
-            .pop()
-            .unwrap_or(Err(EngineError::Stopped))
+        self.execute_batch(vec![cmd]).pop().unwrap_or(Err(EngineError::Stopped))
     }
 
     /// Applies several commands in one transaction (group commit), each in its own savepoint so one refused
@@ -91,10 +83,6 @@ impl Engine {
 
 fn failed_all(n: usize, why: &str) -> Vec<Result<Reply, EngineError>> {
     (0..n)
-        .map(|_| {
-            Err(EngineError::Store(crate::store::StoreError::Decode(
-                format!("the transaction failed: {why}"),
-            )))
-        })
+        .map(|_| Err(EngineError::Store(crate::store::StoreError::Decode(format!("the transaction failed: {why}")))))
         .collect()
 }

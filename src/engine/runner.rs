@@ -1,53 +1,101 @@
-//! The engine on its own thread: commands arrive over a channel and are committed in groups.
+//! The engine on its own thread: commands arrive over a channel and are committed in groups; agents
+//! long-polling for work wait here, in arrival order, and are matched the moment a task fits them.
 
+use std::collections::VecDeque;
 use std::thread;
+use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
-use super::{BatchObserver, Command, Engine, EngineError, Reply};
+use super::{Assignment, BatchObserver, Command, Engine, EngineError, Reply, logic};
+use crate::core::AgentId;
 
 /// How many waiting commands one transaction takes at most. Larger groups amortise the commit; this bound
 /// keeps the wait of the first command in a group short.
 const MAX_GROUP: usize = 256;
 
-type Envelope = (Command, oneshot::Sender<Result<Reply, EngineError>>);
+/// The engine answers every long-poll itself, with a task or, when its wait ends, with none. The caller
+/// waits this much longer than the wait it asked for before giving up on an engine that stalled; an answer
+/// lost that way is recovered by the agent's retry with the same request key, or by the start timeout.
+const ANSWER_GRACE: Duration = Duration::from_secs(5);
+
+type Responder<T> = oneshot::Sender<Result<T, EngineError>>;
+
+enum Envelope {
+    Command(Command, Responder<Reply>),
+    /// A long-poll: answered at once if a task fits, else when one does, or never if the wait ends first.
+    Wait {
+        agent: AgentId,
+        request_key: Option<String>,
+        until: Instant,
+        reply: Responder<Option<Box<Assignment>>>,
+    },
+}
+
+struct Waiter {
+    agent: AgentId,
+    request_key: Option<String>,
+    until: Instant,
+    reply: Responder<Option<Box<Assignment>>>,
+}
 
 /// Talks to the engine thread. Cheap to clone.
 #[derive(Clone)]
 pub struct EngineHandle {
     tx: mpsc::Sender<Envelope>,
-    queue_changed: watch::Receiver<u64>,
 }
 
 impl EngineHandle {
     /// Sends a command and waits for its reply, which comes only after its transaction committed.
     pub async fn send(&self, cmd: Command) -> Result<Reply, EngineError> {
-        let (reply_tx, reply_rx) = oneshot::channel();
-        self.tx
-            .send((cmd, reply_tx))
-            .await
-            .map_err(|_| EngineError::Stopped)?;
-        reply_rx.await.map_err(|_| EngineError::Stopped)?
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Envelope::Command(cmd, reply)).await.map_err(|_| EngineError::Stopped)?;
+        rx.await.map_err(|_| EngineError::Stopped)?
     }
 
-    /// Changes whenever work may have become available: long-polling agents wait on it.
-    pub fn queue_changed(&self) -> watch::Receiver<u64> {
-        self.queue_changed.clone()
+    /// Waits up to `wait` for a task that fits `agent`. `None` when the wait ended with nothing to do.
+    pub async fn next_assignment(
+        &self,
+        agent: AgentId,
+        request_key: Option<String>,
+        wait: Duration,
+    ) -> Result<Option<Box<Assignment>>, EngineError> {
+        let until = Instant::now() + wait;
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Envelope::Wait { agent, request_key, until, reply }).await.map_err(|_| EngineError::Stopped)?;
+        match tokio::time::timeout_at((until + ANSWER_GRACE).into(), rx).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err(EngineError::Stopped),
+            // Dropping the receiver tells the engine this waiter is gone.
+            Err(_) => Ok(None),
+        }
     }
 }
 
 /// Starts the engine on a dedicated thread (SQLite is blocking; it stays off the async runtime).
 /// The thread ends when every handle is dropped.
-pub fn spawn(
-    mut engine: Engine,
-    observer: impl BatchObserver,
-) -> (EngineHandle, thread::JoinHandle<()>) {
-    let (tx, mut rx) = mpsc::channel::<Envelope>(4096);
-    let (changed_tx, changed_rx) = watch::channel(0u64);
+pub fn spawn(mut engine: Engine, observer: impl BatchObserver) -> (EngineHandle, thread::JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::channel::<Envelope>(8192);
     let join = thread::Builder::new()
         .name("forgefleet-engine".into())
         .spawn(move || {
-            while let Some(first) = rx.blocking_recv() {
+            // Only to wait for the next command with a deadline: the engine's own work is synchronous.
+            let timer = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("engine timer");
+            let mut waiters: VecDeque<Waiter> = VecDeque::new();
+            loop {
+                let first = match waiters.iter().map(|w| w.until).min() {
+                    None => rx.blocking_recv(),
+                    Some(until) => {
+                        match timer.block_on(async { tokio::time::timeout_at(until.into(), rx.recv()).await }) {
+                            Ok(received) => received,
+                            Err(_) => {
+                                expire_waiters(&mut waiters);
+                                continue;
+                            }
+                        }
+                    }
+                };
+                let Some(first) = first else { break };
                 let mut batch = vec![first];
                 while batch.len() < MAX_GROUP {
                     match rx.try_recv() {
@@ -55,23 +103,118 @@ pub fn spawn(
                         Err(_) => break,
                     }
                 }
-                let may_queue = batch.iter().any(|(c, _)| c.may_queue());
-                let (cmds, senders): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-                let replies = engine.execute_observed(cmds, &observer);
-                if may_queue {
-                    changed_tx.send_modify(|g| *g = g.wrapping_add(1));
+                let frees_work = batch.iter().any(|e| matches!(e, Envelope::Command(c, _) if c.may_free_work()));
+                run_batch(&mut engine, &observer, batch, &mut waiters);
+                if frees_work {
+                    serve_waiters(&mut engine, &mut waiters);
                 }
-                for (reply, sender) in replies.into_iter().zip(senders) {
-                    let _ = sender.send(reply);
-                }
+                expire_waiters(&mut waiters);
             }
         })
         .expect("spawning the engine thread");
-    (
-        EngineHandle {
-            tx,
-            queue_changed: changed_rx,
-        },
-        join,
-    )
+    (EngineHandle { tx }, join)
+}
+
+enum Pending {
+    Command(Responder<Reply>),
+    Wait(Waiter),
+}
+
+/// Applies a group of commands (long-polls become `NextAssignment`) in one transaction, then answers them.
+fn run_batch(engine: &mut Engine, observer: &impl BatchObserver, batch: Vec<Envelope>, waiters: &mut VecDeque<Waiter>) {
+    let mut cmds = Vec::with_capacity(batch.len());
+    let mut pending = Vec::with_capacity(batch.len());
+    for envelope in batch {
+        match envelope {
+            Envelope::Command(cmd, reply) => {
+                cmds.push(cmd);
+                pending.push(Pending::Command(reply));
+            }
+            // Its caller gave up already: do not hand it a task it would never hear of.
+            Envelope::Wait { reply, .. } if reply.is_closed() => {}
+            Envelope::Wait { agent, request_key, until, reply } => {
+                cmds.push(Command::NextAssignment { agent, request_key: request_key.clone() });
+                pending.push(Pending::Wait(Waiter { agent, request_key, until, reply }));
+            }
+        }
+    }
+    let replies = engine.execute_observed(cmds, observer);
+    for (reply, pending) in replies.into_iter().zip(pending) {
+        match pending {
+            Pending::Command(tx) => {
+                let _ = tx.send(reply);
+            }
+            Pending::Wait(w) => match reply {
+                Ok(Reply::Assignment(None)) if Instant::now() < w.until => waiters.push_back(w),
+                Ok(Reply::Assignment(a)) => {
+                    let _ = w.reply.send(Ok(a));
+                }
+                Ok(other) => {
+                    let _ = w.reply.send(Err(EngineError::Invalid(format!("unexpected reply {other:?}"))));
+                }
+                Err(e) => {
+                    let _ = w.reply.send(Err(e));
+                }
+            },
+        }
+    }
+}
+
+/// Answers "nothing for you" to every waiter whose wait has ended, and forgets those whose caller left.
+fn expire_waiters(waiters: &mut VecDeque<Waiter>) {
+    let now = Instant::now();
+    let mut kept = VecDeque::with_capacity(waiters.len());
+    for w in waiters.drain(..) {
+        if w.reply.is_closed() {
+            continue;
+        }
+        if w.until <= now {
+            let _ = w.reply.send(Ok(None));
+        } else {
+            kept.push_back(w);
+        }
+    }
+    *waiters = kept;
+}
+
+/// Offers queued work to waiting agents, longest waiting first, in one transaction.
+fn serve_waiters(engine: &mut Engine, waiters: &mut VecDeque<Waiter>) {
+    let now = Instant::now();
+    waiters.retain(|w| !w.reply.is_closed() && now < w.until);
+    if waiters.is_empty() {
+        return;
+    }
+    let clock_now = engine.clock.now();
+    let Ok(mut tx) = engine.store.write() else { return };
+    let mut served = Vec::new();
+    let mut kept = VecDeque::with_capacity(waiters.len());
+    for w in waiters.drain(..) {
+        // Nothing ready at all: no point asking for the rest.
+        if !matches!(tx.read().any_ready(clock_now), Ok(true)) {
+            kept.push_back(w);
+            continue;
+        }
+        let cmd = Command::NextAssignment { agent: w.agent, request_key: w.request_key.clone() };
+        let settings = &engine.settings;
+        match tx.savepoint(|tx| logic::handle(settings, tx, cmd, clock_now)) {
+            Ok(Reply::Assignment(Some(a))) => served.push((w, a)),
+            Ok(_) => kept.push_back(w),
+            Err(e) => {
+                let _ = w.reply.send(Err(e));
+            }
+        }
+    }
+    *waiters = kept;
+    match tx.commit() {
+        Ok(()) => {
+            for (w, a) in served {
+                let _ = w.reply.send(Ok(Some(a)));
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "matching waiting agents failed to commit");
+            // Their assignments were rolled back: they wait on.
+            waiters.extend(served.into_iter().map(|(w, _)| w));
+        }
+    }
 }

@@ -13,21 +13,13 @@ struct Fleet {
 
 fn fleet() -> Fleet {
     let clock = ManualClock::new(Timestamp(1_800_000_000_000));
-    let engine = Engine::new(
-        Store::open_in_memory().unwrap(),
-        EngineSettings::default(),
-        clock.clone(),
-    );
+    let engine = Engine::new(Store::open_in_memory().unwrap(), EngineSettings::default(), clock.clone());
     Fleet { engine, clock }
 }
 
 impl Fleet {
     fn label(&mut self, issue: &str, labels: &[&str]) -> Option<TaskId> {
-        match self
-            .engine
-            .execute(Command::ObserveIssue(observation(issue, labels)))
-            .unwrap()
-        {
+        match self.engine.execute(Command::ObserveIssue(observation(issue, labels))).unwrap() {
             Reply::Observed(t) => t,
             other => panic!("{other:?}"),
         }
@@ -52,33 +44,16 @@ impl Fleet {
         }
     }
     fn pull(&mut self, agent: AgentId) -> Option<Assignment> {
-        match self
-            .engine
-            .execute(Command::NextAssignment { agent })
-            .unwrap()
-        {
+        match self.engine.execute(Command::NextAssignment { agent, request_key: None }).unwrap() {
             Reply::Assignment(a) => a.map(|a| *a),
             other => panic!("{other:?}"),
         }
     }
     fn start(&mut self, agent: AgentId, a: &Assignment) {
-        self.engine
-            .execute(Command::StartTask {
-                agent,
-                task: a.task.id,
-                attempt: a.lease.attempt,
-            })
-            .unwrap();
+        self.engine.execute(Command::StartTask { agent, task: a.task.id, attempt: a.lease.attempt }).unwrap();
     }
     fn heartbeat(&mut self, agent: AgentId, running: &[TaskId]) -> Vec<TaskId> {
-        match self
-            .engine
-            .execute(Command::Heartbeat {
-                agent,
-                running: running.to_vec(),
-            })
-            .unwrap()
-        {
+        match self.engine.execute(Command::Heartbeat { agent, running: running.to_vec() }).unwrap() {
             Reply::Heartbeat { cancel } => cancel,
             other => panic!("{other:?}"),
         }
@@ -104,26 +79,12 @@ fn mins(m: u64) -> Duration {
 #[test]
 fn labelling_an_issue_todo_queues_a_task_with_its_spec() {
     let mut f = fleet();
-    let id = f
-        .label(
-            "acme/app#7",
-            &["status:todo", "priority:high", "needs:rust"],
-        )
-        .unwrap();
+    let id = f.label("acme/app#7", &["status:todo", "priority:high", "needs:rust"]).unwrap();
     let t = f.task(id);
+    assert_eq!((t.state, t.attempt, t.spec.priority), (TaskState::Queued, 1, Priority::High));
+    assert!(f.label("acme/app#8", &["type:bug"]).is_none(), "no status:todo, no task");
     assert_eq!(
-        (t.state, t.attempt, t.spec.priority),
-        (TaskState::Queued, 1, Priority::High)
-    );
-    assert!(
-        f.label("acme/app#8", &["type:bug"]).is_none(),
-        "no status:todo, no task"
-    );
-    assert_eq!(
-        f.label(
-            "acme/app#7",
-            &["status:todo", "priority:high", "needs:rust"]
-        ),
+        f.label("acme/app#7", &["status:todo", "priority:high", "needs:rust"]),
         Some(id),
         "a replay changes nothing"
     );
@@ -136,25 +97,13 @@ fn an_agent_pulls_starts_and_the_issue_gets_doing() {
     let task = f.label("acme/app#1", &["status:todo"]).unwrap();
     let a1 = f.register("a1", &[], 1);
     let a = f.pull(a1).unwrap();
-    assert_eq!(
-        (a.task.id, a.lease.attempt, a.task.state),
-        (task, 1, TaskState::Assigned)
-    );
+    assert_eq!((a.task.id, a.lease.attempt, a.task.state), (task, 1, TaskState::Assigned));
     assert_eq!(a.lease.deadline, a.lease.assigned_at + mins(60));
     f.start(a1, &a);
     assert_eq!(f.task(task).state, TaskState::Running);
-    let outbox = f
-        .engine
-        .store
-        .read()
-        .outbox_due(Timestamp(i64::MAX), 10)
-        .unwrap();
+    let outbox = f.engine.store.read().outbox_due(Timestamp(i64::MAX), 10).unwrap();
     assert_eq!(outbox.len(), 1);
-    assert!(
-        outbox[0].payload.contains("\"status\":\"doing\""),
-        "{}",
-        outbox[0].payload
-    );
+    assert!(outbox[0].payload.contains("\"status\":\"doing\""), "{}", outbox[0].payload);
     assert!(f.pull(a1).is_none(), "one slot, already used");
 }
 
@@ -169,16 +118,10 @@ fn lost_agent_task_is_requeued_with_next_attempt_for_another_agent() {
     f.later(Duration::from_secs(31));
     f.heartbeat(a2, &[]);
     let report = f.tick();
-    assert_eq!(
-        (report.offline.as_slice(), report.lost.as_slice()),
-        ([a1].as_slice(), [task].as_slice())
-    );
+    assert_eq!((report.offline.as_slice(), report.lost.as_slice()), ([a1].as_slice(), [task].as_slice()));
     let t = f.task(task);
     assert_eq!((t.state, t.attempt), (TaskState::Queued, 2));
-    assert_eq!(
-        t.last_failure.as_ref().unwrap().class,
-        FailureClass::AgentLost
-    );
+    assert_eq!(t.last_failure.as_ref().unwrap().class, FailureClass::AgentLost);
     assert!(f.pull(a2).is_none(), "the backoff has not passed");
     f.later(mins(1));
     f.heartbeat(a2, &[]);
@@ -186,25 +129,8 @@ fn lost_agent_task_is_requeued_with_next_attempt_for_another_agent() {
     assert_eq!((b.task.id, b.lease.attempt), (task, 2));
     // The first agent comes back and still thinks it has the task: it is told to stop, and cannot report.
     assert_eq!(f.heartbeat(a1, &[task]), [task]);
-    let err = f
-        .engine
-        .execute(Command::StartTask {
-            agent: a1,
-            task,
-            attempt: 1,
-        })
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            EngineError::Conflict(TransitionError::StaleAttempt {
-                current: 2,
-                given: 1,
-                ..
-            })
-        ),
-        "{err}"
-    );
+    let err = f.engine.execute(Command::StartTask { agent: a1, task, attempt: 1 }).unwrap_err();
+    assert!(matches!(err, EngineError::Conflict(TransitionError::StaleAttempt { current: 2, given: 1, .. })), "{err}");
 }
 
 #[test]
@@ -235,11 +161,7 @@ fn a_task_past_its_deadline_times_out_and_the_policy_decides() {
     }
     assert_eq!(f.tick().timed_out, [task]);
     let t = f.task(task);
-    assert_eq!(
-        (t.state, t.attempt),
-        (TaskState::Queued, 2),
-        "timeout allows one retry by default"
-    );
+    assert_eq!((t.state, t.attempt), (TaskState::Queued, 2), "timeout allows one retry by default");
     f.later(mins(5));
     f.heartbeat(a1, &[]);
     let b = f.pull(a1).unwrap();
@@ -249,17 +171,8 @@ fn a_task_past_its_deadline_times_out_and_the_policy_decides() {
         f.heartbeat(a1, &[task]);
     }
     f.tick();
-    assert_eq!(
-        f.task(task).state,
-        TaskState::Failed,
-        "the timeout budget is spent"
-    );
-    let outbox = f
-        .engine
-        .store
-        .read()
-        .outbox_due(Timestamp(i64::MAX), 10)
-        .unwrap();
+    assert_eq!(f.task(task).state, TaskState::Failed, "the timeout budget is spent");
+    let outbox = f.engine.store.read().outbox_due(Timestamp(i64::MAX), 10).unwrap();
     assert!(outbox.last().unwrap().payload.contains("failed"));
 }
 
@@ -287,12 +200,7 @@ fn agent_errors_retry_until_their_budget_is_spent() {
     }
     assert_eq!(attempts, [1, 2, 3], "two retries of agent_error by default");
     assert_eq!(f.task(task).state, TaskState::Failed);
-    f.engine
-        .execute(Command::RetryTask {
-            task,
-            by: "operator".into(),
-        })
-        .unwrap();
+    f.engine.execute(Command::RetryTask { task, by: "operator".into() }).unwrap();
     let t = f.task(task);
     assert_eq!((t.state, t.attempt), (TaskState::Queued, 4));
 }
@@ -304,40 +212,16 @@ fn only_the_leaseholder_may_report_and_cancelled_is_not_theirs_to_say() {
     let a1 = f.register("a1", &[], 1);
     let a2 = f.register("a2", &[], 1);
     let a = f.pull(a1).unwrap();
-    let err = f
-        .engine
-        .execute(Command::StartTask {
-            agent: a2,
-            task,
-            attempt: a.lease.attempt,
-        })
-        .unwrap_err();
+    let err = f.engine.execute(Command::StartTask { agent: a2, task, attempt: a.lease.attempt }).unwrap_err();
     assert!(matches!(err, EngineError::Forbidden(_)), "{err}");
     let err = f
         .engine
-        .execute(Command::FailTask {
-            agent: a1,
-            task,
-            attempt: 1,
-            class: FailureClass::Cancelled,
-            message: "".into(),
-        })
+        .execute(Command::FailTask { agent: a1, task, attempt: 1, class: FailureClass::Cancelled, message: "".into() })
         .unwrap_err();
     assert!(matches!(err, EngineError::Invalid(_)), "{err}");
-    let err = f
-        .engine
-        .execute(Command::StartTask {
-            agent: a1,
-            task: TaskId(99),
-            attempt: 1,
-        })
-        .unwrap_err();
+    let err = f.engine.execute(Command::StartTask { agent: a1, task: TaskId(99), attempt: 1 }).unwrap_err();
     assert!(matches!(err, EngineError::NotFound(_)), "{err}");
-    assert_eq!(
-        f.task(task).state,
-        TaskState::Assigned,
-        "refusals change nothing"
-    );
+    assert_eq!(f.task(task).state, TaskState::Assigned, "refusals change nothing");
 }
 
 #[test]
@@ -357,42 +241,26 @@ fn removing_todo_or_closing_cancels_and_the_agent_is_told_to_stop() {
     f.close("acme/app#2");
     assert_eq!(f.task(t2).state, TaskState::Cancelled);
     let events = f.engine.store.read().task_events(t2).unwrap();
-    assert!(
-        matches!(&events.last().unwrap().1, Event::TaskCancelled { reason, .. } if reason.contains("closed"))
-    );
+    assert!(matches!(&events.last().unwrap().1, Event::TaskCancelled { reason, .. } if reason.contains("closed")));
 }
 
 #[test]
 fn a_finished_task_is_queued_again_only_when_a_person_relabels_it() {
     let mut f = fleet();
     let task = f.label("acme/app#1", &["status:todo"]).unwrap();
-    f.engine
-        .execute(Command::CancelTask {
-            task,
-            reason: "test".into(),
-        })
-        .unwrap();
+    f.engine.execute(Command::CancelTask { task, reason: "test".into() }).unwrap();
     f.label("acme/app#1", &["status:todo"]);
-    assert_eq!(
-        f.task(task).state,
-        TaskState::Cancelled,
-        "the same labels again are an echo, not a request"
-    );
+    assert_eq!(f.task(task).state, TaskState::Cancelled, "the same labels again are an echo, not a request");
     f.label("acme/app#1", &["status:failed"]);
     f.label("acme/app#1", &["status:todo", "priority:low"]);
     let t = f.task(task);
-    assert_eq!(
-        (t.state, t.attempt, t.spec.priority),
-        (TaskState::Queued, 2, Priority::Low)
-    );
+    assert_eq!((t.state, t.attempt, t.spec.priority), (TaskState::Queued, 2, Priority::Low));
 }
 
 #[test]
 fn routing_respects_capabilities_pins_and_slots() {
     let mut f = fleet();
-    let gpu = f
-        .label("acme/app#1", &["status:todo", "needs:gpu"])
-        .unwrap();
+    let gpu = f.label("acme/app#1", &["status:todo", "needs:gpu"]).unwrap();
     let pinned = f.label("acme/app#2", &["status:todo", "agent:b"]).unwrap();
     let any = f.label("acme/app#3", &["status:todo"]).unwrap();
     let a = f.register("a", &[], 1);
@@ -414,17 +282,11 @@ fn draining_agents_get_no_new_work_and_deregistering_requeues_at_once() {
     f.start(a1, &a);
     f.engine.execute(Command::DrainAgent { agent: a1 }).unwrap();
     assert!(f.pull(a1).is_none());
-    f.engine
-        .execute(Command::DeregisterAgent { agent: a1 })
-        .unwrap();
+    f.engine.execute(Command::DeregisterAgent { agent: a1 }).unwrap();
     let t = f.task(t1);
     assert_eq!((t.state, t.attempt), (TaskState::Queued, 2));
     let a2 = f.register("a2", &[], 2);
-    assert_eq!(
-        f.pull(a2).unwrap().task.id,
-        t1,
-        "no backoff after a deregistration"
-    );
+    assert_eq!(f.pull(a2).unwrap().task.id, t1, "no backoff after a deregistration");
 }
 
 #[test]
@@ -432,10 +294,7 @@ fn a_batch_commits_good_commands_and_refuses_bad_ones_alone() {
     let mut f = fleet();
     let replies = f.engine.execute_batch(vec![
         Command::ObserveIssue(observation("acme/app#1", &["status:todo"])),
-        Command::CancelTask {
-            task: TaskId(42),
-            reason: "x".into(),
-        },
+        Command::CancelTask { task: TaskId(42), reason: "x".into() },
         Command::ObserveIssue(observation("acme/app#2", &["status:todo"])),
     ]);
     assert!(replies[0].is_ok() && replies[2].is_ok());
@@ -468,44 +327,20 @@ fn a_receipt_moves_to_validating_and_the_verdict_completes_or_retries() {
         session_id: None,
         artifacts: vec![],
     };
-    let submit = |attempt| Command::SubmitReceipt {
-        agent: a1,
-        task,
-        attempt,
-        receipt: receipt.clone(),
-    };
+    let submit = |attempt| Command::SubmitReceipt { agent: a1, task, attempt, receipt: receipt.clone() };
     f.engine.execute(submit(1)).unwrap();
     assert_eq!(f.task(task).state, TaskState::Validating);
     let failure = Some("the pull request does not refer to the issue".to_string());
-    f.engine
-        .execute(Command::FinishValidation {
-            task,
-            attempt: 1,
-            failure,
-        })
-        .unwrap();
+    f.engine.execute(Command::FinishValidation { task, attempt: 1, failure }).unwrap();
     let t = f.task(task);
     assert_eq!((t.state, t.attempt), (TaskState::Queued, 2));
-    assert_eq!(
-        t.last_failure.unwrap().class,
-        FailureClass::VerificationFailed
-    );
+    assert_eq!(t.last_failure.unwrap().class, FailureClass::VerificationFailed);
     f.later(mins(2));
     f.heartbeat(a1, &[]);
     let b = f.pull(a1).unwrap();
     f.start(a1, &b);
     f.engine.execute(submit(2)).unwrap();
-    f.engine
-        .execute(Command::FinishValidation {
-            task,
-            attempt: 2,
-            failure: None,
-        })
-        .unwrap();
+    f.engine.execute(Command::FinishValidation { task, attempt: 2, failure: None }).unwrap();
     assert_eq!(f.task(task).state, TaskState::Completed);
-    assert_eq!(
-        f.engine.store.read().running_count(a1).unwrap(),
-        0,
-        "the lease ends with the task"
-    );
+    assert_eq!(f.engine.store.read().running_count(a1).unwrap(), 0, "the lease ends with the task");
 }

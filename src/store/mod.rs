@@ -26,14 +26,8 @@ use crate::core::TransitionError;
 pub enum StoreError {
     #[error("{path} is not a forgefleet database, or it is damaged: {detail}")]
     Corrupt { path: String, detail: String },
-    #[error(
-        "{path} was written by a newer forgefleet (schema version {found}, this one knows up to {known})"
-    )]
-    TooNew {
-        path: String,
-        found: i64,
-        known: i64,
-    },
+    #[error("{path} was written by a newer forgefleet (schema version {found}, this one knows up to {known})")]
+    TooNew { path: String, found: i64, known: i64 },
     #[error("cannot open database {path}: {detail}")]
     Open { path: String, detail: String },
     #[error(transparent)]
@@ -62,10 +56,8 @@ impl Store {
     /// Opens (creating it and its directory if needed) the database at `path` for writing, and migrates it.
     pub fn open(path: &Path) -> Result<Store> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
-                path: path.display().to_string(),
-                detail: e.to_string(),
-            })?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Open { path: path.display().to_string(), detail: e.to_string() })?;
         }
         let conn = Connection::open(path).map_err(|e| open_error(path, e))?;
         Self::init(conn, path.display().to_string())
@@ -85,11 +77,7 @@ impl Store {
         conn.busy_timeout(Duration::from_secs(5))?;
         let version = schema::version(&conn).map_err(|e| classify(&path_s, e))?;
         if version > SCHEMA_VERSION {
-            return Err(StoreError::TooNew {
-                path: path_s,
-                found: version,
-                known: SCHEMA_VERSION,
-            });
+            return Err(StoreError::TooNew { path: path_s, found: version, known: SCHEMA_VERSION });
         }
         Ok(Store { conn, path: path_s })
     }
@@ -111,11 +99,7 @@ impl Store {
         };
         let found = setup().map_err(|e| classify(&path, e))?;
         if found > SCHEMA_VERSION {
-            return Err(StoreError::TooNew {
-                path,
-                found,
-                known: SCHEMA_VERSION,
-            });
+            return Err(StoreError::TooNew { path, found, known: SCHEMA_VERSION });
         }
         let mut store = Store { conn, path };
         schema::migrate(&mut store.conn).map_err(|e| classify(&store.path, e))?;
@@ -133,9 +117,7 @@ impl Store {
 
     /// Starts a write transaction. Everything appended through it commits or rolls back together.
     pub fn write(&mut self) -> Result<WriteTx<'_>> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         Ok(WriteTx { tx })
     }
 
@@ -183,23 +165,15 @@ pub struct ReadView<'a> {
 }
 
 fn open_error(path: &Path, e: rusqlite::Error) -> StoreError {
-    StoreError::Open {
-        path: path.display().to_string(),
-        detail: e.to_string(),
-    }
+    StoreError::Open { path: path.display().to_string(), detail: e.to_string() }
 }
 
 /// SQLite reports a file that is not a database only when it is first read: name that case plainly.
 fn classify(path: &str, e: rusqlite::Error) -> StoreError {
     use rusqlite::ErrorCode::{DatabaseCorrupt, NotADatabase};
     match &e {
-        rusqlite::Error::SqliteFailure(f, _)
-            if matches!(f.code, NotADatabase | DatabaseCorrupt) =>
-        {
-            StoreError::Corrupt {
-                path: path.to_string(),
-                detail: e.to_string(),
-            }
+        rusqlite::Error::SqliteFailure(f, _) if matches!(f.code, NotADatabase | DatabaseCorrupt) => {
+            StoreError::Corrupt { path: path.to_string(), detail: e.to_string() }
         }
         _ => StoreError::Sqlite(e),
     }

@@ -21,8 +21,7 @@ impl WriteTx<'_> {
         let seq = insert_event(&self.tx, event)?;
         let effects = project(&self.tx, event)?;
         for effect in &effects {
-            let payload =
-                serde_json::to_string(effect).map_err(|e| StoreError::Decode(e.to_string()))?;
+            let payload = serde_json::to_string(effect).map_err(|e| StoreError::Decode(e.to_string()))?;
             self.tx
                 .prepare_cached(
                     "INSERT INTO outbox (event_seq, kind, payload, created_at, next_attempt_at)
@@ -31,6 +30,29 @@ impl WriteTx<'_> {
                 .execute(params![seq, effect.kind(), payload, event.at().0])?;
         }
         Ok(Appended { seq, effects })
+    }
+
+    /// Keeps an agent's progress lines for a task, and only the newest `keep` of them.
+    pub fn add_progress(
+        &self,
+        task: crate::core::TaskId,
+        attempt: u32,
+        lines: &[String],
+        at: Timestamp,
+        keep: usize,
+    ) -> Result<()> {
+        let mut insert =
+            self.tx.prepare_cached("INSERT INTO progress (task_id, attempt, at, line) VALUES (?1, ?2, ?3, ?4)")?;
+        for line in lines {
+            insert.execute(params![task.0, attempt, at.0, line])?;
+        }
+        self.tx
+            .prepare_cached(
+                "DELETE FROM progress WHERE task_id = ?1 AND id <= (SELECT id FROM progress WHERE task_id = ?1
+                 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+            )?
+            .execute(params![task.0, keep as i64])?;
+        Ok(())
     }
 
     /// Records an agent's heartbeat. Not an event: too frequent to log, and only liveness depends on it.
@@ -45,16 +67,8 @@ impl WriteTx<'_> {
 
 fn insert_event(conn: &Connection, event: &Event) -> Result<i64> {
     let payload = serde_json::to_string(event).map_err(|e| StoreError::Decode(e.to_string()))?;
-    conn.prepare_cached(
-        "INSERT INTO events (at, kind, task_id, agent_id, payload) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?
-    .execute(params![
-        event.at().0,
-        event.kind(),
-        event.task().map(|t| t.0),
-        event.agent().map(|a| a.0),
-        payload
-    ])?;
+    conn.prepare_cached("INSERT INTO events (at, kind, task_id, agent_id, payload) VALUES (?1, ?2, ?3, ?4, ?5)")?
+        .execute(params![event.at().0, event.kind(), event.task().map(|t| t.0), event.agent().map(|a| a.0), payload])?;
     Ok(conn.last_insert_rowid())
 }
 
@@ -68,14 +82,9 @@ fn project(conn: &Connection, event: &Event) -> Result<Vec<Effect>> {
                 t.apply(event)?;
                 t
             }
-            (None, Event::TaskQueued { .. }) => {
-                Task::queued(event).expect("a TaskQueued event makes a task")
-            }
+            (None, Event::TaskQueued { .. }) => Task::queued(event).expect("a TaskQueued event makes a task"),
             (None, _) => {
-                return Err(StoreError::Decode(format!(
-                    "`{}` for unknown task {id}",
-                    event.kind()
-                )));
+                return Err(StoreError::Decode(format!("`{}` for unknown task {id}", event.kind())));
             }
         };
         save_task(conn, &after)?;
@@ -87,9 +96,8 @@ fn project(conn: &Connection, event: &Event) -> Result<Vec<Effect>> {
                 a.apply(event)?;
                 a
             }
-            None => Agent::registered(event).ok_or_else(|| {
-                StoreError::Decode(format!("`{}` for unknown agent {id}", event.kind()))
-            })?,
+            None => Agent::registered(event)
+                .ok_or_else(|| StoreError::Decode(format!("`{}` for unknown agent {id}", event.kind())))?,
         };
         save_agent(conn, &agent, event.at())?;
     }
@@ -97,18 +105,14 @@ fn project(conn: &Connection, event: &Event) -> Result<Vec<Effect>> {
 }
 
 pub(super) fn load_task(conn: &Connection, id: TaskId) -> Result<Option<Task>> {
-    let data: Option<String> = conn
-        .prepare_cached("SELECT data FROM tasks WHERE id = ?1")?
-        .query_row([id.0], |r| r.get(0))
-        .optional()?;
+    let data: Option<String> =
+        conn.prepare_cached("SELECT data FROM tasks WHERE id = ?1")?.query_row([id.0], |r| r.get(0)).optional()?;
     data.map(|d| decode(&d)).transpose()
 }
 
 pub(super) fn load_agent(conn: &Connection, id: AgentId) -> Result<Option<Agent>> {
-    let data: Option<String> = conn
-        .prepare_cached("SELECT data FROM agents WHERE id = ?1")?
-        .query_row([id.0], |r| r.get(0))
-        .optional()?;
+    let data: Option<String> =
+        conn.prepare_cached("SELECT data FROM agents WHERE id = ?1")?.query_row([id.0], |r| r.get(0)).optional()?;
     data.map(|d| decode(&d)).transpose()
 }
 
@@ -143,10 +147,10 @@ pub(super) fn save_task(conn: &Connection, t: &Task) -> Result<()> {
     match &t.lease {
         Some(l) => conn
             .prepare_cached(
-                "INSERT INTO leases (task_id, agent_id, attempt, assigned_at, start_by, started_at, deadline)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                "INSERT INTO leases (task_id, agent_id, attempt, assigned_at, start_by, started_at, deadline, request_key)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                  ON CONFLICT(task_id) DO UPDATE SET agent_id = ?2, attempt = ?3, assigned_at = ?4, start_by = ?5,
-                     started_at = ?6, deadline = ?7",
+                     started_at = ?6, deadline = ?7, request_key = ?8",
             )?
             .execute(params![
                 t.id.0,
@@ -155,7 +159,8 @@ pub(super) fn save_task(conn: &Connection, t: &Task) -> Result<()> {
                 l.assigned_at.0,
                 l.start_by.0,
                 l.started_at.map(|s| s.0),
-                l.deadline.0
+                l.deadline.0,
+                l.request_key.as_deref(),
             ])?,
         None => conn.prepare_cached("DELETE FROM leases WHERE task_id = ?1")?.execute([t.id.0])?,
     };

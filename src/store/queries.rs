@@ -6,10 +6,7 @@ use serde::Serialize;
 use super::projection::{decode, load_agent, load_task};
 use super::{ReadView, Result};
 use crate::core::queue::{Candidate, QueueKey, pick_next};
-use crate::core::{
-    Agent, AgentId, AgentName, Event, IssueRef, Priority, Task, TaskId, TaskSpec, TaskState,
-    Timestamp,
-};
+use crate::core::{Agent, AgentId, AgentName, Event, IssueRef, Priority, Task, TaskId, TaskSpec, TaskState, Timestamp};
 
 /// A task as listed: enough to show a table without its body.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -62,9 +59,7 @@ impl ReadView<'_> {
         let data: Option<String> = self
             .conn
             .prepare_cached("SELECT data FROM tasks WHERE repo = ?1 AND issue = ?2")?
-            .query_row(params![issue.repo.as_str(), issue.number as i64], |r| {
-                r.get(0)
-            })
+            .query_row(params![issue.repo.as_str(), issue.number as i64], |r| r.get(0))
             .optional()?;
         data.map(|d| decode(&d)).transpose()
     }
@@ -100,12 +95,8 @@ impl ReadView<'_> {
 
     /// The log of one task, oldest first, with sequence numbers.
     pub fn task_events(&self, id: TaskId) -> Result<Vec<(i64, Event)>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT seq, payload FROM events WHERE task_id = ?1 ORDER BY seq")?;
-        let rows = stmt.query_map([id.0], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
-        })?;
+        let mut stmt = self.conn.prepare_cached("SELECT seq, payload FROM events WHERE task_id = ?1 ORDER BY seq")?;
+        let rows = stmt.query_map([id.0], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
         rows.map(|r| {
             let (seq, payload) = r?;
             Ok((seq, decode(&payload)?))
@@ -127,11 +118,7 @@ impl ReadView<'_> {
 
     fn agent_where(&self, column: &str, value: &str) -> Result<Option<Agent>> {
         let sql = format!("SELECT data FROM agents WHERE {column} = ?1");
-        let data: Option<String> = self
-            .conn
-            .prepare_cached(&sql)?
-            .query_row([value], |r| r.get(0))
-            .optional()?;
+        let data: Option<String> = self.conn.prepare_cached(&sql)?.query_row([value], |r| r.get(0)).optional()?;
         data.map(|d| decode(&d)).transpose()
     }
 
@@ -140,20 +127,11 @@ impl ReadView<'_> {
             "SELECT a.data, a.last_heartbeat_at, (SELECT COUNT(*) FROM leases l WHERE l.agent_id = a.id)
              FROM agents a ORDER BY a.name",
         )?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, Option<i64>>(1)?,
-                r.get::<_, u32>(2)?,
-            ))
-        })?;
+        let rows =
+            stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<i64>>(1)?, r.get::<_, u32>(2)?)))?;
         rows.map(|r| {
             let (data, hb, running) = r?;
-            Ok(AgentRow {
-                agent: decode(&data)?,
-                running,
-                last_heartbeat_at: hb.map(Timestamp),
-            })
+            Ok(AgentRow { agent: decode(&data)?, running, last_heartbeat_at: hb.map(Timestamp) })
         })
         .collect()
     }
@@ -168,11 +146,39 @@ impl ReadView<'_> {
 
     /// The tasks an agent holds leases on, with the attempt of each.
     pub fn leases_of(&self, agent: AgentId) -> Result<Vec<(TaskId, u32)>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT task_id, attempt FROM leases WHERE agent_id = ?1 ORDER BY task_id",
-        )?;
+        let mut stmt =
+            self.conn.prepare_cached("SELECT task_id, attempt FROM leases WHERE agent_id = ?1 ORDER BY task_id")?;
         let rows = stmt.query_map([agent.0], |r| Ok((TaskId(r.get(0)?), r.get(1)?)))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The task an agent was given in answer to the request with this idempotency key, if it still holds it.
+    pub fn lease_by_request(&self, agent: AgentId, key: &str) -> Result<Option<TaskId>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT task_id FROM leases WHERE agent_id = ?1 AND request_key = ?2")?
+            .query_row(params![agent.0, key], |r| Ok(TaskId(r.get(0)?)))
+            .optional()?)
+    }
+
+    /// The newest progress lines of a task, oldest first: (attempt, at, line).
+    pub fn progress(&self, task: TaskId, limit: u32) -> Result<Vec<(u32, Timestamp, String)>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT attempt, at, line FROM (SELECT id, attempt, at, line FROM progress WHERE task_id = ?1
+             ORDER BY id DESC LIMIT ?2) ORDER BY id",
+        )?;
+        let rows = stmt.query_map(params![task.0, limit], |r| Ok((r.get(0)?, Timestamp(r.get(1)?), r.get(2)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Whether any queued task's backoff has passed: if not, no waiting agent can be served.
+    pub fn any_ready(&self, now: Timestamp) -> Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM tasks WHERE state = 'queued' AND (not_before IS NULL OR not_before <= ?1))",
+            )?
+            .query_row([now.0], |r| r.get(0))?)
     }
 
     /// Whether the log shows `agent` was once assigned this attempt of the task.
@@ -197,16 +203,11 @@ impl ReadView<'_> {
         // Rows are decoded one at a time and the walk stops at the first fit, so a deep queue costs
         // only as much as the tasks this agent has to skip.
         let mut failure = None;
-        let candidates = std::iter::from_fn(|| {
-            match rows
-                .next()
-                .and_then(|r| r.map(candidate_from_row).transpose())
-            {
-                Ok(c) => c,
-                Err(e) => {
-                    failure = Some(e);
-                    None
-                }
+        let candidates = std::iter::from_fn(|| match rows.next().and_then(|r| r.map(candidate_from_row).transpose()) {
+            Ok(c) => c,
+            Err(e) => {
+                failure = Some(e);
+                None
             }
         });
         let picked = pick_next(candidates, agent, running, now);
@@ -246,17 +247,13 @@ impl ReadView<'_> {
     pub fn next_release(&self, now: Timestamp) -> Result<Option<Timestamp>> {
         let t: Option<i64> = self
             .conn
-            .prepare_cached(
-                "SELECT MIN(not_before) FROM tasks WHERE state = 'queued' AND not_before > ?1",
-            )?
+            .prepare_cached("SELECT MIN(not_before) FROM tasks WHERE state = 'queued' AND not_before > ?1")?
             .query_row([now.0], |r| r.get(0))?;
         Ok(t.map(Timestamp))
     }
 
     pub fn counts_by_state(&self) -> Result<Vec<(TaskState, u64)>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT state, COUNT(*) FROM tasks GROUP BY state")?;
+        let mut stmt = self.conn.prepare_cached("SELECT state, COUNT(*) FROM tasks GROUP BY state")?;
         let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))?;
         let mut out = Vec::new();
         for r in rows {
@@ -269,9 +266,9 @@ impl ReadView<'_> {
     }
 
     pub fn queue_depth_by_priority(&self) -> Result<Vec<(Priority, u64)>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT priority, COUNT(*) FROM tasks WHERE state = 'queued' GROUP BY priority",
-        )?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT priority, COUNT(*) FROM tasks WHERE state = 'queued' GROUP BY priority")?;
         let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, u64>(1)?)))?;
         let mut out = Vec::new();
         for r in rows {
@@ -284,25 +281,16 @@ impl ReadView<'_> {
     }
 
     pub fn event_count(&self) -> Result<u64> {
-        Ok(self
-            .conn
-            .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM events")?
-            .query_row([], |r| r.get(0))?)
+        Ok(self.conn.prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM events")?.query_row([], |r| r.get(0))?)
     }
 
     pub fn next_task_id(&self) -> Result<TaskId> {
-        Ok(TaskId(
-            self.conn
-                .prepare_cached("SELECT COALESCE(MAX(id), 0) + 1 FROM tasks")?
-                .query_row([], |r| r.get(0))?,
-        ))
+        Ok(TaskId(self.conn.prepare_cached("SELECT COALESCE(MAX(id), 0) + 1 FROM tasks")?.query_row([], |r| r.get(0))?))
     }
 
     pub fn next_agent_id(&self) -> Result<AgentId> {
         Ok(AgentId(
-            self.conn
-                .prepare_cached("SELECT COALESCE(MAX(id), 0) + 1 FROM agents")?
-                .query_row([], |r| r.get(0))?,
+            self.conn.prepare_cached("SELECT COALESCE(MAX(id), 0) + 1 FROM agents")?.query_row([], |r| r.get(0))?,
         ))
     }
 
@@ -332,21 +320,9 @@ fn candidate_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Candidate> {
     let spec = TaskSpec {
         priority: Priority::from_rank(r.get(1)?).unwrap_or_default(),
         kind: None,
-        needs: needs
-            .split('\n')
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .collect(),
+        needs: needs.split('\n').filter(|s| !s.is_empty()).map(str::to_string).collect(),
         agent: pin.and_then(|p| AgentName::parse(&p).ok()),
     };
-    let key = QueueKey {
-        priority: spec.priority,
-        queued_at: Timestamp(r.get(2)?),
-        task: TaskId(r.get(0)?),
-    };
-    Ok(Candidate {
-        key,
-        spec,
-        not_before: r.get::<_, Option<i64>>(3)?.map(Timestamp),
-    })
+    let key = QueueKey { priority: spec.priority, queued_at: Timestamp(r.get(2)?), task: TaskId(r.get(0)?) };
+    Ok(Candidate { key, spec, not_before: r.get::<_, Option<i64>>(3)?.map(Timestamp) })
 }

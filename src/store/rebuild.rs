@@ -22,9 +22,7 @@ impl Store {
     /// rebuild costs one pass over the log. Heartbeat times are not in the log and are carried over.
     pub fn rebuild(&mut self) -> Result<RebuildReport> {
         let started = Instant::now();
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut tasks: BTreeMap<TaskId, Task> = BTreeMap::new();
         let mut agents: BTreeMap<AgentId, (Agent, crate::core::Timestamp)> = BTreeMap::new();
         let mut events = 0u64;
@@ -33,15 +31,10 @@ impl Store {
             let mut rows = stmt.query([])?;
             while let Some(row) = rows.next()? {
                 let seq: i64 = row.get(0)?;
-                let payload = row
-                    .get_ref(1)?
-                    .as_str()
-                    .map_err(|e| StoreError::Decode(e.to_string()))?;
+                let payload = row.get_ref(1)?.as_str().map_err(|e| StoreError::Decode(e.to_string()))?;
                 let event: Event = decode(payload)?;
                 fold(&mut tasks, &mut agents, &event).map_err(|e| match e {
-                    StoreError::Transition(t) => {
-                        StoreError::Decode(format!("event {seq} does not apply: {t}"))
-                    }
+                    StoreError::Transition(t) => StoreError::Decode(format!("event {seq} does not apply: {t}")),
                     other => other,
                 })?;
                 events += 1;
@@ -58,22 +51,14 @@ impl Store {
         }
         for (id, hb) in &heartbeats {
             if let Some(hb) = hb {
-                tx.execute(
-                    "UPDATE agents SET last_heartbeat_at = ?2 WHERE id = ?1",
-                    [id, hb],
-                )?;
+                tx.execute("UPDATE agents SET last_heartbeat_at = ?2 WHERE id = ?1", [id, hb])?;
             }
         }
         for task in tasks.values() {
             save_task(&tx, task)?;
         }
         tx.commit()?;
-        Ok(RebuildReport {
-            events,
-            tasks: tasks.len() as u64,
-            agents: agents.len() as u64,
-            elapsed: started.elapsed(),
-        })
+        Ok(RebuildReport { events, tasks: tasks.len() as u64, agents: agents.len() as u64, elapsed: started.elapsed() })
     }
 }
 
@@ -86,9 +71,8 @@ fn fold(
         match tasks.get_mut(&id) {
             Some(t) => t.apply(event)?,
             None => {
-                let t = Task::queued(event).ok_or_else(|| {
-                    StoreError::Decode(format!("`{}` for unknown task {id}", event.kind()))
-                })?;
+                let t = Task::queued(event)
+                    .ok_or_else(|| StoreError::Decode(format!("`{}` for unknown task {id}", event.kind())))?;
                 tasks.insert(id, t);
             }
         }
@@ -96,9 +80,8 @@ fn fold(
         match agents.get_mut(&id) {
             Some((a, _)) => a.apply(event)?,
             None => {
-                let a = Agent::registered(event).ok_or_else(|| {
-                    StoreError::Decode(format!("`{}` for unknown agent {id}", event.kind()))
-                })?;
+                let a = Agent::registered(event)
+                    .ok_or_else(|| StoreError::Decode(format!("`{}` for unknown agent {id}", event.kind())))?;
                 agents.insert(id, (a, event.at()));
             }
         }

@@ -78,6 +78,22 @@ pub(super) const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX outbox_pending ON outbox(next_attempt_at) WHERE delivered_at IS NULL;
     "#,
+    // 2: idempotent assignments, and the agents' progress lines.
+    r#"
+    ALTER TABLE leases ADD COLUMN request_key TEXT;
+    -- An agent's retried request (same key) finds the lease it was answered with.
+    CREATE UNIQUE INDEX leases_by_request ON leases(agent_id, request_key) WHERE request_key IS NOT NULL;
+
+    -- Volatile like heartbeats: log lines are too chatty for the event log; the last N per task are kept.
+    CREATE TABLE progress (
+        id      INTEGER PRIMARY KEY,
+        task_id INTEGER NOT NULL REFERENCES tasks(id),
+        attempt INTEGER NOT NULL,
+        at      INTEGER NOT NULL,
+        line    TEXT    NOT NULL
+    );
+    CREATE INDEX progress_by_task ON progress(task_id, id);
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

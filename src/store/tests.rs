@@ -4,10 +4,7 @@ use crate::core::*;
 fn queued(task: i64, issue: u64, at: i64) -> Event {
     Event::TaskQueued {
         task: TaskId(task),
-        issue: IssueRef {
-            repo: RepoName::parse("acme/app").unwrap(),
-            number: issue,
-        },
+        issue: IssueRef { repo: RepoName::parse("acme/app").unwrap(), number: issue },
         title: format!("issue {issue}"),
         body: String::new(),
         labels: vec!["status:todo".into()],
@@ -35,10 +32,7 @@ fn a_fresh_database_gets_every_migration_and_reopening_changes_nothing() {
     let path = dir.path().join("sub/dir/f.db");
     let s = Store::open(&path).unwrap();
     assert_eq!(schema::version(s.connection()).unwrap(), SCHEMA_VERSION);
-    let mode: String = s
-        .connection()
-        .pragma_query_value(None, "journal_mode", |r| r.get(0))
-        .unwrap();
+    let mode: String = s.connection().pragma_query_value(None, "journal_mode", |r| r.get(0)).unwrap();
     assert_eq!(mode, "wal");
     drop(s);
     let s = Store::open(&path).unwrap();
@@ -57,9 +51,7 @@ fn every_migration_applies_to_data_from_the_one_before() {
         )
         .unwrap();
     }
-    let n: i64 = conn
-        .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
-        .unwrap();
+    let n: i64 = conn.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0)).unwrap();
     assert_eq!(n, SCHEMA_VERSION);
 }
 
@@ -70,9 +62,7 @@ fn events_cannot_be_updated_or_deleted() {
     tx.append(&queued(1, 1, 0)).unwrap();
     tx.commit().unwrap();
     let c = s.connection();
-    let e = c
-        .execute("UPDATE events SET kind = 'forged'", [])
-        .unwrap_err();
+    let e = c.execute("UPDATE events SET kind = 'forged'", []).unwrap_err();
     assert!(e.to_string().contains("append-only"), "{e}");
     let e = c.execute("DELETE FROM events", []).unwrap_err();
     assert!(e.to_string().contains("append-only"), "{e}");
@@ -92,16 +82,14 @@ fn appending_updates_the_projection_and_queues_effects_in_one_transaction() {
         at: Timestamp(5),
         start_by: Timestamp(10),
         deadline: Timestamp(100),
+        request_key: None,
     };
     let a = tx.append(&assigned).unwrap();
     assert_eq!(a.effects.len(), 1, "assigning sets status:doing");
     tx.commit().unwrap();
     let r = s.read();
     let t = r.task(TaskId(1)).unwrap().unwrap();
-    assert_eq!(
-        (t.state, t.lease.as_ref().map(|l| l.agent)),
-        (TaskState::Assigned, Some(AgentId(1)))
-    );
+    assert_eq!((t.state, t.lease.as_ref().map(|l| l.agent)), (TaskState::Assigned, Some(AgentId(1))));
     assert_eq!(r.running_count(AgentId(1)).unwrap(), 1);
     assert_eq!(r.leases_of(AgentId(1)).unwrap(), [(TaskId(1), 1)]);
     let due = r.outbox_due(Timestamp(5), 10).unwrap();
@@ -115,29 +103,12 @@ fn an_event_that_does_not_apply_rolls_back_with_its_savepoint() {
     let mut s = Store::open_in_memory().unwrap();
     let mut tx = s.write().unwrap();
     tx.append(&queued(1, 7, 0)).unwrap();
-    let bad = Event::TaskStarted {
-        task: TaskId(1),
-        attempt: 1,
-        at: Timestamp(1),
-    };
+    let bad = Event::TaskStarted { task: TaskId(1), attempt: 1, at: Timestamp(1) };
     let r: Result<Appended, StoreError> = tx.savepoint(|tx| tx.append(&bad));
-    assert!(matches!(
-        r,
-        Err(StoreError::Transition(TransitionError::Task {
-            from: TaskState::Queued,
-            ..
-        }))
-    ));
+    assert!(matches!(r, Err(StoreError::Transition(TransitionError::Task { from: TaskState::Queued, .. }))));
     tx.commit().unwrap();
-    assert_eq!(
-        s.read().event_count().unwrap(),
-        1,
-        "the refused event is not in the log"
-    );
-    assert_eq!(
-        s.read().task(TaskId(1)).unwrap().unwrap().state,
-        TaskState::Queued
-    );
+    assert_eq!(s.read().event_count().unwrap(), 1, "the refused event is not in the log");
+    assert_eq!(s.read().task(TaskId(1)).unwrap().unwrap().state, TaskState::Queued);
 }
 
 #[test]
@@ -160,21 +131,11 @@ fn the_queue_gives_the_most_urgent_oldest_fitting_task() {
     tx.append(&queued(4, 4, 8)).unwrap();
     tx.commit().unwrap();
     let agent = s.read().agent(AgentId(1)).unwrap().unwrap();
-    assert_eq!(
-        s.read().next_for(&agent, 0, Timestamp(10)).unwrap(),
-        Some(TaskId(4))
-    );
+    assert_eq!(s.read().next_for(&agent, 0, Timestamp(10)).unwrap(), Some(TaskId(4)));
     let mut gpu_agent = agent.clone();
     gpu_agent.capabilities.insert("gpu".into());
-    assert_eq!(
-        s.read().next_for(&gpu_agent, 0, Timestamp(10)).unwrap(),
-        Some(TaskId(2))
-    );
-    assert_eq!(
-        s.read().next_for(&agent, 2, Timestamp(10)).unwrap(),
-        None,
-        "no free slot"
-    );
+    assert_eq!(s.read().next_for(&gpu_agent, 0, Timestamp(10)).unwrap(), Some(TaskId(2)));
+    assert_eq!(s.read().next_for(&agent, 2, Timestamp(10)).unwrap(), None, "no free slot");
 }
 
 #[test]
@@ -190,23 +151,18 @@ fn rebuild_restores_projections_wiped_by_hand() {
         at: Timestamp(1),
         start_by: Timestamp(2),
         deadline: Timestamp(3),
+        request_key: None,
     })
     .unwrap();
     tx.touch_agent(AgentId(1), Timestamp(77)).unwrap();
     tx.commit().unwrap();
     let before = s.read().task(TaskId(1)).unwrap();
-    s.connection()
-        .execute_batch("DELETE FROM leases; UPDATE tasks SET state = 'bogus'")
-        .unwrap();
+    s.connection().execute_batch("DELETE FROM leases; UPDATE tasks SET state = 'bogus'").unwrap();
     let report = s.rebuild().unwrap();
     assert_eq!((report.events, report.tasks, report.agents), (3, 1, 1));
     assert_eq!(s.read().task(TaskId(1)).unwrap(), before);
     assert_eq!(s.read().running_count(AgentId(1)).unwrap(), 1);
-    assert_eq!(
-        s.read().agents().unwrap()[0].last_heartbeat_at,
-        Some(Timestamp(77)),
-        "heartbeats are kept"
-    );
+    assert_eq!(s.read().agents().unwrap()[0].last_heartbeat_at, Some(Timestamp(77)), "heartbeats are kept");
 }
 
 #[test]
@@ -216,14 +172,8 @@ fn a_file_that_is_not_a_database_is_reported_as_such() {
     std::fs::write(&path, vec![0x42u8; 8192]).unwrap();
     let err = Store::open(&path).unwrap_err();
     assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
-    assert!(
-        err.to_string().contains("not a forgefleet database"),
-        "{err}"
-    );
-    assert!(matches!(
-        Store::open_read_only(&path).unwrap_err(),
-        StoreError::Corrupt { .. }
-    ));
+    assert!(err.to_string().contains("not a forgefleet database"), "{err}");
+    assert!(matches!(Store::open_read_only(&path).unwrap_err(), StoreError::Corrupt { .. }));
 }
 
 #[test]
@@ -232,13 +182,9 @@ fn a_database_from_a_newer_forgefleet_is_refused() {
     let path = dir.path().join("new.db");
     drop(Store::open(&path).unwrap());
     let c = rusqlite::Connection::open(&path).unwrap();
-    c.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
-        .unwrap();
+    c.pragma_update(None, "user_version", SCHEMA_VERSION + 1).unwrap();
     drop(c);
-    assert!(matches!(
-        Store::open(&path).unwrap_err(),
-        StoreError::TooNew { .. }
-    ));
+    assert!(matches!(Store::open(&path).unwrap_err(), StoreError::TooNew { .. }));
 }
 
 #[test]
@@ -248,10 +194,7 @@ fn a_second_lock_on_the_same_database_says_who_holds_it() {
     let first = StoreLock::acquire(&db, "forgefleet serve").unwrap();
     let err = StoreLock::acquire(&db, "forgefleet serve").unwrap_err();
     let msg = err.to_string();
-    assert!(
-        msg.contains(&format!("pid {}", std::process::id())),
-        "{msg}"
-    );
+    assert!(msg.contains(&format!("pid {}", std::process::id())), "{msg}");
     assert!(msg.contains("in use"), "{msg}");
     drop(first);
     StoreLock::acquire(&db, "forgefleet serve").expect("released when dropped");

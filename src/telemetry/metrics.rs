@@ -53,61 +53,28 @@ impl Metrics {
         let events = Counter::default();
         let commands = Counter::default();
         // From 50 µs to about 1.6 s: a group commit is normally well under a millisecond.
-        let append_seconds = Histogram::new(
-            prometheus_client::metrics::histogram::exponential_buckets(50e-6, 2.0, 16),
-        );
+        let append_seconds = Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(50e-6, 2.0, 16));
         registry.register("tasks", "Tasks by state", tasks.clone());
-        registry.register(
-            "queue_depth",
-            "Queued tasks by priority",
-            queue_depth.clone(),
-        );
-        registry.register(
-            "events_appended",
-            "Events appended to the log",
-            events.clone(),
-        );
-        registry.register(
-            "commands",
-            "Commands applied by the engine",
-            commands.clone(),
-        );
+        registry.register("queue_depth", "Queued tasks by priority", queue_depth.clone());
+        registry.register("events_appended", "Events appended to the log", events.clone());
+        registry.register("commands", "Commands applied by the engine", commands.clone());
         registry.register(
             "event_append_seconds",
             "Time from the start of a command's transaction to its commit",
             append_seconds.clone(),
         );
-        Self {
-            registry: Mutex::new(registry),
-            tasks,
-            queue_depth,
-            events,
-            commands,
-            append_seconds,
-        }
+        Self { registry: Mutex::new(registry), tasks, queue_depth, events, commands, append_seconds }
     }
 
     /// Sets the gauges read from the store just before a scrape. States and priorities with no tasks read 0.
     pub fn set_tasks(&self, by_state: &[(TaskState, u64)], by_priority: &[(Priority, u64)]) {
         for s in TaskState::ALL {
-            let n = by_state
-                .iter()
-                .find(|(t, _)| *t == s)
-                .map_or(0, |(_, n)| *n);
-            self.tasks
-                .get_or_create(&StateLabel { state: s.as_str() })
-                .set(n as i64);
+            let n = by_state.iter().find(|(t, _)| *t == s).map_or(0, |(_, n)| *n);
+            self.tasks.get_or_create(&StateLabel { state: s.as_str() }).set(n as i64);
         }
         for p in Priority::ALL {
-            let n = by_priority
-                .iter()
-                .find(|(q, _)| *q == p)
-                .map_or(0, |(_, n)| *n);
-            self.queue_depth
-                .get_or_create(&PriorityLabel {
-                    priority: p.as_str(),
-                })
-                .set(n as i64);
+            let n = by_priority.iter().find(|(q, _)| *q == p).map_or(0, |(_, n)| *n);
+            self.queue_depth.get_or_create(&PriorityLabel { priority: p.as_str() }).set(n as i64);
         }
     }
 
@@ -141,25 +108,10 @@ mod tests {
         m.set_tasks(&[(TaskState::Queued, 3)], &[(Priority::High, 2)]);
         m.committed(2, 5, Duration::from_micros(300));
         let text = m.render();
-        assert!(
-            text.contains("forgefleet_tasks{state=\"queued\"} 3"),
-            "{text}"
-        );
-        assert!(
-            text.contains("forgefleet_tasks{state=\"failed\"} 0"),
-            "{text}"
-        );
-        assert!(
-            text.contains("forgefleet_queue_depth{priority=\"high\"} 2"),
-            "{text}"
-        );
-        assert!(
-            text.contains("forgefleet_events_appended_total 5"),
-            "{text}"
-        );
-        assert!(
-            text.contains("forgefleet_event_append_seconds_count 2"),
-            "{text}"
-        );
+        assert!(text.contains("forgefleet_tasks{state=\"queued\"} 3"), "{text}");
+        assert!(text.contains("forgefleet_tasks{state=\"failed\"} 0"), "{text}");
+        assert!(text.contains("forgefleet_queue_depth{priority=\"high\"} 2"), "{text}");
+        assert!(text.contains("forgefleet_events_appended_total 5"), "{text}");
+        assert!(text.contains("forgefleet_event_append_seconds_count 2"), "{text}");
     }
 }

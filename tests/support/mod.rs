@@ -2,6 +2,8 @@
 //! stopped when the test ends.
 #![allow(dead_code)]
 
+pub mod fleet;
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -68,11 +70,7 @@ impl Home {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let mut server = Server {
-            child,
-            addr: self.addr,
-            log,
-        };
+        let mut server = Server { child, addr: self.addr, log };
         server.wait_ready();
         server
     }
@@ -110,10 +108,7 @@ impl Server {
 
     /// Asks it to stop the way an operator would (SIGTERM) and waits for it.
     pub fn stop(mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -135,10 +130,7 @@ impl Drop for Server {
 
 /// A port on 127.0.0.1 that was free a moment ago.
 pub fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
 
 fn rand_suffix() -> u32 {
