@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod core;
 pub mod engine;
+pub mod integrations;
 pub mod server;
 pub mod store;
 pub mod telemetry;

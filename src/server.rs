@@ -27,13 +27,15 @@ pub fn engine_settings(config: &Config) -> EngineSettings {
 
 pub struct Server {
     pub state: AppState,
+    pub clock: Arc<dyn Clock>,
     engine_thread: Option<JoinHandle<()>>,
 }
 
 impl Server {
     /// Starts the engine on `store` (opened at `config.store.path`, which the read pool opens too).
-    pub fn start(config: Config, store: Store, clock: impl Clock) -> Server {
+    pub fn start(config: Config, store: Store, clock: impl Clock + Clone) -> Server {
         let metrics = Arc::new(Metrics::new());
+        let shared: Arc<dyn Clock> = Arc::new(clock.clone());
         let engine = Engine::new(store, engine_settings(&config), clock);
         let (handle, thread) = engine::spawn(engine, metrics.clone());
         let state = AppState {
@@ -42,11 +44,29 @@ impl Server {
             metrics,
             config: Arc::new(config),
         };
-        Server { state, engine_thread: Some(thread) }
+        Server { state, clock: shared, engine_thread: Some(thread) }
     }
 
     pub fn engine(&self) -> &EngineHandle {
         &self.state.engine
+    }
+
+    /// Starts the Forgejo workers (outbox delivery, reconciliation) when `[forgejo] url` is configured.
+    /// Must run inside a tokio runtime.
+    pub fn start_integrations(
+        &self,
+        poll: std::time::Duration,
+    ) -> anyhow::Result<Option<crate::integrations::forgejo::Workers>> {
+        let templates = Arc::new(crate::integrations::templates::Templates::load(
+            self.state.config.server.templates_dir.as_deref(),
+        )?);
+        crate::integrations::forgejo::spawn(
+            &self.state.config,
+            self.state.engine.clone(),
+            self.clock.clone(),
+            templates,
+            poll,
+        )
     }
 
     pub fn router(&self) -> Router {

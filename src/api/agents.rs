@@ -7,22 +7,36 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
+use super::doc::{AgentStatusDoc, TAG_AGENTS};
+use super::error::ErrorBody;
 use super::extract::{ApiJson, AuthAgent, Operator, Viewer};
 use super::{ApiError, AppState, auth};
 use crate::core::{AgentId, AgentName, AgentState, AgentStatus, TaskId};
 use crate::engine::{Command, Registration, Reply};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "builder-1", "adapter": "claude-code", "capabilities": ["rust", "docs"],
+    "max_concurrency": 2, "version": "forgefleet 0.1.0"}))]
 pub struct RegisterRequest {
+    /// Unique in the fleet: 1 to 64 of `A-Z a-z 0-9 . _ -`. Registering a name again updates that agent.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub name: String,
+    /// The adapter kind it runs, e.g. `claude-code`, `codex`, `command` (1 to 64 characters).
+    #[schema(min_length = 1, max_length = 64)]
     pub adapter: String,
+    /// What it can do: matched against the `needs:*` labels of tasks. Each 1 to 64 characters, no spaces.
     #[serde(default)]
     pub capabilities: Vec<String>,
+    /// How many tasks it runs at once.
     #[serde(default = "one")]
+    #[schema(minimum = 1, maximum = 64, default = 1)]
     pub max_concurrency: u32,
+    /// Free text for operators, at most 200 characters.
     #[serde(default)]
+    #[schema(max_length = 200)]
     pub version: String,
 }
 
@@ -30,17 +44,43 @@ fn one() -> u32 {
     1
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct RegisterResponse {
+    /// Stable across re-registrations of the same name.
+    #[schema(value_type = i64)]
     pub agent_id: AgentId,
-    /// Shown once: only its hash is kept.
+    /// The agent's bearer token for every other agent route. Shown once: only its hash is kept.
+    #[schema(example = "ffa_3f9c...")]
     pub token: String,
+    /// Send a heartbeat this often; three missed intervals make the agent offline.
     pub heartbeat_interval_secs: u64,
 }
 
 const MAX_SLOTS: u32 = 64;
 const MAX_WORD: usize = 64;
 
+#[utoipa::path(
+    post,
+    path = "/agents/register",
+    operation_id = "register_agent",
+    tag = TAG_AGENTS,
+    summary = "Register an agent (or re-register it)",
+    description = "Takes the fleet's registration token. Answers with the agent's own token, which every other \
+        agent route takes. Registering an existing name updates that agent and replaces its token: the old one \
+        stops working.",
+    request_body = RegisterRequest,
+    security(("registration_token" = [])),
+    responses(
+        (status = 200, description = "Registered", body = RegisterResponse),
+        (status = 400, description = "Invalid JSON, an unknown field, or a bad name, adapter, capability, \
+            `max_concurrency` (1 to 64) or `version`", body = ErrorBody),
+        (status = 401, description = "Missing or wrong registration token, or registration is closed (no token \
+            configured on the server)", body = ErrorBody),
+        (status = 413, description = "The body is larger than the server accepts", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+        (status = 503, description = "The server is shutting down", body = ErrorBody),
+    )
+)]
 pub async fn register(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -104,20 +144,44 @@ fn new_token() -> String {
     format!("ffa_{hex}")
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"running": [7]}))]
 pub struct HeartbeatRequest {
+    /// The ids of the tasks the agent is working on (at most 1000).
     #[serde(default)]
+    #[schema(value_type = Vec<i64>, max_items = 1000)]
     pub running: Vec<TaskId>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct HeartbeatResponse {
     /// Tasks the agent must stop: cancelled, or no longer its own.
+    #[schema(value_type = Vec<i64>)]
     pub cancel: Vec<TaskId>,
     pub heartbeat_interval_secs: u64,
 }
 
+#[utoipa::path(
+    post,
+    path = "/agents/heartbeat",
+    operation_id = "heartbeat",
+    tag = TAG_AGENTS,
+    summary = "Say the agent is alive, and which tasks it runs",
+    description = "Send one every `heartbeat_interval_secs`. Three missed intervals and the agent is offline: \
+        its tasks are `agent_lost` and go back to the queue; a heartbeat brings an offline agent back online. The \
+        answer lists the tasks the agent must stop: cancelled, or no longer its own.",
+    request_body = HeartbeatRequest,
+    security(("agent_token" = [])),
+    responses(
+        (status = 200, description = "Alive; stop the tasks in `cancel`", body = HeartbeatResponse),
+        (status = 400, description = "Invalid JSON, an unknown field, or more than 1000 tasks", body = ErrorBody),
+        (status = 401, description = "Missing, unknown or revoked agent token", body = ErrorBody),
+        (status = 413, description = "The body is larger than the server accepts", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+        (status = 503, description = "The server is shutting down", body = ErrorBody),
+    )
+)]
 pub async fn heartbeat(
     State(app): State<AppState>,
     AuthAgent(agent): AuthAgent,
@@ -134,12 +198,29 @@ pub async fn heartbeat(
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct DeregisterResponse {
     /// Tasks it held, back in the queue.
+    #[schema(value_type = Vec<i64>)]
     pub requeued: Vec<TaskId>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/agents/deregister",
+    operation_id = "deregister_agent",
+    tag = TAG_AGENTS,
+    summary = "Leave the fleet",
+    description = "The agent's tasks go back to the queue at once (no backoff) and its token stops working. \
+        No body is needed.",
+    security(("agent_token" = [])),
+    responses(
+        (status = 200, description = "Deregistered", body = DeregisterResponse),
+        (status = 401, description = "Missing, unknown or revoked agent token", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+        (status = 503, description = "The server is shutting down", body = ErrorBody),
+    )
+)]
 pub async fn deregister(
     State(app): State<AppState>,
     AuthAgent(agent): AuthAgent,
@@ -150,30 +231,54 @@ pub async fn deregister(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct AgentQuery {
+    /// Only agents with this capability.
     capability: Option<String>,
+    /// Only agents with this status.
+    #[param(value_type = Option<AgentStatusDoc>)]
     status: Option<String>,
 }
 
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct AgentView {
     pub name: String,
     pub adapter: String,
+    #[schema(value_type = AgentStatusDoc)]
     pub status: AgentStatus,
     pub capabilities: Vec<String>,
     pub max_concurrency: u32,
+    /// Tasks it holds now.
     pub running: u32,
     pub version: String,
+    #[schema(format = DateTime)]
     pub last_heartbeat_at: Option<String>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct AgentList {
     pub agents: Vec<AgentView>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/agents",
+    operation_id = "list_agents",
+    tag = TAG_AGENTS,
+    summary = "List the agents",
+    description = "Every registered agent (deregistered ones are left out), optionally filtered. Takes the \
+        operator token or any agent token.",
+    params(AgentQuery),
+    security(("operator_token" = []), ("agent_token" = [])),
+    responses(
+        (status = 200, description = "The agents", body = AgentList),
+        (status = 400, description = "An unknown status or query parameter", body = ErrorBody),
+        (status = 401, description = "Neither the operator token nor an agent token", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+    )
+)]
 pub async fn list(
     State(app): State<AppState>,
     _viewer: Viewer,
@@ -211,12 +316,41 @@ pub async fn list(
     Ok(Json(AgentList { agents }))
 }
 
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DrainResponse {
+    pub agent: String,
+    /// Always `draining`.
+    #[schema(value_type = AgentStatusDoc)]
+    pub status: AgentStatus,
+}
+
 /// `POST /agents/{name}/drain` (operator): no new work; what it runs, it finishes.
+#[utoipa::path(
+    post,
+    path = "/agents/{name}/drain",
+    operation_id = "drain_agent",
+    tag = TAG_AGENTS,
+    summary = "Drain an agent",
+    description = "The agent gets no new work; what it runs, it finishes. It stays draining until it registers \
+        again. No body is needed.",
+    params(("name" = String, Path, description = "The agent's name")),
+    security(("operator_token" = [])),
+    responses(
+        (status = 200, description = "Draining", body = DrainResponse),
+        (status = 400, description = "Not a valid agent name", body = ErrorBody),
+        (status = 401, description = "Missing or wrong operator token, or none configured", body = ErrorBody),
+        (status = 404, description = "No agent of that name", body = ErrorBody),
+        (status = 409, description = "The agent is not online (already draining, offline or deregistered)",
+            body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+        (status = 503, description = "The server is shutting down", body = ErrorBody),
+    )
+)]
 pub async fn drain(
     State(app): State<AppState>,
     _op: Operator,
     Path(name): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<DrainResponse>, ApiError> {
     let name = AgentName::parse(&name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let lookup = name.clone();
     let agent = app
@@ -224,5 +358,5 @@ pub async fn drain(
         .with(move |r| r.agent_by_name(&lookup)?.ok_or_else(|| ApiError::NotFound(format!("agent {lookup} not found"))))
         .await?;
     app.engine.send(Command::DrainAgent { agent: agent.id }).await?;
-    Ok(Json(serde_json::json!({"agent": name, "status": "draining"})))
+    Ok(Json(DrainResponse { agent: name.to_string(), status: AgentStatus::Draining }))
 }

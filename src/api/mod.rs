@@ -2,22 +2,28 @@
 
 mod agents;
 pub mod auth;
+mod doc;
 mod error;
 mod extract;
 mod reads;
 mod tasks;
+mod webhooks;
 mod work;
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use utoipa::{OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub use agents::{AgentList, AgentView, DeregisterResponse, HeartbeatResponse, RegisterResponse};
-pub use error::ApiError;
+pub use agents::{AgentList, AgentView, DeregisterResponse, DrainResponse, HeartbeatResponse, RegisterResponse};
+use doc::TAG_SYSTEM;
+pub use error::{ApiError, ErrorBody, ErrorCode, ErrorDetail};
 pub use reads::ReadPool;
 pub use work::{AssignmentView, TaskAck};
 
@@ -34,37 +40,98 @@ pub struct AppState {
     pub config: Arc<Config>,
 }
 
+/// Every route, each registered together with its OpenAPI operation (`#[utoipa::path]` on the handler): the
+/// router and the document come from this one list. Add routes here only through `routes!`, one handler
+/// per call, so nothing is served that the document does not describe.
+fn routes() -> OpenApiRouter<AppState> {
+    let v1 = OpenApiRouter::new()
+        .routes(routes!(agents::register))
+        .routes(routes!(agents::heartbeat))
+        .routes(routes!(agents::deregister))
+        .routes(routes!(agents::list))
+        .routes(routes!(agents::drain))
+        .routes(routes!(work::next))
+        .routes(routes!(tasks::list))
+        .routes(routes!(tasks::show))
+        .routes(routes!(work::start))
+        .routes(routes!(work::progress))
+        .routes(routes!(work::fail))
+        .routes(routes!(work::retry))
+        .routes(routes!(work::cancel))
+        .routes(routes!(webhooks::forgejo))
+        .routes(routes!(openapi_json));
+    OpenApiRouter::with_openapi(doc::ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(metrics))
+        .nest("/api/v1", v1)
+}
+
+/// The OpenAPI 3 document of the whole HTTP surface, as served at `GET /api/v1/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().into_openapi()
+}
+
 /// The whole HTTP surface.
 pub fn router(state: AppState) -> Router {
     let max_body_bytes = state.config.api.max_body_bytes;
-    let v1 = Router::new()
-        .route("/agents/register", post(agents::register))
-        .route("/agents/heartbeat", post(agents::heartbeat))
-        .route("/agents/deregister", post(agents::deregister))
-        .route("/agents", get(agents::list))
-        .route("/agents/{name}/drain", post(agents::drain))
-        .route("/assignments/next", post(work::next))
-        .route("/tasks", get(tasks::list))
-        .route("/tasks/{id}", get(tasks::show))
-        .route("/tasks/{id}/start", post(work::start))
-        .route("/tasks/{id}/progress", post(work::progress))
-        .route("/tasks/{id}/fail", post(work::fail))
-        .route("/tasks/{id}/retry", post(work::retry))
-        .route("/tasks/{id}/cancel", post(work::cancel));
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .nest("/api/v1", v1)
+    let (routes, _) = routes().split_for_parts();
+    routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
 }
 
-async fn healthz() -> impl IntoResponse {
-    axum::Json(serde_json::json!({"status": "ok"}))
+/// The document as served: built once, on first request.
+static OPENAPI_JSON: LazyLock<String> =
+    LazyLock::new(|| openapi().to_pretty_json().expect("the OpenAPI document serializes"));
+
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    operation_id = "openapi",
+    tag = TAG_SYSTEM,
+    summary = "This API's OpenAPI 3 document",
+    description = "The machine-readable contract of every route, generated from the code. No token needed.",
+    responses((status = 200, description = "The OpenAPI document", body = Object, content_type = "application/json"))
+)]
+async fn openapi_json() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON.as_str())
 }
 
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// Always `ok` while the server answers.
+    #[schema(example = "ok")]
+    pub status: String,
+}
+
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "healthz",
+    tag = TAG_SYSTEM,
+    summary = "Liveness",
+    description = "Answers while the HTTP server runs. No token needed.",
+    responses((status = 200, description = "Alive", body = Health))
+)]
+async fn healthz() -> axum::Json<Health> {
+    axum::Json(Health { status: "ok".into() })
+}
+
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = TAG_SYSTEM,
+    summary = "Prometheus metrics",
+    description = "Tasks by state, queued tasks by priority, events appended, commands applied and event-append \
+        latency, in the Prometheus text format. No token needed.",
+    responses(
+        (status = 200, description = "Metrics", body = String, content_type = "text/plain; version=0.0.4; charset=utf-8"),
+        (status = 500, description = "Internal error", body = ErrorBody),
+    )
+)]
 async fn metrics(State(app): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     let (by_state, by_priority) = app.reads.with(|r| Ok((r.counts_by_state()?, r.queue_depth_by_priority()?))).await?;
     app.metrics.set_tasks(&by_state, &by_priority);
@@ -76,6 +143,6 @@ async fn not_found(uri: axum::http::Uri) -> ApiError {
 }
 
 async fn method_not_allowed() -> impl IntoResponse {
-    let body = serde_json::json!({"error": {"code": "method_not_allowed", "message": "this endpoint does not take that method"}});
+    let body = ErrorBody::new(ErrorCode::MethodNotAllowed, "this endpoint does not take that method");
     (StatusCode::METHOD_NOT_ALLOWED, axum::Json(body))
 }

@@ -3,23 +3,31 @@
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
+use super::doc::{LoggedEventDoc, TAG_TASKS, TaskDoc, TaskStateDoc, TaskSummaryDoc};
+use super::error::ErrorBody;
 use super::extract::Operator;
 use super::{ApiError, AppState};
 use crate::core::{Event, Task, TaskId, TaskState};
 use crate::store::TaskSummary;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Only tasks in this state.
+    #[param(value_type = Option<TaskStateDoc>)]
     state: Option<String>,
-    /// At most this many (default 100, at most 1000).
+    /// At most this many (default 100; values outside 1 to 1000 are clamped).
+    #[param(default = 100, minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct TaskList {
+    /// Newest change first.
+    #[schema(value_type = Vec<TaskSummaryDoc>)]
     pub tasks: Vec<TaskSummary>,
 }
 
@@ -30,21 +38,41 @@ pub struct LoggedEvent {
     pub event: Event,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct TaskDetail {
+    #[schema(value_type = TaskDoc)]
     pub task: Task,
+    /// The task's history, oldest first.
+    #[schema(value_type = Vec<LoggedEventDoc>)]
     pub events: Vec<LoggedEvent>,
     /// The agents' newest progress lines, oldest first.
     pub progress: Vec<ProgressLine>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ProgressLine {
     pub attempt: u32,
+    #[schema(value_type = String, format = DateTime)]
     pub at: crate::core::Timestamp,
     pub line: String,
 }
 
+#[utoipa::path(
+    get,
+    path = "/tasks",
+    operation_id = "list_tasks",
+    tag = TAG_TASKS,
+    summary = "List tasks",
+    description = "Operator only. The tasks of the mirror, most recently changed first.",
+    params(ListQuery),
+    security(("operator_token" = [])),
+    responses(
+        (status = 200, description = "The tasks", body = TaskList),
+        (status = 400, description = "An unknown state or query parameter", body = ErrorBody),
+        (status = 401, description = "Missing or wrong operator token, or none configured", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+    )
+)]
 pub async fn list(
     State(app): State<AppState>,
     _op: Operator,
@@ -63,6 +91,23 @@ pub async fn list(
     Ok(Json(TaskList { tasks }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/tasks/{id}",
+    operation_id = "show_task",
+    tag = TAG_TASKS,
+    summary = "Show a task with its events and progress",
+    description = "Operator only. The task in full, its event log and the newest progress lines.",
+    params(("id" = i64, Path, description = "The task's id")),
+    security(("operator_token" = [])),
+    responses(
+        (status = 200, description = "The task", body = TaskDetail),
+        (status = 400, description = "Invalid task id", body = ErrorBody),
+        (status = 401, description = "Missing or wrong operator token, or none configured", body = ErrorBody),
+        (status = 404, description = "No such task", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+    )
+)]
 pub async fn show(
     State(app): State<AppState>,
     _op: Operator,

@@ -7,26 +7,35 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
+use super::doc::{AgentFailureClassDoc, TAG_WORK, TaskStateDoc};
+use super::error::ErrorBody;
 use super::extract::{ApiJson, AuthAgent, Operator};
 use super::{ApiError, AppState};
 use crate::core::{FailureClass, TaskId, TaskState};
 use crate::engine::{Assignment, Command};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"wait_secs": 30, "request_key": "builder-1-0001"}))]
 pub struct NextRequest {
-    /// How long to wait for work, 0 to the server's maximum (default 60).
+    /// How long to wait for work, 0 (answer at once) to the server's maximum (`[agents] max_wait_secs`,
+    /// 60 by default).
     #[serde(default)]
+    #[schema(default = 0)]
     pub wait_secs: u64,
-    /// Repeat it when retrying a request whose answer was lost: the same assignment comes back.
+    /// An idempotency key, 1 to 128 characters. Use a new one for each new request and repeat it when
+    /// retrying a request whose answer was lost: the same assignment comes back, never a second one.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 128)]
     pub request_key: Option<String>,
 }
 
 /// Everything an agent needs to do a task.
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct AssignmentView {
+    #[schema(value_type = i64)]
     pub task_id: TaskId,
     pub attempt: u32,
     pub repo: String,
@@ -39,9 +48,11 @@ pub struct AssignmentView {
     pub base_branch: String,
     /// The branch to push the work to.
     pub branch: String,
-    /// Acknowledge (`start`) before this.
+    /// Acknowledge (`start`) before this, or the assignment is taken back.
+    #[schema(format = DateTime)]
     pub start_by: String,
     /// The task fails with `timeout` after this.
+    #[schema(format = DateTime)]
     pub deadline: String,
 }
 
@@ -67,6 +78,28 @@ impl AssignmentView {
 }
 
 /// `POST /assignments/next`: 200 with an assignment as soon as one fits, 204 when the wait ends.
+#[utoipa::path(
+    post,
+    path = "/assignments/next",
+    operation_id = "next_assignment",
+    tag = TAG_WORK,
+    summary = "Ask for work (long poll)",
+    description = "Answers as soon as a task fits the agent (its capabilities, a pin to its name, a free slot), \
+        or with 204 when `wait_secs` ends. The agent must `start` the task before `start_by`. A repeated \
+        `request_key` gets the lease it got before, so retry a lost answer with the same key.",
+    request_body = NextRequest,
+    security(("agent_token" = [])),
+    responses(
+        (status = 200, description = "A task to do", body = AssignmentView),
+        (status = 204, description = "No work arrived within `wait_secs`"),
+        (status = 400, description = "Invalid JSON, an unknown field, `wait_secs` above the server's maximum, or \
+            a `request_key` not 1 to 128 characters", body = ErrorBody),
+        (status = 401, description = "Missing, unknown or revoked agent token", body = ErrorBody),
+        (status = 413, description = "The body is larger than the server accepts", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+        (status = 503, description = "The server is shutting down", body = ErrorBody),
+    )
+)]
 pub async fn next(
     State(app): State<AppState>,
     AuthAgent(agent): AuthAgent,
@@ -88,16 +121,21 @@ pub async fn next(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"attempt": 1}))]
 pub struct AttemptRequest {
+    /// The attempt of the assignment (`attempt` in it).
     pub attempt: u32,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// Where a task stands after a command.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct TaskAck {
+    #[schema(value_type = i64)]
     pub task_id: TaskId,
     pub attempt: u32,
+    #[schema(value_type = TaskStateDoc)]
     pub state: TaskState,
 }
 
@@ -116,6 +154,30 @@ async fn ack(app: &AppState, task: TaskId, attempt: u32) -> Result<Json<TaskAck>
     Ok(Json(TaskAck { task_id: task, attempt, state }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/tasks/{id}/start",
+    operation_id = "start_task",
+    tag = TAG_WORK,
+    summary = "Acknowledge an assignment",
+    description = "Tells the server the agent has begun: the task goes from `assigned` to `running`. Must come before the \
+        assignment's `start_by`, or the task goes back to the queue.",
+    params(("id" = i64, Path, description = "The task's id")),
+    request_body = AttemptRequest,
+    security(("agent_token" = [])),
+    responses(
+        (status = 200, description = "Running", body = TaskAck),
+        (status = 400, description = "Invalid task id or JSON", body = ErrorBody),
+        (status = 401, description = "Missing, unknown or revoked agent token", body = ErrorBody),
+        (status = 403, description = "The agent does not hold the lease of this task and attempt", body = ErrorBody),
+        (status = 404, description = "No such task", body = ErrorBody),
+        (status = 409, description = "The transition does not apply: already started, or the attempt is stale (the \
+            lease was lost and the task moved on)", body = ErrorBody),
+        (status = 413, description = "The body is larger than the server accepts", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+        (status = 503, description = "The server is shutting down", body = ErrorBody),
+    )
+)]
 pub async fn start(
     State(app): State<AppState>,
     AuthAgent(agent): AuthAgent,
@@ -127,16 +189,42 @@ pub async fn start(
     ack(&app, task, req.attempt).await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"attempt": 1, "lines": ["cloned acme/app", "running cargo test"]}))]
 pub struct ProgressRequest {
     pub attempt: u32,
+    /// 1 to 100 log lines, each at most 4096 bytes. The server keeps the newest few hundred per task.
+    #[schema(min_items = 1, max_items = 100)]
     pub lines: Vec<String>,
 }
 
 const MAX_LINES: usize = 100;
 const MAX_LINE_BYTES: usize = 4096;
 
+#[utoipa::path(
+    post,
+    path = "/tasks/{id}/progress",
+    operation_id = "report_progress",
+    tag = TAG_WORK,
+    summary = "Report progress (log lines)",
+    description = "Lines for operators and chat, kept per task (`GET /tasks/{id}` shows them). Changes no state.",
+    params(("id" = i64, Path, description = "The task's id")),
+    request_body = ProgressRequest,
+    security(("agent_token" = [])),
+    responses(
+        (status = 200, description = "Recorded", body = TaskAck),
+        (status = 400, description = "Invalid task id or JSON, no lines, more than 100 lines, or a line longer than \
+            4096 bytes", body = ErrorBody),
+        (status = 401, description = "Missing, unknown or revoked agent token", body = ErrorBody),
+        (status = 403, description = "The agent does not hold the lease of this task and attempt", body = ErrorBody),
+        (status = 404, description = "No such task", body = ErrorBody),
+        (status = 409, description = "The attempt is stale (the lease was lost and the task moved on)", body = ErrorBody),
+        (status = 413, description = "The body is larger than the server accepts", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+        (status = 503, description = "The server is shutting down", body = ErrorBody),
+    )
+)]
 pub async fn progress(
     State(app): State<AppState>,
     AuthAgent(agent): AuthAgent,
@@ -154,15 +242,43 @@ pub async fn progress(
     ack(&app, task, req.attempt).await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"attempt": 1, "class": "agent_error", "message": "claude exited with status 1"}))]
 pub struct FailRequest {
     pub attempt: u32,
+    /// Why it failed; decides whether and when the task is retried.
+    #[schema(value_type = AgentFailureClassDoc)]
     pub class: String,
+    /// For people: shown in the issue comment. At most 64 KiB.
     #[serde(default)]
     pub message: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/tasks/{id}/fail",
+    operation_id = "fail_task",
+    tag = TAG_WORK,
+    summary = "Report a failed attempt",
+    description = "Ends the attempt. The retry policy of the class decides: back to the queue with a new attempt after a \
+        backoff, or `failed` when the class's retry budget is spent. `cancelled` cannot be reported by an agent.",
+    params(("id" = i64, Path, description = "The task's id")),
+    request_body = FailRequest,
+    security(("agent_token" = [])),
+    responses(
+        (status = 200, description = "Recorded; `state` says whether it is queued again or failed", body = TaskAck),
+        (status = 400, description = "Invalid task id or JSON, an unknown class, the class `cancelled`, or a message \
+            over 64 KiB", body = ErrorBody),
+        (status = 401, description = "Missing, unknown or revoked agent token", body = ErrorBody),
+        (status = 403, description = "The agent does not hold the lease of this task and attempt", body = ErrorBody),
+        (status = 404, description = "No such task", body = ErrorBody),
+        (status = 409, description = "The transition does not apply, or the attempt is stale", body = ErrorBody),
+        (status = 413, description = "The body is larger than the server accepts", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+        (status = 503, description = "The server is shutting down", body = ErrorBody),
+    )
+)]
 pub async fn fail(
     State(app): State<AppState>,
     AuthAgent(agent): AuthAgent,
@@ -180,6 +296,25 @@ pub async fn fail(
 }
 
 /// `POST /tasks/{id}/retry` (operator): a failed or cancelled task gets a new attempt and a fresh budget.
+#[utoipa::path(
+    post,
+    path = "/tasks/{id}/retry",
+    operation_id = "retry_task",
+    tag = TAG_WORK,
+    summary = "Retry a failed or cancelled task",
+    description = "Operator only. Queues a new attempt with a fresh retry budget. No body is needed.",
+    params(("id" = i64, Path, description = "The task's id")),
+    security(("operator_token" = [])),
+    responses(
+        (status = 200, description = "Queued again", body = TaskAck),
+        (status = 400, description = "Invalid task id", body = ErrorBody),
+        (status = 401, description = "Missing or wrong operator token, or none configured", body = ErrorBody),
+        (status = 404, description = "No such task", body = ErrorBody),
+        (status = 409, description = "The task is neither failed nor cancelled", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+        (status = 503, description = "The server is shutting down", body = ErrorBody),
+    )
+)]
 pub async fn retry(
     State(app): State<AppState>,
     _op: Operator,
@@ -190,6 +325,26 @@ pub async fn retry(
 }
 
 /// `POST /tasks/{id}/cancel` (operator): the agent running it is told to stop at its next heartbeat.
+#[utoipa::path(
+    post,
+    path = "/tasks/{id}/cancel",
+    operation_id = "cancel_task",
+    tag = TAG_WORK,
+    summary = "Cancel a task",
+    description = "Operator only. The agent running it is told to stop at its next heartbeat; a cancelled task is not \
+        retried unless an operator retries it. No body is needed.",
+    params(("id" = i64, Path, description = "The task's id")),
+    security(("operator_token" = [])),
+    responses(
+        (status = 200, description = "Cancelled", body = TaskAck),
+        (status = 400, description = "Invalid task id", body = ErrorBody),
+        (status = 401, description = "Missing or wrong operator token, or none configured", body = ErrorBody),
+        (status = 404, description = "No such task", body = ErrorBody),
+        (status = 409, description = "The task is already finished (completed, failed or cancelled)", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+        (status = 503, description = "The server is shutting down", body = ErrorBody),
+    )
+)]
 pub async fn cancel(
     State(app): State<AppState>,
     _op: Operator,

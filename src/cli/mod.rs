@@ -1,5 +1,7 @@
-//! The command line: `serve`, `config check`, `store rebuild`, `tasks`, `status`.
+//! The command line: `serve`, `config check`, `store rebuild`, `tasks`, `agents`, `status`, and the operator
+//! commands that go through the running server: `retry`, `cancel`, `agents drain`.
 
+mod remote;
 mod serve;
 mod views;
 
@@ -9,7 +11,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, LogFormat};
-use crate::core::TaskState;
+use crate::core::{AgentName, AgentStatus, TaskId, TaskState};
 use crate::store::{Store, StoreError, StoreLock};
 
 #[derive(Debug, Parser)]
@@ -21,6 +23,10 @@ pub struct Cli {
     /// Log as JSON lines instead of human-readable text (overrides `[server] log_format`).
     #[arg(long, global = true)]
     log_json: bool,
+    /// The running forgefleet that `retry`, `cancel` and `agents drain` talk to [default: http:// and
+    /// `[server] listen`, with 0.0.0.0 or [::] meaning this machine].
+    #[arg(long, global = true, env = "FORGEFLEET_SERVER", value_name = "URL")]
+    server: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -51,12 +57,69 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the registered agents with their status and load, or drain one (`agents drain NAME`).
+    #[command(args_conflicts_with_subcommands = true)]
+    Agents {
+        #[command(subcommand)]
+        command: Option<AgentsCommand>,
+        /// Only agents with this status (online, busy, draining, offline).
+        #[arg(long, value_parser = parse_agent_status)]
+        status: Option<AgentStatus>,
+        /// Only agents that have this capability.
+        #[arg(long)]
+        capability: Option<String>,
+        /// Print JSON for scripts instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Give a failed or cancelled task a new attempt (through the running server).
+    Retry {
+        /// The task's id, as `forgefleet tasks` shows it.
+        #[arg(value_name = "TASK_ID")]
+        task: TaskId,
+        /// Print the server's JSON answer instead of a sentence.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a task; an agent working on it is told to stop (through the running server).
+    Cancel {
+        /// The task's id, as `forgefleet tasks` shows it.
+        #[arg(value_name = "TASK_ID")]
+        task: TaskId,
+        /// Print the server's JSON answer instead of a sentence.
+        #[arg(long)]
+        json: bool,
+    },
     /// Summarise the fleet: tasks by state, queue depth, agents.
     Status {
         /// Print JSON for scripts instead of text.
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum AgentsCommand {
+    /// Stop giving an agent new work; it finishes what it runs (through the running server).
+    Drain {
+        /// The agent's name.
+        #[arg(value_parser = parse_agent_name)]
+        name: AgentName,
+        /// Print the server's JSON answer instead of a sentence.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_agent_status(s: &str) -> Result<AgentStatus, String> {
+    [AgentStatus::Online, AgentStatus::Busy, AgentStatus::Draining, AgentStatus::Offline]
+        .into_iter()
+        .find(|st| st.as_str() == s)
+        .ok_or_else(|| format!("unknown status {s:?}; expected online, busy, draining or offline"))
+}
+
+fn parse_agent_name(s: &str) -> Result<AgentName, String> {
+    AgentName::parse(s).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Subcommand)]
@@ -133,6 +196,19 @@ fn run(cli: Cli) -> Result<(), CliError> {
             };
             let store = Store::open_read_only(&config.store.path)?;
             views::tasks(&store, state, limit, json)
+        }
+        Command::Agents { command: None, status, capability, json } => {
+            let store = Store::open_read_only(&config.store.path)?;
+            views::agents(&store, status, capability.as_deref(), json)
+        }
+        Command::Agents { command: Some(AgentsCommand::Drain { name, json }), .. } => {
+            remote::drain(&remote::Remote::new(&config, cli.server.as_deref())?, &name, json)
+        }
+        Command::Retry { task, json } => {
+            remote::retry(&remote::Remote::new(&config, cli.server.as_deref())?, task, json)
+        }
+        Command::Cancel { task, json } => {
+            remote::cancel(&remote::Remote::new(&config, cli.server.as_deref())?, task, json)
         }
         Command::Status { json } => {
             let store = Store::open_read_only(&config.store.path)?;

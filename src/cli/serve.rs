@@ -36,9 +36,18 @@ pub fn run(config: Config) -> Result<(), CliError> {
             "forgefleet is serving"
         );
         let ticker = tokio::spawn(periodic_checks(handle, config.task_check_interval()));
+        let workers = server
+            .start_integrations(std::time::Duration::from_secs(1))
+            .map_err(|e| CliError::usage(format!("cannot start the Forgejo integration: {e:#}")))?;
+        if workers.is_none() {
+            tracing::info!("no [forgejo] url configured: nothing is watched; agents and the API work as usual");
+        }
         let result = axum::serve(listener, server.router()).with_graceful_shutdown(shutdown_signal()).await;
         ticker.abort();
         let _ = ticker.await;
+        if let Some(w) = workers {
+            w.abort();
+        }
         result.map_err(|e| CliError::failure(format!("the HTTP server failed: {e}")))
     });
     // Every engine handle is gone now; the engine finishes what it was given and stops.

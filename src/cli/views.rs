@@ -1,11 +1,12 @@
-//! `tasks` and `status`: read straight from the database (read-only), so they work with or without `serve`.
+//! `tasks`, `agents` and `status`: read straight from the database (read-only), so they work with or without `serve`.
 
 use std::collections::BTreeMap;
 
 use serde_json::json;
 
 use super::CliError;
-use crate::core::{AgentStatus, Priority, TaskState};
+use crate::api::AgentView;
+use crate::core::{AgentState, AgentStatus, Priority, TaskState};
 use crate::store::Store;
 
 pub fn tasks(store: &Store, state: Option<TaskState>, limit: u32, as_json: bool) -> Result<(), CliError> {
@@ -37,6 +38,59 @@ pub fn tasks(store: &Store, state: Option<TaskState>, limit: u32, as_json: bool)
     Ok(())
 }
 
+/// Registered agents (not the deregistered), by name, optionally only those with a status or a capability.
+pub fn agents(
+    store: &Store,
+    status: Option<AgentStatus>,
+    capability: Option<&str>,
+    as_json: bool,
+) -> Result<(), CliError> {
+    let agents: Vec<AgentView> = store
+        .read()
+        .agents()?
+        .into_iter()
+        .filter(|row| row.agent.state != AgentState::Deregistered)
+        .filter(|row| capability.is_none_or(|c| row.agent.capabilities.contains(c)))
+        .map(|row| AgentView {
+            status: row.agent.status(row.running),
+            name: row.agent.name.to_string(),
+            adapter: row.agent.adapter,
+            capabilities: row.agent.capabilities.into_iter().collect(),
+            max_concurrency: row.agent.max_concurrency,
+            running: row.running,
+            version: row.agent.version,
+            last_heartbeat_at: row.last_heartbeat_at.map(|t| t.to_rfc3339()),
+        })
+        .filter(|v| status.is_none_or(|s| v.status == s))
+        .collect();
+    if as_json {
+        println!("{}", json!({ "agents": agents }));
+        return Ok(());
+    }
+    if agents.is_empty() {
+        let filtered = status.is_some() || capability.is_some();
+        println!("{}", if filtered { "no agents match" } else { "no agents" });
+        return Ok(());
+    }
+    let dash = |s: String| if s.is_empty() { "-".to_string() } else { s };
+    let rows: Vec<[String; 7]> = agents
+        .into_iter()
+        .map(|a| {
+            [
+                a.name,
+                a.adapter,
+                a.status.as_str().to_string(),
+                format!("{}/{}", a.running, a.max_concurrency),
+                dash(a.capabilities.join(",")),
+                a.last_heartbeat_at.unwrap_or_else(|| "-".into()),
+                dash(shorten(&a.version, 30)),
+            ]
+        })
+        .collect();
+    print_table(["NAME", "ADAPTER", "STATUS", "RUNNING/SLOTS", "CAPABILITIES", "LAST HEARTBEAT", "VERSION"], &rows);
+    Ok(())
+}
+
 pub fn status(store: &Store, as_json: bool) -> Result<(), CliError> {
     let r = store.read();
     let events = r.event_count()?;
@@ -54,7 +108,7 @@ pub fn status(store: &Store, as_json: bool) -> Result<(), CliError> {
             .map(|s| (s.as_str(), 0))
             .collect();
     for a in r.agents()? {
-        if a.agent.state != crate::core::AgentState::Deregistered {
+        if a.agent.state != AgentState::Deregistered {
             *agents.entry(a.agent.status(a.running).as_str()).or_default() += 1;
         }
     }

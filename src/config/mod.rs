@@ -76,6 +76,11 @@ pub struct ServerConfig {
     /// Which log lines to keep, as a tracing `EnvFilter` directive such as `"info,forgefleet=debug"`;
     /// `RUST_LOG`, when set, is up to the program that sets up logging. Default: `"info"`.
     pub log_level: String,
+    /// A directory of templates (issue comments, chat messages) that replace the built-in ones of the same
+    /// file name; see `templates/` in the source for the names and the values each receives. Default: unset
+    /// (the built-in templates).
+    #[serde(with = "secret::optional")]
+    pub templates_dir: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -84,6 +89,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             log_format: LogFormat::Human,
             log_level: "info".into(),
+            templates_dir: None,
         }
     }
 }
@@ -239,6 +245,15 @@ pub struct ForgejoConfig {
     pub base_branch: String,
     /// Agents push their work to `<branch_prefix>issue-<N>-attempt-<A>`. Default: `"forgefleet/"`.
     pub branch_prefix: String,
+    /// The address Forgejo delivers webhooks to, as `forgefleet forgejo setup` registers it, e.g.
+    /// `"https://fleet.example.com/api/v1/webhooks/forgejo"`. Default: unset (setup then needs `--webhook-url`).
+    #[serde(with = "secret::optional")]
+    pub webhook_url: Option<String>,
+    /// Post a comment when an agent starts on an issue. Default: `true`.
+    pub comment_on_start: bool,
+    /// Forgejo users of agents, `agent name = "login"`: the user becomes the issue's assignee while the
+    /// agent works on it. Default: empty.
+    pub agent_users: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for ForgejoConfig {
@@ -253,6 +268,9 @@ impl Default for ForgejoConfig {
             full_sweep_hours: 24,
             base_branch: "main".into(),
             branch_prefix: "forgefleet/".into(),
+            webhook_url: None,
+            comment_on_start: true,
+            agent_users: Default::default(),
         }
     }
 }

@@ -99,6 +99,12 @@ impl Blank for String {
     }
 }
 
+impl Blank for std::path::PathBuf {
+    fn is_blank(&self) -> bool {
+        self.as_os_str().is_empty()
+    }
+}
+
 impl Blank for Secret {
     fn is_blank(&self) -> bool {
         self.0.is_empty()

@@ -115,6 +115,14 @@ fn check_forgejo(c: &Config, p: &mut Problems) {
     if f.base_branch.is_empty() || !ref_ok(&f.base_branch) {
         p.add("forgejo.base_branch", "must be a branch name (letters, digits, '/', '-', '_', '.')");
     }
+    p.url("forgejo.webhook_url", f.webhook_url.as_deref());
+    for (agent, login) in &f.agent_users {
+        if let Err(e) = crate::core::AgentName::parse(agent) {
+            p.add(format!("forgejo.agent_users.{agent}"), e.to_string());
+        } else if login.trim().is_empty() {
+            p.add(format!("forgejo.agent_users.{agent}"), "must name a Forgejo user");
+        }
+    }
     if !ref_ok(&f.branch_prefix) {
         p.add("forgejo.branch_prefix", "may hold only letters, digits, '/', '-', '_' and '.'");
     }

@@ -1,49 +1,155 @@
-//! Side effects a change asks for: written to the outbox in the same transaction as the change itself.
+//! Side effects a change asks for: written to the outbox in the same transaction as the change itself, and
+//! delivered later by workers (Forgejo labels and comments, Matrix messages).
 
 use serde::{Deserialize, Serialize};
 
-use super::ids::IssueRef;
+use super::event::Event;
+use super::ids::{AgentId, IssueRef, TaskId};
 use super::labels::StatusLabel;
-use super::task::Task;
+use super::policy::{FailureClass, RetryDecision};
+use super::receipt::Receipt;
+use super::task::{Task, TaskState};
+use super::time::Timestamp;
+
+/// What an issue comment (and a chat message) tells people about a task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "notice", rename_all = "snake_case")]
+pub enum Notice {
+    Started {
+        agent: AgentId,
+    },
+    Completed {
+        agent: Option<AgentId>,
+        receipt: Option<Receipt>,
+        started_at: Option<Timestamp>,
+        finished_at: Timestamp,
+    },
+    Retrying {
+        class: FailureClass,
+        message: String,
+        retries_left: u32,
+        not_before: Timestamp,
+    },
+    Failed {
+        class: FailureClass,
+        message: String,
+    },
+    Cancelled {
+        reason: String,
+        was_running: bool,
+    },
+}
+
+impl Notice {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Notice::Started { .. } => "started",
+            Notice::Completed { .. } => "completed",
+            Notice::Retrying { .. } => "retrying",
+            Notice::Failed { .. } => "failed",
+            Notice::Cancelled { .. } => "cancelled",
+        }
+    }
+}
 
 /// Something to do in the outside world because a task changed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Effect {
-    /// Leave `status` as the issue's only `status:*` label.
-    SetStatusLabel { issue: IssueRef, status: StatusLabel },
+    /// Leave `status` as the issue's only `status:*` label (none at all for `None`).
+    SetStatusLabel { issue: IssueRef, status: Option<StatusLabel> },
+    /// Tell the people on the issue what happened to one attempt.
+    Comment { issue: IssueRef, task: TaskId, attempt: u32, notice: Notice },
+    /// Make the agent's Forgejo user (if it has one) the issue's assignee, or clear it.
+    SetAssignee { issue: IssueRef, agent: Option<AgentId> },
+    /// Commands a person wrote in a comment: their permission is checked, then they run.
+    RunCommands { issue: IssueRef, comment_id: i64, author: String, lines: Vec<String> },
+    /// An answer to a person, posted once (`key` becomes the comment's hidden marker).
+    Reply { issue: IssueRef, key: String, body: String },
+    /// A reaction on a comment: the quiet "done" for a command that worked.
+    React { issue: IssueRef, comment_id: i64, content: String },
 }
 
 impl Effect {
     pub fn kind(&self) -> &'static str {
         match self {
             Effect::SetStatusLabel { .. } => "set_status_label",
+            Effect::Comment { .. } => "comment",
+            Effect::SetAssignee { .. } => "set_assignee",
+            Effect::RunCommands { .. } => "run_commands",
+            Effect::Reply { .. } => "reply",
+            Effect::React { .. } => "react",
         }
     }
 }
 
-/// The effects of one task going from `before` (None: it did not exist) to `after`.
-/// A new task needs no label: its issue carries `status:todo` already, which is why it exists.
-pub fn effects_of(before: Option<&Task>, after: &Task) -> Vec<Effect> {
-    let was = before.map(|t| t.state.status_label()).unwrap_or(StatusLabel::Todo);
+/// The effects of `event` taking a task from `before` (None: it did not exist) to `after`.
+pub fn effects_of(before: Option<&Task>, after: &Task, event: &Event) -> Vec<Effect> {
+    let mut out = Vec::new();
+    let issue = || after.issue.clone();
+    // A new task needs no label: its issue carries `status:todo` already, which is why it exists.
+    let was = before.map_or(Some(StatusLabel::Todo), |t| t.state.status_label());
     let now = after.state.status_label();
-    if was == now {
-        return Vec::new();
+    // `agent_lost` is a passing state: its own retry decision follows in the same command.
+    if was != now && after.state != TaskState::AgentLost {
+        out.push(Effect::SetStatusLabel { issue: issue(), status: now });
     }
-    vec![Effect::SetStatusLabel { issue: after.issue.clone(), status: now }]
+    let comment = |attempt: u32, notice: Notice| Effect::Comment { issue: issue(), task: after.id, attempt, notice };
+    let held_by = before.and_then(|t| t.lease.as_ref());
+    match event {
+        Event::TaskAssigned { agent, .. } => {
+            out.push(Effect::SetAssignee { issue: issue(), agent: Some(*agent) });
+        }
+        Event::TaskStarted { attempt, .. } => {
+            if let Some(l) = &after.lease {
+                out.push(comment(*attempt, Notice::Started { agent: l.agent }));
+            }
+        }
+        Event::TaskCompleted { attempt, .. } => {
+            let receipt = before.and_then(|t| t.receipt.as_ref());
+            out.push(comment(
+                *attempt,
+                Notice::Completed {
+                    agent: held_by.map(|l| l.agent),
+                    receipt: receipt.cloned(),
+                    started_at: held_by.and_then(|l| l.started_at),
+                    finished_at: event.at(),
+                },
+            ));
+            out.push(Effect::SetAssignee { issue: issue(), agent: None });
+        }
+        Event::AttemptFailed { attempt, class, message, decision, .. } => {
+            let notice = match decision {
+                RetryDecision::Retry { not_before, retries_left } => Notice::Retrying {
+                    class: *class,
+                    message: message.clone(),
+                    retries_left: *retries_left,
+                    not_before: *not_before,
+                },
+                RetryDecision::GiveUp => Notice::Failed { class: *class, message: message.clone() },
+            };
+            out.push(comment(*attempt, notice));
+            out.push(Effect::SetAssignee { issue: issue(), agent: None });
+        }
+        Event::TaskCancelled { attempt, reason, .. } => {
+            out.push(comment(*attempt, Notice::Cancelled { reason: reason.clone(), was_running: held_by.is_some() }));
+            if held_by.is_some() {
+                out.push(Effect::SetAssignee { issue: issue(), agent: None });
+            }
+        }
+        _ => {}
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::event::Event;
-    use crate::core::ids::{AgentId, RepoName, TaskId};
+    use crate::core::ids::RepoName;
     use crate::core::labels::TaskSpec;
-    use crate::core::time::Timestamp;
 
-    #[test]
-    fn only_a_change_of_status_label_is_an_effect() {
-        let q = Event::TaskQueued {
+    fn queued() -> (Task, Event) {
+        let e = Event::TaskQueued {
             task: TaskId(1),
             issue: IssueRef { repo: RepoName::parse("a/b").unwrap(), number: 1 },
             title: "t".into(),
@@ -52,26 +158,82 @@ mod tests {
             spec: TaskSpec::default(),
             at: Timestamp(0),
         };
-        let queued = Task::queued(&q).unwrap();
-        assert!(effects_of(None, &queued).is_empty());
-        let mut assigned = queued.clone();
-        assigned
-            .apply(&Event::TaskAssigned {
+        (Task::queued(&e).unwrap(), e)
+    }
+
+    fn step(t: &Task, e: Event) -> (Task, Vec<Effect>) {
+        let mut next = t.clone();
+        next.apply(&e).unwrap();
+        let effects = effects_of(Some(t), &next, &e);
+        (next, effects)
+    }
+
+    #[test]
+    fn a_new_task_needs_no_effect_and_assignment_sets_doing_and_the_assignee() {
+        let (queued, e) = queued();
+        assert!(effects_of(None, &queued, &e).is_empty());
+        let assign = Event::TaskAssigned {
+            task: TaskId(1),
+            attempt: 1,
+            agent: AgentId(4),
+            at: Timestamp(1),
+            start_by: Timestamp(2),
+            deadline: Timestamp(3),
+            request_key: None,
+        };
+        let (assigned, fx) = step(&queued, assign);
+        assert_eq!(
+            fx,
+            [
+                Effect::SetStatusLabel { issue: queued.issue.clone(), status: Some(StatusLabel::Doing) },
+                Effect::SetAssignee { issue: queued.issue.clone(), agent: Some(AgentId(4)) },
+            ]
+        );
+        let (_, fx) = step(&assigned, Event::TaskStarted { task: TaskId(1), attempt: 1, at: Timestamp(2) });
+        assert!(matches!(&fx[..], [Effect::Comment { notice: Notice::Started { agent: AgentId(4) }, .. }]), "{fx:?}");
+    }
+
+    #[test]
+    fn a_retry_comments_with_the_decision_and_puts_todo_back() {
+        let (queued, _) = queued();
+        let (assigned, _) = step(
+            &queued,
+            Event::TaskAssigned {
                 task: TaskId(1),
                 attempt: 1,
-                agent: AgentId(1),
+                agent: AgentId(4),
                 at: Timestamp(1),
                 start_by: Timestamp(2),
                 deadline: Timestamp(3),
                 request_key: None,
-            })
-            .unwrap();
-        assert_eq!(
-            effects_of(Some(&queued), &assigned),
-            [Effect::SetStatusLabel { issue: queued.issue.clone(), status: StatusLabel::Doing }]
+            },
         );
-        let mut started = assigned.clone();
-        started.apply(&Event::TaskStarted { task: TaskId(1), attempt: 1, at: Timestamp(2) }).unwrap();
-        assert!(effects_of(Some(&assigned), &started).is_empty());
+        let decision = RetryDecision::Retry { not_before: Timestamp(99), retries_left: 1 };
+        let failed = Event::AttemptFailed {
+            task: TaskId(1),
+            attempt: 1,
+            class: FailureClass::AgentError,
+            message: "exit 1".into(),
+            decision,
+            at: Timestamp(5),
+        };
+        let (_, fx) = step(&assigned, failed);
+        assert!(fx.contains(&Effect::SetStatusLabel { issue: queued.issue.clone(), status: Some(StatusLabel::Todo) }));
+        assert!(
+            fx.iter().any(|e| matches!(e, Effect::Comment { notice: Notice::Retrying { retries_left: 1, .. }, .. }))
+        );
+    }
+
+    #[test]
+    fn cancelling_removes_the_status_label_and_says_why() {
+        let (queued, _) = queued();
+        let (_, fx) = step(
+            &queued,
+            Event::TaskCancelled { task: TaskId(1), attempt: 1, reason: "closed".into(), at: Timestamp(1) },
+        );
+        assert_eq!(fx[0], Effect::SetStatusLabel { issue: queued.issue.clone(), status: None });
+        assert!(
+            matches!(&fx[1], Effect::Comment { notice: Notice::Cancelled { reason, was_running: false }, .. } if reason == "closed")
+        );
     }
 }

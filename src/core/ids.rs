@@ -118,6 +118,13 @@ impl RepoName {
     }
 }
 
+impl FromStr for RepoName {
+    type Err = InvalidId;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
 impl TryFrom<String> for RepoName {
     type Error = InvalidId;
     fn try_from(s: String) -> Result<Self, Self::Error> {

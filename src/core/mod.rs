@@ -1,6 +1,7 @@
 //! The domain, pure: no tokio, no SQL, no HTTP. Time comes in as an argument.
 
 pub mod agent;
+pub mod commands;
 pub mod effects;
 pub mod event;
 pub mod ids;
@@ -12,7 +13,7 @@ pub mod task;
 pub mod time;
 
 pub use agent::{Agent, AgentState, AgentStatus};
-pub use effects::{Effect, effects_of};
+pub use effects::{Effect, Notice, effects_of};
 pub use event::Event;
 pub use ids::{AgentId, AgentName, CommitSha, InvalidId, IssueRef, RepoName, TaskId};
 pub use labels::{LabelChange, LabelReading, LabelScheme, Priority, StatusLabel, TaskSpec};

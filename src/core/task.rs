@@ -69,13 +69,15 @@ impl TaskState {
         matches!(self, TaskState::Assigned | TaskState::Running | TaskState::Validating)
     }
 
-    /// The `status:*` label an issue in this state should carry.
-    pub fn status_label(self) -> StatusLabel {
+    /// The `status:*` label an issue in this state should carry. A cancelled task carries none: a person
+    /// called it off, usually by removing the label, and should not find a new one.
+    pub fn status_label(self) -> Option<StatusLabel> {
         match self {
-            TaskState::Queued | TaskState::AgentLost => StatusLabel::Todo,
-            TaskState::Assigned | TaskState::Running | TaskState::Validating => StatusLabel::Doing,
-            TaskState::Completed => StatusLabel::Done,
-            TaskState::Failed | TaskState::Cancelled => StatusLabel::Failed,
+            TaskState::Queued | TaskState::AgentLost => Some(StatusLabel::Todo),
+            TaskState::Assigned | TaskState::Running | TaskState::Validating => Some(StatusLabel::Doing),
+            TaskState::Completed => Some(StatusLabel::Done),
+            TaskState::Failed => Some(StatusLabel::Failed),
+            TaskState::Cancelled => None,
         }
     }
 }

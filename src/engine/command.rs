@@ -89,6 +89,35 @@ pub enum Command {
     },
     /// The periodic checks: leases not started in time, tasks past their deadline, silent agents.
     Tick,
+    /// A webhook's command, applied only the first time its content key is seen.
+    FromWebhook {
+        key: String,
+        inner: Box<Command>,
+    },
+    /// Commands from a comment, to run once the author's permission is checked.
+    QueueCommands {
+        issue: IssueRef,
+        comment_id: i64,
+        author: String,
+        lines: Vec<String>,
+    },
+    /// Any side effect a worker decided on (replies, reactions).
+    Enqueue(crate::core::Effect),
+    /// The outbox row was delivered.
+    OutboxDelivered {
+        id: i64,
+    },
+    /// The outbox row failed; try again after `retry_in`.
+    OutboxFailed {
+        id: i64,
+        error: String,
+        retry_in: std::time::Duration,
+    },
+    /// A small durable setting (a reconciliation cursor).
+    SetMeta {
+        key: String,
+        value: String,
+    },
 }
 
 impl Command {
@@ -98,6 +127,7 @@ impl Command {
         matches!(
             self,
             Command::ObserveIssue(_)
+                | Command::FromWebhook { .. }
                 | Command::FailTask { .. }
                 | Command::FinishValidation { .. }
                 | Command::CancelTask { .. }
@@ -136,6 +166,8 @@ pub enum Reply {
     Assignment(Option<Box<Assignment>>),
     /// Tasks that went back to the queue.
     Requeued(Vec<TaskId>),
+    /// A webhook whose content was seen before: nothing was done.
+    Duplicate,
     Done,
     Ticked(TickReport),
 }

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use super::command::{Assignment, Command, EngineError, IssueObservation, Registration, Reply, TickReport};
 use crate::core::{
-    AgentId, AgentState, Event, FailureClass, LabelScheme, RetryDecision, RetryPolicy, StatusLabel, Task, TaskId,
-    TaskState, Timestamp, TransitionError,
+    AgentId, AgentState, Effect, Event, FailureClass, LabelScheme, RetryDecision, RetryPolicy, StatusLabel, Task,
+    TaskId, TaskState, Timestamp, TransitionError,
 };
 use crate::store::WriteTx;
 
@@ -104,6 +104,32 @@ pub fn handle(s: &EngineSettings, tx: &WriteTx<'_>, cmd: Command, now: Timestamp
             lose_leases_of(s, tx, agent, now, true).map(Reply::Requeued)
         }
         Command::Tick => tick(s, tx, now).map(Reply::Ticked),
+        Command::FromWebhook { key, inner } => {
+            if !tx.first_sighting(&key, now)? {
+                return Ok(Reply::Duplicate);
+            }
+            handle(s, tx, *inner, now)
+        }
+        Command::QueueCommands { issue, comment_id, author, lines } => {
+            tx.enqueue(&Effect::RunCommands { issue, comment_id, author, lines }, None, now)?;
+            Ok(Reply::Done)
+        }
+        Command::Enqueue(effect) => {
+            tx.enqueue(&effect, None, now)?;
+            Ok(Reply::Done)
+        }
+        Command::OutboxDelivered { id } => {
+            tx.outbox_delivered(id, now)?;
+            Ok(Reply::Done)
+        }
+        Command::OutboxFailed { id, error, retry_in } => {
+            tx.outbox_failed(id, &error, now + retry_in)?;
+            Ok(Reply::Done)
+        }
+        Command::SetMeta { key, value } => {
+            tx.set_meta(&key, &value)?;
+            Ok(Reply::Done)
+        }
     }
 }
 
@@ -158,34 +184,53 @@ fn observe_issue(s: &EngineSettings, tx: &WriteTx<'_>, o: IssueObservation, now:
         })?;
         return Ok(Some(task));
     }
-    match existing {
-        None => Ok(None),
-        Some(t) if t.state.is_terminal() => Ok(Some(t.id)),
-        Some(t) => {
-            // While active, the issue carries `todo` or (once we labelled it) `doing`. Neither, or a closed
-            // issue, means a person called the work off.
-            let still_wanted = o.open
-                && (reading.statuses.contains(&StatusLabel::Todo) || reading.statuses.contains(&StatusLabel::Doing));
-            if !still_wanted {
-                let reason = if o.open {
-                    format!("the `{}` label was removed", s.labels.todo)
-                } else {
-                    "the issue was closed".to_string()
-                };
-                tx.append(&Event::TaskCancelled { task: t.id, attempt: t.attempt, reason, at: now })?;
-            } else if o.title != t.title || o.body != t.body || o.labels != t.labels || reading.spec != t.spec {
-                tx.append(&Event::TaskSpecChanged {
-                    task: t.id,
-                    title: o.title,
-                    body: o.body,
-                    labels: o.labels,
-                    spec: reading.spec,
-                    at: now,
-                })?;
-            }
-            Ok(Some(t.id))
-        }
+    let Some(t) = existing else { return Ok(None) };
+    let changed = o.title != t.title || o.body != t.body || o.labels != t.labels || reading.spec != t.spec;
+    // While active, the issue carries `todo` or (once we labelled it) `doing`. Neither, or a closed issue,
+    // means a person called the work off.
+    let called_off = !t.state.is_terminal()
+        && !(o.open
+            && (reading.statuses.contains(&StatusLabel::Todo) || reading.statuses.contains(&StatusLabel::Doing)));
+    if called_off {
+        let reason = if o.open {
+            format!("the `{}` label was removed", s.labels.todo)
+        } else {
+            "the issue was closed".to_string()
+        };
+        tx.append(&Event::TaskCancelled { task: t.id, attempt: t.attempt, reason, at: now })?;
+        return Ok(Some(t.id));
     }
+    if changed {
+        // Finished tasks record what people see too, so that a later relabel to `todo` is recognised.
+        tx.append(&Event::TaskSpecChanged {
+            task: t.id,
+            title: o.title,
+            body: o.body,
+            labels: o.labels,
+            spec: reading.spec,
+            at: now,
+        })?;
+    }
+    repair_status_label(tx, &t, &o.issue, &reading.statuses, now)?;
+    Ok(Some(t.id))
+}
+
+/// Exactly one `status:*` label, the one the task's state calls for. An active task's issue is brought back
+/// in line whenever it drifts; a finished one only when it carries several (a person may remove ours).
+fn repair_status_label(
+    tx: &WriteTx<'_>,
+    t: &Task,
+    issue: &crate::core::IssueRef,
+    seen: &[StatusLabel],
+    now: Timestamp,
+) -> Result<()> {
+    let want = t.state.status_label();
+    let drifted = if t.state.is_terminal() { seen.len() > 1 && want.is_some() } else { seen != want.as_slice() };
+    // A label write still on its way explains what was seen; another would only repeat it.
+    if drifted && !tx.read().label_write_pending(issue)? {
+        tx.enqueue(&Effect::SetStatusLabel { issue: issue.clone(), status: want }, None, now)?;
+    }
+    Ok(())
 }
 
 fn register(tx: &WriteTx<'_>, r: Registration, now: Timestamp) -> Result<AgentId> {

@@ -22,7 +22,7 @@ const ANSWER_GRACE: Duration = Duration::from_secs(5);
 type Responder<T> = oneshot::Sender<Result<T, EngineError>>;
 
 enum Envelope {
-    Command(Command, Responder<Reply>),
+    Command(Box<Command>, Responder<Reply>),
     /// A long-poll: answered at once if a task fits, else when one does, or never if the wait ends first.
     Wait {
         agent: AgentId,
@@ -49,7 +49,7 @@ impl EngineHandle {
     /// Sends a command and waits for its reply, which comes only after its transaction committed.
     pub async fn send(&self, cmd: Command) -> Result<Reply, EngineError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Envelope::Command(cmd, reply)).await.map_err(|_| EngineError::Stopped)?;
+        self.tx.send(Envelope::Command(Box::new(cmd), reply)).await.map_err(|_| EngineError::Stopped)?;
         rx.await.map_err(|_| EngineError::Stopped)?
     }
 
@@ -127,7 +127,7 @@ fn run_batch(engine: &mut Engine, observer: &impl BatchObserver, batch: Vec<Enve
     for envelope in batch {
         match envelope {
             Envelope::Command(cmd, reply) => {
-                cmds.push(cmd);
+                cmds.push(*cmd);
                 pending.push(Pending::Command(reply));
             }
             // Its caller gave up already: do not hand it a task it would never hear of.

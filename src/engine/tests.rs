@@ -102,7 +102,8 @@ fn an_agent_pulls_starts_and_the_issue_gets_doing() {
     f.start(a1, &a);
     assert_eq!(f.task(task).state, TaskState::Running);
     let outbox = f.engine.store.read().outbox_due(Timestamp(i64::MAX), 10).unwrap();
-    assert_eq!(outbox.len(), 1);
+    let kinds: Vec<&str> = outbox.iter().map(|o| o.kind.as_str()).collect();
+    assert_eq!(kinds, ["set_status_label", "set_assignee", "comment"], "doing, the assignee, and 'started'");
     assert!(outbox[0].payload.contains("\"status\":\"doing\""), "{}", outbox[0].payload);
     assert!(f.pull(a1).is_none(), "one slot, already used");
 }

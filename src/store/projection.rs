@@ -21,15 +21,59 @@ impl WriteTx<'_> {
         let seq = insert_event(&self.tx, event)?;
         let effects = project(&self.tx, event)?;
         for effect in &effects {
-            let payload = serde_json::to_string(effect).map_err(|e| StoreError::Decode(e.to_string()))?;
-            self.tx
-                .prepare_cached(
-                    "INSERT INTO outbox (event_seq, kind, payload, created_at, next_attempt_at)
-                     VALUES (?1, ?2, ?3, ?4, ?4)",
-                )?
-                .execute(params![seq, effect.kind(), payload, event.at().0])?;
+            self.enqueue(effect, Some(seq), event.at())?;
         }
         Ok(Appended { seq, effects })
+    }
+
+    /// Queues a side effect for delivery; `cause` is the event behind it, if any.
+    pub fn enqueue(&self, effect: &Effect, cause: Option<i64>, at: Timestamp) -> Result<i64> {
+        let payload = serde_json::to_string(effect).map_err(|e| StoreError::Decode(e.to_string()))?;
+        self.tx
+            .prepare_cached(
+                "INSERT INTO outbox (event_seq, kind, payload, created_at, next_attempt_at) VALUES (?1, ?2, ?3, ?4, ?4)",
+            )?
+            .execute(params![cause, effect.kind(), payload, at.0])?;
+        Ok(self.tx.last_insert_rowid())
+    }
+
+    /// A side effect was delivered: it is kept, marked, for the record.
+    pub fn outbox_delivered(&self, id: i64, at: Timestamp) -> Result<bool> {
+        let n = self
+            .tx
+            .prepare_cached(
+                "UPDATE outbox SET delivered_at = ?2, attempts = attempts + 1 WHERE id = ?1 AND delivered_at IS NULL",
+            )?
+            .execute(params![id, at.0])?;
+        Ok(n == 1)
+    }
+
+    /// A delivery failed: try again at `retry_at`.
+    pub fn outbox_failed(&self, id: i64, error: &str, retry_at: Timestamp) -> Result<bool> {
+        let n = self
+            .tx
+            .prepare_cached(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = ?2, next_attempt_at = ?3
+                 WHERE id = ?1 AND delivered_at IS NULL",
+            )?
+            .execute(params![id, error, retry_at.0])?;
+        Ok(n == 1)
+    }
+
+    /// Records a webhook delivery's content key; false if it was seen before (a replay or a duplicate).
+    pub fn first_sighting(&self, key: &str, at: Timestamp) -> Result<bool> {
+        let n = self
+            .tx
+            .prepare_cached("INSERT OR IGNORE INTO webhook_seen (key, at) VALUES (?1, ?2)")?
+            .execute(params![key, at.0])?;
+        Ok(n == 1)
+    }
+
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        self.tx
+            .prepare_cached("INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = ?2")?
+            .execute(params![key, value])?;
+        Ok(())
     }
 
     /// Keeps an agent's progress lines for a task, and only the newest `keep` of them.
@@ -88,7 +132,7 @@ fn project(conn: &Connection, event: &Event) -> Result<Vec<Effect>> {
             }
         };
         save_task(conn, &after)?;
-        return Ok(effects_of(before.as_ref(), &after));
+        return Ok(effects_of(before.as_ref(), &after, event));
     }
     if let Some(id) = event.agent() {
         let agent = match load_agent(conn, id)? {

@@ -6,7 +6,9 @@ use serde::Serialize;
 use super::projection::{decode, load_agent, load_task};
 use super::{ReadView, Result};
 use crate::core::queue::{Candidate, QueueKey, pick_next};
-use crate::core::{Agent, AgentId, AgentName, Event, IssueRef, Priority, Task, TaskId, TaskSpec, TaskState, Timestamp};
+use crate::core::{
+    Agent, AgentId, AgentName, Event, IssueRef, Priority, RepoName, Task, TaskId, TaskSpec, TaskState, Timestamp,
+};
 
 /// A task as listed: enough to show a table without its body.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -34,7 +36,7 @@ pub struct AgentRow {
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboxRow {
     pub id: i64,
-    pub event_seq: i64,
+    pub event_seq: Option<i64>,
     pub kind: String,
     pub payload: String,
     pub attempts: u32,
@@ -292,6 +294,43 @@ impl ReadView<'_> {
         Ok(AgentId(
             self.conn.prepare_cached("SELECT COALESCE(MAX(id), 0) + 1 FROM agents")?.query_row([], |r| r.get(0))?,
         ))
+    }
+
+    /// A small durable setting, such as a reconciliation cursor.
+    pub fn meta(&self, key: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+            .query_row([key], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Whether a status label change for this issue waits in the outbox.
+    pub fn label_write_pending(&self, issue: &IssueRef) -> Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM outbox WHERE delivered_at IS NULL AND kind = 'set_status_label'
+                 AND json_extract(payload, '$.issue.repo') = ?1 AND json_extract(payload, '$.issue.number') = ?2)",
+            )?
+            .query_row(params![issue.repo.as_str(), issue.number as i64], |r| r.get(0))?)
+    }
+
+    /// The issues of a repository whose tasks are not finished.
+    pub fn active_issues(&self, repo: &RepoName) -> Result<Vec<u64>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT issue FROM tasks WHERE repo = ?1 AND state NOT IN ('completed', 'failed', 'cancelled') ORDER BY issue",
+        )?;
+        let rows = stmt.query_map([repo.as_str()], |r| r.get::<_, i64>(0))?;
+        Ok(rows.map(|r| r.map(|n| n as u64)).collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// How many side effects wait for delivery.
+    pub fn outbox_pending(&self) -> Result<u64> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL")?
+            .query_row([], |r| r.get(0))?)
     }
 
     /// Undelivered side effects that are due, oldest first.

@@ -67,7 +67,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
 
     CREATE TABLE outbox (
         id              INTEGER PRIMARY KEY,
-        event_seq       INTEGER NOT NULL REFERENCES events(seq),
+        -- The event that caused it; NULL for work that no event caused (answers to a person's command).
+        event_seq       INTEGER REFERENCES events(seq),
         kind            TEXT    NOT NULL,
         payload         TEXT    NOT NULL,
         created_at      INTEGER NOT NULL,
@@ -93,6 +94,19 @@ pub(super) const MIGRATIONS: &[&str] = &[
         line    TEXT    NOT NULL
     );
     CREATE INDEX progress_by_task ON progress(task_id, id);
+    "#,
+    // 3: webhook deduplication and small durable settings (reconciliation cursors).
+    r#"
+    -- A replayed delivery has a new id but the same content: its key says it was seen.
+    CREATE TABLE webhook_seen (
+        key TEXT PRIMARY KEY,
+        at  INTEGER NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) WITHOUT ROWID;
     "#,
 ];
 

@@ -85,7 +85,7 @@ fn appending_updates_the_projection_and_queues_effects_in_one_transaction() {
         request_key: None,
     };
     let a = tx.append(&assigned).unwrap();
-    assert_eq!(a.effects.len(), 1, "assigning sets status:doing");
+    assert_eq!(a.effects.len(), 2, "assigning sets status:doing and the assignee");
     tx.commit().unwrap();
     let r = s.read();
     let t = r.task(TaskId(1)).unwrap().unwrap();
@@ -93,7 +93,7 @@ fn appending_updates_the_projection_and_queues_effects_in_one_transaction() {
     assert_eq!(r.running_count(AgentId(1)).unwrap(), 1);
     assert_eq!(r.leases_of(AgentId(1)).unwrap(), [(TaskId(1), 1)]);
     let due = r.outbox_due(Timestamp(5), 10).unwrap();
-    assert_eq!(due.len(), 1);
+    assert_eq!(due.len(), 2);
     assert!(due[0].payload.contains("doing"), "{}", due[0].payload);
     assert_eq!(r.task_events(TaskId(1)).unwrap().len(), 2);
 }

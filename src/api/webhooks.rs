@@ -1,0 +1,115 @@
+//! `POST /api/v1/webhooks/forgejo`: signed deliveries only, stored through the engine and answered at once.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use serde::Serialize;
+
+use super::{ApiError, AppState};
+use crate::core::commands::{Place, new_commands, parse};
+use crate::engine::{Command, Reply};
+use crate::integrations::forgejo::deliver::observation;
+use crate::integrations::forgejo::webhook::{Delivery, WebhookError, verify};
+
+/// A Forgejo webhook payload, as Forgejo sends it (`issues`, `issue_comment`, `pull_request`, ...); only the
+/// common fields are described here. Documentation only: the handler reads the raw bytes.
+#[derive(Debug, utoipa::ToSchema)]
+#[schema(example = json!({"action": "label_updated", "number": 7, "issue": {}, "repository": {}, "sender": {}}))]
+#[allow(dead_code)]
+pub struct WebhookPayload {
+    /// `opened`, `closed`, `label_updated`, `created`, ...
+    action: String,
+    number: Option<u64>,
+    #[schema(value_type = Object)]
+    issue: Option<serde_json::Value>,
+    #[schema(value_type = Object)]
+    repository: serde_json::Value,
+    #[schema(value_type = Object)]
+    sender: serde_json::Value,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct WebhookAnswer {
+    /// `applied`, `duplicate` (seen before: a replay), or `ignored` (not for us).
+    pub status: &'static str,
+}
+
+fn header<'a>(headers: &'a HeaderMap, names: &[&str]) -> Option<&'a str> {
+    names.iter().find_map(|n| headers.get(*n).and_then(|v| v.to_str().ok()))
+}
+
+#[utoipa::path(
+    post,
+    path = "/webhooks/forgejo",
+    operation_id = "forgejo_webhook",
+    tag = super::doc::TAG_WEBHOOKS,
+    summary = "Receive a Forgejo webhook delivery",
+    description = "Point the repository's webhook here (`forgefleet forgejo setup` does), content type JSON, with the \
+        configured secret; events `issues`, `issue_comment`, `pull_request`. Only signed deliveries are accepted. \
+        The delivery is applied through the engine before the answer, which comes at once: an issue labelled \
+        `status:todo` is queued, a closed or unlabelled one cancelled, commands in new comments are queued to run \
+        once their author's permission is checked. A replay (same content, new delivery id) changes nothing.",
+    request_body = WebhookPayload,
+    security(("webhook_signature" = [])),
+    responses(
+        (status = 200, description = "Applied, a duplicate, or ignored (not a watched repository, not an event \
+            forgefleet acts on)", body = WebhookAnswer),
+        (status = 400, description = "Not JSON, no event header, or a payload that cannot be read", body = super::error::ErrorBody),
+        (status = 401, description = "No signature, a wrong one, or no webhook secret configured on the server", body = super::error::ErrorBody),
+        (status = 413, description = "The body is larger than the server accepts", body = super::error::ErrorBody),
+        (status = 500, description = "Internal error", body = super::error::ErrorBody),
+        (status = 503, description = "The server is shutting down", body = super::error::ErrorBody),
+    )
+)]
+pub async fn forgejo(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<WebhookAnswer>, ApiError> {
+    let secret = app.config.forgejo.webhook_secret.as_ref().map(|s| s.expose());
+    let signature = header(&headers, &["x-forgejo-signature", "x-gitea-signature"]);
+    verify(secret, signature, &body).map_err(|e| ApiError::Unauthorized(e.to_string()))?;
+    let content_type = header(&headers, &["content-type"]).unwrap_or_default();
+    if !content_type.starts_with("application/json") {
+        return Err(ApiError::BadRequest("webhooks must be sent as JSON (content type application/json)".into()));
+    }
+    let event = header(&headers, &["x-forgejo-event", "x-gitea-event"])
+        .ok_or_else(|| ApiError::BadRequest(WebhookError::NoEvent.to_string()))?;
+    let delivery = Delivery::parse(event, &body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let Some(key) = delivery.dedupe_key() else { return Ok(Json(WebhookAnswer { status: "ignored" })) };
+    let watched = |repo: &crate::core::RepoName| app.config.forgejo.repos.iter().any(|r| r == repo.as_str());
+    let bot = app.config.forgejo.bot_user.as_deref();
+    let inner = match delivery {
+        Delivery::Issue { repo, issue, .. } if watched(&repo) && !issue.is_pull() => {
+            Command::ObserveIssue(observation(&repo, &issue))
+        }
+        Delivery::Comment { repo, action, issue, comment, previous, sender } if watched(&repo) => {
+            // The bot's own comments echo back: they command nothing.
+            if Some(sender.login.as_str()) == bot {
+                return Ok(Json(WebhookAnswer { status: "ignored" }));
+            }
+            let commands = match (action.as_str(), previous) {
+                ("edited", Some(before)) => new_commands(&before, &comment.body, Place::Issue),
+                _ => parse(&comment.body, Place::Issue),
+            };
+            if commands.is_empty() {
+                return Ok(Json(WebhookAnswer { status: "ignored" }));
+            }
+            let lines = crate::core::commands::plain_lines(&comment.body)
+                .into_iter()
+                .filter(|l| crate::core::commands::parse_line(l, Place::Issue).is_some())
+                .filter(|l| {
+                    commands.iter().any(|c| crate::core::commands::parse_line(l, Place::Issue).as_ref() == Some(c))
+                })
+                .collect();
+            let issue_ref = crate::core::IssueRef { repo, number: issue.number };
+            Command::QueueCommands { issue: issue_ref, comment_id: comment.id, author: sender.login, lines }
+        }
+        _ => return Ok(Json(WebhookAnswer { status: "ignored" })),
+    };
+    match app.engine.send(Command::FromWebhook { key, inner: Box::new(inner) }).await? {
+        Reply::Duplicate => Ok(Json(WebhookAnswer { status: "duplicate" })),
+        _ => Ok(Json(WebhookAnswer { status: "applied" })),
+    }
+}

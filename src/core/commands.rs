@@ -1,0 +1,311 @@
+//! The command grammar people use from issue comments and from Matrix: one parser for both places.
+//!
+//! Markdown code (blocks and spans), block quotes and link targets are stripped first, so a command that is
+//! quoted or shown as an example never runs. Each remaining line that starts with `/` (or `!` in Matrix,
+//! where Element eats unknown slash commands) is a candidate; a parser answers "not mine", "mine and
+//! valid", or "mine and wrong, here is why".
+
+use pulldown_cmark::{Event as Md, Parser, Tag, TagEnd};
+
+use super::ids::{AgentName, IssueRef};
+
+/// Where a command was written: it decides whether the issue is implied or must be named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// A comment on the issue the command is about.
+    Issue,
+    /// A Matrix room: commands name their issue as `owner/repo#N`.
+    Chat,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FleetCommand {
+    /// Queue the task again (a new attempt, a fresh retry budget).
+    Retry {
+        issue: Option<IssueRef>,
+    },
+    /// Stop the task; its agent is told at its next heartbeat.
+    Cancel {
+        issue: Option<IssueRef>,
+    },
+    /// Pin the task to one agent.
+    Assign {
+        agent: AgentName,
+        issue: Option<IssueRef>,
+    },
+    /// The fleet at a glance.
+    Status,
+    Help,
+}
+
+/// What the parser made of one candidate line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parsed {
+    Valid(FleetCommand),
+    /// It is one of ours, but wrong: `why` is written for the person who typed it.
+    Invalid {
+        line: String,
+        why: String,
+    },
+}
+
+/// The command words, for help and for "did you mean".
+const WORDS: [&str; 5] = ["retry", "cancel", "assign", "status", "help"];
+
+/// Every command in `text`, in order.
+pub fn parse(text: &str, place: Place) -> Vec<Parsed> {
+    plain_lines(text).iter().filter_map(|line| parse_line(line, place)).collect()
+}
+
+/// One line: `None` when it is not addressed to us.
+pub fn parse_line(line: &str, place: Place) -> Option<Parsed> {
+    let line = line.trim();
+    let rest = match (line.chars().next(), place) {
+        (Some('/'), _) => &line[1..],
+        (Some('!'), Place::Chat) => &line[1..],
+        _ => return None,
+    };
+    let mut words = rest.split_whitespace();
+    let mut word = words.next()?.to_ascii_lowercase();
+    // `/fleet retry ...` and `!fleet ...` address the bot by name; `/fleet` alone asks for status.
+    if word == "fleet" {
+        word = match words.next() {
+            Some(w) => w.to_ascii_lowercase(),
+            None => "status".into(),
+        };
+    } else if place == Place::Chat && line.starts_with('!') {
+        // In chat only `!fleet ...` is ours; other bots own other `!` words.
+        return None;
+    }
+    if !WORDS.contains(&word.as_str()) {
+        // In a comment, `/something` may be prose or another bot's: only `/fleet ...` is surely ours.
+        return line
+            .split_whitespace()
+            .next()
+            .is_some_and(|w| w.trim_start_matches(['/', '!']).eq_ignore_ascii_case("fleet"))
+            .then(|| invalid(line, format!("unknown command `{word}`.\n{}", help(place))));
+    }
+    let args: Vec<&str> = words.collect();
+    Some(match build(&word, &args, place) {
+        Ok(cmd) => Parsed::Valid(cmd),
+        Err(why) => invalid(line, why),
+    })
+}
+
+fn invalid(line: &str, why: String) -> Parsed {
+    Parsed::Invalid { line: line.to_string(), why }
+}
+
+fn build(word: &str, args: &[&str], place: Place) -> Result<FleetCommand, String> {
+    let issue_arg = |arg: Option<&&str>, usage: &str| -> Result<Option<IssueRef>, String> {
+        match (arg, place) {
+            (None, Place::Issue) => Ok(None),
+            (Some(a), _) => a.parse::<IssueRef>().map(Some).map_err(|e| format!("{e}. Usage: `{usage}`")),
+            (None, Place::Chat) => Err(format!("name the issue as `owner/repo#N`: `{usage}`")),
+        }
+    };
+    let usage = |cmd: &str| usage(cmd, place);
+    let max_args = match word {
+        "assign" => 2,
+        "retry" | "cancel" => 1,
+        _ => 0,
+    };
+    if args.len() > max_args {
+        return Err(format!("`/{word}` takes at most {max_args} argument(s): `{}`", usage(word)));
+    }
+    match word {
+        "retry" => Ok(FleetCommand::Retry { issue: issue_arg(args.first(), &usage(word))? }),
+        "cancel" => Ok(FleetCommand::Cancel { issue: issue_arg(args.first(), &usage(word))? }),
+        "assign" => {
+            let Some(name) = args.first() else {
+                return Err(format!("`/assign` needs an agent name: `{}`", usage(word)));
+            };
+            let agent = AgentName::parse(name).map_err(|e| format!("{e}. Usage: `{}`", usage(word)))?;
+            Ok(FleetCommand::Assign { agent, issue: issue_arg(args.get(1), &usage(word))? })
+        }
+        "status" => Ok(FleetCommand::Status),
+        _ => Ok(FleetCommand::Help),
+    }
+}
+
+fn usage(word: &str, place: Place) -> String {
+    let issue = match place {
+        Place::Issue => "",
+        Place::Chat => " <owner/repo#N>",
+    };
+    match word {
+        "assign" => format!("/assign <agent>{issue}"),
+        "retry" | "cancel" => format!("/{word}{issue}"),
+        other => format!("/fleet {other}"),
+    }
+}
+
+/// The help text, built from the commands themselves so a new command cannot miss its line.
+pub fn help(place: Place) -> String {
+    let describe = |c: &FleetCommand| match c {
+        FleetCommand::Retry { .. } => "queue the task again, with a fresh retry budget",
+        FleetCommand::Cancel { .. } => "stop the task; its agent is told at its next heartbeat",
+        FleetCommand::Assign { .. } => "pin the task to one agent",
+        FleetCommand::Status => "tasks by state, queue depth and agents",
+        FleetCommand::Help => "this help",
+    };
+    let example_agent = AgentName::parse("agent").expect("a valid name");
+    let all = [
+        FleetCommand::Retry { issue: None },
+        FleetCommand::Cancel { issue: None },
+        FleetCommand::Assign { agent: example_agent, issue: None },
+        FleetCommand::Status,
+        FleetCommand::Help,
+    ];
+    let mut out = String::from("Commands:\n");
+    for c in &all {
+        let word = match c {
+            FleetCommand::Retry { .. } => "retry",
+            FleetCommand::Cancel { .. } => "cancel",
+            FleetCommand::Assign { .. } => "assign",
+            FleetCommand::Status => "status",
+            FleetCommand::Help => "help",
+        };
+        out.push_str(&format!("- `{}`: {}\n", usage(word, place), describe(c)));
+    }
+    out
+}
+
+/// The text of `markdown` that a reader sees as prose: without code, block quotes, HTML and link targets,
+/// one entry per line.
+pub fn plain_lines(markdown: &str) -> Vec<String> {
+    let mut lines = vec![String::new()];
+    let mut hidden = 0usize;
+    for event in Parser::new(markdown) {
+        match event {
+            Md::Start(Tag::CodeBlock(_) | Tag::BlockQuote(_) | Tag::HtmlBlock) => hidden += 1,
+            Md::End(TagEnd::CodeBlock | TagEnd::BlockQuote(_) | TagEnd::HtmlBlock) => hidden = hidden.saturating_sub(1),
+            Md::Text(t) if hidden == 0 => {
+                let mut parts = t.split('\n');
+                if let Some(first) = parts.next() {
+                    lines.last_mut().expect("never empty").push_str(first);
+                }
+                for p in parts {
+                    lines.push(p.to_string());
+                }
+            }
+            // Inline code is an example, never a command; keep a placeholder so the line does not start
+            // with what follows it.
+            Md::Code(_) if hidden == 0 => lines.last_mut().expect("never empty").push('\u{2026}'),
+            Md::SoftBreak | Md::HardBreak if hidden == 0 => lines.push(String::new()),
+            Md::End(TagEnd::Paragraph | TagEnd::Item | TagEnd::Heading(_)) => lines.push(String::new()),
+            _ => {}
+        }
+    }
+    lines.into_iter().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect()
+}
+
+/// The commands of an edited comment that were not in its previous text: only those run.
+pub fn new_commands(before: &str, after: &str, place: Place) -> Vec<Parsed> {
+    let mut old = parse(before, place);
+    parse(after, place)
+        .into_iter()
+        .filter(|c| match old.iter().position(|o| o == c) {
+            Some(i) => {
+                old.remove(i);
+                false
+            }
+            None => true,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid(text: &str, place: Place) -> Vec<FleetCommand> {
+        parse(text, place)
+            .into_iter()
+            .map(|p| match p {
+                Parsed::Valid(c) => c,
+                Parsed::Invalid { why, .. } => panic!("{text:?}: {why}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn issue_comments_take_retry_cancel_and_assign() {
+        assert_eq!(valid("/retry", Place::Issue), [FleetCommand::Retry { issue: None }]);
+        assert_eq!(valid("Looks flaky.\n\n/cancel", Place::Issue), [FleetCommand::Cancel { issue: None }]);
+        assert_eq!(
+            valid("/assign claude-1", Place::Issue),
+            [FleetCommand::Assign { agent: AgentName::parse("claude-1").unwrap(), issue: None }]
+        );
+        assert_eq!(valid("/RETRY", Place::Issue).len(), 1);
+    }
+
+    #[test]
+    fn chat_commands_name_their_issue_and_accept_bang_fleet() {
+        let i: IssueRef = "acme/app#3".parse().unwrap();
+        assert_eq!(valid("/retry acme/app#3", Place::Chat), [FleetCommand::Retry { issue: Some(i.clone()) }]);
+        assert_eq!(valid("!fleet retry acme/app#3", Place::Chat), [FleetCommand::Retry { issue: Some(i.clone()) }]);
+        assert_eq!(valid("/fleet status", Place::Chat), [FleetCommand::Status]);
+        assert_eq!(valid("!fleet", Place::Chat), [FleetCommand::Status]);
+        assert_eq!(
+            valid("/assign a1 acme/app#3", Place::Chat),
+            [FleetCommand::Assign { agent: AgentName::parse("a1").unwrap(), issue: Some(i) }]
+        );
+        assert!(parse("!ping", Place::Chat).is_empty(), "other bots' words are not ours");
+    }
+
+    #[test]
+    fn commands_in_code_quotes_and_inline_code_are_ignored() {
+        for text in [
+            "```\n/retry\n```",
+            "    /retry",
+            "> /retry",
+            "> quoted\n> /cancel",
+            "Type `/retry` to try again.",
+            "<div>\n/retry\n</div>",
+        ] {
+            assert!(parse(text, Place::Issue).is_empty(), "{text:?}: {:?}", parse(text, Place::Issue));
+        }
+        assert_eq!(valid("> /cancel\n\n/retry", Place::Issue), [FleetCommand::Retry { issue: None }]);
+    }
+
+    #[test]
+    fn mistakes_say_what_is_wrong_and_how_to_write_it() {
+        let p = parse("/assign", Place::Issue);
+        assert!(matches!(&p[..], [Parsed::Invalid { why, .. }] if why.contains("`/assign <agent>`")), "{p:?}");
+        let p = parse("/retry", Place::Chat);
+        assert!(matches!(&p[..], [Parsed::Invalid { why, .. }] if why.contains("owner/repo#N")), "{p:?}");
+        let p = parse("/retry acme#x", Place::Chat);
+        assert!(matches!(&p[..], [Parsed::Invalid { .. }]), "{p:?}");
+        let p = parse("/assign two words here", Place::Issue);
+        assert!(matches!(&p[..], [Parsed::Invalid { why, .. }] if why.contains("at most")), "{p:?}");
+        let p = parse("/fleet frobnicate", Place::Issue);
+        assert!(matches!(&p[..], [Parsed::Invalid { why, .. }] if why.contains("unknown command")), "{p:?}");
+    }
+
+    #[test]
+    fn other_slash_words_are_not_ours() {
+        assert!(parse("/shrug\n/usr/bin is a path", Place::Issue).is_empty());
+        assert!(parse("a/retry in the middle", Place::Issue).is_empty());
+    }
+
+    #[test]
+    fn an_edit_runs_only_the_commands_it_added() {
+        assert_eq!(new_commands("/retry", "/retry\nfixed a typo", Place::Issue), []);
+        assert_eq!(
+            new_commands("hello", "hello\n\n/cancel", Place::Issue),
+            [Parsed::Valid(FleetCommand::Cancel { issue: None })]
+        );
+        assert_eq!(new_commands("/retry", "/retry\n\n/retry", Place::Issue).len(), 1, "a second one is new");
+    }
+
+    #[test]
+    fn help_lists_every_command_with_its_usage() {
+        let h = help(Place::Chat);
+        for word in WORDS {
+            assert!(h.contains(word), "{word} missing from {h}");
+        }
+        assert!(h.contains("/assign <agent> <owner/repo#N>"), "{h}");
+        assert!(help(Place::Issue).contains("`/assign <agent>`"));
+    }
+}

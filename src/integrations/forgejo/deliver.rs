@@ -1,0 +1,451 @@
+//! Delivers the outbox to Forgejo: labels, comments, assignees, and the commands people wrote.
+//!
+//! Every delivery is idempotent, because a crash between doing it and recording it means doing it again:
+//! labels are set to a target, not toggled; comments carry a hidden marker that is looked for first;
+//! commands run through the engine under a key that is recorded the first time.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::{ForgejoClient, ForgejoError};
+use crate::core::commands::{FleetCommand, Parsed, Place, help, parse_line};
+use crate::core::{AgentId, Effect, FailureClass, IssueRef, LabelScheme, Notice, TaskId, Timestamp};
+use crate::engine::{Command, EngineError, EngineHandle, IssueObservation};
+use crate::integrations::templates::Templates;
+use crate::store::{OutboxRow, Store};
+
+/// What the deliverer needs besides the client.
+pub struct Deliverer {
+    pub client: ForgejoClient,
+    pub engine: EngineHandle,
+    pub db: PathBuf,
+    pub labels: LabelScheme,
+    pub templates: Arc<Templates>,
+    pub agent_users: BTreeMap<String, String>,
+    pub comment_on_start: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error(transparent)]
+    Forgejo(#[from] ForgejoError),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<EngineError> for DeliveryError {
+    fn from(e: EngineError) -> Self {
+        DeliveryError::Other(e.to_string())
+    }
+}
+
+/// The wait before the next try of a failed delivery: 2 s doubling, at most 10 min.
+pub fn retry_wait(attempts: u32) -> Duration {
+    Duration::from_secs(2u64.saturating_mul(1 << attempts.min(9)).min(600))
+}
+
+/// The hidden marker that makes a comment findable, so it is never posted twice.
+pub fn marker(key: &str) -> String {
+    format!("<!-- forgefleet:{key} -->")
+}
+
+impl Deliverer {
+    /// Reads from the database on a blocking thread.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> crate::store::Result<T> + Send + 'static,
+    ) -> Result<T, DeliveryError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let store = Store::open_read_only(&db)?;
+            f(&store)
+        })
+        .await
+        .map_err(|e| DeliveryError::Other(e.to_string()))?
+        .map_err(|e| DeliveryError::Other(e.to_string()))
+    }
+
+    /// Delivers what is due; returns how many rows it tried.
+    pub async fn deliver_due(&self, now: Timestamp) -> Result<usize, DeliveryError> {
+        let rows = self.read(move |s| s.read().outbox_due(now, 50)).await?;
+        for row in &rows {
+            match self.deliver_row(row).await {
+                Ok(()) => {
+                    self.engine.send(Command::OutboxDelivered { id: row.id }).await?;
+                }
+                Err(e) => {
+                    tracing::warn!(outbox = row.id, kind = %row.kind, attempts = row.attempts + 1, error = %e, "delivery failed; will retry");
+                    let retry_in = retry_wait(row.attempts);
+                    self.engine.send(Command::OutboxFailed { id: row.id, error: e.to_string(), retry_in }).await?;
+                }
+            }
+        }
+        Ok(rows.len())
+    }
+
+    async fn deliver_row(&self, row: &OutboxRow) -> Result<(), DeliveryError> {
+        let effect: Effect = serde_json::from_str(&row.payload)
+            .map_err(|e| DeliveryError::Other(format!("outbox row {} cannot be read: {e}", row.id)))?;
+        match effect {
+            Effect::SetStatusLabel { issue, status } => self.set_status_label(&issue, status).await,
+            Effect::Comment { issue, task, attempt, notice } => self.comment(&issue, task, attempt, &notice).await,
+            Effect::SetAssignee { issue, agent } => self.set_assignee(&issue, agent).await,
+            Effect::RunCommands { issue, comment_id, author, lines } => {
+                self.run_commands(&issue, comment_id, &author, &lines).await
+            }
+            Effect::Reply { issue, key, body } => self.reply(&issue, &key, &body).await,
+            Effect::React { issue, comment_id, content } => {
+                Ok(self.client.react_to_comment(&issue.repo, comment_id, &content).await?)
+            }
+        }
+    }
+
+    /// Leaves exactly the status label the task's state calls for *now*: deliveries that arrive out of
+    /// order or twice end in the same place.
+    async fn set_status_label(
+        &self,
+        issue: &IssueRef,
+        fallback: Option<crate::core::StatusLabel>,
+    ) -> Result<(), DeliveryError> {
+        let lookup = issue.clone();
+        let task = self.read(move |s| s.read().task_by_issue(&lookup)).await?;
+        let want = task.map_or(fallback, |t| t.state.status_label());
+        let current = self.client.issue_labels(&issue.repo, issue.number).await?;
+        let names: Vec<String> = current.iter().map(|l| l.name.clone()).collect();
+        let change = self.labels.status_change(&names, want);
+        for name in &change.remove {
+            if let Some(l) = current.iter().find(|l| &l.name == name) {
+                match self.client.remove_label(&issue.repo, issue.number, l.id).await {
+                    Err(e) if !e.is_not_found() => return Err(e.into()),
+                    _ => {}
+                }
+            }
+        }
+        if !change.add.is_empty() {
+            let ids = self.label_ids(issue, &change.add).await?;
+            self.client.add_labels(&issue.repo, issue.number, &ids).await?;
+        }
+        Ok(())
+    }
+
+    /// The ids of the named repository labels, creating the ones that are missing.
+    async fn label_ids(&self, issue: &IssueRef, names: &[String]) -> Result<Vec<i64>, DeliveryError> {
+        let existing = self.client.repo_labels(&issue.repo).await?;
+        let mut ids = Vec::new();
+        for name in names {
+            match existing.iter().find(|l| &l.name == name) {
+                Some(l) => ids.push(l.id),
+                None => ids.push(self.client.create_label(&issue.repo, name, label_color(name), "").await?.id),
+            }
+        }
+        Ok(ids)
+    }
+
+    async fn agent_name(&self, agent: AgentId) -> Result<String, DeliveryError> {
+        let found = self.read(move |s| s.read().agent(agent)).await?;
+        Ok(found.map(|a| a.name.to_string()).unwrap_or_else(|| format!("agent {agent}")))
+    }
+
+    async fn comment(
+        &self,
+        issue: &IssueRef,
+        task: TaskId,
+        attempt: u32,
+        notice: &Notice,
+    ) -> Result<(), DeliveryError> {
+        if matches!(notice, Notice::Started { .. }) && !self.comment_on_start {
+            return Ok(());
+        }
+        let (template, ctx) = self.notice_context(issue, attempt, notice).await?;
+        let body = self.templates.render(template, ctx).map_err(|e| DeliveryError::Other(e.to_string()))?;
+        self.reply(issue, &format!("task-{task}:attempt-{attempt}:{}", notice.kind()), &body).await
+    }
+
+    async fn notice_context(
+        &self,
+        issue: &IssueRef,
+        attempt: u32,
+        notice: &Notice,
+    ) -> Result<(&'static str, serde_json::Value), DeliveryError> {
+        Ok(match notice {
+            Notice::Started { agent } => {
+                ("comment_started.md", json!({"agent": self.agent_name(*agent).await?, "attempt": attempt}))
+            }
+            Notice::Completed { agent, receipt, started_at, finished_at } => {
+                let agent = match agent {
+                    Some(a) => self.agent_name(*a).await?,
+                    None => "an agent".into(),
+                };
+                let tokens =
+                    receipt.as_ref().map(|r| format!("{} in / {} out", r.usage.input_tokens, r.usage.output_tokens));
+                (
+                    "comment_completed.md",
+                    json!({
+                        "agent": agent,
+                        "attempt": attempt,
+                        "duration": started_at.map(|s| human_duration(s.until(*finished_at))),
+                        "pr_number": receipt.as_ref().map(|r| r.pr_number),
+                        "summary": receipt.as_ref().map(|r| r.summary.clone()).unwrap_or_default(),
+                        "tokens": tokens,
+                        "cost": receipt.as_ref().and_then(|r| r.cost_usd).map(|c| format!("{c:.2}")),
+                        "repo": issue.repo.as_str(),
+                    }),
+                )
+            }
+            Notice::Retrying { class, message, retries_left, not_before } => (
+                "comment_retrying.md",
+                json!({
+                    "attempt": attempt, "class": class.as_str(), "message": message,
+                    "explanation": explain(*class), "retries_left": retries_left,
+                    "not_before": not_before.to_rfc3339(),
+                }),
+            ),
+            Notice::Failed { class, message } => (
+                "comment_failed.md",
+                json!({"attempt": attempt, "class": class.as_str(), "message": message, "explanation": explain(*class)}),
+            ),
+            Notice::Cancelled { reason, was_running } => (
+                "comment_cancelled.md",
+                json!({"attempt": attempt, "reason": reason, "todo_label": self.labels.todo, "was_running": was_running}),
+            ),
+        })
+    }
+
+    /// Posts `body` once: the marker for `key` is looked for first.
+    async fn reply(&self, issue: &IssueRef, key: &str, body: &str) -> Result<(), DeliveryError> {
+        let mark = marker(key);
+        let existing = self.client.comments(&issue.repo, issue.number).await?;
+        if existing.iter().any(|c| c.body.contains(&mark)) {
+            return Ok(());
+        }
+        self.client.create_comment(&issue.repo, issue.number, &format!("{body}\n\n{mark}")).await?;
+        Ok(())
+    }
+
+    /// Assigns the agent's Forgejo user while it works, and takes it off again; people's assignments stay.
+    async fn set_assignee(&self, issue: &IssueRef, agent: Option<AgentId>) -> Result<(), DeliveryError> {
+        let login = match agent {
+            Some(a) => {
+                let name = self.agent_name(a).await?;
+                match self.agent_users.get(&name) {
+                    Some(login) => Some(login.clone()),
+                    None => return Ok(()),
+                }
+            }
+            None => None,
+        };
+        if login.is_none() && self.agent_users.is_empty() {
+            return Ok(());
+        }
+        let current = self.client.issue(&issue.repo, issue.number).await?;
+        let mut logins: Vec<String> = current.assignees.unwrap_or_default().into_iter().map(|u| u.login).collect();
+        let before = logins.clone();
+        logins.retain(|l| !self.agent_users.values().any(|a| a == l));
+        if let Some(l) = login {
+            logins.push(l);
+        }
+        if logins != before {
+            self.client.set_assignees(&issue.repo, issue.number, &logins).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs the commands of one comment: the author's permission first, then each command once.
+    async fn run_commands(
+        &self,
+        issue: &IssueRef,
+        comment_id: i64,
+        author: &str,
+        lines: &[String],
+    ) -> Result<(), DeliveryError> {
+        let permission = match self.client.permission(&issue.repo, author).await {
+            Ok(p) => p,
+            Err(e) if e.is_not_found() || e.status().is_some_and(|s| s.as_u16() == 403) => {
+                super::types::Permission { permission: "none".into() }
+            }
+            Err(e) => return Err(e.into()),
+        };
+        for (i, line) in lines.iter().enumerate() {
+            let key = format!("cmd:{}:{comment_id}:{i}", issue.repo);
+            let Some(parsed) = parse_line(line, Place::Issue) else { continue };
+            let answer = match parsed {
+                Parsed::Invalid { line, why } => Answer::Reply(self.render("reply_invalid.md", json!({"author": author, "line": line, "why": why}))?),
+                Parsed::Valid(_) if !permission.can_write() => Answer::Reply(self.render(
+                    "reply_refused.md",
+                    json!({"author": author, "repo": issue.repo.as_str(), "permission": permission.permission, "command": line.trim()}),
+                )?),
+                Parsed::Valid(cmd) => self.execute(issue, &key, author, line.trim(), cmd).await?,
+            };
+            let effect = match answer {
+                Answer::React => Effect::React { issue: issue.clone(), comment_id, content: "+1".into() },
+                Answer::Reply(body) => {
+                    Effect::Reply { issue: issue.clone(), key: format!("reply:{comment_id}:{i}"), body }
+                }
+            };
+            // Recorded under its own key: running this delivery again answers nothing twice.
+            let record =
+                Command::FromWebhook { key: format!("{key}:answer"), inner: Box::new(Command::Enqueue(effect)) };
+            self.engine.send(record).await?;
+        }
+        Ok(())
+    }
+
+    fn render(&self, name: &str, ctx: serde_json::Value) -> Result<String, DeliveryError> {
+        self.templates.render(name, ctx).map_err(|e| DeliveryError::Other(e.to_string()))
+    }
+
+    async fn execute(
+        &self,
+        issue: &IssueRef,
+        key: &str,
+        author: &str,
+        line: &str,
+        cmd: FleetCommand,
+    ) -> Result<Answer, DeliveryError> {
+        let lookup = issue.clone();
+        let task = self.read(move |s| s.read().task_by_issue(&lookup)).await?;
+        let no_task = || {
+            self.render(
+                "reply_failed.md",
+                json!({"author": author, "command": line, "why": format!("there is no task for this issue yet; label it `{}` to queue one", self.labels.todo)}),
+            )
+            .map(Answer::Reply)
+        };
+        let inner = match cmd {
+            FleetCommand::Retry { .. } => match &task {
+                Some(t) => Command::RetryTask { task: t.id, by: author.to_string() },
+                None => return no_task(),
+            },
+            FleetCommand::Cancel { .. } => match &task {
+                Some(t) => Command::CancelTask { task: t.id, reason: format!("cancelled by @{author}") },
+                None => return no_task(),
+            },
+            FleetCommand::Assign { agent, .. } => {
+                let name = agent.clone();
+                let known = self.read(move |s| s.read().agent_by_name(&name)).await?;
+                if known.is_none() {
+                    let why = format!("there is no agent named `{agent}` (`forgefleet agents` lists them)");
+                    return Ok(Answer::Reply(
+                        self.render("reply_failed.md", json!({"author": author, "command": line, "why": why}))?,
+                    ));
+                }
+                self.pin(issue, &agent.to_string()).await?;
+                return Ok(Answer::React);
+            }
+            FleetCommand::Status | FleetCommand::Help => {
+                return Ok(Answer::Reply(format!("@{author}\n\n{}", help(Place::Issue))));
+            }
+        };
+        match self.engine.send(Command::FromWebhook { key: key.to_string(), inner: Box::new(inner) }).await {
+            Ok(_) => Ok(Answer::React),
+            Err(EngineError::Conflict(t)) => {
+                let why = format!("{t}; `/retry` applies to failed or cancelled tasks, `/cancel` to active ones");
+                Ok(Answer::Reply(
+                    self.render("reply_failed.md", json!({"author": author, "command": line, "why": why}))?,
+                ))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Pins the issue to one agent: its `agent:` labels become just this one, and the engine sees the issue
+    /// as it now is.
+    async fn pin(&self, issue: &IssueRef, agent: &str) -> Result<(), DeliveryError> {
+        let want = format!("{}{agent}", self.labels.agent_prefix);
+        let current = self.client.issue_labels(&issue.repo, issue.number).await?;
+        for l in current.iter().filter(|l| l.name.starts_with(&self.labels.agent_prefix) && l.name != want) {
+            self.client.remove_label(&issue.repo, issue.number, l.id).await?;
+        }
+        if !current.iter().any(|l| l.name == want) {
+            let ids = self.label_ids(issue, std::slice::from_ref(&want)).await?;
+            self.client.add_labels(&issue.repo, issue.number, &ids).await?;
+        }
+        let now = self.client.issue(&issue.repo, issue.number).await?;
+        self.engine.send(Command::ObserveIssue(observation(&issue.repo, &now))).await?;
+        Ok(())
+    }
+}
+
+enum Answer {
+    React,
+    Reply(String),
+}
+
+/// An issue as the engine sees it.
+pub fn observation(repo: &crate::core::RepoName, issue: &super::types::Issue) -> IssueObservation {
+    IssueObservation {
+        issue: IssueRef { repo: repo.clone(), number: issue.number },
+        title: issue.title.clone(),
+        body: issue.body.clone(),
+        labels: issue.label_names(),
+        open: issue.is_open(),
+    }
+}
+
+/// A sentence for people about what a failure class means.
+fn explain(class: FailureClass) -> &'static str {
+    match class {
+        FailureClass::AgentLost => "The agent stopped answering (no heartbeats), so its work was taken back.",
+        FailureClass::Timeout => "The task ran past its time limit.",
+        FailureClass::AgentError => "The agent's command failed.",
+        FailureClass::VerificationFailed => "The pull request the agent reported did not check out.",
+        FailureClass::RateLimited => "The model provider asked to slow down.",
+        FailureClass::Cancelled => "It was cancelled.",
+    }
+}
+
+fn human_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} min", s / 60),
+        _ => format!("{} h {} min", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// Colours for the labels forgefleet creates.
+pub fn label_color(name: &str) -> &'static str {
+    match name.rsplit(':').next().unwrap_or(name) {
+        "todo" => "#0075ca",
+        "doing" => "#fbca04",
+        "done" => "#0e8a16",
+        "failed" => "#d73a4a",
+        "critical" => "#b60205",
+        "high" => "#d93f0b",
+        "medium" => "#fbca04",
+        "low" => "#c2e0c6",
+        _ => "#ededed",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_waits_double_up_to_ten_minutes() {
+        let waits: Vec<u64> = (0..12).map(|n| retry_wait(n).as_secs()).collect();
+        assert_eq!(&waits[..5], &[2, 4, 8, 16, 32]);
+        assert_eq!(waits[11], 600);
+    }
+
+    #[test]
+    fn durations_read_like_people_write_them() {
+        assert_eq!(human_duration(Duration::from_secs(42)), "42 s");
+        assert_eq!(human_duration(Duration::from_secs(600)), "10 min");
+        assert_eq!(human_duration(Duration::from_secs(3720)), "1 h 2 min");
+    }
+
+    #[test]
+    fn every_class_has_an_explanation_and_every_status_a_colour() {
+        for c in FailureClass::ALL {
+            assert!(!explain(c).is_empty());
+        }
+        assert_eq!(label_color("status:done"), "#0e8a16");
+        assert_eq!(marker("task-1:attempt-2:completed"), "<!-- forgefleet:task-1:attempt-2:completed -->");
+    }
+}

@@ -1,0 +1,97 @@
+//! Forgejo: the typed client, webhook verification and parsing, and the workers that talk to it.
+
+pub mod client;
+pub mod deliver;
+pub mod reconcile;
+pub mod types;
+pub mod webhook;
+
+pub use client::{ForgejoClient, ForgejoError, IssueFilter};
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::core::RepoName;
+use crate::engine::{Clock, EngineHandle};
+use crate::integrations::templates::Templates;
+
+/// The background work of the Forgejo integration.
+pub struct Workers {
+    pub handles: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Workers {
+    pub fn abort(&self) {
+        for h in &self.handles {
+            h.abort();
+        }
+    }
+}
+
+/// Starts the outbox deliverer and the reconciler, if `[forgejo] url` is set. Must run inside a tokio
+/// runtime. `poll` is how often the deliverer looks for due work.
+pub fn spawn(
+    config: &Config,
+    engine: EngineHandle,
+    clock: Arc<dyn Clock>,
+    templates: Arc<Templates>,
+    poll: Duration,
+) -> anyhow::Result<Option<Workers>> {
+    let (Some(url), Some(token)) = (config.forgejo.url.as_deref(), config.forgejo.token.clone()) else {
+        return Ok(None);
+    };
+    let client = ForgejoClient::new(url, token)?;
+    let repos = config.forgejo.repo_names();
+    let db = config.store.path.clone();
+    let deliverer = deliver::Deliverer {
+        client: client.clone(),
+        engine: engine.clone(),
+        db: db.clone(),
+        labels: config.label_scheme(),
+        templates,
+        agent_users: config.forgejo.agent_users.clone(),
+        comment_on_start: config.forgejo.comment_on_start,
+    };
+    let delivering = tokio::spawn(async move {
+        loop {
+            match deliverer.deliver_due(clock.now()).await {
+                Ok(n) if n > 0 => continue,
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "outbox delivery pass failed"),
+            }
+            tokio::time::sleep(poll).await;
+        }
+    });
+    let labels = config.label_scheme();
+    let every = config.reconcile_interval();
+    let full_every = config.full_sweep_interval();
+    let reconciling = tokio::spawn(async move {
+        for repo in &repos {
+            match reconcile::ensure_labels(&client, repo, &labels).await {
+                Ok(created) if !created.is_empty() => tracing::info!(%repo, ?created, "created missing labels"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(%repo, error = %e, "cannot check the repository's labels"),
+            }
+        }
+        let mut last_full: Option<tokio::time::Instant> = None;
+        loop {
+            let full = last_full.is_none_or(|t| t.elapsed() >= full_every);
+            for repo in &repos {
+                run_pass(&client, &engine, &db, repo, full).await;
+            }
+            if full {
+                last_full = Some(tokio::time::Instant::now());
+            }
+            tokio::time::sleep(every).await;
+        }
+    });
+    Ok(Some(Workers { handles: vec![delivering, reconciling] }))
+}
+
+async fn run_pass(client: &ForgejoClient, engine: &EngineHandle, db: &std::path::Path, repo: &RepoName, full: bool) {
+    match reconcile::pass(client, engine, db, repo, full).await {
+        Ok(r) => tracing::debug!(%repo, full, listed = r.listed, looked_up = r.looked_up, "reconciled"),
+        Err(e) => tracing::warn!(%repo, full, error = %e, "reconciliation failed; the next pass tries again"),
+    }
+}

@@ -1,0 +1,121 @@
+//! Reconciliation: the safety net for lost webhooks. Forgejo is the truth; what it says now is fed through
+//! the same engine command as a webhook, and the engine's diff does the rest (queue, cancel, repair labels).
+
+use std::path::Path;
+
+use super::deliver::{label_color, observation};
+use super::{ForgejoClient, ForgejoError, IssueFilter};
+use crate::core::{LabelScheme, RepoName, Timestamp};
+use crate::engine::{Command, EngineHandle};
+use crate::store::Store;
+
+/// What one pass saw.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PassReport {
+    pub listed: usize,
+    /// Active tasks whose issue the listing did not show, looked up one by one (full sweeps).
+    pub looked_up: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    Forgejo(#[from] ForgejoError),
+    #[error("{0}")]
+    Local(String),
+}
+
+fn cursor_key(repo: &RepoName) -> String {
+    format!("reconcile.cursor:{repo}")
+}
+
+/// One pass over one repository. Incremental (`full = false`): the issues updated since the last pass,
+/// open or closed, usually one listing request. Full: every open issue, plus each task still active whose
+/// issue was not among them (closed, or relabelled while webhooks were lost).
+pub async fn pass(
+    client: &ForgejoClient,
+    engine: &EngineHandle,
+    db: &Path,
+    repo: &RepoName,
+    full: bool,
+) -> Result<PassReport, ReconcileError> {
+    let key = cursor_key(repo);
+    let read_key = key.clone();
+    let db_path = db.to_path_buf();
+    let cursor =
+        tokio::task::spawn_blocking(move || Store::open_read_only(&db_path).and_then(|s| s.read().meta(&read_key)))
+            .await
+            .map_err(|e| ReconcileError::Local(e.to_string()))?
+            .map_err(|e| ReconcileError::Local(e.to_string()))?;
+    let full = full || cursor.is_none();
+    let filter = if full {
+        IssueFilter { state: Some("open"), ..IssueFilter::default() }
+    } else {
+        IssueFilter { state: Some("all"), since: cursor.clone(), ..IssueFilter::default() }
+    };
+    let issues = client.list_issues(repo, &filter).await?;
+    let mut newest = cursor.clone();
+    for issue in issues.iter().filter(|i| !i.is_pull()) {
+        engine
+            .send(Command::ObserveIssue(observation(repo, issue)))
+            .await
+            .map_err(|e| ReconcileError::Local(e.to_string()))?;
+        if newest.as_deref().is_none_or(|n| later(&issue.updated_at, n)) {
+            newest = Some(issue.updated_at.clone());
+        }
+    }
+    let mut report = PassReport { listed: issues.len(), looked_up: 0 };
+    if full {
+        let seen: Vec<u64> = issues.iter().map(|i| i.number).collect();
+        let repo_name = repo.clone();
+        let db_path = db.to_path_buf();
+        let active = tokio::task::spawn_blocking(move || -> crate::store::Result<Vec<u64>> {
+            let store = Store::open_read_only(&db_path)?;
+            store.read().active_issues(&repo_name)
+        })
+        .await
+        .map_err(|e| ReconcileError::Local(e.to_string()))?
+        .map_err(|e| ReconcileError::Local(e.to_string()))?;
+        for number in active.into_iter().filter(|n| !seen.contains(n)) {
+            let issue = client.issue(repo, number).await?;
+            engine
+                .send(Command::ObserveIssue(observation(repo, &issue)))
+                .await
+                .map_err(|e| ReconcileError::Local(e.to_string()))?;
+            report.looked_up += 1;
+        }
+        // A full sweep starts the incremental ones from now on.
+        if newest.is_none() {
+            newest = Some(Timestamp(chrono::Utc::now().timestamp_millis()).to_rfc3339());
+        }
+    }
+    if let Some(value) = newest.filter(|n| Some(n) != cursor.as_ref()) {
+        engine.send(Command::SetMeta { key, value }).await.map_err(|e| ReconcileError::Local(e.to_string()))?;
+    }
+    Ok(report)
+}
+
+/// Whether RFC 3339 time `a` is after `b` (falls back to text order if either does not parse).
+fn later(a: &str, b: &str) -> bool {
+    match (Timestamp::parse_rfc3339(a), Timestamp::parse_rfc3339(b)) {
+        (Some(x), Some(y)) => x > y,
+        _ => a > b,
+    }
+}
+
+/// Creates the labels forgefleet writes that the repository does not have yet; returns their names.
+pub async fn ensure_labels(
+    client: &ForgejoClient,
+    repo: &RepoName,
+    scheme: &LabelScheme,
+) -> Result<Vec<String>, ForgejoError> {
+    let existing = client.repo_labels(repo).await?;
+    let mut created = Vec::new();
+    for name in scheme.managed_labels() {
+        if !existing.iter().any(|l| l.name == name) {
+            client.create_label(repo, &name, label_color(&name), "managed by forgefleet").await?;
+            created.push(name);
+        }
+    }
+    Ok(created)
+}

@@ -1,0 +1,159 @@
+//! The parts of Forgejo's JSON that forgefleet reads (see `../shared/forgejo/openapi-forgejo-17.json`).
+//! Unknown fields are ignored, so newer Forgejo versions with more fields still parse.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub id: i64,
+    pub login: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Label {
+    pub id: i64,
+    pub name: String,
+    #[serde(default)]
+    pub color: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub exclusive: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Issue {
+    pub id: i64,
+    pub number: u64,
+    pub title: String,
+    #[serde(default)]
+    pub body: String,
+    /// `open` or `closed`.
+    pub state: String,
+    #[serde(default)]
+    pub labels: Vec<Label>,
+    pub user: User,
+    #[serde(default)]
+    pub assignees: Option<Vec<User>>,
+    pub updated_at: String,
+    /// Set when the "issue" is a pull request.
+    #[serde(default)]
+    pub pull_request: Option<serde_json::Value>,
+    #[serde(default)]
+    pub html_url: String,
+}
+
+impl Issue {
+    pub fn is_open(&self) -> bool {
+        self.state == "open"
+    }
+    pub fn is_pull(&self) -> bool {
+        self.pull_request.as_ref().is_some_and(|p| !p.is_null())
+    }
+    pub fn label_names(&self) -> Vec<String> {
+        self.labels.iter().map(|l| l.name.clone()).collect()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Comment {
+    pub id: i64,
+    #[serde(default)]
+    pub body: String,
+    pub user: User,
+    #[serde(default)]
+    pub created_at: String,
+    #[serde(default)]
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoRef {
+    pub full_name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Branch {
+    #[serde(rename = "ref")]
+    pub name: String,
+    pub sha: String,
+    #[serde(default)]
+    pub repo: Option<RepoRef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullRequest {
+    pub number: u64,
+    pub title: String,
+    #[serde(default)]
+    pub body: String,
+    pub state: String,
+    #[serde(default)]
+    pub merged: bool,
+    pub head: Branch,
+    pub base: Branch,
+    #[serde(default)]
+    pub html_url: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitMeta {
+    #[serde(default)]
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Commit {
+    pub sha: String,
+    pub commit: CommitMeta,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangedFile {
+    pub filename: String,
+    #[serde(default)]
+    pub status: String,
+    #[serde(default)]
+    pub additions: u64,
+    #[serde(default)]
+    pub deletions: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Permission {
+    /// `none`, `read`, `write`, `admin` or `owner`.
+    pub permission: String,
+}
+
+impl Permission {
+    /// Whether this permission lets a person command the bot.
+    pub fn can_write(&self) -> bool {
+        matches!(self.permission.as_str(), "write" | "admin" | "owner")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Contents {
+    #[serde(default)]
+    pub content: Option<String>,
+    #[serde(default)]
+    pub encoding: Option<String>,
+    pub sha: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Repository {
+    pub full_name: String,
+    pub default_branch: String,
+    #[serde(default)]
+    pub clone_url: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hook {
+    pub id: i64,
+    #[serde(default)]
+    pub active: bool,
+    #[serde(default)]
+    pub config: std::collections::BTreeMap<String, String>,
+}

@@ -1,0 +1,4 @@
+//! The outside world, each behind a small interface the engine's workers call.
+
+pub mod forgejo;
+pub mod templates;
