@@ -861,6 +861,10 @@ async fn bench_load(s: &Settings, rows: &mut Vec<Row>, notes: &mut Vec<String>) 
     std::fs::write(&config_path, config).unwrap();
     let mut cmd = Process::new(env!("CARGO_BIN_EXE_forgefleet"));
     cmd.arg("serve").arg("--config").arg(&config_path).current_dir(dir.path()).env_remove("RUST_LOG");
+    if std::env::var("FFX").is_ok() {
+        cmd = Process::new(std::env::current_exe().unwrap());
+        cmd.env("FFX_SERVE", &config_path).current_dir(dir.path());
+    }
     let mut ours = ChildGuard::spawn(cmd, dir.path().join("serve.log"), "forgefleet serve");
     ours.wait_listening(addr);
     let base = format!("http://{addr}");
@@ -1031,6 +1035,28 @@ async fn bare_next(headers: HeaderMap, axum::Json(req): axum::Json<Value>) -> St
 // ---------------------------------------------------------------------------------------------------------
 
 fn main() {
+    if let Ok(path) = std::env::var("FFX_SERVE") {
+        let config = Config::load(Some(std::path::Path::new(&path))).unwrap();
+        let store = Store::open(&config.store.path).unwrap();
+        let server = Server::start(config.clone(), store, forgefleet::engine::SystemClock);
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let h = server.engine().clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    let _ = h.send(Command::Tick).await;
+                }
+            });
+            let l = tokio::net::TcpListener::bind(config.server.listen).await.unwrap();
+            if std::env::var("FFX_MODE").as_deref() == Ok("make") {
+                axum::serve(l, server.router().into_make_service()).await.unwrap();
+            } else {
+                axum::serve(l, server.router()).await.unwrap();
+            }
+        });
+        return;
+    }
     if let Ok(addr) = std::env::var(BARE_SERVER_ENV) {
         return bare_server(&addr);
     }

@@ -3,6 +3,7 @@
 
 mod remote;
 mod serve;
+mod setup;
 mod views;
 
 use std::path::PathBuf;
@@ -35,6 +36,11 @@ pub struct Cli {
 enum Command {
     /// Run the orchestrator: HTTP API, engine and periodic checks.
     Serve,
+    /// Work with the Forgejo instance.
+    Forgejo {
+        #[command(subcommand)]
+        command: ForgejoCommand,
+    },
     /// Work with configuration files.
     Config {
         #[command(subcommand)]
@@ -120,6 +126,19 @@ fn parse_agent_status(s: &str) -> Result<AgentStatus, String> {
 
 fn parse_agent_name(s: &str) -> Result<AgentName, String> {
     AgentName::parse(s).map_err(|e| e.to_string())
+}
+
+#[derive(Debug, Subcommand)]
+enum ForgejoCommand {
+    /// Prepare a repository: create the labels forgefleet uses and the webhook to this server.
+    Setup {
+        /// The repository, `owner/name`.
+        #[arg(long)]
+        repo: String,
+        /// Where Forgejo should deliver webhooks (default: `[forgejo] webhook_url`).
+        #[arg(long)]
+        webhook_url: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -213,6 +232,9 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Status { json } => {
             let store = Store::open_read_only(&config.store.path)?;
             views::status(&store, json)
+        }
+        Command::Forgejo { command: ForgejoCommand::Setup { repo, webhook_url } } => {
+            setup::run(&config, &repo, webhook_url.as_deref())
         }
     }
 }

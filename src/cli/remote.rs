@@ -180,12 +180,8 @@ fn parse_server(s: &str) -> Result<Url, CliError> {
     let url =
         Url::parse(&with_scheme).map_err(|e| bad(&format!("{e}; expected a URL such as http://127.0.0.1:8080")))?;
     match url.scheme() {
-        "http" => {}
-        "https" => {
-            return Err(bad("this forgefleet is built without TLS and speaks plain http:// only \
-                 (reach an https server through a tunnel or a proxy on this machine)"));
-        }
-        other => return Err(bad(&format!("the scheme must be http, not {other}"))),
+        "http" | "https" => {}
+        other => return Err(bad(&format!("the scheme must be http or https, not {other}"))),
     }
     if url.host().is_none() {
         return Err(bad("it names no host"));
@@ -262,7 +258,8 @@ mod tests {
         assert_eq!(remote("localhost:7000").unwrap().base, "http://localhost:7000");
         assert!(remote("localhost:7000").unwrap().loopback);
         assert_eq!(remote("http://10.0.0.1/forgefleet/").unwrap().base, "http://10.0.0.1/forgefleet");
-        for bad in ["https://fleet.example", "ftp://x", "http://", "http://h/?q=1", "http://u:p@h"] {
+        assert_eq!(remote("https://fleet.example").unwrap().base, "https://fleet.example");
+        for bad in ["ftp://x", "http://", "http://h/?q=1", "http://u:p@h"] {
             let e = remote(bad).unwrap_err();
             assert_eq!(e.code, 2, "{bad}: {}", e.message);
             assert!(e.message.contains("--server"), "{}", e.message);

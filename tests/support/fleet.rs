@@ -15,6 +15,8 @@ pub const REGISTRATION_TOKEN: &str = "registration-test-token";
 pub const OPERATOR: &str = "operator-test-token";
 
 pub struct Fleet {
+    /// The Forgejo workers (outbox delivery, reconciliation), when started with a Forgejo.
+    pub workers: Option<forgefleet::integrations::forgejo::Workers>,
     pub clock: ManualClock,
     pub base: String,
     pub http: reqwest::Client,
@@ -30,6 +32,15 @@ impl Fleet {
     }
 
     pub async fn start_with(tune: impl FnOnce(&mut Config)) -> Fleet {
+        Self::start_inner(tune, false).await
+    }
+
+    /// A fleet whose Forgejo workers run too (point `[forgejo] url` at a fake in `tune`).
+    pub async fn start_with_forgejo(tune: impl FnOnce(&mut Config)) -> Fleet {
+        Self::start_inner(tune, true).await
+    }
+
+    async fn start_inner(tune: impl FnOnce(&mut Config), integrations: bool) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::default();
         config.store.path = dir.path().join("forgefleet.db");
@@ -42,6 +53,7 @@ impl Fleet {
         let clock = ManualClock::new(Timestamp(1_800_000_000_000));
         let server = Server::start(config, store, clock.clone());
         let engine = server.engine().clone();
+        let workers = if integrations { server.start_integrations(Duration::from_millis(20)).unwrap() } else { None };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let router = server.router();
@@ -49,7 +61,7 @@ impl Fleet {
             axum::serve(listener, router).await.unwrap();
             drop(server);
         });
-        Fleet { clock, base, http: reqwest::Client::new(), engine, db, serve, _dir: dir }
+        Fleet { workers, clock, base, http: reqwest::Client::new(), engine, db, serve, _dir: dir }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -122,6 +134,9 @@ impl Fleet {
 impl Drop for Fleet {
     fn drop(&mut self) {
         self.serve.abort();
+        if let Some(w) = &self.workers {
+            w.abort();
+        }
     }
 }
 

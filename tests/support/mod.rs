@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fleet;
+pub mod forgejo;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};

@@ -117,17 +117,20 @@ impl Deliverer {
         let current = self.client.issue_labels(&issue.repo, issue.number).await?;
         let names: Vec<String> = current.iter().map(|l| l.name.clone()).collect();
         let change = self.labels.status_change(&names, want);
-        for name in &change.remove {
-            if let Some(l) = current.iter().find(|l| &l.name == name) {
-                match self.client.remove_label(&issue.repo, issue.number, l.id).await {
-                    Err(e) if !e.is_not_found() => return Err(e.into()),
-                    _ => {}
-                }
-            }
-        }
+        // Add before removing: every webhook this sends shows the issue with a status label, never the
+        // bare moment in between, which would read as a person calling the work off.
         if !change.add.is_empty() {
             let ids = self.label_ids(issue, &change.add).await?;
             self.client.add_labels(&issue.repo, issue.number, &ids).await?;
+        }
+        for name in &change.remove {
+            if let Some(l) = current.iter().find(|l| &l.name == name) {
+                match self.client.remove_label(&issue.repo, issue.number, l.id).await {
+                    // Gone already (a person, or an earlier try of this very delivery).
+                    Err(e) if !e.is_not_found() && e.status().is_none_or(|s| s.as_u16() != 422) => return Err(e.into()),
+                    _ => {}
+                }
+            }
         }
         Ok(())
     }
@@ -264,8 +267,24 @@ impl Deliverer {
     ) -> Result<(), DeliveryError> {
         let permission = match self.client.permission(&issue.repo, author).await {
             Ok(p) => p,
-            Err(e) if e.is_not_found() || e.status().is_some_and(|s| s.as_u16() == 403) => {
-                super::types::Permission { permission: "none".into() }
+            Err(e) if e.is_not_found() => super::types::Permission { permission: "none".into() },
+            Err(e) if e.status().is_some_and(|s| s.as_u16() == 403) => {
+                // Forgejo shows other people's permission only to repository admins: without it, nobody's
+                // command can be checked, and guessing would let anyone steer the fleet.
+                tracing::error!(repo = %issue.repo, "forgefleet's Forgejo account needs admin access to read permissions");
+                let body = format!(
+                    "@{author} I cannot check who may command me in {}: my account needs admin access to the \
+                     repository. Nothing was run.",
+                    issue.repo
+                );
+                let effect =
+                    Effect::Reply { issue: issue.clone(), key: format!("reply:{comment_id}:permission"), body };
+                let record = Command::FromWebhook {
+                    key: format!("cmd:{}:{comment_id}:permission", issue.repo),
+                    inner: Box::new(Command::Enqueue(effect)),
+                };
+                self.engine.send(record).await?;
+                return Ok(());
             }
             Err(e) => return Err(e.into()),
         };

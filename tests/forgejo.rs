@@ -1,0 +1,374 @@
+//! Forgejo and forgefleet together, over real HTTP: a fake Forgejo that holds state and sends signed webhooks
+//! exactly as Forgejo does, and forgefleet with its webhook endpoint, outbox delivery and reconciliation.
+
+mod support;
+
+use std::future::Future;
+use std::time::Duration;
+
+use forgefleet::config::Secret;
+use forgefleet::core::RepoName;
+use forgefleet::integrations::forgejo::{ForgejoClient, reconcile};
+use reqwest::Method;
+use serde_json::json;
+use support::fleet::Fleet;
+use support::forgejo::{FakeForgejo, sign};
+
+const REPO: &str = "acme/app";
+const SECRET: &str = "webhook-secret";
+const BOT: &str = "forgefleet";
+const BOT_TOKEN: &str = "bot-token";
+
+struct World {
+    forgejo: FakeForgejo,
+    fleet: Fleet,
+}
+
+impl World {
+    async fn new() -> World {
+        let forgejo = FakeForgejo::start().await;
+        forgejo.create_repo(REPO).await;
+        forgejo.add_user(BOT, BOT_TOKEN).await;
+        // Reading other people's permission takes admin access in Forgejo.
+        forgejo.set_permission(REPO, BOT, "admin").await;
+        forgejo.add_user("alice", "alice-token").await;
+        forgejo.set_permission(REPO, "alice", "write").await;
+        forgejo.add_user("eve", "eve-token").await;
+        let url = forgejo.url().to_string();
+        let fleet = Fleet::start_with_forgejo(|c| {
+            c.forgejo.url = Some(url);
+            c.forgejo.token = Some(Secret::new(BOT_TOKEN));
+            c.forgejo.webhook_secret = Some(Secret::new(SECRET));
+            c.forgejo.bot_user = Some(BOT.into());
+            c.forgejo.repos = vec![REPO.into()];
+        })
+        .await;
+        forgejo
+            .add_hook(
+                REPO,
+                &format!("{}/api/v1/webhooks/forgejo", fleet.base),
+                SECRET,
+                &["issues", "issue_comment", "pull_request"],
+            )
+            .await;
+        World { forgejo, fleet }
+    }
+
+    fn client(&self) -> ForgejoClient {
+        ForgejoClient::new(self.forgejo.url(), Secret::new(BOT_TOKEN)).unwrap()
+    }
+
+    async fn reconcile(&self, full: bool) -> reconcile::PassReport {
+        let repo = RepoName::parse(REPO).unwrap();
+        reconcile::pass(&self.client(), &self.fleet.engine, &self.fleet.db, &repo, full).await.unwrap()
+    }
+
+    async fn tasks(&self) -> Vec<serde_json::Value> {
+        let (_, body) = self.fleet.operator(Method::GET, "/tasks").await;
+        body["tasks"].as_array().cloned().unwrap_or_default()
+    }
+
+    async fn labels(&self, n: u64) -> Vec<String> {
+        let mut l = self.forgejo.issue(REPO, n).await.labels;
+        l.sort();
+        l
+    }
+}
+
+/// Waits (up to 10 s) until `check` holds: deliveries and the outbox work in the background.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn labelling_an_issue_queues_a_task_and_an_agent_taking_it_shows_on_the_issue() {
+    let w = World::new().await;
+    let n = w
+        .forgejo
+        .create_issue(REPO, "alice", "Fix the login page", "It 500s.", &["status:todo", "priority:high"])
+        .await;
+    eventually("the task is queued", || async { w.tasks().await.len() == 1 }).await;
+    let task = &w.tasks().await[0];
+    assert_eq!(
+        (task["issue"].as_str(), task["state"].as_str(), task["priority"].as_str()),
+        (Some("acme/app#1"), Some("queued"), Some("high"))
+    );
+
+    let agent = w.fleet.register("a1", &[], 1).await;
+    let a = agent.pull().await.unwrap();
+    assert_eq!((a.title.as_str(), a.body.as_str()), ("Fix the login page", "It 500s."));
+    agent.start(&a).await;
+    eventually("the issue shows status:doing only", || async {
+        w.labels(n).await == ["priority:high", "status:doing"]
+    })
+    .await;
+    eventually("a started comment", || async {
+        w.forgejo
+            .comments(REPO, n)
+            .await
+            .iter()
+            .any(|c| c.user == BOT && c.body.contains("a1") && c.body.contains("started"))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_or_missing_signature_is_refused_and_stores_nothing() {
+    let w = World::new().await;
+    let before = w.fleet.event_count();
+    let body = json!({"action": "opened", "issue": {"number": 1}}).to_string();
+    let url = format!("{}/api/v1/webhooks/forgejo", w.fleet.base);
+    for signature in [None, Some("deadbeef".to_string()), Some(sign("wrong-secret", body.as_bytes()))] {
+        let mut req =
+            w.fleet.http.post(&url).header("content-type", "application/json").header("x-forgejo-event", "issues");
+        if let Some(s) = &signature {
+            req = req.header("x-forgejo-signature", s);
+        }
+        let r = req.body(body.clone()).send().await.unwrap();
+        assert_eq!(r.status(), 401, "{signature:?}");
+        let err: serde_json::Value = r.json().await.unwrap();
+        assert!(err["error"]["message"].as_str().unwrap().contains("signature"), "{err}");
+    }
+    // Signed but malformed: 400, still nothing stored.
+    let bad = b"{not json";
+    let r = w
+        .fleet
+        .http
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("x-forgejo-event", "issues")
+        .header("x-forgejo-signature", sign(SECRET, bad))
+        .body(bad.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(w.fleet.event_count(), before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replayed_delivery_changes_nothing() {
+    let w = World::new().await;
+    w.forgejo.create_issue(REPO, "alice", "Replay me", "", &["status:todo"]).await;
+    eventually("the task is queued", || async { w.tasks().await.len() == 1 }).await;
+    w.forgejo.settle().await;
+    let events = w.fleet.event_count();
+    let delivery = w.forgejo.deliveries().await.into_iter().find(|d| d.event == "issues").unwrap();
+    // A manual replay in Forgejo's UI: the same body, a new delivery id.
+    let r = w
+        .fleet
+        .http
+        .post(format!("{}/api/v1/webhooks/forgejo", w.fleet.base))
+        .header("content-type", "application/json")
+        .header("x-forgejo-event", "issues")
+        .header("x-forgejo-delivery", support::forgejo::uuid_v4())
+        .header("x-forgejo-signature", sign(SECRET, delivery.body.as_bytes()))
+        .body(delivery.body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let answer: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(answer["status"], "duplicate");
+    assert_eq!(w.fleet.event_count(), events);
+    assert_eq!(w.tasks().await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dropped_webhook_is_picked_up_by_reconciliation_with_one_listing_request() {
+    let w = World::new().await;
+    w.reconcile(true).await;
+    w.forgejo.drop_next_webhooks(1).await;
+    w.forgejo.create_issue(REPO, "alice", "Lost delivery", "", &["status:todo"]).await;
+    w.forgejo.settle().await;
+    assert!(w.tasks().await.is_empty(), "the webhook was lost");
+    w.forgejo.clear_requests().await;
+    let report = w.reconcile(false).await;
+    assert_eq!(report.listed, 1);
+    assert_eq!(w.tasks().await.len(), 1);
+    let listings =
+        w.forgejo.requests().await.into_iter().filter(|r| r.method == "GET" && r.path.ends_with("/issues")).count();
+    assert!(listings <= 2, "{listings} listing requests");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forgejo_failing_for_a_while_delays_labels_and_comments_but_loses_none() {
+    let w = World::new().await;
+    let n = w.forgejo.create_issue(REPO, "alice", "Flaky forge", "", &["status:todo"]).await;
+    eventually("the task is queued", || async { w.tasks().await.len() == 1 }).await;
+    w.forgejo.fail_requests_until_healed(500).await;
+    let agent = w.fleet.register("a1", &[], 1).await;
+    let a = agent.pull().await.unwrap();
+    agent.start(&a).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(w.labels(n).await, ["status:todo"], "nothing could be written yet");
+    w.forgejo.heal().await;
+    eventually("doing is set and the comment posted", || async {
+        w.labels(n).await == ["status:doing"] && w.forgejo.comments(REPO, n).await.iter().any(|c| c.user == BOT)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_comment_posted_before_a_crash_is_not_posted_again() {
+    let w = World::new().await;
+    let n = w.forgejo.create_issue(REPO, "alice", "Crash", "", &["status:todo"]).await;
+    eventually("the task is queued", || async { w.tasks().await.len() == 1 }).await;
+    // forgefleet posted the "started" comment, then died before recording it: the comment is there, the
+    // outbox row is not marked. The next delivery must find it by its marker.
+    w.forgejo.fail_requests_until_healed(503).await;
+    let agent = w.fleet.register("a1", &[], 1).await;
+    let a = agent.pull().await.unwrap();
+    agent.start(&a).await;
+    let task = a.task_id;
+    w.forgejo
+        .comment(REPO, n, BOT, &format!("posted before the crash\n\n<!-- forgefleet:task-{task}:attempt-1:started -->"))
+        .await;
+    w.forgejo.heal().await;
+    eventually("the labels are written", || async { w.labels(n).await == ["status:doing"] }).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started =
+        w.forgejo.comments(REPO, n).await.into_iter().filter(|c| c.body.contains("attempt-1:started")).count();
+    assert_eq!(started, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn commands_from_people_without_write_access_are_refused_with_a_reply() {
+    let w = World::new().await;
+    let n = w.forgejo.create_issue(REPO, "alice", "Refuse eve", "", &["status:todo"]).await;
+    eventually("the task is queued", || async { w.tasks().await.len() == 1 }).await;
+    w.forgejo.comment(REPO, n, "eve", "/cancel").await;
+    eventually("eve is told why", || async {
+        w.forgejo
+            .comments(REPO, n)
+            .await
+            .iter()
+            .any(|c| c.user == BOT && c.body.contains("@eve") && c.body.contains("write access"))
+    })
+    .await;
+    assert_eq!(w.tasks().await[0]["state"], "queued", "nothing ran");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_and_retry_from_a_collaborator_run_once_and_are_acknowledged() {
+    let w = World::new().await;
+    let n = w.forgejo.create_issue(REPO, "alice", "Steer me", "", &["status:todo"]).await;
+    eventually("the task is queued", || async { w.tasks().await.len() == 1 }).await;
+    w.forgejo.comment(REPO, n, "alice", "Stop please:\n\n/cancel\n\n```\n/retry\n```").await;
+    eventually("cancelled", || async { w.tasks().await[0]["state"] == "cancelled" }).await;
+    eventually("a 👍", || async {
+        w.forgejo.reactions(REPO, n).await.iter().any(|r| r.user == BOT && r.content == "+1")
+    })
+    .await;
+    eventually("the status label is gone", || async { !w.labels(n).await.iter().any(|l| l.starts_with("status:")) })
+        .await;
+    w.forgejo.comment(REPO, n, "alice", "/retry").await;
+    eventually("queued again", || async { w.tasks().await[0]["state"] == "queued" }).await;
+    assert_eq!(w.tasks().await[0]["attempt"], 2);
+    // A mistake gets a reply that says how to write it.
+    w.forgejo.comment(REPO, n, "alice", "/assign").await;
+    eventually("the usage reply", || async {
+        w.forgejo.comments(REPO, n).await.iter().any(|c| c.user == BOT && c.body.contains("/assign <agent>"))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn closing_the_issue_cancels_the_task_and_the_agent_is_told() {
+    let w = World::new().await;
+    let n = w.forgejo.create_issue(REPO, "alice", "Close me", "", &["status:todo"]).await;
+    eventually("the task is queued", || async { w.tasks().await.len() == 1 }).await;
+    let agent = w.fleet.register("a1", &[], 1).await;
+    let a = agent.pull().await.unwrap();
+    agent.start(&a).await;
+    w.forgejo.close_issue(REPO, n, "alice").await;
+    eventually("cancelled", || async { w.tasks().await[0]["state"] == "cancelled" }).await;
+    assert_eq!(agent.heartbeat(&[a.task_id]).await, [a.task_id]);
+    eventually("a comment says why", || async {
+        w.forgejo.comments(REPO, n).await.iter().any(|c| c.body.contains("Cancelled") && c.body.contains("closed"))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn label_drift_is_repaired() {
+    let w = World::new().await;
+    let n = w.forgejo.create_issue(REPO, "alice", "Drift", "", &["status:todo"]).await;
+    eventually("the task is queued", || async { w.tasks().await.len() == 1 }).await;
+    let agent = w.fleet.register("a1", &[], 1).await;
+    let a = agent.pull().await.unwrap();
+    agent.start(&a).await;
+    eventually("doing", || async { w.labels(n).await == ["status:doing"] }).await;
+    // Someone adds a second status label by hand.
+    w.forgejo.add_labels(REPO, n, "alice", &["status:done"]).await;
+    eventually("back to exactly one status label", || async { w.labels(n).await == ["status:doing"] }).await;
+    assert_eq!(w.tasks().await[0]["state"], "running");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_labels_are_created_at_start() {
+    let w = World::new().await;
+    eventually("the status and priority labels exist", || async {
+        let names: Vec<String> = w.forgejo.labels(REPO).await.into_iter().map(|l| l.name).collect();
+        ["status:todo", "status:doing", "status:done", "status:failed", "priority:critical", "priority:low"]
+            .iter()
+            .all(|l| names.iter().any(|n| n == l))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forgejo_setup_creates_the_labels_and_the_webhook_once() {
+    let forgejo = FakeForgejo::start().await;
+    forgejo.create_repo(REPO).await;
+    forgejo.add_user(BOT, BOT_TOKEN).await;
+    forgejo.set_permission(REPO, BOT, "admin").await;
+    let home = support::Home::with_config(&format!(
+        "[forgejo]\nurl = \"{}\"\ntoken = \"{BOT_TOKEN}\"\nwebhook_secret = \"{SECRET}\"\nrepos = [\"{REPO}\"]\n",
+        forgejo.url()
+    ));
+    let run = |args: Vec<String>| {
+        let home_config = home.config();
+        let dir = home.dir.path().to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(support::binary())
+                .args(&args)
+                .arg("--config")
+                .arg(home_config)
+                .current_dir(dir)
+                .output()
+                .unwrap()
+        })
+    };
+    let hook = "http://127.0.0.1:9/api/v1/webhooks/forgejo".to_string();
+    let args =
+        vec!["forgejo".into(), "setup".into(), "--repo".into(), REPO.into(), "--webhook-url".into(), hook.clone()];
+    let out = run(args.clone()).await.unwrap();
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    let text = support::stdout(&out);
+    assert!(text.contains("labels: created") && text.contains("webhook: created"), "{text}");
+    let hooks = forgejo.hooks(REPO).await;
+    assert_eq!(hooks.len(), 1);
+    assert_eq!((hooks[0].url.as_str(), hooks[0].secret.as_str(), hooks[0].active), (hook.as_str(), SECRET, true));
+    assert!(hooks[0].events.iter().any(|e| e == "issue_comment"));
+
+    let again = run(args).await.unwrap();
+    let text = support::stdout(&again);
+    assert!(text.contains("all present") && text.contains("already"), "{text}");
+    assert_eq!(forgejo.hooks(REPO).await.len(), 1, "not created twice");
+
+    let bad = run(vec!["forgejo".into(), "setup".into(), "--repo".into(), "nope".into()]).await.unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(support::stderr(&bad).contains("--repo"), "{}", support::stderr(&bad));
+}
