@@ -294,6 +294,7 @@ async fn bench_latency(s: &Settings, rows: &mut Vec<Row>, notes: &mut Vec<String
 
     progress(format!("latency: queueing {} tasks one at a time", s.warmup_tasks + s.tasks));
     let mut samples = Vec::with_capacity(s.tasks);
+    let mut accepted = Vec::with_capacity(s.tasks);
     for i in 0..s.warmup_tasks + s.tasks {
         tokio::time::sleep(GAP).await;
         let observation = IssueObservation {
@@ -305,6 +306,7 @@ async fn bench_latency(s: &Settings, rows: &mut Vec<Row>, notes: &mut Vec<String
         };
         let queued = Instant::now();
         let reply = engine.send(Command::ObserveIssue(observation)).await.expect("the engine refused an issue");
+        let committed = Instant::now();
         let Reply::Observed(Some(task)) = reply else { panic!("observing an issue answered {reply:?}") };
         let want = serde_json::to_value(task).unwrap();
         let received = loop {
@@ -316,6 +318,7 @@ async fn bench_latency(s: &Settings, rows: &mut Vec<Row>, notes: &mut Vec<String
         };
         if i >= s.warmup_tasks {
             samples.push(received.duration_since(queued));
+            accepted.push(committed.duration_since(queued));
         }
     }
 
@@ -338,6 +341,7 @@ async fn bench_latency(s: &Settings, rows: &mut Vec<Row>, notes: &mut Vec<String
     let bare_wake = bare_long_poll_wake(&http, s).await;
 
     let ours = dist(samples);
+    let accepted = dist(accepted);
     let base_rtt = dist(bare_rtt);
     let wake = dist(bare_wake);
     let hb = dist(heartbeats);
@@ -376,7 +380,15 @@ async fn bench_latency(s: &Settings, rows: &mut Vec<Row>, notes: &mut Vec<String
         None,
     ));
     rows.push(Row::new(
-        "1c. heartbeat round trip (auth + engine commit), sequential, p50 / p99",
+        "1c. of which: the engine committed the task (`send(ObserveIssue)` returned), p50 / p99",
+        format!("{} / {}", fmt_dur(accepted.p50), fmt_dur(accepted.p99)),
+        "-".into(),
+        "-".into(),
+        "-",
+        None,
+    ));
+    rows.push(Row::new(
+        "1d. heartbeat round trip (auth + engine commit), sequential, p50 / p99",
         format!("{} / {}", fmt_dur(hb.p50), fmt_dur(hb.p99)),
         format!("{} / {}", fmt_dur(base_rtt.p50), fmt_dur(base_rtt.p99)),
         format!("{} / {}", dur_ratio(hb.p50, base_rtt.p50), dur_ratio(hb.p99, base_rtt.p99)),
@@ -384,7 +396,7 @@ async fn bench_latency(s: &Settings, rows: &mut Vec<Row>, notes: &mut Vec<String
         None,
     ));
     rows.push(Row::new(
-        "1d. sequential request throughput: heartbeat vs bare handler",
+        "1e. sequential request throughput: heartbeat vs bare handler",
         format!("{:.0} req/s", 1.0 / hb.p50.as_secs_f64()),
         format!("{:.0} req/s", 1.0 / base_rtt.p50.as_secs_f64()),
         ratio(base_rtt.p50.as_secs_f64(), hb.p50.as_secs_f64()),
@@ -661,11 +673,14 @@ struct LoadStats {
     polls_failed: AtomicU64,
     heartbeat_latency: Mutex<Vec<Duration>>,
     first_errors: Mutex<Vec<String>>,
+    /// Failed requests over the whole run, window or not.
+    failures_total: AtomicU64,
 }
 
 impl LoadStats {
     /// Keeps the first few error messages; returns `true` so callers can mark the outcome as a failure.
     fn error(&self, what: String) -> bool {
+        self.failures_total.fetch_add(1, Ordering::Relaxed);
         let mut e = self.first_errors.lock().unwrap();
         if e.len() < 5 {
             e.push(what);
@@ -691,6 +706,9 @@ struct LoadRun {
     polls_failed: u64,
     heartbeat: Dist,
     first_errors: Vec<String>,
+    failures_total: u64,
+    /// VmRSS of the server before the load began.
+    idle_rss_kb: u64,
 }
 
 impl LoadRun {
@@ -701,6 +719,7 @@ impl LoadRun {
 
 /// Drives `tokens.len()` simulated agents against `base` and measures the process `pid` over the window.
 async fn drive_load(s: &Settings, pid: u32, base: &str, tokens: &[String]) -> LoadRun {
+    let idle_rss_kb = status_field(&pid.to_string(), "VmRSS");
     let http = client();
     let stats = Arc::new(LoadStats::default());
     let n = tokens.len();
@@ -824,6 +843,8 @@ async fn drive_load(s: &Settings, pid: u32, base: &str, tokens: &[String]) -> Lo
         polls_failed: stats.polls_failed.load(Ordering::Relaxed),
         heartbeat,
         first_errors: std::mem::take(&mut *stats.first_errors.lock().unwrap()),
+        failures_total: stats.failures_total.load(Ordering::Relaxed),
+        idle_rss_kb,
     }
 }
 
@@ -861,10 +882,6 @@ async fn bench_load(s: &Settings, rows: &mut Vec<Row>, notes: &mut Vec<String>) 
     std::fs::write(&config_path, config).unwrap();
     let mut cmd = Process::new(env!("CARGO_BIN_EXE_forgefleet"));
     cmd.arg("serve").arg("--config").arg(&config_path).current_dir(dir.path()).env_remove("RUST_LOG");
-    if std::env::var("FFX").is_ok() {
-        cmd = Process::new(std::env::current_exe().unwrap());
-        cmd.env("FFX_SERVE", &config_path).current_dir(dir.path());
-    }
     let mut ours = ChildGuard::spawn(cmd, dir.path().join("serve.log"), "forgefleet serve");
     ours.wait_listening(addr);
     let base = format!("http://{addr}");
@@ -938,14 +955,17 @@ async fn bench_load(s: &Settings, rows: &mut Vec<Row>, notes: &mut Vec<String>) 
     for (label, r) in [("forgefleet serve", &ours_run), ("bare axum", &bare_run)] {
         notes.push(format!(
             "2 ({label}): window {:.1} s; heartbeats ok {} failed {}; long-polls ended 204 {} / 200 {} / failed {}; \
-             server RSS at end {}, max sampled {}, VmHWM {}; threads max {}; open fds max {}; load generator CPU \
-             {:.1} % of one core; whole machine busy {:.1} % of 2 cores' time",
+             failed requests over the whole run {}; server RSS before the load {}, at end {}, max sampled {}, VmHWM \
+             {}; threads max {}; open fds max {}; load generator CPU {:.1} % of one core; whole machine busy {:.1} % \
+             of 2 cores' time",
             r.window.as_secs_f64(),
             r.heartbeats_ok,
             r.heartbeats_failed,
             r.polls_empty,
             r.polls_assigned,
             r.polls_failed,
+            r.failures_total,
+            mb(r.idle_rss_kb),
             mb(r.rss_end_kb),
             mb(r.rss_max_kb),
             mb(r.hwm_kb),
@@ -1035,28 +1055,6 @@ async fn bare_next(headers: HeaderMap, axum::Json(req): axum::Json<Value>) -> St
 // ---------------------------------------------------------------------------------------------------------
 
 fn main() {
-    if let Ok(path) = std::env::var("FFX_SERVE") {
-        let config = Config::load(Some(std::path::Path::new(&path))).unwrap();
-        let store = Store::open(&config.store.path).unwrap();
-        let server = Server::start(config.clone(), store, forgefleet::engine::SystemClock);
-        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-        rt.block_on(async {
-            let h = server.engine().clone();
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(Duration::from_secs(5)).await;
-                    let _ = h.send(Command::Tick).await;
-                }
-            });
-            let l = tokio::net::TcpListener::bind(config.server.listen).await.unwrap();
-            if std::env::var("FFX_MODE").as_deref() == Ok("make") {
-                axum::serve(l, server.router().into_make_service()).await.unwrap();
-            } else {
-                axum::serve(l, server.router()).await.unwrap();
-            }
-        });
-        return;
-    }
     if let Ok(addr) = std::env::var(BARE_SERVER_ENV) {
         return bare_server(&addr);
     }

@@ -669,6 +669,18 @@ fn bench_append(dir: &Path, tasks: usize, per_tx: usize, rounds: usize, with_sav
                     "the raw baseline did not write what the engine wrote ({sql})"
                 );
             }
+            // ... and as many rows in every table (a table the engine writes and the baseline does not would
+            // show here).
+            for table in table_dump(
+                engine.store.connection(),
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
+            ) {
+                let sql = format!("SELECT CAST(COUNT(*) AS TEXT) FROM \"{table}\"");
+                assert!(
+                    table_dump(engine.store.connection(), &sql) == table_dump(raw_store.connection(), &sql),
+                    "the engine and the raw baseline wrote different numbers of rows into {table}"
+                );
+            }
         }
         drop((engine, raw_store, sp_store));
         for p in [&path, &raw_path, &sp_path] {
@@ -686,7 +698,7 @@ fn remove_db(p: &Path) {
 }
 
 /// A fresh database with the store's schema and pragmas for the raw baseline, holding the engine's agents
-/// (the leases refer to them). Set-up, not timed.
+/// (the leases refer to them) and their registration events. Set-up, not timed.
 fn raw_db(path: &Path, engine: &Engine) -> Store {
     let store = Store::open(path).unwrap();
     let conn = store.connection();
@@ -706,6 +718,26 @@ fn raw_db(path: &Path, engine: &Engine) -> Store {
                 r.get::<_, i64>(4).unwrap(),
                 r.get::<_, String>(5).unwrap(),
                 r.get::<_, Option<i64>>(6).unwrap()
+            ],
+        )
+        .unwrap();
+    }
+    drop(rows);
+    drop(stmt);
+    // The agents' registrations, so that both logs hold the same events.
+    let mut stmt = src
+        .prepare("SELECT seq, at, kind, agent_id, payload FROM events WHERE agent_id IS NOT NULL ORDER BY seq")
+        .unwrap();
+    let mut rows = stmt.query([]).unwrap();
+    while let Some(r) = rows.next().unwrap() {
+        conn.execute(
+            "INSERT INTO events (seq, at, kind, agent_id, payload) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                r.get::<_, i64>(0).unwrap(),
+                r.get::<_, i64>(1).unwrap(),
+                r.get::<_, String>(2).unwrap(),
+                r.get::<_, i64>(3).unwrap(),
+                r.get::<_, String>(4).unwrap()
             ],
         )
         .unwrap();
@@ -1218,6 +1250,11 @@ fn bench_startup(dir: &Path, sizes: &Sizes) -> Vec<Row> {
 
 fn main() {
     let sizes = Sizes::from_env();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    progress(format!(
+        "load average at the start (1, 5, 15 min): {}",
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    ));
     let started = Instant::now();
     let tmp = tempfile::Builder::new().prefix("forgefleet-bench-").tempdir().unwrap();
     let dir = tmp.path();

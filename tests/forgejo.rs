@@ -26,8 +26,20 @@ struct World {
 
 impl World {
     async fn new() -> World {
+        Self::with_fleet_file(None).await
+    }
+
+    /// A world whose repository carries `.forgejo/fleet.yaml` with `text` before forgefleet starts.
+    async fn with_fleet_file(text: Option<&str>) -> World {
+        Self::build(text, |_| {}).await
+    }
+
+    async fn build(text: Option<&str>, tune: impl FnOnce(&mut forgefleet::config::Config)) -> World {
         let forgejo = FakeForgejo::start().await;
         forgejo.create_repo(REPO).await;
+        if let Some(t) = text {
+            forgejo.set_file(REPO, ".forgejo/fleet.yaml", t).await;
+        }
         forgejo.add_user(BOT, BOT_TOKEN).await;
         // Reading other people's permission takes admin access in Forgejo.
         forgejo.set_permission(REPO, BOT, "admin").await;
@@ -41,6 +53,7 @@ impl World {
             c.forgejo.webhook_secret = Some(Secret::new(SECRET));
             c.forgejo.bot_user = Some(BOT.into());
             c.forgejo.repos = vec![REPO.into()];
+            tune(c);
         })
         .await;
         forgejo
@@ -371,4 +384,73 @@ async fn forgejo_setup_creates_the_labels_and_the_webhook_once() {
     let bad = run(vec!["forgejo".into(), "setup".into(), "--repo".into(), "nope".into()]).await.unwrap();
     assert_eq!(bad.status.code(), Some(2));
     assert!(support::stderr(&bad).contains("--repo"), "{}", support::stderr(&bad));
+}
+
+/// Waits until forgefleet has read the repository's `fleet.yaml`.
+async fn settings_read(w: &World) {
+    eventually("the repository settings are read", || async {
+        let store = forgefleet::store::Store::open_read_only(&w.fleet.db).unwrap();
+        store.read().meta(&format!("repo.settings:{REPO}")).unwrap().is_some()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repository_can_rename_its_labels_in_fleet_yaml() {
+    let w = World::with_fleet_file(Some("labels:\n  todo: fleet/todo\n  doing: fleet/doing\n")).await;
+    settings_read(&w).await;
+    w.forgejo.create_issue(REPO, "alice", "Ignored", "", &["status:todo"]).await;
+    let n = w.forgejo.create_issue(REPO, "alice", "Mine", "", &["fleet/todo"]).await;
+    eventually("only the fleet/todo issue is queued", || async {
+        let t = w.tasks().await;
+        t.len() == 1 && t[0]["issue"] == format!("{REPO}#{n}")
+    })
+    .await;
+    let agent = w.fleet.register("a1", &[], 1).await;
+    let a = agent.pull().await.unwrap();
+    agent.start(&a).await;
+    eventually("the repository's own doing label", || async { w.labels(n).await == ["fleet/doing"] }).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_invalid_fleet_yaml_is_reported_on_the_next_task_and_the_defaults_apply() {
+    let w = World::with_fleet_file(Some("lables:\n  todo: x\n")).await;
+    settings_read(&w).await;
+    let n = w.forgejo.create_issue(REPO, "alice", "Still works", "", &["status:todo"]).await;
+    eventually("queued with the default labels", || async { w.tasks().await.len() == 1 }).await;
+    eventually("a comment explains the problem", || async {
+        w.forgejo
+            .comments(REPO, n)
+            .await
+            .iter()
+            .any(|c| c.user == BOT && c.body.contains("fleet.yaml") && c.body.contains("lables"))
+    })
+    .await;
+    let m = w.forgejo.create_issue(REPO, "alice", "Second", "", &["status:todo"]).await;
+    eventually("the second is queued", || async { w.tasks().await.len() == 2 }).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!w.forgejo.comments(REPO, m).await.iter().any(|c| c.body.contains("fleet.yaml")), "reported once");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_with_a_forgejo_user_is_the_assignee_while_it_works() {
+    let w = World::build(None, |c| {
+        c.forgejo.agent_users.insert("a1".into(), "fleet-a1".into());
+    })
+    .await;
+    w.forgejo.add_user("fleet-a1", "a1-token").await;
+    let n = w.forgejo.create_issue(REPO, "alice", "Assign me", "", &["status:todo"]).await;
+    w.forgejo.set_assignees(REPO, n, "alice", &["alice"]).await;
+    eventually("the task is queued", || async { w.tasks().await.len() == 1 }).await;
+    let agent = w.fleet.register("a1", &[], 1).await;
+    let a = agent.pull().await.unwrap();
+    agent.start(&a).await;
+    eventually("the agent's user is assigned next to alice", || async {
+        let mut a = w.forgejo.issue(REPO, n).await.assignees;
+        a.sort();
+        a == ["alice", "fleet-a1"]
+    })
+    .await;
+    w.forgejo.comment(REPO, n, "alice", "/cancel").await;
+    eventually("only alice is left", || async { w.forgejo.issue(REPO, n).await.assignees == ["alice"] }).await;
 }

@@ -118,6 +118,11 @@ pub enum Command {
         key: String,
         value: String,
     },
+    /// A repository's own settings (`.forgejo/fleet.yaml`) were read: they apply from now on.
+    SetRepoSettings {
+        repo: crate::core::RepoName,
+        overrides: super::repo::RepoOverrides,
+    },
 }
 
 impl Command {

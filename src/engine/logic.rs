@@ -23,6 +23,23 @@ pub struct EngineSettings {
     pub missed_heartbeats: u32,
     /// Progress lines kept per task.
     pub progress_lines_kept: usize,
+    /// What repositories' own `fleet.yaml` files change.
+    pub repos: std::collections::BTreeMap<crate::core::RepoName, super::repo::RepoOverrides>,
+}
+
+impl EngineSettings {
+    pub fn labels_for(&self, repo: &crate::core::RepoName) -> &LabelScheme {
+        self.repos.get(repo).and_then(|o| o.labels.as_ref()).unwrap_or(&self.labels)
+    }
+    pub fn retry_for(&self, repo: &crate::core::RepoName) -> RetryPolicy {
+        self.repos.get(repo).map_or_else(|| self.retry.clone(), |o| o.retry_policy(&self.retry))
+    }
+    pub fn task_timeout_for(&self, repo: &crate::core::RepoName) -> Duration {
+        self.repos.get(repo).and_then(|o| o.task_timeout_secs).map_or(self.task_timeout, Duration::from_secs)
+    }
+    pub fn start_timeout_for(&self, repo: &crate::core::RepoName) -> Duration {
+        self.repos.get(repo).and_then(|o| o.start_timeout_secs).map_or(self.start_timeout, Duration::from_secs)
+    }
 }
 
 impl Default for EngineSettings {
@@ -35,6 +52,7 @@ impl Default for EngineSettings {
             heartbeat_interval: Duration::from_secs(10),
             missed_heartbeats: 3,
             progress_lines_kept: 200,
+            repos: Default::default(),
         }
     }
 }
@@ -42,7 +60,7 @@ impl Default for EngineSettings {
 type Result<T> = std::result::Result<T, EngineError>;
 
 /// Applies one command inside the caller's transaction.
-pub fn handle(s: &EngineSettings, tx: &WriteTx<'_>, cmd: Command, now: Timestamp) -> Result<Reply> {
+pub fn handle(s: &mut EngineSettings, tx: &WriteTx<'_>, cmd: Command, now: Timestamp) -> Result<Reply> {
     match cmd {
         Command::ObserveIssue(o) => observe_issue(s, tx, o, now).map(Reply::Observed),
         Command::RegisterAgent(r) => register(tx, r, now).map(Reply::Registered),
@@ -130,6 +148,12 @@ pub fn handle(s: &EngineSettings, tx: &WriteTx<'_>, cmd: Command, now: Timestamp
             tx.set_meta(&key, &value)?;
             Ok(Reply::Done)
         }
+        Command::SetRepoSettings { repo, overrides } => {
+            let json = serde_json::to_string(&overrides).map_err(|e| EngineError::Invalid(e.to_string()))?;
+            tx.set_meta(&format!("{REPO_SETTINGS}{repo}"), &json)?;
+            s.repos.insert(repo, overrides);
+            Ok(Reply::Done)
+        }
     }
 }
 
@@ -162,7 +186,8 @@ fn leased(tx: &WriteTx<'_>, agent: AgentId, task: TaskId, attempt: u32) -> Resul
 }
 
 fn observe_issue(s: &EngineSettings, tx: &WriteTx<'_>, o: IssueObservation, now: Timestamp) -> Result<Option<TaskId>> {
-    let reading = s.labels.read(&o.labels);
+    let labels = s.labels_for(&o.issue.repo);
+    let reading = labels.read(&o.labels);
     let existing = tx.read().task_by_issue(&o.issue)?;
     let wants_work = o.open && reading.wants_work();
     // A finished task starts again only when a person changed its labels back to `todo`: the same labels
@@ -173,6 +198,7 @@ fn observe_issue(s: &EngineSettings, tx: &WriteTx<'_>, o: IssueObservation, now:
         _ => None,
     };
     if let Some(task) = queue_as {
+        report_settings_problem(s, tx, &o.issue, now)?;
         tx.append(&Event::TaskQueued {
             task,
             issue: o.issue,
@@ -193,7 +219,7 @@ fn observe_issue(s: &EngineSettings, tx: &WriteTx<'_>, o: IssueObservation, now:
             && (reading.statuses.contains(&StatusLabel::Todo) || reading.statuses.contains(&StatusLabel::Doing)));
     if called_off {
         let reason = if o.open {
-            format!("the `{}` label was removed", s.labels.todo)
+            format!("the `{}` label was removed", labels.todo)
         } else {
             "the issue was closed".to_string()
         };
@@ -213,6 +239,29 @@ fn observe_issue(s: &EngineSettings, tx: &WriteTx<'_>, o: IssueObservation, now:
     }
     repair_status_label(tx, &t, &o.issue, &reading.statuses, now)?;
     Ok(Some(t.id))
+}
+
+/// The meta key prefix under which each repository's settings are kept.
+pub const REPO_SETTINGS: &str = "repo.settings:";
+
+/// A repository whose `fleet.yaml` is broken hears about it once, on the next task queued there.
+fn report_settings_problem(
+    s: &EngineSettings,
+    tx: &WriteTx<'_>,
+    issue: &crate::core::IssueRef,
+    now: Timestamp,
+) -> Result<()> {
+    let Some(o) = s.repos.get(&issue.repo) else { return Ok(()) };
+    let Some(problem) = &o.problem else { return Ok(()) };
+    let key = format!("fleet-yaml:{}:{}", issue.repo, o.source_sha.as_deref().unwrap_or("-"));
+    if tx.first_sighting(&key, now)? {
+        let body = format!(
+            "⚠️ This repository's `.forgejo/fleet.yaml` cannot be used, so forgefleet's defaults apply until it is \
+             fixed:\n\n> {problem}"
+        );
+        tx.enqueue(&Effect::Reply { issue: issue.clone(), key, body }, None, now)?;
+    }
+    Ok(())
 }
 
 /// Exactly one `status:*` label, the one the task's state calls for. An active task's issue is brought back
@@ -299,8 +348,8 @@ fn next_assignment(
                 attempt: t.attempt,
                 agent,
                 at: now,
-                start_by: now + s.start_timeout,
-                deadline: now + s.task_timeout,
+                start_by: now + s.start_timeout_for(&t.issue.repo),
+                deadline: now + s.task_timeout_for(&t.issue.repo),
                 request_key,
             })?;
             id
@@ -320,7 +369,7 @@ fn fail(
     message: String,
     now: Timestamp,
 ) -> Result<Reply> {
-    let decision = s.retry.decide(class, t.retries_used(class), now);
+    let decision = s.retry_for(&t.issue.repo).decide(class, t.retries_used(class), now);
     append(tx, Event::AttemptFailed { task: t.id, attempt: t.attempt, class, message, decision, at: now })
 }
 
@@ -362,7 +411,8 @@ fn lose(
         return Ok(());
     }
     tx.append(&Event::TaskLost { task: t.id, attempt, agent, at: now })?;
-    let mut decision = s.retry.decide(FailureClass::AgentLost, t.retries_used(FailureClass::AgentLost), now);
+    let mut decision =
+        s.retry_for(&t.issue.repo).decide(FailureClass::AgentLost, t.retries_used(FailureClass::AgentLost), now);
     if let (true, RetryDecision::Retry { not_before, .. }) = (at_once, &mut decision) {
         *not_before = now;
     }
@@ -385,12 +435,13 @@ fn tick(s: &EngineSettings, tx: &WriteTx<'_>, now: Timestamp) -> Result<TickRepo
             let message = format!(
                 "agent {} did not start the task within {} s of taking it",
                 expired.agent,
-                s.start_timeout.as_secs()
+                s.start_timeout_for(&t.issue.repo).as_secs()
             );
             lose(s, tx, &t, expired.attempt, expired.agent, message, now, false)?;
             report.lost.push(t.id);
         } else if t.lease.as_ref().is_some_and(|l| l.deadline <= now) && t.state != TaskState::Validating {
-            let message = format!("the task ran past its time limit of {} min", s.task_timeout.as_secs() / 60);
+            let limit = s.task_timeout_for(&t.issue.repo).as_secs() / 60;
+            let message = format!("the task ran past its time limit of {limit} min");
             fail(s, tx, &t, FailureClass::Timeout, message, now)?;
             report.timed_out.push(t.id);
         }

@@ -4,6 +4,7 @@
 pub mod clock;
 pub mod command;
 pub mod logic;
+pub mod repo;
 mod runner;
 
 #[cfg(test)]
@@ -36,7 +37,22 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(store: Store, settings: EngineSettings, clock: impl Clock) -> Self {
+    /// The engine over `store`; repository settings read earlier (`fleet.yaml`) are loaded from it.
+    pub fn new(store: Store, mut settings: EngineSettings, clock: impl Clock) -> Self {
+        match store.read().meta_with_prefix(logic::REPO_SETTINGS) {
+            Ok(rows) => {
+                for (key, value) in rows {
+                    let repo =
+                        key.strip_prefix(logic::REPO_SETTINGS).and_then(|r| crate::core::RepoName::parse(r).ok());
+                    if let (Some(repo), Ok(o)) = (repo, serde_json::from_str(&value)) {
+                        settings.repos.insert(repo, o);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read repository settings; defaults apply until they are read again")
+            }
+        }
         Self { store, settings, clock: Box::new(clock) }
     }
 
@@ -56,7 +72,7 @@ impl Engine {
         let mut replies = Vec::with_capacity(n);
         for cmd in cmds {
             let now = self.clock.now();
-            let settings = &self.settings;
+            let settings = &mut self.settings;
             replies.push(tx.savepoint(|tx| logic::handle(settings, tx, cmd, now)));
         }
         match tx.commit() {

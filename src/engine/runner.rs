@@ -195,7 +195,7 @@ fn serve_waiters(engine: &mut Engine, waiters: &mut VecDeque<Waiter>) {
             continue;
         }
         let cmd = Command::NextAssignment { agent: w.agent, request_key: w.request_key.clone() };
-        let settings = &engine.settings;
+        let settings = &mut engine.settings;
         match tx.savepoint(|tx| logic::handle(settings, tx, cmd, clock_now)) {
             Ok(Reply::Assignment(Some(a))) => served.push((w, a)),
             Ok(_) => kept.push_back(w),

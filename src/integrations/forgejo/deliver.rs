@@ -116,7 +116,8 @@ impl Deliverer {
         let want = task.map_or(fallback, |t| t.state.status_label());
         let current = self.client.issue_labels(&issue.repo, issue.number).await?;
         let names: Vec<String> = current.iter().map(|l| l.name.clone()).collect();
-        let change = self.labels.status_change(&names, want);
+        let scheme = super::repo_labels(&self.db, &issue.repo, &self.labels).await;
+        let change = scheme.status_change(&names, want);
         // Add before removing: every webhook this sends shows the issue with a status label, never the
         // bare moment in between, which would read as a person calling the work off.
         if !change.add.is_empty() {
@@ -374,9 +375,10 @@ impl Deliverer {
     /// Pins the issue to one agent: its `agent:` labels become just this one, and the engine sees the issue
     /// as it now is.
     async fn pin(&self, issue: &IssueRef, agent: &str) -> Result<(), DeliveryError> {
-        let want = format!("{}{agent}", self.labels.agent_prefix);
+        let scheme = super::repo_labels(&self.db, &issue.repo, &self.labels).await;
+        let want = format!("{}{agent}", scheme.agent_prefix);
         let current = self.client.issue_labels(&issue.repo, issue.number).await?;
-        for l in current.iter().filter(|l| l.name.starts_with(&self.labels.agent_prefix) && l.name != want) {
+        for l in current.iter().filter(|l| l.name.starts_with(&scheme.agent_prefix) && l.name != want) {
             self.client.remove_label(&issue.repo, issue.number, l.id).await?;
         }
         if !current.iter().any(|l| l.name == want) {

@@ -68,6 +68,8 @@ pub fn spawn(
     let full_every = config.full_sweep_interval();
     let reconciling = tokio::spawn(async move {
         for repo in &repos {
+            refresh(&client, &engine, &db, repo, &labels).await;
+            let labels = repo_labels(&db, repo, &labels).await;
             match reconcile::ensure_labels(&client, repo, &labels).await {
                 Ok(created) if !created.is_empty() => tracing::info!(%repo, ?created, "created missing labels"),
                 Ok(_) => {}
@@ -78,6 +80,9 @@ pub fn spawn(
         loop {
             let full = last_full.is_none_or(|t| t.elapsed() >= full_every);
             for repo in &repos {
+                if !full {
+                    refresh(&client, &engine, &db, repo, &labels).await;
+                }
                 run_pass(&client, &engine, &db, repo, full).await;
             }
             if full {
@@ -87,6 +92,38 @@ pub fn spawn(
         }
     });
     Ok(Some(Workers { handles: vec![delivering, reconciling] }))
+}
+
+async fn refresh(
+    client: &ForgejoClient,
+    engine: &EngineHandle,
+    db: &std::path::Path,
+    repo: &RepoName,
+    labels: &crate::core::LabelScheme,
+) {
+    if let Err(e) = reconcile::refresh_settings(client, engine, db, repo, labels).await {
+        tracing::warn!(%repo, error = %e, "cannot read the repository's {}", reconcile::FLEET_FILE);
+    }
+}
+
+/// The label scheme of one repository: its `fleet.yaml`'s, or the server's.
+pub async fn repo_labels(
+    db: &std::path::Path,
+    repo: &RepoName,
+    base: &crate::core::LabelScheme,
+) -> crate::core::LabelScheme {
+    let key = format!("{}{repo}", crate::engine::logic::REPO_SETTINGS);
+    let db = db.to_path_buf();
+    let stored =
+        tokio::task::spawn_blocking(move || crate::store::Store::open_read_only(&db).and_then(|s| s.read().meta(&key)))
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .flatten();
+    stored
+        .and_then(|s| serde_json::from_str::<crate::engine::repo::RepoOverrides>(&s).ok())
+        .and_then(|o| o.labels)
+        .unwrap_or_else(|| base.clone())
 }
 
 async fn run_pass(client: &ForgejoClient, engine: &EngineHandle, db: &std::path::Path, repo: &RepoName, full: bool) {

@@ -119,3 +119,47 @@ pub async fn ensure_labels(
     }
     Ok(created)
 }
+
+/// Where a repository keeps its own settings.
+pub const FLEET_FILE: &str = ".forgejo/fleet.yaml";
+
+/// Reads the repository's `fleet.yaml` when it changed since the last read (its blob id tells) and hands the
+/// result to the engine. A file that cannot be used is recorded with the reason: the defaults apply, the
+/// log says so, and the next task queued in the repository gets a comment.
+pub async fn refresh_settings(
+    client: &ForgejoClient,
+    engine: &EngineHandle,
+    db: &Path,
+    repo: &RepoName,
+    base_labels: &LabelScheme,
+) -> Result<bool, ReconcileError> {
+    let key = format!("{}{repo}", crate::engine::logic::REPO_SETTINGS);
+    let db_path = db.to_path_buf();
+    let stored = tokio::task::spawn_blocking(move || Store::open_read_only(&db_path).and_then(|s| s.read().meta(&key)))
+        .await
+        .map_err(|e| ReconcileError::Local(e.to_string()))?
+        .map_err(|e| ReconcileError::Local(e.to_string()))?;
+    let stored: Option<crate::engine::repo::RepoOverrides> = stored.and_then(|s| serde_json::from_str(&s).ok());
+    let file = client.file(repo, FLEET_FILE, None).await?;
+    let overrides = match (&file, &stored) {
+        (None, None) => return Ok(false),
+        (None, Some(_)) => crate::engine::repo::RepoOverrides::default(),
+        (Some((_, sha)), Some(s)) if s.source_sha.as_deref() == Some(sha.as_str()) => return Ok(false),
+        (Some((text, sha)), _) => {
+            let mut o = match crate::engine::repo::parse_fleet_yaml(text, base_labels) {
+                Ok(o) => o,
+                Err(problem) => {
+                    tracing::warn!(%repo, %problem, "{FLEET_FILE} cannot be used; the defaults apply");
+                    crate::engine::repo::RepoOverrides { problem: Some(problem), ..Default::default() }
+                }
+            };
+            o.source_sha = Some(sha.clone());
+            o
+        }
+    };
+    engine
+        .send(Command::SetRepoSettings { repo: repo.clone(), overrides })
+        .await
+        .map_err(|e| ReconcileError::Local(e.to_string()))?;
+    Ok(true)
+}

@@ -1,0 +1,186 @@
+//! Per-repository settings from the repository itself (`.forgejo/fleet.yaml`): label names, time limits,
+//! retry rules and the agent prompt. What a repository does not set comes from the server's configuration.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::core::{FailureClass, LabelScheme, Priority, RetryPolicy, RetryRule};
+
+/// One failure class's retry rule as a repository writes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySpec {
+    pub max_retries: u32,
+    pub base_secs: u64,
+    pub cap_secs: u64,
+}
+
+/// What a repository's `fleet.yaml` changes; stored as the engine uses it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RepoOverrides {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<LabelScheme>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_timeout_secs: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_timeout_secs: Option<u64>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub retry: BTreeMap<FailureClass, RetrySpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// Why the file could not be used (then everything else is empty and the defaults apply).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+    /// The file's blob id: read again only when it changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_sha: Option<String>,
+}
+
+impl RepoOverrides {
+    pub fn retry_policy(&self, base: &RetryPolicy) -> RetryPolicy {
+        self.retry.iter().fold(base.clone(), |p, (class, r)| {
+            p.with_rule(
+                *class,
+                RetryRule {
+                    max_retries: r.max_retries,
+                    base: Duration::from_secs(r.base_secs),
+                    cap: Duration::from_secs(r.cap_secs),
+                },
+            )
+        })
+    }
+}
+
+/// The file as people write it. Every part is optional; unknown keys are errors, so a typo is reported
+/// rather than silently ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FleetFile {
+    #[serde(default)]
+    labels: Option<LabelsPart>,
+    #[serde(default)]
+    timeouts: Option<TimeoutsPart>,
+    #[serde(default)]
+    retry: BTreeMap<String, RetrySpec>,
+    #[serde(default)]
+    prompt: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LabelsPart {
+    todo: Option<String>,
+    doing: Option<String>,
+    done: Option<String>,
+    failed: Option<String>,
+    priority_prefix: Option<String>,
+    type_prefix: Option<String>,
+    needs_prefix: Option<String>,
+    agent_prefix: Option<String>,
+    default_priority: Option<Priority>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TimeoutsPart {
+    task_mins: Option<u64>,
+    start_secs: Option<u64>,
+}
+
+/// Reads a `fleet.yaml` on top of the server's label scheme. An error says what is wrong and where.
+pub fn parse_fleet_yaml(text: &str, base_labels: &LabelScheme) -> Result<RepoOverrides, String> {
+    let file: FleetFile = if text.trim().is_empty() {
+        FleetFile::default()
+    } else {
+        serde_saphyr::from_str(text).map_err(|e| e.to_string())?
+    };
+    let mut out = RepoOverrides::default();
+    if let Some(l) = file.labels {
+        let mut s = base_labels.clone();
+        let set = |slot: &mut String, v: Option<String>| {
+            if let Some(v) = v {
+                *slot = v;
+            }
+        };
+        set(&mut s.todo, l.todo);
+        set(&mut s.doing, l.doing);
+        set(&mut s.done, l.done);
+        set(&mut s.failed, l.failed);
+        set(&mut s.priority_prefix, l.priority_prefix);
+        set(&mut s.type_prefix, l.type_prefix);
+        set(&mut s.needs_prefix, l.needs_prefix);
+        set(&mut s.agent_prefix, l.agent_prefix);
+        if let Some(p) = l.default_priority {
+            s.default_priority = p;
+        }
+        let statuses = [&s.todo, &s.doing, &s.done, &s.failed];
+        if statuses.iter().any(|n| n.trim().is_empty()) {
+            return Err("labels: the status label names must not be empty".into());
+        }
+        for (i, a) in statuses.iter().enumerate() {
+            if statuses[i + 1..].contains(a) {
+                return Err(format!("labels: `{a}` is used for two statuses"));
+            }
+        }
+        out.labels = Some(s);
+    }
+    if let Some(t) = file.timeouts {
+        if t.task_mins == Some(0) || t.start_secs == Some(0) {
+            return Err("timeouts: a time limit must be at least 1".into());
+        }
+        out.task_timeout_secs = t.task_mins.map(|m| m * 60);
+        out.start_timeout_secs = t.start_secs;
+    }
+    for (name, spec) in file.retry {
+        let class: FailureClass = name.parse().map_err(|e| format!("retry.{name}: {e}"))?;
+        if class == FailureClass::Cancelled {
+            return Err("retry.cancelled: cancelled tasks are never retried".into());
+        }
+        if spec.base_secs == 0 || spec.cap_secs < spec.base_secs {
+            return Err(format!("retry.{name}: base_secs must be at least 1 and cap_secs at least base_secs"));
+        }
+        out.retry.insert(class, spec);
+    }
+    out.prompt = file.prompt.filter(|p| !p.trim().is_empty());
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_file_overrides_labels_timeouts_retries_and_the_prompt() {
+        let text = "labels:\n  todo: fleet/todo\n  default_priority: high\ntimeouts:\n  task_mins: 90\n  start_secs: 45\n\
+                    retry:\n  agent_error: {max_retries: 5, base_secs: 10, cap_secs: 100}\nprompt: |\n  Be brief.\n";
+        let o = parse_fleet_yaml(text, &LabelScheme::default()).unwrap();
+        let labels = o.labels.as_ref().unwrap();
+        assert_eq!((labels.todo.as_str(), labels.doing.as_str()), ("fleet/todo", "status:doing"));
+        assert_eq!(labels.default_priority, Priority::High);
+        assert_eq!((o.task_timeout_secs, o.start_timeout_secs), (Some(5400), Some(45)));
+        let policy = o.retry_policy(&RetryPolicy::default());
+        assert_eq!(policy.rule(FailureClass::AgentError).unwrap().max_retries, 5);
+        assert_eq!(policy.rule(FailureClass::Timeout), RetryPolicy::default().rule(FailureClass::Timeout));
+        assert_eq!(o.prompt.as_deref(), Some("Be brief.\n"));
+    }
+
+    #[test]
+    fn an_empty_file_changes_nothing() {
+        assert_eq!(parse_fleet_yaml("", &LabelScheme::default()).unwrap(), RepoOverrides::default());
+        assert_eq!(parse_fleet_yaml("# nothing\n", &LabelScheme::default()).unwrap(), RepoOverrides::default());
+    }
+
+    #[test]
+    fn mistakes_are_reported_with_where_they_are() {
+        let bad = |text: &str| parse_fleet_yaml(text, &LabelScheme::default()).unwrap_err();
+        assert!(bad("lables:\n  todo: x\n").contains("lables"));
+        assert!(bad("retry:\n  oops: {max_retries: 1, base_secs: 1, cap_secs: 1}\n").contains("retry.oops"));
+        assert!(bad("retry:\n  cancelled: {max_retries: 1, base_secs: 1, cap_secs: 1}\n").contains("never retried"));
+        assert!(bad("retry:\n  timeout: {max_retries: 1, base_secs: 9, cap_secs: 1}\n").contains("cap_secs"));
+        assert!(bad("labels:\n  todo: status:done\n").contains("two statuses"));
+        assert!(bad("timeouts:\n  task_mins: 0\n").contains("at least 1"));
+        assert!(!bad("labels: [unclosed\n").is_empty());
+    }
+}
