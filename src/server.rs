@@ -44,6 +44,7 @@ impl Server {
             reads: ReadPool::new(config.store.path.clone()),
             metrics,
             config: Arc::new(config),
+            tokens: Default::default(),
         };
         Server { state, clock: shared, engine_thread: Some(thread) }
     }

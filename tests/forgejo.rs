@@ -201,7 +201,12 @@ async fn a_replayed_delivery_changes_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dropped_webhook_is_picked_up_by_reconciliation_with_one_listing_request() {
     let w = World::new().await;
-    w.reconcile(true).await;
+    // The start-up sweep runs in the background: let it finish, so only the pass below can see the issue.
+    eventually("the start-up sweep is done", || async {
+        let store = forgefleet::store::Store::open_read_only(&w.fleet.db).unwrap();
+        store.read().meta(&format!("reconcile.cursor:{REPO}")).unwrap().is_some()
+    })
+    .await;
     w.forgejo.drop_next_webhooks(1).await;
     w.forgejo.create_issue(REPO, "alice", "Lost delivery", "", &["status:todo"]).await;
     w.forgejo.settle().await;
@@ -453,4 +458,57 @@ async fn an_agent_with_a_forgejo_user_is_the_assignee_while_it_works() {
     .await;
     w.forgejo.comment(REPO, n, "alice", "/cancel").await;
     eventually("only alice is left", || async { w.forgejo.issue(REPO, n).await.assignees == ["alice"] }).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oversized_delivery_is_413_in_json() {
+    let w = World::new().await;
+    let body = format!("{{\"action\": \"opened\", \"pad\": \"{}\"}}", "x".repeat(2 * 1024 * 1024));
+    let r = w
+        .fleet
+        .http
+        .post(format!("{}/api/v1/webhooks/forgejo", w.fleet.base))
+        .header("content-type", "application/json")
+        .header("x-forgejo-event", "issues")
+        .header("x-forgejo-signature", sign(SECRET, body.as_bytes()))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let text = r.text().await.unwrap();
+    let err: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text:?}"));
+    assert_eq!(err["error"]["code"], "payload_too_large");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_client_pages_through_long_lists_and_rides_out_server_errors() {
+    let w = World::new().await;
+    for i in 0..120 {
+        w.forgejo.create_issue(REPO, "alice", &format!("issue {i}"), "", &[]).await;
+    }
+    let client = w.client().with_retry(forgefleet::integrations::forgejo::client::RetryPolicy {
+        attempts: 4,
+        first_wait: Duration::from_millis(10),
+    });
+    let repo = RepoName::parse(REPO).unwrap();
+    w.forgejo.clear_requests().await;
+    let all = client.list_issues(&repo, &Default::default()).await.unwrap();
+    assert_eq!(all.len(), 120);
+    let pages = w
+        .forgejo
+        .requests()
+        .await
+        .into_iter()
+        .filter(|r| r.path == "/api/v1/repos/acme/app/issues" && !r.query.contains("state="))
+        .count();
+    assert_eq!(pages, 3, "50 + 50 + 20");
+    w.forgejo.fail_next_requests(2, 502).await;
+    assert_eq!(client.issue(&repo, 7).await.unwrap().number, 7, "two 502s, then success");
+    w.forgejo.fail_next_requests(4, 500).await;
+    let err = client.issue(&repo, 7).await.unwrap_err();
+    assert_eq!(err.status().map(|s| s.as_u16()), Some(500));
+    assert!(err.to_string().contains("GET /repos/acme/app/issues/7"), "{err}");
+    let missing = client.issue(&repo, 999).await.unwrap_err();
+    assert!(missing.is_not_found());
 }

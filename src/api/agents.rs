@@ -128,11 +128,15 @@ pub async fn register(
         token_hash: auth::hash_token(&token),
     };
     match app.engine.send(Command::RegisterAgent(reg)).await? {
-        Reply::Registered(agent_id) => Ok(Json(RegisterResponse {
-            agent_id,
-            token,
-            heartbeat_interval_secs: app.config.agents.heartbeat_interval_secs,
-        })),
+        Reply::Registered(agent_id) => {
+            // A registration replaces the agent's token: the old one must stop working at once.
+            app.tokens.forget(agent_id);
+            Ok(Json(RegisterResponse {
+                agent_id,
+                token,
+                heartbeat_interval_secs: app.config.agents.heartbeat_interval_secs,
+            }))
+        }
         other => Err(ApiError::Internal(format!("register answered {other:?}"))),
     }
 }
@@ -226,7 +230,10 @@ pub async fn deregister(
     AuthAgent(agent): AuthAgent,
 ) -> Result<Json<DeregisterResponse>, ApiError> {
     match app.engine.send(Command::DeregisterAgent { agent: agent.id }).await? {
-        Reply::Requeued(requeued) => Ok(Json(DeregisterResponse { requeued })),
+        Reply::Requeued(requeued) => {
+            app.tokens.forget(agent.id);
+            Ok(Json(DeregisterResponse { requeued }))
+        }
         other => Err(ApiError::Internal(format!("deregister answered {other:?}"))),
     }
 }

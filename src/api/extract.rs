@@ -7,7 +7,7 @@ use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
 use super::{ApiError, AppState, auth};
-use crate::core::{Agent, AgentState};
+use crate::core::AgentState;
 
 /// A JSON body whose every problem (syntax, wrong field, too large, wrong content type) is an `ApiError`.
 pub struct ApiJson<T>(pub T);
@@ -49,16 +49,30 @@ impl FromRequestParts<AppState> for Operator {
 
 /// The agent a request comes from, authenticated by its token. A token replaced by a newer registration,
 /// or of an agent that deregistered, is refused.
-pub struct AuthAgent(pub Agent);
+pub struct AuthAgent(pub AgentRef);
+
+/// Who an authenticated agent is.
+#[derive(Debug, Clone, Copy)]
+pub struct AgentRef {
+    pub id: crate::core::AgentId,
+}
 
 impl FromRequestParts<AppState> for AuthAgent {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, Self::Rejection> {
         let hash = auth::hash_token(auth::bearer(&parts.headers)?);
-        let agent = app.reads.with(move |r| Ok(r.agent_by_token_hash(&hash)?)).await?;
+        // Every agent request is authenticated: known tokens are answered from memory.
+        if let Some(id) = app.tokens.get(&hash) {
+            return Ok(AuthAgent(AgentRef { id }));
+        }
+        let lookup = hash.clone();
+        let agent = app.reads.with(move |r| Ok(r.agent_by_token_hash(&lookup)?)).await?;
         match agent {
-            Some(a) if a.state != AgentState::Deregistered => Ok(AuthAgent(a)),
+            Some(a) if a.state != AgentState::Deregistered => {
+                app.tokens.insert(hash, a.id);
+                Ok(AuthAgent(AgentRef { id: a.id }))
+            }
             Some(_) => {
                 Err(ApiError::Unauthorized("this agent has deregistered; register again for a new token".into()))
             }

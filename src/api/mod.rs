@@ -38,6 +38,28 @@ pub struct AppState {
     pub reads: ReadPool,
     pub metrics: Arc<Metrics>,
     pub config: Arc<Config>,
+    /// Agent token hashes already checked against the store.
+    pub tokens: TokenCache,
+}
+
+/// Token hash -> agent, for tokens seen valid. Forgotten when the agent registers again (a new token
+/// replaces the old) or deregisters (its token is revoked).
+#[derive(Clone, Default)]
+pub struct TokenCache(Arc<std::sync::Mutex<std::collections::HashMap<String, crate::core::AgentId>>>);
+
+impl TokenCache {
+    fn map(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, crate::core::AgentId>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    pub fn get(&self, hash: &str) -> Option<crate::core::AgentId> {
+        self.map().get(hash).copied()
+    }
+    pub fn insert(&self, hash: String, agent: crate::core::AgentId) {
+        self.map().insert(hash, agent);
+    }
+    pub fn forget(&self, agent: crate::core::AgentId) {
+        self.map().retain(|_, a| *a != agent);
+    }
 }
 
 /// Every route, each registered together with its OpenAPI operation (`#[utoipa::path]` on the handler): the

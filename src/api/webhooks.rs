@@ -65,8 +65,15 @@ fn header<'a>(headers: &'a HeaderMap, names: &[&str]) -> Option<&'a str> {
 pub async fn forgejo(
     State(app): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<WebhookAnswer>, ApiError> {
+    let body = body.map_err(|r| {
+        if r.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge("the delivery is larger than this server accepts ([api] max_body_bytes)".into())
+        } else {
+            ApiError::BadRequest(format!("cannot read the delivery: {}", r.body_text()))
+        }
+    })?;
     let secret = app.config.forgejo.webhook_secret.as_ref().map(|s| s.expose());
     let signature = header(&headers, &["x-forgejo-signature", "x-gitea-signature"]);
     verify(secret, signature, &body).map_err(|e| ApiError::Unauthorized(e.to_string()))?;

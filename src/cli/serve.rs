@@ -42,7 +42,8 @@ pub fn run(config: Config) -> Result<(), CliError> {
         if workers.is_none() {
             tracing::info!("no [forgejo] url configured: nothing is watched; agents and the API work as usual");
         }
-        let result = axum::serve(listener, server.router()).with_graceful_shutdown(shutdown_signal()).await;
+        let result =
+            axum::serve(listener, server.router().into_make_service()).with_graceful_shutdown(shutdown_signal()).await;
         ticker.abort();
         let _ = ticker.await;
         if let Some(w) = workers {

@@ -1,7 +1,6 @@
 //! The engine on its own thread: commands arrive over a channel and are committed in groups; agents
 //! long-polling for work wait here, in arrival order, and are matched the moment a task fits them.
 
-use std::collections::VecDeque;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -39,6 +38,46 @@ struct Waiter {
     reply: Responder<Option<Box<Assignment>>>,
 }
 
+/// Waiting agents, served in arrival order and expired in deadline order, each without looking at the others:
+/// thousands of agents long-poll at once, and a batch must not cost a walk over all of them.
+#[derive(Default)]
+struct Waiters {
+    next_seq: u64,
+    by_arrival: std::collections::BTreeMap<u64, Waiter>,
+    by_deadline: std::collections::BTreeSet<(Instant, u64)>,
+}
+
+impl Waiters {
+    fn push(&mut self, w: Waiter) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.by_deadline.insert((w.until, seq));
+        self.by_arrival.insert(seq, w);
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.by_deadline.first().map(|(t, _)| *t)
+    }
+
+    fn remove(&mut self, seq: u64) -> Option<Waiter> {
+        let w = self.by_arrival.remove(&seq)?;
+        self.by_deadline.remove(&(w.until, seq));
+        Some(w)
+    }
+
+    /// Answers "nothing for you" to every waiter whose wait has ended.
+    fn expire(&mut self, now: Instant) {
+        while let Some(&(until, seq)) = self.by_deadline.first() {
+            if until > now {
+                break;
+            }
+            if let Some(w) = self.remove(seq) {
+                let _ = w.reply.send(Ok(None));
+            }
+        }
+    }
+}
+
 /// Talks to the engine thread. Cheap to clone.
 #[derive(Clone)]
 pub struct EngineHandle {
@@ -65,6 +104,8 @@ impl EngineHandle {
         self.tx.send(Envelope::Wait { agent, request_key, until, reply }).await.map_err(|_| EngineError::Stopped)?;
         match tokio::time::timeout_at((until + ANSWER_GRACE).into(), rx).await {
             Ok(Ok(answer)) => answer,
+            // Dropped unanswered after the wait ended: nothing for this agent, not a failure.
+            Ok(Err(_)) if Instant::now() >= until => Ok(None),
             Ok(Err(_)) => Err(EngineError::Stopped),
             // Dropping the receiver tells the engine this waiter is gone.
             Err(_) => Ok(None),
@@ -81,15 +122,15 @@ pub fn spawn(mut engine: Engine, observer: impl BatchObserver) -> (EngineHandle,
         .spawn(move || {
             // Only to wait for the next command with a deadline: the engine's own work is synchronous.
             let timer = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("engine timer");
-            let mut waiters: VecDeque<Waiter> = VecDeque::new();
+            let mut waiters = Waiters::default();
             loop {
-                let first = match waiters.iter().map(|w| w.until).min() {
+                let first = match waiters.next_deadline() {
                     None => rx.blocking_recv(),
                     Some(until) => {
                         match timer.block_on(async { tokio::time::timeout_at(until.into(), rx.recv()).await }) {
                             Ok(received) => received,
                             Err(_) => {
-                                expire_waiters(&mut waiters);
+                                waiters.expire(Instant::now());
                                 continue;
                             }
                         }
@@ -108,7 +149,7 @@ pub fn spawn(mut engine: Engine, observer: impl BatchObserver) -> (EngineHandle,
                 if frees_work {
                     serve_waiters(&mut engine, &mut waiters);
                 }
-                expire_waiters(&mut waiters);
+                waiters.expire(Instant::now());
             }
         })
         .expect("spawning the engine thread");
@@ -121,7 +162,7 @@ enum Pending {
 }
 
 /// Applies a group of commands (long-polls become `NextAssignment`) in one transaction, then answers them.
-fn run_batch(engine: &mut Engine, observer: &impl BatchObserver, batch: Vec<Envelope>, waiters: &mut VecDeque<Waiter>) {
+fn run_batch(engine: &mut Engine, observer: &impl BatchObserver, batch: Vec<Envelope>, waiters: &mut Waiters) {
     let mut cmds = Vec::with_capacity(batch.len());
     let mut pending = Vec::with_capacity(batch.len());
     for envelope in batch {
@@ -145,7 +186,7 @@ fn run_batch(engine: &mut Engine, observer: &impl BatchObserver, batch: Vec<Enve
                 let _ = tx.send(reply);
             }
             Pending::Wait(w) => match reply {
-                Ok(Reply::Assignment(None)) if Instant::now() < w.until => waiters.push_back(w),
+                Ok(Reply::Assignment(None)) if Instant::now() < w.until => waiters.push(w),
                 Ok(Reply::Assignment(a)) => {
                     let _ = w.reply.send(Ok(a));
                 }
@@ -160,61 +201,48 @@ fn run_batch(engine: &mut Engine, observer: &impl BatchObserver, batch: Vec<Enve
     }
 }
 
-/// Answers "nothing for you" to every waiter whose wait has ended, and forgets those whose caller left.
-fn expire_waiters(waiters: &mut VecDeque<Waiter>) {
+/// Offers queued work to waiting agents, longest waiting first, in one transaction. It stops at the first
+/// moment nothing is ready, so a crowd of waiters costs nothing when there is nothing to give.
+fn serve_waiters(engine: &mut Engine, waiters: &mut Waiters) {
     let now = Instant::now();
-    let mut kept = VecDeque::with_capacity(waiters.len());
-    for w in waiters.drain(..) {
-        if w.reply.is_closed() {
-            continue;
-        }
-        if w.until <= now {
-            let _ = w.reply.send(Ok(None));
-        } else {
-            kept.push_back(w);
-        }
-    }
-    *waiters = kept;
-}
-
-/// Offers queued work to waiting agents, longest waiting first, in one transaction.
-fn serve_waiters(engine: &mut Engine, waiters: &mut VecDeque<Waiter>) {
-    let now = Instant::now();
-    waiters.retain(|w| !w.reply.is_closed() && now < w.until);
-    if waiters.is_empty() {
+    waiters.expire(now);
+    if waiters.by_arrival.is_empty() {
         return;
     }
     let clock_now = engine.clock.now();
     let Ok(mut tx) = engine.store.write() else { return };
     let mut served = Vec::new();
-    let mut kept = VecDeque::with_capacity(waiters.len());
-    for w in waiters.drain(..) {
-        // Nothing ready at all: no point asking for the rest.
+    let seqs: Vec<u64> = waiters.by_arrival.keys().copied().collect();
+    for seq in seqs {
         if !matches!(tx.read().any_ready(clock_now), Ok(true)) {
-            kept.push_back(w);
+            break;
+        }
+        let Some(w) = waiters.by_arrival.get(&seq) else { continue };
+        if w.reply.is_closed() {
+            waiters.remove(seq);
             continue;
         }
         let cmd = Command::NextAssignment { agent: w.agent, request_key: w.request_key.clone() };
         let settings = &mut engine.settings;
         match tx.savepoint(|tx| logic::handle(settings, tx, cmd, clock_now)) {
-            Ok(Reply::Assignment(Some(a))) => served.push((w, a)),
-            Ok(_) => kept.push_back(w),
+            Ok(Reply::Assignment(Some(a))) => served.push((seq, a)),
+            Ok(_) => {}
             Err(e) => {
-                let _ = w.reply.send(Err(e));
+                if let Some(w) = waiters.remove(seq) {
+                    let _ = w.reply.send(Err(e));
+                }
             }
         }
     }
-    *waiters = kept;
     match tx.commit() {
         Ok(()) => {
-            for (w, a) in served {
-                let _ = w.reply.send(Ok(Some(a)));
+            for (seq, a) in served {
+                if let Some(w) = waiters.remove(seq) {
+                    let _ = w.reply.send(Ok(Some(a)));
+                }
             }
         }
-        Err(e) => {
-            tracing::error!(error = %e, "matching waiting agents failed to commit");
-            // Their assignments were rolled back: they wait on.
-            waiters.extend(served.into_iter().map(|(w, _)| w));
-        }
+        // Their assignments were rolled back: they wait on.
+        Err(e) => tracing::error!(error = %e, "matching waiting agents failed to commit"),
     }
 }

@@ -118,21 +118,15 @@ impl Deliverer {
         let names: Vec<String> = current.iter().map(|l| l.name.clone()).collect();
         let scheme = super::repo_labels(&self.db, &issue.repo, &self.labels).await;
         let change = scheme.status_change(&names, want);
-        // Add before removing: every webhook this sends shows the issue with a status label, never the
-        // bare moment in between, which would read as a person calling the work off.
-        if !change.add.is_empty() {
-            let ids = self.label_ids(issue, &change.add).await?;
-            self.client.add_labels(&issue.repo, issue.number, &ids).await?;
+        if change.is_empty() {
+            return Ok(());
         }
-        for name in &change.remove {
-            if let Some(l) = current.iter().find(|l| &l.name == name) {
-                match self.client.remove_label(&issue.repo, issue.number, l.id).await {
-                    // Gone already (a person, or an earlier try of this very delivery).
-                    Err(e) if !e.is_not_found() && e.status().is_none_or(|s| s.as_u16() != 422) => return Err(e.into()),
-                    _ => {}
-                }
-            }
-        }
+        // One replace, so the issue goes from its old labels to the new ones in a single step: webhooks never
+        // show it with two status labels, nor with none in between (which would read as a person calling the
+        // work off).
+        let mut ids: Vec<i64> = current.iter().filter(|l| !change.remove.contains(&l.name)).map(|l| l.id).collect();
+        ids.extend(self.label_ids(issue, &change.add).await?);
+        self.client.replace_labels(&issue.repo, issue.number, &ids).await?;
         Ok(())
     }
 
