@@ -975,6 +975,14 @@ fn cached_lifecycle_db(tasks: usize) -> PathBuf {
         drop(store);
         progress(format!("{} is incomplete: rebuilding it", path.display()));
     }
+    // Databases of older schema versions or generators are of no further use: they are removed.
+    let current = format!("lifecycle-schema{SCHEMA_VERSION}-gen{GENERATOR_VERSION}-");
+    for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name.starts_with("lifecycle-") && !name.starts_with(&current) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
     let tmp = path.with_extension("building");
     for p in std::iter::once(tmp.clone()).chain(sidecars(&tmp)) {
         let _ = std::fs::remove_file(p);
@@ -1044,10 +1052,10 @@ fn cached_lifecycle_db(tasks: usize) -> PathBuf {
 /// A private copy of a cached database, so a benchmark may change it.
 fn copy_db(src: &Path, dst: &Path) {
     std::fs::copy(src, dst).unwrap();
-    for (from, to) in sidecars(src).iter().zip(sidecars(dst)) {
-        if from.exists() {
-            std::fs::copy(from, to).unwrap();
-        }
+    // The cache is checkpointed when built; a write-ahead log left beside it would hold committed pages.
+    let (wal, dst_wal) = (&sidecars(src)[0], &sidecars(dst)[0]);
+    if std::fs::metadata(wal).is_ok_and(|m| m.len() > 0) {
+        std::fs::copy(wal, dst_wal).unwrap();
     }
 }
 

@@ -3,7 +3,9 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use forgefleet::core::{AgentId, AgentName, CommitSha, FailureClass, Receipt, TaskId, Timestamp, Usage};
+use forgefleet::core::{
+    AgentId, AgentName, Check, CommitSha, FailureClass, Receipt, TaskId, Timestamp, Usage, Validation,
+};
 use forgefleet::engine::{Command, Engine, EngineSettings, IssueObservation, ManualClock, Registration, Reply};
 use forgefleet::store::Store;
 use rand::rngs::StdRng;
@@ -102,11 +104,26 @@ fn random_command(rng: &mut StdRng, engine: &Engine) -> Command {
                 artifacts: vec![],
             },
         },
-        72..=77 => Command::FinishValidation {
-            task,
-            attempt,
-            failure: rng.random_bool(0.3).then(|| "head mismatch".to_string()),
-        },
+        72..=77 => {
+            // A verdict about a task that is being validated, when there is one.
+            let validating = engine.store.read().tasks(Some(forgefleet::core::TaskState::Validating), 10).unwrap();
+            let (task, attempt) = match validating.first() {
+                Some(t) => (t.id, t.attempt),
+                None => (task, attempt),
+            };
+            Command::FinishValidation {
+                task,
+                attempt,
+                validation: Validation {
+                    checks: vec![Check {
+                        name: "head_matches".into(),
+                        passed: rng.random_bool(0.7),
+                        detail: "x".into(),
+                    }],
+                    files: vec![],
+                },
+            }
+        }
         78..=80 => Command::CancelTask { task, reason: "operator".into() },
         81..=83 => Command::RetryTask { task, by: "operator".into() },
         84..=85 => Command::DrainAgent { agent },
@@ -135,7 +152,7 @@ fn rebuilt_projections_equal_the_live_ones_after_long_random_scenarios() {
             stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
         };
         // The scenario must have walked the whole machine, or equality would prove little.
-        assert!(kinds.len() >= 14, "seed {seed}: only {kinds:?}");
+        assert!(kinds.len() >= 15, "seed {seed}: only {kinds:?}");
         assert!(ok > 1000, "seed {seed}: only {ok} commands applied");
 
         let live = snapshot(&engine.store);

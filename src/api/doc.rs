@@ -288,6 +288,10 @@ pub struct TaskDoc {
     /// The receipt of the current attempt, as the agent submitted it.
     #[schema(value_type = Option<Object>)]
     receipt: Option<String>,
+    /// What forgefleet found when it checked the receipt: `checks` (`name`, `passed`, `detail`) and the
+    /// `files` git says the pull request changes (`path`, `status`, `additions`, `deletions`). Absent until checked.
+    #[schema(value_type = Option<Object>)]
+    validation: Option<String>,
 }
 
 /// One event of the task's log. `type` names it (`task_queued`, `task_assigned`, `task_started`,
@@ -401,6 +405,7 @@ mod tests {
                 at,
             }),
             receipt: None,
+            validation: Some(crate::core::Validation::default()),
         }
     }
 

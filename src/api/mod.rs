@@ -6,6 +6,7 @@ mod doc;
 mod error;
 mod extract;
 mod reads;
+mod receipts;
 mod tasks;
 mod webhooks;
 mod work;
@@ -80,6 +81,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(work::fail))
         .routes(routes!(work::retry))
         .routes(routes!(work::cancel))
+        .routes(routes!(receipts::submit))
         .routes(routes!(webhooks::forgejo))
         .routes(routes!(openapi_json));
     OpenApiRouter::with_openapi(doc::ApiDoc::openapi())

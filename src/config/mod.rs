@@ -233,6 +233,10 @@ pub struct ForgejoConfig {
     /// people's. Default: unset.
     #[serde(with = "secret::optional")]
     pub bot_user: Option<String>,
+    /// Base URL for git over HTTP(S) (`<git_url>/<owner>/<name>.git`), when it differs from `url`. forgefleet
+    /// fetches pull requests into its own mirror from there to check receipts. Default: unset (`url`).
+    #[serde(with = "secret::optional")]
+    pub git_url: Option<String>,
     /// Watched repositories as `owner/name`. Default: `[]`.
     pub repos: Vec<String>,
     /// Minutes between polls for issues changed since the last one, the safety net for lost webhooks.
@@ -260,6 +264,7 @@ impl Default for ForgejoConfig {
     fn default() -> Self {
         Self {
             url: None,
+            git_url: None,
             token: None,
             webhook_secret: None,
             bot_user: None,

@@ -116,6 +116,7 @@ fn check_forgejo(c: &Config, p: &mut Problems) {
         p.add("forgejo.base_branch", "must be a branch name (letters, digits, '/', '-', '_', '.')");
     }
     p.url("forgejo.webhook_url", f.webhook_url.as_deref());
+    p.url("forgejo.git_url", f.git_url.as_deref());
     for (agent, login) in &f.agent_users {
         if let Err(e) = crate::core::AgentName::parse(agent) {
             p.add(format!("forgejo.agent_users.{agent}"), e.to_string());

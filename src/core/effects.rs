@@ -7,11 +7,14 @@ use super::event::Event;
 use super::ids::{AgentId, IssueRef, TaskId};
 use super::labels::StatusLabel;
 use super::policy::{FailureClass, RetryDecision};
-use super::receipt::Receipt;
+use super::receipt::{Receipt, Validation};
 use super::task::{Task, TaskState};
 use super::time::Timestamp;
 
 /// What an issue comment (and a chat message) tells people about a task.
+// A completion carries the receipt and what was checked; these values live briefly on their way into the
+// outbox as JSON, so their size does not matter and boxing would only add noise.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "notice", rename_all = "snake_case")]
 pub enum Notice {
@@ -21,6 +24,9 @@ pub enum Notice {
     Completed {
         agent: Option<AgentId>,
         receipt: Option<Receipt>,
+        /// What forgefleet checked, and the files git says changed.
+        #[serde(default)]
+        validation: Option<Validation>,
         started_at: Option<Timestamp>,
         finished_at: Timestamp,
     },
@@ -53,6 +59,7 @@ impl Notice {
 }
 
 /// Something to do in the outside world because a task changed.
+#[allow(clippy::large_enum_variant)] // see `Notice`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Effect {
@@ -112,6 +119,7 @@ pub fn effects_of(before: Option<&Task>, after: &Task, event: &Event) -> Vec<Eff
                 Notice::Completed {
                     agent: held_by.map(|l| l.agent),
                     receipt: receipt.cloned(),
+                    validation: before.and_then(|t| t.validation.clone()),
                     started_at: held_by.and_then(|l| l.started_at),
                     finished_at: event.at(),
                 },

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::ids::{AgentId, AgentName, IssueRef, TaskId};
 use super::labels::TaskSpec;
 use super::policy::{FailureClass, RetryDecision};
-use super::receipt::Receipt;
+use super::receipt::{Receipt, Validation};
 use super::time::Timestamp;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,6 +53,13 @@ pub enum Event {
         task: TaskId,
         attempt: u32,
         receipt: Receipt,
+        at: Timestamp,
+    },
+    /// forgefleet checked the receipt itself: each check's outcome, and the files git says changed.
+    ReceiptChecked {
+        task: TaskId,
+        attempt: u32,
+        validation: Validation,
         at: Timestamp,
     },
     TaskCompleted {
@@ -125,6 +132,7 @@ impl Event {
             Event::TaskAssigned { .. } => "task_assigned",
             Event::TaskStarted { .. } => "task_started",
             Event::ReceiptReceived { .. } => "receipt_received",
+            Event::ReceiptChecked { .. } => "receipt_checked",
             Event::TaskCompleted { .. } => "task_completed",
             Event::TaskLost { .. } => "task_lost",
             Event::AttemptFailed { .. } => "attempt_failed",
@@ -146,6 +154,7 @@ impl Event {
             | Event::TaskAssigned { task, .. }
             | Event::TaskStarted { task, .. }
             | Event::ReceiptReceived { task, .. }
+            | Event::ReceiptChecked { task, .. }
             | Event::TaskCompleted { task, .. }
             | Event::TaskLost { task, .. }
             | Event::AttemptFailed { task, .. }
@@ -174,6 +183,7 @@ impl Event {
             | Event::TaskAssigned { at, .. }
             | Event::TaskStarted { at, .. }
             | Event::ReceiptReceived { at, .. }
+            | Event::ReceiptChecked { at, .. }
             | Event::TaskCompleted { at, .. }
             | Event::TaskLost { at, .. }
             | Event::AttemptFailed { at, .. }

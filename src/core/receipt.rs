@@ -45,3 +45,46 @@ pub struct Receipt {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub artifacts: Vec<Artifact>,
 }
+
+/// One thing forgefleet checked about a receipt, and what it found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Check {
+    /// `pull_request_exists`, `refers_to_issue`, `head_matches`, `commits_change_something`.
+    pub name: String,
+    pub passed: bool,
+    /// What was seen, for people: why it passed or failed.
+    pub detail: String,
+}
+
+/// A file the pull request changes, as git says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileChange {
+    pub path: String,
+    /// `added`, `modified`, `deleted`, `renamed`.
+    pub status: String,
+    pub additions: u64,
+    pub deletions: u64,
+}
+
+/// What validation found about one receipt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Validation {
+    pub checks: Vec<Check>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileChange>,
+}
+
+impl Validation {
+    pub fn passed(&self) -> bool {
+        !self.checks.is_empty() && self.checks.iter().all(|c| c.passed)
+    }
+    /// The failed checks, for a failure message: "head_matches: ...; refers_to_issue: ...".
+    pub fn failures(&self) -> String {
+        self.checks
+            .iter()
+            .filter(|c| !c.passed)
+            .map(|c| format!("{}: {}", c.name, c.detail))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}

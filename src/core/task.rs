@@ -10,7 +10,7 @@ use super::event::Event;
 use super::ids::{AgentId, IssueRef, TaskId};
 use super::labels::{StatusLabel, TaskSpec};
 use super::policy::{FailureClass, RetryDecision};
-use super::receipt::Receipt;
+use super::receipt::{Receipt, Validation};
 use super::time::Timestamp;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -134,6 +134,9 @@ pub struct Task {
     pub lease: Option<Lease>,
     pub last_failure: Option<Failure>,
     pub receipt: Option<Receipt>,
+    /// What forgefleet found when it checked the receipt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<Validation>,
 }
 
 /// An event that does not apply to the task or agent in its current state. Nothing was changed.
@@ -171,6 +174,7 @@ impl Task {
                 lease: None,
                 last_failure: None,
                 receipt: None,
+                validation: None,
             }),
             _ => None,
         }
@@ -245,6 +249,14 @@ impl Task {
                 check_attempt(*attempt)?;
                 self.state = Validating;
                 self.receipt = Some(receipt.clone());
+                self.validation = None;
+            }
+            Event::ReceiptChecked { attempt, validation, .. } => {
+                if self.state != Validating {
+                    return Err(illegal);
+                }
+                check_attempt(*attempt)?;
+                self.validation = Some(validation.clone());
             }
             Event::TaskCompleted { attempt, .. } => {
                 if self.state != Validating {
@@ -279,6 +291,7 @@ impl Task {
                         self.attempt += 1;
                         self.state = Queued;
                         self.not_before = Some(*not_before);
+                        // The failed attempt's validation stays visible until the next receipt replaces it.
                         self.receipt = None;
                     }
                     RetryDecision::GiveUp => self.state = Failed,
@@ -314,6 +327,7 @@ impl Task {
         self.queued_at = at;
         self.lease = None;
         self.receipt = None;
+        self.validation = None;
     }
 }
 

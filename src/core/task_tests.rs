@@ -1,7 +1,7 @@
 use super::*;
 use crate::core::ids::{CommitSha, RepoName};
 use crate::core::labels::Priority;
-use crate::core::receipt::Usage;
+use crate::core::receipt::{Usage, Validation};
 
 const T: TaskId = TaskId(7);
 const A: AgentId = AgentId(3);
@@ -60,6 +60,7 @@ fn event_of_kind(kind: &str, attempt: u32) -> Event {
         "task_started" => Event::TaskStarted { task: t, attempt, at: at(100) },
         "receipt_received" => Event::ReceiptReceived { task: t, attempt, receipt: receipt(), at: at(100) },
         "task_completed" => Event::TaskCompleted { task: t, attempt, at: at(100) },
+        "receipt_checked" => Event::ReceiptChecked { task: t, attempt, validation: Validation::default(), at: at(100) },
         "task_lost" => Event::TaskLost { task: t, attempt, agent: A, at: at(100) },
         "attempt_failed" => Event::AttemptFailed {
             task: t,
@@ -75,7 +76,8 @@ fn event_of_kind(kind: &str, attempt: u32) -> Event {
     }
 }
 
-const KINDS: [&str; 10] = [
+const KINDS: [&str; 11] = [
+    "receipt_checked",
     "task_queued",
     "task_spec_changed",
     "task_assigned",
@@ -128,6 +130,7 @@ fn legal_from(kind: &str) -> &'static [TaskState] {
         "task_started" => &[Assigned],
         "receipt_received" => &[Assigned, Running],
         "task_completed" => &[Validating],
+        "receipt_checked" => &[Validating],
         "task_lost" => &[Assigned, Running],
         "attempt_failed" => &[Assigned, Running, Validating, AgentLost],
         "task_cancelled" => &[Queued, Assigned, Running, Validating, AgentLost],

@@ -67,11 +67,12 @@ pub enum Command {
         attempt: u32,
         receipt: Receipt,
     },
-    /// The verdict on a receipt: `None` means every check passed; otherwise why it did not.
+    /// forgefleet's own checks of a receipt: all passed completes the task, any failed is a
+    /// `verification_failed` attempt.
     FinishValidation {
         task: TaskId,
         attempt: u32,
-        failure: Option<String>,
+        validation: crate::core::Validation,
     },
     CancelTask {
         task: TaskId,

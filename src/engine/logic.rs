@@ -85,22 +85,22 @@ pub fn handle(s: &mut EngineSettings, tx: &WriteTx<'_>, cmd: Command, now: Times
             fail(s, tx, &t, class, message, now)
         }
         Command::SubmitReceipt { agent, task, attempt, receipt } => {
-            leased(tx, agent, task, attempt)?;
-            append(tx, Event::ReceiptReceived { task, attempt, receipt, at: now })
+            submit_receipt(tx, agent, task, attempt, receipt, now)
         }
-        Command::FinishValidation { task, attempt, failure } => {
+        Command::FinishValidation { task, attempt, validation } => {
             let t = find_task(tx, task)?;
             if t.attempt != attempt {
                 return Err(TransitionError::StaleAttempt { task, current: t.attempt, given: attempt }.into());
             }
-            match failure {
-                None => append(tx, Event::TaskCompleted { task, attempt, at: now }),
-                Some(why) => {
-                    if t.state != TaskState::Validating {
-                        return Err(TransitionError::Task { task, from: t.state, event: "attempt_failed" }.into());
-                    }
-                    fail(s, tx, &t, FailureClass::VerificationFailed, why, now)
-                }
+            let passed = validation.passed();
+            let failures = validation.failures();
+            tx.append(&Event::ReceiptChecked { task, attempt, validation, at: now })?;
+            if passed {
+                append(tx, Event::TaskCompleted { task, attempt, at: now })
+            } else {
+                let t = find_task(tx, task)?;
+                let message = format!("the receipt did not check out: {failures}");
+                fail(s, tx, &t, FailureClass::VerificationFailed, message, now)
             }
         }
         Command::CancelTask { task, reason } => {
@@ -155,6 +155,30 @@ pub fn handle(s: &mut EngineSettings, tx: &WriteTx<'_>, cmd: Command, now: Times
             Ok(Reply::Done)
         }
     }
+}
+
+/// A receipt is accepted once per attempt, from the agent that held it. The same receipt again (a retried
+/// request) is a no-op; a different one for an attempt already received is a conflict.
+fn submit_receipt(
+    tx: &WriteTx<'_>,
+    agent: AgentId,
+    task: TaskId,
+    attempt: u32,
+    receipt: crate::core::Receipt,
+    now: Timestamp,
+) -> Result<Reply> {
+    let t = find_task(tx, task)?;
+    if t.attempt == attempt && t.receipt.is_some() {
+        if !tx.read().ever_held(task, agent, attempt)? {
+            return Err(EngineError::Forbidden(format!("agent {agent} did not hold task {task} attempt {attempt}")));
+        }
+        if t.receipt.as_ref() == Some(&receipt) {
+            return Ok(Reply::Duplicate);
+        }
+        return Err(EngineError::Conflict(TransitionError::Task { task, from: t.state, event: "receipt_received" }));
+    }
+    leased(tx, agent, task, attempt)?;
+    append(tx, Event::ReceiptReceived { task, attempt, receipt, at: now })
 }
 
 fn append(tx: &WriteTx<'_>, e: Event) -> Result<Reply> {

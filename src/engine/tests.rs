@@ -331,17 +331,22 @@ fn a_receipt_moves_to_validating_and_the_verdict_completes_or_retries() {
     let submit = |attempt| Command::SubmitReceipt { agent: a1, task, attempt, receipt: receipt.clone() };
     f.engine.execute(submit(1)).unwrap();
     assert_eq!(f.task(task).state, TaskState::Validating);
-    let failure = Some("the pull request does not refer to the issue".to_string());
-    f.engine.execute(Command::FinishValidation { task, attempt: 1, failure }).unwrap();
+    let check = |name: &str, passed: bool| Check { name: name.into(), passed, detail: "seen".into() };
+    let failed =
+        Validation { checks: vec![check("pull_request_exists", true), check("refers_to_issue", false)], files: vec![] };
+    f.engine.execute(Command::FinishValidation { task, attempt: 1, validation: failed }).unwrap();
     let t = f.task(task);
     assert_eq!((t.state, t.attempt), (TaskState::Queued, 2));
-    assert_eq!(t.last_failure.unwrap().class, FailureClass::VerificationFailed);
+    let failure = t.last_failure.unwrap();
+    assert_eq!(failure.class, FailureClass::VerificationFailed);
+    assert!(failure.message.contains("refers_to_issue: seen"), "{}", failure.message);
     f.later(mins(2));
     f.heartbeat(a1, &[]);
     let b = f.pull(a1).unwrap();
     f.start(a1, &b);
     f.engine.execute(submit(2)).unwrap();
-    f.engine.execute(Command::FinishValidation { task, attempt: 2, failure: None }).unwrap();
+    let passed = Validation { checks: vec![check("refers_to_issue", true)], files: vec![] };
+    f.engine.execute(Command::FinishValidation { task, attempt: 2, validation: passed }).unwrap();
     assert_eq!(f.task(task).state, TaskState::Completed);
     assert_eq!(f.engine.store.read().running_count(a1).unwrap(), 0, "the lease ends with the task");
 }

@@ -1,4 +1,5 @@
 //! The outside world, each behind a small interface the engine's workers call.
 
 pub mod forgejo;
+pub mod git;
 pub mod templates;

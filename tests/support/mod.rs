@@ -4,6 +4,7 @@
 
 pub mod fleet;
 pub mod forgejo;
+pub mod git;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};

@@ -173,7 +173,7 @@ impl Deliverer {
             Notice::Started { agent } => {
                 ("comment_started.md", json!({"agent": self.agent_name(*agent).await?, "attempt": attempt}))
             }
-            Notice::Completed { agent, receipt, started_at, finished_at } => {
+            Notice::Completed { agent, receipt, validation, started_at, finished_at } => {
                 let agent = match agent {
                     Some(a) => self.agent_name(*a).await?,
                     None => "an agent".into(),
@@ -190,6 +190,8 @@ impl Deliverer {
                         "summary": receipt.as_ref().map(|r| r.summary.clone()).unwrap_or_default(),
                         "tokens": tokens,
                         "cost": receipt.as_ref().and_then(|r| r.cost_usd).map(|c| format!("{c:.2}")),
+                        "files": validation.as_ref().map(|v| v.files.clone()).unwrap_or_default(),
+                        "checks": validation.as_ref().map(|v| v.checks.iter().map(|c| c.detail.clone()).collect::<Vec<_>>()).unwrap_or_default(),
                         "repo": issue.repo.as_str(),
                     }),
                 )

@@ -4,6 +4,7 @@ pub mod client;
 pub mod deliver;
 pub mod reconcile;
 pub mod types;
+pub mod validate;
 pub mod webhook;
 
 pub use client::{ForgejoClient, ForgejoError, IssueFilter};
@@ -63,6 +64,24 @@ pub fn spawn(
             tokio::time::sleep(poll).await;
         }
     });
+    let validator = validate::Validator {
+        client: client.clone(),
+        engine: engine.clone(),
+        db: db.clone(),
+        mirrors: db.parent().map(|d| d.join("mirrors")).unwrap_or_else(|| "mirrors".into()),
+        git_url: config.forgejo.git_url.clone().unwrap_or_else(|| url.to_string()),
+        token: config.forgejo.token.as_ref().map(|t| t.expose().to_string()).unwrap_or_default(),
+    };
+    let validating = tokio::spawn(async move {
+        loop {
+            match validator.validate_pending().await {
+                Ok(n) if n > 0 => continue,
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "validation pass failed"),
+            }
+            tokio::time::sleep(poll).await;
+        }
+    });
     let labels = config.label_scheme();
     let every = config.reconcile_interval();
     let full_every = config.full_sweep_interval();
@@ -91,7 +110,7 @@ pub fn spawn(
             tokio::time::sleep(every).await;
         }
     });
-    Ok(Some(Workers { handles: vec![delivering, reconciling] }))
+    Ok(Some(Workers { handles: vec![delivering, validating, reconciling] }))
 }
 
 async fn refresh(

@@ -1,0 +1,230 @@
+//! Receipt validation: forgefleet checks the agent's claim itself, through the Forgejo API and its own git
+//! mirror, before a task is done. It runs on every task in `validating`, so a crash mid-way simply checks
+//! again after the restart.
+
+use std::path::PathBuf;
+
+use super::{ForgejoClient, ForgejoError};
+use crate::core::{Check, FileChange, Task, TaskId, TaskState, Validation};
+use crate::engine::{Command, EngineHandle};
+use crate::integrations::git::{GitError, Mirror};
+use crate::store::Store;
+
+pub struct Validator {
+    pub client: ForgejoClient,
+    pub engine: EngineHandle,
+    pub db: PathBuf,
+    /// Where the bare mirrors live: `<dir>/<owner>/<name>.git`.
+    pub mirrors: PathBuf,
+    /// `<git_url>/<owner>/<name>.git` is fetched.
+    pub git_url: String,
+    pub token: String,
+}
+
+/// A check that could not be made now (Forgejo or git unreachable): the task stays `validating` and is
+/// checked again on the next pass.
+#[derive(Debug, thiserror::Error)]
+pub enum NotYet {
+    #[error(transparent)]
+    Forgejo(#[from] ForgejoError),
+    #[error(transparent)]
+    Git(#[from] GitError),
+    #[error("{0}")]
+    Local(String),
+}
+
+fn check(name: &str, passed: bool, detail: String) -> Check {
+    Check { name: name.to_string(), passed, detail }
+}
+
+/// Whether `text` mentions issue `n` as `#n` (not `#n0`, not `x#n` of another repository's short form).
+pub fn refers_to(text: &str, repo: &str, n: u64) -> bool {
+    let needle = format!("#{n}");
+    let mut rest = text;
+    while let Some(i) = rest.find(&needle) {
+        let before = &rest[..i];
+        let after = &rest[i + needle.len()..];
+        let ends = !after.starts_with(|c: char| c.is_ascii_digit());
+        // `other/repo#N` names another repository's issue; `this/repo#N` or a bare `#N` names ours.
+        let prefix_ok = match before.rsplit(|c: char| c.is_whitespace() || c == '(' || c == '[').next() {
+            Some("") | None => true,
+            Some(p) => p == repo || !p.contains('/'),
+        };
+        if ends && prefix_ok {
+            return true;
+        }
+        rest = &rest[i + needle.len()..];
+    }
+    false
+}
+
+impl Validator {
+    /// Checks every task waiting in `validating`; returns how many got a verdict.
+    pub async fn validate_pending(&self) -> Result<usize, NotYet> {
+        let db = self.db.clone();
+        let waiting: Vec<Task> = tokio::task::spawn_blocking(move || -> crate::store::Result<Vec<Task>> {
+            let store = Store::open_read_only(&db)?;
+            let ids: Vec<TaskId> =
+                store.read().tasks(Some(TaskState::Validating), 100)?.into_iter().map(|t| t.id).collect();
+            let mut tasks = Vec::new();
+            for id in ids {
+                tasks.extend(store.read().task(id)?);
+            }
+            Ok(tasks)
+        })
+        .await
+        .map_err(|e| NotYet::Local(e.to_string()))?
+        .map_err(|e| NotYet::Local(e.to_string()))?;
+        let mut done = 0;
+        for task in waiting {
+            match self.validate(&task).await {
+                Ok(validation) => {
+                    let cmd = Command::FinishValidation { task: task.id, attempt: task.attempt, validation };
+                    match self.engine.send(cmd).await {
+                        Ok(_) => done += 1,
+                        Err(e) => tracing::warn!(task = %task.id, error = %e, "recording a validation failed"),
+                    }
+                }
+                Err(e) => tracing::warn!(task = %task.id, error = %e, "cannot check the receipt now; will try again"),
+            }
+        }
+        Ok(done)
+    }
+
+    /// Every check of one receipt, each with its outcome.
+    pub async fn validate(&self, task: &Task) -> Result<Validation, NotYet> {
+        let Some(receipt) = &task.receipt else {
+            return Ok(Validation {
+                checks: vec![check("receipt", false, "no receipt was recorded".into())],
+                files: vec![],
+            });
+        };
+        let repo = &task.issue.repo;
+        let n = receipt.pr_number;
+        let pr = match self.client.pull_request(repo, n).await {
+            Ok(pr) => pr,
+            Err(e) if e.is_not_found() => {
+                let detail = format!("there is no pull request #{n} in {repo} (the agent claimed it)");
+                return Ok(Validation { checks: vec![check("pull_request_exists", false, detail)], files: vec![] });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut checks = Vec::new();
+        let open_or_merged = pr.state == "open" || pr.merged;
+        checks.push(check(
+            "pull_request_exists",
+            open_or_merged,
+            if open_or_merged {
+                format!("pull request #{n} exists in {repo} and is {}", if pr.merged { "merged" } else { "open" })
+            } else {
+                format!("pull request #{n} in {repo} was closed without being merged")
+            },
+        ));
+        let issue = task.issue.number;
+        let refers = refers_to(&pr.title, repo.as_str(), issue) || refers_to(&pr.body, repo.as_str(), issue);
+        checks.push(check(
+            "refers_to_issue",
+            refers,
+            if refers {
+                format!("it refers to #{issue}")
+            } else {
+                format!("neither its title nor its description mentions #{issue} (e.g. `Closes #{issue}`)")
+            },
+        ));
+        let claimed = receipt.head_sha.as_str();
+        let head_ok = pr.head.sha.eq_ignore_ascii_case(claimed);
+        checks.push(check(
+            "head_matches",
+            head_ok,
+            if head_ok {
+                format!("its head is {}, as the receipt says", short(claimed))
+            } else {
+                format!(
+                    "its head is {} but the receipt names {}: the branch was pushed to (or force-pushed) after the receipt",
+                    short(&pr.head.sha),
+                    short(claimed)
+                )
+            },
+        ));
+        let (git_check, files) = self.inspect(task, &pr.base.name, claimed).await?;
+        checks.push(git_check);
+        Ok(Validation { checks, files })
+    }
+
+    /// Fetches the base branch and the pull request's head into forgefleet's own mirror and looks at what the
+    /// claimed head changes.
+    async fn inspect(&self, task: &Task, base: &str, head: &str) -> Result<(Check, Vec<FileChange>), NotYet> {
+        let repo = task.issue.repo.clone();
+        let n = task.receipt.as_ref().map(|r| r.pr_number).unwrap_or_default();
+        let dir = self.mirrors.join(repo.owner()).join(format!("{}.git", repo.name()));
+        let url = format!("{}/{}/{}.git", self.git_url.trim_end_matches('/'), repo.owner(), repo.name());
+        let token = self.token.clone();
+        let base = base.to_string();
+        let head_sha = head.to_string();
+        let inspection = tokio::task::spawn_blocking(move || -> Result<_, GitError> {
+            let head = head_sha;
+            let mirror = Mirror::open_or_init(&dir)?;
+            let refspecs =
+                [format!("+refs/heads/{base}:refs/heads/{base}"), format!("+refs/pull/{n}/head:refs/pull/{n}/head")];
+            let refspecs: Vec<&str> = refspecs.iter().map(String::as_str).collect();
+            mirror.fetch(&url, Some(&token), &refspecs)?;
+            mirror.inspect(&format!("refs/heads/{base}"), &head)
+        })
+        .await
+        .map_err(|e| NotYet::Local(e.to_string()))??;
+        let files: Vec<FileChange> = inspection
+            .changed_files
+            .iter()
+            .map(|f| FileChange {
+                path: f.path.clone(),
+                status: f.status.as_str().into(),
+                additions: f.additions,
+                deletions: f.deletions,
+            })
+            .collect();
+        let c = if !inspection.head_exists {
+            check("commits_change_something", false, format!("commit {} is not in the repository", short(head)))
+        } else if inspection.commits.is_empty() {
+            check("commits_change_something", false, format!("{} adds no commits to the base branch", short(head)))
+        } else if !inspection.tree_changed {
+            check(
+                "commits_change_something",
+                false,
+                format!("its {} commit(s) change no file (an empty diff)", inspection.commits.len()),
+            )
+        } else {
+            check(
+                "commits_change_something",
+                true,
+                format!(
+                    "git: {} commit(s) changing {} file(s), +{} −{} lines",
+                    inspection.commits.len(),
+                    files.len(),
+                    inspection.additions(),
+                    inspection.deletions()
+                ),
+            )
+        };
+        Ok((c, files))
+    }
+}
+
+fn short(sha: &str) -> &str {
+    sha.get(..10).unwrap_or(sha)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refers_to;
+
+    #[test]
+    fn references_to_the_issue_are_found_and_others_are_not() {
+        assert!(refers_to("Closes #12", "acme/app", 12));
+        assert!(refers_to("Fix login (#12)", "acme/app", 12));
+        assert!(refers_to("see acme/app#12", "acme/app", 12));
+        assert!(!refers_to("Closes #123", "acme/app", 12));
+        assert!(!refers_to("Closes other/repo#12", "acme/app", 12));
+        assert!(!refers_to("nothing here", "acme/app", 12));
+        assert!(refers_to("#120 and also #12.", "acme/app", 12));
+    }
+}

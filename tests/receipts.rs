@@ -1,0 +1,291 @@
+//! Receipts: an agent's word is a claim. forgefleet checks the pull request through the (fake) Forgejo API and
+//! the commits with its own gix mirror, fetched over real smart HTTP from `git http-backend`.
+
+mod support;
+
+use std::future::Future;
+use std::time::Duration;
+
+use forgefleet::config::Secret;
+use reqwest::Method;
+use serde_json::{Value, json};
+use support::fleet::{Fleet, TestAgent};
+use support::forgejo::{FakeCommit, FakeForgejo};
+use support::git::{GitServer, TestRepo};
+
+const REPO: &str = "acme/app";
+const BOT: &str = "forgefleet";
+const BOT_TOKEN: &str = "bot-token";
+
+struct World {
+    forgejo: FakeForgejo,
+    fleet: Fleet,
+    repo: TestRepo,
+    _git: GitServer,
+    _root: tempfile::TempDir,
+    issue: u64,
+    agent: TestAgent,
+    task: u64,
+}
+
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+impl World {
+    /// A repository with history on `main`, an issue labelled `status:todo`, and an agent working on it.
+    async fn new(db: Option<std::path::PathBuf>) -> World {
+        let root = tempfile::tempdir().unwrap();
+        let git = GitServer::start_with_token(root.path(), BOT_TOKEN);
+        let repo = TestRepo::init_bare(root.path(), REPO);
+        repo.commit(&[("README.md", "hello\n"), ("src/lib.rs", "fn a() {}\n")], "start");
+        repo.push("main");
+        let forgejo = FakeForgejo::start().await;
+        forgejo.create_repo(REPO).await;
+        forgejo.add_user(BOT, BOT_TOKEN).await;
+        forgejo.set_permission(REPO, BOT, "admin").await;
+        forgejo.add_user("agent", "agent-token").await;
+        forgejo.set_permission(REPO, "agent", "write").await;
+        let (url, git_url) = (forgejo.url().to_string(), git.base_url());
+        let fleet = Fleet::start_with_forgejo(|c| {
+            c.forgejo.url = Some(url);
+            c.forgejo.git_url = Some(git_url);
+            c.forgejo.token = Some(Secret::new(BOT_TOKEN));
+            c.forgejo.webhook_secret = Some(Secret::new("s"));
+            c.forgejo.bot_user = Some(BOT.into());
+            c.forgejo.repos = vec![REPO.into()];
+            if let Some(db) = db {
+                c.store.path = db;
+            }
+        })
+        .await;
+        let issue = forgejo.create_issue(REPO, "agent", "Greet properly", "", &["status:todo"]).await;
+        let task = fleet.label(&format!("{REPO}#{issue}"), &["status:todo"]).await.unwrap().0 as u64;
+        let agent = fleet.register("a1", &[], 1).await;
+        let a = agent.pull().await.unwrap();
+        agent.start(&a).await;
+        World { forgejo, fleet, repo, _git: git, _root: root, issue, agent, task }
+    }
+
+    /// The agent's work: a branch with one commit, pushed, and a pull request for it.
+    async fn open_pull(&self, files: &[(&str, &str)], title: &str, body: &str) -> (u64, String) {
+        self.repo.checkout("feature");
+        let sha = if files.is_empty() { self.repo.commit_empty("nothing") } else { self.repo.commit(files, "greet") };
+        self.repo.push("feature");
+        let n = self.forgejo.create_pull(REPO, "agent", title, body, "feature", &sha, "main").await;
+        self.repo.push_pull_head(n, &sha);
+        (n, sha)
+    }
+
+    async fn submit(&self, pr: u64, head: &str) -> (reqwest::StatusCode, Value) {
+        let body = json!({
+            "task_id": self.task, "attempt": 1, "pr_number": pr, "head_sha": head,
+            "summary": "Greets properly now.", "usage": {"input_tokens": 1200, "output_tokens": 340},
+            "cost_usd": 0.05, "duration_secs": 42
+        });
+        self.agent.post("/receipts", body).await
+    }
+
+    async fn task(&self) -> Value {
+        let (_, body) = self.fleet.operator(Method::GET, &format!("/tasks/{}", self.task)).await;
+        body["task"].clone()
+    }
+
+    async fn settled(&self) -> Value {
+        eventually("the receipt is checked", || async { self.task().await["state"] != "validating" }).await;
+        self.task().await
+    }
+}
+
+fn failed_checks(task: &Value) -> Vec<String> {
+    task["validation"]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["passed"] == false)
+        .map(|c| c["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_valid_receipt_completes_the_task_with_the_files_git_reports() {
+    let w = World::new(None).await;
+    let (pr, sha) = w
+        .open_pull(
+            &[("src/lib.rs", "fn a() {}\nfn greet() {}\n"), ("NOTES.md", "hi\n")],
+            "Greet",
+            &format!("Closes #{}", w.issue),
+        )
+        .await;
+    let (status, ack) = w.submit(pr, &sha).await;
+    assert_eq!(status, 202, "{ack}");
+    assert_eq!(ack["state"], "validating");
+    let task = w.settled().await;
+    assert_eq!(task["state"], "completed", "{task}");
+    let files: Vec<&str> =
+        task["validation"]["files"].as_array().unwrap().iter().map(|f| f["path"].as_str().unwrap()).collect();
+    assert_eq!(files, ["NOTES.md", "src/lib.rs"]);
+    eventually("the completion comment lists the checked files", || async {
+        w.forgejo
+            .comments(REPO, w.issue)
+            .await
+            .iter()
+            .any(|c| c.body.contains("Done") && c.body.contains("`src/lib.rs` (+1 −0)"))
+    })
+    .await;
+    eventually("status:done", || async { w.forgejo.issue(REPO, w.issue).await.labels == ["status:done"] }).await;
+    // The same receipt again is a no-op; a different one for the same attempt is a conflict.
+    assert_eq!(w.submit(pr, &sha).await.0, 202);
+    assert_eq!(w.submit(pr + 1, &sha).await.0, 409);
+    // Merging later does not undo anything.
+    w.forgejo.merge_pull(REPO, pr, "agent").await;
+    assert_eq!(w.task().await["state"], "completed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_pull_request_fails_verification_and_is_retried() {
+    let w = World::new(None).await;
+    let (status, _) = w.submit(99, &"a".repeat(40)).await;
+    assert_eq!(status, 202);
+    let task = w.settled().await;
+    assert_eq!((task["state"].as_str(), task["attempt"].as_u64()), (Some("queued"), Some(2)), "{task}");
+    assert_eq!(task["last_failure"]["class"], "verification_failed");
+    assert!(task["last_failure"]["message"].as_str().unwrap().contains("no pull request #99"), "{task}");
+    eventually("the comment names the failed check and the claim", || async {
+        w.forgejo
+            .comments(REPO, w.issue)
+            .await
+            .iter()
+            .any(|c| c.body.contains("verification_failed") && c.body.contains("#99"))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pull_request_of_another_repository_does_not_count() {
+    let w = World::new(None).await;
+    w.forgejo.create_repo("acme/other").await;
+    w.forgejo.set_permission("acme/other", "agent", "write").await;
+    let other = w
+        .forgejo
+        .create_pull("acme/other", "agent", "Greet", &format!("Closes #{}", w.issue), "f", &"b".repeat(40), "main")
+        .await;
+    // In the task's repository that number is the issue itself, not a pull request.
+    assert_eq!(other, 1);
+    w.submit(other, &"b".repeat(40)).await;
+    let task = w.settled().await;
+    assert_eq!(failed_checks(&task), ["pull_request_exists"], "{task}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pull_request_that_does_not_refer_to_the_issue_fails_that_check() {
+    let w = World::new(None).await;
+    let (pr, sha) = w.open_pull(&[("a.txt", "x\n")], "Some change", "No reference here").await;
+    w.submit(pr, &sha).await;
+    let task = w.settled().await;
+    assert_eq!(failed_checks(&task), ["refers_to_issue"], "{task}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_receipt_naming_another_head_fails_head_matches() {
+    let w = World::new(None).await;
+    let (pr, _sha) = w.open_pull(&[("a.txt", "x\n")], &format!("Fix #{}", w.issue), "").await;
+    w.submit(pr, &"c".repeat(40)).await;
+    let task = w.settled().await;
+    let failed = failed_checks(&task);
+    assert!(failed.contains(&"head_matches".to_string()), "{task}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn commits_that_change_nothing_fail_verification() {
+    let w = World::new(None).await;
+    let (pr, sha) = w.open_pull(&[], &format!("Fix #{}", w.issue), "").await;
+    w.submit(pr, &sha).await;
+    let task = w.settled().await;
+    assert_eq!(failed_checks(&task), ["commits_change_something"], "{task}");
+    let detail = &task["validation"]["checks"][3]["detail"];
+    assert!(detail.as_str().unwrap().contains("empty diff"), "{detail}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_branch_pushed_after_the_receipt_fails_head_matches_with_a_message_saying_so() {
+    let w = World::new(None).await;
+    // Forgejo is unreachable while the receipt comes in: validation waits.
+    w.forgejo.fail_requests_until_healed(503).await;
+    let (pr, sha) = {
+        w.forgejo.heal().await;
+        let r = w.open_pull(&[("a.txt", "x\n")], &format!("Fix #{}", w.issue), "").await;
+        w.forgejo.fail_requests_until_healed(503).await;
+        r
+    };
+    assert_eq!(w.submit(pr, &sha).await.0, 202);
+    let newer = w.repo.commit(&[("a.txt", "y\n")], "more");
+    w.repo.push("feature");
+    w.repo.push_pull_head(pr, &newer);
+    w.forgejo.heal().await;
+    w.forgejo.push_to_pull(REPO, pr, "agent", &[FakeCommit::new(&newer, "more").file("a.txt", "modified", 1, 1)]).await;
+    let task = w.settled().await;
+    let head =
+        task["validation"]["checks"].as_array().unwrap().iter().find(|c| c["name"] == "head_matches").unwrap().clone();
+    assert_eq!(head["passed"], false, "{task}");
+    assert!(head["detail"].as_str().unwrap().contains("pushed to"), "{head}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_the_leaseholder_may_submit() {
+    let w = World::new(None).await;
+    let (pr, sha) = w.open_pull(&[("a.txt", "x\n")], &format!("Fix #{}", w.issue), "").await;
+    let stranger = w.fleet.register("a2", &[], 1).await;
+    let body = json!({"task_id": w.task, "attempt": 1, "pr_number": pr, "head_sha": sha});
+    let (status, err) = stranger.post("/receipts", body.clone()).await;
+    assert_eq!(status, 403, "{err}");
+    let (status, _) =
+        w.agent.post("/receipts", json!({"task_id": w.task, "attempt": 2, "pr_number": pr, "head_sha": sha})).await;
+    assert_eq!(status, 403, "an attempt it never held");
+    let (status, err) =
+        w.agent.post("/receipts", json!({"task_id": w.task, "attempt": 1, "pr_number": pr, "head_sha": "xyz"})).await;
+    assert_eq!(status, 400, "{err}");
+    assert_eq!(w.task().await["state"], "running", "refusals change nothing");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn validation_interrupted_by_a_restart_finishes_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("fleet.db");
+    let w = World::new(Some(db.clone())).await;
+    let (pr, sha) = w.open_pull(&[("a.txt", "x\n")], &format!("Fix #{}", w.issue), "").await;
+    w.forgejo.fail_requests_until_healed(503).await;
+    assert_eq!(w.submit(pr, &sha).await.0, 202);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(w.task().await["state"], "validating", "Forgejo is down: nothing can be checked");
+    // forgefleet dies here and comes back on the same database.
+    let World { forgejo, fleet, repo: _repo, _git, _root, task, .. } = w;
+    drop(fleet);
+    forgejo.heal().await;
+    let url = forgejo.url().to_string();
+    let git_url = _git.base_url();
+    let again = Fleet::start_with_forgejo(|c| {
+        c.forgejo.url = Some(url);
+        c.forgejo.git_url = Some(git_url);
+        c.forgejo.token = Some(Secret::new(BOT_TOKEN));
+        c.forgejo.repos = vec![REPO.into()];
+        c.store.path = db;
+    })
+    .await;
+    eventually("the restarted server completes the task", || async {
+        let (_, body) = again.operator(Method::GET, &format!("/tasks/{task}")).await;
+        body["task"]["state"] == "completed"
+    })
+    .await;
+}
