@@ -967,14 +967,13 @@ fn cached_lifecycle_db(tasks: usize) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(format!("lifecycle-schema{SCHEMA_VERSION}-gen{GENERATOR_VERSION}-tasks{tasks}.db"));
     let expected = (tasks * 4 + LIFECYCLE_AGENTS) as u64;
-    if path.exists() {
-        let store = Store::open_read_only(&path).unwrap();
-        if store.read().event_count().unwrap() >= expected {
-            return path;
-        }
-        drop(store);
-        progress(format!("{} is incomplete: rebuilding it", path.display()));
+    // Written once the database is complete and in place; checked instead of opening the cache, which would
+    // leave WAL files beside it.
+    let done = dir.join(format!("{}.complete", path.file_name().unwrap().to_string_lossy()));
+    if path.exists() && done.exists() {
+        return path;
     }
+    let _ = std::fs::remove_file(&path);
     // Databases of older schema versions or generators are of no further use: they are removed.
     let current = format!("lifecycle-schema{SCHEMA_VERSION}-gen{GENERATOR_VERSION}-");
     for entry in std::fs::read_dir(&dir).unwrap().flatten() {
@@ -1045,6 +1044,7 @@ fn cached_lifecycle_db(tasks: usize) -> PathBuf {
         }
     }
     std::fs::rename(&tmp, &path).unwrap();
+    std::fs::write(&done, format!("{expected} events\n")).unwrap();
     progress(format!("built in {}", fmt_dur(started.elapsed())));
     path
 }

@@ -151,6 +151,25 @@ async fn a_valid_receipt_completes_the_task_with_the_files_git_reports() {
     // Merging later does not undo anything.
     w.forgejo.merge_pull(REPO, pr, "agent").await;
     assert_eq!(w.task().await["state"], "completed");
+
+    // An operator sees the receipt and each check.
+    let config = w._root.path().join("cli.toml");
+    std::fs::write(&config, format!("[store]\npath = {:?}\n", w.fleet.db)).unwrap();
+    let task = w.task;
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(support::binary())
+            .args(["tasks", "show", &task.to_string(), "--config"])
+            .arg(&config)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = support::stdout(&out);
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    assert!(text.contains(&format!("receipt:  pull request #{pr} at {sha}")), "{text}");
+    assert!(text.contains("[ok] head_matches") && text.contains("[ok] commits_change_something"), "{text}");
+    assert!(text.contains("added NOTES.md (+1 -0)"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

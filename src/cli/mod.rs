@@ -52,7 +52,10 @@ enum Command {
         command: StoreCommand,
     },
     /// List tasks, most recently changed first.
+    #[command(args_conflicts_with_subcommands = true)]
     Tasks {
+        #[command(subcommand)]
+        command: Option<TasksCommand>,
         /// Only tasks in this state (queued, assigned, running, validating, completed, failed, agent_lost, cancelled).
         #[arg(long)]
         state: Option<String>,
@@ -126,6 +129,18 @@ fn parse_agent_status(s: &str) -> Result<AgentStatus, String> {
 
 fn parse_agent_name(s: &str) -> Result<AgentName, String> {
     AgentName::parse(s).map_err(|e| e.to_string())
+}
+
+#[derive(Debug, Subcommand)]
+enum TasksCommand {
+    /// One task: its state, lease, the receipt and each check forgefleet made of it, and its history.
+    Show {
+        /// The task's id.
+        id: String,
+        /// Print JSON for scripts instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -205,7 +220,13 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Serve => serve::run(config),
         Command::Config { .. } => unreachable!("handled above"),
         Command::Store { command: StoreCommand::Rebuild } => rebuild(&config),
-        Command::Tasks { state, limit, json } => {
+        Command::Tasks { command: Some(TasksCommand::Show { id, json }), .. } => {
+            let id: crate::core::TaskId =
+                id.parse().map_err(|e: crate::core::InvalidId| CliError::usage(e.to_string()))?;
+            let store = Store::open_read_only(&config.store.path)?;
+            views::task(&store, id, json)
+        }
+        Command::Tasks { command: None, state, limit, json } => {
             let state = match state {
                 None => None,
                 Some(s) => Some(TaskState::parse(&s).ok_or_else(|| {

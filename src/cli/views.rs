@@ -157,3 +157,49 @@ fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
         line(row.iter().map(String::as_str).collect());
     }
 }
+
+/// `tasks show ID`: everything about one task, the receipt and each check first.
+pub fn task(store: &Store, id: crate::core::TaskId, as_json: bool) -> Result<(), CliError> {
+    let r = store.read();
+    let task = r.task(id)?.ok_or_else(|| CliError::usage(format!("task {id} not found")))?;
+    let events = r.task_events(id)?;
+    if as_json {
+        let events: Vec<_> = events.iter().map(|(seq, e)| json!({"seq": seq, "event": e})).collect();
+        println!("{}", json!({"task": task, "events": events}));
+        return Ok(());
+    }
+    println!("task {}: {} \"{}\"", task.id, task.issue, task.title);
+    println!("state:    {} (attempt {}, priority {})", task.state, task.attempt, task.spec.priority);
+    if let Some(l) = &task.lease {
+        let agent = r.agent(l.agent)?.map(|a| a.name.to_string()).unwrap_or_else(|| l.agent.to_string());
+        println!("lease:    {agent}, attempt {}, deadline {}", l.attempt, l.deadline);
+    }
+    if let Some(f) = &task.last_failure {
+        println!("failure:  attempt {} {}: {}", f.attempt, f.class, f.message);
+    }
+    if let Some(rc) = &task.receipt {
+        println!("receipt:  pull request #{} at {}", rc.pr_number, rc.head_sha);
+        if !rc.summary.is_empty() {
+            println!("          {}", rc.summary);
+        }
+        let cost = rc.cost_usd.map(|c| format!(", ${c:.2}")).unwrap_or_default();
+        println!("          tokens {} in / {} out{cost}", rc.usage.input_tokens, rc.usage.output_tokens);
+    }
+    if let Some(v) = &task.validation {
+        println!("checks:");
+        for c in &v.checks {
+            println!("  [{}] {}: {}", if c.passed { "ok" } else { "FAILED" }, c.name, c.detail);
+        }
+        if !v.files.is_empty() {
+            println!("files (from git):");
+            for f in &v.files {
+                println!("  {} {} (+{} -{})", f.status, f.path, f.additions, f.deletions);
+            }
+        }
+    }
+    println!("history:");
+    for (seq, e) in events {
+        println!("  {seq:>6} {} {}", e.at(), e.kind());
+    }
+    Ok(())
+}
