@@ -969,8 +969,8 @@ fn cached_lifecycle_db(tasks: usize) -> PathBuf {
     let expected = (tasks * 4 + LIFECYCLE_AGENTS) as u64;
     // Written once the database is complete and in place; checked instead of opening the cache, which would
     // leave WAL files beside it.
-    let done = dir.join(format!("{}.complete", path.file_name().unwrap().to_string_lossy()));
-    if path.exists() && done.exists() {
+    let complete = dir.join(format!("{}.complete", path.file_name().unwrap().to_string_lossy()));
+    if path.exists() && complete.exists() {
         return path;
     }
     let _ = std::fs::remove_file(&path);
@@ -1044,7 +1044,7 @@ fn cached_lifecycle_db(tasks: usize) -> PathBuf {
         }
     }
     std::fs::rename(&tmp, &path).unwrap();
-    std::fs::write(&done, format!("{expected} events\n")).unwrap();
+    std::fs::write(&complete, format!("{expected} events\n")).unwrap();
     progress(format!("built in {}", fmt_dur(started.elapsed())));
     path
 }
