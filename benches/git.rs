@@ -139,6 +139,30 @@ fn main() {
         received = objects;
     }
 
+    // Inspecting a pull request forked from half-way back in history: the walk to the merge base is long.
+    let old_base = git::git(&bare, &["rev-parse", &format!("main~{}", commits / 2)]);
+    let forked = new_pull_head(&bare, 2, &old_base, 2);
+    mirror.fetch(&url, Some(GIT_TOKEN), &["main", "refs/pull/2/head"]).unwrap();
+    git_fetch(&git_dir, &url_with_token, &["main", "refs/pull/2/head"]);
+    let mut deep_gix = Vec::new();
+    let mut deep_git = Vec::new();
+    let mut deep_files = 0;
+    for _ in 0..later_runs {
+        let t = Instant::now();
+        let inspection = mirror.inspect("main", &forked).unwrap();
+        deep_gix.push(t.elapsed());
+        assert_eq!(inspection.merge_base.as_deref(), Some(old_base.as_str()));
+        assert_eq!(inspection.commits.len(), 1);
+        deep_files = inspection.changed_files.len();
+        let t = Instant::now();
+        let range = format!("main..{forked}");
+        let log = git::git(&git_dir, &["rev-list", &range]);
+        let numstat = git::git(&git_dir, &["diff", "--numstat", "-M", &format!("main...{forked}")]);
+        deep_git.push(t.elapsed());
+        assert_eq!(log.lines().count(), 1);
+        assert_eq!(numstat.lines().count(), deep_files);
+    }
+
     let first_gix_median = median(first_gix);
     let first_git_median = median(first_git);
     let later_gix_median = median(later_gix);
@@ -163,6 +187,14 @@ fn main() {
         ms(median(later_fetch_only.clone())),
         ms(median(later_inspect)),
         ratio(median(later_fetch_only), later_git_median)
+    );
+    let (deep_gix_median, deep_git_median) = (median(deep_gix), median(deep_git));
+    println!(
+        "| inspect only, PR forked {} commits back ({deep_files} changed files) | {} ms | {} ms (rev-list + diff --numstat) | {:.2}x |",
+        commits / 2,
+        ms(deep_gix_median),
+        ms(deep_git_median),
+        ratio(deep_gix_median, deep_git_median)
     );
     println!();
     println!(

@@ -304,22 +304,7 @@ pub async fn list(
         ),
     };
     let rows = app.reads.with(|r| Ok(r.agents()?)).await?;
-    let agents = rows
-        .into_iter()
-        .filter(|row| row.agent.state != AgentState::Deregistered)
-        .filter(|row| q.capability.as_ref().is_none_or(|c| row.agent.capabilities.contains(c)))
-        .map(|row| AgentView {
-            status: row.agent.status(row.running),
-            name: row.agent.name.to_string(),
-            adapter: row.agent.adapter,
-            capabilities: row.agent.capabilities.into_iter().collect(),
-            max_concurrency: row.agent.max_concurrency,
-            running: row.running,
-            version: row.agent.version,
-            last_heartbeat_at: row.last_heartbeat_at.map(|t| t.to_rfc3339()),
-        })
-        .filter(|v| status.is_none_or(|s| v.status == s))
-        .collect();
+    let agents = agent_views(rows, status, q.capability.as_deref());
     Ok(Json(AgentList { agents }))
 }
 
@@ -366,4 +351,27 @@ pub async fn drain(
         .await?;
     app.engine.send(Command::DrainAgent { agent: agent.id }).await?;
     Ok(Json(DrainResponse { agent: name.to_string(), status: AgentStatus::Draining }))
+}
+
+/// The agents operators see (the deregistered are gone), optionally only those with a status or a capability.
+pub fn agent_views(
+    rows: Vec<crate::store::AgentRow>,
+    status: Option<AgentStatus>,
+    capability: Option<&str>,
+) -> Vec<AgentView> {
+    rows.into_iter()
+        .filter(|row| row.agent.state != AgentState::Deregistered)
+        .filter(|row| capability.is_none_or(|c| row.agent.capabilities.contains(c)))
+        .map(|row| AgentView {
+            status: row.agent.status(row.running),
+            name: row.agent.name.to_string(),
+            adapter: row.agent.adapter,
+            capabilities: row.agent.capabilities.into_iter().collect(),
+            max_concurrency: row.agent.max_concurrency,
+            running: row.running,
+            version: row.agent.version,
+            last_heartbeat_at: row.last_heartbeat_at.map(|t| t.to_rfc3339()),
+        })
+        .filter(|v| status.is_none_or(|s| v.status == s))
+        .collect()
 }

@@ -22,7 +22,9 @@ use utoipa::{OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-pub use agents::{AgentList, AgentView, DeregisterResponse, DrainResponse, HeartbeatResponse, RegisterResponse};
+pub use agents::{
+    AgentList, AgentView, DeregisterResponse, DrainResponse, HeartbeatResponse, RegisterResponse, agent_views,
+};
 use doc::TAG_SYSTEM;
 pub use error::{ApiError, ErrorBody, ErrorCode, ErrorDetail};
 pub use reads::ReadPool;

@@ -45,24 +45,7 @@ pub fn agents(
     capability: Option<&str>,
     as_json: bool,
 ) -> Result<(), CliError> {
-    let agents: Vec<AgentView> = store
-        .read()
-        .agents()?
-        .into_iter()
-        .filter(|row| row.agent.state != AgentState::Deregistered)
-        .filter(|row| capability.is_none_or(|c| row.agent.capabilities.contains(c)))
-        .map(|row| AgentView {
-            status: row.agent.status(row.running),
-            name: row.agent.name.to_string(),
-            adapter: row.agent.adapter,
-            capabilities: row.agent.capabilities.into_iter().collect(),
-            max_concurrency: row.agent.max_concurrency,
-            running: row.running,
-            version: row.agent.version,
-            last_heartbeat_at: row.last_heartbeat_at.map(|t| t.to_rfc3339()),
-        })
-        .filter(|v| status.is_none_or(|s| v.status == s))
-        .collect();
+    let agents: Vec<AgentView> = crate::api::agent_views(store.read().agents()?, status, capability);
     if as_json {
         println!("{}", json!({ "agents": agents }));
         return Ok(());

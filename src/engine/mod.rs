@@ -61,23 +61,50 @@ impl Engine {
         self.execute_batch(vec![cmd]).pop().unwrap_or(Err(EngineError::Stopped))
     }
 
-    /// Applies several commands in one transaction (group commit), each in its own savepoint so one refused
-    /// command leaves the others in. If the commit itself fails, every command fails.
+    /// Applies several commands in one transaction (group commit); a refused command leaves the others in.
+    /// If the commit itself fails, every command fails.
+    ///
+    /// A savepoint per command would isolate failures, but costs as much as the commands' own writes. Almost
+    /// every refusal (not found, forbidden, a transition that does not apply) happens before the command writes
+    /// anything, so the batch first runs without savepoints; only when a refused command had already written
+    /// does it roll back and run again, each command in its own savepoint.
     pub fn execute_batch(&mut self, cmds: Vec<Command>) -> Vec<Result<Reply, EngineError>> {
+        if cmds.len() > 1 {
+            match self.run_batch(&cmds, false) {
+                Ok(replies) => return replies,
+                Err(Retry) => {}
+            }
+        }
+        self.run_batch(&cmds, true).unwrap_or_else(|Retry| failed_all(cmds.len(), "the batch could not be isolated"))
+    }
+
+    fn run_batch(&mut self, cmds: &[Command], isolate: bool) -> Result<Vec<Result<Reply, EngineError>>, Retry> {
         let n = cmds.len();
         let mut tx = match self.store.write() {
             Ok(tx) => tx,
-            Err(e) => return failed_all(n, &e.to_string()),
+            Err(e) => return Ok(failed_all(n, &e.to_string())),
         };
         let mut replies = Vec::with_capacity(n);
         for cmd in cmds {
             let now = self.clock.now();
             let settings = &mut self.settings;
-            replies.push(tx.savepoint(|tx| logic::handle(settings, tx, cmd, now)));
+            let reply = if isolate {
+                tx.savepoint(|tx| logic::handle(settings, tx, cmd.clone(), now))
+            } else {
+                let before = tx.total_changes();
+                let reply = logic::handle(settings, &tx, cmd.clone(), now);
+                if reply.is_err() && tx.total_changes() != before {
+                    // A refusal after a write: its writes cannot be told apart from the others' here.
+                    let _ = tx.rollback();
+                    return Err(Retry);
+                }
+                reply
+            };
+            replies.push(reply);
         }
         match tx.commit() {
-            Ok(()) => replies,
-            Err(e) => failed_all(n, &e.to_string()),
+            Ok(()) => Ok(replies),
+            Err(e) => Ok(failed_all(n, &e.to_string())),
         }
     }
 
@@ -96,6 +123,9 @@ impl Engine {
         replies
     }
 }
+
+/// A batch must run again with a savepoint per command.
+struct Retry;
 
 fn failed_all(n: usize, why: &str) -> Vec<Result<Reply, EngineError>> {
     (0..n)

@@ -350,3 +350,22 @@ fn a_receipt_moves_to_validating_and_the_verdict_completes_or_retries() {
     assert_eq!(f.task(task).state, TaskState::Completed);
     assert_eq!(f.engine.store.read().running_count(a1).unwrap(), 0, "the lease ends with the task");
 }
+
+#[test]
+fn a_command_refused_after_it_wrote_is_undone_alone() {
+    let mut f = fleet();
+    let replies = f.engine.execute_batch(vec![
+        Command::ObserveIssue(observation("acme/app#1", &["status:todo"])),
+        // Records its key, then fails: the key must not stay recorded, or a retry would be taken for a replay.
+        Command::FromWebhook {
+            key: "k".into(),
+            inner: Box::new(Command::CancelTask { task: TaskId(42), reason: "x".into() }),
+        },
+        Command::ObserveIssue(observation("acme/app#2", &["status:todo"])),
+    ]);
+    assert!(replies[0].is_ok() && replies[2].is_ok(), "{replies:?}");
+    assert!(matches!(replies[1], Err(EngineError::NotFound(_))));
+    assert_eq!(f.engine.store.read().event_count().unwrap(), 2);
+    let again = Command::FromWebhook { key: "k".into(), inner: Box::new(Command::Tick) };
+    assert!(matches!(f.engine.execute(again), Ok(Reply::Ticked(_))), "the key was rolled back with its command");
+}

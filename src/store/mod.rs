@@ -140,19 +140,31 @@ impl WriteTx<'_> {
     pub fn read(&self) -> ReadView<'_> {
         ReadView { conn: &self.tx }
     }
+    /// Rows inserted, updated or deleted on this connection so far: tells whether a failed step wrote anything.
+    pub fn total_changes(&self) -> u64 {
+        self.tx.total_changes()
+    }
+
+    /// Undoes everything this transaction wrote.
+    pub fn rollback(self) -> Result<()> {
+        Ok(self.tx.rollback()?)
+    }
+
     /// Runs `f` in a savepoint: if it fails, only its own writes are undone and the transaction goes on.
     pub fn savepoint<T, E: From<rusqlite::Error>>(
         &mut self,
         f: impl FnOnce(&WriteTx<'_>) -> std::result::Result<T, E>,
     ) -> std::result::Result<T, E> {
-        self.tx.execute_batch("SAVEPOINT cmd")?;
+        // Prepared once per connection: a savepoint per command is on the hot path of group commit.
+        self.tx.prepare_cached("SAVEPOINT cmd")?.execute([])?;
         match f(self) {
             Ok(v) => {
-                self.tx.execute_batch("RELEASE cmd")?;
+                self.tx.prepare_cached("RELEASE cmd")?.execute([])?;
                 Ok(v)
             }
             Err(e) => {
-                self.tx.execute_batch("ROLLBACK TO cmd; RELEASE cmd")?;
+                self.tx.prepare_cached("ROLLBACK TO cmd")?.execute([])?;
+                self.tx.prepare_cached("RELEASE cmd")?.execute([])?;
                 Err(e)
             }
         }

@@ -198,7 +198,9 @@ impl ReadView<'_> {
     /// The first queued task, in queue order, that `agent` may take now.
     pub fn next_for(&self, agent: &Agent, running: u32, now: Timestamp) -> Result<Option<TaskId>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT id, priority, queued_at, not_before, needs, pin FROM tasks
+            // INDEXED BY: left to itself SQLite picks `tasks_by_state` and sorts the whole queue on every call;
+            // walking the queue index in order lets the walk stop at the first fit.
+            "SELECT id, priority, queued_at, not_before, needs, pin FROM tasks INDEXED BY tasks_queue
              WHERE state = 'queued' ORDER BY priority, queued_at, id",
         )?;
         let mut rows = stmt.query([])?;

@@ -88,6 +88,23 @@ impl Mirror {
         })
     }
 
+    /// Where the mirror of Forgejo repository `repo` (`owner/name`) lives under forgefleet's data directory:
+    /// `<data_dir>/mirrors/<owner>/<name>.git`.
+    pub fn dir_for(data_dir: &Path, repo: &str) -> Result<PathBuf, GitError> {
+        let invalid = || GitError::Invalid { what: "repository name", message: format!("{repo:?} is not owner/name") };
+        let (owner, name) = repo.trim().trim_end_matches(".git").split_once('/').ok_or_else(invalid)?;
+        let ok = |part: &str| {
+            !part.is_empty()
+                && part != "."
+                && part != ".."
+                && part.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        };
+        if !ok(owner) || !ok(name) {
+            return Err(invalid());
+        }
+        Ok(data_dir.join("mirrors").join(owner).join(format!("{name}.git")))
+    }
+
     /// Limits how long each HTTP request of a fetch may take, the pack download included (default 10 minutes).
     pub fn with_request_timeout(mut self, timeout: Duration) -> Mirror {
         self.request_timeout = timeout;
@@ -119,7 +136,6 @@ impl Mirror {
         }
         let specs = refspecs.iter().map(|s| normalize_refspec(s)).collect::<Result<Vec<_>, _>>()?;
 
-        let t0 = std::time::Instant::now();
         let _serialized = self.fetch_lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let repo = self.repo.to_thread_local();
         let remote = repo
@@ -137,12 +153,10 @@ impl Mirror {
             // and a server still answering 401 is an authentication failure.
             .with_credentials(|_action| Ok(None))
             .with_transport_options(Box::new(options));
-        eprintln!("T connect {:?}", t0.elapsed());
         let prepared = connection
             .prepare_fetch(gix::progress::Discard, Default::default())
             .map_err(|e| classify_fetch_error(&e, url, token.is_some()))?;
 
-        eprintln!("T prepared {:?}", t0.elapsed());
         // Every exact ref asked for must exist on the server: say which do not before fetching anything.
         let missing: Vec<&str> = specs
             .iter()
@@ -164,7 +178,6 @@ impl Mirror {
             .receive(gix::progress::Discard, &AtomicBool::new(false))
             .map_err(|e| classify_fetch_error(&e, url, token.is_some()))?;
         let ref_map = &outcome.ref_map;
-        eprintln!("T received {:?}", t0.elapsed());
 
         let mut stats = FetchStats::default();
         let update_refs = match &outcome.status {

@@ -357,3 +357,13 @@ fn refspecs_without_a_destination_keep_their_name() {
 fn _assert_send_sync(m: Mirror) -> impl Send + Sync {
     m
 }
+
+#[test]
+fn each_repository_has_its_own_mirror_directory() {
+    let data = std::path::Path::new("/var/lib/forgefleet");
+    assert_eq!(Mirror::dir_for(data, "acme/app").unwrap(), data.join("mirrors/acme/app.git"));
+    assert_eq!(Mirror::dir_for(data, "acme/app.git").unwrap(), data.join("mirrors/acme/app.git"));
+    for bad in ["app", "acme/../x", "../acme", "acme/a/b", "acme/", "/app", "acme/ap p"] {
+        assert!(matches!(Mirror::dir_for(data, bad), Err(GitError::Invalid { .. })), "{bad}");
+    }
+}
