@@ -69,11 +69,10 @@ impl Engine {
     /// anything, so the batch first runs without savepoints; only when a refused command had already written
     /// does it roll back and run again, each command in its own savepoint.
     pub fn execute_batch(&mut self, cmds: Vec<Command>) -> Vec<Result<Reply, EngineError>> {
-        if cmds.len() > 1 {
-            match self.run_batch(&cmds, false) {
-                Ok(replies) => return replies,
-                Err(Retry) => {}
-            }
+        if cmds.len() > 1
+            && let Ok(replies) = self.run_batch(&cmds, false)
+        {
+            return replies;
         }
         self.run_batch(&cmds, true).unwrap_or_else(|Retry| failed_all(cmds.len(), "the batch could not be isolated"))
     }
