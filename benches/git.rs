@@ -190,7 +190,8 @@ fn main() {
     );
     let (deep_gix_median, deep_git_median) = (median(deep_gix), median(deep_git));
     println!(
-        "| inspect only, PR forked {} commits back ({deep_files} changed files) | {} ms | {} ms (rev-list + diff --numstat) | {:.2}x |",
+        "| inspect only, PR forked {} commits back ({deep_files} changed files) | {} ms | {} ms \
+         (rev-list + diff --numstat) | {:.2}x |",
         commits / 2,
         ms(deep_gix_median),
         ms(deep_git_median),

@@ -226,7 +226,7 @@ impl Mirror {
             .unwrap_or_default();
         if let Some(token) = token {
             // In memory only: the header is neither in the URL nor in the repository config. With a configured
-            // header gix also refuses redirects to another host, so the token cannot leak that way.
+            // header gix refuses to follow redirects, so the token cannot leak to another host that way.
             let credentials = base64::engine::general_purpose::STANDARD.encode(format!("{BASIC_AUTH_USER}:{token}"));
             options.extra_headers.push(format!("Authorization: Basic {credentials}"));
         }
