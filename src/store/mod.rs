@@ -44,7 +44,13 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 pub struct Store {
     conn: Connection,
     path: String,
+    cache: TaskCache,
 }
+
+/// Tasks decoded during the current write transaction. A command reads the task it works on several times
+/// (to decide, to project, to answer); decoding its JSON once is enough. Cleared when a transaction starts
+/// and when a savepoint rolls back, so it never outlives what the database says.
+pub(crate) type TaskCache = std::cell::RefCell<std::collections::HashMap<crate::core::TaskId, crate::core::Task>>;
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -79,7 +85,7 @@ impl Store {
         if version > SCHEMA_VERSION {
             return Err(StoreError::TooNew { path: path_s, found: version, known: SCHEMA_VERSION });
         }
-        Ok(Store { conn, path: path_s })
+        Ok(Store { conn, path: path_s, cache: Default::default() })
     }
 
     /// A fresh database in memory with the real migrations: for tests.
@@ -101,7 +107,7 @@ impl Store {
         if found > SCHEMA_VERSION {
             return Err(StoreError::TooNew { path, found, known: SCHEMA_VERSION });
         }
-        let mut store = Store { conn, path };
+        let mut store = Store { conn, path, cache: Default::default() };
         schema::migrate(&mut store.conn).map_err(|e| classify(&store.path, e))?;
         Ok(store)
     }
@@ -117,19 +123,21 @@ impl Store {
 
     /// Starts a write transaction. Everything appended through it commits or rolls back together.
     pub fn write(&mut self) -> Result<WriteTx<'_>> {
+        self.cache.borrow_mut().clear();
         let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        Ok(WriteTx { tx })
+        Ok(WriteTx { tx, cache: &self.cache })
     }
 
     /// A read view (one implicit transaction per query).
     pub fn read(&self) -> ReadView<'_> {
-        ReadView { conn: &self.conn }
+        ReadView { conn: &self.conn, cache: None }
     }
 }
 
 /// An open write transaction.
 pub struct WriteTx<'a> {
     tx: rusqlite::Transaction<'a>,
+    cache: &'a TaskCache,
 }
 
 impl WriteTx<'_> {
@@ -138,7 +146,7 @@ impl WriteTx<'_> {
     }
     /// Reads within this transaction, seeing what it has written so far.
     pub fn read(&self) -> ReadView<'_> {
-        ReadView { conn: &self.tx }
+        ReadView { conn: &self.tx, cache: Some(self.cache) }
     }
     /// Rows inserted, updated or deleted on this connection so far: tells whether a failed step wrote anything.
     pub fn total_changes(&self) -> u64 {
@@ -163,6 +171,7 @@ impl WriteTx<'_> {
                 Ok(v)
             }
             Err(e) => {
+                self.cache.borrow_mut().clear();
                 self.tx.prepare_cached("ROLLBACK TO cmd")?.execute([])?;
                 self.tx.prepare_cached("RELEASE cmd")?.execute([])?;
                 Err(e)
@@ -174,6 +183,7 @@ impl WriteTx<'_> {
 /// Queries over the projections, inside or outside a write transaction.
 pub struct ReadView<'a> {
     conn: &'a Connection,
+    cache: Option<&'a TaskCache>,
 }
 
 fn open_error(path: &Path, e: rusqlite::Error) -> StoreError {

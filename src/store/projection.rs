@@ -19,7 +19,7 @@ impl WriteTx<'_> {
     /// transaction undoes the insert.
     pub fn append(&self, event: &Event) -> Result<Appended> {
         let seq = insert_event(&self.tx, event)?;
-        let effects = project(&self.tx, event)?;
+        let effects = project(&self.tx, self.cache, event)?;
         for effect in &effects {
             self.enqueue(effect, Some(seq), event.at())?;
         }
@@ -117,9 +117,13 @@ fn insert_event(conn: &Connection, event: &Event) -> Result<i64> {
 }
 
 /// Applies one event to the stored projection it belongs to; returns the effects of a task's change.
-fn project(conn: &Connection, event: &Event) -> Result<Vec<Effect>> {
+fn project(conn: &Connection, cache: &super::TaskCache, event: &Event) -> Result<Vec<Effect>> {
     if let Some(id) = event.task() {
-        let before = load_task(conn, id)?;
+        let cached = cache.borrow().get(&id).cloned();
+        let before = match cached {
+            Some(t) => Some(t),
+            None => load_task(conn, id)?,
+        };
         let after = match (&before, event) {
             (Some(t), _) => {
                 let mut t = t.clone();
@@ -131,8 +135,12 @@ fn project(conn: &Connection, event: &Event) -> Result<Vec<Effect>> {
                 return Err(StoreError::Decode(format!("`{}` for unknown task {id}", event.kind())));
             }
         };
-        save_task(conn, &after)?;
-        return Ok(effects_of(before.as_ref(), &after, event));
+        // A task new to the table has no lease row yet.
+        let no_lease = None;
+        save_task(conn, &after, Some(before.as_ref().map_or(&no_lease, |b| &b.lease)))?;
+        let effects = effects_of(before.as_ref(), &after, event);
+        cache.borrow_mut().insert(id, after);
+        return Ok(effects);
     }
     if let Some(id) = event.agent() {
         let agent = match load_agent(conn, id)? {
@@ -165,7 +173,8 @@ pub(super) fn decode<T: serde::de::DeserializeOwned>(data: &str) -> Result<T> {
 }
 
 /// Writes a task's row and its lease row (or removes the lease) so both say the same thing.
-pub(super) fn save_task(conn: &Connection, t: &Task) -> Result<()> {
+/// `lease_before` (the lease as stored, if known) spares the lease row's write when it did not change.
+pub(super) fn save_task(conn: &Connection, t: &Task, lease_before: Option<&Option<crate::core::Lease>>) -> Result<()> {
     let data = serde_json::to_string(t).map_err(|e| StoreError::Decode(e.to_string()))?;
     let needs: Vec<&str> = t.spec.needs.iter().map(String::as_str).collect();
     conn.prepare_cached(
@@ -188,6 +197,9 @@ pub(super) fn save_task(conn: &Connection, t: &Task) -> Result<()> {
         t.updated_at.0,
         data,
     ])?;
+    if lease_before == Some(&t.lease) {
+        return Ok(());
+    }
     match &t.lease {
         Some(l) => conn
             .prepare_cached(

@@ -54,7 +54,15 @@ pub struct ExpiredLease {
 
 impl ReadView<'_> {
     pub fn task(&self, id: TaskId) -> Result<Option<Task>> {
-        load_task(self.conn, id)
+        let Some(cache) = self.cache else { return load_task(self.conn, id) };
+        if let Some(t) = cache.borrow().get(&id) {
+            return Ok(Some(t.clone()));
+        }
+        let loaded = load_task(self.conn, id)?;
+        if let Some(t) = &loaded {
+            cache.borrow_mut().insert(id, t.clone());
+        }
+        Ok(loaded)
     }
 
     pub fn task_by_issue(&self, issue: &IssueRef) -> Result<Option<Task>> {

@@ -22,6 +22,7 @@ impl Store {
     /// rebuild costs one pass over the log. Heartbeat times are not in the log and are carried over.
     pub fn rebuild(&mut self) -> Result<RebuildReport> {
         let started = Instant::now();
+        self.cache.borrow_mut().clear();
         let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut tasks: BTreeMap<TaskId, Task> = BTreeMap::new();
         let mut agents: BTreeMap<AgentId, (Agent, crate::core::Timestamp)> = BTreeMap::new();
@@ -55,7 +56,7 @@ impl Store {
             }
         }
         for task in tasks.values() {
-            save_task(&tx, task)?;
+            save_task(&tx, task, None)?;
         }
         tx.commit()?;
         Ok(RebuildReport { events, tasks: tasks.len() as u64, agents: agents.len() as u64, elapsed: started.elapsed() })
