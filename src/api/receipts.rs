@@ -103,14 +103,6 @@ pub async fn submit(
         artifacts: req.artifacts,
     };
     let task = req.task_id;
-    app.engine.send(Command::SubmitReceipt { agent: agent.id, task, attempt: req.attempt, receipt }).await?;
-    let (state, attempt) = app
-        .reads
-        .with(move |r| {
-            r.task(task)?
-                .map(|t| (t.state, t.attempt))
-                .ok_or_else(|| ApiError::NotFound(format!("task {task} not found")))
-        })
-        .await?;
-    Ok((StatusCode::ACCEPTED, Json(TaskAck { task_id: task, attempt, state })))
+    let cmd = Command::SubmitReceipt { agent: agent.id, task, attempt: req.attempt, receipt };
+    Ok((StatusCode::ACCEPTED, super::work::task_command(&app, task, cmd).await?))
 }

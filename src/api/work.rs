@@ -321,7 +321,7 @@ pub async fn retry(
     Path(id): Path<String>,
 ) -> Result<Json<TaskAck>, ApiError> {
     let task = parse_task(&id)?;
-    operator_command(&app, task, Command::RetryTask { task, by: "operator".into() }).await
+    task_command(&app, task, Command::RetryTask { task, by: "operator".into() }).await
 }
 
 /// `POST /tasks/{id}/cancel` (operator): the agent running it is told to stop at its next heartbeat.
@@ -351,11 +351,11 @@ pub async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Json<TaskAck>, ApiError> {
     let task = parse_task(&id)?;
-    operator_command(&app, task, Command::CancelTask { task, reason: "cancelled by an operator".into() }).await
+    task_command(&app, task, Command::CancelTask { task, reason: "cancelled by an operator".into() }).await
 }
 
-/// Applies an operator's command to a task and answers with where the task now stands.
-async fn operator_command(app: &AppState, task: TaskId, cmd: Command) -> Result<Json<TaskAck>, ApiError> {
+/// Applies a command about a task and answers with where the task now stands.
+pub(super) async fn task_command(app: &AppState, task: TaskId, cmd: Command) -> Result<Json<TaskAck>, ApiError> {
     app.engine.send(cmd).await?;
     let (state, attempt) = app
         .reads
