@@ -512,3 +512,26 @@ async fn the_client_pages_through_long_lists_and_rides_out_server_errors() {
     let missing = client.issue(&repo, 999).await.unwrap_err();
     assert!(missing.is_not_found());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn assign_pins_the_task_to_the_named_agent() {
+    let w = World::new().await;
+    let n = w.forgejo.create_issue(REPO, "alice", "Pin me", "", &["status:todo"]).await;
+    eventually("the task is queued", || async { w.tasks().await.len() == 1 }).await;
+    let other = w.fleet.register("other", &[], 1).await;
+    let chosen = w.fleet.register("chosen", &[], 1).await;
+    w.forgejo.comment(REPO, n, "alice", "/assign chosen").await;
+    eventually("the agent label is set", || async { w.labels(n).await.contains(&"agent:chosen".to_string()) }).await;
+    eventually("the task is pinned", || async {
+        let (_, body) = w.fleet.operator(Method::GET, "/tasks/1").await;
+        body["task"]["spec"]["agent"] == "chosen"
+    })
+    .await;
+    assert!(other.pull().await.is_none(), "pinned to another agent");
+    assert_eq!(chosen.pull().await.unwrap().issue, n);
+    w.forgejo.comment(REPO, n, "alice", "/assign nobody").await;
+    eventually("an unknown agent is answered", || async {
+        w.forgejo.comments(REPO, n).await.iter().any(|c| c.user == BOT && c.body.contains("no agent named `nobody`"))
+    })
+    .await;
+}
