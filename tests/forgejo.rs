@@ -76,6 +76,41 @@ impl World {
         reconcile::pass(&self.client(), &self.fleet.engine, &self.fleet.db, &repo, full).await.unwrap()
     }
 
+    /// An issue labelled `status:todo`, once forgefleet has queued its task (the only task).
+    async fn queued_issue(&self, title: &str) -> u64 {
+        let n = self.forgejo.create_issue(REPO, "alice", title, "", &["status:todo"]).await;
+        eventually("the task is queued", || async { self.tasks().await.len() == 1 }).await;
+        n
+    }
+
+    /// Agent `a1` registers, takes the queued task and starts it.
+    async fn agent_starts(&self) -> (support::fleet::TestAgent, forgefleet::api::AssignmentView) {
+        let agent = self.fleet.register("a1", &[], 1).await;
+        let a = agent.pull().await.unwrap();
+        agent.start(&a).await;
+        (agent, a)
+    }
+
+    /// A delivery posted to forgefleet's webhook endpoint as Forgejo would, with the given signature header.
+    async fn post_webhook(
+        &self,
+        event: &str,
+        body: impl Into<reqwest::Body>,
+        signature: Option<&str>,
+    ) -> reqwest::Response {
+        let mut req = self
+            .fleet
+            .http
+            .post(format!("{}/api/v1/webhooks/forgejo", self.fleet.base))
+            .header("content-type", "application/json")
+            .header("x-forgejo-event", event)
+            .header("x-forgejo-delivery", support::forgejo::uuid_v4());
+        if let Some(sig) = signature {
+            req = req.header("x-forgejo-signature", sig);
+        }
+        req.body(body).send().await.unwrap()
+    }
+
     async fn tasks(&self) -> Vec<serde_json::Value> {
         let (_, body) = self.fleet.operator(Method::GET, "/tasks").await;
         body["tasks"].as_array().cloned().unwrap_or_default()
@@ -141,31 +176,15 @@ async fn a_wrong_or_missing_signature_is_refused_and_stores_nothing() {
     let w = World::new().await;
     let before = w.fleet.event_count();
     let body = json!({"action": "opened", "issue": {"number": 1}}).to_string();
-    let url = format!("{}/api/v1/webhooks/forgejo", w.fleet.base);
     for signature in [None, Some("deadbeef".to_string()), Some(sign("wrong-secret", body.as_bytes()))] {
-        let mut req =
-            w.fleet.http.post(&url).header("content-type", "application/json").header("x-forgejo-event", "issues");
-        if let Some(s) = &signature {
-            req = req.header("x-forgejo-signature", s);
-        }
-        let r = req.body(body.clone()).send().await.unwrap();
+        let r = w.post_webhook("issues", body.clone(), signature.as_deref()).await;
         assert_eq!(r.status(), 401, "{signature:?}");
         let err: serde_json::Value = r.json().await.unwrap();
         assert!(err["error"]["message"].as_str().unwrap().contains("signature"), "{err}");
     }
     // Signed but malformed: 400, still nothing stored.
     let bad = b"{not json";
-    let r = w
-        .fleet
-        .http
-        .post(&url)
-        .header("content-type", "application/json")
-        .header("x-forgejo-event", "issues")
-        .header("x-forgejo-signature", sign(SECRET, bad))
-        .body(bad.to_vec())
-        .send()
-        .await
-        .unwrap();
+    let r = w.post_webhook("issues", bad.to_vec(), Some(&sign(SECRET, bad))).await;
     assert_eq!(r.status(), 400);
     assert_eq!(w.fleet.event_count(), before);
 }
@@ -173,24 +192,13 @@ async fn a_wrong_or_missing_signature_is_refused_and_stores_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replayed_delivery_changes_nothing() {
     let w = World::new().await;
-    w.forgejo.create_issue(REPO, "alice", "Replay me", "", &["status:todo"]).await;
-    eventually("the task is queued", || async { w.tasks().await.len() == 1 }).await;
+    w.queued_issue("Replay me").await;
     w.forgejo.settle().await;
     let events = w.fleet.event_count();
     let delivery = w.forgejo.deliveries().await.into_iter().find(|d| d.event == "issues").unwrap();
     // A manual replay in Forgejo's UI: the same body, a new delivery id.
-    let r = w
-        .fleet
-        .http
-        .post(format!("{}/api/v1/webhooks/forgejo", w.fleet.base))
-        .header("content-type", "application/json")
-        .header("x-forgejo-event", "issues")
-        .header("x-forgejo-delivery", support::forgejo::uuid_v4())
-        .header("x-forgejo-signature", sign(SECRET, delivery.body.as_bytes()))
-        .body(delivery.body.clone())
-        .send()
-        .await
-        .unwrap();
+    let signature = sign(SECRET, delivery.body.as_bytes());
+    let r = w.post_webhook("issues", delivery.body.clone(), Some(&signature)).await;
     assert_eq!(r.status(), 200);
     let answer: serde_json::Value = r.json().await.unwrap();
     assert_eq!(answer["status"], "duplicate");
@@ -223,12 +231,9 @@ async fn a_dropped_webhook_is_picked_up_by_reconciliation_with_one_listing_reque
 #[tokio::test(flavor = "multi_thread")]
 async fn forgejo_failing_for_a_while_delays_labels_and_comments_but_loses_none() {
     let w = World::new().await;
-    let n = w.forgejo.create_issue(REPO, "alice", "Flaky forge", "", &["status:todo"]).await;
-    eventually("the task is queued", || async { w.tasks().await.len() == 1 }).await;
+    let n = w.queued_issue("Flaky forge").await;
     w.forgejo.fail_requests_until_healed(500).await;
-    let agent = w.fleet.register("a1", &[], 1).await;
-    let a = agent.pull().await.unwrap();
-    agent.start(&a).await;
+    w.agent_starts().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(w.labels(n).await, ["status:todo"], "nothing could be written yet");
     w.forgejo.heal().await;
@@ -241,14 +246,11 @@ async fn forgejo_failing_for_a_while_delays_labels_and_comments_but_loses_none()
 #[tokio::test(flavor = "multi_thread")]
 async fn a_comment_posted_before_a_crash_is_not_posted_again() {
     let w = World::new().await;
-    let n = w.forgejo.create_issue(REPO, "alice", "Crash", "", &["status:todo"]).await;
-    eventually("the task is queued", || async { w.tasks().await.len() == 1 }).await;
+    let n = w.queued_issue("Crash").await;
     // forgefleet posted the "started" comment, then died before recording it: the comment is there, the
     // outbox row is not marked. The next delivery must find it by its marker.
     w.forgejo.fail_requests_until_healed(503).await;
-    let agent = w.fleet.register("a1", &[], 1).await;
-    let a = agent.pull().await.unwrap();
-    agent.start(&a).await;
+    let (_agent, a) = w.agent_starts().await;
     let task = a.task_id;
     w.forgejo
         .comment(REPO, n, BOT, &format!("posted before the crash\n\n<!-- forgefleet:task-{task}:attempt-1:started -->"))
@@ -264,8 +266,7 @@ async fn a_comment_posted_before_a_crash_is_not_posted_again() {
 #[tokio::test(flavor = "multi_thread")]
 async fn commands_from_people_without_write_access_are_refused_with_a_reply() {
     let w = World::new().await;
-    let n = w.forgejo.create_issue(REPO, "alice", "Refuse eve", "", &["status:todo"]).await;
-    eventually("the task is queued", || async { w.tasks().await.len() == 1 }).await;
+    let n = w.queued_issue("Refuse eve").await;
     w.forgejo.comment(REPO, n, "eve", "/cancel").await;
     eventually("eve is told why", || async {
         w.forgejo
@@ -281,8 +282,7 @@ async fn commands_from_people_without_write_access_are_refused_with_a_reply() {
 #[tokio::test(flavor = "multi_thread")]
 async fn cancel_and_retry_from_a_collaborator_run_once_and_are_acknowledged() {
     let w = World::new().await;
-    let n = w.forgejo.create_issue(REPO, "alice", "Steer me", "", &["status:todo"]).await;
-    eventually("the task is queued", || async { w.tasks().await.len() == 1 }).await;
+    let n = w.queued_issue("Steer me").await;
     w.forgejo.comment(REPO, n, "alice", "Stop please:\n\n/cancel\n\n```\n/retry\n```").await;
     eventually("cancelled", || async { w.tasks().await[0]["state"] == "cancelled" }).await;
     eventually("a 👍", || async {
@@ -305,11 +305,8 @@ async fn cancel_and_retry_from_a_collaborator_run_once_and_are_acknowledged() {
 #[tokio::test(flavor = "multi_thread")]
 async fn closing_the_issue_cancels_the_task_and_the_agent_is_told() {
     let w = World::new().await;
-    let n = w.forgejo.create_issue(REPO, "alice", "Close me", "", &["status:todo"]).await;
-    eventually("the task is queued", || async { w.tasks().await.len() == 1 }).await;
-    let agent = w.fleet.register("a1", &[], 1).await;
-    let a = agent.pull().await.unwrap();
-    agent.start(&a).await;
+    let n = w.queued_issue("Close me").await;
+    let (agent, a) = w.agent_starts().await;
     w.forgejo.close_issue(REPO, n, "alice").await;
     eventually("cancelled", || async { w.tasks().await[0]["state"] == "cancelled" }).await;
     assert_eq!(agent.heartbeat(&[a.task_id]).await, [a.task_id]);
@@ -322,11 +319,8 @@ async fn closing_the_issue_cancels_the_task_and_the_agent_is_told() {
 #[tokio::test(flavor = "multi_thread")]
 async fn label_drift_is_repaired() {
     let w = World::new().await;
-    let n = w.forgejo.create_issue(REPO, "alice", "Drift", "", &["status:todo"]).await;
-    eventually("the task is queued", || async { w.tasks().await.len() == 1 }).await;
-    let agent = w.fleet.register("a1", &[], 1).await;
-    let a = agent.pull().await.unwrap();
-    agent.start(&a).await;
+    let n = w.queued_issue("Drift").await;
+    w.agent_starts().await;
     eventually("doing", || async { w.labels(n).await == ["status:doing"] }).await;
     // Someone adds a second status label by hand.
     w.forgejo.add_labels(REPO, n, "alice", &["status:done"]).await;
@@ -411,9 +405,7 @@ async fn a_repository_can_rename_its_labels_in_fleet_yaml() {
         t.len() == 1 && t[0]["issue"] == format!("{REPO}#{n}")
     })
     .await;
-    let agent = w.fleet.register("a1", &[], 1).await;
-    let a = agent.pull().await.unwrap();
-    agent.start(&a).await;
+    w.agent_starts().await;
     eventually("the repository's own doing label", || async { w.labels(n).await == ["fleet/doing"] }).await;
 }
 
@@ -447,9 +439,7 @@ async fn an_agent_with_a_forgejo_user_is_the_assignee_while_it_works() {
     let n = w.forgejo.create_issue(REPO, "alice", "Assign me", "", &["status:todo"]).await;
     w.forgejo.set_assignees(REPO, n, "alice", &["alice"]).await;
     eventually("the task is queued", || async { w.tasks().await.len() == 1 }).await;
-    let agent = w.fleet.register("a1", &[], 1).await;
-    let a = agent.pull().await.unwrap();
-    agent.start(&a).await;
+    w.agent_starts().await;
     eventually("the agent's user is assigned next to alice", || async {
         let mut a = w.forgejo.issue(REPO, n).await.assignees;
         a.sort();
@@ -464,17 +454,8 @@ async fn an_agent_with_a_forgejo_user_is_the_assignee_while_it_works() {
 async fn an_oversized_delivery_is_413_in_json() {
     let w = World::new().await;
     let body = format!("{{\"action\": \"opened\", \"pad\": \"{}\"}}", "x".repeat(2 * 1024 * 1024));
-    let r = w
-        .fleet
-        .http
-        .post(format!("{}/api/v1/webhooks/forgejo", w.fleet.base))
-        .header("content-type", "application/json")
-        .header("x-forgejo-event", "issues")
-        .header("x-forgejo-signature", sign(SECRET, body.as_bytes()))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let signature = sign(SECRET, body.as_bytes());
+    let r = w.post_webhook("issues", body, Some(&signature)).await;
     assert_eq!(r.status(), 413);
     let text = r.text().await.unwrap();
     let err: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text:?}"));
@@ -516,8 +497,7 @@ async fn the_client_pages_through_long_lists_and_rides_out_server_errors() {
 #[tokio::test(flavor = "multi_thread")]
 async fn assign_pins_the_task_to_the_named_agent() {
     let w = World::new().await;
-    let n = w.forgejo.create_issue(REPO, "alice", "Pin me", "", &["status:todo"]).await;
-    eventually("the task is queued", || async { w.tasks().await.len() == 1 }).await;
+    let n = w.queued_issue("Pin me").await;
     let other = w.fleet.register("other", &[], 1).await;
     let chosen = w.fleet.register("chosen", &[], 1).await;
     w.forgejo.comment(REPO, n, "alice", "/assign chosen").await;
