@@ -26,7 +26,7 @@ use forgefleet::engine::{
     Clock, Command, Engine, EngineError, EngineSettings, IssueObservation, ManualClock, Registration, Reply,
 };
 use forgefleet::store::{SCHEMA_VERSION, Store};
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, ToSql, params};
 
 /// Bump when the shape of the cached databases changes, so stale caches are not reused.
 const GENERATOR_VERSION: u32 = 2;
@@ -355,6 +355,8 @@ struct TaskRow {
     pin: Option<String>,
     updated_at: i64,
     data: String,
+    /// The issue's title and body: written when the task is inserted, and by an update only if they changed.
+    text: Option<(String, String)>,
 }
 
 struct LeaseRow {
@@ -368,7 +370,8 @@ struct LeaseRow {
     request_key: Option<String>,
 }
 
-fn task_row(t: &Task) -> TaskRow {
+fn task_row(t: &Task, before: Option<&Task>) -> TaskRow {
+    let edited = before.is_none_or(|b| b.title != t.title || b.body != t.body);
     TaskRow {
         id: t.id.0,
         repo: t.issue.repo.as_str().to_string(),
@@ -381,7 +384,8 @@ fn task_row(t: &Task) -> TaskRow {
         needs: t.spec.needs.iter().map(String::as_str).collect::<Vec<_>>().join("\n"),
         pin: t.spec.agent.as_ref().map(|a| a.as_str().to_string()),
         updated_at: t.updated_at.0,
-        data: serde_json::to_string(t).unwrap(),
+        data: forgefleet::store::encode_task(t),
+        text: edited.then(|| (t.title.clone(), t.body.clone())),
     }
 }
 
@@ -423,7 +427,8 @@ fn plan_from_log(conn: &Connection) -> Vec<Vec<Op>> {
             None => Task::queued(&event).unwrap(),
         };
         let mut ops = vec![Op::Event { at, kind, task_id, agent_id, payload }];
-        ops.push(if before.is_some() { Op::UpdateTask(task_row(&after)) } else { Op::InsertTask(task_row(&after)) });
+        let row = task_row(&after, before.as_ref());
+        ops.push(if before.is_some() { Op::UpdateTask(row) } else { Op::InsertTask(row) });
         match (before.as_ref().and_then(lease_row), lease_row(&after)) {
             (None, Some(l)) => ops.push(Op::InsertLease(l)),
             (Some(_), Some(l)) => ops.push(Op::UpdateLease(l)),
@@ -443,6 +448,11 @@ fn plan_from_log(conn: &Connection) -> Vec<Vec<Op>> {
     plan
 }
 
+/// The task columns every step may change, as ?1..?10.
+fn changing(t: &TaskRow) -> [&dyn ToSql; 10] {
+    [&t.id, &t.state, &t.priority, &t.queued_at, &t.not_before, &t.attempt, &t.needs, &t.pin, &t.updated_at, &t.data]
+}
+
 fn apply_ops(conn: &Connection, ops: &[Op]) -> rusqlite::Result<()> {
     let mut last_seq = 0;
     for op in ops {
@@ -455,34 +465,25 @@ fn apply_ops(conn: &Connection, ops: &[Op]) -> rusqlite::Result<()> {
                 last_seq = conn.last_insert_rowid();
             }
             Op::InsertTask(t) => {
+                let (title, body) = t.text.as_ref().expect("an inserted task has its text");
+                let fixed: [&dyn ToSql; 4] = [&t.repo, &t.issue, title, body];
                 conn.prepare_cached(
-                    "INSERT INTO tasks (id, repo, issue, state, priority, queued_at, not_before, attempt, needs, pin,
-                     updated_at, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                    "INSERT INTO tasks (id, state, priority, queued_at, not_before, attempt, needs, pin, updated_at,
+                     data, repo, issue, title, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
                 )?
-                .execute(params![
-                    t.id,
-                    t.repo,
-                    t.issue,
-                    t.state,
-                    t.priority,
-                    t.queued_at,
-                    t.not_before,
-                    t.attempt,
-                    t.needs,
-                    t.pin,
-                    t.updated_at,
-                    t.data
-                ])?;
+                .execute(&[&changing(t)[..], &fixed[..]].concat()[..])?;
             }
+            // The fewest columns an update must set: a task's issue never changes, its text only when edited.
             Op::UpdateTask(t) => {
                 conn.prepare_cached(
-                    "UPDATE tasks SET repo = ?2, issue = ?3, state = ?4, priority = ?5, queued_at = ?6, not_before = ?7,
-                     attempt = ?8, needs = ?9, pin = ?10, updated_at = ?11, data = ?12 WHERE id = ?1",
+                    "UPDATE tasks SET state = ?2, priority = ?3, queued_at = ?4, not_before = ?5, attempt = ?6,
+                     needs = ?7, pin = ?8, updated_at = ?9, data = ?10 WHERE id = ?1",
                 )?
-                .execute(params![
-                    t.id, t.repo, t.issue, t.state, t.priority, t.queued_at, t.not_before, t.attempt, t.needs, t.pin,
-                    t.updated_at, t.data
-                ])?;
+                .execute(&changing(t)[..])?;
+                if let Some((title, body)) = &t.text {
+                    conn.prepare_cached("UPDATE tasks SET title = ?2, body = ?3 WHERE id = ?1")?
+                        .execute(params![t.id, title, body])?;
+                }
             }
             Op::InsertLease(l) => {
                 conn.prepare_cached(
@@ -658,7 +659,7 @@ fn bench_append(dir: &Path, tasks: usize, per_tx: usize, rounds: usize, with_sav
         if round == 0 {
             // The baseline wrote the same bytes as the engine: same log, task rows, outbox rows and leases.
             for sql in [
-                "SELECT data FROM tasks ORDER BY id",
+                "SELECT data || title || body FROM tasks ORDER BY id",
                 "SELECT kind || payload || created_at FROM outbox ORDER BY id",
                 "SELECT payload FROM events WHERE task_id IS NOT NULL ORDER BY seq",
                 "SELECT task_id || ':' || agent_id || ':' || deadline || ':' || COALESCE(request_key, '-') FROM leases
@@ -852,12 +853,12 @@ fn bench_next(dir: &Path, sizes: &Sizes) -> Vec<Row> {
     let ids: Vec<i64> = (0..sizes.picks.max(500)).map(|_| (ids_rng.next() % sizes.queue as u64) as i64 + 1).collect();
     let conn = engine.store.connection();
     let base = time_calls(&mut |k| {
-        let data: String = conn
-            .prepare_cached("SELECT data FROM tasks WHERE id = ?1")
+        let row: (String, String, String) = conn
+            .prepare_cached("SELECT data, title, body FROM tasks WHERE id = ?1")
             .unwrap()
-            .query_row([ids[k % ids.len()]], |r| r.get(0))
+            .query_row([ids[k % ids.len()]], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .unwrap();
-        black_box(data);
+        black_box(row);
     });
     let (p50, p99, max) = (percentile(&ours, 50.0), percentile(&ours, 99.0), *ours.last().unwrap());
     let (b50, b99, bmax) = (percentile(&base, 50.0), percentile(&base, 99.0), *base.last().unwrap());

@@ -117,7 +117,10 @@ pub struct Failure {
 pub struct Task {
     pub id: TaskId,
     pub issue: IssueRef,
+    /// The store keeps the issue text in columns of its own, beside the rest of the task.
+    #[serde(default)]
     pub title: String,
+    #[serde(default)]
     pub body: String,
     pub labels: Vec<String>,
     pub spec: TaskSpec,

@@ -13,7 +13,12 @@ pub struct Timestamp(pub i64);
 
 impl Serialize for Timestamp {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_rfc3339())
+        // Every event, task row and outbox row holds several: formatted on the stack, without allocating.
+        let mut buf = [0u8; 24];
+        match self.format_into(&mut buf) {
+            Some(text) => s.serialize_str(text),
+            None => s.serialize_str(&self.to_rfc3339()),
+        }
     }
 }
 
@@ -48,11 +53,52 @@ impl Timestamp {
     }
     /// RFC 3339 with milliseconds, e.g. `2026-11-24T03:20:00.000Z`.
     pub fn to_rfc3339(self) -> String {
+        let mut buf = [0u8; 24];
+        if let Some(text) = self.format_into(&mut buf) {
+            return text.to_string();
+        }
         match chrono::DateTime::from_timestamp_millis(self.0) {
             Some(t) => t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             None => format!("@{}ms", self.0),
         }
     }
+    /// The RFC 3339 text of a time in the years 0000-9999 (None outside them), written into `buf`.
+    /// Days to a civil date by Howard Hinnant's `civil_from_days`.
+    fn format_into(self, buf: &mut [u8; 24]) -> Option<&str> {
+        // 0000-03-01 .. 9999-12-31, so the year always has four digits.
+        if !(-62_162_035_200_000..253_402_300_800_000).contains(&self.0) {
+            return None;
+        }
+        let (days, ms_of_day) = (self.0.div_euclid(86_400_000), self.0.rem_euclid(86_400_000));
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = doy - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        let year = yoe + era * 400 + i64::from(month <= 2);
+        let (secs, ms) = (ms_of_day / 1000, ms_of_day % 1000);
+        let fields: [(usize, i64, usize); 7] = [
+            (0, year, 4),
+            (5, month, 2),
+            (8, day, 2),
+            (11, secs / 3600, 2),
+            (14, secs / 60 % 60, 2),
+            (17, secs % 60, 2),
+            (20, ms, 3),
+        ];
+        *buf = *b"0000-00-00T00:00:00.000Z";
+        for (at, mut value, width) in fields {
+            for i in (at..at + width).rev() {
+                buf[i] = b'0' + (value % 10) as u8;
+                value /= 10;
+            }
+        }
+        std::str::from_utf8(buf).ok()
+    }
+
     pub fn parse_rfc3339(s: &str) -> Option<Self> {
         chrono::DateTime::parse_from_rfc3339(s).ok().map(|t| Self(t.timestamp_millis()))
     }
@@ -93,6 +139,29 @@ mod tests {
         assert!(s.ends_with(".123Z"), "{s}");
         assert_eq!(Timestamp::parse_rfc3339(&s), Some(t));
         assert_eq!(Timestamp::parse_rfc3339("yesterday"), None);
+    }
+
+    #[test]
+    fn formats_like_chrono_across_the_range() {
+        let chrono_text = |ms: i64| {
+            chrono::DateTime::from_timestamp_millis(ms).unwrap().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        };
+        // Edges (epoch, leap days, centuries, the ends of the fast range) and a spread of values between.
+        let mut samples =
+            vec![0, -1, 951_782_400_000, 951_868_799_999, 4_107_542_400_000, -62_162_035_200_000, 253_402_300_799_999];
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            samples.push((x % 315_564_000_000_000) as i64 - 62_162_035_200_000);
+        }
+        for ms in samples {
+            assert_eq!(Timestamp(ms).to_rfc3339(), chrono_text(ms), "{ms} ms");
+            assert_eq!(Timestamp::parse_rfc3339(&chrono_text(ms)), Some(Timestamp(ms)));
+        }
+        // Outside four-digit years chrono's own text is used.
+        assert_eq!(Timestamp(253_402_300_800_000).to_rfc3339(), chrono_text(253_402_300_800_000));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! How each command becomes events: the decisions, made through the core, written through the store.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::command::{Assignment, Command, EngineError, IssueObservation, Registration, Reply, TickReport};
@@ -186,17 +187,17 @@ fn append(tx: &WriteTx<'_>, e: Event) -> Result<Reply> {
     Ok(Reply::Done)
 }
 
-fn find_task(tx: &WriteTx<'_>, id: TaskId) -> Result<Task> {
-    tx.read().task(id)?.ok_or_else(|| EngineError::NotFound(format!("task {id}")))
+fn find_task(tx: &WriteTx<'_>, id: TaskId) -> Result<Arc<Task>> {
+    tx.read().task_shared(id)?.ok_or_else(|| EngineError::NotFound(format!("task {id}")))
 }
 
-fn find_agent(tx: &WriteTx<'_>, id: AgentId) -> Result<crate::core::Agent> {
-    tx.read().agent(id)?.ok_or_else(|| EngineError::NotFound(format!("agent {id}")))
+fn find_agent(tx: &WriteTx<'_>, id: AgentId) -> Result<Arc<crate::core::Agent>> {
+    tx.read().agent_shared(id)?.ok_or_else(|| EngineError::NotFound(format!("agent {id}")))
 }
 
 /// The task, if `agent` holds the lease of this `attempt`. An agent reporting on an attempt it held once but
 /// lost since gets a conflict (its news is stale); an agent that never held it is forbidden.
-fn leased(tx: &WriteTx<'_>, agent: AgentId, task: TaskId, attempt: u32) -> Result<Task> {
+fn leased(tx: &WriteTx<'_>, agent: AgentId, task: TaskId, attempt: u32) -> Result<Arc<Task>> {
     let t = find_task(tx, task)?;
     match &t.lease {
         Some(l) if l.agent == agent && l.attempt == attempt => Ok(t),
@@ -381,7 +382,7 @@ fn next_assignment(
     };
     let task = find_task(tx, id)?;
     let lease = task.lease.clone().ok_or_else(|| EngineError::Invalid("assigned task has no lease".into()))?;
-    Ok(Reply::Assignment(Some(Box::new(Assignment { task, lease }))))
+    Ok(Reply::Assignment(Some(Box::new(Assignment { task: Task::clone(&task), lease }))))
 }
 
 /// Records a failed attempt with the retry policy's decision.

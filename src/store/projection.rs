@@ -1,9 +1,13 @@
 //! Appending to the log and keeping the projections (tasks, agents, leases) in step, in one transaction.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{Result, StoreError, WriteTx};
-use crate::core::{Agent, AgentId, Effect, Event, Task, TaskId, Timestamp, effects_of};
+use crate::core::{Agent, AgentId, Effect, Event, Lease, Task, TaskId, Timestamp, effects_of};
 
 /// What one appended event did.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,7 +32,7 @@ impl WriteTx<'_> {
 
     /// Queues a side effect for delivery; `cause` is the event behind it, if any.
     pub fn enqueue(&self, effect: &Effect, cause: Option<i64>, at: Timestamp) -> Result<i64> {
-        let payload = serde_json::to_string(effect).map_err(|e| StoreError::Decode(e.to_string()))?;
+        let payload = encode(effect)?;
         self.tx
             .prepare_cached(
                 "INSERT INTO outbox (event_seq, kind, payload, created_at, next_attempt_at) VALUES (?1, ?2, ?3, ?4, ?4)",
@@ -110,23 +114,19 @@ impl WriteTx<'_> {
 }
 
 fn insert_event(conn: &Connection, event: &Event) -> Result<i64> {
-    let payload = serde_json::to_string(event).map_err(|e| StoreError::Decode(e.to_string()))?;
+    let payload = encode(event)?;
     conn.prepare_cached("INSERT INTO events (at, kind, task_id, agent_id, payload) VALUES (?1, ?2, ?3, ?4, ?5)")?
         .execute(params![event.at().0, event.kind(), event.task().map(|t| t.0), event.agent().map(|a| a.0), payload])?;
     Ok(conn.last_insert_rowid())
 }
 
 /// Applies one event to the stored projection it belongs to; returns the effects of a task's change.
-fn project(conn: &Connection, cache: &super::TaskCache, event: &Event) -> Result<Vec<Effect>> {
+fn project(conn: &Connection, cache: &super::TxCache, event: &Event) -> Result<Vec<Effect>> {
     if let Some(id) = event.task() {
-        let cached = cache.borrow().get(&id).cloned();
-        let before = match cached {
-            Some(t) => Some(t),
-            None => load_task(conn, id)?,
-        };
+        let before = cached_or(&cache.tasks, id, || load_task(conn, id))?;
         let after = match (&before, event) {
             (Some(t), _) => {
-                let mut t = t.clone();
+                let mut t = Task::clone(t);
                 t.apply(event)?;
                 t
             }
@@ -135,16 +135,15 @@ fn project(conn: &Connection, cache: &super::TaskCache, event: &Event) -> Result
                 return Err(StoreError::Decode(format!("`{}` for unknown task {id}", event.kind())));
             }
         };
-        // A task new to the table has no lease row yet.
-        let no_lease = None;
-        save_task(conn, &after, Some(before.as_ref().map_or(&no_lease, |b| &b.lease)))?;
-        let effects = effects_of(before.as_ref(), &after, event);
-        cache.borrow_mut().insert(id, after);
+        save_task(conn, &after, before.as_deref())?;
+        let effects = effects_of(before.as_deref(), &after, event);
+        cache.tasks.borrow_mut().insert(id, Arc::new(after));
         return Ok(effects);
     }
     if let Some(id) = event.agent() {
-        let agent = match load_agent(conn, id)? {
-            Some(mut a) => {
+        let agent = match cached_or(&cache.agents, id, || load_agent(conn, id))? {
+            Some(a) => {
+                let mut a = Agent::clone(&a);
                 a.apply(event)?;
                 a
             }
@@ -152,14 +151,83 @@ fn project(conn: &Connection, cache: &super::TaskCache, event: &Event) -> Result
                 .ok_or_else(|| StoreError::Decode(format!("`{}` for unknown agent {id}", event.kind())))?,
         };
         save_agent(conn, &agent, event.at())?;
+        cache.agents.borrow_mut().insert(id, Arc::new(agent));
     }
     Ok(Vec::new())
 }
 
+/// The cached value, or the stored one (not added to the cache: the caller replaces it after writing).
+fn cached_or<K: std::hash::Hash + Eq, V>(
+    cache: &RefCell<HashMap<K, Arc<V>>>,
+    key: K,
+    load: impl FnOnce() -> Result<Option<V>>,
+) -> Result<Option<Arc<V>>> {
+    if let Some(v) = cache.borrow().get(&key) {
+        return Ok(Some(v.clone()));
+    }
+    Ok(load()?.map(Arc::new))
+}
+
 pub(super) fn load_task(conn: &Connection, id: TaskId) -> Result<Option<Task>> {
-    let data: Option<String> =
-        conn.prepare_cached("SELECT data FROM tasks WHERE id = ?1")?.query_row([id.0], |r| r.get(0)).optional()?;
-    data.map(|d| decode(&d)).transpose()
+    conn.prepare_cached(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"))?
+        .query_row([id.0], |r| Ok(task_from_row(r, 0)))
+        .optional()?
+        .transpose()
+}
+
+/// The columns a whole task is read from, in the order `task_from_row` expects them.
+pub(super) const TASK_COLUMNS: &str = "data, title, body";
+
+/// A task from its row's `TASK_COLUMNS`, starting at column `at`.
+pub(super) fn task_from_row(row: &rusqlite::Row<'_>, at: usize) -> Result<Task> {
+    let data = row.get_ref(at)?.as_str().map_err(|e| StoreError::Decode(e.to_string()))?;
+    let mut task: Task = decode(data)?;
+    task.title = row.get(at + 1)?;
+    task.body = row.get(at + 2)?;
+    Ok(task)
+}
+
+/// A task as its row's `data` holds it: everything but the issue text, which has columns of its own.
+/// Mirrors `Task` field by field (a test checks that they say the same).
+#[derive(serde::Serialize)]
+struct StoredTask<'a> {
+    id: TaskId,
+    issue: &'a crate::core::IssueRef,
+    labels: &'a [String],
+    spec: &'a crate::core::TaskSpec,
+    state: crate::core::TaskState,
+    attempt: u32,
+    retries: &'a std::collections::BTreeMap<crate::core::FailureClass, u32>,
+    not_before: Option<Timestamp>,
+    queued_at: Timestamp,
+    updated_at: Timestamp,
+    lease: &'a Option<Lease>,
+    last_failure: &'a Option<crate::core::task::Failure>,
+    receipt: &'a Option<crate::core::Receipt>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    validation: Option<&'a crate::core::Validation>,
+}
+
+/// The `data` column of a task's row: the task without its title and body. Public so that benchmarks write
+/// exactly the bytes the store writes.
+pub fn encode_task(t: &Task) -> String {
+    let stored = StoredTask {
+        id: t.id,
+        issue: &t.issue,
+        labels: &t.labels,
+        spec: &t.spec,
+        state: t.state,
+        attempt: t.attempt,
+        retries: &t.retries,
+        not_before: t.not_before,
+        queued_at: t.queued_at,
+        updated_at: t.updated_at,
+        lease: &t.lease,
+        last_failure: &t.last_failure,
+        receipt: &t.receipt,
+        validation: t.validation.as_ref(),
+    };
+    encode(&stored).expect("a task always serialises")
 }
 
 pub(super) fn load_agent(conn: &Connection, id: AgentId) -> Result<Option<Agent>> {
@@ -168,64 +236,97 @@ pub(super) fn load_agent(conn: &Connection, id: AgentId) -> Result<Option<Agent>
     data.map(|d| decode(&d)).transpose()
 }
 
+/// JSON text of a row's value. Sized for a typical row up front: growing the buffer step by step cost more
+/// than writing it.
+fn encode<T: serde::Serialize + ?Sized>(value: &T) -> Result<String> {
+    let mut buf = Vec::with_capacity(1024);
+    serde_json::to_writer(&mut buf, value).map_err(|e| StoreError::Decode(e.to_string()))?;
+    // serde_json writes UTF-8 only.
+    String::from_utf8(buf).map_err(|e| StoreError::Decode(e.to_string()))
+}
+
 pub(super) fn decode<T: serde::de::DeserializeOwned>(data: &str) -> Result<T> {
     serde_json::from_str(data).map_err(|e| StoreError::Decode(e.to_string()))
 }
 
-/// Writes a task's row and its lease row (or removes the lease) so both say the same thing.
-/// `lease_before` (the lease as stored, if known) spares the lease row's write when it did not change.
-pub(super) fn save_task(conn: &Connection, t: &Task, lease_before: Option<&Option<crate::core::Lease>>) -> Result<()> {
-    let data = serde_json::to_string(t).map_err(|e| StoreError::Decode(e.to_string()))?;
-    let needs: Vec<&str> = t.spec.needs.iter().map(String::as_str).collect();
-    conn.prepare_cached(
-        "INSERT INTO tasks (id, repo, issue, state, priority, queued_at, not_before, attempt, needs, pin, updated_at, data)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
-         ON CONFLICT(id) DO UPDATE SET state = ?4, priority = ?5, queued_at = ?6, not_before = ?7, attempt = ?8,
-             needs = ?9, pin = ?10, updated_at = ?11, data = ?12",
-    )?
-    .execute(params![
-        t.id.0,
-        t.issue.repo.as_str(),
-        t.issue.number as i64,
-        t.state.as_str(),
-        t.spec.priority.rank(),
-        t.queued_at.0,
-        t.not_before.map(|n| n.0),
-        t.attempt,
-        needs.join("\n"),
-        t.spec.agent.as_ref().map(|a| a.as_str()),
-        t.updated_at.0,
-        data,
-    ])?;
-    if lease_before == Some(&t.lease) {
+/// Writes a task's row and its lease row (or removes the lease) so both say the same thing. `before` is the
+/// task as stored (None: it has no row yet): it decides between insert and update, and spares the lease
+/// row's write when the lease did not change.
+pub(super) fn save_task(conn: &Connection, t: &Task, before: Option<&Task>) -> Result<()> {
+    use rusqlite::ToSql;
+    let data = encode_task(t);
+    let needs = t.spec.needs.iter().map(String::as_str).collect::<Vec<_>>().join("\n");
+    let (state, priority, queued_at, not_before) =
+        (t.state.as_str(), t.spec.priority.rank(), t.queued_at.0, t.not_before.map(|n| n.0));
+    let pin = t.spec.agent.as_ref().map(|a| a.as_str());
+    // What every step may change, as ?1..?10 of both statements.
+    let changing: [&dyn ToSql; 10] =
+        [&t.id.0, &state, &priority, &queued_at, &not_before, &t.attempt, &needs, &pin, &t.updated_at.0, &data];
+    match before {
+        None => {
+            let (repo, number) = (t.issue.repo.as_str(), t.issue.number as i64);
+            let fixed: [&dyn ToSql; 4] = [&repo, &number, &t.title, &t.body];
+            conn.prepare_cached(
+                "INSERT INTO tasks (id, state, priority, queued_at, not_before, attempt, needs, pin, updated_at, data,
+                     repo, issue, title, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            )?
+            .execute(&[&changing[..], &fixed[..]].concat()[..])?
+        }
+        // The issue a task is for never changes: its columns (and their unique index) are left alone, and the
+        // text is written only when the issue was edited.
+        Some(b) => {
+            if b.title != t.title || b.body != t.body {
+                conn.prepare_cached("UPDATE tasks SET title = ?2, body = ?3 WHERE id = ?1")?
+                    .execute(params![t.id.0, t.title, t.body])?;
+            }
+            conn.prepare_cached(
+                "UPDATE tasks SET state = ?2, priority = ?3, queued_at = ?4, not_before = ?5, attempt = ?6,
+                     needs = ?7, pin = ?8, updated_at = ?9, data = ?10
+                 WHERE id = ?1",
+            )?
+            .execute(&changing[..])?
+        }
+    };
+    let stored = before.and_then(|b| b.lease.as_ref());
+    if stored == t.lease.as_ref() {
         return Ok(());
     }
-    match &t.lease {
-        Some(l) => conn
+    match (&t.lease, stored) {
+        (Some(l), None) => conn
             .prepare_cached(
                 "INSERT INTO leases (task_id, agent_id, attempt, assigned_at, start_by, started_at, deadline, request_key)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-                 ON CONFLICT(task_id) DO UPDATE SET agent_id = ?2, attempt = ?3, assigned_at = ?4, start_by = ?5,
-                     started_at = ?6, deadline = ?7, request_key = ?8",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?
-            .execute(params![
-                t.id.0,
-                l.agent.0,
-                l.attempt,
-                l.assigned_at.0,
-                l.start_by.0,
-                l.started_at.map(|s| s.0),
-                l.deadline.0,
-                l.request_key.as_deref(),
-            ])?,
-        None => conn.prepare_cached("DELETE FROM leases WHERE task_id = ?1")?.execute([t.id.0])?,
+            .execute(lease_params(t.id, l))?,
+        (Some(l), Some(_)) => conn
+            .prepare_cached(
+                "UPDATE leases SET agent_id = ?2, attempt = ?3, assigned_at = ?4, start_by = ?5, started_at = ?6,
+                     deadline = ?7, request_key = ?8
+                 WHERE task_id = ?1",
+            )?
+            .execute(lease_params(t.id, l))?,
+        (None, _) => conn.prepare_cached("DELETE FROM leases WHERE task_id = ?1")?.execute([t.id.0])?,
     };
     Ok(())
 }
 
+fn lease_params(task: TaskId, l: &Lease) -> impl rusqlite::Params + '_ {
+    (
+        task.0,
+        l.agent.0,
+        l.attempt,
+        l.assigned_at.0,
+        l.start_by.0,
+        l.started_at.map(|s| s.0),
+        l.deadline.0,
+        l.request_key.as_deref(),
+    )
+}
+
 /// Writes an agent's row; a new agent's first heartbeat is its registration.
 pub(super) fn save_agent(conn: &Connection, a: &Agent, at: Timestamp) -> Result<()> {
-    let data = serde_json::to_string(a).map_err(|e| StoreError::Decode(e.to_string()))?;
+    let data = encode(a)?;
     conn.prepare_cached(
         "INSERT INTO agents (id, name, state, token_hash, updated_at, data, last_heartbeat_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)

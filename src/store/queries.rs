@@ -1,9 +1,13 @@
 //! Reads over the projections: what the engine decides with and what operators look at.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
-use super::projection::{decode, load_agent, load_task};
+use super::projection::{TASK_COLUMNS, decode, load_agent, load_task, task_from_row};
 use super::{ReadView, Result};
 use crate::core::queue::{Candidate, QueueKey, pick_next};
 use crate::core::{
@@ -52,42 +56,52 @@ pub struct ExpiredLease {
     pub started: bool,
 }
 
+/// `key`'s entry in a write transaction's cache, loaded (and kept) if it is not there yet.
+fn cached<K: std::hash::Hash + Eq + Copy, V>(
+    cache: Option<&RefCell<HashMap<K, Arc<V>>>>,
+    key: K,
+    load: impl FnOnce() -> Result<Option<V>>,
+) -> Result<Option<Arc<V>>> {
+    if let Some(v) = cache.and_then(|c| c.borrow().get(&key).cloned()) {
+        return Ok(Some(v));
+    }
+    let loaded = load()?.map(Arc::new);
+    if let (Some(c), Some(v)) = (cache, &loaded) {
+        c.borrow_mut().insert(key, v.clone());
+    }
+    Ok(loaded)
+}
+
 impl ReadView<'_> {
     pub fn task(&self, id: TaskId) -> Result<Option<Task>> {
-        let Some(cache) = self.cache else { return load_task(self.conn, id) };
-        if let Some(t) = cache.borrow().get(&id) {
-            return Ok(Some(t.clone()));
-        }
-        let loaded = load_task(self.conn, id)?;
-        if let Some(t) = &loaded {
-            cache.borrow_mut().insert(id, t.clone());
-        }
-        Ok(loaded)
+        Ok(self.task_shared(id)?.map(Arc::unwrap_or_clone))
+    }
+
+    /// The task, shared with the write transaction's cache: no copy when it was read before.
+    pub fn task_shared(&self, id: TaskId) -> Result<Option<Arc<Task>>> {
+        cached(self.cache.map(|c| &c.tasks), id, || load_task(self.conn, id))
     }
 
     pub fn task_by_issue(&self, issue: &IssueRef) -> Result<Option<Task>> {
-        let data: Option<String> = self
-            .conn
-            .prepare_cached("SELECT data FROM tasks WHERE repo = ?1 AND issue = ?2")?
-            .query_row(params![issue.repo.as_str(), issue.number as i64], |r| r.get(0))
-            .optional()?;
-        data.map(|d| decode(&d)).transpose()
+        self.conn
+            .prepare_cached(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE repo = ?1 AND issue = ?2"))?
+            .query_row(params![issue.repo.as_str(), issue.number as i64], |r| Ok(task_from_row(r, 0)))
+            .optional()?
+            .transpose()
     }
 
     /// Tasks, newest change first, optionally of one state.
     pub fn tasks(&self, state: Option<TaskState>, limit: u32) -> Result<Vec<TaskSummary>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT t.data, a.name FROM tasks t
+            "SELECT a.name, t.data, t.title, '' FROM tasks t
              LEFT JOIN leases l ON l.task_id = t.id LEFT JOIN agents a ON a.id = l.agent_id
              WHERE ?1 IS NULL OR t.state = ?1 ORDER BY t.updated_at DESC, t.id DESC LIMIT ?2",
         )?;
-        let rows = stmt.query_map(params![state.map(|s| s.as_str()), limit], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
-        })?;
+        let mut rows = stmt.query(params![state.map(|s| s.as_str()), limit])?;
         let mut out = Vec::new();
-        for row in rows {
-            let (data, agent) = row?;
-            let t: Task = decode(&data)?;
+        while let Some(row) = rows.next()? {
+            // A list shows no bodies: the body column is not read.
+            let (agent, t): (Option<String>, Task) = (row.get(0)?, task_from_row(row, 1)?);
             out.push(TaskSummary {
                 id: t.id,
                 issue: t.issue.to_string(),
@@ -115,7 +129,12 @@ impl ReadView<'_> {
     }
 
     pub fn agent(&self, id: AgentId) -> Result<Option<Agent>> {
-        load_agent(self.conn, id)
+        Ok(self.agent_shared(id)?.map(Arc::unwrap_or_clone))
+    }
+
+    /// The agent, shared with the write transaction's cache: no copy when it was read before.
+    pub fn agent_shared(&self, id: AgentId) -> Result<Option<Arc<Agent>>> {
+        cached(self.cache.map(|c| &c.agents), id, || load_agent(self.conn, id))
     }
 
     pub fn agent_by_name(&self, name: &AgentName) -> Result<Option<Agent>> {

@@ -22,7 +22,7 @@ impl Store {
     /// rebuild costs one pass over the log. Heartbeat times are not in the log and are carried over.
     pub fn rebuild(&mut self) -> Result<RebuildReport> {
         let started = Instant::now();
-        self.cache.borrow_mut().clear();
+        self.cache.clear();
         let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut tasks: BTreeMap<TaskId, Task> = BTreeMap::new();
         let mut agents: BTreeMap<AgentId, (Agent, crate::core::Timestamp)> = BTreeMap::new();

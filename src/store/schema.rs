@@ -108,6 +108,15 @@ pub(super) const MIGRATIONS: &[&str] = &[
         value TEXT NOT NULL
     ) WITHOUT ROWID;
     "#,
+    // 4: the issue text in columns of its own. It changes only when the issue is edited, while the rest of a
+    // task changes with every step: `data` no longer carries (and rewrites) the title and body each time.
+    r#"
+    ALTER TABLE tasks ADD COLUMN title TEXT NOT NULL DEFAULT '';
+    ALTER TABLE tasks ADD COLUMN body  TEXT NOT NULL DEFAULT '';
+    UPDATE tasks SET title = COALESCE(json_extract(data, '$.title'), ''),
+                     body  = COALESCE(json_extract(data, '$.body'), ''),
+                     data  = json_remove(data, '$.title', '$.body');
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

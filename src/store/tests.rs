@@ -206,3 +206,100 @@ fn reading_a_missing_database_says_so() {
     let err = Store::open_read_only(&dir.path().join("nope.db")).unwrap_err();
     assert!(err.to_string().contains("no such file"), "{err}");
 }
+
+/// A task with every optional part filled in, and issue text that needs escaping.
+fn full_task() -> Task {
+    let mut t = Task::queued(&queued(7, 70, 1_000)).unwrap();
+    t.title = "Fix \"quoted\" title ✓".into();
+    t.body = "line one\nline two\t\\ end".into();
+    t.spec.needs.insert("rust".into());
+    t.spec.kind = Some("bug".into());
+    t.spec.agent = Some(AgentName::parse("worker-1").unwrap());
+    t.retries.insert(FailureClass::AgentLost, 1);
+    t.not_before = Some(Timestamp(5_000));
+    t.attempt = 2;
+    t.lease = Some(Lease {
+        agent: AgentId(3),
+        attempt: 2,
+        assigned_at: Timestamp(6_000),
+        start_by: Timestamp(36_000),
+        started_at: Some(Timestamp(7_000)),
+        deadline: Timestamp(3_606_000),
+        request_key: Some("req-1".into()),
+    });
+    t.last_failure = Some(crate::core::task::Failure {
+        attempt: 1,
+        class: FailureClass::AgentLost,
+        message: "gone".into(),
+        at: Timestamp(4_000),
+    });
+    t.receipt = Some(Receipt {
+        pr_number: 12,
+        head_sha: CommitSha::parse(&"ab".repeat(20)).unwrap(),
+        summary: "done".into(),
+        usage: Usage::default(),
+        cost_usd: Some(0.5),
+        duration_secs: Some(60),
+        session_id: Some("s-1".into()),
+        artifacts: Vec::new(),
+    });
+    t.validation = Some(Validation {
+        checks: vec![Check { name: "head_matches".into(), passed: true, detail: "ok".into() }],
+        files: Vec::new(),
+    });
+    t
+}
+
+#[test]
+fn a_task_row_holds_the_task_without_its_text_and_reads_back_whole() {
+    let t = full_task();
+    // The row's data says exactly what the task's own serialisation says, less the title and body: a field
+    // added to `Task` and not to the stored form fails here.
+    let mut whole = serde_json::to_value(&t).unwrap();
+    let map = whole.as_object_mut().unwrap();
+    assert!(map.remove("title").is_some() && map.remove("body").is_some());
+    let stored: serde_json::Value = serde_json::from_str(&encode_task(&t)).unwrap();
+    assert_eq!(stored, whole);
+
+    let mut s = Store::open_in_memory().unwrap();
+    let tx = s.write().unwrap();
+    tx.append(&registered(3, "worker-1")).unwrap();
+    tx.commit().unwrap();
+    projection::save_task(s.connection(), &t, None).unwrap();
+    assert_eq!(s.read().task(t.id).unwrap(), Some(t.clone()));
+    assert_eq!(s.read().task_by_issue(&t.issue).unwrap(), Some(t.clone()));
+    assert_eq!(s.read().tasks(None, 10).unwrap()[0].title, t.title);
+
+    // A later step rewrites the row but not the text; an edited issue rewrites the text too.
+    let mut later = t.clone();
+    later.state = TaskState::Validating;
+    projection::save_task(s.connection(), &later, Some(&t)).unwrap();
+    assert_eq!(s.read().task(t.id).unwrap(), Some(later.clone()));
+    let mut edited = later.clone();
+    edited.body = "new body".into();
+    projection::save_task(s.connection(), &edited, Some(&later)).unwrap();
+    assert_eq!(s.read().task(t.id).unwrap(), Some(edited));
+}
+
+#[test]
+fn migration_4_moves_the_issue_text_of_existing_tasks_into_its_columns() {
+    let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+    schema::migrate_to(&mut conn, 3).unwrap();
+    let t = full_task();
+    // Version 3 kept the whole task, text included, in `data`.
+    conn.execute(
+        "INSERT INTO tasks (id, repo, issue, state, priority, queued_at, attempt, needs, updated_at, data)
+         VALUES (?1, ?2, ?3, 'queued', 1, 0, 2, '', 0, ?4)",
+        rusqlite::params![t.id.0, t.issue.repo.as_str(), t.issue.number as i64, serde_json::to_string(&t).unwrap()],
+    )
+    .unwrap();
+    schema::migrate_to(&mut conn, 4).unwrap();
+    let (data, title, body): (String, String, String) =
+        conn.query_row("SELECT data, title, body FROM tasks", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap();
+    assert_eq!((title.as_str(), body.as_str()), (t.title.as_str(), t.body.as_str()));
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&data).unwrap(),
+        serde_json::from_str::<serde_json::Value>(&encode_task(&t)).unwrap()
+    );
+    assert_eq!(projection::load_task(&conn, t.id).unwrap(), Some(t));
+}
