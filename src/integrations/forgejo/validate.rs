@@ -168,7 +168,9 @@ impl Validator {
                 [format!("+refs/heads/{base}:refs/heads/{base}"), format!("+refs/pull/{n}/head:refs/pull/{n}/head")];
             let refspecs: Vec<&str> = refspecs.iter().map(String::as_str).collect();
             mirror.fetch(&url, Some(&token), &refspecs)?;
-            mirror.inspect(&format!("refs/heads/{base}"), &head)
+            let inspection = mirror.inspect(&format!("refs/heads/{base}"), &head)?;
+            keep_packs_in_check(&mirror);
+            Ok(inspection)
         })
         .await
         .map_err(|e| NotYet::Local(e.to_string()))??;
@@ -211,6 +213,29 @@ impl Validator {
 
 fn short(sha: &str) -> &str {
     sha.get(..10).unwrap_or(sha)
+}
+
+/// Past this many packs a mirror is repacked: git's own `gc.autoPackLimit` default.
+const PACK_LIMIT: usize = 50;
+
+/// Repacks the mirror when fetches have piled up packs. It is a cache: a failure is logged, never a reason
+/// to hold up a validation; without `git` installed it is said once, then only at debug level.
+fn keep_packs_in_check(mirror: &Mirror) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    match mirror.maintain(PACK_LIMIT) {
+        Ok(None) => {}
+        Ok(Some(r)) => tracing::info!(
+            mirror = %mirror.path().display(),
+            packs_before = r.packs_before,
+            packs_after = r.packs_after,
+            elapsed_ms = r.elapsed.as_millis() as u64,
+            "repacked the git mirror"
+        ),
+        Err(e) if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) => {
+            tracing::warn!(error = %e, "cannot repack the git mirror; validation goes on, object lookups slow down")
+        }
+        Err(e) => tracing::debug!(error = %e, "cannot repack the git mirror"),
+    }
 }
 
 #[cfg(test)]

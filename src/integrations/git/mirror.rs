@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use gix::protocol::transport::client::blocking_io::http;
@@ -24,8 +24,24 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 pub struct Mirror {
     path: PathBuf,
     repo: gix::ThreadSafeRepository,
-    fetch_lock: Arc<Mutex<()>>,
+    locks: Arc<MirrorLocks>,
     request_timeout: Duration,
+}
+
+/// Shared by every `Mirror` opened on the same directory in this process. Fetches are serialised by `fetch`;
+/// fetches and inspections read the packs under `packs` (shared), which a repack takes alone.
+#[derive(Default)]
+struct MirrorLocks {
+    fetch: Mutex<()>,
+    packs: RwLock<()>,
+}
+
+/// What a repack did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Repacked {
+    pub packs_before: usize,
+    pub packs_after: usize,
+    pub elapsed: Duration,
 }
 
 impl std::fmt::Debug for Mirror {
@@ -80,12 +96,7 @@ impl Mirror {
         if repo.work_dir().is_some() {
             return Err(fail("is a repository with a work tree, not a bare mirror".into()));
         }
-        Ok(Mirror {
-            path: dir.to_owned(),
-            fetch_lock: fetch_lock_for(dir),
-            repo,
-            request_timeout: DEFAULT_REQUEST_TIMEOUT,
-        })
+        Ok(Mirror { path: dir.to_owned(), locks: locks_for(dir), repo, request_timeout: DEFAULT_REQUEST_TIMEOUT })
     }
 
     /// Where the mirror of Forgejo repository `repo` (`owner/name`) lives under forgefleet's data directory:
@@ -136,7 +147,8 @@ impl Mirror {
         }
         let specs = refspecs.iter().map(|s| normalize_refspec(s)).collect::<Result<Vec<_>, _>>()?;
 
-        let _serialized = self.fetch_lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _serialized = self.locks.fetch.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _packs = self.locks.packs.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         let repo = self.repo.to_thread_local();
         let remote = repo
             .remote_at_without_url_rewrite(parsed)
@@ -215,6 +227,63 @@ impl Mirror {
         self.repo.to_thread_local()
     }
 
+    /// Holds off a repack while the caller reads objects.
+    pub(super) fn reading(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.locks.packs.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// How many pack files the mirror has.
+    pub fn pack_count(&self) -> usize {
+        let Ok(entries) = std::fs::read_dir(self.path.join("objects").join("pack")) else { return 0 };
+        entries.filter_map(Result::ok).filter(|e| e.path().extension().is_some_and(|x| x == "pack")).count()
+    }
+
+    /// Keeps the number of packs in check: every fetch that brings something writes one pack, and gix (which
+    /// cannot repack) has to look through all of them. Past `pack_limit` packs, runs
+    /// `git repack --geometric=2 -d`, which merges the small packs and leaves the big one alone, so the count
+    /// stays logarithmic in the number of objects without rewriting the whole repository each time. None when
+    /// there were not enough packs to bother.
+    ///
+    /// Needs the `git` program (2.33 or later); without it the error says so, and the mirror still works.
+    pub fn maintain(&self, pack_limit: usize) -> Result<Option<Repacked>, GitError> {
+        if self.pack_count() <= pack_limit {
+            return Ok(None);
+        }
+        self.repack_with(std::ffi::OsStr::new("git")).map(Some)
+    }
+
+    pub(super) fn repack_with(&self, git: &std::ffi::OsStr) -> Result<Repacked, GitError> {
+        let fail = |message: String| GitError::Mirror { path: self.path.clone(), message };
+        let _serialized = self.locks.fetch.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _alone = self.locks.packs.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (packs_before, started) = (self.pack_count(), Instant::now());
+        // Like the fetches, the repack reads only the mirror's own config.
+        let out = std::process::Command::new(git)
+            .arg("--git-dir")
+            .arg(&self.path)
+            .args(["repack", "--geometric=2", "-d", "-q"])
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => fail(format!(
+                    "{packs_before} packs and no `{}` program to repack them with: install git (2.33 or later), or \
+                     delete the mirror (it is a cache)",
+                    git.to_string_lossy()
+                )),
+                _ => fail(format!("could not run `{} repack`: {e}", git.to_string_lossy())),
+            })?;
+        if !out.status.success() {
+            return Err(fail(format!(
+                "`git repack` failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(Repacked { packs_before, packs_after: self.pack_count(), elapsed: started.elapsed() })
+    }
+
     fn http_options(&self, repo: &gix::Repository, url: &str, token: Option<&str>) -> http::Options {
         // Start from what the mirror's own config says about http (user agent, redirects, ...), then add ours.
         let mut options = repo
@@ -244,9 +313,9 @@ fn open_options() -> gix::open::Options {
     gix::open::Options::isolated()
 }
 
-/// One lock per mirror directory in this process, shared by every `Mirror` opened on it.
-fn fetch_lock_for(dir: &Path) -> Arc<Mutex<()>> {
-    static LOCKS: OnceLock<Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>> = OnceLock::new();
+/// One set of locks per mirror directory in this process, shared by every `Mirror` opened on it.
+fn locks_for(dir: &Path) -> Arc<MirrorLocks> {
+    static LOCKS: OnceLock<Mutex<HashMap<PathBuf, Arc<MirrorLocks>>>> = OnceLock::new();
     let key = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
     let mut locks = LOCKS.get_or_init(Default::default).lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     locks.entry(key).or_default().clone()

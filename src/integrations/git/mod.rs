@@ -20,7 +20,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use mirror::{FetchStats, Mirror, RefUpdate};
+pub use mirror::{FetchStats, Mirror, RefUpdate, Repacked};
 
 /// The user name sent with the token in HTTP Basic auth. Forgejo ignores it when the password is a token.
 pub const BASIC_AUTH_USER: &str = "forgefleet";

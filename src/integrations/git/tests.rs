@@ -367,3 +367,46 @@ fn each_repository_has_its_own_mirror_directory() {
         assert!(matches!(Mirror::dir_for(data, bad), Err(GitError::Invalid { .. })), "{bad}");
     }
 }
+
+#[test]
+fn many_small_packs_are_merged_and_everything_stays_readable() {
+    let f = Fixture::new();
+    // Each push lands as a pack of its own, as each fetch does.
+    std::fs::write(f.mirror.path().join("config"), {
+        let mut config = std::fs::read_to_string(f.mirror.path().join("config")).unwrap();
+        config.push_str("[receive]\n\tunpackLimit = 1\n");
+        config
+    })
+    .unwrap();
+    let base = f.commit(&[("README.md", "hello\n")], "start");
+    f.sync();
+    let mut head = base.clone();
+    for i in 0..5 {
+        head = f.commit(&[(&format!("src/{i}.rs"), &lines(20, &format!("f{i}")))], &format!("step {i}"));
+        f.sync();
+    }
+    let before = f.mirror.pack_count();
+    assert_eq!(before, 6, "one pack per push");
+    let expected = summary(&f.inspect(&base, &head));
+
+    assert_eq!(f.mirror.maintain(before).unwrap(), None, "at the limit nothing is done");
+    let repacked = f.mirror.maintain(3).unwrap().expect("over the limit the packs are merged");
+    assert_eq!(repacked.packs_before, 6);
+    assert!(repacked.packs_after < 3, "{repacked:?}");
+    assert_eq!(f.mirror.pack_count(), repacked.packs_after);
+
+    // The same mirror handle, and a fresh one, still read every object and ref.
+    assert_eq!(summary(&f.inspect(&base, &head)), expected);
+    let reopened = Mirror::open_or_init(f.mirror.path()).unwrap();
+    assert_eq!(summary(&reopened.inspect("refs/heads/main", &head).unwrap()).len(), 0);
+    assert_eq!(summary(&reopened.inspect(&base, &head).unwrap()), expected);
+}
+
+#[test]
+fn without_git_a_repack_says_what_to_do() {
+    let f = Fixture::new();
+    f.commit(&[("a", "a\n")], "one");
+    f.sync();
+    let err = f.mirror.repack_with(std::ffi::OsStr::new("/nonexistent/git")).unwrap_err().to_string();
+    assert!(err.contains("install git") && err.contains("delete the mirror"), "{err}");
+}
