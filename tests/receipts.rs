@@ -145,6 +145,14 @@ async fn a_valid_receipt_completes_the_task_with_the_files_git_reports() {
     })
     .await;
     eventually("status:done", || async { w.forgejo.issue(REPO, w.issue).await.labels == ["status:done"] }).await;
+    // The pull request's head says so too, linking the issue.
+    eventually("the head commit shows success", || async { !w.forgejo.statuses(REPO, &sha).await.is_empty() }).await;
+    let statuses = w.forgejo.statuses(REPO, &sha).await;
+    assert_eq!(statuses.len(), 1, "{statuses:?}");
+    let s = &statuses[0];
+    assert_eq!((s.state.as_str(), s.context.as_str(), s.creator.as_str()), ("success", "forgefleet/receipt", BOT));
+    assert!(s.target_url.ends_with(&format!("/{REPO}/issues/{}", w.issue)), "{statuses:?}");
+    assert_eq!(s.description, "verified by forgefleet: 4 checks passed");
     // The same receipt again is a no-op; a different one for the same attempt is a conflict.
     assert_eq!(w.submit(pr, &sha).await.0, 202);
     assert_eq!(w.submit(pr + 1, &sha).await.0, 409);
@@ -224,6 +232,12 @@ async fn a_receipt_naming_another_head_fails_head_matches() {
     let task = w.settled().await;
     let failed = failed_checks(&task);
     assert!(failed.contains(&"head_matches".to_string()), "{task}");
+    // A commit that is not the pull request's head gets no status (it may not even exist).
+    eventually("the failure comment is posted", || async {
+        w.forgejo.comments(REPO, w.issue).await.iter().any(|c| c.body.contains("head_matches"))
+    })
+    .await;
+    assert!(w.forgejo.statuses(REPO, &"c".repeat(40)).await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -235,6 +249,12 @@ async fn commits_that_change_nothing_fail_verification() {
     assert_eq!(failed_checks(&task), ["commits_change_something"], "{task}");
     let detail = &task["validation"]["checks"][3]["detail"];
     assert!(detail.as_str().unwrap().contains("empty diff"), "{detail}");
+    eventually("the head commit shows the failed check", || async {
+        w.forgejo.statuses(REPO, &sha).await.last().is_some_and(|s| {
+            s.state == "failure" && s.description.contains("did not check out (commits_change_something)")
+        })
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

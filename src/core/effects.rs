@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::event::Event;
-use super::ids::{AgentId, IssueRef, TaskId};
+use super::ids::{AgentId, CommitSha, IssueRef, TaskId};
 use super::labels::StatusLabel;
 use super::policy::{FailureClass, RetryDecision};
 use super::receipt::{Receipt, Validation};
@@ -75,7 +75,37 @@ pub enum Effect {
     Reply { issue: IssueRef, key: String, body: String },
     /// A reaction on a comment: the quiet "done" for a command that worked.
     React { issue: IssueRef, comment_id: i64, content: String },
+    /// A commit status on the pull request's head (the one the receipt names), so the pull request itself
+    /// shows what forgefleet found.
+    SetCommitStatus {
+        issue: IssueRef,
+        task: TaskId,
+        attempt: u32,
+        sha: CommitSha,
+        state: CommitState,
+        description: String,
+    },
 }
+
+/// The states forgefleet gives a commit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommitState {
+    Success,
+    Failure,
+}
+
+impl CommitState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommitState::Success => "success",
+            CommitState::Failure => "failure",
+        }
+    }
+}
+
+/// The context of forgefleet's commit statuses: one per commit, the newest state wins.
+pub const STATUS_CONTEXT: &str = "forgefleet/receipt";
 
 impl Effect {
     pub fn kind(&self) -> &'static str {
@@ -86,6 +116,7 @@ impl Effect {
             Effect::RunCommands { .. } => "run_commands",
             Effect::Reply { .. } => "reply",
             Effect::React { .. } => "react",
+            Effect::SetCommitStatus { .. } => "set_commit_status",
         }
     }
 }
@@ -138,6 +169,29 @@ pub fn effects_of(before: Option<&Task>, after: &Task, event: &Event) -> Vec<Eff
             };
             out.push(comment(*attempt, notice));
             out.push(Effect::SetAssignee { issue: issue(), agent: None });
+        }
+        // Only on a commit that is the pull request's head: there people see it, and the repository is sure to
+        // have it (a receipt may name any made-up commit, and Forgejo refuses statuses on those).
+        Event::ReceiptChecked { attempt, validation, .. }
+            if validation.checks.iter().any(|c| c.name == "head_matches" && c.passed) =>
+        {
+            if let Some(receipt) = &after.receipt {
+                let (state, description) = if validation.passed() {
+                    (CommitState::Success, format!("verified by forgefleet: {} checks passed", validation.checks.len()))
+                } else {
+                    let failed: Vec<&str> =
+                        validation.checks.iter().filter(|c| !c.passed).map(|c| c.name.as_str()).collect();
+                    (CommitState::Failure, format!("forgefleet: the receipt did not check out ({})", failed.join(", ")))
+                };
+                out.push(Effect::SetCommitStatus {
+                    issue: issue(),
+                    task: after.id,
+                    attempt: *attempt,
+                    sha: receipt.head_sha.clone(),
+                    state,
+                    description,
+                });
+            }
         }
         Event::TaskCancelled { attempt, reason, .. } => {
             out.push(comment(*attempt, Notice::Cancelled { reason: reason.clone(), was_running: held_by.is_some() }));
@@ -243,5 +297,58 @@ mod tests {
         assert!(
             matches!(&fx[1], Effect::Comment { notice: Notice::Cancelled { reason, was_running: false }, .. } if reason == "closed")
         );
+    }
+
+    #[test]
+    fn a_checked_receipt_marks_the_pull_requests_head_only_when_the_receipt_names_it() {
+        use crate::core::receipt::{Check, Usage};
+        let (mut validating, _) = queued();
+        let sha = CommitSha::parse(&"ab".repeat(20)).unwrap();
+        validating.state = TaskState::Validating;
+        validating.receipt = Some(Receipt {
+            pr_number: 3,
+            head_sha: sha.clone(),
+            summary: String::new(),
+            usage: Usage::default(),
+            cost_usd: None,
+            duration_secs: None,
+            session_id: None,
+            artifacts: Vec::new(),
+        });
+        let checked = |results: &[(&str, bool)]| {
+            let checks = results
+                .iter()
+                .map(|(name, passed)| Check { name: name.to_string(), passed: *passed, detail: String::new() })
+                .collect();
+            let e = Event::ReceiptChecked {
+                task: TaskId(1),
+                attempt: 1,
+                validation: Validation { checks, files: Vec::new() },
+                at: Timestamp(9),
+            };
+            step(&validating, e).1
+        };
+        let status = |state: CommitState, description: &str| Effect::SetCommitStatus {
+            issue: validating.issue.clone(),
+            task: TaskId(1),
+            attempt: 1,
+            sha: sha.clone(),
+            state,
+            description: description.into(),
+        };
+        assert_eq!(
+            checked(&[("head_matches", true), ("commits_change_something", true)]),
+            [status(CommitState::Success, "verified by forgefleet: 2 checks passed")]
+        );
+        assert_eq!(
+            checked(&[("refers_to_issue", false), ("head_matches", true), ("commits_change_something", false)]),
+            [status(
+                CommitState::Failure,
+                "forgefleet: the receipt did not check out (refers_to_issue, commits_change_something)"
+            )]
+        );
+        // Not the pull request's head (or no pull request at all): nothing to mark.
+        assert!(checked(&[("pull_request_exists", true), ("head_matches", false)]).is_empty());
+        assert!(checked(&[("pull_request_exists", false)]).is_empty());
     }
 }

@@ -63,6 +63,8 @@ pub struct IssueFilter {
 #[derive(Clone)]
 pub struct ForgejoClient {
     http: reqwest::Client,
+    /// The web address people open, e.g. `https://forgejo.example.com`.
+    web: String,
     api: String,
     token: Secret,
     retry: RetryPolicy,
@@ -86,10 +88,16 @@ impl ForgejoClient {
             .build()?;
         Ok(Self {
             http,
+            web: base_url.trim_end_matches('/').to_string(),
             api: format!("{}/api/v1", base_url.trim_end_matches('/')),
             token,
             retry: RetryPolicy::default(),
         })
+    }
+
+    /// The page of an issue, for links people follow.
+    pub fn issue_url(&self, repo: &RepoName, number: u64) -> String {
+        format!("{}/{}/issues/{number}", self.web, repo)
     }
 
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {

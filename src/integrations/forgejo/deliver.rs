@@ -101,6 +101,35 @@ impl Deliverer {
             Effect::React { issue, comment_id, content } => {
                 Ok(self.client.react_to_comment(&issue.repo, comment_id, &content).await?)
             }
+            Effect::SetCommitStatus { issue, sha, state, description, .. } => {
+                self.commit_status(&issue, &sha, state, &description).await
+            }
+        }
+    }
+
+    /// Marks the receipt's head commit on Forgejo. Statuses are kept per context and the newest wins, so a
+    /// repeated delivery changes nothing people see. A commit the repository does not have (a receipt naming
+    /// a made-up head: its check says so) has nothing to mark.
+    async fn commit_status(
+        &self,
+        issue: &IssueRef,
+        sha: &crate::core::CommitSha,
+        state: crate::core::CommitState,
+        description: &str,
+    ) -> Result<(), DeliveryError> {
+        let url = self.client.issue_url(&issue.repo, issue.number);
+        // Forgejo keeps at most 255 characters of a description.
+        let description: String = description.chars().take(255).collect();
+        let result = self
+            .client
+            .create_status(&issue.repo, sha.as_str(), state.as_str(), crate::core::STATUS_CONTEXT, &description, &url)
+            .await;
+        match result {
+            Err(e) if e.is_not_found() => {
+                tracing::info!(repo = %issue.repo, sha = %sha, "no commit status: the repository does not have this commit");
+                Ok(())
+            }
+            other => Ok(other?),
         }
     }
 
