@@ -119,3 +119,37 @@ fn status_without_a_database_says_where_it_looked() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("no such file"), "{}", stderr(&out));
 }
+
+#[test]
+fn status_shows_deliveries_that_wait_and_the_one_that_keeps_failing() {
+    use forgefleet::core::{Effect, IssueRef, StatusLabel};
+    use forgefleet::engine::{Command as C, Engine, EngineSettings, SystemClock};
+    let home = Home::new();
+    support::seed(&home.db(), &[("acme/app#1", &["status:todo"])]);
+    let out = home.run(&["status"]);
+    assert!(stdout(&out).contains("outbox: nothing waiting"), "{}", stdout(&out));
+
+    // Two label writes wait; the first has failed three times (Forgejo says the token may not write).
+    {
+        let store = forgefleet::store::Store::open(&home.db()).unwrap();
+        let mut engine = Engine::new(store, EngineSettings::default(), SystemClock);
+        let issue: IssueRef = "acme/app#1".parse().unwrap();
+        for _ in 0..2 {
+            let effect = Effect::SetStatusLabel { issue: issue.clone(), status: Some(StatusLabel::Doing) };
+            engine.execute(C::Enqueue(effect)).unwrap();
+        }
+        let id = engine.store.read().outbox_due(forgefleet::core::Timestamp(i64::MAX), 1).unwrap()[0].id;
+        for _ in 0..3 {
+            let error = "Forgejo answered 403: token does not have at least one of required scope(s)".to_string();
+            engine.execute(C::OutboxFailed { id, error, retry_in: std::time::Duration::ZERO }).unwrap();
+        }
+    }
+    let out = home.run(&["status"]);
+    let text = stdout(&out);
+    assert!(text.contains("outbox: 2 waiting (1 failing), the oldest written 20"), "{text}");
+    assert!(text.contains("worst: #1 set_status_label after 3 attempts: Forgejo answered 403"), "{text}");
+    let out = home.run(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((v["outbox"]["waiting"].as_u64(), v["outbox"]["failing"].as_u64()), (Some(2), Some(1)));
+    assert_eq!(v["outbox"]["worst"]["attempts"], 3);
+}

@@ -20,6 +20,8 @@ async fn healthz_and_metrics_answer_without_a_token() {
     assert!(text.contains("forgefleet_queue_depth{priority=\"critical\"} 1"), "{text}");
     assert!(text.contains("forgefleet_events_appended_total"), "{text}");
     assert!(text.contains("forgefleet_event_append_seconds_bucket"), "{text}");
+    assert!(text.contains("forgefleet_outbox_waiting 0\n"), "{text}");
+    assert!(text.contains("forgefleet_outbox_oldest_waiting_timestamp_seconds 0.0\n"), "{text}");
     assert!(server.stop().success());
 }
 

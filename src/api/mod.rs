@@ -151,16 +151,19 @@ async fn healthz() -> axum::Json<Health> {
     operation_id = "metrics",
     tag = TAG_SYSTEM,
     summary = "Prometheus metrics",
-    description = "Tasks by state, queued tasks by priority, events appended, commands applied and event-append \
-        latency, in the Prometheus text format. No token needed.",
+    description = "Tasks by state, queued tasks by priority, events appended, commands applied, event-append \
+        latency, and the outbox (side effects waiting, failing, the oldest one's time), in the Prometheus text \
+        format. No token needed.",
     responses(
         (status = 200, description = "Metrics", body = String, content_type = "text/plain; version=0.0.4; charset=utf-8"),
         (status = 500, description = "Internal error", body = ErrorBody),
     )
 )]
 async fn metrics(State(app): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let (by_state, by_priority) = app.reads.with(|r| Ok((r.counts_by_state()?, r.queue_depth_by_priority()?))).await?;
+    let (by_state, by_priority, outbox) =
+        app.reads.with(|r| Ok((r.counts_by_state()?, r.queue_depth_by_priority()?, r.outbox_health()?))).await?;
     app.metrics.set_tasks(&by_state, &by_priority);
+    app.metrics.set_outbox(&outbox);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], app.metrics.render()))
 }
 

@@ -95,10 +95,14 @@ pub fn status(store: &Store, as_json: bool) -> Result<(), CliError> {
             *agents.entry(a.agent.status(a.running).as_str()).or_default() += 1;
         }
     }
+    let outbox = r.outbox_health()?;
     if as_json {
         println!(
             "{}",
-            json!({"store": store.path(), "events": events, "tasks": by_state, "queue": queue, "agents": agents})
+            json!({
+                "store": store.path(), "events": events, "tasks": by_state, "queue": queue, "agents": agents,
+                "outbox": outbox,
+            })
         );
         return Ok(());
     }
@@ -111,7 +115,21 @@ pub fn status(store: &Store, as_json: bool) -> Result<(), CliError> {
     println!("tasks:  {}", join(&by_state, &states));
     println!("queue:  {}", join(&queue, &priorities));
     println!("agents: {}", join(&agents, &["online", "busy", "draining", "offline"]));
+    println!("outbox: {}", outbox_line(&outbox));
+    if let Some(w) = &outbox.worst {
+        println!("        worst: #{} {} after {} attempts: {}", w.id, w.kind, w.attempts, shorten(&w.last_error, 200));
+    }
     Ok(())
+}
+
+/// "3 waiting (1 failing), the oldest written 2026-11-24T06:00:00.000Z", or "nothing waiting".
+fn outbox_line(o: &crate::store::OutboxHealth) -> String {
+    match o.oldest {
+        Some(oldest) if o.waiting > 0 => {
+            format!("{} waiting ({} failing), the oldest written {oldest}", o.waiting, o.failing)
+        }
+        _ => "nothing waiting".to_string(),
+    }
 }
 
 fn shorten(s: &str, max: usize) -> String {

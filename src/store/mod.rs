@@ -19,7 +19,7 @@ use rusqlite::{Connection, OpenFlags};
 
 pub use lock::{LockError, StoreLock};
 pub use projection::{Appended, encode_task};
-pub use queries::{AgentRow, OutboxRow, TaskSummary};
+pub use queries::{AgentRow, FailingDelivery, OutboxHealth, OutboxRow, TaskSummary};
 pub use rebuild::RebuildReport;
 pub use schema::SCHEMA_VERSION;
 

@@ -47,6 +47,28 @@ pub struct OutboxRow {
     pub next_attempt_at: Timestamp,
 }
 
+/// The outbox as an operator needs to see it: deliveries that wait (Forgejo down, a permission missing) are
+/// otherwise only in the logs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct OutboxHealth {
+    /// Side effects not delivered yet.
+    pub waiting: u64,
+    /// Of those, the ones that failed at least once.
+    pub failing: u64,
+    /// When the oldest waiting one was written.
+    pub oldest: Option<Timestamp>,
+    /// The waiting delivery that failed most often.
+    pub worst: Option<FailingDelivery>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FailingDelivery {
+    pub id: i64,
+    pub kind: String,
+    pub attempts: u32,
+    pub last_error: String,
+}
+
 /// A lease that ran out: the agent never acknowledged in time, or the task passed its deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExpiredLease {
@@ -363,12 +385,25 @@ impl ReadView<'_> {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// How many side effects wait for delivery.
-    pub fn outbox_pending(&self) -> Result<u64> {
-        Ok(self
+    /// What waits in the outbox, what keeps failing, and the delivery that failed most often.
+    pub fn outbox_health(&self) -> Result<OutboxHealth> {
+        let (waiting, failing, oldest): (u64, Option<u64>, Option<i64>) = self
             .conn
-            .prepare_cached("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL")?
-            .query_row([], |r| r.get(0))?)
+            .prepare_cached(
+                "SELECT COUNT(*), SUM(attempts > 0), MIN(created_at) FROM outbox WHERE delivered_at IS NULL",
+            )?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        let worst = self
+            .conn
+            .prepare_cached(
+                "SELECT id, kind, attempts, COALESCE(last_error, '') FROM outbox
+                 WHERE delivered_at IS NULL AND attempts > 0 ORDER BY attempts DESC, id LIMIT 1",
+            )?
+            .query_row([], |r| {
+                Ok(FailingDelivery { id: r.get(0)?, kind: r.get(1)?, attempts: r.get(2)?, last_error: r.get(3)? })
+            })
+            .optional()?;
+        Ok(OutboxHealth { waiting, failing: failing.unwrap_or(0), oldest: oldest.map(Timestamp), worst })
     }
 
     /// Undelivered side effects that are due, oldest first.

@@ -31,6 +31,9 @@ pub struct Metrics {
     events: Counter,
     commands: Counter,
     append_seconds: Histogram,
+    outbox_waiting: Gauge,
+    outbox_failing: Gauge,
+    outbox_oldest: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -63,7 +66,41 @@ impl Metrics {
             "Time from the start of a command's transaction to its commit",
             append_seconds.clone(),
         );
-        Self { registry: Mutex::new(registry), tasks, queue_depth, events, commands, append_seconds }
+        let (outbox_waiting, outbox_failing) = (Gauge::default(), Gauge::default());
+        let outbox_oldest = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "outbox_waiting",
+            "Side effects (labels, comments, ...) not delivered yet",
+            outbox_waiting.clone(),
+        );
+        registry.register(
+            "outbox_failing",
+            "Undelivered side effects that failed at least once",
+            outbox_failing.clone(),
+        );
+        registry.register(
+            "outbox_oldest_waiting_timestamp_seconds",
+            "When the oldest undelivered side effect was written (Unix time; 0: none waits)",
+            outbox_oldest.clone(),
+        );
+        Self {
+            registry: Mutex::new(registry),
+            tasks,
+            queue_depth,
+            events,
+            commands,
+            append_seconds,
+            outbox_waiting,
+            outbox_failing,
+            outbox_oldest,
+        }
+    }
+
+    /// Sets the outbox gauges just before a scrape.
+    pub fn set_outbox(&self, health: &crate::store::OutboxHealth) {
+        self.outbox_waiting.set(health.waiting as i64);
+        self.outbox_failing.set(health.failing as i64);
+        self.outbox_oldest.set(health.oldest.map_or(0.0, |t| t.0 as f64 / 1000.0));
     }
 
     /// Sets the gauges read from the store just before a scrape. States and priorities with no tasks read 0.
@@ -106,11 +143,20 @@ mod tests {
     fn renders_every_state_and_priority_and_the_counters() {
         let m = std::sync::Arc::new(Metrics::new());
         m.set_tasks(&[(TaskState::Queued, 3)], &[(Priority::High, 2)]);
+        m.set_outbox(&crate::store::OutboxHealth {
+            waiting: 4,
+            failing: 1,
+            oldest: Some(crate::core::Timestamp(1_795_000_000_500)),
+            worst: None,
+        });
         m.committed(2, 5, Duration::from_micros(300));
         let text = m.render();
         assert!(text.contains("forgefleet_tasks{state=\"queued\"} 3"), "{text}");
         assert!(text.contains("forgefleet_tasks{state=\"failed\"} 0"), "{text}");
         assert!(text.contains("forgefleet_queue_depth{priority=\"high\"} 2"), "{text}");
+        assert!(text.contains("forgefleet_outbox_waiting 4\n"), "{text}");
+        assert!(text.contains("forgefleet_outbox_failing 1\n"), "{text}");
+        assert!(text.contains("forgefleet_outbox_oldest_waiting_timestamp_seconds 1795000000.5\n"), "{text}");
         assert!(text.contains("forgefleet_events_appended_total 5"), "{text}");
         assert!(text.contains("forgefleet_event_append_seconds_count 2"), "{text}");
     }
