@@ -68,7 +68,7 @@ impl World {
     }
 
     fn client(&self) -> ForgejoClient {
-        ForgejoClient::new(self.forgejo.url(), Secret::new(BOT_TOKEN)).unwrap()
+        ForgejoClient::new(self.forgejo.url(), Secret::new(BOT_TOKEN), None).unwrap()
     }
 
     async fn reconcile(&self, full: bool) -> reconcile::PassReport {

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use support::fleet::{Fleet, TestAgent};
 use support::forgejo::{FakeCommit, FakeForgejo};
 use support::git::{GitServer, TestRepo};
+use support::tls::{TestCa, TlsFront};
 
 const REPO: &str = "acme/app";
 const BOT: &str = "forgefleet";
@@ -26,6 +27,8 @@ struct World {
     issue: u64,
     agent: TestAgent,
     task: u64,
+    /// With HTTPS: the fronts of Forgejo and git, and the PEM file of the CA their certificates come from.
+    tls: Option<(TlsFront, TlsFront, std::path::PathBuf)>,
 }
 
 async fn eventually<F, Fut>(what: &str, mut check: F)
@@ -46,6 +49,16 @@ where
 impl World {
     /// A repository with history on `main`, an issue labelled `status:todo`, and an agent working on it.
     async fn new(db: Option<std::path::PathBuf>) -> World {
+        Self::build(db, false).await
+    }
+
+    /// The same, with Forgejo and git served over HTTPS by certificates of a private CA that forgefleet is
+    /// told to trust (`[forgejo] ca_file`).
+    async fn over_https() -> World {
+        Self::build(None, true).await
+    }
+
+    async fn build(db: Option<std::path::PathBuf>, https: bool) -> World {
         let root = tempfile::tempdir().unwrap();
         let git = GitServer::start_with_token(root.path(), BOT_TOKEN);
         let repo = TestRepo::init_bare(root.path(), REPO);
@@ -57,10 +70,23 @@ impl World {
         forgejo.set_permission(REPO, BOT, "admin").await;
         forgejo.add_user("agent", "agent-token").await;
         forgejo.set_permission(REPO, "agent", "write").await;
-        let (url, git_url) = (forgejo.url().to_string(), git.base_url());
+        let (mut url, mut git_url) = (forgejo.url().to_string(), git.base_url());
+        let mut tls = None;
+        if https {
+            let ca = TestCa::new();
+            let addr = |u: &str| u.trim_start_matches("http://").trim_end_matches('/').parse().unwrap();
+            let api = TlsFront::start(&ca, addr(&url)).await;
+            let git = TlsFront::start(&ca, addr(&git_url)).await;
+            (url, git_url) = (api.url(), git.url());
+            let pem = root.path().join("private-ca.pem");
+            std::fs::write(&pem, ca.pem()).unwrap();
+            tls = Some((api, git, pem));
+        }
+        let ca_file = tls.as_ref().map(|(_, _, pem)| pem.clone());
         let fleet = Fleet::start_with_forgejo(|c| {
             c.forgejo.url = Some(url);
             c.forgejo.git_url = Some(git_url);
+            c.forgejo.ca_file = ca_file;
             c.forgejo.token = Some(Secret::new(BOT_TOKEN));
             c.forgejo.webhook_secret = Some(Secret::new("s"));
             c.forgejo.bot_user = Some(BOT.into());
@@ -75,7 +101,7 @@ impl World {
         let agent = fleet.register("a1", &[], 1).await;
         let a = agent.pull().await.unwrap();
         agent.start(&a).await;
-        World { forgejo, fleet, repo, _git: git, _root: root, issue, agent, task }
+        World { forgejo, fleet, repo, _git: git, _root: root, issue, agent, task, tls }
     }
 
     /// The agent's work: a branch with one commit, pushed, and a pull request for it.
@@ -327,4 +353,40 @@ async fn validation_interrupted_by_a_restart_finishes_after_it() {
         body["task"]["state"] == "completed"
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn over_https_a_private_ca_in_ca_file_is_trusted_by_the_api_client_and_the_mirror() {
+    let w = World::over_https().await;
+    let (pr, sha) =
+        w.open_pull(&[("src/lib.rs", "fn a() {}\nfn greet() {}\n")], "Greet", &format!("Fixes #{}", w.issue)).await;
+    assert_eq!(w.submit(pr, &sha).await.0, 202);
+    // The pull request was read over the API and the commits fetched into the mirror, both over HTTPS.
+    let task = w.settled().await;
+    assert_eq!(task["state"], "completed", "{task}");
+    assert_eq!(task["validation"]["files"][0]["path"], "src/lib.rs", "{task}");
+    eventually("the completion comment is posted over HTTPS", || async {
+        w.forgejo.comments(REPO, w.issue).await.iter().any(|c| c.body.contains("`src/lib.rs` (+1 −0)"))
+    })
+    .await;
+
+    // Without the CA, neither client gets past the handshake.
+    let (api, git, pem) = w.tls.as_ref().unwrap();
+    let repo: forgefleet::core::RepoName = REPO.parse().unwrap();
+    let untrusting = forgefleet::integrations::forgejo::ForgejoClient::new(&api.url(), Secret::new(BOT_TOKEN), None);
+    let err = untrusting.unwrap().repo_labels(&repo).await.unwrap_err().to_string();
+    assert!(err.contains("invalid peer certificate"), "{err}");
+    let ca = forgefleet::config::CaBundle::load(pem).unwrap();
+    let trusting = forgefleet::integrations::forgejo::ForgejoClient::new(&api.url(), Secret::new(BOT_TOKEN), Some(&ca));
+    assert!(trusting.unwrap().repo_labels(&repo).await.is_ok());
+    let dir = w._root.path().join("untrusting-mirror.git");
+    let url = format!("{}/{REPO}.git", git.url());
+    let fetched = tokio::task::spawn_blocking(move || {
+        let mirror = forgefleet::integrations::git::Mirror::open_or_init(&dir).unwrap();
+        mirror.fetch(&url, Some(BOT_TOKEN), &["main"]).map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap();
+    let err = fetched.unwrap_err();
+    assert!(err.contains("invalid peer certificate"), "{err}");
 }

@@ -27,7 +27,8 @@ pub fn run(config: &Config, repo: &str, webhook_url: Option<&str>) -> Result<(),
     if !(hook_url.starts_with("http://") || hook_url.starts_with("https://")) {
         return Err(CliError::usage(format!("the webhook URL {hook_url:?} must start with http:// or https://")));
     }
-    let client = ForgejoClient::new(url, token).map_err(|e| CliError::failure(e.to_string()))?;
+    let ca = config.forgejo.ca().map_err(|why| CliError::usage(format!("forgejo.ca_file: {why}")))?;
+    let client = ForgejoClient::new(url, token, ca.as_ref()).map_err(|e| CliError::failure(e.to_string()))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

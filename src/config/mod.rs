@@ -5,6 +5,7 @@
 //! `config.example.toml` at the crate root shows every key with its default; `docs/configuration.md` explains
 //! them.
 
+mod ca;
 mod errors;
 mod load;
 mod retry;
@@ -22,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::{LabelScheme, Priority, RepoName, RetryPolicy};
 
+pub use ca::CaBundle;
 pub use errors::{ConfigError, ConfigErrors};
 pub use retry::{RetryClassConfig, RetryConfig};
 pub use secret::Secret;
@@ -237,6 +239,11 @@ pub struct ForgejoConfig {
     /// fetches pull requests into its own mirror from there to check receipts. Default: unset (`url`).
     #[serde(with = "secret::optional")]
     pub git_url: Option<String>,
+    /// A PEM file of extra CA certificates to trust for the Forgejo API and git over HTTPS: for a Forgejo
+    /// whose certificate comes from a private CA. Added to the public web roots, never instead of them.
+    /// Default: unset.
+    #[serde(with = "secret::optional")]
+    pub ca_file: Option<PathBuf>,
     /// Watched repositories as `owner/name`. Default: `[]`.
     pub repos: Vec<String>,
     /// Minutes between polls for issues changed since the last one, the safety net for lost webhooks.
@@ -265,6 +272,7 @@ impl Default for ForgejoConfig {
         Self {
             url: None,
             git_url: None,
+            ca_file: None,
             token: None,
             webhook_secret: None,
             bot_user: None,
@@ -281,6 +289,11 @@ impl Default for ForgejoConfig {
 }
 
 impl ForgejoConfig {
+    /// The extra CA certificates of `ca_file`, if set. After a successful [`Config::load`] it reads.
+    pub fn ca(&self) -> Result<Option<CaBundle>, String> {
+        self.ca_file.as_deref().map(CaBundle::load).transpose()
+    }
+
     /// The watched repositories; entries that do not parse are skipped, which after a successful
     /// [`Config::load`] is none of them.
     pub fn repo_names(&self) -> Vec<RepoName> {

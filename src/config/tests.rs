@@ -331,3 +331,22 @@ fn load_reads_a_file_and_names_one_it_cannot_read() {
     assert_eq!(errs.0[0].key, missing.display().to_string());
     assert!(errs.0[0].message.contains("cannot read") && errs.0[0].message.contains("os error"), "{errs}");
 }
+
+#[test]
+fn a_ca_file_must_hold_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.pem");
+    let errs = problems(&format!("[forgejo]\nca_file = {:?}\n", missing));
+    assert!(problem(&errs, "forgejo.ca_file").contains("cannot read"), "{errs}");
+
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "this is not a certificate\n").unwrap();
+    let errs = problems(&format!("[forgejo]\nca_file = {:?}\n", junk));
+    assert!(problem(&errs, "forgejo.ca_file").contains("holds no certificate"), "{errs}");
+
+    let good = dir.path().join("ca.pem");
+    let ca = rcgen::generate_simple_self_signed(vec!["forgejo.internal".to_string()]).unwrap();
+    std::fs::write(&good, format!("# our CA\n{}", ca.cert.pem())).unwrap();
+    let config = parse(&format!("[forgejo]\nca_file = {:?}\n", good)).unwrap();
+    assert_eq!(config.forgejo.ca().unwrap().unwrap().certificates().len(), 1);
+}

@@ -117,6 +117,11 @@ fn check_forgejo(c: &Config, p: &mut Problems) {
     }
     p.url("forgejo.webhook_url", f.webhook_url.as_deref());
     p.url("forgejo.git_url", f.git_url.as_deref());
+    if let Some(path) = &f.ca_file
+        && let Err(why) = super::CaBundle::load(path)
+    {
+        p.add("forgejo.ca_file", why);
+    }
     for (agent, login) in &f.agent_users {
         if let Err(e) = crate::core::AgentName::parse(agent) {
             p.add(format!("forgejo.agent_users.{agent}"), e.to_string());

@@ -5,6 +5,7 @@
 pub mod fleet;
 pub mod forgejo;
 pub mod git;
+pub mod tls;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};

@@ -16,7 +16,7 @@ use crate::core::RepoName;
 pub enum ForgejoError {
     #[error("Forgejo answered {status} to {method} {path}: {message}")]
     Http { method: Method, path: String, status: StatusCode, message: String },
-    #[error("cannot reach Forgejo for {method} {path}: {source}")]
+    #[error("cannot reach Forgejo for {method} {path}: {}", error_chain(.source))]
     Network { method: Method, path: String, source: reqwest::Error },
     #[error("Forgejo's answer to {method} {path} is not what was expected: {detail}")]
     Decode { method: Method, path: String, detail: String },
@@ -80,12 +80,16 @@ impl std::fmt::Debug for ForgejoClient {
 const PAGE: u32 = 50;
 
 impl ForgejoClient {
-    pub fn new(base_url: &str, token: Secret) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
+    /// A client of the Forgejo at `base_url`; `ca` adds CA certificates to trust besides the public roots.
+    pub fn new(base_url: &str, token: Secret, ca: Option<&crate::config::CaBundle>) -> Result<Self, reqwest::Error> {
+        let mut builder = reqwest::Client::builder()
             .timeout(Duration::from_secs(20))
             .connect_timeout(Duration::from_secs(5))
-            .user_agent(concat!("forgefleet/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+            .user_agent(concat!("forgefleet/", env!("CARGO_PKG_VERSION")));
+        for cert in ca.map(|c| c.certificates()).unwrap_or_default() {
+            builder = builder.add_root_certificate(cert.clone());
+        }
+        let http = builder.build()?;
         Ok(Self {
             http,
             web: base_url.trim_end_matches('/').to_string(),
@@ -400,6 +404,21 @@ impl ForgejoClient {
         });
         self.write(Method::POST, &Self::repo_path(repo, "/hooks"), &body).await
     }
+}
+
+/// An error and its causes, outermost first, without repeats: reqwest's own message ("error sending request")
+/// leaves out why (refused, timed out, a certificate nobody vouches for).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(e);
+    while let Some(err) = next {
+        let text = err.to_string();
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = err.source();
+    }
+    parts.join(": ")
 }
 
 /// The `rel="next"` URL of a `Link` header.

@@ -42,7 +42,8 @@ pub fn spawn(
     let (Some(url), Some(token)) = (config.forgejo.url.as_deref(), config.forgejo.token.clone()) else {
         return Ok(None);
     };
-    let client = ForgejoClient::new(url, token)?;
+    let ca = config.forgejo.ca().map_err(|why| anyhow::anyhow!("forgejo.ca_file: {why}"))?;
+    let client = ForgejoClient::new(url, token, ca.as_ref())?;
     let repos = config.forgejo.repo_names();
     let db = config.store.path.clone();
     let deliverer = deliver::Deliverer {
@@ -71,6 +72,7 @@ pub fn spawn(
         mirrors: db.parent().map(|d| d.join("mirrors")).unwrap_or_else(|| "mirrors".into()),
         git_url: config.forgejo.git_url.clone().unwrap_or_else(|| url.to_string()),
         token: config.forgejo.token.as_ref().map(|t| t.expose().to_string()).unwrap_or_default(),
+        ca,
     };
     let validating = tokio::spawn(async move {
         loop {

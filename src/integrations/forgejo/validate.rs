@@ -19,6 +19,8 @@ pub struct Validator {
     /// `<git_url>/<owner>/<name>.git` is fetched.
     pub git_url: String,
     pub token: String,
+    /// `[forgejo] ca_file`, for git over HTTPS to a Forgejo behind a private CA.
+    pub ca: Option<crate::config::CaBundle>,
 }
 
 /// A check that could not be made now (Forgejo or git unreachable): the task stays `validating` and is
@@ -158,12 +160,12 @@ impl Validator {
         let n = task.receipt.as_ref().map(|r| r.pr_number).unwrap_or_default();
         let dir = self.mirrors.join(repo.owner()).join(format!("{}.git", repo.name()));
         let url = format!("{}/{}/{}.git", self.git_url.trim_end_matches('/'), repo.owner(), repo.name());
-        let token = self.token.clone();
+        let (token, ca) = (self.token.clone(), self.ca.clone());
         let base = base.to_string();
         let head_sha = head.to_string();
         let inspection = tokio::task::spawn_blocking(move || -> Result<_, GitError> {
             let head = head_sha;
-            let mirror = Mirror::open_or_init(&dir)?;
+            let mirror = Mirror::open_or_init(&dir)?.with_ca(ca);
             let refspecs =
                 [format!("+refs/heads/{base}:refs/heads/{base}"), format!("+refs/pull/{n}/head:refs/pull/{n}/head")];
             let refspecs: Vec<&str> = refspecs.iter().map(String::as_str).collect();

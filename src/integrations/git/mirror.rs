@@ -26,6 +26,7 @@ pub struct Mirror {
     repo: gix::ThreadSafeRepository,
     locks: Arc<MirrorLocks>,
     request_timeout: Duration,
+    ca: Option<crate::config::CaBundle>,
 }
 
 /// Shared by every `Mirror` opened on the same directory in this process. Fetches are serialised by `fetch`;
@@ -96,7 +97,13 @@ impl Mirror {
         if repo.work_dir().is_some() {
             return Err(fail("is a repository with a work tree, not a bare mirror".into()));
         }
-        Ok(Mirror { path: dir.to_owned(), locks: locks_for(dir), repo, request_timeout: DEFAULT_REQUEST_TIMEOUT })
+        Ok(Mirror {
+            path: dir.to_owned(),
+            locks: locks_for(dir),
+            repo,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            ca: None,
+        })
     }
 
     /// Where the mirror of Forgejo repository `repo` (`owner/name`) lives under forgefleet's data directory:
@@ -119,6 +126,12 @@ impl Mirror {
     /// Limits how long each HTTP request of a fetch may take, the pack download included (default 10 minutes).
     pub fn with_request_timeout(mut self, timeout: Duration) -> Mirror {
         self.request_timeout = timeout;
+        self
+    }
+
+    /// Trusts the CA certificates of `ca` too (besides the public roots) when fetching over HTTPS.
+    pub fn with_ca(mut self, ca: Option<crate::config::CaBundle>) -> Mirror {
+        self.ca = ca;
         self
     }
 
@@ -157,7 +170,7 @@ impl Mirror {
             .map_err(|e| GitError::Invalid { what: "refspec", message: describe(&e) })?
             .with_fetch_tags(gix::remote::fetch::Tags::None);
 
-        let options = self.http_options(&repo, url, token);
+        let options = self.http_options(&repo, url, token)?;
         let connection = remote
             .connect(Direction::Fetch)
             .map_err(|e| classify_fetch_error(&e, url, token.is_some()))?
@@ -284,7 +297,13 @@ impl Mirror {
         Ok(Repacked { packs_before, packs_after: self.pack_count(), elapsed: started.elapsed() })
     }
 
-    fn http_options(&self, repo: &gix::Repository, url: &str, token: Option<&str>) -> http::Options {
+    fn http_options(&self, repo: &gix::Repository, url: &str, token: Option<&str>) -> Result<http::Options, GitError> {
+        // Checked when the configuration was read; gix's reqwest is another version, so it parses them again.
+        let roots = match &self.ca {
+            Some(ca) => reqwest_gix::Certificate::from_pem_bundle(ca.pem())
+                .map_err(|e| GitError::Invalid { what: "CA certificates", message: e.to_string() })?,
+            None => Vec::new(),
+        };
         // Start from what the mirror's own config says about http (user agent, redirects, ...), then add ours.
         let mut options = repo
             .transport_options(url, None)
@@ -302,10 +321,13 @@ impl Mirror {
         options.connect_timeout = Some(CONNECT_TIMEOUT);
         let timeout = self.request_timeout;
         options.backend = Some(Arc::new(Mutex::new(http::reqwest::Options {
-            configure_client: Some(Box::new(move |builder| Ok(builder.timeout(timeout)))),
+            configure_client: Some(Box::new(move |builder| {
+                let builder = builder.timeout(timeout);
+                Ok(roots.iter().cloned().fold(builder, |b, cert| b.add_root_certificate(cert)))
+            })),
             configure_request: None,
         })));
-        options
+        Ok(options)
     }
 }
 
