@@ -163,6 +163,29 @@ fn main() {
         assert_eq!(numstat.lines().count(), deep_files);
     }
 
+    // Packs pile up, one per fetch that brings something, and gix cannot repack. A later validation (fetch of
+    // a new head + inspect) with many small packs, the repack `Mirror::maintain` runs past 50, and after it.
+    let pile = 64;
+    let mut n = 1_000;
+    let mut validate_new_head = |mirror: &Mirror| {
+        n += 1;
+        let head = new_pull_head(&bare, n, &main_sha, n);
+        let pull = format!("refs/pull/{n}/head");
+        let t = Instant::now();
+        mirror.fetch(&url, Some(GIT_TOKEN), &["main", &pull]).unwrap();
+        assert!(mirror.inspect("main", &head).unwrap().tree_changed);
+        t.elapsed()
+    };
+    while mirror.pack_count() < pile {
+        validate_new_head(&mirror);
+    }
+    let piled = mirror.pack_count();
+    let with_pile = median((0..later_runs).map(|_| validate_new_head(&mirror)).collect());
+    let t = Instant::now();
+    let repacked = mirror.maintain(50).unwrap().expect("past 50 packs the mirror is repacked");
+    let repack_time = t.elapsed();
+    let after_repack = median((0..later_runs).map(|_| validate_new_head(&mirror)).collect());
+
     let first_gix_median = median(first_gix);
     let first_git_median = median(first_git);
     let later_gix_median = median(later_gix);
@@ -196,6 +219,16 @@ fn main() {
         ms(deep_gix_median),
         ms(deep_git_median),
         ratio(deep_gix_median, deep_git_median)
+    );
+    println!(
+        "| later validation with {piled} packs / after `git repack --geometric=2 -d` ({} -> {} packs, {} ms) | \
+         {} ms / {} ms | | {:.2}x |",
+        repacked.packs_before,
+        repacked.packs_after,
+        ms(repack_time),
+        ms(with_pile),
+        ms(after_repack),
+        ratio(after_repack, with_pile)
     );
     println!();
     println!(

@@ -16,7 +16,7 @@ impl Mirror {
     /// [`GitError::NotFound`]. Fetch both first.
     pub fn inspect(&self, base: &str, head: &str) -> Result<Inspection, GitError> {
         let _packs = self.reading();
-        let mut repo = self.repo();
+        let mut repo = self.repo()?;
         repo.object_cache_size_if_unset(16 * 1024 * 1024);
         let corrupt = |what: &str, e: gix::Error| GitError::Corrupt { message: format!("{what}: {}", describe(&e)) };
 

@@ -18,12 +18,13 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A bare repository in forgefleet's data directory mirroring one Forgejo repository.
 ///
-/// Cheap to clone and `Send + Sync`: each call works on its own thread-local view of the repository. Fetches into
-/// the same directory are serialized within the process; inspections run in parallel with them.
+/// Cheap to clone and `Send + Sync`. Each call opens the repository afresh (about a millisecond), so it sees
+/// the packs on disk as they are now: gix sizes its table of pack indexes when it opens a repository, and a
+/// handle kept open while fetches add pack after pack runs out of room after about 30 of them. Fetches into the
+/// same directory are serialized within the process; inspections run in parallel with them.
 #[derive(Clone)]
 pub struct Mirror {
     path: PathBuf,
-    repo: gix::ThreadSafeRepository,
     locks: Arc<MirrorLocks>,
     request_timeout: Duration,
     ca: Option<crate::config::CaBundle>,
@@ -97,13 +98,7 @@ impl Mirror {
         if repo.work_dir().is_some() {
             return Err(fail("is a repository with a work tree, not a bare mirror".into()));
         }
-        Ok(Mirror {
-            path: dir.to_owned(),
-            locks: locks_for(dir),
-            repo,
-            request_timeout: DEFAULT_REQUEST_TIMEOUT,
-            ca: None,
-        })
+        Ok(Mirror { path: dir.to_owned(), locks: locks_for(dir), request_timeout: DEFAULT_REQUEST_TIMEOUT, ca: None })
     }
 
     /// Where the mirror of Forgejo repository `repo` (`owner/name`) lives under forgefleet's data directory:
@@ -162,7 +157,7 @@ impl Mirror {
 
         let _serialized = self.locks.fetch.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let _packs = self.locks.packs.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let repo = self.repo.to_thread_local();
+        let repo = self.repo()?;
         let remote = repo
             .remote_at_without_url_rewrite(parsed)
             .map_err(|e| GitError::Invalid { what: "url", message: describe(&e) })?
@@ -236,8 +231,9 @@ impl Mirror {
         Ok(stats)
     }
 
-    pub(super) fn repo(&self) -> gix::Repository {
-        self.repo.to_thread_local()
+    pub(super) fn repo(&self) -> Result<gix::Repository, GitError> {
+        gix::open_opts(&self.path, open_options())
+            .map_err(|e| GitError::Mirror { path: self.path.clone(), message: describe(&e) })
     }
 
     /// Holds off a repack while the caller reads objects.

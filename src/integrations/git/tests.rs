@@ -69,6 +69,19 @@ impl Fixture {
         self.git(&["push", "-q", "--force", &target, "refs/heads/*:refs/heads/*"]);
     }
 
+    /// A fixture whose every push lands in the mirror as a pack of its own, as each fetch does (git's own
+    /// `gc --auto` after a push is off, so they pile up), with a first commit on `main` already pushed.
+    fn piling_packs() -> (Fixture, String) {
+        let f = Fixture::new();
+        let config = f.mirror.path().join("config");
+        let mut text = std::fs::read_to_string(&config).unwrap();
+        text.push_str("[receive]\n\tunpackLimit = 1\n\tautogc = false\n");
+        std::fs::write(&config, text).unwrap();
+        let base = f.commit(&[("README.md", "hello\n")], "start");
+        f.sync();
+        (f, base)
+    }
+
     fn inspect(&self, base: &str, head: &str) -> Inspection {
         self.mirror.inspect(base, head).unwrap()
     }
@@ -370,16 +383,7 @@ fn each_repository_has_its_own_mirror_directory() {
 
 #[test]
 fn many_small_packs_are_merged_and_everything_stays_readable() {
-    let f = Fixture::new();
-    // Each push lands as a pack of its own, as each fetch does.
-    std::fs::write(f.mirror.path().join("config"), {
-        let mut config = std::fs::read_to_string(f.mirror.path().join("config")).unwrap();
-        config.push_str("[receive]\n\tunpackLimit = 1\n");
-        config
-    })
-    .unwrap();
-    let base = f.commit(&[("README.md", "hello\n")], "start");
-    f.sync();
+    let (f, base) = Fixture::piling_packs();
     let mut head = base.clone();
     for i in 0..5 {
         head = f.commit(&[(&format!("src/{i}.rs"), &lines(20, &format!("f{i}")))], &format!("step {i}"));
@@ -409,4 +413,18 @@ fn without_git_a_repack_says_what_to_do() {
     f.sync();
     let err = f.mirror.repack_with(std::ffi::OsStr::new("/nonexistent/git")).unwrap_err().to_string();
     assert!(err.contains("install git") && err.contains("delete the mirror"), "{err}");
+}
+
+#[test]
+fn one_mirror_handle_keeps_reading_while_packs_pile_up() {
+    let (f, base) = Fixture::piling_packs();
+    // gix sizes its table of pack indexes when the repository is opened; each push (like each fetch) adds a
+    // pack that the same handle must then find.
+    for i in 0..70 {
+        let head = f.commit(&[(&format!("f{i}"), "x\n")], &format!("step {i}"));
+        f.sync();
+        let inspection = f.mirror.inspect(&base, &head).unwrap_or_else(|e| panic!("after {} packs: {e}", i + 2));
+        assert_eq!(inspection.commits.len(), i + 1);
+    }
+    assert_eq!(f.mirror.pack_count(), 71);
 }
