@@ -19,6 +19,8 @@
 //! Every server listens on 127.0.0.1 only. Every child process is killed when its guard is dropped (also when
 //! the bench panics) and, on Linux, by the kernel if the bench itself dies.
 
+mod common;
+
 use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream};
 use std::path::PathBuf;
@@ -31,6 +33,7 @@ use axum::Router;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use common::{Row, percentile, print_rows, quick, wanted};
 use forgefleet::config::{Config, Secret};
 use forgefleet::core::Timestamp;
 use forgefleet::engine::{Command, IssueObservation, ManualClock, Reply};
@@ -81,7 +84,7 @@ struct Settings {
 
 impl Settings {
     fn from_env() -> Settings {
-        let quick = std::env::var("FORGEFLEET_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+        let quick = quick();
         let number = |name: &str| std::env::var(name).ok().and_then(|v| v.trim().parse::<u64>().ok());
         let window = number("FORGEFLEET_BENCH_WINDOW_SECS").unwrap_or(if quick { 15 } else { 60 });
         Settings {
@@ -98,30 +101,8 @@ impl Settings {
     }
 }
 
-fn wanted(name: &str) -> bool {
-    match std::env::var("FORGEFLEET_BENCH_ONLY") {
-        Ok(list) if !list.trim().is_empty() => list.split(',').any(|s| s.trim() == name),
-        _ => true,
-    }
-}
-
 // ---------------------------------------------------------------------------------------------------------
 // The report
-
-struct Row {
-    name: String,
-    ours: String,
-    baseline: String,
-    ratio: String,
-    target: String,
-    met: Option<bool>,
-}
-
-impl Row {
-    fn new(name: &str, ours: String, baseline: String, ratio: String, target: &str, met: Option<bool>) -> Row {
-        Row { name: name.into(), ours, baseline, ratio, target: target.into(), met }
-    }
-}
 
 fn print_table(rows: &[Row], notes: &[String], s: &Settings, total: Duration) {
     println!();
@@ -132,17 +113,7 @@ fn print_table(rows: &[Row], notes: &[String], s: &Settings, total: Duration) {
         total.as_secs_f64()
     );
     println!();
-    println!("| benchmark | ours | baseline | ratio | target | met? |");
-    println!("|---|---|---|---|---|---|");
-    for r in rows {
-        let met = match r.met {
-            Some(true) => "yes",
-            Some(false) => "**no**",
-            None => "n/a",
-        };
-        println!("| {} | {} | {} | {} | {} | {} |", r.name, r.ours, r.baseline, r.ratio, r.target, met);
-    }
-    println!();
+    print_rows(rows);
     for n in notes {
         println!("- {n}");
     }
@@ -170,15 +141,6 @@ fn dur_ratio(ours: Duration, base: Duration) -> String {
 
 fn mb(kb: u64) -> String {
     format!("{:.1} MB", kb as f64 / 1024.0)
-}
-
-/// The value below which `p` percent of the sorted samples fall (nearest rank).
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 struct Dist {

@@ -11,6 +11,7 @@
 //!
 //! Targets: later validations within 2x of `git fetch` and under 1 s.
 
+mod common;
 #[path = "../tests/support/git.rs"]
 mod git;
 
@@ -19,13 +20,15 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::median;
+
 use forgefleet::integrations::git::Mirror;
 use git::{GIT_TOKEN, GitServer, git_command};
 
 const FILES: usize = 200;
 
 fn main() {
-    let quick = std::env::var_os("FORGEFLEET_BENCH_QUICK").is_some_and(|v| v != "0" && !v.is_empty());
+    let quick = common::quick();
     let commits = if quick { 2_000 } else { 20_000 };
     let (first_runs, later_runs) = if quick { (3, 5) } else { (5, 11) };
     println!("git mirror benchmark: {commits} commits, {FILES} files, {first_runs} first / {later_runs} later runs");
@@ -321,11 +324,6 @@ fn git_fetch(dir: &Path, url: &str, refs: &[&str]) {
 fn dir_size(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
         .map_or(0, |entries| entries.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
-}
-
-fn median(mut values: Vec<Duration>) -> Duration {
-    values.sort();
-    values[values.len() / 2]
 }
 
 fn ms(d: Duration) -> String {

@@ -17,6 +17,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command as Process, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{Row, median, percentile, print_rows, quick, wanted};
 use forgefleet::core::queue::{Candidate, QueueKey, pick_next};
 use forgefleet::core::{
     Agent, AgentId, AgentName, CommitSha, Event, IssueRef, Priority, Receipt, RepoName, Task, TaskId, TaskSpec,
@@ -61,7 +64,7 @@ struct Sizes {
 
 impl Sizes {
     fn from_env() -> Sizes {
-        let quick = std::env::var("FORGEFLEET_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+        let quick = quick();
         if quick {
             Sizes {
                 quick,
@@ -90,24 +93,8 @@ impl Sizes {
     }
 }
 
-fn wanted(name: &str) -> bool {
-    match std::env::var("FORGEFLEET_BENCH_ONLY") {
-        Ok(list) if !list.trim().is_empty() => list.split(',').any(|s| s.trim() == name),
-        _ => true,
-    }
-}
-
 // ---------------------------------------------------------------------------------------------------------
 // The report
-
-struct Row {
-    name: String,
-    ours: String,
-    baseline: String,
-    ratio: String,
-    target: String,
-    met: Option<bool>,
-}
 
 fn print_table(rows: &[Row], sizes: &Sizes, total: Duration) {
     println!();
@@ -131,17 +118,7 @@ fn print_table(rows: &[Row], sizes: &Sizes, total: Duration) {
         load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
     );
     println!();
-    println!("| benchmark | ours | baseline | ratio | target | met? |");
-    println!("|---|---|---|---|---|---|");
-    for r in rows {
-        let met = match r.met {
-            Some(true) => "yes",
-            Some(false) => "**no**",
-            None => "n/a",
-        };
-        println!("| {} | {} | {} | {} | {} | {} |", r.name, r.ours, r.baseline, r.ratio, r.target, met);
-    }
-    println!();
+    print_rows(rows);
 }
 
 fn rate(n: usize, d: Duration) -> f64 {
@@ -170,17 +147,6 @@ fn fmt_dur(d: Duration) -> String {
     } else {
         format!("{:.2} s", us / 1e6)
     }
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-/// The value below which `p` percent of the sorted samples fall (nearest rank).
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 fn progress(msg: impl AsRef<str>) {
@@ -453,6 +419,11 @@ fn changing(t: &TaskRow) -> [&dyn ToSql; 10] {
     [&t.id, &t.state, &t.priority, &t.queued_at, &t.not_before, &t.attempt, &t.needs, &t.pin, &t.updated_at, &t.data]
 }
 
+/// A lease row's columns, as ?1..?8 of both its statements.
+fn lease_columns(l: &LeaseRow) -> [&dyn ToSql; 8] {
+    [&l.task_id, &l.agent_id, &l.attempt, &l.assigned_at, &l.start_by, &l.started_at, &l.deadline, &l.request_key]
+}
+
 fn apply_ops(conn: &Connection, ops: &[Op]) -> rusqlite::Result<()> {
     let mut last_seq = 0;
     for op in ops {
@@ -490,32 +461,14 @@ fn apply_ops(conn: &Connection, ops: &[Op]) -> rusqlite::Result<()> {
                     "INSERT INTO leases (task_id, agent_id, attempt, assigned_at, start_by, started_at, deadline,
                      request_key) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 )?
-                .execute(params![
-                    l.task_id,
-                    l.agent_id,
-                    l.attempt,
-                    l.assigned_at,
-                    l.start_by,
-                    l.started_at,
-                    l.deadline,
-                    l.request_key
-                ])?;
+                .execute(&lease_columns(l)[..])?;
             }
             Op::UpdateLease(l) => {
                 conn.prepare_cached(
                     "UPDATE leases SET agent_id = ?2, attempt = ?3, assigned_at = ?4, start_by = ?5, started_at = ?6,
                      deadline = ?7, request_key = ?8 WHERE task_id = ?1",
                 )?
-                .execute(params![
-                    l.task_id,
-                    l.agent_id,
-                    l.attempt,
-                    l.assigned_at,
-                    l.start_by,
-                    l.started_at,
-                    l.deadline,
-                    l.request_key
-                ])?;
+                .execute(&lease_columns(l)[..])?;
             }
             Op::DeleteLease(id) => {
                 conn.prepare_cached("DELETE FROM leases WHERE task_id = ?1")?.execute([id])?;
