@@ -204,6 +204,22 @@ impl WriteTx<'_> {
     }
 }
 
+/// `key`'s entry in a write transaction's cache, loaded (and kept) if it is not there yet.
+pub(crate) fn cached<K: std::hash::Hash + Eq + Copy, V>(
+    cache: Option<&RefCell<HashMap<K, Arc<V>>>>,
+    key: K,
+    load: impl FnOnce() -> Result<Option<V>>,
+) -> Result<Option<Arc<V>>> {
+    if let Some(v) = cache.and_then(|c| c.borrow().get(&key).cloned()) {
+        return Ok(Some(v));
+    }
+    let loaded = load()?.map(Arc::new);
+    if let (Some(c), Some(v)) = (cache, &loaded) {
+        c.borrow_mut().insert(key, v.clone());
+    }
+    Ok(loaded)
+}
+
 /// Queries over the projections, inside or outside a write transaction.
 pub struct ReadView<'a> {
     conn: &'a Connection,

@@ -1,7 +1,5 @@
 //! Appending to the log and keeping the projections (tasks, agents, leases) in step, in one transaction.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -123,7 +121,7 @@ fn insert_event(conn: &Connection, event: &Event) -> Result<i64> {
 /// Applies one event to the stored projection it belongs to; returns the effects of a task's change.
 fn project(conn: &Connection, cache: &super::TxCache, event: &Event) -> Result<Vec<Effect>> {
     if let Some(id) = event.task() {
-        let before = cached_or(&cache.tasks, id, || load_task(conn, id))?;
+        let before = super::cached(Some(&cache.tasks), id, || load_task(conn, id))?;
         let after = match (&before, event) {
             (Some(t), _) => {
                 let mut t = Task::clone(t);
@@ -141,7 +139,7 @@ fn project(conn: &Connection, cache: &super::TxCache, event: &Event) -> Result<V
         return Ok(effects);
     }
     if let Some(id) = event.agent() {
-        let agent = match cached_or(&cache.agents, id, || load_agent(conn, id))? {
+        let agent = match super::cached(Some(&cache.agents), id, || load_agent(conn, id))? {
             Some(a) => {
                 let mut a = Agent::clone(&a);
                 a.apply(event)?;
@@ -154,18 +152,6 @@ fn project(conn: &Connection, cache: &super::TxCache, event: &Event) -> Result<V
         cache.agents.borrow_mut().insert(id, Arc::new(agent));
     }
     Ok(Vec::new())
-}
-
-/// The cached value, or the stored one (not added to the cache: the caller replaces it after writing).
-fn cached_or<K: std::hash::Hash + Eq, V>(
-    cache: &RefCell<HashMap<K, Arc<V>>>,
-    key: K,
-    load: impl FnOnce() -> Result<Option<V>>,
-) -> Result<Option<Arc<V>>> {
-    if let Some(v) = cache.borrow().get(&key) {
-        return Ok(Some(v.clone()));
-    }
-    Ok(load()?.map(Arc::new))
 }
 
 pub(super) fn load_task(conn: &Connection, id: TaskId) -> Result<Option<Task>> {

@@ -1,14 +1,12 @@
 //! Reads over the projections: what the engine decides with and what operators look at.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
 use super::projection::{TASK_COLUMNS, decode, load_agent, load_task, task_from_row};
-use super::{ReadView, Result};
+use super::{ReadView, Result, cached};
 use crate::core::queue::{Candidate, QueueKey, pick_next};
 use crate::core::{
     Agent, AgentId, AgentName, Event, IssueRef, Priority, RepoName, Task, TaskId, TaskSpec, TaskState, Timestamp,
@@ -76,22 +74,6 @@ pub struct ExpiredLease {
     pub attempt: u32,
     pub agent: AgentId,
     pub started: bool,
-}
-
-/// `key`'s entry in a write transaction's cache, loaded (and kept) if it is not there yet.
-fn cached<K: std::hash::Hash + Eq + Copy, V>(
-    cache: Option<&RefCell<HashMap<K, Arc<V>>>>,
-    key: K,
-    load: impl FnOnce() -> Result<Option<V>>,
-) -> Result<Option<Arc<V>>> {
-    if let Some(v) = cache.and_then(|c| c.borrow().get(&key).cloned()) {
-        return Ok(Some(v));
-    }
-    let loaded = load()?.map(Arc::new);
-    if let (Some(c), Some(v)) = (cache, &loaded) {
-        c.borrow_mut().insert(key, v.clone());
-    }
-    Ok(loaded)
 }
 
 impl ReadView<'_> {

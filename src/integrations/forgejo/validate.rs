@@ -234,7 +234,7 @@ fn keep_packs_in_check(mirror: &Mirror) {
             "repacked the git mirror"
         ),
         Err(e) if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) => {
-            tracing::warn!(error = %e, "cannot repack the git mirror; validation goes on, object lookups slow down")
+            tracing::warn!(error = %e, "cannot repack the git mirror; validation goes on while its packs pile up")
         }
         Err(e) => tracing::debug!(error = %e, "cannot repack the git mirror"),
     }

@@ -156,7 +156,7 @@ impl Mirror {
         let specs = refspecs.iter().map(|s| normalize_refspec(s)).collect::<Result<Vec<_>, _>>()?;
 
         let _serialized = self.locks.fetch.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let _packs = self.locks.packs.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _packs = self.reading();
         let repo = self.repo()?;
         let remote = repo
             .remote_at_without_url_rewrite(parsed)
