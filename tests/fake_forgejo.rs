@@ -13,159 +13,11 @@ use axum::http::HeaderMap;
 use axum::routing::post;
 use reqwest::Method;
 use serde_json::{Value, json};
+use support::forgejo::probe::{Api, Spec, read_shared};
 use support::forgejo::{DeliveryOutcome, FakeCommit, FakeForgejo, sign};
+use support::git::{GitServer, TestRepo};
 
-const SHARED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/forgejo");
 const REPO: &str = "acme/widgets";
-
-fn read_shared(path: &str) -> Vec<u8> {
-    std::fs::read(format!("{SHARED}/{path}")).unwrap_or_else(|e| panic!("{path}: {e}"))
-}
-
-/// Forgejo's swagger 2.0 definitions, and a checker of JSON values against them.
-struct Spec(Value);
-
-impl Spec {
-    fn load() -> Spec {
-        Spec(serde_json::from_slice(&read_shared("openapi-forgejo-17.json")).unwrap())
-    }
-
-    fn resolve<'a>(&'a self, schema: &'a Value) -> &'a Value {
-        match schema["$ref"].as_str() {
-            Some(r) => &self.0["definitions"][r.trim_start_matches("#/definitions/")],
-            None => schema,
-        }
-    }
-
-    /// Fails on a property the definition lacks, a wrong JSON type (nested objects too, `null` allowed as Go
-    /// writes nil pointers and slices), a missing `required` property, or a missing or null one of `must`.
-    fn check(&self, name: &str, value: &Value, must: &[&str]) {
-        let mut errors = Vec::new();
-        self.object(&self.0["definitions"][name], value, name, &mut errors, 0);
-        for key in must {
-            if value.get(key).is_none_or(Value::is_null) {
-                errors.push(format!("{name}.{key}: missing or null"));
-            }
-        }
-        assert!(errors.is_empty(), "{name} does not match the spec:\n{}\n{value:#}", errors.join("\n"));
-    }
-
-    fn object(&self, def: &Value, v: &Value, path: &str, errors: &mut Vec<String>, depth: usize) {
-        let Some(map) = v.as_object() else { return errors.push(format!("{path}: not an object")) };
-        for required in def["required"].as_array().into_iter().flatten().filter_map(Value::as_str) {
-            if !map.contains_key(required) {
-                errors.push(format!("{path}.{required}: required"));
-            }
-        }
-        for (key, value) in map {
-            match def["properties"].get(key) {
-                None => errors.push(format!("{path}.{key}: not defined by the spec")),
-                Some(schema) => self.value(schema, value, &format!("{path}.{key}"), errors, depth + 1),
-            }
-        }
-    }
-
-    fn value(&self, schema: &Value, v: &Value, path: &str, errors: &mut Vec<String>, depth: usize) {
-        if v.is_null() {
-            return;
-        }
-        let schema = self.resolve(schema);
-        let ty = schema["type"].as_str().or(schema.get("properties").map(|_| "object"));
-        let ok = match ty {
-            Some("string") => v.is_string(),
-            Some("integer") => v.is_i64() || v.is_u64(),
-            Some("number") => v.is_number(),
-            Some("boolean") => v.is_boolean(),
-            Some("array") => v.is_array(),
-            Some("object") => v.is_object(),
-            _ => true,
-        };
-        if !ok {
-            return errors.push(format!("{path}: {v} is not of type {}", ty.unwrap_or("?")));
-        }
-        if let Some(allowed) = schema["enum"].as_array().filter(|_| ty == Some("string"))
-            && !allowed.contains(v)
-        {
-            errors.push(format!("{path}: {v} is not one of {allowed:?}"));
-        }
-        match (ty, v) {
-            (Some("array"), Value::Array(items)) => {
-                for (i, item) in items.iter().enumerate() {
-                    self.value(&schema["items"], item, &format!("{path}[{i}]"), errors, depth);
-                }
-            }
-            (Some("object"), _) if schema.get("properties").is_some() && depth < 8 => {
-                self.object(schema, v, path, errors, depth)
-            }
-            (Some("object"), Value::Object(map)) if schema.get("additionalProperties").is_some() => {
-                for (key, value) in map {
-                    self.value(&schema["additionalProperties"], value, &format!("{path}.{key}"), errors, depth);
-                }
-            }
-            _ => {}
-        }
-    }
-}
-
-/// forgefleet's side of the REST API: real HTTP with a token.
-struct Api {
-    http: reqwest::Client,
-    base: String,
-    token: Option<String>,
-}
-
-struct Answer {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    text: String,
-}
-
-impl Answer {
-    fn json(&self) -> Value {
-        if self.text.is_empty() { Value::Null } else { serde_json::from_str(&self.text).unwrap() }
-    }
-    fn header(&self, name: &str) -> &str {
-        self.headers.get(name).map(|v| v.to_str().unwrap()).unwrap_or("")
-    }
-}
-
-impl Api {
-    fn new(fake: &FakeForgejo, token: Option<&str>) -> Api {
-        let http = reqwest::Client::builder().no_proxy().build().unwrap();
-        Api { http, base: format!("{}/api/v1", fake.url()), token: token.map(String::from) }
-    }
-
-    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Answer {
-        let url = if path.starts_with("http") { path.to_string() } else { format!("{}{path}", self.base) };
-        let mut request = self.http.request(method, url);
-        if let Some(token) = &self.token {
-            request = request.header("Authorization", format!("token {token}"));
-        }
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.unwrap();
-        let (status, headers) = (response.status().as_u16(), response.headers().clone());
-        Answer { status, headers, text: response.text().await.unwrap() }
-    }
-
-    async fn get(&self, path: &str) -> Answer {
-        self.call(Method::GET, path, None).await
-    }
-
-    /// GET that must answer 200; the JSON.
-    async fn ok(&self, path: &str) -> Value {
-        let a = self.get(path).await;
-        assert_eq!(a.status, 200, "GET {path}: {}", a.text);
-        a.json()
-    }
-
-    async fn send(&self, method: Method, path: &str, body: Value, expect: u16) -> Value {
-        let a = self.call(method.clone(), path, Some(body)).await;
-        assert_eq!(a.status, expect, "{method} {path}: {}", a.text);
-        a.json()
-    }
-}
 
 /// A webhook receiver on 127.0.0.1:0 keeping every request's headers and exact body.
 type Received = Arc<Mutex<Vec<(HeaderMap, Bytes)>>>;
@@ -557,6 +409,140 @@ async fn pull_requests_merge_and_report_over_webhooks() {
         serde_json::from_slice(&read_shared("webhooks/forgejo-pull-request/HookPullRequestMerged.json")).unwrap();
     assert_eq!(top_keys(&seen[3]), top_keys(&sample));
     assert_eq!(bot.get(&format!("/repos/{REPO}/contents/missing.txt")).await.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_branch_pushed_over_http_becomes_a_pull_request_with_its_head_in_git() {
+    let spec = Spec::load();
+    let (fake, bot) = world().await;
+    let (url, got) = receiver().await;
+    fake.add_hook(REPO, &url, "", &["pull_request"]).await;
+    let root = tempfile::tempdir().unwrap();
+    let git = TestRepo::init_bare(root.path(), REPO);
+    let main = git.commit(&[("README.md", "widgets\n")], "Start");
+    git.push("main");
+    fake.link_git(REPO, &git.bare).await;
+    let server = GitServer::start(root.path());
+
+    // An agent's work: a branch with two commits, pushed over HTTP with the token, then a pull request by API.
+    git.checkout("fleet/1");
+    git.commit(&[("src/a.rs", "fn a() {}\n")], "Add a");
+    let head = git.commit(&[("README.md", "widgets\nand more\n")], "Say more");
+    git.git(&["push", "-q", &server.url_with_token(REPO), "fleet/1"]);
+    let review = fake.create_label(REPO, "status:review", "ededed", "", false).await;
+    let open = json!({"head": "fleet/1", "base": "main", "title": "Fix #1", "body": "Closes #1", "labels": [review]});
+    let pr = bot.send(Method::POST, &format!("/repos/{REPO}/pulls"), open, 201).await;
+    spec.check("PullRequest", &pr, &["number", "title", "state", "head", "base", "merge_base", "user", "labels"]);
+    let n = pr["number"].as_u64().unwrap();
+    assert_eq!((pr["head"]["ref"].as_str(), pr["head"]["sha"].as_str()), (Some("fleet/1"), Some(&head[..])));
+    assert_eq!((pr["base"]["ref"].as_str(), pr["base"]["sha"].as_str()), (Some("main"), Some(&main[..])));
+    assert_eq!(pr["labels"][0]["name"], "status:review");
+    assert_eq!(git.remote_ref(&format!("refs/pull/{n}/head")), Some(head.clone()), "written as Forgejo does");
+    assert_eq!(bot.ok(&format!("/repos/{REPO}/pulls/{n}")).await, pr, "the same JSON as GET /pulls/{{n}}");
+
+    // Its commits and files are git's.
+    let commits = bot.ok(&format!("/repos/{REPO}/pulls/{n}/commits?files=false")).await;
+    let messages: Vec<&str> =
+        commits.as_array().unwrap().iter().map(|c| c["commit"]["message"].as_str().unwrap()).collect();
+    assert_eq!(messages, ["Say more\n", "Add a\n"], "newest first");
+    let files = bot.ok(&format!("/repos/{REPO}/pulls/{n}/files")).await;
+    let files: Vec<(&str, &str, u64)> = files
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["filename"].as_str().unwrap(), f["status"].as_str().unwrap(), f["additions"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(files, [("src/a.rs", "added", 1), ("README.md", "changed", 1)]);
+    fake.settle().await;
+    let opened: Value = serde_json::from_slice(&got.lock().unwrap()[0].1).unwrap();
+    assert_eq!(opened["action"], "opened");
+    assert_eq!((opened["pull_request"]["head"]["sha"].as_str(), opened["number"].as_u64()), (Some(&head[..]), Some(n)));
+}
+
+/// A POST that must be refused with `status`; the error body.
+async fn refused(api: &Api, path: &str, body: Value, status: u16) -> Value {
+    let answer = api.call(Method::POST, path, Some(body)).await;
+    assert_eq!(answer.status, status, "{}", answer.text);
+    answer.json()
+}
+
+#[tokio::test]
+async fn opening_a_pull_request_is_checked_like_forgejo() {
+    let spec = Spec::load();
+    let (fake, bot) = world().await;
+    fake.set_branch(REPO, "fleet/1", SHA_A).await;
+    let pulls = format!("/repos/{REPO}/pulls");
+    let open = |head: &str, base: &str, title: &str| json!({"head": head, "base": base, "title": title});
+    assert_eq!(Api::new(&fake, None).call(Method::POST, &pulls, Some(open("fleet/1", "main", "t"))).await.status, 401);
+    let bob = Api::new(&fake, Some("bob-token"));
+    spec.check("APIError", &refused(&bob, &pulls, open("fleet/1", "main", "t"), 403).await, &["message"]);
+
+    let no_changes = "Invalid PullRequest: There are no changes between the head and the base";
+    for (body, message) in [
+        (json!({"base": "main", "title": "t"}), "[Head]: Required"),
+        (json!({"head": "fleet/1", "title": "t"}), "[Base]: Required"),
+        (json!({"head": "fleet/1", "base": "main", "title": ""}), "[Title]: Required"),
+        (open("main", "main", "t"), no_changes),
+    ] {
+        let error = refused(&bot, &pulls, body, 422).await;
+        spec.check("APIError", &error, &["message", "url"]);
+        assert_eq!(error["message"], message);
+    }
+    let gone = refused(&bot, &pulls, open("fleet/nope", "main", "t"), 404).await;
+    spec.check("APINotFound", &gone, &["message", "errors"]);
+    let not_there = |b: &str, side: &str| {
+        format!("could not find '{b}' to be a commit, branch or tag in the {side} repository {REPO}")
+    };
+    assert_eq!(gone["errors"], json!([not_there("fleet/nope", "head")]));
+    assert_eq!(
+        refused(&bot, &pulls, open("fleet/1", "release", "t"), 404).await["errors"],
+        json!([not_there("release", "base")])
+    );
+
+    // Without a linked git repository the fake's own branches say where the head is.
+    let pr = bot.send(Method::POST, &pulls, open("fleet/1", "main", "Fix"), 201).await;
+    assert_eq!((pr["head"]["sha"].as_str(), pr["user"]["login"].as_str()), (Some(SHA_A), Some("bot")));
+    let again = refused(&bot, &pulls, open("acme:fleet/1", "main", "Fix again"), 409).await;
+    spec.check("APIError", &again, &["message"]);
+    let (id, n, repo_id) = (&pr["id"], &pr["number"], &bot.ok(&format!("/repos/{REPO}")).await["id"]);
+    let targets = format!("head_repo_id: {repo_id}, base_repo_id: {repo_id}, head_branch: fleet/1, base_branch: main");
+    assert_eq!(
+        again["message"],
+        format!("pull request already exists for these targets [id: {id}, issue_id: {n}, {targets}]")
+    );
+    fake.close_issue(REPO, n.as_u64().unwrap(), "alice").await;
+    bot.send(Method::POST, &pulls, open("fleet/1", "main", "Fix, take two"), 201).await;
+}
+
+#[tokio::test]
+async fn pull_lists_filter_by_state_and_page_newest_first() {
+    let spec = Spec::load();
+    let (fake, bot) = world().await;
+    let merged = fake.create_pull(REPO, "bot", "one", "", "fleet/1", SHA_A, "main").await;
+    let closed = fake.create_pull(REPO, "bot", "two", "", "fleet/2", SHA_B, "main").await;
+    fake.create_issue(REPO, "alice", "not a pull request", "", &[]).await;
+    let open = fake.create_pull(REPO, "bot", "three", "", "fleet/3", SHA_A, "main").await;
+    fake.merge_pull(REPO, merged, "alice").await;
+    fake.close_issue(REPO, closed, "alice").await;
+    let list = |q: &str| {
+        let path = format!("/repos/{REPO}/pulls?{q}");
+        let bot = &bot;
+        async move { numbers(&bot.ok(&path).await) }
+    };
+    assert_eq!(list("state=open").await, [open]);
+    assert_eq!(list("state=closed").await, [closed, merged]);
+    assert_eq!(list("state=all").await, [open, closed, merged]);
+    assert_eq!(list("").await, [open, closed, merged], "no state: all of them, as Forgejo answers (not its spec)");
+    assert_eq!(list("state=all&sort=oldest").await, [merged, closed, open]);
+
+    let first = bot.get(&format!("/repos/{REPO}/pulls?state=all&limit=2")).await;
+    assert_eq!((first.header("x-total-count"), numbers(&first.json())), ("3", vec![open, closed]));
+    let base = format!("{}/api/v1/repos/{REPO}/pulls", fake.url());
+    let next = format!("<{base}?limit=2&page=2&state=all>");
+    assert_eq!(first.header("link"), format!("{next}; rel=\"next\",{next}; rel=\"last\""));
+    first.json().as_array().unwrap().iter().for_each(|p| spec.check("PullRequest", p, &["number", "state", "head"]));
+    assert_eq!(list("state=all&limit=2&page=2").await, [merged]);
+    assert_eq!(bot.ok(&format!("/repos/{REPO}/pulls/{merged}")).await["merged"], true);
 }
 
 #[tokio::test]

@@ -16,6 +16,18 @@ pub(crate) enum LabelOp {
     Clear,
 }
 
+/// A pull request about to be opened.
+pub(crate) struct NewPull {
+    pub head_ref: String,
+    pub head_sha: String,
+    pub base_ref: String,
+    /// `None`: the base branch's tip in the fake's `branches` (a random sha for a branch it doesn't know yet).
+    pub base_sha: Option<String>,
+    pub labels: Vec<i64>,
+    /// Oldest first, each with its commit time.
+    pub commits: Vec<(FakeCommit, Time)>,
+}
+
 #[derive(Default)]
 pub(crate) struct IssueEdit {
     pub title: Option<String>,
@@ -296,32 +308,30 @@ impl State {
         Ok((reaction, now, true))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub fn create_pull(
-        &mut self,
-        repo: &str,
-        sender: &str,
-        title: &str,
-        body: &str,
-        head_ref: &str,
-        head_sha: &str,
-        base_ref: &str,
-    ) -> u64 {
+    /// Opens a pull request (webhook `pull_request`/`opened`, carrying its labels and commits) and moves the fake's
+    /// `branches` to its head and base.
+    pub fn create_pull(&mut self, repo: &str, sender: &str, title: &str, body: &str, new: NewPull) -> u64 {
         let r = self.repo_mut(repo);
-        let base_sha = r.branches.entry(base_ref.to_string()).or_insert_with(random_sha).clone();
-        r.branches.insert(head_ref.to_string(), head_sha.to_string());
+        let base_sha = match new.base_sha {
+            Some(sha) => {
+                r.branches.insert(new.base_ref.clone(), sha.clone());
+                sha
+            }
+            None => r.branches.entry(new.base_ref.clone()).or_insert_with(random_sha).clone(),
+        };
+        r.branches.insert(new.head_ref.clone(), new.head_sha.clone());
         let pull = PullRec {
-            head_ref: head_ref.into(),
-            head_sha: head_sha.into(),
-            base_ref: base_ref.into(),
+            head_ref: new.head_ref,
+            head_sha: new.head_sha,
+            base_ref: new.base_ref,
             base_sha,
             merged: false,
             merged_at: None,
             merged_by: None,
             merge_commit_sha: None,
-            commits: Vec::new(),
+            commits: new.commits,
         };
-        self.create_issue(repo, sender, title, body, Vec::new(), Some(pull))
+        self.create_issue(repo, sender, title, body, new.labels, Some(pull))
     }
 
     /// Appends (or with `replace`, sets) commits; the head moves to the last one. A webhook only with a sender.

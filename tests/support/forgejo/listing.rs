@@ -5,7 +5,7 @@ use chrono::DateTime;
 use serde_json::Value;
 
 use super::routes::{Reply, Req, ok};
-use super::state::{ApiErr, Perm, RepoRec, State, Time};
+use super::state::{ApiErr, IssueRec, Perm, RepoRec, State, Time};
 use super::webhooks::query_escape;
 use super::{DEFAULT_PAGING_NUM, MAX_RESPONSE_ITEMS, render};
 
@@ -95,6 +95,12 @@ pub(super) fn list_issues(st: &State, r: &RepoRec, req: &Req) -> Result<Reply, A
         .filter(|i| assigned_by.is_none_or(|u| i.assignees.iter().any(|a| a.eq_ignore_ascii_case(u))))
         .filter(|i| q.is_empty() || i.title.to_lowercase().contains(&q) || i.body.to_lowercase().contains(&q))
         .collect();
+    sort(&mut list, r, req);
+    paged(st, req, list.into_iter().map(|i| render::issue(st, r, i)).collect())
+}
+
+/// Forgejo's `applySorts`: `sort` (default newest created first), for issue and pull request lists alike.
+fn sort(list: &mut [&IssueRec], r: &RepoRec, req: &Req) {
     match req.param("sort") {
         Some("oldest") => list.sort_by_key(|i| (i.created, i.id)),
         Some("recentupdate") => list.sort_by_key(|i| std::cmp::Reverse((i.updated, i.id))),
@@ -103,7 +109,23 @@ pub(super) fn list_issues(st: &State, r: &RepoRec, req: &Req) -> Result<Reply, A
         Some("leastcomment") => list.sort_by_key(|i| (r.comment_count(i.number), i.id)),
         _ => list.sort_by_key(|i| std::cmp::Reverse((i.created, i.id))),
     }
-    paged(st, req, list.into_iter().map(|i| render::issue(st, r, i)).collect())
+}
+
+/// `GET /pulls`: `state` `open`, `closed` or `all`, `sort` as for issues, paged. Without `state` Forgejo lists every
+/// pull request, open and closed, whatever its OpenAPI says (`listPullRequestStatement` filters only on `open` or
+/// `closed`, and the handler passes the raw parameter): a client wanting open ones must say `state=open`.
+pub(super) fn list_pulls(st: &State, r: &RepoRec, perm: Perm, req: &Req) -> Result<Reply, ApiErr> {
+    let open = match req.param("state").map(str::trim) {
+        Some("open") => Some(true),
+        Some("closed") => Some(false),
+        _ => None,
+    };
+    let mut list: Vec<&IssueRec> =
+        r.issues.values().filter(|i| i.pull.is_some() && open.is_none_or(|o| i.open == o)).collect();
+    sort(&mut list, r, req);
+    let (page, headers) = paginate(st, req, list);
+    let items = page.into_iter().map(|i| render::pull(st, r, i, perm)).collect();
+    Ok(Reply { status: 200, body: Some(Value::Array(items)), headers })
 }
 
 pub(super) fn pull_route(

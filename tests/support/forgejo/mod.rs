@@ -33,16 +33,28 @@
 //!   `"assignees": null`; `issues` payloads carry `commit_id: ""` and `issue_comment` ones `is_pull`, as current
 //!   Forgejo's do. Pull request commits are listed newest first (git log order); changed files say `changed` for a
 //!   modification, commit files `modified`.
-//! - Contents' `sha` is a stand-in (SHA-256 prefix, not a git blob id); commit shas are whatever the test gives.
+//! - `POST /pulls` checks in Forgejo's order: `[Head]`, `[Base]`, `[Title]: Required` (422), head == base (422), a
+//!   base then a head branch that isn't there (404, the reason in `errors`), an open pull request with the same
+//!   head and base (409). Forgejo lets anyone who may read the code open one; the fake asks for write (403). Only
+//!   branches are taken (Forgejo also takes a commit sha or a tag), and `owner:branch` only for the repository's
+//!   own owner (there are no forks). With `link_git`, shas, commits and files come from git and
+//!   `refs/pull/<n>/head` is written there; later changes made through the methods below don't touch git.
+//! - `GET /pulls` without `state` lists open and closed pull requests alike, as Forgejo's handler does (its OpenAPI
+//!   says the default is `open`).
+//! - Contents' `sha` is a stand-in (SHA-256 prefix, not a git blob id); commit shas are whatever the test gives (or
+//!   git's, for a pull request opened over the API in a linked repository).
 //!   `X-Hub-Signature` (SHA-1) is not sent; `X-Hub-Signature-256` is.
 
 mod changes;
 mod listing;
+pub mod probe;
+mod pulls;
 mod render;
 mod routes;
 mod state;
 mod webhooks;
 
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -50,7 +62,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use changes::{IssueEdit, LabelOp};
+use changes::{IssueEdit, LabelOp, NewPull};
 use state::State;
 #[allow(unused_imports)]
 pub use webhooks::{sign, uuid_v4};
@@ -281,6 +293,15 @@ impl FakeForgejo {
         self.with(|s| s.create_repo(full_name));
     }
 
+    /// The bare repository holding `repo`'s git data (e.g. a [`TestRepo`]'s `bare`, served by a `GitServer`). From
+    /// then on `POST /pulls` reads the head and base branches from it (`git rev-parse`), fills the pull request's
+    /// commits and files from `git log base..head`, and writes `refs/pull/<n>/head` there, as Forgejo does.
+    ///
+    /// [`TestRepo`]: super::git::TestRepo
+    pub async fn link_git(&self, repo: &str, bare_dir: &Path) {
+        self.with(|s| s.repo_mut(repo).git_dir = Some(bare_dir.to_path_buf()));
+    }
+
     pub async fn set_private(&self, repo: &str, private: bool) {
         self.with(|s| s.repo_mut(repo).private = private);
     }
@@ -421,7 +442,15 @@ impl FakeForgejo {
         head_sha: &str,
         base_ref: &str,
     ) -> u64 {
-        self.with(|s| s.create_pull(repo, as_user, title, body, head_ref, head_sha, base_ref))
+        let new = NewPull {
+            head_ref: head_ref.to_string(),
+            head_sha: head_sha.to_string(),
+            base_ref: base_ref.to_string(),
+            base_sha: None,
+            labels: Vec::new(),
+            commits: Vec::new(),
+        };
+        self.with(|s| s.create_pull(repo, as_user, title, body, new))
     }
 
     /// Sets the commits the pull request shows (newest last) without a webhook; the head moves to the last one.

@@ -12,7 +12,8 @@ use axum::routing::any;
 use serde_json::{Value, json};
 
 use super::changes::{IssueEdit, LabelOp};
-use super::listing::{contents, list_issues, paged, parse_time, pull_route, statuses};
+use super::listing::{contents, list_issues, list_pulls, paged, parse_time, pull_route, statuses};
+use super::pulls::open_pull;
 use super::state::{ApiErr, Perm, State};
 use super::webhooks::go_json;
 use super::{DEFAULT_PAGING_NUM, MAX_RESPONSE_ITEMS, RecordedRequest, render};
@@ -34,13 +35,13 @@ impl Req<'_> {
     pub fn param(&self, key: &str) -> Option<&str> {
         self.query.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
-    fn json(&self) -> Result<Value, ApiErr> {
+    pub fn json(&self) -> Result<Value, ApiErr> {
         if self.body.iter().all(u8::is_ascii_whitespace) {
             return Ok(json!({}));
         }
         serde_json::from_slice(self.body).map_err(|e| ApiErr::new(422, format!("invalid JSON body: {e}")))
     }
-    fn doer(&self) -> Result<&str, ApiErr> {
+    pub fn doer(&self) -> Result<&str, ApiErr> {
         self.doer.as_deref().ok_or_else(|| ApiErr::new(401, "token is required"))
     }
 }
@@ -59,7 +60,7 @@ fn no_content() -> Result<Reply, ApiErr> {
     Ok(Reply { status: 204, body: None, headers: Vec::new() })
 }
 
-fn str_field<'v>(v: &'v Value, key: &str) -> Option<&'v str> {
+pub(super) fn str_field<'v>(v: &'v Value, key: &str) -> Option<&'v str> {
     v.get(key).and_then(Value::as_str)
 }
 
@@ -76,7 +77,7 @@ async fn handle(
         let reply = reply.unwrap_or_else(|e| Reply {
             status: e.status,
             body: Some(match e.status {
-                404 => json!({"message": e.message, "url": format!("{}/api/swagger", st.base), "errors": []}),
+                404 => json!({"message": e.message, "url": format!("{}/api/swagger", st.base), "errors": e.errors}),
                 _ => json!({"message": e.message, "url": format!("{}/api/swagger", st.base)}),
             }),
             headers: Vec::new(),
@@ -356,6 +357,11 @@ fn repo_route(st: &mut State, m: &str, full: &str, rest: &[&str], req: &Req) -> 
             let exclusive = body["exclusive"].as_bool().unwrap_or(false);
             let label = st.create_label(&full, name, color, description, exclusive)?;
             ok(201, render::label(st, r!(), &label))
+        }
+        ("GET", ["pulls"]) => list_pulls(st, r!(), perm, req),
+        ("POST", ["pulls"]) => {
+            writer()?;
+            open_pull(st, &full, perm, req)
         }
         ("GET", ["pulls", n, tail @ ..]) => pull_route(st, r!(), number(n)?, tail, perm, req),
         ("GET", ["collaborators", user, "permission"]) => {

@@ -2,6 +2,7 @@
 //! hooks, plus the clock, the fault switches and the logs. The changes themselves are in `changes.rs`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
@@ -46,19 +47,25 @@ impl Perm {
     }
 }
 
-/// An error answer: Forgejo's `{"message", "url"}` with this status.
+/// An error answer: Forgejo's `{"message", "url"}` with this status (a 404 adds `errors`).
 #[derive(Debug)]
 pub(crate) struct ApiErr {
     pub status: u16,
     pub message: String,
+    /// The `errors` of a 404, as Forgejo's `ctx.NotFound(err)` lists them.
+    pub errors: Vec<String>,
 }
 
 impl ApiErr {
     pub fn new(status: u16, message: impl Into<String>) -> ApiErr {
-        ApiErr { status, message: message.into() }
+        ApiErr { status, message: message.into(), errors: Vec::new() }
     }
     pub fn not_found() -> ApiErr {
         ApiErr::new(404, "The target couldn't be found.")
+    }
+    /// A 404 that says why in `errors`, the message staying Forgejo's generic one.
+    pub fn not_found_because(error: impl Into<String>) -> ApiErr {
+        ApiErr { errors: vec![error.into()], ..ApiErr::not_found() }
     }
 }
 
@@ -130,6 +137,9 @@ pub(crate) struct RepoRec {
     pub statuses: Vec<StatusRec>,
     pub hooks: Vec<HookRec>,
     pub next_index: u64,
+    /// The bare repository holding this repository's git data (`FakeForgejo::link_git`); `None`: the fake's own
+    /// `branches` are all there is.
+    pub git_dir: Option<PathBuf>,
 }
 
 impl RepoRec {
@@ -264,6 +274,7 @@ impl State {
             statuses: Vec::new(),
             hooks: Vec::new(),
             next_index: 1,
+            git_dir: None,
         };
         self.repos.insert(full.to_ascii_lowercase(), repo);
     }
