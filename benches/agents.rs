@@ -224,7 +224,7 @@ async fn bench_latency(s: &Settings, rows: &mut Vec<Row>, notes: &mut Vec<String
     // Only so assignments carry a clone URL, as in production: nothing talks to it.
     config.forgejo.url = Some("http://forgejo.invalid".into());
     let store = Store::open(&config.store.path).unwrap();
-    let server = Server::start(config, store, ManualClock::new(Timestamp(1_800_000_000_000)));
+    let server = Server::start(config, store, ManualClock::new(Timestamp(1_800_000_000_000))).unwrap();
     let engine = server.engine().clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());

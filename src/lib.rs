@@ -3,6 +3,8 @@
 //! Dependencies flow one way: `api` -> `engine` -> `core`; `store` serves the engine. `core` imports nothing
 //! from the rest of the crate and does no I/O.
 
+pub mod adapters;
+pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod config;

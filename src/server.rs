@@ -9,6 +9,7 @@ use axum::Router;
 use crate::api::{self, AppState, ReadPool};
 use crate::config::Config;
 use crate::engine::{self, Clock, Engine, EngineHandle, EngineSettings};
+use crate::integrations::templates::{TemplateError, Templates};
 use crate::store::Store;
 use crate::telemetry::Metrics;
 
@@ -33,8 +34,10 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts the engine on `store` (opened at `config.store.path`, which the read pool opens too).
-    pub fn start(config: Config, store: Store, clock: impl Clock + Clone) -> Server {
+    /// Starts the engine on `store` (opened at `config.store.path`, which the read pool opens too). Fails
+    /// only on a template in `[server] templates_dir` that does not parse.
+    pub fn start(config: Config, store: Store, clock: impl Clock + Clone) -> Result<Server, TemplateError> {
+        let templates = Arc::new(Templates::load(config.server.templates_dir.as_deref())?);
         let metrics = Arc::new(Metrics::new());
         let shared: Arc<dyn Clock> = Arc::new(clock.clone());
         let engine = Engine::new(store, engine_settings(&config), clock);
@@ -44,9 +47,10 @@ impl Server {
             reads: ReadPool::new(config.store.path.clone()),
             metrics,
             config: Arc::new(config),
+            templates,
             tokens: Default::default(),
         };
-        Server { state, clock: shared, engine_thread: Some(thread) }
+        Ok(Server { state, clock: shared, engine_thread: Some(thread) })
     }
 
     pub fn engine(&self) -> &EngineHandle {
@@ -59,14 +63,11 @@ impl Server {
         &self,
         poll: std::time::Duration,
     ) -> anyhow::Result<Option<crate::integrations::forgejo::Workers>> {
-        let templates = Arc::new(crate::integrations::templates::Templates::load(
-            self.state.config.server.templates_dir.as_deref(),
-        )?);
         crate::integrations::forgejo::spawn(
             &self.state.config,
             self.state.engine.clone(),
             self.clock.clone(),
-            templates,
+            self.state.templates.clone(),
             poll,
         )
     }

@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::future::Future;
 use std::time::Duration;
 
 use forgefleet::config::Secret;
@@ -11,6 +10,7 @@ use forgefleet::core::RepoName;
 use forgefleet::integrations::forgejo::{ForgejoClient, reconcile};
 use reqwest::Method;
 use serde_json::json;
+use support::eventually;
 use support::fleet::Fleet;
 use support::forgejo::{FakeForgejo, sign};
 
@@ -124,21 +124,6 @@ impl World {
 }
 
 /// Waits (up to 10 s) until `check` holds: deliveries and the outbox work in the background.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while tokio::time::Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting until {what}");
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn labelling_an_issue_queues_a_task_and_an_agent_taking_it_shows_on_the_issue() {
     let w = World::new().await;
@@ -407,6 +392,24 @@ async fn a_repository_can_rename_its_labels_in_fleet_yaml() {
     .await;
     w.agent_starts().await;
     eventually("the repository's own doing label", || async { w.labels(n).await == ["fleet/doing"] }).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_repositorys_prompt_and_the_issue_reach_the_agent_in_its_assignment() {
+    let w = World::with_fleet_file(Some("prompt: |\n  Keep changes small and run `make check`.\n")).await;
+    settings_read(&w).await;
+    let n = w.forgejo.create_issue(REPO, "alice", "Fix the redirect", "It loops.", &["status:todo"]).await;
+    w.forgejo.add_labels(REPO, n, "alice", &["priority:high"]).await;
+    eventually("queued", || async { w.tasks().await.len() == 1 }).await;
+    let (_agent, a) = w.agent_starts().await;
+    assert!(
+        a.prompt.starts_with(&format!("Resolve issue #{n} of {REPO}: Fix the redirect\n\nIt loops.")),
+        "{}",
+        a.prompt
+    );
+    assert!(a.prompt.contains("Keep changes small and run `make check`."), "{}", a.prompt);
+    assert!(a.prompt.contains(&format!("on branch `{}`", a.branch)), "{}", a.prompt);
+    assert_eq!(a.forgejo_url.as_deref(), Some(w.forgejo.url()));
 }
 
 #[tokio::test(flavor = "multi_thread")]

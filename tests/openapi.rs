@@ -32,7 +32,7 @@ impl App {
         config.api.operator_token = Some(Secret::new(OPERATOR));
         config.agents.registration_token = Some(Secret::new(REGISTRATION));
         let store = Store::open(&config.store.path).unwrap();
-        let server = Server::start(config, store, ManualClock::new(Timestamp(1_800_000_000_000)));
+        let server = Server::start(config, store, ManualClock::new(Timestamp(1_800_000_000_000))).unwrap();
         let router = server.router();
         let router_debug = format!("{router:?}");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

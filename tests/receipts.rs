@@ -3,12 +3,12 @@
 
 mod support;
 
-use std::future::Future;
 use std::time::Duration;
 
 use forgefleet::config::Secret;
 use reqwest::Method;
 use serde_json::{Value, json};
+use support::eventually;
 use support::fleet::{Fleet, TestAgent};
 use support::forgejo::{FakeCommit, FakeForgejo};
 use support::git::{GitServer, TestRepo};
@@ -29,21 +29,6 @@ struct World {
     task: u64,
     /// With HTTPS: the fronts of Forgejo and git, and the PEM file of the CA their certificates come from.
     tls: Option<(TlsFront, TlsFront, std::path::PathBuf)>,
-}
-
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while tokio::time::Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting until {what}");
 }
 
 impl World {

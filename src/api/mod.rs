@@ -41,6 +41,8 @@ pub struct AppState {
     pub reads: ReadPool,
     pub metrics: Arc<Metrics>,
     pub config: Arc<Config>,
+    /// The agents' prompt is rendered from `agent_prompt.md` when an assignment is handed out.
+    pub templates: Arc<crate::integrations::templates::Templates>,
     /// Agent token hashes already checked against the store.
     pub tokens: TokenCache,
 }

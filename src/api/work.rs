@@ -43,8 +43,11 @@ pub struct AssignmentView {
     pub title: String,
     pub body: String,
     pub labels: Vec<String>,
-    /// `null` until a Forgejo URL is configured.
+    /// Where to clone from and push to: `<git_url or url>/<owner>/<name>.git` of `[forgejo]`; `null` until a
+    /// Forgejo URL is configured.
     pub clone_url: Option<String>,
+    /// The Forgejo the pull request is opened on (`[forgejo] url`); `null` until one is configured.
+    pub forgejo_url: Option<String>,
     pub base_branch: String,
     /// The branch to push the work to.
     pub branch: String,
@@ -54,13 +57,29 @@ pub struct AssignmentView {
     /// The task fails with `timeout` after this.
     #[schema(format = DateTime)]
     pub deadline: String,
+    /// What to tell the coding agent: the issue, the repository's own instructions (`prompt` in its
+    /// `.forgejo/fleet.yaml`) and how to hand the work back, rendered from the `agent_prompt.md` template.
+    pub prompt: String,
 }
 
 impl AssignmentView {
-    fn new(a: &Assignment, app: &AppState) -> Self {
+    fn new(a: &Assignment, app: &AppState) -> Result<Self, ApiError> {
         let f = &app.config.forgejo;
         let t = &a.task;
-        Self {
+        let branch = format!("{}issue-{}-attempt-{}", f.branch_prefix, t.issue.number, a.lease.attempt);
+        let prompt = app
+            .templates
+            .render(
+                "agent_prompt.md",
+                serde_json::json!({
+                    "repo": t.issue.repo.to_string(), "issue": t.issue.number, "title": t.title, "body": t.body,
+                    "labels": t.labels, "instructions": a.instructions, "branch": branch,
+                    "base_branch": f.base_branch, "attempt": a.lease.attempt,
+                }),
+            )
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let git_base = f.git_url.as_ref().or(f.url.as_ref());
+        Ok(Self {
             task_id: t.id,
             attempt: a.lease.attempt,
             repo: t.issue.repo.to_string(),
@@ -68,12 +87,14 @@ impl AssignmentView {
             title: t.title.clone(),
             body: t.body.clone(),
             labels: t.labels.clone(),
-            clone_url: f.url.as_ref().map(|u| format!("{}/{}.git", u.trim_end_matches('/'), t.issue.repo)),
+            clone_url: git_base.map(|u| format!("{}/{}.git", u.trim_end_matches('/'), t.issue.repo)),
+            forgejo_url: f.url.clone(),
             base_branch: f.base_branch.clone(),
-            branch: format!("{}issue-{}-attempt-{}", f.branch_prefix, t.issue.number, a.lease.attempt),
+            branch,
             start_by: a.lease.start_by.to_rfc3339(),
             deadline: a.lease.deadline.to_rfc3339(),
-        }
+            prompt,
+        })
     }
 }
 
@@ -116,7 +137,7 @@ pub async fn next(
     }
     let wait = Duration::from_secs(req.wait_secs);
     match app.engine.next_assignment(agent.id, req.request_key, wait).await? {
-        Some(a) => Ok(Json(AssignmentView::new(&a, &app)).into_response()),
+        Some(a) => Ok(Json(AssignmentView::new(&a, &app)?).into_response()),
         None => Ok(StatusCode::NO_CONTENT.into_response()),
     }
 }

@@ -36,6 +36,9 @@ pub struct Cli {
 enum Command {
     /// Run the orchestrator: HTTP API, engine and periodic checks.
     Serve,
+    /// Run an agent host: take tasks from the server and do them with the configured adapter. `--config`
+    /// names the agent's own file (see docs/agent.md), not the server's.
+    Agent,
     /// Work with the Forgejo instance.
     Forgejo {
         #[command(subcommand)]
@@ -215,10 +218,13 @@ fn run(cli: Cli) -> Result<(), CliError> {
     if let Command::Config { command: ConfigCommand::Check { file } } = &cli.command {
         return config_check(file);
     }
+    if let Command::Agent = &cli.command {
+        return run_agent(&cli);
+    }
     let config = load_config(&cli)?;
     match cli.command {
         Command::Serve => serve::run(config),
-        Command::Config { .. } => unreachable!("handled above"),
+        Command::Config { .. } | Command::Agent => unreachable!("handled above"),
         Command::Store { command: StoreCommand::Rebuild } => rebuild(&config),
         Command::Tasks { command: Some(TasksCommand::Show { id, json }), .. } => {
             let id: crate::core::TaskId =
@@ -270,6 +276,26 @@ fn load_config(cli: &Cli) -> Result<Config, CliError> {
     }
     crate::telemetry::init_logging(config.server.log_format, &config.server.log_level);
     Ok(config)
+}
+
+fn run_agent(cli: &Cli) -> Result<(), CliError> {
+    let path =
+        cli.config.as_deref().ok_or_else(|| CliError::usage("`agent` needs its configuration: --config FILE"))?;
+    let config = crate::agent::config::AgentConfig::load(path).map_err(|errors| {
+        CliError::usage(format!("the configuration in {} has problems:\n{errors}", path.display()))
+    })?;
+    let format = if cli.log_json { LogFormat::Json } else { LogFormat::Human };
+    let level = std::env::var("FORGEFLEET_LOG").unwrap_or_else(|_| "info".into());
+    crate::telemetry::init_logging(format, &level);
+    let runner = crate::agent::Runner::new(&config).map_err(|e| CliError::usage(e.to_string()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("forgefleet-agent")
+        .build()
+        .map_err(|e| CliError::failure(format!("cannot start the async runtime: {e}")))?;
+    runtime
+        .block_on(std::sync::Arc::new(runner).run(&config, serve::shutdown_signal()))
+        .map_err(|e| CliError::failure(e.to_string()))
 }
 
 fn config_check(file: &std::path::Path) -> Result<(), CliError> {

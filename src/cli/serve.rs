@@ -16,7 +16,8 @@ pub fn run(config: Config) -> Result<(), CliError> {
         StoreLock::acquire(&config.store.path, "forgefleet serve").map_err(|e| CliError::usage(e.to_string()))?;
     let store = Store::open(&config.store.path)?;
     let events = store.read().event_count()?;
-    let server = Server::start(config.clone(), store, SystemClock);
+    let server = Server::start(config.clone(), store, SystemClock)
+        .map_err(|e| CliError::usage(format!("{e} ([server] templates_dir)")))?;
     let handle = server.engine().clone();
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -119,7 +120,7 @@ async fn periodic_checks(engine: EngineHandle, every: Duration) {
     }
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -83,6 +83,26 @@ fn env_var_name(key: &str) -> String {
 /// Reads `text` into `config` section by section, so one bad section does not hide the problems of the
 /// others, and returns every problem found.
 fn parse_into(text: &str, config: &mut Config) -> Vec<ConfigError> {
+    parse_sections(text, &SECTIONS, |name, value| match name {
+        "server" => section(value, &mut config.server),
+        "store" => section(value, &mut config.store),
+        "api" => section(value, &mut config.api),
+        "agents" => section(value, &mut config.agents),
+        "tasks" => section(value, &mut config.tasks),
+        "retry" => section(value, &mut config.retry),
+        "labels" => section(value, &mut config.labels),
+        "forgejo" => section(value, &mut config.forgejo),
+        _ => section(value, &mut config.matrix),
+    })
+}
+
+/// Reads a TOML file of `sections`, handing each one found to `read` (only names from `sections` reach it),
+/// and returns every problem: syntax errors, unknown sections, and what `read` refused, in the file's order.
+pub(crate) fn parse_sections(
+    text: &str,
+    sections: &[&str],
+    mut read: impl FnMut(&str, Spanned<DeValue<'_>>) -> Result<(), toml::de::Error>,
+) -> Vec<ConfigError> {
     let (doc, syntax) = DeTable::parse_recoverable(text);
     if !syntax.is_empty() {
         // After a syntax error the document is a best guess; reading it would report guesses as problems.
@@ -91,23 +111,12 @@ fn parse_into(text: &str, config: &mut Config) -> Vec<ConfigError> {
     let mut problems = Vec::new();
     for (key, value) in doc.get_ref().clone() {
         let name = key.get_ref().as_ref();
-        let result = match name {
-            "server" => section(value, &mut config.server),
-            "store" => section(value, &mut config.store),
-            "api" => section(value, &mut config.api),
-            "agents" => section(value, &mut config.agents),
-            "tasks" => section(value, &mut config.tasks),
-            "retry" => section(value, &mut config.retry),
-            "labels" => section(value, &mut config.labels),
-            "forgejo" => section(value, &mut config.forgejo),
-            "matrix" => section(value, &mut config.matrix),
-            _ => {
-                let at = key.span().start;
-                let e = errors::unknown_section(name, value.get_ref().is_table(), &SECTIONS, text, at);
-                problems.push((at, e));
-                continue;
-            }
-        };
+        if !sections.contains(&name) {
+            let at = key.span().start;
+            problems.push((at, errors::unknown_section(name, value.get_ref().is_table(), sections, text, at)));
+            continue;
+        }
+        let result = read(name, value);
         if let Err(e) = result {
             let at = e.span().map_or(0, |s| s.start);
             problems.push((at, errors::from_toml(&e, text, doc.get_ref())));
@@ -118,7 +127,10 @@ fn parse_into(text: &str, config: &mut Config) -> Vec<ConfigError> {
     problems.into_iter().map(|(_, e)| e).collect()
 }
 
-fn section<'i, T: Deserialize<'i>>(value: Spanned<DeValue<'i>>, into: &mut T) -> Result<(), toml::de::Error> {
+pub(crate) fn section<'i, T: Deserialize<'i>>(
+    value: Spanned<DeValue<'i>>,
+    into: &mut T,
+) -> Result<(), toml::de::Error> {
     *into = T::deserialize(ValueDeserializer::from(value))?;
     Ok(())
 }

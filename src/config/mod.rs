@@ -7,10 +7,10 @@
 
 mod ca;
 mod errors;
-mod load;
+pub(crate) mod load;
 mod retry;
-mod secret;
-mod validate;
+pub(crate) mod secret;
+pub(crate) mod validate;
 
 #[cfg(test)]
 mod tests;

@@ -159,20 +159,20 @@ fn check_matrix(c: &Config, p: &mut Problems) {
     }
 }
 
-struct Problems(Vec<ConfigError>);
+pub(crate) struct Problems(pub(crate) Vec<ConfigError>);
 
 impl Problems {
-    fn add(&mut self, key: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn add(&mut self, key: impl Into<String>, message: impl Into<String>) {
         self.0.push(ConfigError::new(key, message));
     }
 
-    fn positive(&mut self, key: &str, value: u64) {
+    pub(crate) fn positive(&mut self, key: &str, value: u64) {
         if value == 0 {
             self.add(key, "must be at least 1");
         }
     }
 
-    fn url(&mut self, key: &str, url: Option<&str>) {
+    pub(crate) fn url(&mut self, key: &str, url: Option<&str>) {
         let Some(url) = url else { return };
         let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
         match rest {

@@ -149,6 +149,8 @@ impl Command {
 pub struct Assignment {
     pub task: Task,
     pub lease: Lease,
+    /// The repository's own instructions for agents (`prompt` in its `.forgejo/fleet.yaml`).
+    pub instructions: Option<String>,
 }
 
 /// What happened at the periodic checks.

@@ -382,7 +382,8 @@ fn next_assignment(
     };
     let task = find_task(tx, id)?;
     let lease = task.lease.clone().ok_or_else(|| EngineError::Invalid("assigned task has no lease".into()))?;
-    Ok(Reply::Assignment(Some(Box::new(Assignment { task: Task::clone(&task), lease }))))
+    let instructions = s.repos.get(&task.issue.repo).and_then(|o| o.prompt.clone());
+    Ok(Reply::Assignment(Some(Box::new(Assignment { task: Task::clone(&task), lease, instructions }))))
 }
 
 /// Records a failed attempt with the retry policy's decision.

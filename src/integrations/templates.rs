@@ -1,4 +1,4 @@
-//! Issue comments and chat messages, rendered from minijinja templates: the built-in ones in `templates/`,
+//! Issue comments, chat messages and the agents' prompt, rendered from minijinja templates: the built-in ones in `templates/`,
 //! each replaceable by a file of the same name in `[server] templates_dir`.
 
 use std::path::Path;
@@ -16,6 +16,7 @@ const BUILT_IN: &[(&str, &str)] = &[
     ("reply_refused.md", include_str!("../../templates/reply_refused.md")),
     ("reply_invalid.md", include_str!("../../templates/reply_invalid.md")),
     ("reply_failed.md", include_str!("../../templates/reply_failed.md")),
+    ("agent_prompt.md", include_str!("../../templates/agent_prompt.md")),
 ];
 
 #[derive(Debug, thiserror::Error)]

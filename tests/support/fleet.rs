@@ -51,7 +51,7 @@ impl Fleet {
         let db = config.store.path.clone();
         let store = Store::open(&db).unwrap();
         let clock = ManualClock::new(Timestamp(1_800_000_000_000));
-        let server = Server::start(config, store, clock.clone());
+        let server = Server::start(config, store, clock.clone()).unwrap();
         let engine = server.engine().clone();
         let workers = if integrations { server.start_integrations(Duration::from_millis(20)).unwrap() } else { None };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -38,6 +38,7 @@ pub const GIT_TOKEN: &str = "git-test-token";
 pub struct GitServer {
     addr: std::net::SocketAddr,
     token: String,
+    tokens: Tokens,
     root: PathBuf,
     runtime: Option<tokio::runtime::Runtime>,
     children: Children,
@@ -47,9 +48,12 @@ pub struct GitServer {
 /// PIDs of the CGI children still running, so dropping the server can kill them.
 type Children = Arc<Mutex<HashMap<u64, u32>>>;
 
+/// Every token the server takes (like the tokens of several Forgejo users).
+type Tokens = Arc<Mutex<Vec<String>>>;
+
 struct Shared {
     root: PathBuf,
-    token: String,
+    tokens: Tokens,
     backend: PathBuf,
     children: Children,
     next_child: AtomicU64,
@@ -70,10 +74,11 @@ impl GitServer {
             .build()
             .expect("git server runtime");
         let children: Children = Arc::default();
+        let tokens: Tokens = Arc::new(Mutex::new(vec![token.to_owned()]));
         let requests = Arc::new(AtomicU64::new(0));
         let shared = Arc::new(Shared {
             root: root.to_owned(),
-            token: token.to_owned(),
+            tokens: tokens.clone(),
             backend: http_backend(),
             children: children.clone(),
             next_child: AtomicU64::new(0),
@@ -86,7 +91,15 @@ impl GitServer {
             let listener = tokio::net::TcpListener::from_std(listener).expect("git server listener");
             let _ = axum::serve(listener, router_with(shared)).await;
         });
-        GitServer { addr, token: token.to_owned(), root: root.to_owned(), runtime: Some(runtime), children, requests }
+        GitServer {
+            addr,
+            token: token.to_owned(),
+            tokens,
+            root: root.to_owned(),
+            runtime: Some(runtime),
+            children,
+            requests,
+        }
     }
 
     /// `http://127.0.0.1:PORT/acme/app.git` for `acme/app` (or `acme/app.git`).
@@ -103,6 +116,11 @@ impl GitServer {
 
     pub fn token(&self) -> &str {
         &self.token
+    }
+
+    /// Takes `token` as well from now on (another Forgejo user's, e.g. an agent's).
+    pub fn allow_token(&self, token: &str) {
+        self.tokens.lock().unwrap().push(token.to_owned());
     }
 
     pub fn root(&self) -> &Path {
@@ -145,7 +163,7 @@ impl Drop for GitServer {
 pub fn router(root: &Path, token: &str) -> axum::Router {
     router_with(Arc::new(Shared {
         root: root.to_owned(),
-        token: token.to_owned(),
+        tokens: Arc::new(Mutex::new(vec![token.to_owned()])),
         backend: http_backend(),
         children: Arc::default(),
         next_child: AtomicU64::new(0),
@@ -169,7 +187,8 @@ pub fn http_backend() -> PathBuf {
 
 async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
     shared.requests.fetch_add(1, Ordering::SeqCst);
-    let Some(user) = authorized_user(request.headers(), &shared.token) else {
+    let tokens = shared.tokens.lock().unwrap().clone();
+    let Some(user) = authorized_user(request.headers(), &tokens) else {
         return (
             StatusCode::UNAUTHORIZED,
             [(header::WWW_AUTHENTICATE, "Basic realm=\"git\"")],
@@ -184,7 +203,8 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
 }
 
 /// The user name when the request carries the token (Basic password, or `token`/`Bearer` scheme).
-fn authorized_user(headers: &HeaderMap, token: &str) -> Option<String> {
+fn authorized_user(headers: &HeaderMap, tokens: &[String]) -> Option<String> {
+    let known = |t: &str| tokens.iter().any(|k| k == t);
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
     let (scheme, credentials) = value.split_once(' ')?;
     let credentials = credentials.trim();
@@ -193,9 +213,9 @@ fn authorized_user(headers: &HeaderMap, token: &str) -> Option<String> {
             let decoded = base64::engine::general_purpose::STANDARD.decode(credentials).ok()?;
             let decoded = String::from_utf8(decoded).ok()?;
             let (user, password) = decoded.split_once(':')?;
-            (password == token).then(|| if user.is_empty() { "token".to_owned() } else { user.to_owned() })
+            known(password).then(|| if user.is_empty() { "token".to_owned() } else { user.to_owned() })
         }
-        "token" | "bearer" => (credentials == token).then(|| "token".to_owned()),
+        "token" | "bearer" => known(credentials).then(|| "token".to_owned()),
         _ => None,
     }
 }

@@ -14,6 +14,23 @@ use std::time::{Duration, Instant};
 
 pub const OPERATOR_TOKEN: &str = "operator-test-token";
 
+/// Polls `check` every 25 ms until it holds; panics naming `what` after 30 s (a bound for a stuck test, far
+/// above what a passing one takes on a busy machine).
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
 /// The `forgefleet` binary cargo built for these tests: every scenario shares it.
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_forgefleet")

@@ -339,6 +339,24 @@ impl ForgejoClient {
         self.get(&Self::repo_path(repo, &format!("/pulls/{number}")), &[]).await
     }
 
+    /// Opens a pull request from `head` into `base` (branches of `repo`).
+    pub async fn create_pull(
+        &self,
+        repo: &RepoName,
+        head: &str,
+        base: &str,
+        title: &str,
+        body: &str,
+    ) -> Result<PullRequest, ForgejoError> {
+        let option = json!({"head": head, "base": base, "title": title, "body": body});
+        self.write(Method::POST, &Self::repo_path(repo, "/pulls"), &option).await
+    }
+
+    /// The open pull requests of `repo`, every page.
+    pub async fn open_pulls(&self, repo: &RepoName) -> Result<Vec<PullRequest>, ForgejoError> {
+        self.all_pages(&Self::repo_path(repo, "/pulls"), vec![("state", "open".to_string())]).await
+    }
+
     pub async fn pull_commits(&self, repo: &RepoName, number: u64) -> Result<Vec<Commit>, ForgejoError> {
         let q = vec![("verification", "false".to_string()), ("files", "false".to_string())];
         self.all_pages(&Self::repo_path(repo, &format!("/pulls/{number}/commits")), q).await
@@ -408,7 +426,7 @@ impl ForgejoClient {
 
 /// An error and its causes, outermost first, without repeats: reqwest's own message ("error sending request")
 /// leaves out why (refused, timed out, a certificate nobody vouches for).
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut next = Some(e);
     while let Some(err) = next {

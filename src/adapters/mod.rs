@@ -1,0 +1,96 @@
+//! Adapters: how the runner starts one kind of coding agent and how it reads what the agent did.
+//!
+//! The runner owns everything around the agent (the worktree, the branch, the pull request, the receipt);
+//! an adapter only says which process to start in the worktree and judges the run from its exit status and
+//! the last lines it printed.
+
+mod command;
+
+use std::path::Path;
+use std::process::ExitStatus;
+
+use serde::{Deserialize, Serialize};
+
+pub use command::CommandAdapter;
+
+use crate::core::{FailureClass, Usage};
+
+/// The adapters this build has, by their name in the agent's configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AdapterKind {
+    /// Any program: the prompt on its standard input and in `FORGEFLEET_PROMPT`.
+    Command,
+}
+
+impl AdapterKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdapterKind::Command => "command",
+        }
+    }
+}
+
+/// One run of an agent.
+#[derive(Debug, Clone, Copy)]
+pub struct Job<'a> {
+    pub prompt: &'a str,
+    pub worktree: &'a Path,
+    pub repo: &'a str,
+    pub issue: u64,
+    pub task_id: i64,
+    pub attempt: u32,
+    pub branch: &'a str,
+}
+
+/// What a successful run reports for the receipt.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Finished {
+    pub summary: String,
+    pub usage: Usage,
+    pub cost_usd: Option<f64>,
+    pub session_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Done(Finished),
+    Failed { class: FailureClass, message: String },
+}
+
+/// The last lines of what the process printed, for judging the run.
+#[derive(Debug, Clone, Default)]
+pub struct Tail {
+    pub stdout: Vec<String>,
+    pub stderr: Vec<String>,
+}
+
+pub trait Adapter: Send + Sync {
+    fn kind(&self) -> AdapterKind;
+    /// The process to start, with its program, arguments and environment; the runner sets the working
+    /// directory, the standard streams and the variables every adapter gets.
+    fn command(&self, job: &Job<'_>) -> tokio::process::Command;
+    /// What to write to the process's standard input before closing it.
+    fn stdin(&self, job: &Job<'_>) -> Option<String>;
+    /// A line of standard output as operators should see it in the task's progress, if at all.
+    fn progress(&self, line: &str) -> Option<String>;
+    /// Judges a run that ended by itself.
+    fn outcome(&self, status: ExitStatus, tail: &Tail) -> Outcome;
+}
+
+/// The adapter for `kind`, set up from the agent's configuration.
+pub fn build(config: &crate::agent::config::AgentConfig) -> std::sync::Arc<dyn Adapter> {
+    match config.agent.adapter {
+        AdapterKind::Command => std::sync::Arc::new(CommandAdapter::new(config.command.run.clone())),
+    }
+}
+
+/// "exit status 3" or "killed by signal 9", for messages.
+pub fn describe(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        _ => status.to_string(),
+    }
+}

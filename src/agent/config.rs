@@ -1,0 +1,240 @@
+//! The runner's configuration: one TOML file on the agent's host (`forgefleet agent --config agent.toml`).
+//! Problems are reported like the server's: every one, each with its key.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::adapters::AdapterKind;
+use crate::config::load::{parse_sections, section};
+use crate::config::secret::optional;
+use crate::config::validate::Problems;
+use crate::config::{CaBundle, ConfigError, ConfigErrors, Secret};
+
+const SECTIONS: [&str; 3] = ["agent", "command", "git"];
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AgentConfig {
+    pub agent: AgentSection,
+    pub command: CommandSection,
+    pub git: GitSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentSection {
+    /// The agent's name in the fleet: re-registering the same name updates it. Required.
+    #[serde(with = "optional")]
+    pub name: Option<String>,
+    /// The forgefleet server, e.g. `"http://fleet.example.com:8080"`. Required.
+    #[serde(with = "optional")]
+    pub server: Option<String>,
+    /// The fleet's registration token (`[agents] registration_token` of the server). Secret; env
+    /// `FORGEFLEET_AGENT_REGISTRATION_TOKEN`. Required.
+    #[serde(with = "optional")]
+    pub registration_token: Option<Secret>,
+    /// `command`, `claude-code` or `codex`. Default: `"command"`.
+    pub adapter: AdapterKind,
+    /// What this agent can do; tasks with `needs:<capability>` labels go only to agents that have them.
+    pub capabilities: Vec<String>,
+    /// Tasks worked on at once, each in its own worktree. Default: `1`.
+    pub max_concurrency: u32,
+    /// Where the runner keeps its repository caches and worktrees. Default: `"forgefleet-agent"`.
+    pub work_dir: PathBuf,
+    /// How long one request for work waits on the server (at most the server's `max_wait_secs`).
+    /// Default: `30`.
+    pub wait_secs: u64,
+    /// A Forgejo API token of the agent's Forgejo user: it pushes the branch and opens the pull request.
+    /// Secret; env `FORGEFLEET_AGENT_FORGEJO_TOKEN`. Required.
+    #[serde(with = "optional")]
+    pub forgejo_token: Option<Secret>,
+    /// A PEM file of extra CA certificates to trust, for the server, the Forgejo API and git over HTTPS.
+    /// Default: unset.
+    #[serde(with = "optional")]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for AgentSection {
+    fn default() -> Self {
+        Self {
+            name: None,
+            server: None,
+            registration_token: None,
+            adapter: AdapterKind::Command,
+            capabilities: Vec::new(),
+            max_concurrency: 1,
+            work_dir: PathBuf::from("forgefleet-agent"),
+            wait_secs: 30,
+            forgejo_token: None,
+            ca_file: None,
+        }
+    }
+}
+
+/// The `command` adapter: any program, run in the worktree with the prompt on its standard input.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CommandSection {
+    /// The program and its arguments, e.g. `["sh", "-c", "make fix"]`. Required with `adapter = "command"`.
+    pub run: Vec<String>,
+}
+
+/// Who the runner's own commits are by (work the agent left uncommitted).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GitSection {
+    /// Default: `"forgefleet agent <name>"`.
+    #[serde(with = "optional")]
+    pub author_name: Option<String>,
+    /// Default: `"<name>@agents.forgefleet.invalid"`.
+    #[serde(with = "optional")]
+    pub author_email: Option<String>,
+}
+
+impl AgentConfig {
+    /// Reads and checks the file; secrets in the environment win over the file.
+    pub fn load(path: &Path) -> Result<AgentConfig, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new(path.display().to_string(), format!("cannot read the configuration file: {e}"))
+        })?;
+        Self::from_toml_str(&text, &|name| std::env::var(name).ok())
+    }
+
+    pub fn from_toml_str(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<AgentConfig, ConfigErrors> {
+        let mut c = AgentConfig::default();
+        let mut problems = parse_sections(text, &SECTIONS, |name, value| match name {
+            "agent" => section(value, &mut c.agent),
+            "command" => section(value, &mut c.command),
+            _ => section(value, &mut c.git),
+        });
+        for (var, slot) in [
+            ("FORGEFLEET_AGENT_REGISTRATION_TOKEN", &mut c.agent.registration_token),
+            ("FORGEFLEET_AGENT_FORGEJO_TOKEN", &mut c.agent.forgejo_token),
+        ] {
+            if let Some(v) = env(var).filter(|v| !v.is_empty()) {
+                *slot = Some(Secret::new(v));
+            }
+        }
+        problems.extend(c.check());
+        if problems.is_empty() { Ok(c) } else { Err(ConfigErrors(problems)) }
+    }
+
+    fn check(&self) -> Vec<ConfigError> {
+        let mut p = Problems(Vec::new());
+        let a = &self.agent;
+        match a.name.as_deref() {
+            None => p.add("agent.name", "is required: the agent's name in the fleet"),
+            Some(n) if n.len() > 64 || !n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) => {
+                p.add("agent.name", format!("{n:?}: use 1 to 64 letters, digits, '-', '_' or '.'"))
+            }
+            Some(_) => {}
+        }
+        if a.server.is_none() {
+            p.add("agent.server", "is required: the forgefleet server's URL, e.g. \"http://fleet:8080\"");
+        }
+        p.url("agent.server", a.server.as_deref());
+        if a.registration_token.is_none() {
+            p.add(
+                "agent.registration_token",
+                "is required (or FORGEFLEET_AGENT_REGISTRATION_TOKEN): the server's [agents] registration_token",
+            );
+        }
+        if a.forgejo_token.is_none() {
+            p.add(
+                "agent.forgejo_token",
+                "is required (or FORGEFLEET_AGENT_FORGEJO_TOKEN): a Forgejo token that may push and open pull requests",
+            );
+        }
+        p.positive("agent.max_concurrency", u64::from(a.max_concurrency));
+        if a.work_dir.as_os_str().is_empty() {
+            p.add("agent.work_dir", "must not be empty");
+        }
+        if let Some(ca) = &a.ca_file
+            && let Err(e) = CaBundle::load(ca)
+        {
+            p.add("agent.ca_file", e);
+        }
+        if a.adapter == AdapterKind::Command && self.command.run.first().is_none_or(|p| p.trim().is_empty()) {
+            p.add("command.run", "is required with adapter = \"command\": the program and its arguments");
+        }
+        p.0
+    }
+
+    /// The agent's name (checked present by `load`).
+    pub fn name(&self) -> &str {
+        self.agent.name.as_deref().unwrap_or_default()
+    }
+
+    pub fn ca(&self) -> Result<Option<CaBundle>, String> {
+        self.agent.ca_file.as_deref().map(CaBundle::load).transpose()
+    }
+
+    pub fn author(&self) -> (String, String) {
+        let name = self.git.author_name.clone().unwrap_or_else(|| format!("forgefleet agent {}", self.name()));
+        let email =
+            self.git.author_email.clone().unwrap_or_else(|| format!("{}@agents.forgefleet.invalid", self.name()));
+        (name, email)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    const GOOD: &str = r#"
+[agent]
+name = "builder-1"
+server = "http://127.0.0.1:8080"
+registration_token = "reg"
+forgejo_token = "fj"
+capabilities = ["rust"]
+
+[command]
+run = ["sh", "-c", "true"]
+"#;
+
+    #[test]
+    fn a_complete_file_loads_with_defaults_for_the_rest() {
+        let c = AgentConfig::from_toml_str(GOOD, &no_env).unwrap();
+        assert_eq!(c.name(), "builder-1");
+        assert_eq!(c.agent.max_concurrency, 1);
+        assert_eq!(c.agent.adapter, AdapterKind::Command);
+        assert_eq!(c.author().1, "builder-1@agents.forgefleet.invalid");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let text = "[agent]\nserver = \"fleet:8080\"\nmax_concurrency = 0\nadapter = \"gpt\"\n[comand]\nrun = []\n";
+        let err = AgentConfig::from_toml_str(text, &no_env).unwrap_err();
+        let keys: Vec<&str> = err.0.iter().map(|e| e.key.as_str()).collect();
+        assert!(err.to_string().contains("adapter"), "{err}");
+        assert!(err.to_string().contains("[comand]"), "{err}");
+        let text = "[agent]\nserver = \"fleet:8080\"\nmax_concurrency = 0\n";
+        let err = AgentConfig::from_toml_str(text, &no_env).unwrap_err();
+        let keys2: Vec<&str> = err.0.iter().map(|e| e.key.as_str()).collect();
+        for k in [
+            "agent.name",
+            "agent.server",
+            "agent.registration_token",
+            "agent.forgejo_token",
+            "agent.max_concurrency",
+            "command.run",
+        ] {
+            assert!(keys2.contains(&k), "{k} missing from {keys2:?}");
+        }
+        assert!(!keys.is_empty());
+    }
+
+    #[test]
+    fn secrets_come_from_the_environment_too() {
+        let text = GOOD.replace("registration_token = \"reg\"\n", "").replace("forgejo_token = \"fj\"\n", "");
+        assert!(AgentConfig::from_toml_str(&text, &no_env).is_err());
+        let env = |n: &str| Some(format!("from-{n}"));
+        let c = AgentConfig::from_toml_str(&text, &env).unwrap();
+        assert_eq!(c.agent.forgejo_token.unwrap().expose(), "from-FORGEFLEET_AGENT_FORGEJO_TOKEN");
+    }
+}

@@ -1,0 +1,147 @@
+//! `forgefleet agent`: the runner on an agent host. It registers with the server, heartbeats, long-polls
+//! for assignments while it has free slots, and does each one in a worktree of its own (see [`task`]):
+//! the adapter runs the coding agent, the runner commits what it left, pushes the attempt's branch, opens
+//! the pull request and hands in the receipt. Cancellations come back in heartbeat answers; on SIGINT or
+//! SIGTERM it stops its agents and deregisters, so the server re-queues their tasks at once.
+
+pub mod config;
+
+mod client;
+mod process;
+mod task;
+mod workspace;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::{Mutex, Notify, watch};
+
+use self::client::{ClientError, FleetClient};
+use self::config::AgentConfig;
+use self::workspace::Workspace;
+use crate::adapters::{self, Adapter};
+use crate::config::{CaBundle, Secret};
+use crate::core::TaskId;
+
+/// What the tasks of one runner share.
+pub struct Runner {
+    client: Arc<FleetClient>,
+    workspace: Workspace,
+    adapter: Arc<dyn Adapter>,
+    forgejo_token: Secret,
+    ca: Option<CaBundle>,
+    /// Running tasks and the switch that stops each.
+    running: Mutex<HashMap<TaskId, watch::Sender<bool>>>,
+    /// Signalled when a task ends and frees a slot.
+    freed: Notify,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    #[error("{0}")]
+    Setup(String),
+    #[error("the server refused this agent: {0}")]
+    Refused(#[from] ClientError),
+}
+
+impl Runner {
+    pub fn new(config: &AgentConfig) -> Result<Runner, RunnerError> {
+        let ca = config.ca().map_err(|e| RunnerError::Setup(format!("agent.ca_file: {e}")))?;
+        let work_dir = &config.agent.work_dir;
+        std::fs::create_dir_all(work_dir)
+            .map_err(|e| RunnerError::Setup(format!("agent.work_dir: cannot create {}: {e}", work_dir.display())))?;
+        let work_dir = std::fs::canonicalize(work_dir)
+            .map_err(|e| RunnerError::Setup(format!("agent.work_dir: {}: {e}", work_dir.display())))?;
+        let token = config.agent.forgejo_token.clone().unwrap_or_else(|| Secret::new(""));
+        Ok(Runner {
+            client: Arc::new(FleetClient::new(config).map_err(|e| RunnerError::Setup(e.to_string()))?),
+            workspace: Workspace::new(&work_dir, token.expose(), config.agent.ca_file.as_deref(), config.author()),
+            adapter: adapters::build(config),
+            forgejo_token: token,
+            ca,
+            running: Mutex::default(),
+            freed: Notify::new(),
+        })
+    }
+
+    /// Runs until `shutdown` completes, then stops the running agents and deregisters.
+    pub async fn run(
+        self: Arc<Self>,
+        config: &AgentConfig,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), RunnerError> {
+        self.client.register().await?;
+        tracing::info!(name = config.name(), adapter = self.adapter.kind().as_str(), "the agent is running");
+        let heartbeats = tokio::spawn(self.clone().heartbeats());
+        let slots = config.agent.max_concurrency as usize;
+        let requests = AtomicU64::new(0);
+        let key_base = format!("{}-{}-{}", config.name(), std::process::id(), chrono::Utc::now().timestamp_millis());
+        let pulling = async {
+            loop {
+                while self.running.lock().await.len() >= slots {
+                    self.freed.notified().await;
+                }
+                let key = format!("{key_base}-{}", requests.fetch_add(1, Ordering::Relaxed));
+                match self.client.next(config.agent.wait_secs, &key).await {
+                    Ok(Some(a)) => self.clone().spawn(a).await,
+                    Ok(None) => {}
+                    Err(e) => return Err::<(), RunnerError>(e.into()),
+                }
+            }
+        };
+        let outcome = tokio::select! {
+            r = pulling => r,
+            () = shutdown => Ok(()),
+        };
+        heartbeats.abort();
+        self.stop_all().await;
+        match self.client.deregister().await {
+            Ok(()) => tracing::info!("deregistered; the server re-queues any task this agent had"),
+            Err(e) => tracing::warn!(error = %e, "could not deregister"),
+        }
+        outcome
+    }
+
+    async fn spawn(self: Arc<Self>, a: crate::api::AssignmentView) {
+        let (stop, stopped) = watch::channel(false);
+        let id = a.task_id;
+        self.running.lock().await.insert(id, stop);
+        let runner = self.clone();
+        tokio::spawn(async move {
+            task::work(runner.clone(), a, stopped).await;
+            runner.running.lock().await.remove(&id);
+            runner.freed.notify_one();
+        });
+    }
+
+    /// Tells the server what runs here; stops what it says to stop.
+    async fn heartbeats(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(self.client.heartbeat_interval().await).await;
+            let running: Vec<TaskId> = self.running.lock().await.keys().copied().collect();
+            match self.client.heartbeat(&running).await {
+                Ok(cancel) => {
+                    let map = self.running.lock().await;
+                    for id in cancel {
+                        if let Some(stop) = map.get(&id) {
+                            tracing::info!(task = %id, "the server cancelled this task; stopping its agent");
+                            let _ = stop.send(true);
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "heartbeat refused"),
+            }
+        }
+    }
+
+    /// Stops every running agent and waits until their tasks have cleaned up.
+    async fn stop_all(&self) {
+        for stop in self.running.lock().await.values() {
+            let _ = stop.send(true);
+        }
+        while !self.running.lock().await.is_empty() {
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(200), self.freed.notified()).await;
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! One run of an agent's process: started in the worktree in a process group of its own, the prompt written
+//! to its standard input, its output read line by line (progress for operators, the last lines for the
+//! adapter's verdict), and stopped as a whole group when the task is cancelled or runs past its deadline.
+
+use std::collections::VecDeque;
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::{mpsc, watch};
+
+use crate::adapters::{Adapter, Job, Tail};
+
+/// Lines kept of each stream for the adapter's verdict.
+const TAIL_LINES: usize = 200;
+/// How long a stopped group gets between SIGTERM and SIGKILL.
+const GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug)]
+pub enum RunEnd {
+    Exited(ExitStatus, Tail),
+    /// Stopped because the server cancelled the task or the runner is shutting down.
+    Stopped,
+    TimedOut,
+    /// It could not be started at all.
+    NotStarted(String),
+}
+
+/// Runs `adapter` for `job`; progress lines go to `progress` (dropped when that is full: the agent never
+/// waits for the server). Returns when the process has ended, or has been stopped because `cancel` turned
+/// true or `limit` passed.
+pub async fn run(
+    adapter: &Arc<dyn Adapter>,
+    job: &Job<'_>,
+    env: &[(&str, &str)],
+    progress: mpsc::Sender<String>,
+    mut cancel: watch::Receiver<bool>,
+    limit: Duration,
+) -> RunEnd {
+    let mut cmd = adapter.command(job);
+    cmd.current_dir(job.worktree)
+        .envs(env.iter().copied())
+        .env("FORGEFLEET_TASK_ID", job.task_id.to_string())
+        .env("FORGEFLEET_ATTEMPT", job.attempt.to_string())
+        .env("FORGEFLEET_REPO", job.repo)
+        .env("FORGEFLEET_ISSUE", job.issue.to_string())
+        .env("FORGEFLEET_BRANCH", job.branch)
+        // The runner's secrets are not the agent's.
+        .env_remove("FORGEFLEET_AGENT_FORGEJO_TOKEN")
+        .env_remove("FORGEFLEET_AGENT_REGISTRATION_TOKEN")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return RunEnd::NotStarted(format!("cannot start the {} agent: {e}", adapter.kind().as_str())),
+    };
+    let group = child.id().map(|id| id as i32);
+    let input = adapter.stdin(job);
+    let mut stdin = child.stdin.take();
+    let feed = async move {
+        if let (Some(text), Some(pipe)) = (input, stdin.as_mut()) {
+            // An agent that does not read its input closes the pipe; that is not an error.
+            let _ = pipe.write_all(text.as_bytes()).await;
+        }
+        drop(stdin);
+    };
+    let shown = adapter.clone();
+    let filter: Filter = Box::new(move |line| shown.progress(line));
+    let stdout = child.stdout.take().map(|s| tokio::spawn(read_lines(s, Some((filter, progress)))));
+    let stderr = child.stderr.take().map(|s| tokio::spawn(read_lines(s, None)));
+
+    let ended = async {
+        feed.await;
+        child.wait().await
+    };
+    let outcome = tokio::select! {
+        status = ended => Some(status),
+        _ = cancel.wait_for(|stop| *stop) => None,
+        _ = tokio::time::sleep(limit) => Some(Err(std::io::Error::from(std::io::ErrorKind::TimedOut))),
+    };
+    // Whatever the agent left running in its group ends with it.
+    stop_group(group, &mut child, outcome.as_ref().is_none_or(|o| o.is_err())).await;
+    let tail = Tail {
+        stdout: match stdout {
+            Some(h) => h.await.unwrap_or_default(),
+            None => Vec::new(),
+        },
+        stderr: match stderr {
+            Some(h) => h.await.unwrap_or_default(),
+            None => Vec::new(),
+        },
+    };
+    match outcome {
+        None => RunEnd::Stopped,
+        Some(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => RunEnd::TimedOut,
+        Some(Err(e)) => RunEnd::NotStarted(format!("waiting for the agent: {e}")),
+        Some(Ok(status)) => RunEnd::Exited(status, tail),
+    }
+}
+
+type Filter = Box<dyn Fn(&str) -> Option<String> + Send>;
+
+async fn read_lines(
+    stream: impl tokio::io::AsyncRead + Unpin,
+    progress: Option<(Filter, mpsc::Sender<String>)>,
+) -> Vec<String> {
+    let mut tail = VecDeque::with_capacity(TAIL_LINES);
+    let mut reader = BufReader::new(stream);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let line = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_string();
+        if let Some((filter, tx)) = &progress
+            && let Some(shown) = filter(&line)
+        {
+            let _ = tx.try_send(shown);
+        }
+        if tail.len() == TAIL_LINES {
+            tail.pop_front();
+        }
+        tail.push_back(line);
+    }
+    tail.into()
+}
+
+/// SIGTERM to the group, then SIGKILL after [`GRACE`] if the main process is still there (`forced`: it was
+/// stopped, not ended by itself). A group whose main process ended gets SIGKILL for its leftovers at once.
+async fn stop_group(group: Option<i32>, child: &mut tokio::process::Child, forced: bool) {
+    let Some(pgid) = group else { return };
+    if forced {
+        // SAFETY: killpg only sends a signal; the group is the one this child leads.
+        unsafe { libc::killpg(pgid, libc::SIGTERM) };
+        if tokio::time::timeout(GRACE, child.wait()).await.is_err() {
+            unsafe { libc::killpg(pgid, libc::SIGKILL) };
+            let _ = child.wait().await;
+        }
+    }
+    // Leftovers (a background job of the agent's) would hold the output pipes open.
+    unsafe { libc::killpg(pgid, libc::SIGKILL) };
+}

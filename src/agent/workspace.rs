@@ -1,0 +1,142 @@
+//! The runner's git work, with the git CLI (an agent host has git anyway: the agents run it): a bare cache of
+//! each repository, a worktree per task on the attempt's branch, the runner's own commit of what the agent
+//! left uncommitted, and the push.
+//!
+//! The Forgejo token reaches git only through `GIT_CONFIG_*` variables of the fetch and push commands (as an
+//! HTTP Basic password, like forgefleet's own mirror): never in a URL, an argument or a file, and never in
+//! the agent's environment.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use base64::Engine as _;
+
+use crate::integrations::git::BASIC_AUTH_USER;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct GitFailed(pub String);
+
+pub struct Workspace {
+    root: PathBuf,
+    /// `GIT_CONFIG_*` pairs for commands that talk to the server.
+    remote_config: Vec<(String, String)>,
+    author: (String, String),
+}
+
+/// A task's worktree, made from the base branch.
+#[derive(Debug, Clone)]
+pub struct Worktree {
+    pub path: PathBuf,
+    pub cache: PathBuf,
+    pub base_sha: String,
+}
+
+impl Workspace {
+    pub fn new(root: &Path, token: &str, ca_file: Option<&Path>, author: (String, String)) -> Workspace {
+        let credentials = base64::engine::general_purpose::STANDARD.encode(format!("{BASIC_AUTH_USER}:{token}"));
+        let mut remote_config = vec![("http.extraHeader".to_string(), format!("Authorization: Basic {credentials}"))];
+        if let Some(ca) = ca_file {
+            remote_config.push(("http.sslCAInfo".into(), ca.display().to_string()));
+        }
+        Workspace { root: root.to_path_buf(), remote_config, author }
+    }
+
+    /// The author and committer for the agent's process too, so its own commits have a name.
+    pub fn author_env(&self) -> [(&'static str, &str); 4] {
+        let (name, email) = (&self.author.0, &self.author.1);
+        [
+            ("GIT_AUTHOR_NAME", name),
+            ("GIT_AUTHOR_EMAIL", email),
+            ("GIT_COMMITTER_NAME", name),
+            ("GIT_COMMITTER_EMAIL", email),
+        ]
+    }
+
+    /// Fetches the base branch into the repository's cache and makes a fresh worktree for this attempt on
+    /// `branch`. A worktree left by an earlier run of the same attempt is thrown away first.
+    pub async fn prepare(
+        &self,
+        clone_url: &str,
+        repo: &str,
+        base: &str,
+        branch: &str,
+        name: &str,
+    ) -> Result<Worktree, GitFailed> {
+        let cache = self.root.join("repos").join(format!("{repo}.git"));
+        if !cache.join("HEAD").exists() {
+            std::fs::create_dir_all(&cache)
+                .map_err(|e| GitFailed(format!("cannot create {}: {e}", cache.display())))?;
+            self.git(&cache, &["init", "-q", "--bare"], false).await?;
+        }
+        let tracking = format!("refs/remotes/origin/{base}");
+        self.git(&cache, &["fetch", "-q", "--no-tags", clone_url, &format!("+refs/heads/{base}:{tracking}")], true)
+            .await
+            .map_err(|e| GitFailed(format!("fetching {base} of {repo}: {e}")))?;
+        let path = self.root.join("worktrees").join(name);
+        self.remove(&cache, &path).await;
+        let target = path.to_string_lossy().to_string();
+        self.git(&cache, &["worktree", "add", "-q", "-B", branch, &target, &tracking], false).await?;
+        let base_sha = self.git(&path, &["rev-parse", "HEAD"], false).await?;
+        Ok(Worktree { path, cache, base_sha })
+    }
+
+    /// Commits whatever the agent left uncommitted, then answers the head if the branch has commits the base
+    /// has not (`None`: the agent changed nothing).
+    pub async fn commit_rest(&self, wt: &Worktree, message: &str) -> Result<Option<String>, GitFailed> {
+        let status = self.git(&wt.path, &["status", "--porcelain", "--untracked-files=all"], false).await?;
+        if !status.is_empty() {
+            self.git(&wt.path, &["add", "-A"], false).await?;
+            self.git(&wt.path, &["commit", "-q", "--no-verify", "-m", message], false).await?;
+        }
+        let count = self.git(&wt.path, &["rev-list", "--count", &format!("{}..HEAD", wt.base_sha)], false).await?;
+        if count.trim() == "0" {
+            return Ok(None);
+        }
+        self.git(&wt.path, &["rev-parse", "HEAD"], false).await.map(Some)
+    }
+
+    /// Pushes the worktree's head to `branch`. The branch belongs to this attempt alone, so a push after a
+    /// restart of the same attempt may replace what an earlier run pushed.
+    pub async fn push(&self, wt: &Worktree, clone_url: &str, branch: &str) -> Result<(), GitFailed> {
+        let refspec = format!("+HEAD:refs/heads/{branch}");
+        self.git(&wt.path, &["push", "-q", clone_url, &refspec], true)
+            .await
+            .map(|_| ())
+            .map_err(|e| GitFailed(format!("pushing {branch}: {e}")))
+    }
+
+    /// Removes a worktree and its administrative files; quiet when there is none.
+    pub async fn remove(&self, cache: &Path, path: &Path) {
+        if path.exists() {
+            let target = path.to_string_lossy().to_string();
+            if self.git(cache, &["worktree", "remove", "--force", "--force", &target], false).await.is_err() {
+                let _ = std::fs::remove_dir_all(path);
+            }
+        }
+        let _ = self.git(cache, &["worktree", "prune"], false).await;
+    }
+
+    async fn git(&self, dir: &Path, args: &[&str], remote: bool) -> Result<String, GitFailed> {
+        let mut cmd = tokio::process::Command::new("git");
+        cmd.arg("-C").arg(dir).args(args).stdin(Stdio::null()).kill_on_drop(true);
+        cmd.env("GIT_TERMINAL_PROMPT", "0").envs(self.author_env());
+        if remote {
+            cmd.env("GIT_CONFIG_COUNT", self.remote_config.len().to_string());
+            for (i, (k, v)) in self.remote_config.iter().enumerate() {
+                cmd.env(format!("GIT_CONFIG_KEY_{i}"), k).env(format!("GIT_CONFIG_VALUE_{i}"), v);
+            }
+        }
+        let out = cmd.output().await.map_err(|e| GitFailed(format!("cannot run git: {e}; is git installed?")))?;
+        if out.status.success() {
+            return Ok(String::from_utf8_lossy(&out.stdout).trim().to_string());
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        let err = err.trim();
+        Err(GitFailed(format!(
+            "git {} failed: {}",
+            args.first().unwrap_or(&""),
+            if err.is_empty() { "no message" } else { err }
+        )))
+    }
+}

@@ -1,0 +1,308 @@
+//! `forgefleet agent`, the runner on an agent host, end to end: the real binary with the `command` adapter,
+//! against an in-process forgefleet, the fake Forgejo (pull requests opened through its API) and real git
+//! over smart HTTP. The runner clones, runs the command in a worktree, commits what it left, pushes, opens
+//! the pull request and hands in the receipt; forgefleet checks it all before the task is completed.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use forgefleet::config::Secret;
+use reqwest::Method;
+use serde_json::Value;
+use support::eventually;
+use support::fleet::{Fleet, REGISTRATION_TOKEN};
+use support::forgejo::FakeForgejo;
+use support::git::{GitServer, TestRepo};
+
+const REPO: &str = "acme/app";
+const BOT: &str = "forgefleet";
+const BOT_TOKEN: &str = "bot-token";
+const AGENT_USER: &str = "fleet-a1";
+const AGENT_TOKEN: &str = "agent-forgejo-token";
+const WEBHOOK_SECRET: &str = "webhook-secret";
+
+struct World {
+    forgejo: FakeForgejo,
+    fleet: Fleet,
+    repo: TestRepo,
+    _git: GitServer,
+    root: tempfile::TempDir,
+}
+
+impl World {
+    async fn new(tune: impl FnOnce(&mut forgefleet::config::Config)) -> World {
+        let root = tempfile::tempdir().unwrap();
+        let git = GitServer::start_with_token(&root.path().join("git"), BOT_TOKEN);
+        git.allow_token(AGENT_TOKEN);
+        let repo = TestRepo::init_bare(&root.path().join("git"), REPO);
+        repo.commit(&[("README.md", "hello\n")], "start");
+        repo.push("main");
+        let forgejo = FakeForgejo::start().await;
+        forgejo.create_repo(REPO).await;
+        forgejo.link_git(REPO, &root.path().join("git").join(format!("{REPO}.git"))).await;
+        forgejo.add_user(BOT, BOT_TOKEN).await;
+        forgejo.set_permission(REPO, BOT, "admin").await;
+        forgejo.add_user(AGENT_USER, AGENT_TOKEN).await;
+        forgejo.set_permission(REPO, AGENT_USER, "write").await;
+        forgejo.add_user("alice", "alice-token").await;
+        forgejo.set_permission(REPO, "alice", "write").await;
+        let (url, git_url) = (forgejo.url().to_string(), git.base_url());
+        let fleet = Fleet::start_with_forgejo(|c| {
+            c.forgejo.url = Some(url);
+            c.forgejo.git_url = Some(git_url);
+            c.forgejo.token = Some(Secret::new(BOT_TOKEN));
+            c.forgejo.bot_user = Some(BOT.into());
+            c.forgejo.webhook_secret = Some(Secret::new(WEBHOOK_SECRET));
+            c.forgejo.repos = vec![REPO.into()];
+            c.agents.heartbeat_interval_secs = 1;
+            tune(c);
+        })
+        .await;
+        let hook = format!("{}/api/v1/webhooks/forgejo", fleet.base);
+        forgejo.add_hook(REPO, &hook, WEBHOOK_SECRET, &["issues", "issue_comment", "pull_request"]).await;
+        World { forgejo, fleet, repo, _git: git, root }
+    }
+
+    /// An issue labelled `status:todo`, queued by forgefleet from Forgejo's webhook; returns (issue, task id).
+    async fn queued(&self, title: &str) -> (u64, u64) {
+        let issue = self.forgejo.create_issue(REPO, "alice", title, "Please do it.", &["status:todo"]).await;
+        for _ in 0..600 {
+            let (_, body) = self.fleet.operator(Method::GET, "/tasks").await;
+            let found =
+                body["tasks"].as_array().into_iter().flatten().find(|t| t["issue"] == format!("{REPO}#{issue}"));
+            if let Some(id) = found.and_then(|t| t["id"].as_u64()) {
+                return (issue, id);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("forgefleet did not queue issue #{issue} within 30 s");
+    }
+
+    /// Starts `forgefleet agent` with the `command` adapter running `script` under `sh -c`.
+    fn agent(&self, script: &str) -> AgentHost {
+        let dir = self.root.path().join("agent");
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("agent.toml");
+        let text = format!(
+            "[agent]\nname = \"a1\"\nserver = {:?}\nregistration_token = {REGISTRATION_TOKEN:?}\n\
+             work_dir = {:?}\nwait_secs = 1\n\n[command]\nrun = [\"sh\", \"-c\", {script:?}]\n",
+            self.fleet.base,
+            dir.join("work"),
+        );
+        std::fs::write(&config, text).unwrap();
+        AgentHost::start(&config, &dir.join("agent.log"))
+    }
+
+    async fn task(&self, id: u64) -> Value {
+        let (status, body) = self.fleet.operator(Method::GET, &format!("/tasks/{id}")).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    async fn state(&self, id: u64) -> String {
+        self.task(id).await["task"]["state"].as_str().unwrap_or_default().to_string()
+    }
+}
+
+/// The runner process; stopped (SIGTERM, then SIGKILL) when dropped.
+struct AgentHost {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl AgentHost {
+    fn start(config: &Path, log: &Path) -> AgentHost {
+        let out = std::fs::File::create(log).unwrap();
+        let child = Command::new(support::binary())
+            .args(["agent", "--config"])
+            .arg(config)
+            .env("FORGEFLEET_LOG", "info,forgefleet=debug")
+            .env_remove("FORGEFLEET_AGENT_REGISTRATION_TOKEN")
+            // From the environment, as a service manager would pass it: it must not reach the agent.
+            .env("FORGEFLEET_AGENT_FORGEJO_TOKEN", AGENT_TOKEN)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        AgentHost { child: Some(child), log: log.to_path_buf() }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, as a service manager stops it; waits for the exit.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        for _ in 0..300 {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        panic!("the agent did not stop within 15 s of SIGTERM:\n{}", self.log());
+    }
+}
+
+impl Drop for AgentHost {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            for _ in 0..100 {
+                if child.try_wait().unwrap().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_host_turns_a_labelled_issue_into_a_checked_pull_request() {
+    let w = World::new(|_| {}).await;
+    let (issue, task) = w.queued("Greet the world").await;
+    // The command reads its prompt, leaves a new file uncommitted, and ends with its summary.
+    let agent = w.agent(
+        "read -r first; echo \"prompt: $first\"; echo hello > greeting.txt; echo \"issue $FORGEFLEET_ISSUE\"; \
+         echo \"token: ${FORGEFLEET_AGENT_FORGEJO_TOKEN:-none}\"; \
+         echo 'Added a greeting.'",
+    );
+    eventually("the task is completed", || async { w.state(task).await == "completed" }).await;
+
+    let detail = w.task(task).await;
+    let t = &detail["task"];
+    let pr = t["receipt"]["pr_number"].as_u64().unwrap();
+    let head = t["receipt"]["head_sha"].as_str().unwrap().to_string();
+    assert_eq!(t["receipt"]["summary"], "Added a greeting.");
+    assert!(t["validation"]["checks"].as_array().unwrap().iter().all(|c| c["passed"] == true), "{t}");
+    let files: Vec<&str> =
+        t["validation"]["files"].as_array().unwrap().iter().filter_map(|f| f["path"].as_str()).collect();
+    assert_eq!(files, ["greeting.txt"]);
+
+    // The pull request: opened by the agent's Forgejo user from the attempt's branch, pointing at the issue.
+    let pull = w.forgejo.pull(REPO, pr).await;
+    assert_eq!(pull.head_ref, format!("forgefleet/issue-{issue}-attempt-1"));
+    assert_eq!(pull.head_sha, head);
+    assert_eq!(w.repo.remote_ref(&format!("refs/heads/forgefleet/issue-{issue}-attempt-1")), Some(head.clone()));
+    let pr_issue = w.forgejo.issue(REPO, pr).await;
+    assert!(pr_issue.body.contains(&format!("Fixes #{issue}")), "{}", pr_issue.body);
+    assert_eq!(pr_issue.user, AGENT_USER);
+
+    // The runner's commit holds what the command left, with the issue in its message.
+    let bare = w.root.path().join("git").join(format!("{REPO}.git"));
+    let message = support::git::git(&bare, &["log", "-1", "--format=%an <%ae>%n%B", &head]);
+    assert!(message.starts_with("forgefleet agent a1 <a1@agents.forgefleet.invalid>"), "{message}");
+    assert!(message.contains(&format!("Greet the world (#{issue})")), "{message}");
+
+    // The prompt reached the command, and its output came back as progress.
+    let progress: Vec<&str> =
+        detail["progress"].as_array().unwrap().iter().filter_map(|p| p["line"].as_str()).collect();
+    assert!(
+        progress.contains(&format!("prompt: Resolve issue #{issue} of {REPO}: Greet the world").as_str()),
+        "{progress:?}"
+    );
+    assert!(progress.contains(&format!("issue {issue}").as_str()), "{progress:?}");
+    assert!(progress.contains(&"token: none"), "the Forgejo token leaked to the agent: {progress:?}");
+    // The worktree is gone once the work is handed in.
+    eventually("the worktree is removed", || async {
+        std::fs::read_dir(w.root.path().join("agent/work/worktrees")).map(|d| d.count() == 0).unwrap_or(true)
+    })
+    .await;
+    drop(agent);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_command_fails_the_attempt_with_its_last_words() {
+    let w = World::new(|c| c.retry.agent_error.max_retries = 0).await;
+    let (_, task) = w.queued("Break").await;
+    let _agent = w.agent("echo working; echo 'cargo: no such subcommand' >&2; exit 3");
+    eventually("the task failed", || async { w.state(task).await == "failed" }).await;
+    let t = w.task(task).await;
+    let failure = &t["task"]["last_failure"];
+    assert_eq!(failure["class"], "agent_error", "{failure}");
+    let message = failure["message"].as_str().unwrap();
+    assert!(message.contains("exit status 3") && message.contains("cargo: no such subcommand"), "{message}");
+    assert!(w.forgejo.count_requests("POST", &format!("/api/v1/repos/{REPO}/pulls")).await == 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_that_changes_nothing_opens_no_pull_request() {
+    let w = World::new(|c| c.retry.agent_error.max_retries = 0).await;
+    let (_, task) = w.queued("Nothing to do").await;
+    let _agent = w.agent("echo 'All good already.'");
+    eventually("the task failed", || async { w.state(task).await == "failed" }).await;
+    let t = w.task(task).await;
+    assert!(t["task"]["last_failure"]["message"].as_str().unwrap().contains("without changing anything"), "{t}");
+    assert_eq!(w.forgejo.count_requests("POST", &format!("/api/v1/repos/{REPO}/pulls")).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancelling_a_task_stops_the_agent_and_everything_it_started() {
+    let w = World::new(|_| {}).await;
+    let (_, task) = w.queued("Long job").await;
+    let pids = w.root.path().join("pids");
+    let _agent = w.agent(&format!("sleep 300 & echo $! > {p}.child; echo $$ > {p}; wait", p = pids.display()));
+    eventually("the command runs", || async { std::fs::read_to_string(format!("{}.child", pids.display())).is_ok() })
+        .await;
+    let (status, body) = w.fleet.operator(Method::POST, &format!("/tasks/{task}/cancel")).await;
+    assert_eq!(status, 200, "{body}");
+    let shell: i32 = std::fs::read_to_string(&pids).unwrap().trim().parse().unwrap();
+    let sleeper: i32 = std::fs::read_to_string(format!("{}.child", pids.display())).unwrap().trim().parse().unwrap();
+    eventually("the shell and its sleep are gone", || async { !alive(shell) && !alive(sleeper) }).await;
+    assert_eq!(w.state(task).await, "cancelled");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stopping_the_agent_host_hands_its_task_back_at_once() {
+    let w = World::new(|_| {}).await;
+    let (_, task) = w.queued("Interrupted").await;
+    let started = w.root.path().join("started");
+    let mut agent = w.agent(&format!("touch {}; sleep 300", started.display()));
+    eventually("the command runs", || async { started.exists() }).await;
+    assert_eq!(w.state(task).await, "running");
+    let status = agent.terminate();
+    assert!(status.success(), "{status:?}\n{}", agent.log());
+    assert_eq!(w.state(task).await, "queued", "deregistering re-queues the task");
+    assert!(agent.log().contains("deregistered"), "{}", agent.log());
+}
+
+#[test]
+fn a_broken_agent_configuration_names_each_bad_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(&config, "[agent]\nname = \"a 1\"\nserver = \"fleet:8080\"\nmax_concurrency = 0\n").unwrap();
+    let out = Command::new(support::binary())
+        .args(["agent", "--config"])
+        .arg(&config)
+        .env_remove("FORGEFLEET_AGENT_REGISTRATION_TOKEN")
+        .env_remove("FORGEFLEET_AGENT_FORGEJO_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for key in [
+        "agent.name",
+        "agent.server",
+        "agent.registration_token",
+        "agent.forgejo_token",
+        "agent.max_concurrency",
+        "command.run",
+    ] {
+        assert!(err.contains(key), "{key} not in:\n{err}");
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    // A zombie still answers kill(0); a reaped or killed-and-reaped process does not.
+    let status = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    !status.is_empty() && status.split(' ').nth(2).is_none_or(|s| s != "Z")
+}
