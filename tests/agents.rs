@@ -273,10 +273,14 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     assert_eq!(status, 409, "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("running"), "{body}");
 
-    // Registering the same name again replaces the token: the old one stops working.
+    // Registering the same name again replaces the token: the old one stops working. It also says the old
+    // process is gone (a restarted runner), so its task goes back to the queue and the new one must stop it.
     let again = fleet.register("a1", &[], 1).await;
     assert_ne!(again.token, a1.token);
     let (status, _) = a1.post("/agents/heartbeat", json!({"running": []})).await;
     assert_eq!(status, 401);
-    assert!(again.heartbeat(&[task]).await.is_empty(), "the same agent, still holding its task");
+    assert_eq!(again.heartbeat(&[task]).await, [task], "the task was taken back");
+    let t = fleet.task(task).await;
+    assert_eq!((t["state"].as_str(), t["attempt"].as_u64()), (Some("queued"), Some(2)), "{t}");
+    assert_eq!(again.pull().await.unwrap().task_id, task, "and given out again at once");
 }

@@ -135,6 +135,13 @@ impl AgentHost {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// SIGKILL: the host died, nothing is cleaned up or said.
+    fn kill(&mut self) {
+        let mut child = self.child.take().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
     /// SIGTERM, as a service manager stops it; waits for the exit.
     fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().unwrap();
@@ -273,6 +280,46 @@ async fn stopping_the_agent_host_hands_its_task_back_at_once() {
     assert!(status.success(), "{status:?}\n{}", agent.log());
     assert_eq!(w.state(task).await, "queued", "deregistering re-queues the task");
     assert!(agent.log().contains("deregistered"), "{}", agent.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_runner_killed_mid_task_gets_its_task_back_when_it_starts_again() {
+    let w = World::new(|_| {}).await;
+    let (_, task) = w.queued("Survive a crash").await;
+    let started = w.root.path().join("started");
+    // The first run hangs; after a restart the same command finds its marker and finishes the work.
+    let script = format!(
+        "if [ -e {m}.done ]; then echo fixed > fix.txt; echo 'Fixed after a restart.'; \
+         else touch {m}.done; echo $$ > {m}; sleep 300; fi",
+        m = started.display()
+    );
+    let mut first = w.agent(&script);
+    eventually("the first run works on it", || async {
+        std::fs::read_to_string(&started).is_ok_and(|s| s.ends_with('\n'))
+    })
+    .await;
+    let orphan: i32 = std::fs::read_to_string(&started).unwrap().trim().parse().unwrap();
+    // Whatever happens below, the orphaned agent does not outlive the test.
+    let _reaper = Reaper(orphan);
+    first.kill();
+    assert!(alive(orphan), "a runner killed outright cannot stop its agent");
+    let _second = w.agent(&script);
+    eventually("the task is completed", || async { w.state(task).await == "completed" }).await;
+    let t = w.task(task).await;
+    assert_eq!(t["task"]["attempt"], 2, "{t}");
+    assert_eq!(t["task"]["last_failure"]["class"], "agent_lost", "{t}");
+    eventually("the new runner stopped the agent the old one left", || async { !alive(orphan) }).await;
+    let worktrees: Vec<_> = std::fs::read_dir(w.root.path().join("agent/work/worktrees")).unwrap().collect();
+    assert!(worktrees.is_empty(), "{worktrees:?}");
+}
+
+/// Kills a process group when dropped.
+struct Reaper(i32);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        unsafe { libc::killpg(self.0, libc::SIGKILL) };
+    }
 }
 
 #[test]

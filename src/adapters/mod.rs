@@ -4,6 +4,8 @@
 //! an adapter only says which process to start in the worktree and judges the run from its exit status and
 //! the last lines it printed.
 
+pub mod claude;
+pub mod codex;
 mod command;
 
 use std::path::Path;
@@ -11,6 +13,8 @@ use std::process::ExitStatus;
 
 use serde::{Deserialize, Serialize};
 
+pub use claude::ClaudeAdapter;
+pub use codex::CodexAdapter;
 pub use command::CommandAdapter;
 
 use crate::core::{FailureClass, Usage};
@@ -21,12 +25,18 @@ use crate::core::{FailureClass, Usage};
 pub enum AdapterKind {
     /// Any program: the prompt on its standard input and in `FORGEFLEET_PROMPT`.
     Command,
+    /// Claude Code (`claude -p ... --output-format stream-json`).
+    ClaudeCode,
+    /// Codex CLI (`codex exec --json`).
+    Codex,
 }
 
 impl AdapterKind {
     pub fn as_str(self) -> &'static str {
         match self {
             AdapterKind::Command => "command",
+            AdapterKind::ClaudeCode => "claude-code",
+            AdapterKind::Codex => "codex",
         }
     }
 }
@@ -50,6 +60,8 @@ pub struct Finished {
     pub usage: Usage,
     pub cost_usd: Option<f64>,
     pub session_id: Option<String>,
+    /// Tool calls the agent was refused (Claude Code's `permission_denials`), said when nothing changed.
+    pub denied: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -82,7 +94,24 @@ pub trait Adapter: Send + Sync {
 pub fn build(config: &crate::agent::config::AgentConfig) -> std::sync::Arc<dyn Adapter> {
     match config.agent.adapter {
         AdapterKind::Command => std::sync::Arc::new(CommandAdapter::new(config.command.run.clone())),
+        AdapterKind::ClaudeCode => std::sync::Arc::new(ClaudeAdapter::new(config.claude.clone())),
+        AdapterKind::Codex => std::sync::Arc::new(CodexAdapter::new(config.codex.clone())),
     }
+}
+
+/// The first line of `text`, at most 300 characters, for a progress line.
+pub(crate) fn one_line(text: &str) -> String {
+    let first = text.trim().lines().next().unwrap_or_default();
+    match first.char_indices().nth(300) {
+        Some((cut, _)) => format!("{}…", &first[..cut]),
+        None => first.to_string(),
+    }
+}
+
+/// Whether a provider's error message says the request was rate limited.
+pub(crate) fn is_rate_limit(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("rate limit") || m.contains("rate_limit") || m.contains("429") || m.contains("too many requests")
 }
 
 /// "exit status 3" or "killed by signal 9", for messages.

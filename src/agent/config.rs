@@ -6,17 +6,21 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::adapters::AdapterKind;
+use crate::adapters::claude::ClaudeSection;
+use crate::adapters::codex::{CodexSection, SANDBOXES};
 use crate::config::load::{parse_sections, section};
 use crate::config::secret::optional;
 use crate::config::validate::Problems;
 use crate::config::{CaBundle, ConfigError, ConfigErrors, Secret};
 
-const SECTIONS: [&str; 3] = ["agent", "command", "git"];
+const SECTIONS: [&str; 5] = ["agent", "command", "claude", "codex", "git"];
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct AgentConfig {
     pub agent: AgentSection,
     pub command: CommandSection,
+    pub claude: ClaudeSection,
+    pub codex: CodexSection,
     pub git: GitSection,
 }
 
@@ -105,6 +109,8 @@ impl AgentConfig {
         let mut problems = parse_sections(text, &SECTIONS, |name, value| match name {
             "agent" => section(value, &mut c.agent),
             "command" => section(value, &mut c.command),
+            "claude" => section(value, &mut c.claude),
+            "codex" => section(value, &mut c.codex),
             _ => section(value, &mut c.git),
         });
         for (var, slot) in [
@@ -156,6 +162,21 @@ impl AgentConfig {
         }
         if a.adapter == AdapterKind::Command && self.command.run.first().is_none_or(|p| p.trim().is_empty()) {
             p.add("command.run", "is required with adapter = \"command\": the program and its arguments");
+        }
+        const MODES: [&str; 6] = ["acceptEdits", "auto", "bypassPermissions", "default", "dontAsk", "plan"];
+        if !MODES.contains(&self.claude.permission_mode.as_str()) {
+            p.add(
+                "claude.permission_mode",
+                format!("{:?} is not one of {}", self.claude.permission_mode, MODES.join(", ")),
+            );
+        }
+        if !SANDBOXES.contains(&self.codex.sandbox.as_str()) {
+            p.add("codex.sandbox", format!("{:?} is not one of {}", self.codex.sandbox, SANDBOXES.join(", ")));
+        }
+        for (key, program) in [("claude.program", &self.claude.program), ("codex.program", &self.codex.program)] {
+            if program.trim().is_empty() {
+                p.add(key, "must not be empty");
+            }
         }
         p.0
     }
@@ -227,6 +248,19 @@ run = ["sh", "-c", "true"]
             assert!(keys2.contains(&k), "{k} missing from {keys2:?}");
         }
         assert!(!keys.is_empty());
+    }
+
+    #[test]
+    fn the_example_file_loads_once_its_secrets_are_given() {
+        let text = include_str!("../../agent.example.toml");
+        let env = |n: &str| n.starts_with("FORGEFLEET_AGENT_").then(|| "secret".to_string());
+        let c = AgentConfig::from_toml_str(text, &env).unwrap();
+        assert_eq!(c.claude.permission_mode, "acceptEdits");
+        assert_eq!(c.codex.sandbox, "workspace-write");
+        let bad = text.replace("sandbox = \"workspace-write\"", "sandbox = \"yolo\"");
+        let err = AgentConfig::from_toml_str(&bad, &env).unwrap_err();
+        assert_eq!(err.0.len(), 1, "{err}");
+        assert_eq!(err.0[0].key, "codex.sandbox");
     }
 
     #[test]

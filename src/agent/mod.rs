@@ -71,6 +71,7 @@ impl Runner {
         config: &AgentConfig,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), RunnerError> {
+        self.workspace.sweep().await.map_err(|e| RunnerError::Setup(e.0))?;
         self.client.register().await?;
         tracing::info!(name = config.name(), adapter = self.adapter.kind().as_str(), "the agent is running");
         let heartbeats = tokio::spawn(self.clone().heartbeats());

@@ -3,6 +3,7 @@
 //! adapter's verdict), and stopped as a whole group when the task is cancelled or runs past its deadline.
 
 use std::collections::VecDeque;
+use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +34,7 @@ pub enum RunEnd {
 pub async fn run(
     adapter: &Arc<dyn Adapter>,
     job: &Job<'_>,
+    pid_file: &Path,
     env: &[(&str, &str)],
     progress: mpsc::Sender<String>,
     mut cancel: watch::Receiver<bool>,
@@ -59,6 +61,11 @@ pub async fn run(
         Err(e) => return RunEnd::NotStarted(format!("cannot start the {} agent: {e}", adapter.kind().as_str())),
     };
     let group = child.id().map(|id| id as i32);
+    // A runner killed outright cannot stop its agent; the next one finds the group here (see
+    // `Workspace::sweep`).
+    if let Some(pgid) = group {
+        let _ = std::fs::write(pid_file, pgid.to_string());
+    }
     let input = adapter.stdin(job);
     let mut stdin = child.stdin.take();
     let feed = async move {
@@ -84,6 +91,7 @@ pub async fn run(
     };
     // Whatever the agent left running in its group ends with it.
     stop_group(group, &mut child, outcome.as_ref().is_none_or(|o| o.is_err())).await;
+    let _ = std::fs::remove_file(pid_file);
     let tail = Tail {
         stdout: match stdout {
             Some(h) => h.await.unwrap_or_default(),

@@ -103,7 +103,8 @@ async fn run_agent(
     let (tx, rx) = mpsc::channel(1024);
     let forward = tokio::spawn(forward_progress(runner.client.clone(), a.task_id, a.attempt, rx));
     let env = runner.workspace.author_env();
-    let end = process::run(&runner.adapter, &job, &env, tx, cancel, limit).await;
+    let pid_file = runner.workspace.pid_file(&wt.path);
+    let end = process::run(&runner.adapter, &job, &pid_file, &env, tx, cancel, limit).await;
     let _ = forward.await;
     let finished = match end {
         RunEnd::Stopped => return Ok(None),
@@ -125,7 +126,17 @@ async fn run_agent(
     let message = format!("{} (#{})\n\n{}", a.title, a.issue, finished.summary);
     let head = match runner.workspace.commit_rest(wt, message.trim()).await {
         Ok(Some(head)) => head,
-        Ok(None) => return Err(Failure::agent("the agent finished without changing anything")),
+        Ok(None) if finished.denied.is_empty() => {
+            return Err(Failure::agent("the agent finished without changing anything"));
+        }
+        Ok(None) => {
+            return Err(Failure::agent(format!(
+                "the agent finished without changing anything; it was refused {}: {} (see the adapter's \
+                 permission settings in docs/agent.md)",
+                if finished.denied.len() == 1 { "this tool call" } else { "these tool calls" },
+                finished.denied.join("; ")
+            )));
+        }
         Err(e) => return Err(Failure::agent(e.0)),
     };
     runner.workspace.push(wt, clone_url, &a.branch).await.map_err(|e| Failure::agent(e.0))?;

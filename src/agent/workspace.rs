@@ -106,6 +106,44 @@ impl Workspace {
             .map_err(|e| GitFailed(format!("pushing {branch}: {e}")))
     }
 
+    /// Where the process group of the agent working in `worktree` is written while it runs.
+    pub fn pid_file(&self, worktree: &Path) -> PathBuf {
+        let name = worktree.file_name().unwrap_or_default().to_string_lossy();
+        self.root.join("pids").join(format!("{name}.pgid"))
+    }
+
+    /// At start-up, before any work: what a runner that was killed outright left behind. Its agents' process
+    /// groups are killed (only those whose working directory is still one of this runner's worktrees, so a
+    /// reused process id is never hit), and its worktrees are removed. A work directory belongs to one runner.
+    pub async fn sweep(&self) -> Result<(), GitFailed> {
+        let pids = self.root.join("pids");
+        let worktrees = self.root.join("worktrees");
+        std::fs::create_dir_all(&pids).map_err(|e| GitFailed(format!("cannot create {}: {e}", pids.display())))?;
+        for entry in std::fs::read_dir(&pids).into_iter().flatten().flatten() {
+            let pgid = std::fs::read_to_string(entry.path()).ok().and_then(|s| s.trim().parse::<i32>().ok());
+            if let Some(pgid) = pgid.filter(|p| *p > 1) {
+                let cwd = std::fs::read_link(format!("/proc/{pgid}/cwd")).unwrap_or_default();
+                if cwd.starts_with(&worktrees) {
+                    tracing::warn!(pgid, cwd = %cwd.display(), "stopping an agent left running by an earlier runner");
+                    // SAFETY: killpg only sends a signal, to a group led by a process in our worktree.
+                    unsafe { libc::killpg(pgid, libc::SIGKILL) };
+                }
+            }
+            let _ = std::fs::remove_file(entry.path());
+        }
+        for entry in std::fs::read_dir(&worktrees).into_iter().flatten().flatten() {
+            tracing::info!(path = %entry.path().display(), "removing a worktree left by an earlier runner");
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+        let repos = self.root.join("repos");
+        for owner in std::fs::read_dir(&repos).into_iter().flatten().flatten() {
+            for cache in std::fs::read_dir(owner.path()).into_iter().flatten().flatten() {
+                let _ = self.git(&cache.path(), &["worktree", "prune"], false).await;
+            }
+        }
+        Ok(())
+    }
+
     /// Removes a worktree and its administrative files; quiet when there is none.
     pub async fn remove(&self, cache: &Path, path: &Path) {
         if path.exists() {

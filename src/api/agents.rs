@@ -67,7 +67,8 @@ const MAX_WORD: usize = 64;
     summary = "Register an agent (or re-register it)",
     description = "Takes the fleet's registration token. Answers with the agent's own token, which every other \
         agent route takes. Registering an existing name updates that agent and replaces its token: the old one \
-        stops working.",
+        stops working, and the tasks it held go back to the queue at once (`agent_lost`), since the process \
+        that held them is gone.",
     request_body = RegisterRequest,
     security(("registration_token" = [])),
     responses(

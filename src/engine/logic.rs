@@ -64,7 +64,7 @@ type Result<T> = std::result::Result<T, EngineError>;
 pub fn handle(s: &mut EngineSettings, tx: &WriteTx<'_>, cmd: Command, now: Timestamp) -> Result<Reply> {
     match cmd {
         Command::ObserveIssue(o) => observe_issue(s, tx, o, now).map(Reply::Observed),
-        Command::RegisterAgent(r) => register(tx, r, now).map(Reply::Registered),
+        Command::RegisterAgent(r) => register(s, tx, r, now).map(Reply::Registered),
         Command::Heartbeat { agent, running } => heartbeat(tx, agent, running, now),
         Command::NextAssignment { agent, request_key } => next_assignment(s, tx, agent, request_key, now),
         Command::Progress { agent, task, attempt, lines } => {
@@ -120,7 +120,7 @@ pub fn handle(s: &mut EngineSettings, tx: &WriteTx<'_>, cmd: Command, now: Times
             find_agent(tx, agent)?;
             append(tx, Event::AgentDeregistered { agent, at: now })?;
             // Its work goes back to the queue at once: the agent said goodbye, there is nothing to wait for.
-            lose_leases_of(s, tx, agent, now, true).map(Reply::Requeued)
+            lose_leases_of(s, tx, agent, now, Loss::Deregistered).map(Reply::Requeued)
         }
         Command::Tick => tick(s, tx, now).map(Reply::Ticked),
         Command::FromWebhook { key, inner } => {
@@ -307,14 +307,19 @@ fn repair_status_label(
     Ok(())
 }
 
-fn register(tx: &WriteTx<'_>, r: Registration, now: Timestamp) -> Result<AgentId> {
+fn register(s: &EngineSettings, tx: &WriteTx<'_>, r: Registration, now: Timestamp) -> Result<AgentId> {
     if r.max_concurrency == 0 {
         return Err(EngineError::Invalid("max_concurrency must be at least 1".into()));
     }
-    let id = match tx.read().agent_by_name(&r.name)? {
+    let known = tx.read().agent_by_name(&r.name)?;
+    let id = match &known {
         Some(a) => a.id,
         None => tx.read().next_agent_id()?,
     };
+    // A new token means a new process: whatever the old one held would otherwise wait for its deadline.
+    if known.is_some() {
+        lose_leases_of(s, tx, id, now, Loss::Reregistered)?;
+    }
     tx.append(&Event::AgentRegistered {
         agent: id,
         name: r.name,
@@ -399,23 +404,37 @@ fn fail(
     append(tx, Event::AttemptFailed { task: t.id, attempt: t.attempt, class, message, decision, at: now })
 }
 
-/// Every lease the agent holds is lost; with `at_once`, the retry skips its backoff.
+/// Why an agent's leases are taken back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Loss {
+    /// It said goodbye.
+    Deregistered,
+    /// It registered again with a new token: the process that held the leases is gone.
+    Reregistered,
+    /// Its heartbeats stopped.
+    Silent,
+}
+
+/// Every lease the agent holds is lost, for the reason `why`.
 fn lose_leases_of(
     s: &EngineSettings,
     tx: &WriteTx<'_>,
     agent: AgentId,
     now: Timestamp,
-    at_once: bool,
+    why: Loss,
 ) -> Result<Vec<TaskId>> {
     let mut lost = Vec::new();
     for (task, attempt) in tx.read().leases_of(agent)? {
         let t = find_task(tx, task)?;
-        let message = if at_once {
-            "the agent deregistered while holding the task".to_string()
-        } else {
-            format!("agent {agent} stopped sending heartbeats")
+        let message = match why {
+            Loss::Deregistered => "the agent deregistered while holding the task".to_string(),
+            Loss::Reregistered => {
+                "the agent registered again (it restarted): the process that held the task is gone".to_string()
+            }
+            Loss::Silent => format!("agent {agent} stopped sending heartbeats"),
         };
-        lose(s, tx, &t, attempt, agent, message, now, at_once)?;
+        // Only silence is waited out (the backoff); an agent that says it is gone frees the task at once.
+        lose(s, tx, &t, attempt, agent, message, now, why != Loss::Silent)?;
         lost.push(task);
     }
     Ok(lost)
@@ -475,7 +494,7 @@ fn tick(s: &EngineSettings, tx: &WriteTx<'_>, now: Timestamp) -> Result<TickRepo
     let silence = s.heartbeat_interval * s.missed_heartbeats;
     for agent in tx.read().silent_agents(now - silence)? {
         tx.append(&Event::AgentOffline { agent, at: now })?;
-        report.lost.extend(lose_leases_of(s, tx, agent, now, false)?);
+        report.lost.extend(lose_leases_of(s, tx, agent, now, Loss::Silent)?);
         report.offline.push(agent);
     }
     report.next_release = tx.read().next_release(now)?;

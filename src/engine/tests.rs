@@ -291,6 +291,24 @@ fn draining_agents_get_no_new_work_and_deregistering_requeues_at_once() {
 }
 
 #[test]
+fn an_agent_that_registers_again_has_restarted_and_its_tasks_go_back_at_once() {
+    let mut f = fleet();
+    let t1 = f.label("acme/app#1", &["status:todo"]).unwrap();
+    let a1 = f.register("a1", &[], 1);
+    let a = f.pull(a1).unwrap();
+    f.start(a1, &a);
+    // The runner was killed and started again: same name, new token.
+    let again = f.register("a1", &[], 1);
+    assert_eq!(again, a1, "the same agent");
+    let t = f.task(t1);
+    assert_eq!((t.state, t.attempt), (TaskState::Queued, 2));
+    let failure = t.last_failure.unwrap();
+    assert_eq!(failure.class, FailureClass::AgentLost);
+    assert!(failure.message.contains("registered again"), "{}", failure.message);
+    assert_eq!(f.pull(a1).unwrap().task.id, t1, "no backoff: the agent said its old process is gone");
+}
+
+#[test]
 fn a_batch_commits_good_commands_and_refuses_bad_ones_alone() {
     let mut f = fleet();
     let replies = f.engine.execute_batch(vec![

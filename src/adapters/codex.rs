@@ -1,0 +1,229 @@
+//! The `codex` adapter: `codex exec --json -C <worktree> <prompt>` with standard input closed (it waits for
+//! input otherwise), one JSON event a line. Facts it relies on (../shared/agents/README.md, checked with
+//! 0.169.0):
+//! - success is a `turn.completed` (with the token usage); `turn.failed` or no `turn.completed` at all is a
+//!   failure. A top-level `error` event is often only a warning ("Reconnecting... 1/5");
+//! - there is no cost field;
+//! - with the model server unreachable it retries for ever: the runner's deadline stops it;
+//! - under `-s workspace-write` `.git` is read-only, so the agent cannot commit: the runner commits.
+
+use std::process::ExitStatus;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{Adapter, AdapterKind, Finished, Job, Outcome, Tail, describe, is_rate_limit, one_line};
+use crate::core::{FailureClass, Usage};
+
+/// `[codex]` of the agent's configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CodexSection {
+    /// The `codex` executable. Default: `"codex"` (found on `PATH`).
+    pub program: String,
+    /// `-m`. Default: unset (the CLI's own default).
+    pub model: String,
+    /// `-s`: `read-only`, `workspace-write` or `danger-full-access`; or `bypass` for
+    /// `--dangerously-bypass-approvals-and-sandbox`. Default: `"workspace-write"`.
+    pub sandbox: String,
+    /// More arguments, appended as they are (before the prompt). Default: `[]`.
+    pub extra_args: Vec<String>,
+}
+
+impl Default for CodexSection {
+    fn default() -> Self {
+        Self {
+            program: "codex".into(),
+            model: String::new(),
+            sandbox: "workspace-write".into(),
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+/// The values `sandbox` takes.
+pub const SANDBOXES: [&str; 4] = ["read-only", "workspace-write", "danger-full-access", "bypass"];
+
+pub struct CodexAdapter {
+    config: CodexSection,
+}
+
+impl CodexAdapter {
+    pub fn new(config: CodexSection) -> CodexAdapter {
+        CodexAdapter { config }
+    }
+}
+
+impl Adapter for CodexAdapter {
+    fn kind(&self) -> AdapterKind {
+        AdapterKind::Codex
+    }
+
+    fn command(&self, job: &Job<'_>) -> tokio::process::Command {
+        let c = &self.config;
+        let mut cmd = tokio::process::Command::new(&c.program);
+        cmd.args(["exec", "--json", "--skip-git-repo-check", "-C"]).arg(job.worktree);
+        if c.sandbox == "bypass" {
+            cmd.arg("--dangerously-bypass-approvals-and-sandbox");
+        } else {
+            cmd.args(["-s", &c.sandbox, "-c", "approval_policy=\"never\""]);
+        }
+        if !c.model.is_empty() {
+            cmd.args(["-m", &c.model]);
+        }
+        cmd.args(&c.extra_args).arg("--").arg(job.prompt);
+        cmd
+    }
+
+    fn stdin(&self, _job: &Job<'_>) -> Option<String> {
+        None
+    }
+
+    fn progress(&self, line: &str) -> Option<String> {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            return (!line.trim().is_empty()).then(|| line.trim_end().to_string());
+        };
+        match v["type"].as_str()? {
+            "thread.started" => Some("codex started".into()),
+            "item.completed" => {
+                let item = &v["item"];
+                match item["type"].as_str()? {
+                    "agent_message" => Some(one_line(item["text"].as_str()?)),
+                    "command_execution" => Some(format!(
+                        "$ {} (exit {})",
+                        one_line(item["command"].as_str().unwrap_or("?")),
+                        item["exit_code"].as_i64().map_or("?".to_string(), |c| c.to_string())
+                    )),
+                    "file_change" => {
+                        let changes: Vec<String> = item["changes"]
+                            .as_array()?
+                            .iter()
+                            .map(|c| {
+                                format!("{} {}", c["kind"].as_str().unwrap_or("?"), c["path"].as_str().unwrap_or("?"))
+                            })
+                            .collect();
+                        Some(format!("changed: {}", changes.join(", ")))
+                    }
+                    "error" => Some(format!("error: {}", one_line(item["message"].as_str().unwrap_or("?")))),
+                    _ => None,
+                }
+            }
+            "error" => Some(format!("codex: {}", one_line(v["message"].as_str().unwrap_or("?")))),
+            "turn.completed" => Some("codex finished its turn".into()),
+            "turn.failed" => Some(format!("codex failed: {}", one_line(&error_text(&v)))),
+            _ => None,
+        }
+    }
+
+    fn outcome(&self, status: ExitStatus, tail: &Tail) -> Outcome {
+        let events: Vec<Value> = tail.stdout.iter().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        let failed = events.iter().rev().find(|e| e["type"] == "turn.failed");
+        let completed = events.iter().rev().find(|e| e["type"] == "turn.completed");
+        let fail = |message: String| {
+            let class = if is_rate_limit(&message) { FailureClass::RateLimited } else { FailureClass::AgentError };
+            Outcome::Failed { class, message }
+        };
+        if let Some(f) = failed {
+            return fail(format!("codex ended with {}: the turn failed: {}", describe(status), error_text(f)));
+        }
+        let Some(done) = completed.filter(|_| status.success()) else {
+            let last_error = events.iter().rev().find(|e| e["type"] == "error").map(error_text);
+            let stderr: Vec<&str> = tail.stderr.iter().rev().take(10).rev().map(String::as_str).collect();
+            let why = last_error.unwrap_or_else(|| stderr.join("\n"));
+            return fail(format!("codex ended with {} before completing its turn: {why}", describe(status)));
+        };
+        let summary = events
+            .iter()
+            .rev()
+            .find(|e| e["type"] == "item.completed" && e["item"]["type"] == "agent_message")
+            .and_then(|e| e["item"]["text"].as_str())
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        let u = &done["usage"];
+        let mut usage = Usage {
+            input_tokens: u["input_tokens"].as_u64().unwrap_or(0),
+            output_tokens: u["output_tokens"].as_u64().unwrap_or(0),
+            ..Default::default()
+        };
+        for key in ["cached_input_tokens", "reasoning_output_tokens"] {
+            usage.other.insert(key.to_string(), u[key].as_u64().unwrap_or(0));
+        }
+        let session = events.iter().find(|e| e["type"] == "thread.started").and_then(|e| e["thread_id"].as_str());
+        Outcome::Done(Finished {
+            summary,
+            usage,
+            cost_usd: None,
+            session_id: session.map(str::to_string),
+            denied: Vec::new(),
+        })
+    }
+}
+
+/// The message of an `error` or `turn.failed` event; codex often wraps the provider's JSON error in it.
+fn error_text(e: &Value) -> String {
+    let raw = e["error"]["message"].as_str().or(e["message"].as_str()).unwrap_or("no message");
+    serde_json::from_str::<Value>(raw)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+        .unwrap_or_else(|| raw.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+
+    use super::*;
+
+    fn judge(name: &str, code: i32) -> Outcome {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/agents/samples").join(name);
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let tail = Tail { stdout: text.lines().map(str::to_string).collect(), stderr: Vec::new() };
+        CodexAdapter::new(CodexSection::default()).outcome(ExitStatus::from_raw(code << 8), &tail)
+    }
+
+    #[test]
+    fn a_completed_turn_gives_the_last_message_usage_and_thread() {
+        let Outcome::Done(f) = judge("codex-exec-json.jsonl", 0) else { panic!() };
+        assert!(f.summary.starts_with("Done. I created hello.txt"), "{}", f.summary);
+        assert_eq!((f.usage.input_tokens, f.usage.output_tokens), (4500, 180));
+        assert_eq!(f.usage.other["cached_input_tokens"], 900);
+        assert_eq!(f.session_id.as_deref(), Some("01a20b62-db90-7340-8385-48d46a344812"));
+        assert_eq!(f.cost_usd, None);
+    }
+
+    #[test]
+    fn a_failed_turn_says_the_providers_message() {
+        let Outcome::Failed { class, message } = judge("codex-http400.jsonl", 1) else { panic!() };
+        assert_eq!(class, FailureClass::AgentError);
+        assert!(message.ends_with("the turn failed: mock injected HTTP 400"), "{message}");
+        let Outcome::Failed { message, .. } = judge("codex-response-failed.jsonl", 1) else { panic!() };
+        assert!(message.contains("stream disconnected"), "{message}");
+    }
+
+    #[test]
+    fn a_run_stopped_while_reconnecting_is_a_failure_with_the_last_warning() {
+        let Outcome::Failed { message, .. } = judge("codex-server-down-truncated.jsonl", 0) else { panic!() };
+        assert!(message.contains("before completing its turn") && message.contains("Connection failed"), "{message}");
+    }
+
+    #[test]
+    fn rate_limits_are_their_own_class() {
+        let tail = Tail {
+            stdout: vec![
+                r#"{"type":"turn.failed","error":{"message":"429 Too Many Requests: rate limit reached"}}"#.into(),
+            ],
+            stderr: Vec::new(),
+        };
+        let out = CodexAdapter::new(CodexSection::default()).outcome(ExitStatus::from_raw(1 << 8), &tail);
+        assert!(matches!(out, Outcome::Failed { class: FailureClass::RateLimited, .. }), "{out:?}");
+    }
+
+    #[test]
+    fn events_read_as_progress() {
+        let a = CodexAdapter::new(CodexSection::default());
+        let line = r#"{"type":"item.completed","item":{"type":"command_execution","command":"/bin/bash -lc \"cargo test\"","aggregated_output":"ok","exit_code":0,"status":"completed"}}"#;
+        assert_eq!(a.progress(line).as_deref(), Some("$ /bin/bash -lc \"cargo test\" (exit 0)"));
+        assert_eq!(a.progress(r#"{"type":"turn.started"}"#), None);
+    }
+}
