@@ -57,6 +57,9 @@ impl FleetClient {
         let a = &config.agent;
         let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
+            // Long polls answer within `wait_secs`; anything slower is a hung connection, and the call is
+            // repeated (with the same idempotency key for a request for work).
+            .timeout(Duration::from_secs(a.wait_secs + 30))
             .user_agent(concat!("forgefleet-agent/", env!("CARGO_PKG_VERSION")));
         if let Some(ca) = config.ca().map_err(ClientError::Setup)? {
             for cert in ca.certificates() {

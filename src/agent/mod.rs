@@ -24,6 +24,9 @@ use crate::adapters::{self, Adapter};
 use crate::config::{CaBundle, Secret};
 use crate::core::TaskId;
 
+/// How long a stopping runner waits for its tasks to report, and then for its deregistration.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// What the tasks of one runner share.
 pub struct Runner {
     client: Arc<FleetClient>,
@@ -96,10 +99,15 @@ impl Runner {
             () = shutdown => Ok(()),
         };
         heartbeats.abort();
-        self.stop_all().await;
-        match self.client.deregister().await {
-            Ok(()) => tracing::info!("deregistered; the server re-queues any task this agent had"),
-            Err(e) => tracing::warn!(error = %e, "could not deregister"),
+        // Stopping must end even when the server is unreachable: what could not be said is then found out
+        // by the server from the missing heartbeats.
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.stop_all()).await.is_err() {
+            tracing::warn!("tasks still reporting to the server after {SHUTDOWN_GRACE:?}; leaving them");
+        }
+        match tokio::time::timeout(SHUTDOWN_GRACE, self.client.deregister()).await {
+            Ok(Ok(())) => tracing::info!("deregistered; the server re-queues any task this agent had"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not deregister"),
+            Err(_) => tracing::warn!("the server did not answer the deregistration in time"),
         }
         outcome
     }

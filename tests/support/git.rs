@@ -141,12 +141,7 @@ impl GitServer {
 impl Drop for GitServer {
     fn drop(&mut self) {
         if let Some(runtime) = self.runtime.take() {
-            // Blocking on the shutdown is not allowed inside an async context; there, let it finish behind us.
-            if tokio::runtime::Handle::try_current().is_ok() {
-                runtime.shutdown_background();
-            } else {
-                runtime.shutdown_timeout(std::time::Duration::from_secs(2));
-            }
+            stop_runtime(runtime);
         }
         let pids: Vec<u32> = self.children.lock().unwrap().drain().map(|(_, pid)| pid).collect();
         for pid in pids {
@@ -155,6 +150,16 @@ impl Drop for GitServer {
                 libc::kill(pid as libc::pid_t, libc::SIGKILL);
             }
         }
+    }
+}
+
+/// Stops a test server's own runtime. Blocking on the shutdown is not allowed inside an async context;
+/// there, it finishes behind the caller.
+pub fn stop_runtime(runtime: tokio::runtime::Runtime) {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        runtime.shutdown_background();
+    } else {
+        runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     }
 }
 

@@ -2,9 +2,12 @@
 //! stopped when the test ends.
 #![allow(dead_code)]
 
+pub mod clis;
 pub mod fleet;
 pub mod forgejo;
 pub mod git;
+pub mod model;
+pub mod runner;
 pub mod tls;
 
 use std::net::{SocketAddr, TcpListener};

@@ -1,0 +1,184 @@
+//! A whole fleet for the runner's scenario tests: an in-process forgefleet, the fake Forgejo (pull requests
+//! opened through its API, linked to a real bare repository) and real git over smart HTTP, plus the
+//! `forgefleet agent` binary run as a child process that is always stopped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use forgefleet::config::Secret;
+use reqwest::Method;
+use serde_json::Value;
+
+use super::fleet::{Fleet, REGISTRATION_TOKEN};
+use super::forgejo::FakeForgejo;
+use super::git::{GitServer, TestRepo};
+
+pub const REPO: &str = "acme/app";
+pub const BOT: &str = "forgefleet";
+pub const BOT_TOKEN: &str = "bot-token";
+pub const AGENT_USER: &str = "fleet-a1";
+pub const AGENT_TOKEN: &str = "agent-forgejo-token";
+pub const WEBHOOK_SECRET: &str = "webhook-secret";
+
+pub struct World {
+    pub forgejo: FakeForgejo,
+    pub fleet: Fleet,
+    pub repo: TestRepo,
+    _git: GitServer,
+    pub root: tempfile::TempDir,
+}
+
+impl World {
+    pub async fn new(tune: impl FnOnce(&mut forgefleet::config::Config)) -> World {
+        let root = tempfile::tempdir().unwrap();
+        let git = GitServer::start_with_token(&root.path().join("git"), BOT_TOKEN);
+        git.allow_token(AGENT_TOKEN);
+        let repo = TestRepo::init_bare(&root.path().join("git"), REPO);
+        repo.commit(&[("README.md", "hello\n")], "start");
+        repo.push("main");
+        let forgejo = FakeForgejo::start().await;
+        forgejo.create_repo(REPO).await;
+        forgejo.link_git(REPO, &root.path().join("git").join(format!("{REPO}.git"))).await;
+        forgejo.add_user(BOT, BOT_TOKEN).await;
+        forgejo.set_permission(REPO, BOT, "admin").await;
+        forgejo.add_user(AGENT_USER, AGENT_TOKEN).await;
+        forgejo.set_permission(REPO, AGENT_USER, "write").await;
+        forgejo.add_user("alice", "alice-token").await;
+        forgejo.set_permission(REPO, "alice", "write").await;
+        let (url, git_url) = (forgejo.url().to_string(), git.base_url());
+        let fleet = Fleet::start_with_forgejo(|c| {
+            c.forgejo.url = Some(url);
+            c.forgejo.git_url = Some(git_url);
+            c.forgejo.token = Some(Secret::new(BOT_TOKEN));
+            c.forgejo.bot_user = Some(BOT.into());
+            c.forgejo.webhook_secret = Some(Secret::new(WEBHOOK_SECRET));
+            c.forgejo.repos = vec![REPO.into()];
+            c.agents.heartbeat_interval_secs = 1;
+            tune(c);
+        })
+        .await;
+        let hook = format!("{}/api/v1/webhooks/forgejo", fleet.base);
+        forgejo.add_hook(REPO, &hook, WEBHOOK_SECRET, &["issues", "issue_comment", "pull_request"]).await;
+        World { forgejo, fleet, repo, _git: git, root }
+    }
+
+    /// An issue labelled `status:todo`, queued by forgefleet from Forgejo's webhook; returns (issue, task id).
+    pub async fn queued(&self, title: &str) -> (u64, u64) {
+        let issue = self.forgejo.create_issue(REPO, "alice", title, "Please do it.", &["status:todo"]).await;
+        for _ in 0..600 {
+            let (_, body) = self.fleet.operator(Method::GET, "/tasks").await;
+            let found =
+                body["tasks"].as_array().into_iter().flatten().find(|t| t["issue"] == format!("{REPO}#{issue}"));
+            if let Some(id) = found.and_then(|t| t["id"].as_u64()) {
+                return (issue, id);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("forgefleet did not queue issue #{issue} within 30 s");
+    }
+
+    /// Starts `forgefleet agent` with the `command` adapter running `script` under `sh -c`.
+    pub fn agent(&self, script: &str) -> AgentHost {
+        self.agent_with(&format!("[command]\nrun = [\"sh\", \"-c\", {script:?}]\n"), "command", &[])
+    }
+
+    /// Starts `forgefleet agent` with `adapter`, its configuration sections `sections`, and `env` added to
+    /// the runner's environment (which the agent inherits).
+    pub fn agent_with(&self, sections: &str, adapter: &str, env: &[(String, String)]) -> AgentHost {
+        let dir = self.root.path().join("agent");
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("agent.toml");
+        let text = format!(
+            "[agent]\nname = \"a1\"\nadapter = {adapter:?}\nserver = {:?}\nregistration_token = {REGISTRATION_TOKEN:?}\n\
+             work_dir = {:?}\nwait_secs = 1\n\n{sections}",
+            self.fleet.base,
+            dir.join("work"),
+        );
+        std::fs::write(&config, text).unwrap();
+        AgentHost::start(&config, &dir.join("agent.log"), env)
+    }
+
+    pub async fn task(&self, id: u64) -> Value {
+        let (status, body) = self.fleet.operator(Method::GET, &format!("/tasks/{id}")).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    pub async fn state(&self, id: u64) -> String {
+        self.task(id).await["task"]["state"].as_str().unwrap_or_default().to_string()
+    }
+}
+
+/// The runner process; stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct AgentHost {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl AgentHost {
+    pub fn start(config: &Path, log: &Path, env: &[(String, String)]) -> AgentHost {
+        let out = std::fs::File::create(log).unwrap();
+        let child = Command::new(super::binary())
+            .args(["agent", "--config"])
+            .arg(config)
+            .env("FORGEFLEET_LOG", "info,forgefleet=debug")
+            .env_remove("FORGEFLEET_AGENT_REGISTRATION_TOKEN")
+            // From the environment, as a service manager would pass it: it must not reach the agent.
+            .env("FORGEFLEET_AGENT_FORGEJO_TOKEN", AGENT_TOKEN)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        AgentHost { child: Some(child), log: log.to_path_buf() }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL: the host died, nothing is cleaned up or said.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// SIGTERM, as a service manager stops it; waits for the exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        for _ in 0..300 {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        panic!("the agent did not stop within 15 s of SIGTERM:\n{}", self.log());
+    }
+}
+
+impl Drop for AgentHost {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            for _ in 0..100 {
+                if child.try_wait().unwrap().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn alive(pid: i32) -> bool {
+    // A zombie still answers kill(0); a reaped or killed-and-reaped process does not.
+    let status = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    !status.is_empty() && status.split(' ').nth(2).is_none_or(|s| s != "Z")
+}
