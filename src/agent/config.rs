@@ -48,6 +48,10 @@ pub struct AgentSection {
     /// How long one request for work waits on the server (at most the server's `max_wait_secs`).
     /// Default: `30`.
     pub wait_secs: u64,
+    /// Stop an agent that prints nothing (on either stream) for this long, and fail the attempt with
+    /// `agent_error`; 0 turns it off. For agents that can hang silently, e.g. Codex retrying an unreachable
+    /// model for ever. Default: `0` (only the task's deadline stops it).
+    pub idle_timeout_secs: u64,
     /// A Forgejo API token of the agent's Forgejo user: it pushes the branch and opens the pull request.
     /// Secret; env `FORGEFLEET_AGENT_FORGEJO_TOKEN`. Required.
     #[serde(with = "optional")]
@@ -69,6 +73,7 @@ impl Default for AgentSection {
             max_concurrency: 1,
             work_dir: PathBuf::from("forgefleet-agent"),
             wait_secs: 30,
+            idle_timeout_secs: 0,
             forgejo_token: None,
             ca_file: None,
         }

@@ -38,6 +38,8 @@ pub struct Runner {
     running: Mutex<HashMap<TaskId, watch::Sender<bool>>>,
     /// Signalled when a task ends and frees a slot.
     freed: Notify,
+    /// An agent silent for this long is stopped (`agent.idle_timeout_secs`).
+    idle_timeout: Option<std::time::Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +67,8 @@ impl Runner {
             ca,
             running: Mutex::default(),
             freed: Notify::new(),
+            idle_timeout: (config.agent.idle_timeout_secs > 0)
+                .then(|| std::time::Duration::from_secs(config.agent.idle_timeout_secs)),
         })
     }
 

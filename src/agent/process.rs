@@ -5,8 +5,8 @@
 use std::collections::VecDeque;
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, watch};
@@ -24,13 +24,16 @@ pub enum RunEnd {
     /// Stopped because the server cancelled the task or the runner is shutting down.
     Stopped,
     TimedOut,
+    /// It printed nothing (on either stream) for this long, and was stopped.
+    Idle(Duration),
     /// It could not be started at all.
     NotStarted(String),
 }
 
 /// Runs `adapter` for `job`; progress lines go to `progress` (dropped when that is full: the agent never
 /// waits for the server). Returns when the process has ended, or has been stopped because `cancel` turned
-/// true or `limit` passed.
+/// true, `limit` passed, or (with `idle` set) it printed nothing for that long.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     adapter: &Arc<dyn Adapter>,
     job: &Job<'_>,
@@ -39,6 +42,7 @@ pub async fn run(
     progress: mpsc::Sender<String>,
     mut cancel: watch::Receiver<bool>,
     limit: Duration,
+    idle: Option<Duration>,
 ) -> RunEnd {
     let mut cmd = adapter.command(job);
     cmd.current_dir(job.worktree)
@@ -77,20 +81,32 @@ pub async fn run(
     };
     let shown = adapter.clone();
     let filter: Filter = Box::new(move |line| shown.progress(line));
-    let stdout = child.stdout.take().map(|s| tokio::spawn(read_lines(s, Some((filter, progress)))));
-    let stderr = child.stderr.take().map(|s| tokio::spawn(read_lines(s, None)));
+    let heard = Arc::new(Mutex::new(Instant::now()));
+    let stdout = child.stdout.take().map(|s| tokio::spawn(read_lines(s, heard.clone(), Some((filter, progress)))));
+    let stderr = child.stderr.take().map(|s| tokio::spawn(read_lines(s, heard.clone(), None)));
 
     let ended = async {
         feed.await;
         child.wait().await
     };
+    let silence = async {
+        let Some(idle) = idle else { return std::future::pending().await };
+        loop {
+            let last = *heard.lock().unwrap_or_else(|e| e.into_inner());
+            if last.elapsed() >= idle {
+                return;
+            }
+            tokio::time::sleep(idle - last.elapsed()).await;
+        }
+    };
     let outcome = tokio::select! {
-        status = ended => Some(status),
-        _ = cancel.wait_for(|stop| *stop) => None,
-        _ = tokio::time::sleep(limit) => Some(Err(std::io::Error::from(std::io::ErrorKind::TimedOut))),
+        status = ended => Ended::Exited(status),
+        _ = cancel.wait_for(|stop| *stop) => Ended::Stopped,
+        _ = tokio::time::sleep(limit) => Ended::TimedOut,
+        () = silence => Ended::Idle,
     };
     // Whatever the agent left running in its group ends with it.
-    stop_group(group, &mut child, outcome.as_ref().is_none_or(|o| o.is_err())).await;
+    stop_group(group, &mut child, !matches!(outcome, Ended::Exited(Ok(_)))).await;
     let _ = std::fs::remove_file(pid_file);
     let tail = Tail {
         stdout: match stdout {
@@ -103,17 +119,27 @@ pub async fn run(
         },
     };
     match outcome {
-        None => RunEnd::Stopped,
-        Some(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => RunEnd::TimedOut,
-        Some(Err(e)) => RunEnd::NotStarted(format!("waiting for the agent: {e}")),
-        Some(Ok(status)) => RunEnd::Exited(status, tail),
+        Ended::Stopped => RunEnd::Stopped,
+        Ended::TimedOut => RunEnd::TimedOut,
+        Ended::Idle => RunEnd::Idle(idle.unwrap_or_default()),
+        Ended::Exited(Err(e)) => RunEnd::NotStarted(format!("waiting for the agent: {e}")),
+        Ended::Exited(Ok(status)) => RunEnd::Exited(status, tail),
     }
+}
+
+/// How the wait for the agent ended.
+enum Ended {
+    Exited(std::io::Result<ExitStatus>),
+    Stopped,
+    TimedOut,
+    Idle,
 }
 
 type Filter = Box<dyn Fn(&str) -> Option<String> + Send>;
 
 async fn read_lines(
     stream: impl tokio::io::AsyncRead + Unpin,
+    heard: Arc<Mutex<Instant>>,
     progress: Option<(Filter, mpsc::Sender<String>)>,
 ) -> Vec<String> {
     let mut tail = VecDeque::with_capacity(TAIL_LINES);
@@ -125,6 +151,7 @@ async fn read_lines(
             Ok(0) | Err(_) => break,
             Ok(_) => {}
         }
+        *heard.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
         let line = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_string();
         if let Some((filter, tx)) = &progress
             && let Some(shown) = filter(&line)

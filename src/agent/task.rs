@@ -104,7 +104,8 @@ async fn run_agent(
     let forward = tokio::spawn(forward_progress(runner.client.clone(), a.task_id, a.attempt, rx));
     let env = runner.workspace.author_env();
     let pid_file = runner.workspace.pid_file(&wt.path);
-    let end = process::run(&runner.adapter, &job, &pid_file, &env, tx, cancel, limit).await;
+    let idle = runner.idle_timeout;
+    let end = process::run(&runner.adapter, &job, &pid_file, &env, tx, cancel, limit, idle).await;
     let _ = forward.await;
     let finished = match end {
         RunEnd::Stopped => return Ok(None),
@@ -115,6 +116,12 @@ async fn run_agent(
             });
         }
         RunEnd::NotStarted(why) => return Err(Failure::agent(why)),
+        RunEnd::Idle(quiet) => {
+            return Err(Failure::agent(format!(
+                "the agent printed nothing for {} s (agent.idle_timeout_secs) and was stopped",
+                quiet.as_secs()
+            )));
+        }
         RunEnd::Exited(status, tail) => match runner.adapter.outcome(status, &tail) {
             Outcome::Done(f) => f,
             Outcome::Failed { class, message } => {
