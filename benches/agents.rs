@@ -33,7 +33,7 @@ use axum::Router;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use common::{Row, percentile, print_rows, quick, wanted};
+use common::{Row, env_number, percentile, print_rows, quick, wanted};
 use forgefleet::config::{Config, Secret};
 use forgefleet::core::Timestamp;
 use forgefleet::engine::{Command, IssueObservation, ManualClock, Reply};
@@ -85,15 +85,14 @@ struct Settings {
 impl Settings {
     fn from_env() -> Settings {
         let quick = quick();
-        let number = |name: &str| std::env::var(name).ok().and_then(|v| v.trim().parse::<u64>().ok());
-        let window = number("FORGEFLEET_BENCH_WINDOW_SECS").unwrap_or(if quick { 15 } else { 60 });
+        let window = env_number("FORGEFLEET_BENCH_WINDOW_SECS").unwrap_or(if quick { 15 } else { 60 });
         Settings {
             quick,
             waiting_agents: 50,
             tasks: if quick { 100 } else { 500 },
             warmup_tasks: 20,
             bare_requests: if quick { 500 } else { 2_000 },
-            load_agents: number("FORGEFLEET_BENCH_AGENTS").map_or(5_000, |n| n.max(1) as usize),
+            load_agents: env_number("FORGEFLEET_BENCH_AGENTS").map_or(5_000, |n| n.max(1) as usize),
             ramp: Duration::from_secs(5),
             settle: Duration::from_secs(5),
             window: Duration::from_secs(window.max(1)),

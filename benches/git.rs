@@ -17,13 +17,12 @@ mod git;
 
 use std::io::Write;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::median;
 
 use forgefleet::integrations::git::Mirror;
-use git::{GIT_TOKEN, GitServer, git_command};
+use git::{GIT_TOKEN, GitServer, fast_import, git_command};
 
 const FILES: usize = 200;
 
@@ -292,17 +291,6 @@ fn new_pull_head(bare: &Path, n: u64, base: &str, seed: u64) -> String {
     );
     fast_import(bare, stream.as_bytes());
     git::git(bare, &["rev-parse", &format!("refs/pull/{n}/head")])
-}
-
-fn fast_import(bare: &Path, stream: &[u8]) {
-    let mut child = git_command(bare, 0)
-        .args(["fast-import", "--quiet", "--force"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stream).unwrap();
-    assert!(child.wait().unwrap().success(), "git fast-import failed");
 }
 
 fn init_bare(dir: &Path) {

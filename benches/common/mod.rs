@@ -10,6 +10,11 @@ pub fn quick() -> bool {
 }
 
 /// Whether `FORGEFLEET_BENCH_ONLY` (a comma-separated list; unset: everything) names this part.
+/// A whole number from the environment variable `name`, if it is set and parses.
+pub fn env_number(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse::<u64>().ok())
+}
+
 pub fn wanted(name: &str) -> bool {
     match std::env::var("FORGEFLEET_BENCH_ONLY") {
         Ok(list) if !list.trim().is_empty() => list.split(',').any(|s| s.trim() == name),

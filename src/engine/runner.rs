@@ -4,7 +4,7 @@
 use std::thread;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{Assignment, BatchObserver, Command, Engine, EngineError, Reply, logic};
 use crate::core::AgentId;
@@ -82,9 +82,29 @@ impl Waiters {
 #[derive(Clone)]
 pub struct EngineHandle {
     tx: mpsc::Sender<Envelope>,
+    appended: watch::Receiver<u64>,
 }
 
 impl EngineHandle {
+    /// Changes after every transaction that appended events: workers that act on new events (outbox
+    /// delivery, receipt checks) wait on it instead of only polling.
+    pub fn appended(&self) -> watch::Receiver<u64> {
+        self.appended.clone()
+    }
+
+    /// Waits until events have been appended since `seen` last looked, or `poll` passes, whichever is first.
+    /// With the engine gone, only `poll`.
+    pub async fn appended_or(seen: &mut watch::Receiver<u64>, poll: Duration) {
+        tokio::select! {
+            changed = seen.changed() => {
+                if changed.is_err() {
+                    tokio::time::sleep(poll).await;
+                }
+            }
+            () = tokio::time::sleep(poll) => {}
+        }
+    }
+
     /// Sends a command and waits for its reply, which comes only after its transaction committed.
     pub async fn send(&self, cmd: Command) -> Result<Reply, EngineError> {
         let (reply, rx) = oneshot::channel();
@@ -117,6 +137,8 @@ impl EngineHandle {
 /// The thread ends when every handle is dropped.
 pub fn spawn(mut engine: Engine, observer: impl BatchObserver) -> (EngineHandle, thread::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Envelope>(8192);
+    let (appended_tx, appended) = watch::channel(0u64);
+    let observer = Signalling { inner: observer, appended: appended_tx };
     let join = thread::Builder::new()
         .name("forgefleet-engine".into())
         .spawn(move || {
@@ -153,7 +175,22 @@ pub fn spawn(mut engine: Engine, observer: impl BatchObserver) -> (EngineHandle,
             }
         })
         .expect("spawning the engine thread");
-    (EngineHandle { tx }, join)
+    (EngineHandle { tx, appended }, join)
+}
+
+/// Passes each batch on to the caller's observer and signals the batches that appended events.
+struct Signalling<O> {
+    inner: O,
+    appended: watch::Sender<u64>,
+}
+
+impl<O: BatchObserver> BatchObserver for Signalling<O> {
+    fn committed(&self, commands: usize, events: u64, elapsed: Duration) {
+        self.inner.committed(commands, events, elapsed);
+        if events > 0 {
+            self.appended.send_modify(|n| *n = n.wrapping_add(events));
+        }
+    }
 }
 
 enum Pending {

@@ -332,6 +332,19 @@ pub fn git_command(dir: &Path, when: u64) -> Command {
     command
 }
 
+/// Feeds a `git fast-import` stream into the bare repository `bare` (refs may move backwards: `--force`).
+pub fn fast_import(bare: &Path, stream: &[u8]) {
+    use std::io::Write as _;
+    let mut child = git_command(bare, 0)
+        .args(["fast-import", "--quiet", "--force"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stream).unwrap();
+    assert!(child.wait().unwrap().success(), "git fast-import failed");
+}
+
 /// Runs git in `dir` like [`git_command`] and returns its trimmed stdout; panics with stderr if it fails.
 pub fn git(dir: &Path, args: &[&str]) -> String {
     run(git_command(dir, 1_700_000_000).args(args))

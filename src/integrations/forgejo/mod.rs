@@ -55,6 +55,9 @@ pub fn spawn(
         agent_users: config.forgejo.agent_users.clone(),
         comment_on_start: config.forgejo.comment_on_start,
     };
+    // Both workers wake as soon as the engine appends events (a new outbox row, a receipt), and poll as
+    // the fallback (retries that come due, a pass that failed).
+    let mut appended = engine.appended();
     let delivering = tokio::spawn(async move {
         loop {
             match deliverer.deliver_due(clock.now()).await {
@@ -62,7 +65,7 @@ pub fn spawn(
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "outbox delivery pass failed"),
             }
-            tokio::time::sleep(poll).await;
+            EngineHandle::appended_or(&mut appended, poll).await;
         }
     });
     let validator = validate::Validator {
@@ -74,6 +77,7 @@ pub fn spawn(
         token: config.forgejo.token.as_ref().map(|t| t.expose().to_string()).unwrap_or_default(),
         ca,
     };
+    let mut appended = engine.appended();
     let validating = tokio::spawn(async move {
         loop {
             match validator.validate_pending().await {
@@ -81,7 +85,7 @@ pub fn spawn(
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "validation pass failed"),
             }
-            tokio::time::sleep(poll).await;
+            EngineHandle::appended_or(&mut appended, poll).await;
         }
     });
     let labels = config.label_scheme();
