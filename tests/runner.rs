@@ -66,6 +66,19 @@ async fn an_agent_host_turns_a_labelled_issue_into_a_checked_pull_request() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_receipt_check_and_the_issue_updates_do_not_wait_for_a_poll() {
+    // An hour between polls: only being woken by the new events lets forgefleet act within the test's time.
+    let w = World::polling(std::time::Duration::from_secs(3600), |_| {}).await;
+    let (issue, task) = w.queued("No waiting").await;
+    let _agent = w.agent("echo hi > hi.txt; echo 'Said hi.'");
+    eventually("the task is completed", || async { w.state(task).await == "completed" }).await;
+    eventually("the issue says so", || async {
+        w.forgejo.issue(REPO, issue).await.labels.iter().any(|l| l == "status:done")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_failing_command_fails_the_attempt_with_its_last_words() {
     let w = World::new(|c| c.retry.agent_error.max_retries = 0).await;
     let (_, task) = w.queued("Break").await;

@@ -32,15 +32,20 @@ impl Fleet {
     }
 
     pub async fn start_with(tune: impl FnOnce(&mut Config)) -> Fleet {
-        Self::start_inner(tune, false).await
+        Self::start_inner(tune, None).await
     }
 
-    /// A fleet whose Forgejo workers run too (point `[forgejo] url` at a fake in `tune`).
+    /// A fleet whose Forgejo workers run too (point `[forgejo] url` at a fake in `tune`), polling every 20 ms.
     pub async fn start_with_forgejo(tune: impl FnOnce(&mut Config)) -> Fleet {
-        Self::start_inner(tune, true).await
+        Self::start_inner(tune, Some(Duration::from_millis(20))).await
     }
 
-    async fn start_inner(tune: impl FnOnce(&mut Config), integrations: bool) -> Fleet {
+    /// The same with the workers' poll set to `poll`: with a long one, only being woken makes them act soon.
+    pub async fn start_with_forgejo_polling(poll: Duration, tune: impl FnOnce(&mut Config)) -> Fleet {
+        Self::start_inner(tune, Some(poll)).await
+    }
+
+    async fn start_inner(tune: impl FnOnce(&mut Config), poll: Option<Duration>) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::default();
         config.store.path = dir.path().join("forgefleet.db");
@@ -53,7 +58,10 @@ impl Fleet {
         let clock = ManualClock::new(Timestamp(1_800_000_000_000));
         let server = Server::start(config, store, clock.clone()).unwrap();
         let engine = server.engine().clone();
-        let workers = if integrations { server.start_integrations(Duration::from_millis(20)).unwrap() } else { None };
+        let workers = match poll {
+            Some(poll) => server.start_integrations(poll).unwrap(),
+            None => None,
+        };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let router = server.router();

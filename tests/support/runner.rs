@@ -31,6 +31,11 @@ pub struct World {
 
 impl World {
     pub async fn new(tune: impl FnOnce(&mut forgefleet::config::Config)) -> World {
+        Self::polling(Duration::from_millis(20), tune).await
+    }
+
+    /// The same with forgefleet's Forgejo workers polling only every `poll`.
+    pub async fn polling(poll: Duration, tune: impl FnOnce(&mut forgefleet::config::Config)) -> World {
         let root = tempfile::tempdir().unwrap();
         let git = GitServer::start_with_token(&root.path().join("git"), BOT_TOKEN);
         git.allow_token(AGENT_TOKEN);
@@ -47,7 +52,7 @@ impl World {
         forgejo.add_user("alice", "alice-token").await;
         forgejo.set_permission(REPO, "alice", "write").await;
         let (url, git_url) = (forgejo.url().to_string(), git.base_url());
-        let fleet = Fleet::start_with_forgejo(|c| {
+        let fleet = Fleet::start_with_forgejo_polling(poll, |c| {
             c.forgejo.url = Some(url);
             c.forgejo.git_url = Some(git_url);
             c.forgejo.token = Some(Secret::new(BOT_TOKEN));
