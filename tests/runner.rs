@@ -79,6 +79,32 @@ async fn the_receipt_check_and_the_issue_updates_do_not_wait_for_a_poll() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn two_slots_work_on_two_issues_of_one_repository_at_once() {
+    let w = World::new(|_| {}).await;
+    let (first, one) = w.queued("First").await;
+    let (second, two) = w.queued("Second").await;
+    let marks = w.root.path().join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    // Each waits until both have started, so the two really overlap (fetch, worktrees, pushes included).
+    let script = format!(
+        "touch {m}/$FORGEFLEET_ISSUE; while [ $(ls {m} | wc -l) -lt 2 ]; do sleep 0.05; done; \
+         echo $FORGEFLEET_ISSUE > issue-$FORGEFLEET_ISSUE.txt; echo \"Did #$FORGEFLEET_ISSUE.\"",
+        m = marks.display()
+    );
+    let sections = format!("max_concurrency = 2\n\n[command]\nrun = [\"sh\", \"-c\", {script:?}]\n");
+    let _agent = w.agent_with(&sections, "command", &[]);
+    for task in [one, two] {
+        eventually("both tasks are completed", || async { w.state(task).await == "completed" }).await;
+    }
+    for (issue, task) in [(first, one), (second, two)] {
+        let t = w.task(task).await;
+        let files: Vec<&str> =
+            t["task"]["validation"]["files"].as_array().unwrap().iter().filter_map(|f| f["path"].as_str()).collect();
+        assert_eq!(files, [format!("issue-{issue}.txt")], "each pull request has its own work only");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_failing_command_fails_the_attempt_with_its_last_words() {
     let w = World::new(|c| c.retry.agent_error.max_retries = 0).await;
     let (_, task) = w.queued("Break").await;

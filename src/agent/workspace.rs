@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 
 use base64::Engine as _;
 
@@ -22,6 +23,9 @@ pub struct Workspace {
     /// `GIT_CONFIG_*` pairs for commands that talk to the server.
     remote_config: Vec<(String, String)>,
     author: (String, String),
+    /// One lock per repository cache: tasks of the same repository fetch into it, add and remove worktrees
+    /// one at a time (git takes its ref and worktree locks without waiting, so contention would fail a task).
+    caches: std::sync::Mutex<std::collections::HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// A task's worktree, made from the base branch.
@@ -39,7 +43,7 @@ impl Workspace {
         if let Some(ca) = ca_file {
             remote_config.push(("http.sslCAInfo".into(), ca.display().to_string()));
         }
-        Workspace { root: root.to_path_buf(), remote_config, author }
+        Workspace { root: root.to_path_buf(), remote_config, author, caches: Default::default() }
     }
 
     /// The author and committer for the agent's process too, so its own commits have a name.
@@ -64,6 +68,8 @@ impl Workspace {
         name: &str,
     ) -> Result<Worktree, GitFailed> {
         let cache = self.root.join("repos").join(format!("{repo}.git"));
+        let lock = self.cache_lock(&cache);
+        let _held = lock.lock().await;
         if !cache.join("HEAD").exists() {
             std::fs::create_dir_all(&cache)
                 .map_err(|e| GitFailed(format!("cannot create {}: {e}", cache.display())))?;
@@ -74,7 +80,7 @@ impl Workspace {
             .await
             .map_err(|e| GitFailed(format!("fetching {base} of {repo}: {e}")))?;
         let path = self.root.join("worktrees").join(name);
-        self.remove(&cache, &path).await;
+        self.remove_locked(&cache, &path).await;
         let target = path.to_string_lossy().to_string();
         self.git(&cache, &["worktree", "add", "-q", "-B", branch, &target, &tracking], false).await?;
         let base_sha = self.git(&path, &["rev-parse", "HEAD"], false).await?;
@@ -144,8 +150,19 @@ impl Workspace {
         Ok(())
     }
 
+    fn cache_lock(&self, cache: &Path) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.caches.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(cache.to_path_buf()).or_default().clone()
+    }
+
     /// Removes a worktree and its administrative files; quiet when there is none.
     pub async fn remove(&self, cache: &Path, path: &Path) {
+        let lock = self.cache_lock(cache);
+        let _held = lock.lock().await;
+        self.remove_locked(cache, path).await;
+    }
+
+    async fn remove_locked(&self, cache: &Path, path: &Path) {
         if path.exists() {
             let target = path.to_string_lossy().to_string();
             if self.git(cache, &["worktree", "remove", "--force", "--force", &target], false).await.is_err() {
