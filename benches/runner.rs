@@ -50,7 +50,7 @@ use serde_json::{Value, json};
 use support::fleet::{OPERATOR, REGISTRATION_TOKEN};
 use support::forgejo::FakeForgejo;
 use support::git::{GitServer, fast_import};
-use support::runner::{AGENT_TOKEN, AGENT_USER, BOT, BOT_TOKEN, REPO, WEBHOOK_SECRET};
+use support::runner::{AGENT_TOKEN, BOT, BOT_TOKEN, REPO, WEBHOOK_SECRET};
 
 /// Files in the repository and commits in its history.
 const FILES: usize = 300;
@@ -361,15 +361,7 @@ async fn bench(s: &Settings) -> Report {
     fast_import(&bare, &history());
     support::git::git(&bare, &["repack", "-adq"]);
 
-    let forgejo = FakeForgejo::start().await;
-    forgejo.create_repo(REPO).await;
-    forgejo.link_git(REPO, &bare).await;
-    forgejo.add_user(BOT, BOT_TOKEN).await;
-    forgejo.set_permission(REPO, BOT, "admin").await;
-    forgejo.add_user(AGENT_USER, AGENT_TOKEN).await;
-    forgejo.set_permission(REPO, AGENT_USER, "write").await;
-    forgejo.add_user("alice", "alice-token").await;
-    forgejo.set_permission(REPO, "alice", "write").await;
+    let forgejo = support::runner::forge(&bare).await;
 
     let fleet_dir = root.path().join("fleet");
     std::fs::create_dir_all(&fleet_dir).unwrap();

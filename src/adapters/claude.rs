@@ -11,7 +11,9 @@ use std::process::ExitStatus;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Adapter, AdapterKind, Finished, Job, Outcome, Tail, describe, is_rate_limit, one_line};
+use super::{
+    Adapter, AdapterKind, Finished, Job, Outcome, Tail, describe, is_rate_limit, last_lines, one_line, plain_line,
+};
 use crate::core::{FailureClass, Usage};
 
 /// `[claude]` of the agent's configuration.
@@ -92,7 +94,7 @@ impl Adapter for ClaudeAdapter {
 
     fn progress(&self, line: &str) -> Option<String> {
         let Ok(v) = serde_json::from_str::<Value>(line) else {
-            return (!line.trim().is_empty()).then(|| line.trim_end().to_string());
+            return plain_line(line);
         };
         match v["type"].as_str()? {
             "system" if v["subtype"] == "init" => {
@@ -130,10 +132,13 @@ impl Adapter for ClaudeAdapter {
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
             .find(|v| v["type"] == "result");
         let Some(r) = result else {
-            let last: Vec<&str> = tail.stderr.iter().rev().take(10).rev().map(String::as_str).collect();
             return Outcome::Failed {
                 class: FailureClass::AgentError,
-                message: format!("claude ended with {} and gave no result:\n{}", describe(status), last.join("\n")),
+                message: format!(
+                    "claude ended with {} and gave no result:\n{}",
+                    describe(status),
+                    last_lines(&tail.stderr, 10)
+                ),
             };
         };
         let text = r["result"].as_str().unwrap_or_default().trim().to_string();

@@ -12,7 +12,9 @@ use std::process::ExitStatus;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Adapter, AdapterKind, Finished, Job, Outcome, Tail, describe, is_rate_limit, one_line};
+use super::{
+    Adapter, AdapterKind, Finished, Job, Outcome, Tail, describe, is_rate_limit, last_lines, one_line, plain_line,
+};
 use crate::core::{FailureClass, Usage};
 
 /// `[codex]` of the agent's configuration.
@@ -81,7 +83,7 @@ impl Adapter for CodexAdapter {
 
     fn progress(&self, line: &str) -> Option<String> {
         let Ok(v) = serde_json::from_str::<Value>(line) else {
-            return (!line.trim().is_empty()).then(|| line.trim_end().to_string());
+            return plain_line(line);
         };
         match v["type"].as_str()? {
             "thread.started" => Some("codex started".into()),
@@ -128,8 +130,7 @@ impl Adapter for CodexAdapter {
         }
         let Some(done) = completed.filter(|_| status.success()) else {
             let last_error = events.iter().rev().find(|e| e["type"] == "error").map(error_text);
-            let stderr: Vec<&str> = tail.stderr.iter().rev().take(10).rev().map(String::as_str).collect();
-            let why = last_error.unwrap_or_else(|| stderr.join("\n"));
+            let why = last_error.unwrap_or_else(|| last_lines(&tail.stderr, 10));
             return fail(format!("codex ended with {} before completing its turn: {why}", describe(status)));
         };
         let summary = events

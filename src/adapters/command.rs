@@ -4,7 +4,7 @@
 
 use std::process::ExitStatus;
 
-use super::{Adapter, AdapterKind, Finished, Job, Outcome, Tail, describe};
+use super::{Adapter, AdapterKind, Finished, Job, Outcome, Tail, describe, last_lines, plain_line};
 use crate::core::FailureClass;
 
 /// At most this much of a failed run's output goes into the failure message.
@@ -36,8 +36,7 @@ impl Adapter for CommandAdapter {
     }
 
     fn progress(&self, line: &str) -> Option<String> {
-        let line = line.trim_end();
-        (!line.trim().is_empty()).then(|| line.to_string())
+        plain_line(line)
     }
 
     fn outcome(&self, status: ExitStatus, tail: &Tail) -> Outcome {
@@ -46,11 +45,10 @@ impl Adapter for CommandAdapter {
             return Outcome::Done(Finished { summary: summary.unwrap_or_default(), ..Default::default() });
         }
         let lines = if tail.stderr.iter().any(|l| !l.trim().is_empty()) { &tail.stderr } else { &tail.stdout };
-        let last: Vec<&str> = lines.iter().rev().take(MESSAGE_LINES).rev().map(String::as_str).collect();
         let mut message = format!("`{}` ended with {}", self.run.join(" "), describe(status));
-        if !last.is_empty() {
+        if !lines.is_empty() {
             message.push_str(":\n");
-            message.push_str(&last.join("\n"));
+            message.push_str(&last_lines(lines, MESSAGE_LINES));
         }
         Outcome::Failed { class: FailureClass::AgentError, message }
     }

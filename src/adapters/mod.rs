@@ -99,6 +99,17 @@ pub fn build(config: &crate::agent::config::AgentConfig) -> std::sync::Arc<dyn A
     }
 }
 
+/// A line of output shown as it is (trailing space cut), unless it is blank.
+pub(crate) fn plain_line(line: &str) -> Option<String> {
+    let line = line.trim_end();
+    (!line.trim().is_empty()).then(|| line.to_string())
+}
+
+/// The last `n` of `lines`, one a line, for a failure message.
+pub(crate) fn last_lines(lines: &[String], n: usize) -> String {
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 /// The first line of `text`, at most 300 characters, for a progress line.
 pub(crate) fn one_line(text: &str) -> String {
     let first = text.trim().lines().next().unwrap_or_default();

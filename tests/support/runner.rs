@@ -21,6 +21,21 @@ pub const AGENT_USER: &str = "fleet-a1";
 pub const AGENT_TOKEN: &str = "agent-forgejo-token";
 pub const WEBHOOK_SECRET: &str = "webhook-secret";
 
+/// The fake Forgejo with [`REPO`] linked to the bare repository `bare`, the bot (admin), the agent's user and
+/// alice (writers).
+pub async fn forge(bare: &Path) -> FakeForgejo {
+    let forgejo = FakeForgejo::start().await;
+    forgejo.create_repo(REPO).await;
+    forgejo.link_git(REPO, bare).await;
+    forgejo.add_user(BOT, BOT_TOKEN).await;
+    forgejo.set_permission(REPO, BOT, "admin").await;
+    forgejo.add_user(AGENT_USER, AGENT_TOKEN).await;
+    forgejo.set_permission(REPO, AGENT_USER, "write").await;
+    forgejo.add_user("alice", "alice-token").await;
+    forgejo.set_permission(REPO, "alice", "write").await;
+    forgejo
+}
+
 pub struct World {
     pub forgejo: FakeForgejo,
     pub fleet: Fleet,
@@ -42,15 +57,7 @@ impl World {
         let repo = TestRepo::init_bare(&root.path().join("git"), REPO);
         repo.commit(&[("README.md", "hello\n")], "start");
         repo.push("main");
-        let forgejo = FakeForgejo::start().await;
-        forgejo.create_repo(REPO).await;
-        forgejo.link_git(REPO, &root.path().join("git").join(format!("{REPO}.git"))).await;
-        forgejo.add_user(BOT, BOT_TOKEN).await;
-        forgejo.set_permission(REPO, BOT, "admin").await;
-        forgejo.add_user(AGENT_USER, AGENT_TOKEN).await;
-        forgejo.set_permission(REPO, AGENT_USER, "write").await;
-        forgejo.add_user("alice", "alice-token").await;
-        forgejo.set_permission(REPO, "alice", "write").await;
+        let forgejo = forge(&root.path().join("git").join(format!("{REPO}.git"))).await;
         let (url, git_url) = (forgejo.url().to_string(), git.base_url());
         let fleet = Fleet::start_with_forgejo_polling(poll, |c| {
             c.forgejo.url = Some(url);
