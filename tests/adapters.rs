@@ -31,12 +31,28 @@ async fn claude_code_resolves_an_issue_through_the_runner() {
     let files: Vec<&str> =
         detail["task"]["validation"]["files"].as_array().unwrap().iter().filter_map(|f| f["path"].as_str()).collect();
     assert_eq!(files, ["greeting.txt"]);
-    // The server's prompt reached the model; the tool call came back as progress.
+    // The server's prompt reached the model (on Claude Code's standard input); the tool call came back as
+    // progress.
     let asked = user_text(&model.requests()[0]);
     assert!(asked.contains(&format!("Resolve issue #{issue} of acme/app: Greet the world")), "{asked}");
     let progress: Vec<&str> =
         detail["progress"].as_array().unwrap().iter().filter_map(|p| p["line"].as_str()).collect();
     assert!(progress.iter().any(|l| l.starts_with("→ Write: ") && l.ends_with("greeting.txt")), "{progress:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_issue_text_past_the_command_line_limit_reaches_the_model_whole() {
+    let w = World::new(|_| {}).await;
+    // One command-line argument may hold 128 KiB on Linux; the prompt goes on standard input instead.
+    let body = format!("{}\nTHE END OF THE ISSUE", "A long stack trace line that goes on. ".repeat(5_000));
+    assert!(body.len() > 190_000);
+    let (_, task) = w.queued_with_body("Read all of it", &body).await;
+    let model = ModelServer::start(Script::new(vec![Step::write("read.txt", "read\n"), Step::say("Read it all.")]));
+    let sections = format!("[claude]\nprogram = {:?}\n", clis::claude());
+    let _agent = w.agent_with(&sections, "claude-code", &model.claude_env(&w.root.path().join("claude-home")));
+    eventually("the task is completed", || async { w.state(task).await == "completed" }).await;
+    let asked = user_text(&model.requests()[0]);
+    assert!(asked.contains("THE END OF THE ISSUE") && asked.len() > body.len(), "{} bytes", asked.len());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -83,6 +99,9 @@ async fn codex_resolves_an_issue_through_the_runner_which_commits_for_it() {
     assert_eq!(r["usage"]["input_tokens"], 2 * INPUT_TOKENS, "{r}");
     assert!(r["session_id"].as_str().is_some_and(|s| !s.is_empty()), "{r}");
     assert!(r["cost_usd"].is_null(), "codex reports no cost: {r}");
+    // The prompt went in on standard input (`codex exec ... -`), and reached the model whole.
+    let asked = user_text(&model.requests()[0]);
+    assert!(asked.contains("Resolve issue #") && asked.contains("Greet in codex"), "{asked}");
     let files: Vec<&str> =
         detail["task"]["validation"]["files"].as_array().unwrap().iter().filter_map(|f| f["path"].as_str()).collect();
     assert_eq!(files, ["greeting.txt"]);

@@ -66,11 +66,11 @@ impl Adapter for ClaudeAdapter {
         AdapterKind::ClaudeCode
     }
 
-    fn command(&self, job: &Job<'_>) -> tokio::process::Command {
+    fn command(&self, _job: &Job<'_>) -> tokio::process::Command {
         let c = &self.config;
         let mut cmd = tokio::process::Command::new(&c.program);
-        // The prompt right after -p: `--allowedTools` takes several values and would swallow a prompt after it.
-        cmd.arg("-p").arg(job.prompt).args(["--output-format", "stream-json", "--verbose"]);
+        // The prompt comes on standard input: an argument is limited to 128 KiB, an issue body is not.
+        cmd.arg("-p").args(["--output-format", "stream-json", "--verbose"]);
         cmd.args(["--permission-mode", &c.permission_mode]);
         if !c.model.is_empty() {
             cmd.args(["--model", &c.model]);
@@ -88,8 +88,8 @@ impl Adapter for ClaudeAdapter {
         cmd
     }
 
-    fn stdin(&self, _job: &Job<'_>) -> Option<String> {
-        None
+    fn stdin(&self, job: &Job<'_>) -> Option<String> {
+        Some(job.prompt.to_string())
     }
 
     fn progress(&self, line: &str) -> Option<String> {

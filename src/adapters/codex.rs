@@ -73,12 +73,14 @@ impl Adapter for CodexAdapter {
         if !c.model.is_empty() {
             cmd.args(["-m", &c.model]);
         }
-        cmd.args(&c.extra_args).arg("--").arg(job.prompt);
+        // `-`: the prompt comes on standard input (then closed, or codex waits for more): an argument is limited
+        // to 128 KiB, an issue body is not.
+        cmd.args(&c.extra_args).arg("-");
         cmd
     }
 
-    fn stdin(&self, _job: &Job<'_>) -> Option<String> {
-        None
+    fn stdin(&self, job: &Job<'_>) -> Option<String> {
+        Some(job.prompt.to_string())
     }
 
     fn progress(&self, line: &str) -> Option<String> {

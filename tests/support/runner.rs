@@ -77,7 +77,12 @@ impl World {
 
     /// An issue labelled `status:todo`, queued by forgefleet from Forgejo's webhook; returns (issue, task id).
     pub async fn queued(&self, title: &str) -> (u64, u64) {
-        let issue = self.forgejo.create_issue(REPO, "alice", title, "Please do it.", &["status:todo"]).await;
+        self.queued_with_body(title, "Please do it.").await
+    }
+
+    /// The same with the issue text `body`.
+    pub async fn queued_with_body(&self, title: &str, body: &str) -> (u64, u64) {
+        let issue = self.forgejo.create_issue(REPO, "alice", title, body, &["status:todo"]).await;
         for _ in 0..600 {
             let (_, body) = self.fleet.operator(Method::GET, "/tasks").await;
             let found =
