@@ -88,10 +88,6 @@ impl Adapter for ClaudeAdapter {
         cmd
     }
 
-    fn stdin(&self, job: &Job<'_>) -> Option<String> {
-        Some(job.prompt.to_string())
-    }
-
     fn progress(&self, line: &str) -> Option<String> {
         let Ok(v) = serde_json::from_str::<Value>(line) else {
             return plain_line(line);

@@ -31,10 +31,6 @@ impl Adapter for CommandAdapter {
         cmd
     }
 
-    fn stdin(&self, job: &Job<'_>) -> Option<String> {
-        Some(job.prompt.to_string())
-    }
-
     fn progress(&self, line: &str) -> Option<String> {
         plain_line(line)
     }

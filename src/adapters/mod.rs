@@ -83,7 +83,10 @@ pub trait Adapter: Send + Sync {
     /// directory, the standard streams and the variables every adapter gets.
     fn command(&self, job: &Job<'_>) -> tokio::process::Command;
     /// What to write to the process's standard input before closing it.
-    fn stdin(&self, job: &Job<'_>) -> Option<String>;
+    /// Every adapter here takes the prompt this way: a command-line argument may hold only 128 KiB on Linux.
+    fn stdin(&self, job: &Job<'_>) -> Option<String> {
+        Some(job.prompt.to_string())
+    }
     /// A line of standard output as operators should see it in the task's progress, if at all.
     fn progress(&self, line: &str) -> Option<String>;
     /// Judges a run that ended by itself.
