@@ -1,4 +1,7 @@
-//! `store rebuild` recomputes exactly the live projections, after long random scenarios.
+//! `store rebuild` recomputes exactly the live projections, after long random scenarios and on a database made
+//! by a whole loop over HTTP.
+
+mod support;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -168,5 +171,131 @@ fn rebuilt_projections_equal_the_live_ones_after_long_random_scenarios() {
         assert_eq!(snapshot(&engine.store), rebuilt);
         // And the engine goes on working on the rebuilt tables.
         assert!(matches!(engine.execute(Command::Tick), Ok(Reply::Ticked(_))));
+    }
+}
+
+/// Every row of every table but the log, as text, in a stable order: the projections, the progress lines,
+/// the outbox, the seen webhooks and the settings.
+fn every_table(db: &std::path::Path) -> Vec<String> {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let mut stmt =
+        conn.prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name != 'events' ORDER BY name").unwrap();
+    let tables: Vec<String> = stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+    let mut out = Vec::new();
+    for table in tables {
+        let mut stmt = conn.prepare(&format!("SELECT * FROM {table} ORDER BY 1")).unwrap();
+        let n = stmt.column_count();
+        let rows = stmt
+            .query_map([], |r| {
+                let cells: Vec<String> = (0..n).map(|i| format!("{:?}", r.get_ref(i).unwrap())).collect();
+                Ok(format!("{table}: {}", cells.join(" | ")))
+            })
+            .unwrap();
+        out.extend(rows.map(Result::unwrap));
+    }
+    out
+}
+
+/// A database as a real fleet leaves it: work done end to end through HTTP, a fake Forgejo sending webhooks
+/// and receiving comments, real git, agents reporting progress, a person's `/cancel`, a lease still held.
+/// `forgefleet store rebuild` must work on it and give back every table exactly as it was.
+#[tokio::test(flavor = "multi_thread")]
+async fn store_rebuild_works_on_a_database_made_by_a_whole_loop_and_changes_no_row() {
+    use forgefleet::config::Secret;
+    use serde_json::json;
+    use support::eventually;
+    use support::fleet::Fleet;
+    use support::forgejo::FakeForgejo;
+    use support::git::{GitServer, TestRepo};
+
+    const REPO: &str = "acme/app";
+    let root = tempfile::tempdir().unwrap();
+    let db = root.path().join("fleet.db");
+    let git = GitServer::start_with_token(root.path(), "bot-token");
+    let repo = TestRepo::init_bare(root.path(), REPO);
+    repo.commit(&[("README.md", "hello\n")], "start");
+    repo.push("main");
+    let forgejo = FakeForgejo::start().await;
+    forgejo.create_repo(REPO).await;
+    forgejo.add_user("forgefleet", "bot-token").await;
+    forgejo.set_permission(REPO, "forgefleet", "admin").await;
+    forgejo.add_user("alice", "alice-token").await;
+    forgejo.set_permission(REPO, "alice", "write").await;
+    let (url, git_url) = (forgejo.url().to_string(), git.base_url());
+    let db_path = db.clone();
+    let fleet = Fleet::start_with_forgejo(|c| {
+        c.forgejo.url = Some(url);
+        c.forgejo.git_url = Some(git_url);
+        c.forgejo.token = Some(Secret::new("bot-token"));
+        c.forgejo.webhook_secret = Some(Secret::new("s"));
+        c.forgejo.bot_user = Some("forgefleet".into());
+        c.forgejo.repos = vec![REPO.into()];
+        c.store.path = db_path;
+    })
+    .await;
+    let hook = format!("{}/api/v1/webhooks/forgejo", fleet.base);
+    forgejo.add_hook(REPO, &hook, "s", &["issues", "issue_comment", "pull_request"]).await;
+    let tasks = || async { fleet.operator(reqwest::Method::GET, "/tasks").await.1["tasks"].as_array().unwrap().len() };
+
+    // Issue 1: done end to end, with progress and a checked receipt.
+    let one = forgejo.create_issue(REPO, "alice", "Greet", "", &["status:todo"]).await;
+    eventually("task 1 is queued", || async { tasks().await == 1 }).await;
+    let a1 = fleet.register("a1", &[], 2).await;
+    let work = a1.pull().await.unwrap();
+    a1.start(&work).await;
+    let progress = json!({"attempt": 1, "lines": ["cloned", "running tests"]});
+    assert_eq!(a1.post(&format!("/tasks/{}/progress", work.task_id), progress).await.0, 200);
+    repo.checkout(&work.branch);
+    let sha = repo.commit(&[("greet.txt", "hi\n")], "greet");
+    repo.push(&work.branch);
+    let pr = forgejo.create_pull(REPO, "agent", "Greet", &format!("Closes #{one}"), &work.branch, &sha, "main").await;
+    repo.push_pull_head(pr, &sha);
+    let receipt = json!({"task_id": work.task_id, "attempt": 1, "pr_number": pr, "head_sha": sha});
+    assert_eq!(a1.post("/receipts", receipt).await.0, 202);
+    eventually("task 1 is completed", || async { fleet.task(work.task_id).await["state"] == "completed" }).await;
+
+    // Issue 2: started, progress, then a person's `/cancel`.
+    let two = forgejo.create_issue(REPO, "alice", "Stop me", "", &["status:todo"]).await;
+    eventually("task 2 is queued", || async { tasks().await == 2 }).await;
+    let second = a1.pull().await.unwrap();
+    a1.start(&second).await;
+    let progress = json!({"attempt": 1, "lines": ["thinking"]});
+    assert_eq!(a1.post(&format!("/tasks/{}/progress", second.task_id), progress).await.0, 200);
+    forgejo.comment(REPO, two, "alice", "/cancel").await;
+    eventually("task 2 is cancelled", || async { fleet.task(second.task_id).await["state"] == "cancelled" }).await;
+
+    // Issue 3: leased to another agent that has not started yet.
+    forgejo.create_issue(REPO, "alice", "Hold me", "", &["status:todo"]).await;
+    eventually("task 3 is queued", || async { tasks().await == 3 }).await;
+    let a2 = fleet.register("a2", &[], 1).await;
+    a2.pull().await.unwrap();
+    a2.heartbeat(&[]).await;
+    eventually("the outbox is empty", || async {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.query_row("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL", [], |r| r.get::<_, i64>(0)).unwrap()
+            == 0
+    })
+    .await;
+    drop(fleet);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let before = every_table(&db);
+    for table in ["progress", "leases", "outbox", "webhook_seen"] {
+        assert!(before.iter().any(|r| r.starts_with(&format!("{table}: "))), "no {table} rows: {before:#?}");
+    }
+    let config = root.path().join("cli.toml");
+    std::fs::write(&config, format!("[store]\npath = {db:?}\n")).unwrap();
+    let out = std::process::Command::new(support::binary())
+        .args(["store", "rebuild", "--config"])
+        .arg(&config)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}{}", support::stdout(&out), support::stderr(&out));
+    assert!(support::stdout(&out).contains("rebuilt 3 tasks and 2 agents"), "{}", support::stdout(&out));
+    let after = every_table(&db);
+    assert_eq!(before.len(), after.len());
+    for (a, b) in before.iter().zip(&after) {
+        assert_eq!(a, b);
     }
 }

@@ -19,11 +19,15 @@ pub struct RebuildReport {
 impl Store {
     /// Replaces the tasks, agents and leases tables with what the event log says, in one transaction.
     /// The log is folded in memory through the same `apply` the engine uses, then written once per row, so a
-    /// rebuild costs one pass over the log. Heartbeat times are not in the log and are carried over.
+    /// rebuild costs one pass over the log. Heartbeat times and progress lines are not in the log: they are
+    /// carried over as they are (progress rows refer to tasks, which the rebuild gives back under the same ids).
     pub fn rebuild(&mut self) -> Result<RebuildReport> {
         let started = Instant::now();
         self.cache.clear();
         let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        // The tasks are deleted and written again while `progress` refers to them: the references are checked
+        // at the commit, when every task is back (SQLite turns this off again when the transaction ends).
+        tx.pragma_update(None, "defer_foreign_keys", "ON")?;
         let mut tasks: BTreeMap<TaskId, Task> = BTreeMap::new();
         let mut agents: BTreeMap<AgentId, (Agent, crate::core::Timestamp)> = BTreeMap::new();
         let mut events = 0u64;
