@@ -406,6 +406,9 @@ async fn bench(s: &Settings) -> Report {
         git_url: git.base_url(),
         token: BOT_TOKEN.into(),
         ca: None,
+        branch_prefix: "forgefleet/".into(),
+        base_branch: "main".into(),
+        agent_users: Default::default(),
     };
     let ours_side = RunnerSide {
         fleet: &fleet,

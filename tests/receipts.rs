@@ -27,6 +27,8 @@ struct World {
     issue: u64,
     agent: TestAgent,
     task: u64,
+    /// The branch the assignment named.
+    branch: String,
     /// With HTTPS: the fronts of Forgejo and git, and the PEM file of the CA their certificates come from.
     tls: Option<(TlsFront, TlsFront, std::path::PathBuf)>,
 }
@@ -55,6 +57,8 @@ impl World {
         forgejo.set_permission(REPO, BOT, "admin").await;
         forgejo.add_user("agent", "agent-token").await;
         forgejo.set_permission(REPO, "agent", "write").await;
+        forgejo.add_user("alice", "alice-token").await;
+        forgejo.set_permission(REPO, "alice", "write").await;
         let (mut url, mut git_url) = (forgejo.url().to_string(), git.base_url());
         let mut tls = None;
         if https {
@@ -76,6 +80,7 @@ impl World {
             c.forgejo.webhook_secret = Some(Secret::new("s"));
             c.forgejo.bot_user = Some(BOT.into());
             c.forgejo.repos = vec![REPO.into()];
+            c.forgejo.agent_users = [("a1".to_string(), "agent".to_string())].into();
             if let Some(db) = db {
                 c.store.path = db;
             }
@@ -86,22 +91,40 @@ impl World {
         let agent = fleet.register("a1", &[], 1).await;
         let a = agent.pull().await.unwrap();
         agent.start(&a).await;
-        World { forgejo, fleet, repo, _git: git, _root: root, issue, agent, task, tls }
+        let branch = a.branch.clone();
+        World { forgejo, fleet, repo, _git: git, _root: root, issue, agent, task, branch, tls }
     }
 
-    /// The agent's work: a branch with one commit, pushed, and a pull request for it.
+    /// The agent's work: the assignment's branch with one commit, pushed, and a pull request for it.
     async fn open_pull(&self, files: &[(&str, &str)], title: &str, body: &str) -> (u64, String) {
-        self.repo.checkout("feature");
+        self.open_pull_as("agent", &self.branch.clone(), files, title, body).await
+    }
+
+    /// `user`'s pull request from `branch` (made from `main`) with one commit.
+    async fn open_pull_as(
+        &self,
+        user: &str,
+        branch: &str,
+        files: &[(&str, &str)],
+        title: &str,
+        body: &str,
+    ) -> (u64, String) {
+        self.repo.checkout("main");
+        self.repo.checkout(branch);
         let sha = if files.is_empty() { self.repo.commit_empty("nothing") } else { self.repo.commit(files, "greet") };
-        self.repo.push("feature");
-        let n = self.forgejo.create_pull(REPO, "agent", title, body, "feature", &sha, "main").await;
+        self.repo.push(branch);
+        let n = self.forgejo.create_pull(REPO, user, title, body, branch, &sha, "main").await;
         self.repo.push_pull_head(n, &sha);
         (n, sha)
     }
 
     async fn submit(&self, pr: u64, head: &str) -> (reqwest::StatusCode, Value) {
+        self.submit_for(self.task, pr, head).await
+    }
+
+    async fn submit_for(&self, task: u64, pr: u64, head: &str) -> (reqwest::StatusCode, Value) {
         let body = json!({
-            "task_id": self.task, "attempt": 1, "pr_number": pr, "head_sha": head,
+            "task_id": task, "attempt": 1, "pr_number": pr, "head_sha": head,
             "summary": "Greets properly now.", "usage": {"input_tokens": 1200, "output_tokens": 340},
             "cost_usd": 0.05, "duration_secs": 42
         });
@@ -117,6 +140,10 @@ impl World {
         eventually("the receipt is checked", || async { self.task().await["state"] != "validating" }).await;
         self.task().await
     }
+}
+
+fn check(task: &Value, name: &str) -> Value {
+    task["validation"]["checks"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap().clone()
 }
 
 fn failed_checks(task: &Value) -> Vec<String> {
@@ -163,7 +190,7 @@ async fn a_valid_receipt_completes_the_task_with_the_files_git_reports() {
     let s = &statuses[0];
     assert_eq!((s.state.as_str(), s.context.as_str(), s.creator.as_str()), ("success", "forgefleet/receipt", BOT));
     assert!(s.target_url.ends_with(&format!("/{REPO}/issues/{}", w.issue)), "{statuses:?}");
-    assert_eq!(s.description, "verified by forgefleet: 4 checks passed");
+    assert_eq!(s.description, "verified by forgefleet: 8 checks passed");
     // The same receipt again is a no-op; a different one for the same attempt is a conflict.
     assert_eq!(w.submit(pr, &sha).await.0, 202);
     assert_eq!(w.submit(pr + 1, &sha).await.0, 409);
@@ -243,6 +270,8 @@ async fn a_receipt_naming_another_head_fails_head_matches() {
     let task = w.settled().await;
     let failed = failed_checks(&task);
     assert!(failed.contains(&"head_matches".to_string()), "{task}");
+    let detail = check(&task, "head_matches")["detail"].as_str().unwrap().to_string();
+    assert!(detail.contains("a commit that does not exist in the repository"), "{detail}");
     // A commit that is not the pull request's head gets no status (it may not even exist).
     eventually("the failure comment is posted", || async {
         w.forgejo.comments(REPO, w.issue).await.iter().any(|c| c.body.contains("head_matches"))
@@ -258,7 +287,7 @@ async fn commits_that_change_nothing_fail_verification() {
     w.submit(pr, &sha).await;
     let task = w.settled().await;
     assert_eq!(failed_checks(&task), ["commits_change_something"], "{task}");
-    let detail = &task["validation"]["checks"][3]["detail"];
+    let detail = &check(&task, "commits_change_something")["detail"];
     assert!(detail.as_str().unwrap().contains("empty diff"), "{detail}");
     eventually("the head commit shows the failed check", || async {
         w.forgejo.statuses(REPO, &sha).await.last().is_some_and(|s| {
@@ -281,15 +310,17 @@ async fn a_branch_pushed_after_the_receipt_fails_head_matches_with_a_message_say
     };
     assert_eq!(w.submit(pr, &sha).await.0, 202);
     let newer = w.repo.commit(&[("a.txt", "y\n")], "more");
-    w.repo.push("feature");
+    w.repo.push(&w.branch);
     w.repo.push_pull_head(pr, &newer);
     w.forgejo.heal().await;
     w.forgejo.push_to_pull(REPO, pr, "agent", &[FakeCommit::new(&newer, "more").file("a.txt", "modified", 1, 1)]).await;
     let task = w.settled().await;
-    let head =
-        task["validation"]["checks"].as_array().unwrap().iter().find(|c| c["name"] == "head_matches").unwrap().clone();
+    let head = check(&task, "head_matches");
     assert_eq!(head["passed"], false, "{task}");
-    assert!(head["detail"].as_str().unwrap().contains("pushed to"), "{head}");
+    assert!(
+        head["detail"].as_str().unwrap().contains("an earlier commit of the branch: the branch was pushed to"),
+        "{head}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -374,4 +405,103 @@ async fn over_https_a_private_ca_in_ca_file_is_trusted_by_the_api_client_and_the
     .unwrap();
     let err = fetched.unwrap_err();
     assert!(err.contains("invalid peer certificate"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_receipt_naming_the_base_commit_says_so() {
+    let w = World::new(None).await;
+    let (pr, _sha) = w.open_pull(&[("a.txt", "x\n")], &format!("Fix #{}", w.issue), "").await;
+    let base = w.repo.remote_ref("refs/heads/main").unwrap();
+    w.submit(pr, &base).await;
+    let task = w.settled().await;
+    let head = check(&task, "head_matches");
+    assert_eq!(head["passed"], false, "{task}");
+    assert!(head["detail"].as_str().unwrap().contains("a commit of the base branch `main`"), "{head}");
+}
+
+/// A lie that completed before: the agent edits another task's pull request (made by the same Forgejo user) to
+/// mention its own issue, and hands it in.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_receipt_for_another_tasks_pull_request_is_refused() {
+    let w = World::new(None).await;
+    let (pr, sha) = w.open_pull(&[("a.txt", "x\n")], "Greet", &format!("Closes #{}", w.issue)).await;
+    w.submit(pr, &sha).await;
+    assert_eq!(w.settled().await["state"], "completed");
+    let second = w.forgejo.create_issue(REPO, "alice", "Say goodbye", "", &["status:todo"]).await;
+    let task = w.fleet.label(&format!("{REPO}#{second}"), &["status:todo"]).await.unwrap().0 as u64;
+    let a = w.agent.pull().await.unwrap();
+    assert_eq!(a.task_id.0 as u64, task);
+    w.agent.start(&a).await;
+    w.forgejo.set_body(REPO, pr, "agent", &format!("Closes #{}, closes #{second}", w.issue)).await;
+    assert_eq!(w.submit_for(task, pr, &sha).await.0, 202);
+    let id = forgefleet::core::TaskId(task as i64);
+    eventually("the receipt is checked", || async { w.fleet.task(id).await["state"] != "validating" }).await;
+    let t = w.fleet.task(id).await;
+    assert_ne!(t["state"], "completed", "{t}");
+    assert_eq!(failed_checks(&t), ["head_branch", "not_claimed_before"], "{t}");
+    let claimed = check(&t, "not_claimed_before")["detail"].as_str().unwrap().to_string();
+    assert!(claimed.contains(&format!("task {} was already completed with pull request #{pr}", w.task)), "{claimed}");
+    let branch = check(&t, "head_branch")["detail"].as_str().unwrap().to_string();
+    assert!(branch.contains(&w.branch) && branch.contains(&a.branch), "{branch}");
+    eventually("the comment names the failed checks", || async {
+        w.forgejo.comments(REPO, second).await.iter().any(|c| c.body.contains("not_claimed_before"))
+    })
+    .await;
+}
+
+/// The other lie: a person's own pull request that mentions the issue.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_receipt_for_a_persons_own_pull_request_is_refused() {
+    let w = World::new(None).await;
+    let body = format!("Fixes #{}", w.issue);
+    let (pr, sha) = w.open_pull_as("alice", "alice/greeting", &[("greet.txt", "hello\n")], "Greet", &body).await;
+    assert_eq!(w.submit(pr, &sha).await.0, 202);
+    let task = w.settled().await;
+    assert_ne!(task["state"], "completed", "{task}");
+    assert_eq!(failed_checks(&task), ["head_branch", "opened_by_agent"], "{task}");
+    let opened = check(&task, "opened_by_agent")["detail"].as_str().unwrap().to_string();
+    assert!(opened.contains("opened by alice, not by agent"), "{opened}");
+    eventually("the comment names the failed checks", || async {
+        w.forgejo
+            .comments(REPO, w.issue)
+            .await
+            .iter()
+            .any(|c| c.body.contains("head_branch") && c.body.contains("opened_by_agent"))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pull_request_against_another_base_branch_fails_that_check() {
+    let w = World::new(None).await;
+    w.repo.checkout("main");
+    w.repo.checkout("release");
+    w.repo.push("release");
+    w.repo.checkout(&w.branch.clone());
+    let sha = w.repo.commit(&[("a.txt", "x\n")], "greet");
+    w.repo.push(&w.branch);
+    let pr = w
+        .forgejo
+        .create_pull(REPO, "agent", "Greet", &format!("Closes #{}", w.issue), &w.branch, &sha, "release")
+        .await;
+    w.repo.push_pull_head(pr, &sha);
+    w.submit(pr, &sha).await;
+    let task = w.settled().await;
+    assert_eq!(failed_checks(&task), ["base_branch"], "{task}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pull_request_number_below_one_is_refused() {
+    let w = World::new(None).await;
+    for pr in [json!(0), json!(-3)] {
+        let body = json!({"task_id": w.task, "attempt": 1, "pr_number": pr, "head_sha": "a".repeat(40)});
+        let (status, err) = w.agent.post("/receipts", body).await;
+        assert_eq!(status, 400, "{pr}: {err}");
+    }
+    let (_, err) = w
+        .agent
+        .post("/receipts", json!({"task_id": w.task, "attempt": 1, "pr_number": 0, "head_sha": "a".repeat(40)}))
+        .await;
+    assert!(err.to_string().contains("pr_number"), "{err}");
+    assert_eq!(w.task().await["state"], "running", "refusals change nothing");
 }

@@ -29,7 +29,8 @@ pub struct ReceiptRequest {
     #[schema(value_type = i64)]
     pub task_id: TaskId,
     pub attempt: u32,
-    /// The pull request, in the task's repository.
+    /// The pull request, in the task's repository: at least 1.
+    #[schema(minimum = 1)]
     pub pr_number: u64,
     /// The commit the pull request's head must be.
     pub head_sha: String,
@@ -61,15 +62,17 @@ const MAX_SUMMARY: usize = 64 * 1024;
     summary = "Hand in the work: the pull request and what it cost",
     description = "Only the agent holding the lease of that attempt may submit. The task moves to `validating`: \
         forgefleet checks through Forgejo and its own git mirror that the pull request exists in the task's \
-        repository, is open or merged, refers to the issue, has the named head, and that its commits change \
-        something. Then the task is `completed`, or the attempt fails with `verification_failed`. The same \
+        repository, is open or merged, refers to the issue, comes from the assignment's branch in that repository \
+        against the base branch, was opened by the agent's Forgejo user (when one is configured), completed no \
+        other task, has the named head, and that its commits change something. Then the task is `completed`, or \
+        the attempt fails with `verification_failed`. The same \
         receipt again is a no-op (202); a different receipt for an attempt already received is 409.",
     request_body = ReceiptRequest,
     security(("agent_token" = [])),
     responses(
         (status = 202, description = "Accepted for checking (or already accepted)", body = TaskAck),
-        (status = 400, description = "Invalid JSON, an unknown field, a head that is not a commit id, a summary over \
-            64 KiB", body = ErrorBody),
+        (status = 400, description = "Invalid JSON, an unknown field, a `pr_number` below 1, a head that is not a \
+            commit id, a summary over 64 KiB", body = ErrorBody),
         (status = 401, description = "Missing, unknown or revoked agent token", body = ErrorBody),
         (status = 403, description = "The agent does not hold the lease of this task and attempt", body = ErrorBody),
         (status = 404, description = "No such task", body = ErrorBody),
@@ -85,6 +88,9 @@ pub async fn submit(
     AuthAgent(agent): AuthAgent,
     ApiJson(req): ApiJson<ReceiptRequest>,
 ) -> Result<(StatusCode, Json<TaskAck>), ApiError> {
+    if req.pr_number == 0 {
+        return Err(ApiError::BadRequest("`pr_number` must be a pull request number, 1 or more".into()));
+    }
     let head_sha = CommitSha::parse(&req.head_sha).map_err(|e| ApiError::BadRequest(format!("head_sha: {e}")))?;
     if req.summary.len() > MAX_SUMMARY {
         return Err(ApiError::BadRequest("`summary` is longer than 64 KiB".into()));

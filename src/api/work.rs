@@ -66,7 +66,7 @@ impl AssignmentView {
     fn new(a: &Assignment, app: &AppState) -> Result<Self, ApiError> {
         let f = &app.config.forgejo;
         let t = &a.task;
-        let branch = format!("{}issue-{}-attempt-{}", f.branch_prefix, t.issue.number, a.lease.attempt);
+        let branch = crate::core::work_branch(&f.branch_prefix, t.issue.number, a.lease.attempt);
         let prompt = app
             .templates
             .render(

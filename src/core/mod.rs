@@ -19,5 +19,5 @@ pub use ids::{AgentId, AgentName, CommitSha, InvalidId, IssueRef, RepoName, Task
 pub use labels::{LabelChange, LabelReading, LabelScheme, Priority, StatusLabel, TaskSpec};
 pub use policy::{FailureClass, RetryDecision, RetryPolicy, RetryRule};
 pub use receipt::{Artifact, Check, FileChange, Receipt, Usage, Validation};
-pub use task::{Lease, Task, TaskState, TransitionError};
+pub use task::{Lease, Task, TaskState, TransitionError, work_branch};
 pub use time::Timestamp;

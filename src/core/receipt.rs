@@ -49,7 +49,8 @@ pub struct Receipt {
 /// One thing forgefleet checked about a receipt, and what it found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Check {
-    /// `pull_request_exists`, `refers_to_issue`, `head_matches`, `commits_change_something`.
+    /// `pull_request_exists`, `refers_to_issue`, `head_branch`, `base_branch`, `opened_by_agent`,
+    /// `not_claimed_before`, `head_matches`, `commits_change_something` (docs/receipts.md).
     pub name: String,
     pub passed: bool,
     /// What was seen, for people: why it passed or failed.

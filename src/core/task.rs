@@ -88,6 +88,12 @@ impl fmt::Display for TaskState {
     }
 }
 
+/// The branch an attempt's work is pushed to, as its assignment names it: `<prefix>issue-<N>-attempt-<A>`.
+/// Receipt validation accepts a pull request only from a branch an assignment of its task named.
+pub fn work_branch(prefix: &str, issue: u64, attempt: u32) -> String {
+    format!("{prefix}issue-{issue}-attempt-{attempt}")
+}
+
 /// An agent's hold on one attempt of a task.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {

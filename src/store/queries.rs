@@ -132,6 +132,24 @@ impl ReadView<'_> {
         .collect()
     }
 
+    /// Another task of `repo` that was completed with pull request `pr` (a receipt naming it, checked, and the
+    /// same attempt completed), if any. Walks only that repository's tasks' logs.
+    pub fn completed_with_pull(&self, repo: &RepoName, pr: u64, except: TaskId) -> Result<Option<TaskId>> {
+        let id: Option<i64> = self
+            .conn
+            .prepare_cached(
+                "SELECT t.id FROM tasks t JOIN events c ON c.task_id = t.id AND c.kind = 'task_completed'
+                 WHERE t.repo = ?1 AND t.id != ?3 AND EXISTS (
+                     SELECT 1 FROM events r WHERE r.task_id = t.id AND r.kind = 'receipt_received'
+                         AND json_extract(r.payload, '$.attempt') = json_extract(c.payload, '$.attempt')
+                         AND json_extract(r.payload, '$.receipt.pr_number') = ?2)
+                 ORDER BY t.id LIMIT 1",
+            )?
+            .query_row(params![repo.as_str(), pr as i64, except.0], |r| r.get(0))
+            .optional()?;
+        Ok(id.map(TaskId))
+    }
+
     pub fn agent(&self, id: AgentId) -> Result<Option<Agent>> {
         Ok(self.agent_shared(id)?.map(Arc::unwrap_or_clone))
     }

@@ -76,6 +76,9 @@ pub fn spawn(
         git_url: config.forgejo.git_url.clone().unwrap_or_else(|| url.to_string()),
         token: config.forgejo.token.as_ref().map(|t| t.expose().to_string()).unwrap_or_default(),
         ca,
+        branch_prefix: config.forgejo.branch_prefix.clone(),
+        base_branch: config.forgejo.base_branch.clone(),
+        agent_users: config.forgejo.agent_users.clone(),
     };
     let mut appended = engine.appended();
     let validating = tokio::spawn(async move {

@@ -94,6 +94,9 @@ pub struct PullRequest {
     pub base: Branch,
     #[serde(default)]
     pub html_url: String,
+    /// Who opened it.
+    #[serde(default)]
+    pub user: Option<User>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

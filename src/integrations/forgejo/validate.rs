@@ -4,8 +4,9 @@
 
 use std::path::PathBuf;
 
+use super::types::PullRequest;
 use super::{ForgejoClient, ForgejoError};
-use crate::core::{Check, FileChange, Task, TaskId, TaskState, Validation};
+use crate::core::{Check, FileChange, Task, TaskId, TaskState, Validation, work_branch};
 use crate::engine::{Command, EngineHandle};
 use crate::integrations::git::{GitError, Mirror};
 use crate::store::Store;
@@ -21,6 +22,35 @@ pub struct Validator {
     pub token: String,
     /// `[forgejo] ca_file`, for git over HTTPS to a Forgejo behind a private CA.
     pub ca: Option<crate::config::CaBundle>,
+    /// `[forgejo] branch_prefix`: the pull request's head must be a branch an assignment of the task named.
+    pub branch_prefix: String,
+    /// `[forgejo] base_branch`: the branch the pull request must be against.
+    pub base_branch: String,
+    /// `[forgejo.agent_users]`: agent name → Forgejo login. The pull request must be opened by the login of
+    /// the agent that held the attempt, when one is configured.
+    pub agent_users: std::collections::BTreeMap<String, String>,
+}
+
+/// What the store says about a receipt besides the receipt itself.
+struct Context {
+    /// The name of the agent holding the attempt.
+    agent: Option<String>,
+    /// Another task already completed with the same pull request.
+    claimed_by: Option<TaskId>,
+}
+
+/// How the receipt's head relates to the pull request's, as forgefleet's mirror sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HeadSeen {
+    Same,
+    /// The claimed commit is not in the repository at all.
+    Missing,
+    /// The claimed commit is on the base branch: it adds nothing.
+    OnBase,
+    /// The claimed commit is an earlier commit of the pull request's branch: it was pushed to since.
+    Earlier,
+    /// Neither: another branch's commit, or the branch was force-pushed.
+    Elsewhere,
 }
 
 /// A check that could not be made now (Forgejo or git unreachable): the task stays `validating` and is
@@ -111,13 +141,18 @@ impl Validator {
             }
             Err(e) => return Err(e.into()),
         };
+        let context = self.context(task, n).await?;
         let mut checks = Vec::new();
         let open_or_merged = pr.state == "open" || pr.merged;
+        let opener = pr.user.as_ref().map(|u| u.login.as_str()).unwrap_or("an unknown user");
         checks.push(check(
             "pull_request_exists",
             open_or_merged,
             if open_or_merged {
-                format!("pull request #{n} exists in {repo} and is {}", if pr.merged { "merged" } else { "open" })
+                format!(
+                    "pull request #{n} exists in {repo}, opened by {opener}, and is {}",
+                    if pr.merged { "merged" } else { "open" }
+                )
             } else {
                 format!("pull request #{n} in {repo} was closed without being merged")
             },
@@ -133,29 +168,76 @@ impl Validator {
                 format!("neither its title nor its description mentions #{issue} (e.g. `Closes #{issue}`)")
             },
         ));
-        let claimed = receipt.head_sha.as_str();
-        let head_ok = pr.head.sha.eq_ignore_ascii_case(claimed);
-        checks.push(check(
-            "head_matches",
-            head_ok,
-            if head_ok {
-                format!("its head is {}, as the receipt says", short(claimed))
-            } else {
+        checks.push(head_branch_check(&pr, task, &self.branch_prefix));
+        checks.push(base_branch_check(&pr, &self.base_branch));
+        if let Some(c) = self.opened_by_check(&pr, context.agent.as_deref()) {
+            checks.push(c);
+        }
+        checks.push(match context.claimed_by {
+            Some(other) => check(
+                "not_claimed_before",
+                false,
                 format!(
-                    "its head is {} but the receipt names {}: the branch was pushed to (or force-pushed) after the receipt",
-                    short(&pr.head.sha),
-                    short(claimed)
-                )
-            },
-        ));
-        let (git_check, files) = self.inspect(task, &pr.base.name, claimed).await?;
+                    "task {other} was already completed with pull request #{n}: one pull request is one task's work"
+                ),
+            ),
+            None => check("not_claimed_before", true, format!("no other task was completed with #{n}")),
+        });
+        let claimed = receipt.head_sha.as_str();
+        let (git_check, files, seen) = self.inspect(task, &pr.base.name, claimed, &pr.head.sha).await?;
+        checks.push(head_matches_check(seen, &pr, claimed));
         checks.push(git_check);
         Ok(Validation { checks, files })
     }
 
+    /// The agent holding the attempt, and another task completed with the same pull request, from the store.
+    async fn context(&self, task: &Task, pr: u64) -> Result<Context, NotYet> {
+        let db = self.db.clone();
+        let (id, repo, lease) = (task.id, task.issue.repo.clone(), task.lease.clone());
+        tokio::task::spawn_blocking(move || -> crate::store::Result<Context> {
+            let store = Store::open_read_only(&db)?;
+            let agent = match lease {
+                Some(l) => store.read().agent(l.agent)?.map(|a| a.name.to_string()),
+                None => None,
+            };
+            let claimed_by = store.read().completed_with_pull(&repo, pr, id)?;
+            Ok(Context { agent, claimed_by })
+        })
+        .await
+        .map_err(|e| NotYet::Local(e.to_string()))?
+        .map_err(|e| NotYet::Local(e.to_string()))
+    }
+
+    /// The pull request was opened by the agent's own Forgejo user, when `[forgejo.agent_users]` names one;
+    /// `None` (no check) when it does not.
+    fn opened_by_check(&self, pr: &PullRequest, agent: Option<&str>) -> Option<Check> {
+        let agent = agent?;
+        let login = self.agent_users.get(agent)?;
+        let opener = pr.user.as_ref().map(|u| u.login.as_str());
+        Some(match opener {
+            Some(o) if o.eq_ignore_ascii_case(login) => {
+                check("opened_by_agent", true, format!("it was opened by {o}, the Forgejo user of agent {agent}"))
+            }
+            Some(o) => check(
+                "opened_by_agent",
+                false,
+                format!(
+                    "it was opened by {o}, not by {login}, the Forgejo user of agent {agent}: it is not the agent's work"
+                ),
+            ),
+            None => check("opened_by_agent", false, format!("Forgejo does not say who opened it (expected {login})")),
+        })
+    }
+
     /// Fetches the base branch and the pull request's head into forgefleet's own mirror and looks at what the
     /// claimed head changes.
-    async fn inspect(&self, task: &Task, base: &str, head: &str) -> Result<(Check, Vec<FileChange>), NotYet> {
+    async fn inspect(
+        &self,
+        task: &Task,
+        base: &str,
+        head: &str,
+        pr_head: &str,
+    ) -> Result<(Check, Vec<FileChange>, HeadSeen), NotYet> {
         let repo = task.issue.repo.clone();
         let n = task.receipt.as_ref().map(|r| r.pr_number).unwrap_or_default();
         let dir = self.mirrors.join(repo.owner()).join(format!("{}.git", repo.name()));
@@ -163,7 +245,8 @@ impl Validator {
         let (token, ca) = (self.token.clone(), self.ca.clone());
         let base = base.to_string();
         let head_sha = head.to_string();
-        let inspection = tokio::task::spawn_blocking(move || -> Result<_, GitError> {
+        let pr_head = pr_head.to_string();
+        let (inspection, seen) = tokio::task::spawn_blocking(move || -> Result<_, GitError> {
             let head = head_sha;
             let mirror = Mirror::open_or_init(&dir)?.with_ca(ca);
             let refspecs =
@@ -171,8 +254,23 @@ impl Validator {
             let refspecs: Vec<&str> = refspecs.iter().map(String::as_str).collect();
             mirror.fetch(&url, Some(&token), &refspecs)?;
             let inspection = mirror.inspect(&format!("refs/heads/{base}"), &head)?;
+            let seen = if head.eq_ignore_ascii_case(&pr_head) {
+                HeadSeen::Same
+            } else if !inspection.head_exists {
+                HeadSeen::Missing
+            } else if inspection.commits.is_empty() {
+                HeadSeen::OnBase
+            } else {
+                // The claimed commit is an ancestor of the pull request's head: the branch moved on since.
+                let later = mirror.inspect(&head, &pr_head)?;
+                if later.head_exists && later.merge_base.as_deref().is_some_and(|m| m.eq_ignore_ascii_case(&head)) {
+                    HeadSeen::Earlier
+                } else {
+                    HeadSeen::Elsewhere
+                }
+            };
             keep_packs_in_check(&mirror);
-            Ok(inspection)
+            Ok((inspection, seen))
         })
         .await
         .map_err(|e| NotYet::Local(e.to_string()))??;
@@ -209,8 +307,83 @@ impl Validator {
                 ),
             )
         };
-        Ok((c, files))
+        Ok((c, files, seen))
     }
+}
+
+/// The pull request's head branch is in the task's own repository (not a fork) and is a branch an assignment
+/// of this task named: this attempt's, or an earlier attempt's whose work this one continues.
+fn head_branch_check(pr: &PullRequest, task: &Task, prefix: &str) -> Check {
+    let repo = task.issue.repo.as_str();
+    let branch = pr.head.name.as_str();
+    let expected = work_branch(prefix, task.issue.number, task.attempt);
+    match pr.head.repo.as_ref().map(|r| r.full_name.as_str()) {
+        Some(r) if r.eq_ignore_ascii_case(repo) => {}
+        Some(r) => {
+            return check(
+                "head_branch",
+                false,
+                format!(
+                    "its head branch `{branch}` is in {r}, not in {repo}: work comes from the task's own repository"
+                ),
+            );
+        }
+        None => {
+            return check(
+                "head_branch",
+                false,
+                format!("its head branch `{branch}` is in a repository that no longer exists, not in {repo}"),
+            );
+        }
+    }
+    if branch == expected {
+        return check("head_branch", true, format!("its head is `{branch}` in {repo}, the assignment's branch"));
+    }
+    if let Some(k) = (1..task.attempt).find(|k| work_branch(prefix, task.issue.number, *k) == branch) {
+        return check(
+            "head_branch",
+            true,
+            format!("its head is `{branch}` in {repo}, the branch assigned to attempt {k} of this task"),
+        );
+    }
+    check(
+        "head_branch",
+        false,
+        format!("its head branch is `{branch}`, not the assignment's `{expected}`: it is not this task's work"),
+    )
+}
+
+/// The pull request is against the task's base branch.
+fn base_branch_check(pr: &PullRequest, base: &str) -> Check {
+    if pr.base.name == base {
+        check("base_branch", true, format!("it is against `{base}`"))
+    } else {
+        check("base_branch", false, format!("it is against `{}`, not the task's base branch `{base}`", pr.base.name))
+    }
+}
+
+/// The pull request's head is the receipt's, and if not, what the receipt names instead.
+fn head_matches_check(seen: HeadSeen, pr: &PullRequest, claimed: &str) -> Check {
+    let (head, claimed) = (short(&pr.head.sha), short(claimed));
+    let detail = match seen {
+        HeadSeen::Same => return check("head_matches", true, format!("its head is {head}, as the receipt says")),
+        HeadSeen::Missing => {
+            format!(
+                "its head is {head} but the receipt names {claimed}, a commit that does not exist in the repository"
+            )
+        }
+        HeadSeen::OnBase => format!(
+            "its head is {head} but the receipt names {claimed}, a commit of the base branch `{}`: it adds no work",
+            pr.base.name
+        ),
+        HeadSeen::Earlier => format!(
+            "its head is {head} but the receipt names {claimed}, an earlier commit of the branch: the branch was pushed to after the receipt"
+        ),
+        HeadSeen::Elsewhere => format!(
+            "its head is {head} but the receipt names {claimed}, which is not on the pull request's branch (another branch's commit, or the branch was force-pushed since)"
+        ),
+    };
+    check("head_matches", false, detail)
 }
 
 fn short(sha: &str) -> &str {
