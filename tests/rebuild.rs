@@ -92,21 +92,32 @@ fn random_command(rng: &mut StdRng, engine: &Engine) -> Command {
             class: CLASSES[rng.random_range(0..CLASSES.len())],
             message: "it broke".into(),
         },
-        64..=71 => Command::SubmitReceipt {
-            agent,
-            task,
-            attempt,
-            receipt: Receipt {
-                pr_number: rng.random_range(1..100),
-                head_sha: CommitSha::parse(&format!("{:040x}", rng.random::<u64>())).unwrap(),
-                summary: "did it".into(),
-                usage: Usage { input_tokens: 10, output_tokens: 5, ..Usage::default() },
-                cost_usd: Some(0.01),
-                duration_secs: Some(3),
-                session_id: None,
-                artifacts: vec![],
-            },
-        },
+        64..=71 => {
+            // A receipt needs a started attempt: mostly about a running task, when there is one.
+            let running = engine.store.read().tasks(Some(forgefleet::core::TaskState::Running), 10).unwrap();
+            let (agent, task, attempt) = match running.first().filter(|_| rng.random_bool(0.8)) {
+                Some(t) => {
+                    let t = engine.store.read().task(t.id).unwrap().unwrap();
+                    (t.lease.map_or(agent, |l| l.agent), t.id, t.attempt)
+                }
+                None => (agent, task, attempt),
+            };
+            Command::SubmitReceipt {
+                agent,
+                task,
+                attempt,
+                receipt: Receipt {
+                    pr_number: rng.random_range(1..100),
+                    head_sha: CommitSha::parse(&format!("{:040x}", rng.random::<u64>())).unwrap(),
+                    summary: "did it".into(),
+                    usage: Usage { input_tokens: 10, output_tokens: 5, ..Usage::default() },
+                    cost_usd: Some(0.01),
+                    duration_secs: Some(3),
+                    session_id: None,
+                    artifacts: vec![],
+                },
+            }
+        }
         72..=77 => {
             // A verdict about a task that is being validated, when there is one.
             let validating = engine.store.read().tasks(Some(forgefleet::core::TaskState::Validating), 10).unwrap();

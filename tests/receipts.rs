@@ -505,3 +505,23 @@ async fn a_pull_request_number_below_one_is_refused() {
     assert!(err.to_string().contains("pr_number"), "{err}");
     assert_eq!(w.task().await["state"], "running", "refusals change nothing");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_receipt_for_an_attempt_that_was_never_started_is_refused() {
+    let fleet = Fleet::start().await;
+    let task = fleet.label("acme/app#7", &["status:todo"]).await.unwrap();
+    let agent = fleet.register("a1", &[], 1).await;
+    let a = agent.pull().await.unwrap();
+    let receipt = json!({"task_id": a.task_id, "attempt": a.attempt, "pr_number": 3, "head_sha": "a".repeat(40)});
+    let (status, err) = agent.post("/receipts", receipt.clone()).await;
+    assert_eq!(status, 409, "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains(&format!("task {task} attempt 1 was never started")) && message.contains("/start"),
+        "{err}"
+    );
+    assert_eq!(fleet.task(task).await["state"], "assigned", "the refusal changed nothing");
+    assert_eq!(agent.start(&a).await, 200);
+    assert_eq!(agent.post("/receipts", receipt).await.0, 202);
+    assert_eq!(fleet.task(task).await["state"], "validating");
+}

@@ -76,7 +76,8 @@ const MAX_SUMMARY: usize = 64 * 1024;
         (status = 401, description = "Missing, unknown or revoked agent token", body = ErrorBody),
         (status = 403, description = "The agent does not hold the lease of this task and attempt", body = ErrorBody),
         (status = 404, description = "No such task", body = ErrorBody),
-        (status = 409, description = "A stale attempt, a task not running, or a different receipt for this attempt",
+        (status = 409, description = "A stale attempt, an attempt never started (`start` comes first), a task not \
+            running, or a different receipt for this attempt",
             body = ErrorBody),
         (status = 413, description = "The body is larger than the server accepts", body = ErrorBody),
         (status = 500, description = "Internal error", body = ErrorBody),

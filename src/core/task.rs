@@ -161,6 +161,12 @@ pub enum TransitionError {
     WrongTask { task: TaskId, event: &'static str },
     #[error("`{class}` failures are recorded as cancellations, not failed attempts")]
     CancelledIsNotAFailure { class: FailureClass },
+    /// A receipt for an attempt its agent never acknowledged.
+    #[error(
+        "task {task} attempt {attempt} was never started: acknowledge it with `POST /api/v1/tasks/{task}/start` \
+         before handing in a receipt"
+    )]
+    NotStarted { task: TaskId, attempt: u32 },
 }
 
 impl Task {

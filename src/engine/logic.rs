@@ -158,8 +158,8 @@ pub fn handle(s: &mut EngineSettings, tx: &WriteTx<'_>, cmd: Command, now: Times
     }
 }
 
-/// A receipt is accepted once per attempt, from the agent that held it. The same receipt again (a retried
-/// request) is a no-op; a different one for an attempt already received is a conflict.
+/// A receipt is accepted once per attempt, from the agent that held it, after it started the attempt. The same
+/// receipt again (a retried request) is a no-op; a different one for an attempt already received is a conflict.
 fn submit_receipt(
     tx: &WriteTx<'_>,
     agent: AgentId,
@@ -178,7 +178,12 @@ fn submit_receipt(
         }
         return Err(EngineError::Conflict(TransitionError::Task { task, from: t.state, event: "receipt_received" }));
     }
-    leased(tx, agent, task, attempt)?;
+    let t = leased(tx, agent, task, attempt)?;
+    // The state machine would take a receipt in `assigned` (old logs have such receipts and must replay), but
+    // an agent that never said it started has not done the work forgefleet knows of.
+    if t.state == TaskState::Assigned {
+        return Err(EngineError::Conflict(TransitionError::NotStarted { task, attempt }));
+    }
     append(tx, Event::ReceiptReceived { task, attempt, receipt, at: now })
 }
 
