@@ -525,3 +525,52 @@ async fn a_receipt_for_an_attempt_that_was_never_started_is_refused() {
     assert_eq!(agent.post("/receipts", receipt).await.0, 202);
     assert_eq!(fleet.task(task).await["state"], "validating");
 }
+
+/// After a cancel, each report of the agent about that attempt says the task was cancelled and why (not a
+/// stale attempt or a missing lease).
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_cancel_the_agents_reports_say_the_task_was_cancelled() {
+    let fleet = Fleet::start().await;
+    let task = fleet.label("acme/app#8", &["status:todo"]).await.unwrap();
+    let agent = fleet.register("a1", &[], 1).await;
+    let a = agent.pull().await.unwrap();
+    assert_eq!(agent.start(&a).await, 200);
+    let (status, body) = fleet.operator(Method::POST, &format!("/tasks/{task}/cancel")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(agent.heartbeat(&[a.task_id]).await, [a.task_id], "the heartbeat tells it to stop");
+    let receipt = json!({"task_id": task, "attempt": 1, "pr_number": 3, "head_sha": "a".repeat(40)});
+    let reports = [
+        (format!("/tasks/{task}/progress"), json!({"attempt": 1, "lines": ["still going"]})),
+        (format!("/tasks/{task}/fail"), json!({"attempt": 1, "class": "agent_error", "message": "stopped"})),
+        ("/receipts".to_string(), receipt),
+    ];
+    for (path, body) in reports {
+        let (status, err) = agent.post(&path, body).await;
+        assert_eq!(status, 409, "{path}: {err}");
+        let message = err.to_string();
+        assert!(message.contains(&format!("task {task} was cancelled (cancelled by an operator)")), "{path}: {err}");
+    }
+    assert_eq!(fleet.task(task).await["state"], "cancelled");
+}
+
+/// "Done in ..." is the agent's time, from its start to its receipt: not the time forgefleet then waited for
+/// Forgejo to check the receipt.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_completion_comment_counts_the_agents_time_not_the_wait_for_forgejo() {
+    let w = World::new(None).await;
+    let (pr, sha) = w.open_pull(&[("a.txt", "x\n")], &format!("Fix #{}", w.issue), "").await;
+    w.fleet.later(Duration::from_secs(35));
+    w.forgejo.fail_requests_until_healed(503).await;
+    assert_eq!(w.submit(pr, &sha).await.0, 202);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    w.fleet.later(Duration::from_secs(600));
+    w.forgejo.heal().await;
+    assert_eq!(w.settled().await["state"], "completed");
+    eventually("the completion comment is posted", || async {
+        w.forgejo.comments(REPO, w.issue).await.iter().any(|c| c.body.contains("**Done**"))
+    })
+    .await;
+    let comments = w.forgejo.comments(REPO, w.issue).await;
+    let done = comments.iter().find(|c| c.body.contains("**Done**")).unwrap();
+    assert!(done.body.contains("**Done** by **a1** in 35 s"), "{}", done.body);
+}

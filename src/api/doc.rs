@@ -397,6 +397,7 @@ mod tests {
                 started_at: Some(at),
                 deadline: at,
                 request_key: Some("k".into()),
+                receipt_at: None,
             }),
             last_failure: Some(crate::core::task::Failure {
                 attempt: 1,

@@ -151,8 +151,9 @@ pub fn effects_of(before: Option<&Task>, after: &Task, event: &Event) -> Vec<Eff
                     agent: held_by.map(|l| l.agent),
                     receipt: receipt.cloned(),
                     validation: before.and_then(|t| t.validation.clone()),
-                    started_at: held_by.and_then(|l| l.started_at),
-                    finished_at: event.at(),
+                    // The agent's time: from its start (or the assignment) to its receipt, not the checking after.
+                    started_at: held_by.map(|l| l.started_at.unwrap_or(l.assigned_at)),
+                    finished_at: held_by.and_then(|l| l.receipt_at).unwrap_or(event.at()),
                 },
             ));
             out.push(Effect::SetAssignee { issue: issue(), agent: None });

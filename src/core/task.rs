@@ -108,6 +108,9 @@ pub struct Lease {
     /// The idempotency key of the request that was answered with this lease.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_key: Option<String>,
+    /// When the agent handed in its receipt: the end of the agent's part (validation is forgefleet's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt_at: Option<Timestamp>,
 }
 
 /// Why the last attempt ended.
@@ -167,6 +170,9 @@ pub enum TransitionError {
          before handing in a receipt"
     )]
     NotStarted { task: TaskId, attempt: u32 },
+    /// A report about an attempt that was cancelled: the agent should stop.
+    #[error("task {task} was cancelled ({reason}): stop working on attempt {attempt}")]
+    Cancelled { task: TaskId, attempt: u32, reason: String },
 }
 
 impl Task {
@@ -245,6 +251,7 @@ impl Task {
                     started_at: None,
                     deadline: *deadline,
                     request_key: request_key.clone(),
+                    receipt_at: None,
                 });
             }
             Event::TaskStarted { attempt, at, .. } => {
@@ -257,12 +264,15 @@ impl Task {
                     lease.started_at = Some(*at);
                 }
             }
-            Event::ReceiptReceived { attempt, receipt, .. } => {
+            Event::ReceiptReceived { attempt, receipt, at, .. } => {
                 if !matches!(self.state, Assigned | Running) {
                     return Err(illegal);
                 }
                 check_attempt(*attempt)?;
                 self.state = Validating;
+                if let Some(lease) = &mut self.lease {
+                    lease.receipt_at = Some(*at);
+                }
                 self.receipt = Some(receipt.clone());
                 self.validation = None;
             }

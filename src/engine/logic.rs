@@ -176,6 +176,9 @@ fn submit_receipt(
         if t.receipt.as_ref() == Some(&receipt) {
             return Ok(Reply::Duplicate);
         }
+        if let Some(reason) = cancellation(tx, task, attempt)? {
+            return Err(EngineError::Conflict(TransitionError::Cancelled { task, attempt, reason }));
+        }
         return Err(EngineError::Conflict(TransitionError::Task { task, from: t.state, event: "receipt_received" }));
     }
     let t = leased(tx, agent, task, attempt)?;
@@ -202,17 +205,36 @@ fn find_agent(tx: &WriteTx<'_>, id: AgentId) -> Result<Arc<crate::core::Agent>> 
 
 /// The task, if `agent` holds the lease of this `attempt`. An agent reporting on an attempt it held once but
 /// lost since gets a conflict (its news is stale); an agent that never held it is forbidden.
+/// An attempt that was cancelled says so, with the reason.
 fn leased(tx: &WriteTx<'_>, agent: AgentId, task: TaskId, attempt: u32) -> Result<Arc<Task>> {
     let t = find_task(tx, task)?;
+    let forbidden =
+        || EngineError::Forbidden(format!("agent {agent} does not hold the lease of task {task} attempt {attempt}"));
     match &t.lease {
         Some(l) if l.agent == agent && l.attempt == attempt => Ok(t),
-        _ if attempt != t.attempt && tx.read().ever_held(task, agent, attempt)? => {
-            Err(EngineError::Conflict(TransitionError::StaleAttempt { task, current: t.attempt, given: attempt }))
+        _ if tx.read().ever_held(task, agent, attempt)? => {
+            if let Some(reason) = cancellation(tx, task, attempt)? {
+                return Err(EngineError::Conflict(TransitionError::Cancelled { task, attempt, reason }));
+            }
+            if attempt != t.attempt {
+                return Err(EngineError::Conflict(TransitionError::StaleAttempt {
+                    task,
+                    current: t.attempt,
+                    given: attempt,
+                }));
+            }
+            Err(forbidden())
         }
-        _ => Err(EngineError::Forbidden(format!(
-            "agent {agent} does not hold the lease of task {task} attempt {attempt}"
-        ))),
+        _ => Err(forbidden()),
     }
+}
+
+/// Why `attempt` of `task` was cancelled, if it was. Read from the log, only when a report is refused.
+fn cancellation(tx: &WriteTx<'_>, task: TaskId, attempt: u32) -> Result<Option<String>> {
+    Ok(tx.read().task_events(task)?.into_iter().rev().find_map(|(_, e)| match e {
+        Event::TaskCancelled { attempt: a, reason, .. } if a == attempt => Some(reason),
+        _ => None,
+    }))
 }
 
 fn observe_issue(s: &EngineSettings, tx: &WriteTx<'_>, o: IssueObservation, now: Timestamp) -> Result<Option<TaskId>> {

@@ -238,6 +238,7 @@ fn full_task() -> Task {
         started_at: Some(Timestamp(7_000)),
         deadline: Timestamp(3_606_000),
         request_key: Some("req-1".into()),
+        receipt_at: None,
     });
     t.last_failure = Some(crate::core::task::Failure {
         attempt: 1,
