@@ -243,3 +243,47 @@ fn without_an_operator_token_the_commands_say_where_to_set_it_and_exit_2() {
     assert!(stderr(&out).contains("not found"), "the token was accepted: {}", stderr(&out));
     drop(server);
 }
+
+/// What an operator reads about work an agent did: `tasks` names the agent of a finished task, `tasks show`
+/// prints its progress lines, `--limit 0` lists every task, and `serve` logs each state change on one line.
+#[test]
+fn tasks_show_the_agent_and_progress_of_finished_work_and_serve_logs_each_transition() {
+    let home = Home::with_config(REGISTRATION);
+    support::seed(&home.db(), &[("acme/app#1", &["status:todo"]), ("acme/app#2", &["status:todo"])]);
+    let server = home.serve();
+    let token = register(&server, "builder-1", &[], 1);
+    let (status, a) = post(&server, "/assignments/next", &token, json!({}));
+    assert_eq!(status, 200, "{a}");
+    let id = a["task_id"].as_u64().unwrap();
+    let issue = format!("{}#{}", a["repo"].as_str().unwrap(), a["issue"]);
+    assert_eq!(post(&server, &format!("/tasks/{id}/start"), &token, json!({"attempt": 1})).0, 200);
+    let lines = json!({"attempt": 1, "lines": ["cloned acme/app", "running cargo test"]});
+    assert_eq!(post(&server, &format!("/tasks/{id}/progress"), &token, lines).0, 200);
+    let out = cli(&home, &["cancel", &id.to_string()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let finished = task(&home, &issue);
+    assert_eq!((finished["state"].as_str(), finished["agent"].as_str()), (Some("cancelled"), Some("builder-1")));
+    let table = stdout(&cli(&home, &["tasks", "--state", "cancelled"]));
+    assert!(table.lines().nth(1).is_some_and(|row| row.contains("builder-1")), "{table}");
+
+    let out = cli(&home, &["tasks", "show", &id.to_string()]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(text.contains("agent:    builder-1 (attempt 1)"), "{text}");
+    assert!(text.contains("[attempt 1] cloned acme/app") && text.contains("[attempt 1] running cargo test"), "{text}");
+    let shown = json_out(&cli(&home, &["tasks", "show", &id.to_string(), "--json"]));
+    assert_eq!(shown["progress"][1]["line"], "running cargo test", "{shown}");
+
+    let all = json_out(&cli(&home, &["tasks", "--limit", "0", "--json"]));
+    assert_eq!(all["tasks"].as_array().unwrap().len(), 2, "{all}");
+    let one = json_out(&cli(&home, &["tasks", "--limit", "1", "--json"]));
+    assert_eq!(one["tasks"].as_array().unwrap().len(), 1, "{one}");
+
+    let log = server.log_text();
+    for change in ["queued → assigned", "assigned → running", "running → cancelled"] {
+        let line = format!("task {id} ({issue}): {change} (attempt 1, agent builder-1)");
+        assert_eq!(log.matches(&line).count(), 1, "{line} in:\n{log}");
+    }
+    drop(server);
+}

@@ -186,7 +186,7 @@ pub struct TaskSummaryDoc {
     state: TaskStateDoc,
     priority: PriorityDoc,
     attempt: u32,
-    /// The agent holding the lease, if any.
+    /// The agent holding the lease, or for a finished task the agent its last attempt was given to.
     agent: Option<String>,
     /// A retried task waits in the queue until then.
     #[schema(format = DateTime)]

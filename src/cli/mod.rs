@@ -62,7 +62,7 @@ enum Command {
         /// Only tasks in this state (queued, assigned, running, validating, completed, failed, agent_lost, cancelled).
         #[arg(long)]
         state: Option<String>,
-        /// At most this many.
+        /// At most this many; 0 for all of them.
         #[arg(long, default_value_t = 50)]
         limit: u32,
         /// Print JSON for scripts instead of a table.

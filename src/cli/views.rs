@@ -9,7 +9,9 @@ use crate::api::AgentView;
 use crate::core::{AgentState, AgentStatus, Priority, TaskState};
 use crate::store::Store;
 
+/// Tasks, most recently changed first; `limit` 0 lists them all.
 pub fn tasks(store: &Store, state: Option<TaskState>, limit: u32, as_json: bool) -> Result<(), CliError> {
+    let limit = if limit == 0 { u32::MAX } else { limit };
     let tasks = store.read().tasks(state, limit)?;
     if as_json {
         println!("{}", json!({ "tasks": tasks }));
@@ -164,16 +166,26 @@ pub fn task(store: &Store, id: crate::core::TaskId, as_json: bool) -> Result<(),
     let r = store.read();
     let task = r.task(id)?.ok_or_else(|| CliError::usage(format!("task {id} not found")))?;
     let events = r.task_events(id)?;
+    let progress = r.progress(id, 200)?;
     if as_json {
         let events: Vec<_> = events.iter().map(|(seq, e)| json!({"seq": seq, "event": e})).collect();
-        println!("{}", json!({"task": task, "events": events}));
+        let progress: Vec<_> =
+            progress.iter().map(|(attempt, at, line)| json!({"attempt": attempt, "at": at, "line": line})).collect();
+        println!("{}", json!({"task": task, "events": events, "progress": progress}));
         return Ok(());
     }
+    let name = |agent: crate::core::AgentId| -> Result<String, CliError> {
+        Ok(r.agent(agent)?.map(|a| a.name.to_string()).unwrap_or_else(|| agent.to_string()))
+    };
     println!("task {}: {} \"{}\"", task.id, task.issue, task.title);
     println!("state:    {} (attempt {}, priority {})", task.state, task.attempt, task.spec.priority);
     if let Some(l) = &task.lease {
-        let agent = r.agent(l.agent)?.map(|a| a.name.to_string()).unwrap_or_else(|| l.agent.to_string());
-        println!("lease:    {agent}, attempt {}, deadline {}", l.attempt, l.deadline);
+        println!("lease:    {}, attempt {}, deadline {}", name(l.agent)?, l.attempt, l.deadline);
+    } else if let Some(agent) = events.iter().rev().find_map(|(_, e)| match e {
+        crate::core::Event::TaskAssigned { agent, attempt, .. } if *attempt == task.attempt => Some(*agent),
+        _ => None,
+    }) {
+        println!("agent:    {} (attempt {})", name(agent)?, task.attempt);
     }
     if let Some(f) = &task.last_failure {
         println!("failure:  attempt {} {}: {}", f.attempt, f.class, f.message);
@@ -196,6 +208,12 @@ pub fn task(store: &Store, id: crate::core::TaskId, as_json: bool) -> Result<(),
             for f in &v.files {
                 println!("  {} {} (+{} -{})", f.status, f.path, f.additions, f.deletions);
             }
+        }
+    }
+    if !progress.is_empty() {
+        println!("progress (newest {}):", progress.len());
+        for (attempt, at, line) in &progress {
+            println!("  {at} [attempt {attempt}] {line}");
         }
     }
     println!("history:");

@@ -102,7 +102,10 @@ impl Engine {
             replies.push(reply);
         }
         match tx.commit() {
-            Ok(()) => Ok(replies),
+            Ok(()) => {
+                log_transitions(&self.store);
+                Ok(replies)
+            }
             Err(e) => Ok(failed_all(n, &e.to_string())),
         }
     }
@@ -120,6 +123,19 @@ impl Engine {
         let after = self.store.read().event_count().unwrap_or(before);
         observer.committed(n, after.saturating_sub(before), started.elapsed());
         replies
+    }
+}
+
+/// One info line per task state change of the transaction that just committed: the task's lifecycle in the
+/// server's log.
+pub(crate) fn log_transitions(store: &Store) {
+    for t in store.take_transitions() {
+        let from = t.from.map_or("new", |s| s.as_str());
+        let agent = t.agent.as_deref().unwrap_or("-");
+        tracing::info!(
+            task = %t.task, issue = %t.issue, from, to = t.to.as_str(), attempt = t.attempt, agent,
+            "task {} ({}): {from} → {} (attempt {}, agent {agent})", t.task, t.issue, t.to, t.attempt
+        );
     }
 }
 

@@ -273,6 +273,7 @@ fn serve_waiters(engine: &mut Engine, waiters: &mut Waiters) {
     }
     match tx.commit() {
         Ok(()) => {
+            super::log_transitions(&engine.store);
             for (seq, a) in served {
                 if let Some(w) = waiters.remove(seq) {
                     let _ = w.reply.send(Ok(Some(a)));

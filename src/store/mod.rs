@@ -62,6 +62,21 @@ pub struct Store {
 pub(crate) struct TxCache {
     tasks: RefCell<HashMap<TaskId, Arc<Task>>>,
     agents: RefCell<HashMap<AgentId, Arc<Agent>>>,
+    /// The task state changes written in this transaction, for the log once it commits. A savepoint that rolls
+    /// back takes its own back out; a new transaction starts empty.
+    transitions: RefCell<Vec<Transition>>,
+}
+
+/// A task changed state (or was created: `from` is `None`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    pub task: TaskId,
+    pub issue: crate::core::IssueRef,
+    pub from: Option<crate::core::TaskState>,
+    pub to: crate::core::TaskState,
+    pub attempt: u32,
+    /// The name of the agent holding (or, when the change ends it, having held) the lease.
+    pub agent: Option<String>,
 }
 
 impl TxCache {
@@ -148,8 +163,14 @@ impl Store {
     /// Starts a write transaction. Everything appended through it commits or rolls back together.
     pub fn write(&mut self) -> Result<WriteTx<'_>> {
         self.cache.clear();
+        self.cache.transitions.borrow_mut().clear();
         let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         Ok(WriteTx { tx, cache: &self.cache })
+    }
+
+    /// The task state changes of the last write transaction, once: call it after the commit.
+    pub fn take_transitions(&self) -> Vec<Transition> {
+        std::mem::take(&mut *self.cache.transitions.borrow_mut())
     }
 
     /// A read view (one implicit transaction per query).
@@ -189,6 +210,7 @@ impl WriteTx<'_> {
     ) -> std::result::Result<T, E> {
         // Prepared once per connection: a savepoint per command is on the hot path of group commit.
         self.tx.prepare_cached("SAVEPOINT cmd")?.execute([])?;
+        let mark = self.cache.transitions.borrow().len();
         match f(self) {
             Ok(v) => {
                 self.tx.prepare_cached("RELEASE cmd")?.execute([])?;
@@ -196,6 +218,7 @@ impl WriteTx<'_> {
             }
             Err(e) => {
                 self.cache.clear();
+                self.cache.transitions.borrow_mut().truncate(mark);
                 self.tx.prepare_cached("ROLLBACK TO cmd")?.execute([])?;
                 self.tx.prepare_cached("RELEASE cmd")?.execute([])?;
                 Err(e)

@@ -134,6 +134,23 @@ fn project(conn: &Connection, cache: &super::TxCache, event: &Event) -> Result<V
             }
         };
         save_task(conn, &after, before.as_deref())?;
+        let from = before.as_ref().map(|b| b.state);
+        if from != Some(after.state) {
+            let lease = after.lease.as_ref().or(before.as_ref().and_then(|b| b.lease.as_ref()));
+            let agent = match lease {
+                Some(l) => super::cached(Some(&cache.agents), l.agent, || load_agent(conn, l.agent))?
+                    .map(|a| a.name.to_string()),
+                None => None,
+            };
+            cache.transitions.borrow_mut().push(super::Transition {
+                task: id,
+                issue: after.issue.clone(),
+                from,
+                to: after.state,
+                attempt: after.attempt,
+                agent,
+            });
+        }
         let effects = effects_of(before.as_deref(), &after, event);
         cache.tasks.borrow_mut().insert(id, Arc::new(after));
         return Ok(effects);

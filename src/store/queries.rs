@@ -94,10 +94,16 @@ impl ReadView<'_> {
             .transpose()
     }
 
-    /// Tasks, newest change first, optionally of one state.
+    /// Tasks, newest change first, optionally of one state. `agent` is the lease holder's name, or for a
+    /// finished task the agent its last attempt was given to.
     pub fn tasks(&self, state: Option<TaskState>, limit: u32) -> Result<Vec<TaskSummary>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT a.name, t.data, t.title, '' FROM tasks t
+            // The agent: the one holding the lease, or for a finished task the one its last attempt was given to.
+            "SELECT COALESCE(a.name, CASE WHEN t.state IN ('completed', 'failed', 'cancelled') THEN (
+                 SELECT d.name FROM events e JOIN agents d ON d.id = json_extract(e.payload, '$.agent')
+                 WHERE e.task_id = t.id AND e.kind = 'task_assigned' AND json_extract(e.payload, '$.attempt') = t.attempt
+                 ORDER BY e.seq DESC LIMIT 1) END),
+                 t.data, t.title, '' FROM tasks t
              LEFT JOIN leases l ON l.task_id = t.id LEFT JOIN agents a ON a.id = l.agent_id
              WHERE ?1 IS NULL OR t.state = ?1 ORDER BY t.updated_at DESC, t.id DESC LIMIT ?2",
         )?;
