@@ -284,3 +284,45 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     assert_eq!((t["state"].as_str(), t["attempt"].as_u64()), (Some("queued"), Some(2)), "{t}");
     assert_eq!(again.pull().await.unwrap().task_id, task, "and given out again at once");
 }
+
+#[tokio::test]
+async fn a_server_restart_does_not_count_its_own_downtime_against_agents() {
+    let mut fleet = Fleet::start().await;
+    let task = fleet.label("acme/app#1", &["status:todo"]).await.unwrap();
+    let a1 = fleet.register("a1", &[], 1).await;
+    let a = a1.pull().await.unwrap();
+    assert_eq!(a1.start(&a).await, 200);
+    assert!(a1.heartbeat(&[task]).await.is_empty());
+
+    // `serve` is down for 31 minutes (far more than 3 heartbeat intervals of 10 s), then starts again.
+    fleet.restart_after(Duration::from_secs(31 * 60)).await;
+    let a1 = a1.moved_to(&fleet);
+    let report = fleet.tick().await;
+    assert!(report.lost.is_empty() && report.offline.is_empty(), "judged at once after the start: {report:?}");
+    fleet.later(Duration::from_secs(5));
+    assert!(fleet.tick().await.lost.is_empty());
+    assert!(a1.heartbeat(&[task]).await.is_empty(), "nobody is told to stop");
+    let t = fleet.task(task).await;
+    assert_eq!((t["state"].as_str(), t["attempt"].as_u64()), (Some("running"), Some(1)), "no retry spent: {t}");
+
+    // The grace is for the restart only: an agent that stays silent after it is lost as usual, by its name.
+    fleet.later(Duration::from_secs(31));
+    assert_eq!(fleet.tick().await.lost, [task]);
+    let (_, detail) = fleet.operator(Method::GET, &format!("/tasks/{task}")).await;
+    let text = detail["events"].to_string();
+    assert!(text.contains("agent a1 stopped sending heartbeats"), "{text}");
+}
+
+#[tokio::test]
+async fn after_a_restart_an_agent_that_never_comes_back_is_lost_once_the_grace_ends() {
+    let mut fleet = Fleet::start().await;
+    let task = fleet.label("acme/app#1", &["status:todo"]).await.unwrap();
+    let a1 = fleet.register("a1", &[], 1).await;
+    let a = a1.pull().await.unwrap();
+    assert_eq!(a1.start(&a).await, 200);
+    fleet.restart_after(Duration::from_secs(20 * 60)).await;
+    fleet.later(Duration::from_secs(29));
+    assert!(fleet.tick().await.lost.is_empty(), "still within 3 intervals of the start");
+    fleet.later(Duration::from_secs(2));
+    assert_eq!(fleet.tick().await.lost, [task]);
+}

@@ -24,11 +24,22 @@ pub struct EngineSettings {
     pub missed_heartbeats: u32,
     /// Progress lines kept per task.
     pub progress_lines_kept: usize,
+    /// When this engine started (set by `Engine::new`). Agents could not reach a server that was down, so
+    /// none is judged silent, nor late to start a task, until a grace period from this moment has passed.
+    pub started_at: Timestamp,
     /// What repositories' own `fleet.yaml` files change.
     pub repos: std::collections::BTreeMap<crate::core::RepoName, super::repo::RepoOverrides>,
 }
 
 impl EngineSettings {
+    /// How long agents are given after a start before any is judged lost: the missed heartbeats allowed, and
+    /// never less than three intervals.
+    pub fn start_grace(&self) -> Duration {
+        self.heartbeat_interval * self.missed_heartbeats.max(3)
+    }
+    fn in_start_grace(&self, now: Timestamp) -> bool {
+        now < self.started_at + self.start_grace()
+    }
     pub fn labels_for(&self, repo: &crate::core::RepoName) -> &LabelScheme {
         self.repos.get(repo).and_then(|o| o.labels.as_ref()).unwrap_or(&self.labels)
     }
@@ -53,6 +64,7 @@ impl Default for EngineSettings {
             heartbeat_interval: Duration::from_secs(10),
             missed_heartbeats: 3,
             progress_lines_kept: 200,
+            started_at: Timestamp(0),
             repos: Default::default(),
         }
     }
@@ -431,7 +443,7 @@ fn lose_leases_of(
             Loss::Reregistered => {
                 "the agent registered again (it restarted): the process that held the task is gone".to_string()
             }
-            Loss::Silent => format!("agent {agent} stopped sending heartbeats"),
+            Loss::Silent => format!("agent {} stopped sending heartbeats", agent_name(tx, agent)),
         };
         // Only silence is waited out (the backoff); an agent that says it is gone frees the task at once.
         lose(s, tx, &t, attempt, agent, message, now, why != Loss::Silent)?;
@@ -472,14 +484,27 @@ fn lose(
     Ok(())
 }
 
+/// The agent's name for messages people read (its number only if it is unknown).
+fn agent_name(tx: &WriteTx<'_>, agent: AgentId) -> String {
+    match tx.read().agent_shared(agent) {
+        Ok(Some(a)) => a.name.to_string(),
+        _ => format!("#{agent}"),
+    }
+}
+
 fn tick(s: &EngineSettings, tx: &WriteTx<'_>, now: Timestamp) -> Result<TickReport> {
     let mut report = TickReport::default();
+    // Right after a start, the server's own downtime would count against every agent: wait for them first.
+    let grace = s.in_start_grace(now);
     for expired in tx.read().expired_leases(now)? {
         let t = find_task(tx, expired.task)?;
         if !expired.started && t.state == TaskState::Assigned {
+            if grace {
+                continue;
+            }
             let message = format!(
                 "agent {} did not start the task within {} s of taking it",
-                expired.agent,
+                agent_name(tx, expired.agent),
                 s.start_timeout_for(&t.issue.repo).as_secs()
             );
             lose(s, tx, &t, expired.attempt, expired.agent, message, now, false)?;
@@ -492,7 +517,8 @@ fn tick(s: &EngineSettings, tx: &WriteTx<'_>, now: Timestamp) -> Result<TickRepo
         }
     }
     let silence = s.heartbeat_interval * s.missed_heartbeats;
-    for agent in tx.read().silent_agents(now - silence)? {
+    let silent = if grace { Vec::new() } else { tx.read().silent_agents(now - silence)? };
+    for agent in silent {
         tx.append(&Event::AgentOffline { agent, at: now })?;
         report.lost.extend(lose_leases_of(s, tx, agent, now, Loss::Silent)?);
         report.offline.push(agent);
