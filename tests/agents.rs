@@ -273,9 +273,12 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     assert_eq!(status, 409, "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("running"), "{body}");
 
-    // Registering the same name again replaces the token: the old one stops working. It also says the old
-    // process is gone (a restarted runner), so its task goes back to the queue and the new one must stop it.
-    let again = fleet.register("a1", &[], 1).await;
+    // Registering the same name again with its token replaces the token: the old one stops working. It also
+    // says the old process is gone (a restarted runner), so its task goes back to the queue and the new one
+    // must stop it.
+    let (status, body) = fleet.register_as("a1", Some(&a1.token)).await;
+    assert_eq!(status, 200, "{body}");
+    let again = support::fleet::TestAgent::with_token(&fleet, "a1", body["token"].as_str().unwrap());
     assert_ne!(again.token, a1.token);
     let (status, _) = a1.post("/agents/heartbeat", json!({"running": []})).await;
     assert_eq!(status, 401);
@@ -325,4 +328,86 @@ async fn after_a_restart_an_agent_that_never_comes_back_is_lost_once_the_grace_e
     assert!(fleet.tick().await.lost.is_empty(), "still within 3 intervals of the start");
     fleet.later(Duration::from_secs(2));
     assert_eq!(fleet.tick().await.lost, [task]);
+}
+
+#[tokio::test]
+async fn a_registration_under_a_live_agents_name_without_its_token_evicts_nothing() {
+    let fleet = Fleet::start().await;
+    let running = fleet.label("acme/app#1", &["status:todo"]).await.unwrap();
+    let a1 = fleet.register("a1", &[], 1).await;
+    let a = a1.pull().await.unwrap();
+    assert_eq!(a1.start(&a).await, 200);
+    let pinned = fleet.label("acme/app#2", &["status:todo", "agent:a1"]).await.unwrap();
+    let before = fleet.event_count();
+
+    // Someone with the registration token tries to take the name: without a token, and with a wrong one.
+    for token in [None, Some("ffa_not-the-token")] {
+        let (status, body) = fleet.register_as("a1", token).await;
+        assert_eq!(status, 409, "{body}");
+        assert_eq!(body["error"]["code"], "name_in_use", "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("agent a1 is online"), "{message}");
+        assert!(message.contains("agent_token") && message.contains("forgefleet agents forget a1"), "{message}");
+    }
+    assert_eq!(fleet.event_count(), before, "the refusals changed nothing");
+    assert!(a1.heartbeat(&[running]).await.is_empty(), "the running agent keeps its task and its token");
+    let t = fleet.task(running).await;
+    assert_eq!((t["state"].as_str(), t["attempt"].as_u64()), (Some("running"), Some(1)), "{t}");
+    assert_eq!(fleet.task(pinned).await["state"], "queued", "its pinned task waits for it");
+
+    // Once it is offline (its heartbeats stopped), its name is free again without a token.
+    fleet.later(Duration::from_secs(31));
+    fleet.tick().await;
+    let (status, body) = fleet.register_as("a1", None).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn the_owner_presenting_its_token_takes_its_name_back_and_its_tasks_are_requeued_at_once() {
+    let fleet = Fleet::start().await;
+    let task = fleet.label("acme/app#1", &["status:todo"]).await.unwrap();
+    let a1 = fleet.register("a1", &[], 1).await;
+    let a = a1.pull().await.unwrap();
+    assert_eq!(a1.start(&a).await, 200);
+    let (status, body) = fleet.register_as("a1", Some(&a1.token)).await;
+    assert_eq!(status, 200, "{body}");
+    let again = support::fleet::TestAgent::with_token(&fleet, "a1", body["token"].as_str().unwrap());
+    let t = fleet.task(task).await;
+    assert_eq!((t["state"].as_str(), t["attempt"].as_u64()), (Some("queued"), Some(2)), "{t}");
+    assert_eq!(again.pull().await.unwrap().task_id, task, "no backoff: the old process is gone");
+    let (status, _) = a1.post("/agents/heartbeat", json!({"running": []})).await;
+    assert_eq!(status, 401, "the old token stopped working");
+}
+
+#[tokio::test]
+async fn forgetting_an_agent_requeues_its_tasks_and_frees_its_name() {
+    let fleet = Fleet::start().await;
+    let task = fleet.label("acme/app#1", &["status:todo"]).await.unwrap();
+    let a1 = fleet.register("a1", &[], 1).await;
+    let a = a1.pull().await.unwrap();
+    assert_eq!(a1.start(&a).await, 200);
+
+    let (status, _) = fleet
+        .http
+        .post(fleet.url("/agents/a1/forget"))
+        .bearer_auth(&a1.token)
+        .send()
+        .await
+        .map(|r| (r.status(), ()))
+        .unwrap();
+    assert_eq!(status, 401, "the operator's command, not an agent's");
+    let (status, body) = fleet.operator(Method::POST, "/agents/a1/forget").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({"agent": "a1", "requeued": [task.0]}));
+    let (status, _) = a1.post("/agents/heartbeat", json!({"running": []})).await;
+    assert_eq!(status, 401, "its token stopped working");
+    let (status, body) = fleet.operator(Method::POST, "/agents/a1/forget").await;
+    assert_eq!((status.as_u16(), &body["requeued"]), (200, &json!([])), "forgetting twice changes nothing");
+    let (status, body) = fleet.operator(Method::POST, "/agents/ghost/forget").await;
+    assert_eq!(status, 404, "{body}");
+
+    let (status, body) = fleet.register_as("a1", None).await;
+    assert_eq!(status, 200, "the name is free: {body}");
+    let new = support::fleet::TestAgent::with_token(&fleet, "a1", body["token"].as_str().unwrap());
+    assert_eq!(new.pull().await.unwrap().task_id, task, "re-queued at once");
 }

@@ -38,6 +38,10 @@ pub struct RegisterRequest {
     #[serde(default)]
     #[schema(max_length = 200)]
     pub version: String,
+    /// The agent token this name was given at its last registration. Needed to register a name whose agent
+    /// is online (or busy, or draining): a runner that restarts presents it to take its name back.
+    #[serde(default)]
+    pub agent_token: Option<String>,
 }
 
 fn one() -> u32 {
@@ -68,7 +72,9 @@ const MAX_WORD: usize = 64;
     description = "Takes the fleet's registration token. Answers with the agent's own token, which every other \
         agent route takes. Registering an existing name updates that agent and replaces its token: the old one \
         stops working, and the tasks it held go back to the queue at once (`agent_lost`), since the process \
-        that held them is gone.",
+        that held them is gone. A name whose agent is online (or busy, or draining) is taken only with that \
+        agent's current token in `agent_token` (a restarted runner); otherwise 409 `name_in_use`. An offline \
+        or forgotten agent's name is free.",
     request_body = RegisterRequest,
     security(("registration_token" = [])),
     responses(
@@ -77,6 +83,8 @@ const MAX_WORD: usize = 64;
             `max_concurrency` (1 to 64) or `version`", body = ErrorBody),
         (status = 401, description = "Missing or wrong registration token, or registration is closed (no token \
             configured on the server)", body = ErrorBody),
+        (status = 409, description = "`name_in_use`: an agent of that name is online and `agent_token` is not its \
+            current token", body = ErrorBody),
         (status = 413, description = "The body is larger than the server accepts", body = ErrorBody),
         (status = 500, description = "Internal error", body = ErrorBody),
         (status = 503, description = "The server is shutting down", body = ErrorBody),
@@ -127,6 +135,7 @@ pub async fn register(
         max_concurrency: req.max_concurrency,
         version: req.version,
         token_hash: auth::hash_token(&token),
+        presented_token_hash: req.agent_token.as_deref().map(auth::hash_token),
     };
     match app.engine.send(Command::RegisterAgent(reg)).await? {
         Reply::Registered(agent_id) => {
@@ -352,6 +361,55 @@ pub async fn drain(
         .await?;
     app.engine.send(Command::DrainAgent { agent: agent.id }).await?;
     Ok(Json(DrainResponse { agent: name.to_string(), status: AgentStatus::Draining }))
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ForgetResponse {
+    pub agent: String,
+    /// Tasks it held, back in the queue.
+    #[schema(value_type = Vec<i64>)]
+    pub requeued: Vec<TaskId>,
+}
+
+#[utoipa::path(
+    post,
+    path = "/agents/{name}/forget",
+    operation_id = "forget_agent",
+    tag = TAG_AGENTS,
+    summary = "Remove an agent so that its name can be registered again",
+    description = "For an agent whose runner is gone for good (or a name held by someone it should not be): \
+        as if the agent had deregistered. Its token stops working, the tasks it held go back to the queue at \
+        once, and the next registration under its name needs no agent token. Forgetting an agent already gone \
+        changes nothing. Takes the operator token.",
+    params(("name" = String, Path, description = "The agent's name")),
+    security(("operator_token" = [])),
+    responses(
+        (status = 200, description = "Forgotten", body = ForgetResponse),
+        (status = 400, description = "Not a valid agent name", body = ErrorBody),
+        (status = 401, description = "Missing or wrong operator token, or none configured", body = ErrorBody),
+        (status = 404, description = "No agent of that name", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+        (status = 503, description = "The server is shutting down", body = ErrorBody),
+    )
+)]
+pub async fn forget(
+    State(app): State<AppState>,
+    _op: Operator,
+    Path(name): Path<String>,
+) -> Result<Json<ForgetResponse>, ApiError> {
+    let name = AgentName::parse(&name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let lookup = name.clone();
+    let agent = app
+        .reads
+        .with(move |r| r.agent_by_name(&lookup)?.ok_or_else(|| ApiError::NotFound(format!("agent {lookup} not found"))))
+        .await?;
+    match app.engine.send(Command::DeregisterAgent { agent: agent.id }).await? {
+        Reply::Requeued(requeued) => {
+            app.tokens.forget(agent.id);
+            Ok(Json(ForgetResponse { agent: name.to_string(), requeued }))
+        }
+        other => Err(ApiError::Internal(format!("forget answered {other:?}"))),
+    }
 }
 
 /// The agents operators see (the deregistered are gone), optionally only those with a status or a capability.

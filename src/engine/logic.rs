@@ -129,7 +129,10 @@ pub fn handle(s: &mut EngineSettings, tx: &WriteTx<'_>, cmd: Command, now: Times
             append(tx, Event::AgentDraining { agent, at: now })
         }
         Command::DeregisterAgent { agent } => {
-            find_agent(tx, agent)?;
+            if find_agent(tx, agent)?.state == AgentState::Deregistered {
+                // Already gone (an operator's `forget` repeated): nothing held, nothing to do.
+                return Ok(Reply::Requeued(Vec::new()));
+            }
             append(tx, Event::AgentDeregistered { agent, at: now })?;
             // Its work goes back to the queue at once: the agent said goodbye, there is nothing to wait for.
             lose_leases_of(s, tx, agent, now, Loss::Deregistered).map(Reply::Requeued)
@@ -324,6 +327,24 @@ fn register(s: &EngineSettings, tx: &WriteTx<'_>, r: Registration, now: Timestam
         return Err(EngineError::Invalid("max_concurrency must be at least 1".into()));
     }
     let known = tx.read().agent_by_name(&r.name)?;
+    // A live agent's name is taken over only by the process that holds its token (a runner restarting);
+    // the registration token alone must not evict a running agent, re-queue its work and inherit its pins.
+    if let Some(a) = &known
+        && matches!(a.state, AgentState::Online | AgentState::Draining)
+        && r.presented_token_hash.as_deref() != Some(a.token_hash.as_str())
+    {
+        let why = if r.presented_token_hash.is_some() {
+            "the agent token presented is not its current one"
+        } else {
+            "no agent token was presented"
+        };
+        return Err(EngineError::NameInUse(format!(
+            "agent {name} is online ({why}): registering under its name needs its current agent token in \
+             `agent_token`; if that agent is gone for good, an operator frees the name with \
+             `forgefleet agents forget {name}`, or it is free once the agent has missed its heartbeats",
+            name = a.name
+        )));
+    }
     let id = match &known {
         Some(a) => a.id,
         None => tx.read().next_agent_id()?,

@@ -37,6 +37,7 @@ impl Fleet {
             max_concurrency: slots,
             version: "1".into(),
             token_hash: format!("hash-{name}"),
+            presented_token_hash: Some(format!("hash-{name}")),
         };
         match self.engine.execute(Command::RegisterAgent(r)).unwrap() {
             Reply::Registered(id) => id,

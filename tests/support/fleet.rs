@@ -143,6 +143,20 @@ impl Fleet {
         }
     }
 
+    /// A registration of `name` presenting `agent_token` (or none), answered as it is.
+    pub async fn register_as(&self, name: &str, agent_token: Option<&str>) -> (StatusCode, Value) {
+        let r = self
+            .http
+            .post(self.url("/agents/register"))
+            .bearer_auth(REGISTRATION_TOKEN)
+            .json(&json!({"name": name, "adapter": "command", "version": "test", "agent_token": agent_token}))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
     /// An operator request.
     pub async fn operator(&self, method: reqwest::Method, path: &str) -> (StatusCode, Value) {
         let r = self.http.request(method, self.url(path)).bearer_auth(OPERATOR).send().await.unwrap();
@@ -189,6 +203,11 @@ impl TestAgent {
             .unwrap();
         let status = r.status();
         (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// An agent of `fleet` known by its token.
+    pub fn with_token(fleet: &Fleet, name: &str, token: &str) -> TestAgent {
+        TestAgent { name: name.into(), token: token.into(), base: fleet.base.clone(), http: fleet.http.clone() }
     }
 
     /// The same agent (same token) talking to `fleet`, e.g. after a restart moved it to another port.
