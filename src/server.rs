@@ -23,8 +23,7 @@ pub fn engine_settings(config: &Config) -> EngineSettings {
         heartbeat_interval: config.heartbeat_interval(),
         missed_heartbeats: config.agents.missed_heartbeats,
         progress_lines_kept: config.tasks.progress_lines_kept,
-        started_at: crate::core::Timestamp(0),
-        repos: Default::default(),
+        ..EngineSettings::default()
     }
 }
 

@@ -411,3 +411,39 @@ async fn forgetting_an_agent_requeues_its_tasks_and_frees_its_name() {
     let new = support::fleet::TestAgent::with_token(&fleet, "a1", body["token"].as_str().unwrap());
     assert_eq!(new.pull().await.unwrap().task_id, task, "re-queued at once");
 }
+
+#[tokio::test]
+async fn a_registration_out_of_bounds_is_refused_naming_the_field() {
+    let fleet = Fleet::start().await;
+    let before = fleet.event_count();
+    let many: Vec<String> = (0..90_000).map(|i| format!("c{i}")).collect();
+    let cases = [
+        (json!({"name": "a1", "adapter": "command", "capabilities": many}), "`capabilities`"),
+        (json!({"name": "a1", "adapter": "command", "capabilities": ["x".repeat(65)]}), "`capabilities`"),
+        (json!({"name": "a1", "adapter": "command", "capabilities": ["ok", "bell\u{7}"]}), "`capabilities`"),
+        (json!({"name": "a1", "adapter": "claude\u{1b}[31m"}), "`adapter`"),
+        (json!({"name": "a1", "adapter": "command", "version": "1.0\r\nforged: line"}), "`version`"),
+        (json!({"name": "a1", "adapter": "command", "version": "v".repeat(201)}), "`version`"),
+        (json!({"name": "a\u{0}1", "adapter": "command"}), "`name`"),
+        (json!({"name": "a1", "adapter": "command", "agent_token": "t".repeat(10_000)}), "`agent_token`"),
+    ];
+    for (i, (body, field)) in cases.into_iter().enumerate() {
+        let r = fleet
+            .http
+            .post(fleet.url("/agents/register"))
+            .bearer_auth(REGISTRATION_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let answer: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(status, 400, "case {i}: {answer}");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.starts_with(field), "case {i} should name {field}: {message}");
+        assert!(message.len() < 300, "case {i} echoes too much: {message}");
+    }
+    assert_eq!(fleet.event_count(), before, "nothing was registered");
+    let (_, agents) = fleet.operator(Method::GET, "/agents").await;
+    assert_eq!(agents["agents"], json!([]));
+}

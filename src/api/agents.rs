@@ -24,17 +24,20 @@ pub struct RegisterRequest {
     /// Unique in the fleet: 1 to 64 of `A-Z a-z 0-9 . _ -`. Registering a name again updates that agent.
     #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub name: String,
-    /// The adapter kind it runs, e.g. `claude-code`, `codex`, `command` (1 to 64 characters).
+    /// The adapter kind it runs, e.g. `claude-code`, `codex`, `command` (1 to 64 characters, no control
+    /// characters).
     #[schema(min_length = 1, max_length = 64)]
     pub adapter: String,
-    /// What it can do: matched against the `needs:*` labels of tasks. Each 1 to 64 characters, no spaces.
+    /// What it can do: matched against the `needs:*` labels of tasks. At most 64, each 1 to 64 characters
+    /// without spaces or control characters.
     #[serde(default)]
+    #[schema(max_items = 64)]
     pub capabilities: Vec<String>,
     /// How many tasks it runs at once.
     #[serde(default = "one")]
     #[schema(minimum = 1, maximum = 64, default = 1)]
     pub max_concurrency: u32,
-    /// Free text for operators, at most 200 characters.
+    /// Free text for operators, at most 200 characters, no control characters.
     #[serde(default)]
     #[schema(max_length = 200)]
     pub version: String,
@@ -62,6 +65,9 @@ pub struct RegisterResponse {
 
 const MAX_SLOTS: u32 = 64;
 const MAX_WORD: usize = 64;
+/// Capabilities one agent may list: each registration is an event kept for ever.
+const MAX_CAPABILITIES: usize = 64;
+const MAX_VERSION: usize = 200;
 
 #[utoipa::path(
     post,
@@ -108,24 +114,43 @@ pub async fn register(
         }
         Some(_) => {}
     }
-    let name = AgentName::parse(&req.name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    if req.adapter.trim().is_empty() || req.adapter.len() > MAX_WORD {
+    let name = AgentName::parse(&req.name).map_err(|e| {
+        let shown: String = req.name.chars().take(MAX_WORD).collect();
+        ApiError::BadRequest(format!("`name` {shown:?} is not a valid agent name: {}", e.why))
+    })?;
+    if req.adapter.trim().is_empty() || req.adapter.chars().count() > MAX_WORD {
         return Err(ApiError::BadRequest(format!("`adapter` must be 1 to {MAX_WORD} characters")));
+    }
+    if req.adapter.chars().any(char::is_control) {
+        return Err(ApiError::BadRequest("`adapter` must not contain control characters".into()));
     }
     if !(1..=MAX_SLOTS).contains(&req.max_concurrency) {
         return Err(ApiError::BadRequest(format!("`max_concurrency` must be 1 to {MAX_SLOTS}")));
     }
+    if req.capabilities.len() > MAX_CAPABILITIES {
+        return Err(ApiError::BadRequest(format!(
+            "`capabilities` lists {} entries; at most {MAX_CAPABILITIES} are accepted",
+            req.capabilities.len()
+        )));
+    }
     let mut capabilities = BTreeSet::new();
     for c in &req.capabilities {
-        if c.is_empty() || c.len() > MAX_WORD || c.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
+        if c.is_empty() || c.chars().count() > MAX_WORD || c.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
+            let shown: String = c.chars().take(MAX_WORD).collect();
             return Err(ApiError::BadRequest(format!(
-                "capability {c:?} must be 1 to {MAX_WORD} characters without spaces"
+                "`capabilities`: {shown:?} must be 1 to {MAX_WORD} characters without spaces or control characters"
             )));
         }
         capabilities.insert(c.clone());
     }
-    if req.version.len() > 200 {
-        return Err(ApiError::BadRequest("`version` is longer than 200 characters".into()));
+    if req.version.chars().count() > MAX_VERSION {
+        return Err(ApiError::BadRequest(format!("`version` is longer than {MAX_VERSION} characters")));
+    }
+    if req.version.chars().any(char::is_control) {
+        return Err(ApiError::BadRequest("`version` must not contain control characters".into()));
+    }
+    if req.agent_token.as_ref().is_some_and(|t| t.len() > 200) {
+        return Err(ApiError::BadRequest("`agent_token` is longer than any agent token".into()));
     }
     let token = new_token();
     let reg = Registration {

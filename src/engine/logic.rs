@@ -24,6 +24,11 @@ pub struct EngineSettings {
     pub missed_heartbeats: u32,
     /// Progress lines kept per task.
     pub progress_lines_kept: usize,
+    /// How long a webhook's content key is remembered: a replay older than this is applied again (and meets
+    /// the usual checks of a stale view). Keeps the table of seen deliveries bounded.
+    pub seen_horizon: Duration,
+    /// When the seen deliveries are next pruned (a periodic check does it at most hourly).
+    pub(crate) next_seen_prune: Timestamp,
     /// When this engine started (set by `Engine::new`). Agents could not reach a server that was down, so
     /// none is judged silent, nor late to start a task, until a grace period from this moment has passed.
     pub started_at: Timestamp,
@@ -64,6 +69,8 @@ impl Default for EngineSettings {
             heartbeat_interval: Duration::from_secs(10),
             missed_heartbeats: 3,
             progress_lines_kept: 200,
+            seen_horizon: Duration::from_secs(30 * 24 * 60 * 60),
+            next_seen_prune: Timestamp(0),
             started_at: Timestamp(0),
             repos: Default::default(),
         }
@@ -137,7 +144,13 @@ pub fn handle(s: &mut EngineSettings, tx: &WriteTx<'_>, cmd: Command, now: Times
             // Its work goes back to the queue at once: the agent said goodbye, there is nothing to wait for.
             lose_leases_of(s, tx, agent, now, Loss::Deregistered).map(Reply::Requeued)
         }
-        Command::Tick => tick(s, tx, now).map(Reply::Ticked),
+        Command::Tick => {
+            if now >= s.next_seen_prune {
+                tx.prune_seen(now - s.seen_horizon)?;
+                s.next_seen_prune = now + Duration::from_secs(60 * 60);
+            }
+            tick(s, tx, now).map(Reply::Ticked)
+        }
         Command::FromWebhook { key, inner } => {
             if !tx.first_sighting(&key, now)? {
                 return Ok(Reply::Duplicate);
