@@ -68,6 +68,8 @@ pub enum ErrorCode {
     Conflict,
     /// 409: registering a name that a live agent has, without its agent token.
     NameInUse,
+    /// 408: the request was not complete within `[server] request_timeout_secs`.
+    RequestTimeout,
     /// 413
     PayloadTooLarge,
     /// 422
