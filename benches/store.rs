@@ -230,6 +230,7 @@ fn registration(name: &str, caps: &[&str], slots: u32) -> Registration {
         max_concurrency: slots,
         version: "0.1.0".into(),
         token_hash: format!("{:064x}", name.len() as u64 * 0x9E37_79B9_7F4A_7C15),
+        presented_token_hash: None,
     }
 }
 

@@ -273,9 +273,12 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     assert_eq!(status, 409, "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("running"), "{body}");
 
-    // Registering the same name again replaces the token: the old one stops working. It also says the old
-    // process is gone (a restarted runner), so its task goes back to the queue and the new one must stop it.
-    let again = fleet.register("a1", &[], 1).await;
+    // Registering the same name again with its token replaces the token: the old one stops working. It also
+    // says the old process is gone (a restarted runner), so its task goes back to the queue and the new one
+    // must stop it.
+    let (status, body) = fleet.register_as("a1", Some(&a1.token)).await;
+    assert_eq!(status, 200, "{body}");
+    let again = support::fleet::TestAgent::with_token(&fleet, "a1", body["token"].as_str().unwrap());
     assert_ne!(again.token, a1.token);
     let (status, _) = a1.post("/agents/heartbeat", json!({"running": []})).await;
     assert_eq!(status, 401);
@@ -283,4 +286,164 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let t = fleet.task(task).await;
     assert_eq!((t["state"].as_str(), t["attempt"].as_u64()), (Some("queued"), Some(2)), "{t}");
     assert_eq!(again.pull().await.unwrap().task_id, task, "and given out again at once");
+}
+
+#[tokio::test]
+async fn a_server_restart_does_not_count_its_own_downtime_against_agents() {
+    let mut fleet = Fleet::start().await;
+    let task = fleet.label("acme/app#1", &["status:todo"]).await.unwrap();
+    let a1 = fleet.register("a1", &[], 1).await;
+    let a = a1.pull().await.unwrap();
+    assert_eq!(a1.start(&a).await, 200);
+    assert!(a1.heartbeat(&[task]).await.is_empty());
+
+    // `serve` is down for 31 minutes (far more than 3 heartbeat intervals of 10 s), then starts again.
+    fleet.restart_after(Duration::from_secs(31 * 60)).await;
+    let a1 = a1.moved_to(&fleet);
+    let report = fleet.tick().await;
+    assert!(report.lost.is_empty() && report.offline.is_empty(), "judged at once after the start: {report:?}");
+    fleet.later(Duration::from_secs(5));
+    assert!(fleet.tick().await.lost.is_empty());
+    assert!(a1.heartbeat(&[task]).await.is_empty(), "nobody is told to stop");
+    let t = fleet.task(task).await;
+    assert_eq!((t["state"].as_str(), t["attempt"].as_u64()), (Some("running"), Some(1)), "no retry spent: {t}");
+
+    // The grace is for the restart only: an agent that stays silent after it is lost as usual, by its name.
+    fleet.later(Duration::from_secs(31));
+    assert_eq!(fleet.tick().await.lost, [task]);
+    let (_, detail) = fleet.operator(Method::GET, &format!("/tasks/{task}")).await;
+    let text = detail["events"].to_string();
+    assert!(text.contains("agent a1 stopped sending heartbeats"), "{text}");
+}
+
+#[tokio::test]
+async fn after_a_restart_an_agent_that_never_comes_back_is_lost_once_the_grace_ends() {
+    let mut fleet = Fleet::start().await;
+    let task = fleet.label("acme/app#1", &["status:todo"]).await.unwrap();
+    let a1 = fleet.register("a1", &[], 1).await;
+    let a = a1.pull().await.unwrap();
+    assert_eq!(a1.start(&a).await, 200);
+    fleet.restart_after(Duration::from_secs(20 * 60)).await;
+    fleet.later(Duration::from_secs(29));
+    assert!(fleet.tick().await.lost.is_empty(), "still within 3 intervals of the start");
+    fleet.later(Duration::from_secs(2));
+    assert_eq!(fleet.tick().await.lost, [task]);
+}
+
+#[tokio::test]
+async fn a_registration_under_a_live_agents_name_without_its_token_evicts_nothing() {
+    let fleet = Fleet::start().await;
+    let running = fleet.label("acme/app#1", &["status:todo"]).await.unwrap();
+    let a1 = fleet.register("a1", &[], 1).await;
+    let a = a1.pull().await.unwrap();
+    assert_eq!(a1.start(&a).await, 200);
+    let pinned = fleet.label("acme/app#2", &["status:todo", "agent:a1"]).await.unwrap();
+    let before = fleet.event_count();
+
+    // Someone with the registration token tries to take the name: without a token, and with a wrong one.
+    for token in [None, Some("ffa_not-the-token")] {
+        let (status, body) = fleet.register_as("a1", token).await;
+        assert_eq!(status, 409, "{body}");
+        assert_eq!(body["error"]["code"], "name_in_use", "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("agent a1 is online"), "{message}");
+        assert!(message.contains("agent_token") && message.contains("forgefleet agents forget a1"), "{message}");
+    }
+    assert_eq!(fleet.event_count(), before, "the refusals changed nothing");
+    assert!(a1.heartbeat(&[running]).await.is_empty(), "the running agent keeps its task and its token");
+    let t = fleet.task(running).await;
+    assert_eq!((t["state"].as_str(), t["attempt"].as_u64()), (Some("running"), Some(1)), "{t}");
+    assert_eq!(fleet.task(pinned).await["state"], "queued", "its pinned task waits for it");
+
+    // Once it is offline (its heartbeats stopped), its name is free again without a token.
+    fleet.later(Duration::from_secs(31));
+    fleet.tick().await;
+    let (status, body) = fleet.register_as("a1", None).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn the_owner_presenting_its_token_takes_its_name_back_and_its_tasks_are_requeued_at_once() {
+    let fleet = Fleet::start().await;
+    let task = fleet.label("acme/app#1", &["status:todo"]).await.unwrap();
+    let a1 = fleet.register("a1", &[], 1).await;
+    let a = a1.pull().await.unwrap();
+    assert_eq!(a1.start(&a).await, 200);
+    let (status, body) = fleet.register_as("a1", Some(&a1.token)).await;
+    assert_eq!(status, 200, "{body}");
+    let again = support::fleet::TestAgent::with_token(&fleet, "a1", body["token"].as_str().unwrap());
+    let t = fleet.task(task).await;
+    assert_eq!((t["state"].as_str(), t["attempt"].as_u64()), (Some("queued"), Some(2)), "{t}");
+    assert_eq!(again.pull().await.unwrap().task_id, task, "no backoff: the old process is gone");
+    let (status, _) = a1.post("/agents/heartbeat", json!({"running": []})).await;
+    assert_eq!(status, 401, "the old token stopped working");
+}
+
+#[tokio::test]
+async fn forgetting_an_agent_requeues_its_tasks_and_frees_its_name() {
+    let fleet = Fleet::start().await;
+    let task = fleet.label("acme/app#1", &["status:todo"]).await.unwrap();
+    let a1 = fleet.register("a1", &[], 1).await;
+    let a = a1.pull().await.unwrap();
+    assert_eq!(a1.start(&a).await, 200);
+
+    let (status, _) = fleet
+        .http
+        .post(fleet.url("/agents/a1/forget"))
+        .bearer_auth(&a1.token)
+        .send()
+        .await
+        .map(|r| (r.status(), ()))
+        .unwrap();
+    assert_eq!(status, 401, "the operator's command, not an agent's");
+    let (status, body) = fleet.operator(Method::POST, "/agents/a1/forget").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({"agent": "a1", "requeued": [task.0]}));
+    let (status, _) = a1.post("/agents/heartbeat", json!({"running": []})).await;
+    assert_eq!(status, 401, "its token stopped working");
+    let (status, body) = fleet.operator(Method::POST, "/agents/a1/forget").await;
+    assert_eq!((status.as_u16(), &body["requeued"]), (200, &json!([])), "forgetting twice changes nothing");
+    let (status, body) = fleet.operator(Method::POST, "/agents/ghost/forget").await;
+    assert_eq!(status, 404, "{body}");
+
+    let (status, body) = fleet.register_as("a1", None).await;
+    assert_eq!(status, 200, "the name is free: {body}");
+    let new = support::fleet::TestAgent::with_token(&fleet, "a1", body["token"].as_str().unwrap());
+    assert_eq!(new.pull().await.unwrap().task_id, task, "re-queued at once");
+}
+
+#[tokio::test]
+async fn a_registration_out_of_bounds_is_refused_naming_the_field() {
+    let fleet = Fleet::start().await;
+    let before = fleet.event_count();
+    let many: Vec<String> = (0..90_000).map(|i| format!("c{i}")).collect();
+    let cases = [
+        (json!({"name": "a1", "adapter": "command", "capabilities": many}), "`capabilities`"),
+        (json!({"name": "a1", "adapter": "command", "capabilities": ["x".repeat(65)]}), "`capabilities`"),
+        (json!({"name": "a1", "adapter": "command", "capabilities": ["ok", "bell\u{7}"]}), "`capabilities`"),
+        (json!({"name": "a1", "adapter": "claude\u{1b}[31m"}), "`adapter`"),
+        (json!({"name": "a1", "adapter": "command", "version": "1.0\r\nforged: line"}), "`version`"),
+        (json!({"name": "a1", "adapter": "command", "version": "v".repeat(201)}), "`version`"),
+        (json!({"name": "a\u{0}1", "adapter": "command"}), "`name`"),
+        (json!({"name": "a1", "adapter": "command", "agent_token": "t".repeat(10_000)}), "`agent_token`"),
+    ];
+    for (i, (body, field)) in cases.into_iter().enumerate() {
+        let r = fleet
+            .http
+            .post(fleet.url("/agents/register"))
+            .bearer_auth(REGISTRATION_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let answer: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(status, 400, "case {i}: {answer}");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.starts_with(field), "case {i} should name {field}: {message}");
+        assert!(message.len() < 300, "case {i} echoes too much: {message}");
+    }
+    assert_eq!(fleet.event_count(), before, "nothing was registered");
+    let (_, agents) = fleet.operator(Method::GET, "/agents").await;
+    assert_eq!(agents["agents"], json!([]));
 }

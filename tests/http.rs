@@ -105,3 +105,117 @@ async fn serve_runs_on_defaults_without_a_config_file() {
     assert_eq!(ok.unwrap(), 200);
     assert!(dir.path().join("forgefleet-data/forgefleet.db").exists(), "the default store is ./forgefleet-data/");
 }
+
+/// A home whose `[server]` has `extra` keys, and agents may register with the token "reg".
+fn home_with_server_keys(extra: &str) -> Home {
+    let home = Home::with_config("[agents]\nregistration_token = \"reg\"\nmax_wait_secs = 60\n");
+    let config = std::fs::read_to_string(home.config()).unwrap().replace("[server]\n", &format!("[server]\n{extra}"));
+    std::fs::write(home.config(), config).unwrap();
+    home
+}
+
+/// Whether the server closed `conn` (end of stream or a reset) within `within`.
+async fn closed_within(conn: &mut tokio::net::TcpStream, within: std::time::Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, conn.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            // A 408 answer before the close is fine: keep reading until the close.
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+#[tokio::test]
+async fn slow_and_idle_connections_are_closed_while_agents_keep_working() {
+    use tokio::io::AsyncWriteExt;
+    let home = home_with_server_keys("header_read_timeout_secs = 1\n");
+    let server = home.serve();
+    let addr = server.addr;
+    let c = client();
+
+    // Ten connections that say nothing, ten that trickle a header line every 300 ms and never finish.
+    let mut idle = Vec::new();
+    for _ in 0..10 {
+        idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    let mut slow = Vec::new();
+    for _ in 0..10 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        slow.push(s);
+    }
+    let trickle = tokio::spawn(async move {
+        for _ in 0..10 {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            for s in slow.iter_mut() {
+                let _ = s.write_all(b"X-Slow: 1\r\n").await;
+            }
+        }
+        slow
+    });
+
+    // Meanwhile an agent registers, heartbeats and long-polls for longer than the header timeout.
+    let r = c
+        .post(server.url("/api/v1/agents/register"))
+        .bearer_auth("reg")
+        .json(&serde_json::json!({"name": "a1", "adapter": "command"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let token = r.json::<serde_json::Value>().await.unwrap()["token"].as_str().unwrap().to_string();
+    let poll = c
+        .post(server.url("/api/v1/assignments/next"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"wait_secs": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(poll.status(), 204, "a long-poll outlives the header timeout");
+    for _ in 0..3 {
+        let r = c.post(server.url("/api/v1/agents/heartbeat")).bearer_auth(&token).json(&serde_json::json!({})).send();
+        assert_eq!(r.await.unwrap().status(), 200);
+        assert_eq!(c.get(server.url("/healthz")).send().await.unwrap().status(), 200);
+    }
+
+    for (i, conn) in idle.iter_mut().enumerate() {
+        assert!(closed_within(conn, std::time::Duration::from_secs(5)).await, "idle connection {i} is still open");
+    }
+    let mut slow = trickle.await.unwrap();
+    for (i, conn) in slow.iter_mut().enumerate() {
+        assert!(closed_within(conn, std::time::Duration::from_secs(5)).await, "slow connection {i} is still open");
+    }
+    assert_eq!(c.get(server.url("/healthz")).send().await.unwrap().status(), 200);
+    assert!(server.stop().success());
+}
+
+#[tokio::test]
+async fn past_the_connection_cap_a_new_connection_gets_a_clear_503_and_the_server_recovers() {
+    let home = home_with_server_keys("header_read_timeout_secs = 2\nmax_connections = 30\n");
+    let server = home.serve();
+    let mut held = Vec::new();
+    for _ in 0..30 {
+        held.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
+    }
+    // Accepted in order: once the thirtieth is counted, the next one is over the cap.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let r = client().get(server.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unavailable");
+    assert!(body["error"]["message"].as_str().unwrap().contains("max_connections"), "{body}");
+
+    // The idle ones are closed after the header timeout, and the server answers again.
+    for conn in held.iter_mut() {
+        assert!(closed_within(conn, std::time::Duration::from_secs(6)).await);
+    }
+    support::eventually("the server answers again", || async {
+        client().get(server.url("/healthz")).send().await.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    assert!(server.stop().success());
+}

@@ -1,4 +1,4 @@
-//! The operator's commands: `agents` reads the database, `retry`, `cancel` and `agents drain` go through the
+//! The operator's commands: `agents` reads the database, `retry`, `cancel`, `agents drain` and `agents forget` go through the
 //! running server, and every way they can fail says what to do about it.
 
 mod support;
@@ -187,6 +187,36 @@ fn agents_drain_marks_a_registered_agent_draining() {
     assert_eq!(answer, json!({"agent": "a2", "status": "draining"}));
 
     let out = cli(&home, &["agents", "drain", "ghost"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    assert!(stderr(&out).contains("agent ghost not found"), "{}", stderr(&out));
+    drop(server);
+}
+
+#[test]
+fn agents_forget_frees_a_live_agents_name_and_requeues_its_task() {
+    let home = Home::with_config(REGISTRATION);
+    support::seed(&home.db(), &[("acme/app#1", &["status:todo"])]);
+    let server = home.serve();
+    let token = register(&server, "a1", &[], 1);
+    let (status, answer) = post(&server, "/assignments/next", &token, json!({}));
+    assert_eq!(status, 200, "{answer}");
+    let body = json!({"name": "a1", "adapter": "command"});
+    let (status, answer) = post(&server, "/agents/register", "reg", body.clone());
+    assert_eq!((status, answer["error"]["code"].as_str()), (409, Some("name_in_use")), "{answer}");
+
+    let out = cli(&home, &["agents", "forget", "a1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out).trim(),
+        "agent a1 is forgotten: its name can be registered again; task(s) 1 went back to the queue"
+    );
+    assert_eq!(task(&home, "acme/app#1")["state"], "queued");
+    let (status, answer) = post(&server, "/agents/register", "reg", body);
+    assert_eq!(status, 200, "{answer}");
+    let (status, _) = post(&server, "/agents/heartbeat", &token, json!({}));
+    assert_eq!(status, 401, "the forgotten agent's token stopped working");
+
+    let out = cli(&home, &["agents", "forget", "ghost"]);
     assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
     assert!(stderr(&out).contains("agent ghost not found"), "{}", stderr(&out));
     drop(server);

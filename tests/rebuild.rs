@@ -77,6 +77,7 @@ fn random_command(rng: &mut StdRng, engine: &Engine) -> Command {
                 max_concurrency: rng.random_range(1..=3),
                 version: "1".into(),
                 token_hash: format!("h{}", rng.random::<u32>()),
+                presented_token_hash: None,
             })
         }
         25..=39 => Command::NextAssignment {

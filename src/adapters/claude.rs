@@ -110,9 +110,12 @@ impl Adapter for ClaudeAdapter {
                 (!shown.is_empty()).then(|| shown.join(" | "))
             }
             "result" => Some(format!(
-                "claude finished: {}{}, {} turns, ${:.4}",
-                v["subtype"].as_str().unwrap_or("?"),
-                if v["is_error"] == true { " (error)" } else { "" },
+                "claude finished: {}, {} turns, ${:.4}",
+                if v["is_error"] == true {
+                    what_went_wrong(&v)
+                } else {
+                    v["subtype"].as_str().unwrap_or("?").to_string()
+                },
                 v["num_turns"].as_u64().unwrap_or(0),
                 v["total_cost_usd"].as_f64().unwrap_or(0.0)
             )),
@@ -142,9 +145,9 @@ impl Adapter for ClaudeAdapter {
             let errors: Vec<&str> = r["errors"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
             let detail = [text.as_str()].into_iter().chain(errors).filter(|s| !s.is_empty()).collect::<Vec<_>>();
             let message = format!(
-                "claude ended with {} ({}): {}",
+                "claude failed ({}): {}: {}",
                 describe(status),
-                r["subtype"].as_str().unwrap_or("error"),
+                what_went_wrong(&r),
                 if detail.is_empty() { "no message".to_string() } else { detail.join("; ") }
             );
             let rate_limited = r["api_error_status"].as_u64() == Some(429) || is_rate_limit(&message);
@@ -166,6 +169,18 @@ impl Adapter for ClaudeAdapter {
                 })
                 .collect(),
         })
+    }
+}
+
+/// A failed result's kind in words: its `subtype` says `success` even when the API call failed.
+fn what_went_wrong(r: &Value) -> String {
+    match (r["subtype"].as_str().unwrap_or_default(), r["api_error_status"].as_u64()) {
+        (_, Some(status)) => format!("the model API answered HTTP {status}"),
+        ("success" | "", None) => "the model API call failed".to_string(),
+        ("error_max_turns", None) => "it used up its turns (error_max_turns)".to_string(),
+        ("error_max_budget_usd", None) => "it used up its budget (error_max_budget_usd)".to_string(),
+        ("error_during_execution", None) => "an error during the run (error_during_execution)".to_string(),
+        (other, None) => other.to_string(),
     }
 }
 
@@ -236,6 +251,22 @@ mod tests {
         assert!(message.contains("Unable to connect"), "{message}");
         let Outcome::Failed { message, .. } = judge("claude-error-max-turns.json", 1) else { panic!() };
         assert!(message.contains("error_max_turns") && message.contains("maximum number of turns"), "{message}");
+    }
+
+    #[test]
+    fn a_failure_never_reads_as_success() {
+        for (name, says) in [
+            ("claude-http400.json", "claude failed (exit status 1): the model API answered HTTP 400: API Error: 400"),
+            ("claude-server-down.json", "claude failed (exit status 1): the model API call failed: API Error: Unable"),
+            ("claude-error-max-turns.json", "claude failed (exit status 1): it used up its turns (error_max_turns)"),
+        ] {
+            let Outcome::Failed { message, .. } = judge(name, 1) else { panic!("{name}") };
+            assert!(message.starts_with(says), "{name}: {message}");
+            assert!(!message.contains("success"), "{name}: {message}");
+            let a = ClaudeAdapter::new(ClaudeSection::default());
+            let progress: Vec<String> = sample(name).iter().filter_map(|l| a.progress(l)).collect();
+            assert!(progress.iter().all(|l| !l.contains("success")), "{name}: {progress:?}");
+        }
     }
 
     #[test]

@@ -94,15 +94,10 @@ impl Adapter for CodexAdapter {
                         one_line(item["command"].as_str().unwrap_or("?")),
                         item["exit_code"].as_i64().map_or("?".to_string(), |c| c.to_string())
                     )),
+                    // Only a completed change changed something; codex reports failed writes the same way.
+                    "file_change" if item["status"] == "completed" => Some(format!("changed: {}", changes(item)?)),
                     "file_change" => {
-                        let changes: Vec<String> = item["changes"]
-                            .as_array()?
-                            .iter()
-                            .map(|c| {
-                                format!("{} {}", c["kind"].as_str().unwrap_or("?"), c["path"].as_str().unwrap_or("?"))
-                            })
-                            .collect();
-                        Some(format!("changed: {}", changes.join(", ")))
+                        Some(format!("change {}: {}", item["status"].as_str().unwrap_or("not made"), changes(item)?))
                     }
                     "error" => Some(format!("error: {}", one_line(item["message"].as_str().unwrap_or("?")))),
                     _ => None,
@@ -154,9 +149,57 @@ impl Adapter for CodexAdapter {
             usage,
             cost_usd: None,
             session_id: session.map(str::to_string),
-            denied: Vec::new(),
+            denied: troubles(&events, &tail.stderr),
         })
     }
+}
+
+/// `add src/a.rs, update src/b.rs`: the changes of a `file_change` item.
+fn changes(item: &Value) -> Option<String> {
+    let changes: Vec<String> = item["changes"]
+        .as_array()?
+        .iter()
+        .map(|c| format!("{} {}", c["kind"].as_str().unwrap_or("?"), c["path"].as_str().unwrap_or("?")))
+        .collect();
+    Some(changes.join(", "))
+}
+
+/// What went wrong in a turn that still completed: file changes and commands that failed or were declined,
+/// error items, and the last distinct error lines (events and standard error). The runner says them when
+/// the worktree did not change, as it says Claude's refused calls.
+fn troubles(events: &[Value], stderr: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for e in events.iter().filter(|e| e["type"] == "item.completed") {
+        let item = &e["item"];
+        let status = item["status"].as_str().unwrap_or_default();
+        let failed = matches!(status, "failed" | "declined");
+        match item["type"].as_str().unwrap_or_default() {
+            "file_change" if failed => {
+                out.push(format!("file change {status}: {}", changes(item).unwrap_or_default()));
+            }
+            "command_execution" if failed => {
+                out.push(format!("command {status}: {}", one_line(item["command"].as_str().unwrap_or("?"))));
+            }
+            "mcp_tool_call" if failed => {
+                out.push(format!("tool call {status}: {}", item["tool"].as_str().unwrap_or("?")));
+            }
+            "error" => out.push(format!("error: {}", one_line(item["message"].as_str().unwrap_or("?")))),
+            _ => {}
+        }
+    }
+    let warnings = events.iter().filter(|e| e["type"] == "error").map(|e| one_line(&error_text(e)));
+    let errors = stderr.iter().filter(|l| {
+        let l = l.to_ascii_lowercase();
+        l.contains("error") || l.contains("failed")
+    });
+    let mut lines: Vec<String> = Vec::new();
+    for line in warnings.chain(errors.map(|l| one_line(l))).rev() {
+        if lines.len() < 3 && !lines.contains(&line) {
+            lines.push(line);
+        }
+    }
+    out.extend(lines.into_iter().rev());
+    out
 }
 
 /// The message of an `error` or `turn.failed` event; codex often wraps the provider's JSON error in it.
@@ -204,6 +247,61 @@ mod tests {
     fn a_run_stopped_while_reconnecting_is_a_failure_with_the_last_warning() {
         let Outcome::Failed { message, .. } = judge("codex-server-down-truncated.jsonl", 0) else { panic!() };
         assert!(message.contains("before completing its turn") && message.contains("Connection failed"), "{message}");
+    }
+
+    /// The real sample, with its file change reported as codex reports a write it could not make.
+    fn failed_write_sample() -> Vec<String> {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/agents/samples/codex-exec-json.jsonl");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut lines: Vec<String> = text
+            .lines()
+            .map(|l| {
+                if l.contains(r#""type":"item.completed""#) && l.contains(r#""type":"file_change""#) {
+                    l.replace(r#""status":"completed""#, r#""status":"failed""#)
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect();
+        assert!(lines.iter().any(|l| l.contains(r#""status":"failed""#)), "the sample has a completed file change");
+        let at = lines.len() - 1;
+        lines.insert(at, r#"{"type":"error","message":"Failed to write file /srv/work/repo/hello.txt"}"#.into());
+        lines
+    }
+
+    #[test]
+    fn a_failed_file_change_is_not_listed_as_changed() {
+        let a = CodexAdapter::new(CodexSection::default());
+        let shown: Vec<String> = failed_write_sample().iter().filter_map(|l| a.progress(l)).collect();
+        assert!(!shown.iter().any(|l| l.starts_with("changed:")), "{shown:?}");
+        assert!(shown.contains(&"change failed: add /srv/work/repo/hello.txt".to_string()), "{shown:?}");
+        let text = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/agents/samples/codex-exec-json.jsonl"),
+        )
+        .unwrap();
+        let shown: Vec<String> = text.lines().filter_map(|l| a.progress(l)).collect();
+        assert!(shown.contains(&"changed: add /srv/work/repo/hello.txt".to_string()), "{shown:?}");
+    }
+
+    #[test]
+    fn a_completed_turn_with_failed_writes_names_them_for_the_nothing_changed_message() {
+        let tail =
+            Tail { stdout: failed_write_sample(), stderr: vec!["ERROR codex_core: sandbox setup refused".into()] };
+        let Outcome::Done(f) = CodexAdapter::new(CodexSection::default()).outcome(ExitStatus::from_raw(0), &tail)
+        else {
+            panic!()
+        };
+        assert_eq!(
+            f.denied,
+            [
+                "file change failed: add /srv/work/repo/hello.txt",
+                "Failed to write file /srv/work/repo/hello.txt",
+                "ERROR codex_core: sandbox setup refused",
+            ]
+        );
+        let Outcome::Done(f) = judge("codex-exec-json.jsonl", 0) else { panic!() };
+        assert!(f.denied.is_empty(), "a clean run has nothing to say: {:?}", f.denied);
     }
 
     #[test]

@@ -60,7 +60,9 @@ pub struct Finished {
     pub usage: Usage,
     pub cost_usd: Option<f64>,
     pub session_id: Option<String>,
-    /// Tool calls the agent was refused (Claude Code's `permission_denials`), said when nothing changed.
+    /// What went wrong in a run that still ended well: tool calls the agent was refused (Claude Code's
+    /// `permission_denials`), or changes and commands that failed and error lines (Codex). Said when nothing
+    /// changed.
     pub denied: Vec<String>,
 }
 

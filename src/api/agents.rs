@@ -24,20 +24,27 @@ pub struct RegisterRequest {
     /// Unique in the fleet: 1 to 64 of `A-Z a-z 0-9 . _ -`. Registering a name again updates that agent.
     #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub name: String,
-    /// The adapter kind it runs, e.g. `claude-code`, `codex`, `command` (1 to 64 characters).
+    /// The adapter kind it runs, e.g. `claude-code`, `codex`, `command` (1 to 64 characters, no control
+    /// characters).
     #[schema(min_length = 1, max_length = 64)]
     pub adapter: String,
-    /// What it can do: matched against the `needs:*` labels of tasks. Each 1 to 64 characters, no spaces.
+    /// What it can do: matched against the `needs:*` labels of tasks. At most 64, each 1 to 64 characters
+    /// without spaces or control characters.
     #[serde(default)]
+    #[schema(max_items = 64)]
     pub capabilities: Vec<String>,
     /// How many tasks it runs at once.
     #[serde(default = "one")]
     #[schema(minimum = 1, maximum = 64, default = 1)]
     pub max_concurrency: u32,
-    /// Free text for operators, at most 200 characters.
+    /// Free text for operators, at most 200 characters, no control characters.
     #[serde(default)]
     #[schema(max_length = 200)]
     pub version: String,
+    /// The agent token this name was given at its last registration. Needed to register a name whose agent
+    /// is online (or busy, or draining): a runner that restarts presents it to take its name back.
+    #[serde(default)]
+    pub agent_token: Option<String>,
 }
 
 fn one() -> u32 {
@@ -58,6 +65,9 @@ pub struct RegisterResponse {
 
 const MAX_SLOTS: u32 = 64;
 const MAX_WORD: usize = 64;
+/// Capabilities one agent may list: each registration is an event kept for ever.
+const MAX_CAPABILITIES: usize = 64;
+const MAX_VERSION: usize = 200;
 
 #[utoipa::path(
     post,
@@ -68,7 +78,9 @@ const MAX_WORD: usize = 64;
     description = "Takes the fleet's registration token. Answers with the agent's own token, which every other \
         agent route takes. Registering an existing name updates that agent and replaces its token: the old one \
         stops working, and the tasks it held go back to the queue at once (`agent_lost`), since the process \
-        that held them is gone.",
+        that held them is gone. A name whose agent is online (or busy, or draining) is taken only with that \
+        agent's current token in `agent_token` (a restarted runner); otherwise 409 `name_in_use`. An offline \
+        or forgotten agent's name is free.",
     request_body = RegisterRequest,
     security(("registration_token" = [])),
     responses(
@@ -77,6 +89,8 @@ const MAX_WORD: usize = 64;
             `max_concurrency` (1 to 64) or `version`", body = ErrorBody),
         (status = 401, description = "Missing or wrong registration token, or registration is closed (no token \
             configured on the server)", body = ErrorBody),
+        (status = 409, description = "`name_in_use`: an agent of that name is online and `agent_token` is not its \
+            current token", body = ErrorBody),
         (status = 413, description = "The body is larger than the server accepts", body = ErrorBody),
         (status = 500, description = "Internal error", body = ErrorBody),
         (status = 503, description = "The server is shutting down", body = ErrorBody),
@@ -100,24 +114,43 @@ pub async fn register(
         }
         Some(_) => {}
     }
-    let name = AgentName::parse(&req.name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    if req.adapter.trim().is_empty() || req.adapter.len() > MAX_WORD {
+    let name = AgentName::parse(&req.name).map_err(|e| {
+        let shown: String = req.name.chars().take(MAX_WORD).collect();
+        ApiError::BadRequest(format!("`name` {shown:?} is not a valid agent name: {}", e.why))
+    })?;
+    if req.adapter.trim().is_empty() || req.adapter.chars().count() > MAX_WORD {
         return Err(ApiError::BadRequest(format!("`adapter` must be 1 to {MAX_WORD} characters")));
+    }
+    if req.adapter.chars().any(char::is_control) {
+        return Err(ApiError::BadRequest("`adapter` must not contain control characters".into()));
     }
     if !(1..=MAX_SLOTS).contains(&req.max_concurrency) {
         return Err(ApiError::BadRequest(format!("`max_concurrency` must be 1 to {MAX_SLOTS}")));
     }
+    if req.capabilities.len() > MAX_CAPABILITIES {
+        return Err(ApiError::BadRequest(format!(
+            "`capabilities` lists {} entries; at most {MAX_CAPABILITIES} are accepted",
+            req.capabilities.len()
+        )));
+    }
     let mut capabilities = BTreeSet::new();
     for c in &req.capabilities {
-        if c.is_empty() || c.len() > MAX_WORD || c.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
+        if c.is_empty() || c.chars().count() > MAX_WORD || c.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
+            let shown: String = c.chars().take(MAX_WORD).collect();
             return Err(ApiError::BadRequest(format!(
-                "capability {c:?} must be 1 to {MAX_WORD} characters without spaces"
+                "`capabilities`: {shown:?} must be 1 to {MAX_WORD} characters without spaces or control characters"
             )));
         }
         capabilities.insert(c.clone());
     }
-    if req.version.len() > 200 {
-        return Err(ApiError::BadRequest("`version` is longer than 200 characters".into()));
+    if req.version.chars().count() > MAX_VERSION {
+        return Err(ApiError::BadRequest(format!("`version` is longer than {MAX_VERSION} characters")));
+    }
+    if req.version.chars().any(char::is_control) {
+        return Err(ApiError::BadRequest("`version` must not contain control characters".into()));
+    }
+    if req.agent_token.as_ref().is_some_and(|t| t.len() > 200) {
+        return Err(ApiError::BadRequest("`agent_token` is longer than any agent token".into()));
     }
     let token = new_token();
     let reg = Registration {
@@ -127,6 +160,7 @@ pub async fn register(
         max_concurrency: req.max_concurrency,
         version: req.version,
         token_hash: auth::hash_token(&token),
+        presented_token_hash: req.agent_token.as_deref().map(auth::hash_token),
     };
     match app.engine.send(Command::RegisterAgent(reg)).await? {
         Reply::Registered(agent_id) => {
@@ -352,6 +386,55 @@ pub async fn drain(
         .await?;
     app.engine.send(Command::DrainAgent { agent: agent.id }).await?;
     Ok(Json(DrainResponse { agent: name.to_string(), status: AgentStatus::Draining }))
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ForgetResponse {
+    pub agent: String,
+    /// Tasks it held, back in the queue.
+    #[schema(value_type = Vec<i64>)]
+    pub requeued: Vec<TaskId>,
+}
+
+#[utoipa::path(
+    post,
+    path = "/agents/{name}/forget",
+    operation_id = "forget_agent",
+    tag = TAG_AGENTS,
+    summary = "Remove an agent so that its name can be registered again",
+    description = "For an agent whose runner is gone for good (or a name held by someone it should not be): \
+        as if the agent had deregistered. Its token stops working, the tasks it held go back to the queue at \
+        once, and the next registration under its name needs no agent token. Forgetting an agent already gone \
+        changes nothing. Takes the operator token.",
+    params(("name" = String, Path, description = "The agent's name")),
+    security(("operator_token" = [])),
+    responses(
+        (status = 200, description = "Forgotten", body = ForgetResponse),
+        (status = 400, description = "Not a valid agent name", body = ErrorBody),
+        (status = 401, description = "Missing or wrong operator token, or none configured", body = ErrorBody),
+        (status = 404, description = "No agent of that name", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+        (status = 503, description = "The server is shutting down", body = ErrorBody),
+    )
+)]
+pub async fn forget(
+    State(app): State<AppState>,
+    _op: Operator,
+    Path(name): Path<String>,
+) -> Result<Json<ForgetResponse>, ApiError> {
+    let name = AgentName::parse(&name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let lookup = name.clone();
+    let agent = app
+        .reads
+        .with(move |r| r.agent_by_name(&lookup)?.ok_or_else(|| ApiError::NotFound(format!("agent {lookup} not found"))))
+        .await?;
+    match app.engine.send(Command::DeregisterAgent { agent: agent.id }).await? {
+        Reply::Requeued(requeued) => {
+            app.tokens.forget(agent.id);
+            Ok(Json(ForgetResponse { agent: name.to_string(), requeued }))
+        }
+        other => Err(ApiError::Internal(format!("forget answered {other:?}"))),
+    }
 }
 
 /// The agents operators see (the deregistered are gone), optionally only those with a status or a capability.

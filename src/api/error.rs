@@ -21,6 +21,9 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// 409 too, with its own code: another live agent has the name.
+    #[error("{0}")]
+    NameInUse(String),
     #[error("{0}")]
     PayloadTooLarge(String),
     #[error("{0}")]
@@ -63,6 +66,10 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// 409
     Conflict,
+    /// 409: registering a name that a live agent has, without its agent token.
+    NameInUse,
+    /// 408: the request was not complete within `[server] request_timeout_secs`.
+    RequestTimeout,
     /// 413
     PayloadTooLarge,
     /// 422
@@ -87,6 +94,7 @@ impl ApiError {
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, ErrorCode::Forbidden),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, ErrorCode::Conflict),
+            ApiError::NameInUse(_) => (StatusCode::CONFLICT, ErrorCode::NameInUse),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge),
             ApiError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::Unprocessable),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
@@ -116,6 +124,7 @@ impl From<EngineError> for ApiError {
             EngineError::Forbidden(why) => ApiError::Forbidden(why),
             EngineError::Conflict(t) => ApiError::Conflict(t.to_string()),
             EngineError::Invalid(why) => ApiError::BadRequest(why),
+            EngineError::NameInUse(why) => ApiError::NameInUse(why),
             EngineError::Stopped => ApiError::Unavailable("the engine is shutting down; try again shortly".into()),
             EngineError::Store(s) => ApiError::Internal(s.to_string()),
         }

@@ -23,7 +23,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub use agents::{
-    AgentList, AgentView, DeregisterResponse, DrainResponse, HeartbeatResponse, RegisterResponse, agent_views,
+    AgentList, AgentView, DeregisterResponse, DrainResponse, ForgetResponse, HeartbeatResponse, RegisterResponse,
+    agent_views,
 };
 use doc::TAG_SYSTEM;
 pub use error::{ApiError, ErrorBody, ErrorCode, ErrorDetail};
@@ -77,6 +78,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(agents::deregister))
         .routes(routes!(agents::list))
         .routes(routes!(agents::drain))
+        .routes(routes!(agents::forget))
         .routes(routes!(work::next))
         .routes(routes!(tasks::list))
         .routes(routes!(tasks::show))

@@ -1,5 +1,5 @@
 //! The command line: `serve`, `config check`, `store rebuild`, `tasks`, `agents`, `status`, and the operator
-//! commands that go through the running server: `retry`, `cancel`, `agents drain`.
+//! commands that go through the running server: `retry`, `cancel`, `agents drain`, `agents forget`.
 
 mod remote;
 mod serve;
@@ -69,7 +69,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// List the registered agents with their status and load, or drain one (`agents drain NAME`).
+    /// List the registered agents with their status and load, drain one (`agents drain NAME`) or forget one
+    /// (`agents forget NAME`).
     #[command(args_conflicts_with_subcommands = true)]
     Agents {
         #[command(subcommand)]
@@ -114,6 +115,16 @@ enum Command {
 enum AgentsCommand {
     /// Stop giving an agent new work; it finishes what it runs (through the running server).
     Drain {
+        /// The agent's name.
+        #[arg(value_parser = parse_agent_name)]
+        name: AgentName,
+        /// Print the server's JSON answer instead of a sentence.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an agent so that its name can be registered again; the tasks it held go back to the queue at
+    /// once (through the running server).
+    Forget {
         /// The agent's name.
         #[arg(value_parser = parse_agent_name)]
         name: AgentName,
@@ -249,6 +260,9 @@ fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Agents { command: Some(AgentsCommand::Drain { name, json }), .. } => {
             remote::drain(&remote::Remote::new(&config, cli.server.as_deref())?, &name, json)
+        }
+        Command::Agents { command: Some(AgentsCommand::Forget { name, json }), .. } => {
+            remote::forget(&remote::Remote::new(&config, cli.server.as_deref())?, &name, json)
         }
         Command::Retry { task, json } => {
             remote::retry(&remote::Remote::new(&config, cli.server.as_deref())?, task, json)

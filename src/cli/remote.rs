@@ -1,4 +1,4 @@
-//! `retry`, `cancel` and `agents drain`: commands that change something go through the running server, because
+//! `retry`, `cancel`, `agents drain` and `agents forget`: commands that change something go through the running server, because
 //! its engine is the only writer of the database. They speak the operator API over HTTP.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -160,6 +160,28 @@ pub fn drain(remote: &Remote, name: &AgentName, as_json: bool) -> Result<(), Cli
     }
     let status = answer["status"].as_str().unwrap_or("draining");
     println!("agent {name} is {status}: it takes no new work and finishes what it is running");
+    Ok(())
+}
+
+/// `forgefleet agents forget <name>`.
+pub fn forget(remote: &Remote, name: &AgentName, as_json: bool) -> Result<(), CliError> {
+    let answer = remote.post(&format!("/api/v1/agents/{name}/forget"))?;
+    if as_json {
+        println!("{answer}");
+        return Ok(());
+    }
+    let requeued: Vec<String> = answer["requeued"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|t| t.as_i64()).map(|t| t.to_string()).collect())
+        .unwrap_or_default();
+    if requeued.is_empty() {
+        println!("agent {name} is forgotten: its name can be registered again");
+    } else {
+        println!(
+            "agent {name} is forgotten: its name can be registered again; task(s) {} went back to the queue",
+            requeued.join(", ")
+        );
+    }
     Ok(())
 }
 

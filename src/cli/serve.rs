@@ -15,6 +15,8 @@ pub fn run(config: Config) -> Result<(), CliError> {
     let lock =
         StoreLock::acquire(&config.store.path, "forgefleet serve").map_err(|e| CliError::usage(e.to_string()))?;
     let store = Store::open(&config.store.path)?;
+    // Each connected agent holds a file descriptor: the soft limit (often 1024) would cap the fleet.
+    let open_files = crate::server::raise_open_file_limit();
     let events = store.read().event_count()?;
     let server = Server::start(config.clone(), store, SystemClock)
         .map_err(|e| CliError::usage(format!("{e} ([server] templates_dir)")))?;
@@ -34,6 +36,7 @@ pub fn run(config: Config) -> Result<(), CliError> {
             store = %config.store.path.display(),
             events,
             lock = %lock.path().display(),
+            open_file_limit = open_files,
             "forgefleet is serving"
         );
         let ticker = tokio::spawn(periodic_checks(handle, config.task_check_interval()));
@@ -43,7 +46,8 @@ pub fn run(config: Config) -> Result<(), CliError> {
         if workers.is_none() {
             tracing::info!("no [forgejo] url configured: nothing is watched; agents and the API work as usual");
         }
-        let result = serve_http1(listener, server.router()).await;
+        let limits = crate::server::HttpLimits::from_config(&config).within_open_files(open_files);
+        let result = crate::server::serve_http1(listener, server.router(), limits, shutdown_signal()).await;
         ticker.abort();
         let _ = ticker.await;
         if let Some(w) = workers {
@@ -57,48 +61,6 @@ pub fn run(config: Config) -> Result<(), CliError> {
     tracing::info!("forgefleet stopped");
     drop(lock);
     served
-}
-
-/// Serves HTTP/1.1 connections until SIGINT/SIGTERM, then lets open requests finish (at most 10 s).
-///
-/// Thousands of agents each keep a long-poll open: hyper's HTTP/1 builder costs less memory per connection
-/// than `axum::serve`'s HTTP/1-or-2 detection, which is what keeps a large fleet's server small.
-async fn serve_http1(listener: TcpListener, router: axum::Router) -> std::io::Result<()> {
-    use hyper_util::rt::TokioIo;
-    use hyper_util::service::TowerToHyperService;
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, _) = match accepted {
-                    Ok(c) => c,
-                    Err(e) => {
-                        // Out of file descriptors and the like: wait a little rather than spin.
-                        tracing::warn!(error = %e, "accepting a connection failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let service = TowerToHyperService::new(router.clone());
-                let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                });
-            }
-            _ = &mut shutdown => break,
-        }
-    }
-    drop(listener);
-    if tokio::time::timeout(std::time::Duration::from_secs(10), graceful.shutdown()).await.is_err() {
-        tracing::warn!("open connections did not finish within 10 s; closing them");
-    }
-    Ok(())
 }
 
 /// Sends the engine its periodic checks: leases not started in time, deadlines, silent agents, backoffs.

@@ -83,6 +83,18 @@ pub struct ServerConfig {
     /// (the built-in templates).
     #[serde(with = "secret::optional")]
     pub templates_dir: Option<PathBuf>,
+    /// A connection must send a request's complete headers within this many seconds of opening, or of the
+    /// answer to its previous request: slow senders and idle keep-alive connections are closed after it. A
+    /// request being answered (a long-poll waiting for work) is not idle. Default: 30 (above the agents'
+    /// heartbeat interval, so their kept-alive connections are reused).
+    pub header_read_timeout_secs: u64,
+    /// How long one request may take, reading its body included; long-polls get their own wait on top.
+    /// Default: 30.
+    pub request_timeout_secs: u64,
+    /// Open connections at most; one more is answered 503 and closed. Lowered at start to what the open-file
+    /// limit allows (the soft limit is raised to the hard one first). Default: 10000 (the design promises
+    /// 5,000 connected agents).
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -92,6 +104,9 @@ impl Default for ServerConfig {
             log_format: LogFormat::Human,
             log_level: "info".into(),
             templates_dir: None,
+            header_read_timeout_secs: 30,
+            request_timeout_secs: 30,
+            max_connections: 10_000,
         }
     }
 }

@@ -22,6 +22,9 @@ pub(crate) fn check(c: &Config) -> Vec<ConfigError> {
         p.add("store.path", "must not be empty");
     }
     p.positive("api.max_body_bytes", c.api.max_body_bytes as u64);
+    p.positive("server.header_read_timeout_secs", c.server.header_read_timeout_secs);
+    p.positive("server.request_timeout_secs", c.server.request_timeout_secs);
+    p.positive("server.max_connections", c.server.max_connections as u64);
 
     p.positive("agents.heartbeat_interval_secs", c.agents.heartbeat_interval_secs);
     p.positive("agents.missed_heartbeats", u64::from(c.agents.missed_heartbeats));

@@ -27,6 +27,9 @@ pub struct Registration {
     pub max_concurrency: u32,
     pub version: String,
     pub token_hash: String,
+    /// The hash of the agent token the registrant presented (`agent_token`), if any: a name that is online
+    /// is taken over only with its current token.
+    pub presented_token_hash: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -191,6 +194,9 @@ pub enum EngineError {
     Conflict(#[from] TransitionError),
     #[error("{0}")]
     Invalid(String),
+    /// Another live agent has this name; the message says how to proceed.
+    #[error("{0}")]
+    NameInUse(String),
     #[error("the engine has stopped")]
     Stopped,
     #[error(transparent)]

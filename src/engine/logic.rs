@@ -24,11 +24,27 @@ pub struct EngineSettings {
     pub missed_heartbeats: u32,
     /// Progress lines kept per task.
     pub progress_lines_kept: usize,
+    /// How long a webhook's content key is remembered: a replay older than this is applied again (and meets
+    /// the usual checks of a stale view). Keeps the table of seen deliveries bounded.
+    pub seen_horizon: Duration,
+    /// When the seen deliveries are next pruned (a periodic check does it at most hourly).
+    pub(crate) next_seen_prune: Timestamp,
+    /// When this engine started (set by `Engine::new`). Agents could not reach a server that was down, so
+    /// none is judged silent, nor late to start a task, until a grace period from this moment has passed.
+    pub started_at: Timestamp,
     /// What repositories' own `fleet.yaml` files change.
     pub repos: std::collections::BTreeMap<crate::core::RepoName, super::repo::RepoOverrides>,
 }
 
 impl EngineSettings {
+    /// How long agents are given after a start before any is judged lost: the missed heartbeats allowed, and
+    /// never less than three intervals.
+    pub fn start_grace(&self) -> Duration {
+        self.heartbeat_interval * self.missed_heartbeats.max(3)
+    }
+    fn in_start_grace(&self, now: Timestamp) -> bool {
+        now < self.started_at + self.start_grace()
+    }
     pub fn labels_for(&self, repo: &crate::core::RepoName) -> &LabelScheme {
         self.repos.get(repo).and_then(|o| o.labels.as_ref()).unwrap_or(&self.labels)
     }
@@ -53,6 +69,9 @@ impl Default for EngineSettings {
             heartbeat_interval: Duration::from_secs(10),
             missed_heartbeats: 3,
             progress_lines_kept: 200,
+            seen_horizon: Duration::from_secs(30 * 24 * 60 * 60),
+            next_seen_prune: Timestamp(0),
+            started_at: Timestamp(0),
             repos: Default::default(),
         }
     }
@@ -117,12 +136,21 @@ pub fn handle(s: &mut EngineSettings, tx: &WriteTx<'_>, cmd: Command, now: Times
             append(tx, Event::AgentDraining { agent, at: now })
         }
         Command::DeregisterAgent { agent } => {
-            find_agent(tx, agent)?;
+            if find_agent(tx, agent)?.state == AgentState::Deregistered {
+                // Already gone (an operator's `forget` repeated): nothing held, nothing to do.
+                return Ok(Reply::Requeued(Vec::new()));
+            }
             append(tx, Event::AgentDeregistered { agent, at: now })?;
             // Its work goes back to the queue at once: the agent said goodbye, there is nothing to wait for.
             lose_leases_of(s, tx, agent, now, Loss::Deregistered).map(Reply::Requeued)
         }
-        Command::Tick => tick(s, tx, now).map(Reply::Ticked),
+        Command::Tick => {
+            if now >= s.next_seen_prune {
+                tx.prune_seen(now - s.seen_horizon)?;
+                s.next_seen_prune = now + Duration::from_secs(60 * 60);
+            }
+            tick(s, tx, now).map(Reply::Ticked)
+        }
         Command::FromWebhook { key, inner } => {
             if !tx.first_sighting(&key, now)? {
                 return Ok(Reply::Duplicate);
@@ -339,6 +367,24 @@ fn register(s: &EngineSettings, tx: &WriteTx<'_>, r: Registration, now: Timestam
         return Err(EngineError::Invalid("max_concurrency must be at least 1".into()));
     }
     let known = tx.read().agent_by_name(&r.name)?;
+    // A live agent's name is taken over only by the process that holds its token (a runner restarting);
+    // the registration token alone must not evict a running agent, re-queue its work and inherit its pins.
+    if let Some(a) = &known
+        && matches!(a.state, AgentState::Online | AgentState::Draining)
+        && r.presented_token_hash.as_deref() != Some(a.token_hash.as_str())
+    {
+        let why = if r.presented_token_hash.is_some() {
+            "the agent token presented is not its current one"
+        } else {
+            "no agent token was presented"
+        };
+        return Err(EngineError::NameInUse(format!(
+            "agent {name} is online ({why}): registering under its name needs its current agent token in \
+             `agent_token`; if that agent is gone for good, an operator frees the name with \
+             `forgefleet agents forget {name}`, or it is free once the agent has missed its heartbeats",
+            name = a.name
+        )));
+    }
     let id = match &known {
         Some(a) => a.id,
         None => tx.read().next_agent_id()?,
@@ -458,7 +504,7 @@ fn lose_leases_of(
             Loss::Reregistered => {
                 "the agent registered again (it restarted): the process that held the task is gone".to_string()
             }
-            Loss::Silent => format!("agent {agent} stopped sending heartbeats"),
+            Loss::Silent => format!("agent {} stopped sending heartbeats", agent_name(tx, agent)),
         };
         // Only silence is waited out (the backoff); an agent that says it is gone frees the task at once.
         lose(s, tx, &t, attempt, agent, message, now, why != Loss::Silent)?;
@@ -499,14 +545,27 @@ fn lose(
     Ok(())
 }
 
+/// The agent's name for messages people read (its number only if it is unknown).
+fn agent_name(tx: &WriteTx<'_>, agent: AgentId) -> String {
+    match tx.read().agent_shared(agent) {
+        Ok(Some(a)) => a.name.to_string(),
+        _ => format!("#{agent}"),
+    }
+}
+
 fn tick(s: &EngineSettings, tx: &WriteTx<'_>, now: Timestamp) -> Result<TickReport> {
     let mut report = TickReport::default();
+    // Right after a start, the server's own downtime would count against every agent: wait for them first.
+    let grace = s.in_start_grace(now);
     for expired in tx.read().expired_leases(now)? {
         let t = find_task(tx, expired.task)?;
         if !expired.started && t.state == TaskState::Assigned {
+            if grace {
+                continue;
+            }
             let message = format!(
                 "agent {} did not start the task within {} s of taking it",
-                expired.agent,
+                agent_name(tx, expired.agent),
                 s.start_timeout_for(&t.issue.repo).as_secs()
             );
             lose(s, tx, &t, expired.attempt, expired.agent, message, now, false)?;
@@ -519,7 +578,8 @@ fn tick(s: &EngineSettings, tx: &WriteTx<'_>, now: Timestamp) -> Result<TickRepo
         }
     }
     let silence = s.heartbeat_interval * s.missed_heartbeats;
-    for agent in tx.read().silent_agents(now - silence)? {
+    let silent = if grace { Vec::new() } else { tx.read().silent_agents(now - silence)? };
+    for agent in silent {
         tx.append(&Event::AgentOffline { agent, at: now })?;
         report.lost.extend(lose_leases_of(s, tx, agent, now, Loss::Silent)?);
         report.offline.push(agent);

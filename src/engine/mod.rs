@@ -37,7 +37,8 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// The engine over `store`; repository settings read earlier (`fleet.yaml`) are loaded from it.
+    /// The engine over `store`; repository settings read earlier (`fleet.yaml`) are loaded from it. Its start
+    /// time (now) begins the agents' grace period (`EngineSettings::start_grace`).
     pub fn new(store: Store, mut settings: EngineSettings, clock: impl Clock) -> Self {
         match store.read().meta_with_prefix(logic::REPO_SETTINGS) {
             Ok(rows) => {
@@ -53,6 +54,7 @@ impl Engine {
                 tracing::warn!(error = %e, "cannot read repository settings; defaults apply until they are read again")
             }
         }
+        settings.started_at = clock.now();
         Self { store, settings, clock: Box::new(clock) }
     }
 

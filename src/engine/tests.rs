@@ -37,6 +37,7 @@ impl Fleet {
             max_concurrency: slots,
             version: "1".into(),
             token_hash: format!("hash-{name}"),
+            presented_token_hash: Some(format!("hash-{name}")),
         };
         match self.engine.execute(Command::RegisterAgent(r)).unwrap() {
             Reply::Registered(id) => id,
@@ -386,4 +387,23 @@ fn a_command_refused_after_it_wrote_is_undone_alone() {
     assert_eq!(f.engine.store.read().event_count().unwrap(), 2);
     let again = Command::FromWebhook { key: "k".into(), inner: Box::new(Command::Tick) };
     assert!(matches!(f.engine.execute(again), Ok(Reply::Ticked(_))), "the key was rolled back with its command");
+}
+
+#[test]
+fn seen_webhooks_are_forgotten_after_the_horizon_and_not_before() {
+    let mut f = fleet();
+    let delivery = || Command::FromWebhook {
+        key: "issue:acme/app#1:opened".into(),
+        inner: Box::new(Command::ObserveIssue(observation("acme/app#1", &["status:todo"]))),
+    };
+    assert!(matches!(f.engine.execute(delivery()), Ok(Reply::Observed(_))));
+    f.later(Duration::from_secs(29 * 24 * 3600));
+    f.tick();
+    assert!(matches!(f.engine.execute(delivery()), Ok(Reply::Duplicate)), "within the horizon: a replay");
+    f.later(Duration::from_secs(2 * 24 * 3600));
+    f.tick();
+    assert!(
+        matches!(f.engine.execute(delivery()), Ok(Reply::Observed(_))),
+        "past the horizon the key is gone: the table does not grow for ever"
+    );
 }

@@ -71,6 +71,12 @@ impl WriteTx<'_> {
         Ok(n == 1)
     }
 
+    /// Forgets the content keys first seen before `before`: the table would otherwise grow with every delivery
+    /// for ever. Returns how many were forgotten.
+    pub fn prune_seen(&self, before: Timestamp) -> Result<usize> {
+        Ok(self.tx.prepare_cached("DELETE FROM webhook_seen WHERE at < ?1")?.execute([before.0])?)
+    }
+
     pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
         self.tx
             .prepare_cached("INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = ?2")?

@@ -23,6 +23,8 @@ pub struct Fleet {
     pub engine: EngineHandle,
     pub db: std::path::PathBuf,
     serve: tokio::task::JoinHandle<()>,
+    config: Config,
+    poll: Option<Duration>,
     _dir: tempfile::TempDir,
 }
 
@@ -53,10 +55,30 @@ impl Fleet {
         config.agents.registration_token = Some(Secret::new(REGISTRATION_TOKEN));
         config.forgejo.url = Some("http://forgejo.test".into());
         tune(&mut config);
+        let clock = ManualClock::new(Timestamp(1_800_000_000_000));
+        Self::serve_on(dir, config, clock, poll).await
+    }
+
+    /// Stops this server, lets `down` pass on the clock, and starts a new one on the same database (on a new
+    /// port, with a new HTTP client: agents follow with `TestAgent::moved_to`).
+    pub async fn restart_after(&mut self, down: Duration) {
+        self.serve.abort();
+        let _ = (&mut self.serve).await;
+        if let Some(w) = self.workers.take() {
+            w.abort();
+        }
+        self.clock.advance(down);
+        let dir = std::mem::replace(&mut self._dir, tempfile::tempdir().unwrap());
+        let next = Self::serve_on(dir, self.config.clone(), self.clock.clone(), self.poll).await;
+        let old = std::mem::replace(self, next);
+        // The old fleet's own directory is the empty placeholder; dropping it stops nothing new.
+        drop(old);
+    }
+
+    async fn serve_on(dir: tempfile::TempDir, config: Config, clock: ManualClock, poll: Option<Duration>) -> Fleet {
         let db = config.store.path.clone();
         let store = Store::open(&db).unwrap();
-        let clock = ManualClock::new(Timestamp(1_800_000_000_000));
-        let server = Server::start(config, store, clock.clone()).unwrap();
+        let server = Server::start(config.clone(), store, clock.clone()).unwrap();
         let engine = server.engine().clone();
         let workers = match poll {
             Some(poll) => server.start_integrations(poll).unwrap(),
@@ -69,7 +91,7 @@ impl Fleet {
             axum::serve(listener, router).await.unwrap();
             drop(server);
         });
-        Fleet { workers, clock, base, http: reqwest::Client::new(), engine, db, serve, _dir: dir }
+        Fleet { workers, clock, base, http: reqwest::Client::new(), engine, db, serve, config, poll, _dir: dir }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -121,6 +143,20 @@ impl Fleet {
         }
     }
 
+    /// A registration of `name` presenting `agent_token` (or none), answered as it is.
+    pub async fn register_as(&self, name: &str, agent_token: Option<&str>) -> (StatusCode, Value) {
+        let r = self
+            .http
+            .post(self.url("/agents/register"))
+            .bearer_auth(REGISTRATION_TOKEN)
+            .json(&json!({"name": name, "adapter": "command", "version": "test", "agent_token": agent_token}))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
     /// An operator request.
     pub async fn operator(&self, method: reqwest::Method, path: &str) -> (StatusCode, Value) {
         let r = self.http.request(method, self.url(path)).bearer_auth(OPERATOR).send().await.unwrap();
@@ -167,6 +203,21 @@ impl TestAgent {
             .unwrap();
         let status = r.status();
         (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// An agent of `fleet` known by its token.
+    pub fn with_token(fleet: &Fleet, name: &str, token: &str) -> TestAgent {
+        TestAgent { name: name.into(), token: token.into(), base: fleet.base.clone(), http: fleet.http.clone() }
+    }
+
+    /// The same agent (same token) talking to `fleet`, e.g. after a restart moved it to another port.
+    pub fn moved_to(&self, fleet: &Fleet) -> TestAgent {
+        TestAgent {
+            name: self.name.clone(),
+            token: self.token.clone(),
+            base: fleet.base.clone(),
+            http: fleet.http.clone(),
+        }
     }
 
     /// Asks for work, waiting up to `wait_secs`.

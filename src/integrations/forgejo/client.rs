@@ -237,6 +237,14 @@ impl ForgejoClient {
             let empty = page.is_empty();
             out.extend(page);
             next = link.as_deref().and_then(next_link);
+            // The token goes with every request: a next page elsewhere is not followed.
+            if let Some(url) = next.as_deref().filter(|u| !under(&self.api, u)) {
+                return Err(ForgejoError::Decode {
+                    method: Method::GET,
+                    path: path.to_string(),
+                    detail: format!("its next-page link {url:?} is not under {}; not followed", self.api),
+                });
+            }
             if next.is_none() || empty {
                 return Ok(out);
             }
@@ -450,6 +458,20 @@ fn next_link(header: &str) -> Option<String> {
     })
 }
 
+/// Whether `url` is on the same scheme, host and port as `api`, under its path.
+fn under(api: &str, url: &str) -> bool {
+    match (reqwest::Url::parse(api), reqwest::Url::parse(url)) {
+        (Ok(a), Ok(u)) => {
+            a.scheme() == u.scheme()
+                && a.host_str() == u.host_str()
+                && a.port_or_known_default() == u.port_or_known_default()
+                && u.username().is_empty()
+                && u.path().starts_with(a.path())
+        }
+        _ => false,
+    }
+}
+
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let secs: u64 = headers.get("retry-after")?.to_str().ok()?.trim().parse().ok()?;
     Some(Duration::from_secs(secs.min(60)))
@@ -482,6 +504,24 @@ mod tests {
         let h = r#"<https://f.example/api/v1/repos/a/b/issues?page=2&limit=50>; rel="next", <https://f.example/api/v1/repos/a/b/issues?page=9&limit=50>; rel="last""#;
         assert_eq!(next_link(h).as_deref(), Some("https://f.example/api/v1/repos/a/b/issues?page=2&limit=50"));
         assert_eq!(next_link(r#"<https://x/?page=1>; rel="first""#), None);
+    }
+
+    #[test]
+    fn next_page_links_are_followed_only_on_the_configured_host() {
+        let api = "https://f.example/api/v1";
+        assert!(under(api, "https://f.example/api/v1/repos/a/b/issues?page=2"));
+        assert!(under(api, "https://f.example:443/api/v1/repos/a/b/issues?page=2"));
+        for elsewhere in [
+            "https://evil.example/api/v1/repos/a/b/issues?page=2",
+            "http://f.example/api/v1/repos/a/b/issues?page=2",
+            "https://f.example:8443/api/v1/repos/a/b/issues?page=2",
+            "https://f.example.evil.example/api/v1/x",
+            "https://user@f.example/api/v1/x",
+            "https://f.example/other/x",
+            "/api/v1/repos/a/b/issues?page=2",
+        ] {
+            assert!(!under(api, elsewhere), "{elsewhere}");
+        }
     }
 
     #[test]

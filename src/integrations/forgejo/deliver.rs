@@ -447,7 +447,8 @@ fn explain(class: FailureClass) -> &'static str {
 fn human_duration(d: Duration) -> String {
     let s = d.as_secs();
     match s {
-        0..60 => format!("{s} s"),
+        0 => "under a second".to_string(),
+        1..60 => format!("{s} s"),
         60..3600 => format!("{} min", s / 60),
         _ => format!("{} h {} min", s / 3600, (s % 3600) / 60),
     }
@@ -482,6 +483,7 @@ mod tests {
     #[test]
     fn durations_read_like_people_write_them() {
         assert_eq!(human_duration(Duration::from_secs(42)), "42 s");
+        assert_eq!(human_duration(Duration::from_millis(400)), "under a second", "never \"0 s\"");
         assert_eq!(human_duration(Duration::from_secs(600)), "10 min");
         assert_eq!(human_duration(Duration::from_secs(3720)), "1 h 2 min");
     }
