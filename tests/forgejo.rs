@@ -518,3 +518,18 @@ async fn assign_pins_the_task_to_the_named_agent() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_issue_labelled_todo_again_after_its_label_was_removed_is_queued_again() {
+    let w = World::new().await;
+    let n = w.queued_issue("Requeue me").await;
+    w.forgejo.remove_label(REPO, n, "alice", "status:todo").await;
+    eventually("cancelled", || async { w.tasks().await[0]["state"] == "cancelled" }).await;
+    w.forgejo.settle().await;
+    w.forgejo.add_labels(REPO, n, "alice", &["status:todo"]).await;
+    eventually("queued again", || async { w.tasks().await[0]["state"] == "queued" }).await;
+    assert_eq!(w.labels(n).await, ["status:todo"]);
+    // Reconciliation agrees, and a restart's full sweep does too: nothing changes.
+    w.reconcile(true).await;
+    assert_eq!(w.tasks().await[0]["state"], "queued");
+}

@@ -242,17 +242,9 @@ fn observe_issue(s: &EngineSettings, tx: &WriteTx<'_>, o: IssueObservation, now:
     let called_off = !t.state.is_terminal()
         && !(o.open
             && (reading.statuses.contains(&StatusLabel::Todo) || reading.statuses.contains(&StatusLabel::Doing)));
-    if called_off {
-        let reason = if o.open {
-            format!("the `{}` label was removed", labels.todo)
-        } else {
-            "the issue was closed".to_string()
-        };
-        tx.append(&Event::TaskCancelled { task: t.id, attempt: t.attempt, reason, at: now })?;
-        return Ok(Some(t.id));
-    }
     if changed {
-        // Finished tasks record what people see too, so that a later relabel to `todo` is recognised.
+        // Finished tasks record what people see too, so that a later relabel to `todo` is recognised; so do
+        // tasks called off by their labels, or the label put back would look like the one taken away.
         tx.append(&Event::TaskSpecChanged {
             task: t.id,
             title: o.title,
@@ -261,6 +253,15 @@ fn observe_issue(s: &EngineSettings, tx: &WriteTx<'_>, o: IssueObservation, now:
             spec: reading.spec,
             at: now,
         })?;
+    }
+    if called_off {
+        let reason = if o.open {
+            format!("the `{}` label was removed", labels.todo)
+        } else {
+            "the issue was closed".to_string()
+        };
+        tx.append(&Event::TaskCancelled { task: t.id, attempt: t.attempt, reason, at: now })?;
+        return Ok(Some(t.id));
     }
     repair_status_label(tx, &t, &o.issue, &reading.statuses, now)?;
     Ok(Some(t.id))
