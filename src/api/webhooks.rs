@@ -48,7 +48,8 @@ fn header<'a>(headers: &'a HeaderMap, names: &[&str]) -> Option<&'a str> {
     description = "Point the repository's webhook here (`forgefleet forgejo setup` does), content type JSON, with the \
         configured secret; events `issues`, `issue_comment`, `pull_request`. Only signed deliveries are accepted. \
         The delivery is applied through the engine before the answer, which comes at once: an issue labelled \
-        `status:todo` is queued, a closed or unlabelled one cancelled, commands in new comments are queued to run \
+        `status:todo` is queued, a closed or unlabelled one cancelled (both once the issue, read back from \
+        Forgejo, confirms it; a view older than one already seen is ignored), commands in new comments are queued to run \
         once their author's permission is checked. A replay (same content, new delivery id) changes nothing.",
     request_body = WebhookPayload,
     security(("webhook_signature" = [])),
@@ -88,8 +89,14 @@ pub async fn forgejo(
     let watched = |repo: &crate::core::RepoName| app.config.forgejo.repos.iter().any(|r| r == repo.as_str());
     let bot = app.config.forgejo.bot_user.as_deref();
     let inner = match delivery {
+        // A deleted issue: only Forgejo can say what is left of it.
+        Delivery::Issue { repo, action, issue, .. } if watched(&repo) && action == "deleted" => {
+            let issue = crate::core::IssueRef { repo, number: issue.number };
+            Command::Enqueue(crate::core::Effect::ConfirmIssue { issue })
+        }
+        // Not fresh: what it would queue or cancel is confirmed against the issue as Forgejo has it now.
         Delivery::Issue { repo, issue, .. } if watched(&repo) && !issue.is_pull() => {
-            Command::ObserveIssue(observation(&repo, &issue))
+            Command::ObserveIssue(crate::engine::IssueObservation { fresh: false, ..observation(&repo, &issue) })
         }
         Delivery::Comment { repo, action, issue, comment, previous, sender } if watched(&repo) => {
             // The bot's own comments echo back: they command nothing.

@@ -104,6 +104,7 @@ impl Deliverer {
             Effect::SetCommitStatus { issue, sha, state, description, .. } => {
                 self.commit_status(&issue, &sha, state, &description).await
             }
+            Effect::ConfirmIssue { issue } => super::confirm::confirm_issue(&self.client, &self.engine, &issue).await,
         }
     }
 
@@ -421,7 +422,7 @@ enum Answer {
     Reply(String),
 }
 
-/// An issue as the engine sees it.
+/// An issue as the engine sees it, read from the API just now (a webhook's view sets `fresh: false`).
 pub fn observation(repo: &crate::core::RepoName, issue: &super::types::Issue) -> IssueObservation {
     IssueObservation {
         issue: IssueRef { repo: repo.clone(), number: issue.number },
@@ -429,6 +430,8 @@ pub fn observation(repo: &crate::core::RepoName, issue: &super::types::Issue) ->
         body: issue.body.clone(),
         labels: issue.label_names(),
         open: issue.is_open(),
+        updated_at: Timestamp::parse_rfc3339(&issue.updated_at),
+        fresh: true,
     }
 }
 
