@@ -580,3 +580,33 @@ async fn an_older_or_same_time_view_of_an_issue_never_cancels_its_task() {
     w.forgejo.remove_label(REPO, n, "alice", "status:todo").await;
     eventually("cancelled", || async { w.tasks().await[0]["state"] == "cancelled" }).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_issue_that_does_not_exist_gets_no_task_and_no_agent() {
+    let w = World::new().await;
+    let agent = w.fleet.register("a1", &[], 1).await;
+    // Deleted after its webhook was made: the delivery arrives when the issue is gone.
+    w.forgejo.drop_next_webhooks(1).await;
+    let n = w.forgejo.create_issue(REPO, "alice", "Deleted soon", "", &["status:todo"]).await;
+    w.forgejo.settle().await;
+    let (_, opened) = issue_deliveries(&w, n).await.into_iter().find(|(a, _)| a == "opened").unwrap();
+    w.forgejo.delete_issue(REPO, n).await;
+    // And a payload for a number that never existed.
+    let mut never = opened.clone();
+    never["issue"]["number"] = json!(9999);
+    for body in [opened, never] {
+        let body = body.to_string();
+        let r = w.post_webhook("issues", body.clone(), Some(&sign(SECRET, body.as_bytes()))).await;
+        assert_eq!(r.status(), 200);
+    }
+    eventually("both issues were read back", || async {
+        let gets = w.forgejo.requests().await;
+        [n, 9999]
+            .iter()
+            .all(|k| gets.iter().any(|r| r.method == "GET" && r.path == format!("/api/v1/repos/{REPO}/issues/{k}")))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(w.tasks().await.is_empty());
+    assert!(agent.pull().await.is_none(), "no agent works on an issue that does not exist");
+}
