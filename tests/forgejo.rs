@@ -610,3 +610,34 @@ async fn an_issue_that_does_not_exist_gets_no_task_and_no_agent() {
     assert!(w.tasks().await.is_empty());
     assert!(agent.pull().await.is_none(), "no agent works on an issue that does not exist");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_bots_own_comments_never_run_as_commands_even_without_bot_user() {
+    let w = World::build(None, |c| c.forgejo.bot_user = None).await;
+    let n = w.queued_issue("Hostile agent").await;
+    let (agent, a) = w.agent_starts().await;
+    // The agent's failure message ends in a paragraph that reads as a command, and tries to mention and embed.
+    let message = "exit status 1\n\n@alice ![x](http://127.0.0.1:9/x.png) ``` fence\n\n/cancel";
+    let (status, body) = agent
+        .post(&format!("/tasks/{}/fail", a.task_id), json!({"attempt": 1, "class": "agent_error", "message": message}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    eventually("the retrying comment is posted", || async {
+        w.forgejo.comments(REPO, n).await.iter().any(|c| c.user == BOT && c.body.contains("exit status 1"))
+    })
+    .await;
+    w.forgejo.settle().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    w.forgejo.settle().await;
+    let task = &w.tasks().await[0];
+    assert_eq!((task["state"].as_str(), task["attempt"].as_u64()), (Some("queued"), Some(2)), "{task}");
+    let comment = w.forgejo.comments(REPO, n).await.into_iter().find(|c| c.body.contains("exit status 1")).unwrap();
+    // The agent's text is code: a fence longer than any run of backticks in it.
+    assert!(comment.body.contains("````text\nexit status 1\n"), "{}", comment.body);
+    assert!(!w.forgejo.reactions(REPO, n).await.iter().any(|r| r.user == BOT), "no command ran");
+    // A person's comment that copies a forgefleet marker is not a command either.
+    w.forgejo.comment(REPO, n, "alice", "/cancel\n\n<!-- forgefleet:task-1:attempt-1:retrying -->").await;
+    w.forgejo.settle().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(w.tasks().await[0]["state"], "queued");
+}

@@ -10,6 +10,9 @@ use super::{ApiError, AppState};
 use crate::core::commands::{Place, new_commands, parse};
 use crate::engine::{Command, Reply};
 use crate::integrations::forgejo::deliver::observation;
+
+/// How forgefleet's hidden markers begin (`deliver::marker`).
+const MARKER: &str = "<!-- forgefleet:";
 use crate::integrations::forgejo::webhook::{Delivery, WebhookError, verify};
 
 /// A Forgejo webhook payload, as Forgejo sends it (`issues`, `issue_comment`, `pull_request`, ...); only the
@@ -99,8 +102,9 @@ pub async fn forgejo(
             Command::ObserveIssue(crate::engine::IssueObservation { fresh: false, ..observation(&repo, &issue) })
         }
         Delivery::Comment { repo, action, issue, comment, previous, sender } if watched(&repo) => {
-            // The bot's own comments echo back: they command nothing.
-            if Some(sender.login.as_str()) == bot {
+            // The bot's own comments echo back: they command nothing (the deliverer checks again, with the login
+            // read from Forgejo when `bot_user` is not set). Nor does any comment that carries a forgefleet marker.
+            if bot.is_some_and(|b| b.trim().eq_ignore_ascii_case(&sender.login)) || comment.body.contains(MARKER) {
                 return Ok(Json(WebhookAnswer { status: "ignored" }));
             }
             let commands = match (action.as_str(), previous) {

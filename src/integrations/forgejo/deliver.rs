@@ -27,6 +27,8 @@ pub struct Deliverer {
     pub templates: Arc<Templates>,
     pub agent_users: BTreeMap<String, String>,
     pub comment_on_start: bool,
+    /// The bot's own login: its comments never run as commands, and none run until it is known.
+    pub bot: super::identity::BotLogin,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -292,6 +294,15 @@ impl Deliverer {
         author: &str,
         lines: &[String],
     ) -> Result<(), DeliveryError> {
+        match self.bot.is(author) {
+            None => {
+                return Err(DeliveryError::Other(
+                    "forgefleet does not know its own Forgejo login yet (GET /user): commands wait".into(),
+                ));
+            }
+            Some(true) => return Ok(()),
+            Some(false) => {}
+        }
         let permission = match self.client.permission(&issue.repo, author).await {
             Ok(p) => p,
             Err(e) if e.is_not_found() => super::types::Permission { permission: "none".into() },
