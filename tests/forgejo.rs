@@ -641,3 +641,34 @@ async fn the_bots_own_comments_never_run_as_commands_even_without_bot_user() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(w.tasks().await[0]["state"], "queued");
 }
+
+/// The newest reply of the bot on issue `n` that contains `needle`, once it is there.
+async fn bot_reply(w: &World, n: u64, needle: &str) -> String {
+    eventually(&format!("a reply with {needle:?}"), || async {
+        w.forgejo.comments(REPO, n).await.iter().any(|c| c.user == BOT && c.body.contains(needle))
+    })
+    .await;
+    w.forgejo.comments(REPO, n).await.into_iter().rev().find(|c| c.body.contains(needle)).unwrap().body
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn command_replies_say_in_words_what_is_wrong_and_status_answers_with_the_status() {
+    let w = World::new().await;
+    let n = w.queued_issue("Talk to me").await;
+    w.forgejo.comment(REPO, n, "alice", "/retry").await;
+    let reply = bot_reply(&w, n, "`/retry` only applies").await;
+    assert!(reply.contains("task 1 is queued; `/retry` only applies to failed or cancelled tasks"), "{reply}");
+    assert!(!reply.contains("task_retried"), "{reply}");
+    w.forgejo.comment(REPO, n, "alice", "/assign bad name!").await;
+    let reply = bot_reply(&w, n, "not an agent name").await;
+    assert!(reply.contains("`bad name!` is not an agent name"), "{reply}");
+    w.forgejo.comment(REPO, n, "alice", "/fleet status").await;
+    let reply = bot_reply(&w, n, "Fleet status").await;
+    assert!(reply.contains("queued 1") && reply.contains("agents:"), "{reply}");
+    // Taking forgefleet's `status:doing` off is reported as that.
+    w.agent_starts().await;
+    eventually("doing", || async { w.labels(n).await == ["status:doing"] }).await;
+    w.forgejo.remove_label(REPO, n, "alice", "status:doing").await;
+    let reply = bot_reply(&w, n, "Cancelled").await;
+    assert!(reply.contains("the `status:doing` label was removed"), "{reply}");
+}

@@ -279,13 +279,8 @@ fn observe_issue(s: &EngineSettings, tx: &WriteTx<'_>, o: IssueObservation, now:
     let Some(t) = existing else { return Ok(None) };
     let changed = o.title != t.title || o.body != t.body || o.labels != t.labels || reading.spec != t.spec;
     // While active, the issue carries `todo` or (once we labelled it) `doing` (`called_off` above). Neither,
-    // or a closed issue, means a person called the work off. Said with the label the issue had.
-    let had = labels.read(&t.labels).statuses;
-    let removed = if had.contains(&StatusLabel::Doing) && !had.contains(&StatusLabel::Todo) {
-        &labels.doing
-    } else {
-        &labels.todo
-    };
+    // or a closed issue, means a person called the work off. Said with forgefleet's label for the task's state.
+    let removed = labels.status_name(t.state.status_label().unwrap_or(StatusLabel::Todo)).to_string();
     if changed {
         // Finished tasks record what people see too, so that a later relabel to `todo` is recognised; so do
         // tasks called off by their labels, or the label put back would look like the one taken away.

@@ -372,6 +372,17 @@ impl Deliverer {
             )
             .map(Answer::Reply)
         };
+        let failed = |why: String| {
+            self.render("reply_failed.md", json!({"author": author, "command": line, "why": why})).map(Answer::Reply)
+        };
+        let word = match &cmd {
+            FleetCommand::Retry { .. } => "retry",
+            FleetCommand::Cancel { .. } => "cancel",
+            _ => "",
+        };
+        if let Some(why) = task.as_ref().and_then(|t| super::commands::not_applicable(word, t)) {
+            return failed(why);
+        }
         let inner = match cmd {
             FleetCommand::Retry { .. } => match &task {
                 Some(t) => Command::RetryTask { task: t.id, by: author.to_string() },
@@ -393,17 +404,24 @@ impl Deliverer {
                 self.pin(issue, &agent.to_string()).await?;
                 return Ok(Answer::React);
             }
-            FleetCommand::Status | FleetCommand::Help => {
+            FleetCommand::Status => {
+                let status = self.read(super::commands::status_text).await?;
+                return Ok(Answer::Reply(format!("@{author} {status}")));
+            }
+            FleetCommand::Help => {
                 return Ok(Answer::Reply(format!("@{author}\n\n{}", help(Place::Issue))));
             }
         };
         match self.engine.send(Command::FromWebhook { key: key.to_string(), inner: Box::new(inner) }).await {
             Ok(_) => Ok(Answer::React),
-            Err(EngineError::Conflict(t)) => {
-                let why = format!("{t}; `/retry` applies to failed or cancelled tasks, `/cancel` to active ones");
-                Ok(Answer::Reply(
-                    self.render("reply_failed.md", json!({"author": author, "command": line, "why": why}))?,
-                ))
+            // The task changed in between: say what it is now.
+            Err(EngineError::Conflict(_)) => {
+                let lookup = issue.clone();
+                let now = self.read(move |s| s.read().task_by_issue(&lookup)).await?;
+                let why = now.as_ref().and_then(|t| super::commands::not_applicable(word, t)).unwrap_or_else(|| {
+                    format!("the task changed while `/{word}` ran; `/retry` applies to failed or cancelled tasks, `/cancel` to the others")
+                });
+                failed(why)
             }
             Err(e) => Err(e.into()),
         }

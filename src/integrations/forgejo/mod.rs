@@ -1,6 +1,7 @@
 //! Forgejo: the typed client, webhook verification and parsing, and the workers that talk to it.
 
 pub mod client;
+pub mod commands;
 pub mod confirm;
 pub mod deliver;
 pub mod identity;
