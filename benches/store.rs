@@ -219,6 +219,8 @@ fn observation(i: u64, rng: &mut Rng, mix: Mix) -> IssueObservation {
         body: BODY.to_string(),
         labels,
         open: true,
+        updated_at: None,
+        fresh: true,
     }
 }
 

@@ -518,3 +518,157 @@ async fn assign_pins_the_task_to_the_named_agent() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_issue_labelled_todo_again_after_its_label_was_removed_is_queued_again() {
+    let w = World::new().await;
+    let n = w.queued_issue("Requeue me").await;
+    w.forgejo.remove_label(REPO, n, "alice", "status:todo").await;
+    eventually("cancelled", || async { w.tasks().await[0]["state"] == "cancelled" }).await;
+    w.forgejo.settle().await;
+    w.forgejo.add_labels(REPO, n, "alice", &["status:todo"]).await;
+    eventually("queued again", || async { w.tasks().await[0]["state"] == "queued" }).await;
+    assert_eq!(w.labels(n).await, ["status:todo"]);
+    // Reconciliation agrees, and a restart's full sweep does too: nothing changes.
+    w.reconcile(true).await;
+    assert_eq!(w.tasks().await[0]["state"], "queued");
+}
+
+/// The bodies of the `issues` deliveries made for issue `n`, in the order Forgejo made them.
+async fn issue_deliveries(w: &World, n: u64) -> Vec<(String, serde_json::Value)> {
+    w.forgejo
+        .deliveries()
+        .await
+        .into_iter()
+        .filter(|d| d.event == "issues")
+        .map(|d| (d.action.clone(), serde_json::from_str::<serde_json::Value>(&d.body).unwrap()))
+        .filter(|(_, b)| b["issue"]["number"] == n)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_older_or_same_time_view_of_an_issue_never_cancels_its_task() {
+    let w = World::new().await;
+    // Lost on the way: forgefleet sees these two only when they are posted below, in reverse order.
+    w.forgejo.drop_next_webhooks(2).await;
+    let n = w.forgejo.create_issue(REPO, "alice", "Out of order", "", &[]).await;
+    w.forgejo.add_labels(REPO, n, "alice", &["status:todo"]).await;
+    w.forgejo.settle().await;
+    let deliveries = issue_deliveries(&w, n).await;
+    let (_, opened) = deliveries.iter().find(|(a, _)| a == "opened").unwrap().clone();
+    let (_, labelled) = deliveries.iter().find(|(a, _)| a == "label_updated").unwrap().clone();
+    let w = &w;
+    let post = |body: serde_json::Value| async move {
+        let body = body.to_string();
+        let r = w.post_webhook("issues", body.clone(), Some(&sign(SECRET, body.as_bytes()))).await;
+        assert_eq!(r.status(), 200);
+    };
+    post(labelled.clone()).await;
+    eventually("queued", || async { w.tasks().await.len() == 1 }).await;
+    // Forgejo stamps both with the same second: the same-time view without the label comes last.
+    let mut same_time = opened.clone();
+    same_time["issue"]["updated_at"] = labelled["issue"]["updated_at"].clone();
+    post(same_time).await;
+    // And the older one, replayed.
+    post(opened).await;
+    w.forgejo.settle().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(w.tasks().await[0]["state"], "queued");
+    assert_eq!(w.labels(n).await, ["status:todo"], "the person's label stays");
+    assert!(!w.forgejo.comments(REPO, n).await.iter().any(|c| c.body.contains("Cancelled")));
+    // A removal that did happen is confirmed and acted on.
+    w.forgejo.remove_label(REPO, n, "alice", "status:todo").await;
+    eventually("cancelled", || async { w.tasks().await[0]["state"] == "cancelled" }).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_issue_that_does_not_exist_gets_no_task_and_no_agent() {
+    let w = World::new().await;
+    let agent = w.fleet.register("a1", &[], 1).await;
+    // Deleted after its webhook was made: the delivery arrives when the issue is gone.
+    w.forgejo.drop_next_webhooks(1).await;
+    let n = w.forgejo.create_issue(REPO, "alice", "Deleted soon", "", &["status:todo"]).await;
+    w.forgejo.settle().await;
+    let (_, opened) = issue_deliveries(&w, n).await.into_iter().find(|(a, _)| a == "opened").unwrap();
+    w.forgejo.delete_issue(REPO, n).await;
+    // And a payload for a number that never existed.
+    let mut never = opened.clone();
+    never["issue"]["number"] = json!(9999);
+    for body in [opened, never] {
+        let body = body.to_string();
+        let r = w.post_webhook("issues", body.clone(), Some(&sign(SECRET, body.as_bytes()))).await;
+        assert_eq!(r.status(), 200);
+    }
+    eventually("both issues were read back", || async {
+        let gets = w.forgejo.requests().await;
+        [n, 9999]
+            .iter()
+            .all(|k| gets.iter().any(|r| r.method == "GET" && r.path == format!("/api/v1/repos/{REPO}/issues/{k}")))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(w.tasks().await.is_empty());
+    assert!(agent.pull().await.is_none(), "no agent works on an issue that does not exist");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_bots_own_comments_never_run_as_commands_even_without_bot_user() {
+    let w = World::build(None, |c| c.forgejo.bot_user = None).await;
+    let n = w.queued_issue("Hostile agent").await;
+    let (agent, a) = w.agent_starts().await;
+    // The agent's failure message ends in a paragraph that reads as a command, and tries to mention and embed.
+    let message = "exit status 1\n\n@alice ![x](http://127.0.0.1:9/x.png) ``` fence\n\n/cancel";
+    let (status, body) = agent
+        .post(&format!("/tasks/{}/fail", a.task_id), json!({"attempt": 1, "class": "agent_error", "message": message}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    eventually("the retrying comment is posted", || async {
+        w.forgejo.comments(REPO, n).await.iter().any(|c| c.user == BOT && c.body.contains("exit status 1"))
+    })
+    .await;
+    w.forgejo.settle().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    w.forgejo.settle().await;
+    let task = &w.tasks().await[0];
+    assert_eq!((task["state"].as_str(), task["attempt"].as_u64()), (Some("queued"), Some(2)), "{task}");
+    let comment = w.forgejo.comments(REPO, n).await.into_iter().find(|c| c.body.contains("exit status 1")).unwrap();
+    // The agent's text is code: a fence longer than any run of backticks in it.
+    assert!(comment.body.contains("````text\nexit status 1\n"), "{}", comment.body);
+    assert!(!w.forgejo.reactions(REPO, n).await.iter().any(|r| r.user == BOT), "no command ran");
+    // A person's comment that copies a forgefleet marker is not a command either.
+    w.forgejo.comment(REPO, n, "alice", "/cancel\n\n<!-- forgefleet:task-1:attempt-1:retrying -->").await;
+    w.forgejo.settle().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(w.tasks().await[0]["state"], "queued");
+}
+
+/// The newest reply of the bot on issue `n` that contains `needle`, once it is there.
+async fn bot_reply(w: &World, n: u64, needle: &str) -> String {
+    eventually(&format!("a reply with {needle:?}"), || async {
+        w.forgejo.comments(REPO, n).await.iter().any(|c| c.user == BOT && c.body.contains(needle))
+    })
+    .await;
+    w.forgejo.comments(REPO, n).await.into_iter().rev().find(|c| c.body.contains(needle)).unwrap().body
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn command_replies_say_in_words_what_is_wrong_and_status_answers_with_the_status() {
+    let w = World::new().await;
+    let n = w.queued_issue("Talk to me").await;
+    w.forgejo.comment(REPO, n, "alice", "/retry").await;
+    let reply = bot_reply(&w, n, "`/retry` only applies").await;
+    assert!(reply.contains("task 1 is queued; `/retry` only applies to failed or cancelled tasks"), "{reply}");
+    assert!(!reply.contains("task_retried"), "{reply}");
+    w.forgejo.comment(REPO, n, "alice", "/assign bad name!").await;
+    let reply = bot_reply(&w, n, "not an agent name").await;
+    assert!(reply.contains("`bad name!` is not an agent name"), "{reply}");
+    w.forgejo.comment(REPO, n, "alice", "/fleet status").await;
+    let reply = bot_reply(&w, n, "Fleet status").await;
+    assert!(reply.contains("queued 1") && reply.contains("agents:"), "{reply}");
+    // Taking forgefleet's `status:doing` off is reported as that.
+    w.agent_starts().await;
+    eventually("doing", || async { w.labels(n).await == ["status:doing"] }).await;
+    w.forgejo.remove_label(REPO, n, "alice", "status:doing").await;
+    let reply = bot_reply(&w, n, "Cancelled").await;
+    assert!(reply.contains("the `status:doing` label was removed"), "{reply}");
+}

@@ -65,6 +65,8 @@ fn random_command(rng: &mut StdRng, engine: &Engine) -> Command {
                 body: String::new(),
                 labels,
                 open: rng.random_bool(0.9),
+                updated_at: None,
+                fresh: true,
             })
         }
         20..=24 => {

@@ -10,6 +10,9 @@ use super::{ApiError, AppState};
 use crate::core::commands::{Place, new_commands, parse};
 use crate::engine::{Command, Reply};
 use crate::integrations::forgejo::deliver::observation;
+
+/// How forgefleet's hidden markers begin (`deliver::marker`).
+const MARKER: &str = "<!-- forgefleet:";
 use crate::integrations::forgejo::webhook::{Delivery, WebhookError, verify};
 
 /// A Forgejo webhook payload, as Forgejo sends it (`issues`, `issue_comment`, `pull_request`, ...); only the
@@ -48,7 +51,8 @@ fn header<'a>(headers: &'a HeaderMap, names: &[&str]) -> Option<&'a str> {
     description = "Point the repository's webhook here (`forgefleet forgejo setup` does), content type JSON, with the \
         configured secret; events `issues`, `issue_comment`, `pull_request`. Only signed deliveries are accepted. \
         The delivery is applied through the engine before the answer, which comes at once: an issue labelled \
-        `status:todo` is queued, a closed or unlabelled one cancelled, commands in new comments are queued to run \
+        `status:todo` is queued, a closed or unlabelled one cancelled (both once the issue, read back from \
+        Forgejo, confirms it; a view older than one already seen is ignored), commands in new comments are queued to run \
         once their author's permission is checked. A replay (same content, new delivery id) changes nothing.",
     request_body = WebhookPayload,
     security(("webhook_signature" = [])),
@@ -88,12 +92,19 @@ pub async fn forgejo(
     let watched = |repo: &crate::core::RepoName| app.config.forgejo.repos.iter().any(|r| r == repo.as_str());
     let bot = app.config.forgejo.bot_user.as_deref();
     let inner = match delivery {
+        // A deleted issue: only Forgejo can say what is left of it.
+        Delivery::Issue { repo, action, issue, .. } if watched(&repo) && action == "deleted" => {
+            let issue = crate::core::IssueRef { repo, number: issue.number };
+            Command::Enqueue(crate::core::Effect::ConfirmIssue { issue })
+        }
+        // Not fresh: what it would queue or cancel is confirmed against the issue as Forgejo has it now.
         Delivery::Issue { repo, issue, .. } if watched(&repo) && !issue.is_pull() => {
-            Command::ObserveIssue(observation(&repo, &issue))
+            Command::ObserveIssue(crate::engine::IssueObservation { fresh: false, ..observation(&repo, &issue) })
         }
         Delivery::Comment { repo, action, issue, comment, previous, sender } if watched(&repo) => {
-            // The bot's own comments echo back: they command nothing.
-            if Some(sender.login.as_str()) == bot {
+            // The bot's own comments echo back: they command nothing (the deliverer checks again, with the login
+            // read from Forgejo when `bot_user` is not set). Nor does any comment that carries a forgefleet marker.
+            if bot.is_some_and(|b| b.trim().eq_ignore_ascii_case(&sender.login)) || comment.body.contains(MARKER) {
                 return Ok(Json(WebhookAnswer { status: "ignored" }));
             }
             let commands = match (action.as_str(), previous) {

@@ -105,8 +105,10 @@ fn build(word: &str, args: &[&str], place: Place) -> Result<FleetCommand, String
         }
     };
     let usage = |cmd: &str| usage(cmd, place);
+    if word == "assign" {
+        return assign(args, place, &usage(word));
+    }
     let max_args = match word {
-        "assign" => 2,
         "retry" | "cancel" => 1,
         _ => 0,
     };
@@ -116,16 +118,30 @@ fn build(word: &str, args: &[&str], place: Place) -> Result<FleetCommand, String
     match word {
         "retry" => Ok(FleetCommand::Retry { issue: issue_arg(args.first(), &usage(word))? }),
         "cancel" => Ok(FleetCommand::Cancel { issue: issue_arg(args.first(), &usage(word))? }),
-        "assign" => {
-            let Some(name) = args.first() else {
-                return Err(format!("`/assign` needs an agent name: `{}`", usage(word)));
-            };
-            let agent = AgentName::parse(name).map_err(|e| format!("{e}. Usage: `{}`", usage(word)))?;
-            Ok(FleetCommand::Assign { agent, issue: issue_arg(args.get(1), &usage(word))? })
-        }
         "status" => Ok(FleetCommand::Status),
         _ => Ok(FleetCommand::Help),
     }
+}
+
+/// `/assign <agent> [<owner/repo#N>]`: the issue is the last word when it reads as one (it must in chat); the
+/// words before it are the agent's name, so a name that is wrong is reported as the name, not as the issue.
+fn assign(args: &[&str], place: Place, usage: &str) -> Result<FleetCommand, String> {
+    let (issue, name) = match args.split_last() {
+        Some((last, rest)) if !rest.is_empty() => match last.parse::<IssueRef>() {
+            Ok(issue) => (Some(issue), rest),
+            Err(_) if place == Place::Chat => return Err(format!("name the issue last, as `owner/repo#N`: `{usage}`")),
+            Err(_) => (None, args),
+        },
+        _ if place == Place::Chat => return Err(format!("name the issue as `owner/repo#N`: `{usage}`")),
+        _ => (None, args),
+    };
+    let name = name.join(" ");
+    if name.is_empty() {
+        return Err(format!("`/assign` needs an agent name: `{usage}`"));
+    }
+    let agent =
+        AgentName::parse(&name).map_err(|e| format!("`{name}` is not an agent name: {}. Usage: `{usage}`", e.why))?;
+    Ok(FleetCommand::Assign { agent, issue })
 }
 
 fn usage(word: &str, place: Place) -> String {
@@ -277,8 +293,15 @@ mod tests {
         assert!(matches!(&p[..], [Parsed::Invalid { why, .. }] if why.contains("owner/repo#N")), "{p:?}");
         let p = parse("/retry acme#x", Place::Chat);
         assert!(matches!(&p[..], [Parsed::Invalid { .. }]), "{p:?}");
-        let p = parse("/assign two words here", Place::Issue);
-        assert!(matches!(&p[..], [Parsed::Invalid { why, .. }] if why.contains("at most")), "{p:?}");
+        let p = parse("/assign bad name!", Place::Issue);
+        assert!(
+            matches!(&p[..], [Parsed::Invalid { why, .. }] if why.starts_with("`bad name!` is not an agent name")),
+            "{p:?}"
+        );
+        let p = parse("/assign bad name! acme/app#3", Place::Chat);
+        assert!(matches!(&p[..], [Parsed::Invalid { why, .. }] if why.contains("not an agent name")), "{p:?}");
+        let p = parse("/assign a1 nope", Place::Chat);
+        assert!(matches!(&p[..], [Parsed::Invalid { why, .. }] if why.contains("owner/repo#N")), "{p:?}");
         let p = parse("/fleet frobnicate", Place::Issue);
         assert!(matches!(&p[..], [Parsed::Invalid { why, .. }] if why.contains("unknown command")), "{p:?}");
     }

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::event::Event;
+use super::event::{CancelledBy, Event};
 use super::ids::{AgentId, CommitSha, IssueRef, TaskId};
 use super::labels::StatusLabel;
 use super::policy::{FailureClass, RetryDecision};
@@ -75,6 +75,9 @@ pub enum Effect {
     Reply { issue: IssueRef, key: String, body: String },
     /// A reaction on a comment: the quiet "done" for a command that worked.
     React { issue: IssueRef, comment_id: i64, content: String },
+    /// Read the issue as Forgejo has it now and observe that: a webhook's view may be stale or out of order,
+    /// so it never queues or cancels a task by itself. An issue that does not exist cancels its task.
+    ConfirmIssue { issue: IssueRef },
     /// A commit status on the pull request's head (the one the receipt names), so the pull request itself
     /// shows what forgefleet found.
     SetCommitStatus {
@@ -116,6 +119,7 @@ impl Effect {
             Effect::RunCommands { .. } => "run_commands",
             Effect::Reply { .. } => "reply",
             Effect::React { .. } => "react",
+            Effect::ConfirmIssue { .. } => "confirm_issue",
             Effect::SetCommitStatus { .. } => "set_commit_status",
         }
     }
@@ -128,8 +132,12 @@ pub fn effects_of(before: Option<&Task>, after: &Task, event: &Event) -> Vec<Eff
     // A new task needs no label: its issue carries `status:todo` already, which is why it exists.
     let was = before.map_or(Some(StatusLabel::Todo), |t| t.state.status_label());
     let now = after.state.status_label();
+    // A task called off by its issue (the label taken off, the issue gone) leaves the labels as people left
+    // them: an observation alone never takes a person's label away.
+    let hands_off =
+        matches!(event, Event::TaskCancelled { by: CancelledBy::LabelRemoved | CancelledBy::IssueGone, .. });
     // `agent_lost` is a passing state: its own retry decision follows in the same command.
-    if was != now && after.state != TaskState::AgentLost {
+    if was != now && after.state != TaskState::AgentLost && !hands_off {
         out.push(Effect::SetStatusLabel { issue: issue(), status: now });
     }
     let comment = |attempt: u32, notice: Notice| Effect::Comment { issue: issue(), task: after.id, attempt, notice };
@@ -194,6 +202,8 @@ pub fn effects_of(before: Option<&Task>, after: &Task, event: &Event) -> Vec<Eff
                 });
             }
         }
+        // An issue that is gone has nobody to tell.
+        Event::TaskCancelled { by: CancelledBy::IssueGone, .. } => {}
         Event::TaskCancelled { attempt, reason, .. } => {
             out.push(comment(*attempt, Notice::Cancelled { reason: reason.clone(), was_running: held_by.is_some() }));
             if held_by.is_some() {
@@ -292,7 +302,13 @@ mod tests {
         let (queued, _) = queued();
         let (_, fx) = step(
             &queued,
-            Event::TaskCancelled { task: TaskId(1), attempt: 1, reason: "closed".into(), at: Timestamp(1) },
+            Event::TaskCancelled {
+                task: TaskId(1),
+                attempt: 1,
+                reason: "closed".into(),
+                by: CancelledBy::IssueClosed,
+                at: Timestamp(1),
+            },
         );
         assert_eq!(fx[0], Effect::SetStatusLabel { issue: queued.issue.clone(), status: None });
         assert!(

@@ -87,6 +87,9 @@ pub enum Event {
         task: TaskId,
         attempt: u32,
         reason: String,
+        /// What called the work off; decides what forgefleet still writes on the issue.
+        #[serde(default, skip_serializing_if = "CancelledBy::is_person")]
+        by: CancelledBy,
         at: Timestamp,
     },
     /// An operator asked for another go at a failed or cancelled task: a fresh retry budget.
@@ -221,5 +224,26 @@ mod tests {
             assert_eq!(v["type"], e.kind());
             assert_eq!(serde_json::from_value::<Event>(v).unwrap(), e);
         }
+    }
+}
+
+/// What called a task off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelledBy {
+    /// A command (`/cancel`, the operator): forgefleet takes its status label off and says so.
+    #[default]
+    Person,
+    /// The issue lost its status label: the labels are the person's now, forgefleet leaves them as they are.
+    LabelRemoved,
+    /// The issue was closed: forgefleet takes its own status label off and says so.
+    IssueClosed,
+    /// The issue no longer exists (deleted, or never was): there is nothing to write on.
+    IssueGone,
+}
+
+impl CancelledBy {
+    pub fn is_person(&self) -> bool {
+        *self == CancelledBy::Person
     }
 }

@@ -14,7 +14,7 @@ pub mod time;
 
 pub use agent::{Agent, AgentState, AgentStatus};
 pub use effects::{CommitState, Effect, Notice, STATUS_CONTEXT, effects_of};
-pub use event::Event;
+pub use event::{CancelledBy, Event};
 pub use ids::{AgentId, AgentName, CommitSha, InvalidId, IssueRef, RepoName, TaskId};
 pub use labels::{LabelChange, LabelReading, LabelScheme, Priority, StatusLabel, TaskSpec};
 pub use policy::{FailureClass, RetryDecision, RetryPolicy, RetryRule};

@@ -70,7 +70,13 @@ fn event_of_kind(kind: &str, attempt: u32) -> Event {
             decision: RetryDecision::Retry { not_before: at(500), retries_left: 1 },
             at: at(100),
         },
-        "task_cancelled" => Event::TaskCancelled { task: t, attempt, reason: "label removed".into(), at: at(100) },
+        "task_cancelled" => Event::TaskCancelled {
+            task: t,
+            attempt,
+            reason: "label removed".into(),
+            by: Default::default(),
+            at: at(100),
+        },
         "task_retried" => Event::TaskRetried { task: t, by: "alice".into(), at: at(100) },
         other => panic!("no such kind {other}"),
     }

@@ -17,6 +17,11 @@ pub struct IssueObservation {
     pub body: String,
     pub labels: Vec<String>,
     pub open: bool,
+    /// The issue's `updated_at`: a view older than one already seen is ignored.
+    pub updated_at: Option<Timestamp>,
+    /// Read from Forgejo's API just now. A webhook's view is not: what it would queue or cancel is confirmed
+    /// by reading the issue first.
+    pub fresh: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -80,6 +85,10 @@ pub enum Command {
     CancelTask {
         task: TaskId,
         reason: String,
+    },
+    /// Forgejo says the issue does not exist (deleted, or never was): its task, if live, is cancelled.
+    IssueGone {
+        issue: IssueRef,
     },
     RetryTask {
         task: TaskId,

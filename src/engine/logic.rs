@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use super::command::{Assignment, Command, EngineError, IssueObservation, Registration, Reply, TickReport};
 use crate::core::{
-    AgentId, AgentState, Effect, Event, FailureClass, LabelScheme, RetryDecision, RetryPolicy, StatusLabel, Task,
-    TaskId, TaskState, Timestamp, TransitionError,
+    AgentId, AgentState, CancelledBy, Effect, Event, FailureClass, LabelScheme, RetryDecision, RetryPolicy,
+    StatusLabel, Task, TaskId, TaskState, Timestamp, TransitionError,
 };
 use crate::store::WriteTx;
 
@@ -125,8 +125,24 @@ pub fn handle(s: &mut EngineSettings, tx: &WriteTx<'_>, cmd: Command, now: Times
         }
         Command::CancelTask { task, reason } => {
             let t = find_task(tx, task)?;
-            append(tx, Event::TaskCancelled { task, attempt: t.attempt, reason, at: now })
+            append(tx, Event::TaskCancelled { task, attempt: t.attempt, reason, by: CancelledBy::Person, at: now })
         }
+        Command::IssueGone { issue } => match tx.read().task_by_issue(&issue)? {
+            Some(t) if !t.state.is_terminal() => {
+                let reason = "the issue no longer exists".to_string();
+                append(
+                    tx,
+                    Event::TaskCancelled {
+                        task: t.id,
+                        attempt: t.attempt,
+                        reason,
+                        by: CancelledBy::IssueGone,
+                        at: now,
+                    },
+                )
+            }
+            _ => Ok(Reply::Done),
+        },
         Command::RetryTask { task, by } => {
             find_task(tx, task)?;
             append(tx, Event::TaskRetried { task, by, at: now })
@@ -265,10 +281,24 @@ fn cancellation(tx: &WriteTx<'_>, task: TaskId, attempt: u32) -> Result<Option<S
     }))
 }
 
+/// The meta key prefix under which the newest `updated_at` seen of each issue is kept.
+pub const ISSUE_SEEN: &str = "issue.seen:";
+
 fn observe_issue(s: &EngineSettings, tx: &WriteTx<'_>, o: IssueObservation, now: Timestamp) -> Result<Option<TaskId>> {
     let labels = s.labels_for(&o.issue.repo);
     let reading = labels.read(&o.labels);
     let existing = tx.read().task_by_issue(&o.issue)?;
+    // An older view never undoes a newer one: deliveries arrive out of order, and a replay may be old.
+    if let Some(at) = o.updated_at {
+        let key = format!("{ISSUE_SEEN}{}", o.issue);
+        let newest = tx.read().meta(&key)?.and_then(|v| v.parse::<i64>().ok());
+        if newest.is_some_and(|n| at.0 < n) {
+            return Ok(existing.map(|t| t.id));
+        }
+        if newest.is_none_or(|n| at.0 > n) {
+            tx.set_meta(&key, &at.0.to_string())?;
+        }
+    }
     let wants_work = o.open && reading.wants_work();
     // A finished task starts again only when a person changed its labels back to `todo`: the same labels
     // seen again (a replay, a poll racing our own label write) must not redo finished work.
@@ -277,6 +307,17 @@ fn observe_issue(s: &EngineSettings, tx: &WriteTx<'_>, o: IssueObservation, now:
         Some(t) if t.state.is_terminal() && wants_work && o.labels != t.labels => Some(t.id),
         _ => None,
     };
+    // A webhook's view may be a same-time one, or show an issue that is gone by now: queueing and cancelling
+    // wait for the issue as Forgejo has it now (read by the deliverer, observed again, fresh).
+    let called_off = existing.as_ref().is_some_and(|t| {
+        !t.state.is_terminal()
+            && !(o.open
+                && (reading.statuses.contains(&StatusLabel::Todo) || reading.statuses.contains(&StatusLabel::Doing)))
+    });
+    if !o.fresh && (queue_as.is_some() || called_off) {
+        tx.enqueue(&Effect::ConfirmIssue { issue: o.issue.clone() }, None, now)?;
+        return Ok(existing.map(|t| t.id));
+    }
     if let Some(task) = queue_as {
         report_settings_problem(s, tx, &o.issue, now)?;
         tx.append(&Event::TaskQueued {
@@ -292,22 +333,12 @@ fn observe_issue(s: &EngineSettings, tx: &WriteTx<'_>, o: IssueObservation, now:
     }
     let Some(t) = existing else { return Ok(None) };
     let changed = o.title != t.title || o.body != t.body || o.labels != t.labels || reading.spec != t.spec;
-    // While active, the issue carries `todo` or (once we labelled it) `doing`. Neither, or a closed issue,
-    // means a person called the work off.
-    let called_off = !t.state.is_terminal()
-        && !(o.open
-            && (reading.statuses.contains(&StatusLabel::Todo) || reading.statuses.contains(&StatusLabel::Doing)));
-    if called_off {
-        let reason = if o.open {
-            format!("the `{}` label was removed", labels.todo)
-        } else {
-            "the issue was closed".to_string()
-        };
-        tx.append(&Event::TaskCancelled { task: t.id, attempt: t.attempt, reason, at: now })?;
-        return Ok(Some(t.id));
-    }
+    // While active, the issue carries `todo` or (once we labelled it) `doing` (`called_off` above). Neither,
+    // or a closed issue, means a person called the work off. Said with forgefleet's label for the task's state.
+    let removed = labels.status_name(t.state.status_label().unwrap_or(StatusLabel::Todo)).to_string();
     if changed {
-        // Finished tasks record what people see too, so that a later relabel to `todo` is recognised.
+        // Finished tasks record what people see too, so that a later relabel to `todo` is recognised; so do
+        // tasks called off by their labels, or the label put back would look like the one taken away.
         tx.append(&Event::TaskSpecChanged {
             task: t.id,
             title: o.title,
@@ -316,6 +347,15 @@ fn observe_issue(s: &EngineSettings, tx: &WriteTx<'_>, o: IssueObservation, now:
             spec: reading.spec,
             at: now,
         })?;
+    }
+    if called_off {
+        let (reason, by) = if o.open {
+            (format!("the `{removed}` label was removed"), CancelledBy::LabelRemoved)
+        } else {
+            ("the issue was closed".to_string(), CancelledBy::IssueClosed)
+        };
+        tx.append(&Event::TaskCancelled { task: t.id, attempt: t.attempt, reason, by, at: now })?;
+        return Ok(Some(t.id));
     }
     repair_status_label(tx, &t, &o.issue, &reading.statuses, now)?;
     Ok(Some(t.id))
@@ -596,5 +636,7 @@ pub(crate) fn observation(issue: &str, labels: &[&str]) -> IssueObservation {
         body: String::new(),
         labels: labels.iter().map(|l| l.to_string()).collect(),
         open: true,
+        updated_at: None,
+        fresh: true,
     }
 }

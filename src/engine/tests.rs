@@ -407,3 +407,33 @@ fn seen_webhooks_are_forgotten_after_the_horizon_and_not_before() {
         "past the horizon the key is gone: the table does not grow for ever"
     );
 }
+
+#[test]
+fn a_webhook_view_queues_and_cancels_only_once_confirmed_and_an_older_view_changes_nothing() {
+    let mut f = fleet();
+    let seen = |labels: &[&str], at: i64, fresh: bool| {
+        let mut o = observation("acme/app#1", labels);
+        (o.updated_at, o.fresh) = (Some(Timestamp(at)), fresh);
+        Command::ObserveIssue(o)
+    };
+    let confirms = |f: &Fleet| {
+        let rows = f.engine.store.read().outbox_due(Timestamp(i64::MAX), 100).unwrap();
+        rows.iter().filter(|r| r.kind == "confirm_issue").count()
+    };
+    f.engine.execute(seen(&["status:todo"], 2_000, false)).unwrap();
+    assert!(f.engine.store.read().task_by_issue(&"acme/app#1".parse().unwrap()).unwrap().is_none());
+    assert_eq!(confirms(&f), 1, "the issue is read back before a task exists");
+    f.engine.execute(seen(&["status:todo"], 2_000, true)).unwrap();
+    let task = f.engine.store.read().task_by_issue(&"acme/app#1".parse().unwrap()).unwrap().unwrap().id;
+    // Same time, no label: only a confirmation.
+    f.engine.execute(seen(&[], 2_000, false)).unwrap();
+    assert_eq!((f.task(task).state, confirms(&f)), (TaskState::Queued, 2));
+    // Older, even read from the API: ignored.
+    f.engine.execute(seen(&[], 1_000, true)).unwrap();
+    assert_eq!(f.task(task).state, TaskState::Queued);
+    // The issue deleted: the task is cancelled, and nothing is written on an issue that is gone.
+    f.engine.execute(Command::IssueGone { issue: "acme/app#1".parse().unwrap() }).unwrap();
+    assert_eq!(f.task(task).state, TaskState::Cancelled);
+    let rows = f.engine.store.read().outbox_due(Timestamp(i64::MAX), 100).unwrap();
+    assert!(rows.iter().all(|r| r.kind == "confirm_issue"), "{rows:?}");
+}

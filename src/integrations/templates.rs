@@ -43,6 +43,8 @@ impl Templates {
     pub fn load(dir: Option<&Path>) -> Result<Templates, TemplateError> {
         let mut env = Environment::new();
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Chainable);
+        env.add_filter("fence", |text: String| fence(&text));
+        env.add_filter("code", |text: String| code(&text));
         for (name, text) in BUILT_IN {
             let text = match dir.map(|d| d.join(name)).filter(|p| p.exists()) {
                 Some(path) => std::fs::read_to_string(&path).map_err(|e| TemplateError::Load {
@@ -69,6 +71,28 @@ impl Templates {
     }
 }
 
+/// The longest run of backticks in `text`.
+fn longest_backtick_run(text: &str) -> usize {
+    text.split(|c| c != '`').map(str::len).max().unwrap_or(0)
+}
+
+/// Text from elsewhere (an agent's message or summary) as a fenced code block, with a fence longer than any run
+/// of backticks in it: it cannot close the block, so it cannot mention people, embed images, run as a command
+/// or pass for a forgefleet section.
+pub fn fence(text: &str) -> String {
+    let f = "`".repeat(longest_backtick_run(text).max(2) + 1);
+    format!("{f}text\n{}\n{f}", text.trim_end_matches('\n'))
+}
+
+/// A short text from elsewhere (a file name) as inline code, on one line, that it cannot close.
+pub fn code(text: &str) -> String {
+    let f = "`".repeat(longest_backtick_run(text) + 1);
+    let one_line: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    // A space on each side keeps a backtick at either end from joining the fence; CommonMark strips it.
+    let pad = if one_line.starts_with('`') || one_line.ends_with('`') { " " } else { "" };
+    format!("{f}{pad}{one_line}{pad}{f}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,6 +116,19 @@ mod tests {
         let done = t.render("comment_completed.md", &ctx).unwrap();
         assert!(done.contains("#14") && done.contains("`src/a.rs` (+3 −1)") && done.contains("$0.12"), "{done}");
         assert!(t.render("comment_retrying.md", &ctx).unwrap().contains("1 more retry of this kind"));
+    }
+
+    #[test]
+    fn text_from_agents_is_fenced_so_that_it_cannot_close_its_fence() {
+        assert_eq!(fence("plain"), "```text\nplain\n```");
+        assert_eq!(fence("a ```` b\n\n/cancel\n"), "`````text\na ```` b\n\n/cancel\n`````");
+        assert_eq!(code("src/a.rs"), "`src/a.rs`");
+        assert_eq!(code("`x\n@y"), "`` `x @y ``");
+        let t = Templates::load(None).unwrap();
+        let failed =
+            t.render("comment_failed.md", json!({"message": "@alice ![i](http://x/i.png)\n\n/retry"})).unwrap();
+        let commands = crate::core::commands::parse(&failed, crate::core::commands::Place::Issue);
+        assert!(commands.is_empty(), "{failed}");
     }
 
     #[test]

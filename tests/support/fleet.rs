@@ -106,6 +106,8 @@ impl Fleet {
             body: "Please fix it.".into(),
             labels: labels.iter().map(|l| l.to_string()).collect(),
             open: true,
+            updated_at: None,
+            fresh: true,
         };
         match self.engine.send(Command::ObserveIssue(o)).await.unwrap() {
             Reply::Observed(t) => t,

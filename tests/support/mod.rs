@@ -181,6 +181,8 @@ pub fn seed(db: &Path, issues: &[(&str, &[&str])]) {
                 body: String::new(),
                 labels: labels.iter().map(|l| l.to_string()).collect(),
                 open: true,
+                updated_at: None,
+                fresh: true,
             }))
             .unwrap();
     }

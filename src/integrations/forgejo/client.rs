@@ -374,6 +374,11 @@ impl ForgejoClient {
         self.all_pages(&Self::repo_path(repo, &format!("/pulls/{number}/files")), Vec::new()).await
     }
 
+    /// The account the token belongs to (`GET /user`): the bot's own login.
+    pub async fn current_user(&self) -> Result<User, ForgejoError> {
+        self.get("/user", &[]).await
+    }
+
     pub async fn permission(&self, repo: &RepoName, user: &str) -> Result<Permission, ForgejoError> {
         self.get(&Self::repo_path(repo, &format!("/collaborators/{user}/permission")), &[]).await
     }

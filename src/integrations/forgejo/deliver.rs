@@ -27,6 +27,8 @@ pub struct Deliverer {
     pub templates: Arc<Templates>,
     pub agent_users: BTreeMap<String, String>,
     pub comment_on_start: bool,
+    /// The bot's own login: its comments never run as commands, and none run until it is known.
+    pub bot: super::identity::BotLogin,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +106,7 @@ impl Deliverer {
             Effect::SetCommitStatus { issue, sha, state, description, .. } => {
                 self.commit_status(&issue, &sha, state, &description).await
             }
+            Effect::ConfirmIssue { issue } => super::confirm::confirm_issue(&self.client, &self.engine, &issue).await,
         }
     }
 
@@ -291,6 +294,15 @@ impl Deliverer {
         author: &str,
         lines: &[String],
     ) -> Result<(), DeliveryError> {
+        match self.bot.is(author) {
+            None => {
+                return Err(DeliveryError::Other(
+                    "forgefleet does not know its own Forgejo login yet (GET /user): commands wait".into(),
+                ));
+            }
+            Some(true) => return Ok(()),
+            Some(false) => {}
+        }
         let permission = match self.client.permission(&issue.repo, author).await {
             Ok(p) => p,
             Err(e) if e.is_not_found() => super::types::Permission { permission: "none".into() },
@@ -360,6 +372,17 @@ impl Deliverer {
             )
             .map(Answer::Reply)
         };
+        let failed = |why: String| {
+            self.render("reply_failed.md", json!({"author": author, "command": line, "why": why})).map(Answer::Reply)
+        };
+        let word = match &cmd {
+            FleetCommand::Retry { .. } => "retry",
+            FleetCommand::Cancel { .. } => "cancel",
+            _ => "",
+        };
+        if let Some(why) = task.as_ref().and_then(|t| super::commands::not_applicable(word, t)) {
+            return failed(why);
+        }
         let inner = match cmd {
             FleetCommand::Retry { .. } => match &task {
                 Some(t) => Command::RetryTask { task: t.id, by: author.to_string() },
@@ -381,17 +404,24 @@ impl Deliverer {
                 self.pin(issue, &agent.to_string()).await?;
                 return Ok(Answer::React);
             }
-            FleetCommand::Status | FleetCommand::Help => {
+            FleetCommand::Status => {
+                let status = self.read(super::commands::status_text).await?;
+                return Ok(Answer::Reply(format!("@{author} {status}")));
+            }
+            FleetCommand::Help => {
                 return Ok(Answer::Reply(format!("@{author}\n\n{}", help(Place::Issue))));
             }
         };
         match self.engine.send(Command::FromWebhook { key: key.to_string(), inner: Box::new(inner) }).await {
             Ok(_) => Ok(Answer::React),
-            Err(EngineError::Conflict(t)) => {
-                let why = format!("{t}; `/retry` applies to failed or cancelled tasks, `/cancel` to active ones");
-                Ok(Answer::Reply(
-                    self.render("reply_failed.md", json!({"author": author, "command": line, "why": why}))?,
-                ))
+            // The task changed in between: say what it is now.
+            Err(EngineError::Conflict(_)) => {
+                let lookup = issue.clone();
+                let now = self.read(move |s| s.read().task_by_issue(&lookup)).await?;
+                let why = now.as_ref().and_then(|t| super::commands::not_applicable(word, t)).unwrap_or_else(|| {
+                    format!("the task changed while `/{word}` ran; `/retry` applies to failed or cancelled tasks, `/cancel` to the others")
+                });
+                failed(why)
             }
             Err(e) => Err(e.into()),
         }
@@ -421,7 +451,7 @@ enum Answer {
     Reply(String),
 }
 
-/// An issue as the engine sees it.
+/// An issue as the engine sees it, read from the API just now (a webhook's view sets `fresh: false`).
 pub fn observation(repo: &crate::core::RepoName, issue: &super::types::Issue) -> IssueObservation {
     IssueObservation {
         issue: IssueRef { repo: repo.clone(), number: issue.number },
@@ -429,6 +459,8 @@ pub fn observation(repo: &crate::core::RepoName, issue: &super::types::Issue) ->
         body: issue.body.clone(),
         labels: issue.label_names(),
         open: issue.is_open(),
+        updated_at: Timestamp::parse_rfc3339(&issue.updated_at),
+        fresh: true,
     }
 }
 

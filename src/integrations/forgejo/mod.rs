@@ -1,7 +1,10 @@
 //! Forgejo: the typed client, webhook verification and parsing, and the workers that talk to it.
 
 pub mod client;
+pub mod commands;
+pub mod confirm;
 pub mod deliver;
+pub mod identity;
 pub mod reconcile;
 pub mod types;
 pub mod validate;
@@ -46,6 +49,8 @@ pub fn spawn(
     let client = ForgejoClient::new(url, token, ca.as_ref())?;
     let repos = config.forgejo.repo_names();
     let db = config.store.path.clone();
+    let bot = identity::BotLogin::new(config.forgejo.bot_user.clone());
+    let learning = bot.get().is_none().then(|| tokio::spawn(identity::learn(client.clone(), bot.clone())));
     let deliverer = deliver::Deliverer {
         client: client.clone(),
         engine: engine.clone(),
@@ -54,6 +59,7 @@ pub fn spawn(
         templates,
         agent_users: config.forgejo.agent_users.clone(),
         comment_on_start: config.forgejo.comment_on_start,
+        bot,
     };
     // Both workers wake as soon as the engine appends events (a new outbox row, a receipt), and poll as
     // the fallback (retries that come due, a pass that failed).
@@ -119,7 +125,9 @@ pub fn spawn(
             tokio::time::sleep(every).await;
         }
     });
-    Ok(Some(Workers { handles: vec![delivering, validating, reconciling] }))
+    let mut handles = vec![delivering, validating, reconciling];
+    handles.extend(learning);
+    Ok(Some(Workers { handles }))
 }
 
 async fn refresh(

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use super::deliver::{label_color, observation};
 use super::{ForgejoClient, ForgejoError, IssueFilter};
-use crate::core::{LabelScheme, RepoName, Timestamp};
+use crate::core::{IssueRef, LabelScheme, RepoName, Timestamp};
 use crate::engine::{Command, EngineHandle};
 use crate::store::Store;
 
@@ -77,11 +77,14 @@ pub async fn pass(
         .map_err(|e| ReconcileError::Local(e.to_string()))?
         .map_err(|e| ReconcileError::Local(e.to_string()))?;
         for number in active.into_iter().filter(|n| !seen.contains(n)) {
-            let issue = client.issue(repo, number).await?;
-            engine
-                .send(Command::ObserveIssue(observation(repo, &issue)))
-                .await
-                .map_err(|e| ReconcileError::Local(e.to_string()))?;
+            let command = match client.issue(repo, number).await {
+                Ok(issue) if !issue.is_pull() => Command::ObserveIssue(observation(repo, &issue)),
+                // Deleted since: its task has nothing left to work on.
+                Ok(_) => Command::IssueGone { issue: IssueRef { repo: repo.clone(), number } },
+                Err(e) if e.is_not_found() => Command::IssueGone { issue: IssueRef { repo: repo.clone(), number } },
+                Err(e) => return Err(e.into()),
+            };
+            engine.send(command).await.map_err(|e| ReconcileError::Local(e.to_string()))?;
             report.looked_up += 1;
         }
         // A full sweep starts the incremental ones from now on.

@@ -403,6 +403,11 @@ impl FakeForgejo {
         self.edit_issue(repo, number, as_user, IssueEdit { state: Some("closed".into()), ..Default::default() });
     }
 
+    /// Deletes an issue as an admin does in Forgejo's UI: it is gone from the API (404) at once.
+    pub async fn delete_issue(&self, repo: &str, number: u64) {
+        self.with(|s| s.repo_mut(repo).issues.remove(&number).expect("the issue exists"));
+    }
+
     pub async fn reopen_issue(&self, repo: &str, number: u64, as_user: &str) {
         self.edit_issue(repo, number, as_user, IssueEdit { state: Some("open".into()), ..Default::default() });
     }
