@@ -518,3 +518,22 @@ async fn assign_pins_the_task_to_the_named_agent() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_the_bots_own_comments_count_as_an_earlier_delivery() {
+    // The configured login differs from Forgejo's only in case: it is still the bot.
+    let w = World::build(None, |c| c.forgejo.bot_user = Some("ForgeFleet".into())).await;
+    let n = w.queued_issue("Silence me").await;
+    let task = w.tasks().await[0]["id"].as_u64().unwrap();
+    // Eve knows the marker format and how ids are counted: she posts the "started" marker before forgefleet.
+    w.forgejo.comment(REPO, n, "eve", &format!("shh <!-- forgefleet:task-{task}:attempt-1:started -->")).await;
+    w.agent_starts().await;
+    eventually("forgefleet posts its own started comment all the same", || async {
+        w.forgejo.comments(REPO, n).await.iter().any(|c| c.user == BOT && c.body.contains("attempt-1:started"))
+    })
+    .await;
+    eventually("doing", || async { w.labels(n).await == ["status:doing"] }).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let own = w.forgejo.comments(REPO, n).await.into_iter().filter(|c| c.user == BOT).count();
+    assert_eq!(own, 1, "the bot's own comment is found by its marker: posted once");
+}

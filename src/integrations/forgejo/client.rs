@@ -247,6 +247,11 @@ impl ForgejoClient {
         format!("/repos/{}/{}{rest}", repo.owner(), repo.name())
     }
 
+    /// The user the token belongs to (forgefleet's own account).
+    pub async fn current_user(&self) -> Result<User, ForgejoError> {
+        self.get("/user", &[]).await
+    }
+
     pub async fn repository(&self, repo: &RepoName) -> Result<Repository, ForgejoError> {
         self.get(&Self::repo_path(repo, ""), &[]).await
     }

@@ -27,6 +27,10 @@ pub struct Deliverer {
     pub templates: Arc<Templates>,
     pub agent_users: BTreeMap<String, String>,
     pub comment_on_start: bool,
+    /// forgefleet's own Forgejo login as configured (`[forgejo] bot_user`); `None`: asked of Forgejo.
+    pub bot_user: Option<String>,
+    /// The login in use, once known.
+    pub bot: tokio::sync::OnceCell<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -244,11 +248,33 @@ impl Deliverer {
         })
     }
 
-    /// Posts `body` once: the marker for `key` is looked for first.
+    /// forgefleet's own login: the one place that says whose comments are forgefleet's.
+    async fn bot_login(&self) -> Result<&str, DeliveryError> {
+        let login = self
+            .bot
+            .get_or_try_init(|| async {
+                match &self.bot_user {
+                    Some(l) => Ok(l.clone()),
+                    None => self.client.current_user().await.map(|u| u.login),
+                }
+            })
+            .await?;
+        Ok(login.as_str())
+    }
+
+    /// Whether forgefleet already posted the comment `key` marks. Only its own comments count: anyone who may
+    /// comment can write the marker too, and must not be able to silence forgefleet with it.
+    async fn already_posted(&self, issue: &IssueRef, key: &str) -> Result<bool, DeliveryError> {
+        let mark = marker(key);
+        let bot = self.bot_login().await?.to_string();
+        let existing = self.client.comments(&issue.repo, issue.number).await?;
+        Ok(existing.iter().any(|c| c.user.login.eq_ignore_ascii_case(&bot) && c.body.contains(&mark)))
+    }
+
+    /// Posts `body` once: the marker for `key` is looked for first, among forgefleet's own comments.
     async fn reply(&self, issue: &IssueRef, key: &str, body: &str) -> Result<(), DeliveryError> {
         let mark = marker(key);
-        let existing = self.client.comments(&issue.repo, issue.number).await?;
-        if existing.iter().any(|c| c.body.contains(&mark)) {
+        if self.already_posted(issue, key).await? {
             return Ok(());
         }
         self.client.create_comment(&issue.repo, issue.number, &format!("{body}\n\n{mark}")).await?;

@@ -54,6 +54,8 @@ pub fn spawn(
         templates,
         agent_users: config.forgejo.agent_users.clone(),
         comment_on_start: config.forgejo.comment_on_start,
+        bot_user: config.forgejo.bot_user.clone(),
+        bot: tokio::sync::OnceCell::new(),
     };
     // Both workers wake as soon as the engine appends events (a new outbox row, a receipt), and poll as
     // the fallback (retries that come due, a pass that failed).
