@@ -116,6 +116,11 @@ impl World {
         body["tasks"].as_array().cloned().unwrap_or_default()
     }
 
+    /// The outbox as `forgefleet status` shows it.
+    fn outbox(&self) -> forgefleet::store::OutboxHealth {
+        forgefleet::store::Store::open_read_only(&self.fleet.db).unwrap().read().outbox_health().unwrap()
+    }
+
     async fn labels(&self, n: u64) -> Vec<String> {
         let mut l = self.forgejo.issue(REPO, n).await.labels;
         l.sort();
@@ -536,4 +541,34 @@ async fn only_the_bots_own_comments_count_as_an_earlier_delivery() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let own = w.forgejo.comments(REPO, n).await.into_iter().filter(|c| c.user == BOT).count();
     assert_eq!(own, 1, "the bot's own comment is found by its marker: posted once");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deliveries_to_one_issue_keep_their_order_after_an_outage() {
+    let w = World::new().await;
+    let n = w.queued_issue("Order").await;
+    // Forgejo is down while the agent starts: "doing" and "started" fail and wait for their retry.
+    w.forgejo.fail_requests_until_healed(503).await;
+    let (_agent, a) = w.agent_starts().await;
+    eventually("the first delivery failed", || async { w.outbox().failing > 0 }).await;
+    w.forgejo.heal().await;
+    // The task is cancelled while the earlier deliveries still wait: its comment must not overtake them.
+    let (status, body) = w.fleet.operator(Method::POST, &format!("/tasks/{}/cancel", a.task_id)).await;
+    assert_eq!(status, 200, "{body}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !w.forgejo.comments(REPO, n).await.iter().any(|c| c.body.contains(":cancelled -->")),
+        "the cancellation waits for the start it follows"
+    );
+    w.fleet.later(Duration::from_secs(600));
+    eventually("both comments are posted", || async {
+        w.forgejo.comments(REPO, n).await.iter().filter(|c| c.user == BOT).count() == 2
+    })
+    .await;
+    let order: Vec<bool> = w.forgejo.comments(REPO, n).await.iter().map(|c| c.body.contains(":started -->")).collect();
+    assert_eq!(order, [true, false], "started first, then cancelled");
+    eventually("no status label once cancelled", || async {
+        !w.labels(n).await.iter().any(|l| l.starts_with("status:"))
+    })
+    .await;
 }

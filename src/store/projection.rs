@@ -33,9 +33,10 @@ impl WriteTx<'_> {
         let payload = encode(effect)?;
         self.tx
             .prepare_cached(
-                "INSERT INTO outbox (event_seq, kind, payload, created_at, next_attempt_at) VALUES (?1, ?2, ?3, ?4, ?4)",
+                "INSERT INTO outbox (event_seq, kind, payload, created_at, next_attempt_at, issue)
+                 VALUES (?1, ?2, ?3, ?4, ?4, ?5)",
             )?
-            .execute(params![cause, effect.kind(), payload, at.0])?;
+            .execute(params![cause, effect.kind(), payload, at.0, effect.issue().to_string()])?;
         Ok(self.tx.last_insert_rowid())
     }
 

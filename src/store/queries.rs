@@ -388,12 +388,33 @@ impl ReadView<'_> {
         Ok(OutboxHealth { waiting, failing: failing.unwrap_or(0), oldest: oldest.map(Timestamp), worst })
     }
 
-    /// Undelivered side effects that are due, oldest first.
+    /// Undelivered side effects that are due, oldest first (what waits, whatever the order rule says).
     pub fn outbox_due(&self, now: Timestamp, limit: u32) -> Result<Vec<OutboxRow>> {
-        let mut stmt = self.conn.prepare_cached(
+        self.outbox_rows(
             "SELECT id, event_seq, kind, payload, attempts, next_attempt_at FROM outbox
              WHERE delivered_at IS NULL AND next_attempt_at <= ?1 ORDER BY id LIMIT ?2",
-        )?;
+            now,
+            limit,
+        )
+    }
+
+    /// The side effects that may be delivered now, oldest first: due, and the oldest undelivered one of their
+    /// issue. A later row for an issue never goes before an earlier one that waits for its retry, so people
+    /// read what happened in the order it happened.
+    pub fn outbox_next(&self, now: Timestamp, limit: u32) -> Result<Vec<OutboxRow>> {
+        self.outbox_rows(
+            "SELECT o.id, o.event_seq, o.kind, o.payload, o.attempts, o.next_attempt_at FROM outbox o
+             WHERE o.delivered_at IS NULL AND o.next_attempt_at <= ?1
+               AND NOT EXISTS (SELECT 1 FROM outbox e
+                               WHERE e.issue = o.issue AND e.id < o.id AND e.delivered_at IS NULL)
+             ORDER BY o.id LIMIT ?2",
+            now,
+            limit,
+        )
+    }
+
+    fn outbox_rows(&self, sql: &str, now: Timestamp, limit: u32) -> Result<Vec<OutboxRow>> {
+        let mut stmt = self.conn.prepare_cached(sql)?;
         let rows = stmt.query_map(params![now.0, limit], |r| {
             Ok(OutboxRow {
                 id: r.get(0)?,

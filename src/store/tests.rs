@@ -315,3 +315,36 @@ fn migration_4_moves_the_issue_text_of_existing_tasks_into_its_columns() {
     );
     assert_eq!(projection::load_task(&conn, t.id).unwrap(), Some(t));
 }
+
+#[test]
+fn migration_5_gives_waiting_deliveries_their_issue_as_new_rows_get_it() {
+    let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+    schema::migrate_to(&mut conn, 4).unwrap();
+    let issue: IssueRef = "acme/app#7".parse().unwrap();
+    let effect = Effect::SetStatusLabel { issue: issue.clone(), status: None };
+    conn.execute(
+        "INSERT INTO outbox (kind, payload, created_at, next_attempt_at) VALUES (?1, ?2, 0, 0)",
+        rusqlite::params![effect.kind(), serde_json::to_string(&effect).unwrap()],
+    )
+    .unwrap();
+    schema::migrate_to(&mut conn, 5).unwrap();
+    let migrated: String = conn.query_row("SELECT issue FROM outbox", [], |r| r.get(0)).unwrap();
+    assert_eq!(migrated, issue.to_string(), "the SQL and `IssueRef`'s display agree");
+}
+
+#[test]
+fn a_later_delivery_to_an_issue_waits_for_an_earlier_one_that_failed() {
+    let mut s = Store::open_in_memory().unwrap();
+    let tx = s.write().unwrap();
+    let on = |n: u64| Effect::SetStatusLabel { issue: format!("acme/app#{n}").parse().unwrap(), status: None };
+    let first = tx.enqueue(&on(1), None, Timestamp(0)).unwrap();
+    tx.enqueue(&on(2), None, Timestamp(0)).unwrap();
+    let later = tx.enqueue(&on(1), None, Timestamp(1)).unwrap();
+    tx.outbox_failed(first, "503", Timestamp(100)).unwrap();
+    tx.commit().unwrap();
+    let ids =
+        |now: i64| -> Vec<i64> { s.read().outbox_next(Timestamp(now), 10).unwrap().iter().map(|r| r.id).collect() };
+    assert_eq!(ids(5), [2], "issue 1 waits for its first delivery's retry");
+    assert_eq!(ids(100), [first, 2], "one row per issue at a time, oldest first");
+    assert!(!ids(100).contains(&later));
+}

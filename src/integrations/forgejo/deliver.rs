@@ -73,9 +73,9 @@ impl Deliverer {
         .map_err(|e| DeliveryError::Other(e.to_string()))
     }
 
-    /// Delivers what is due; returns how many rows it tried.
+    /// Delivers what is due, each issue's rows in the order they were written; returns how many rows it tried.
     pub async fn deliver_due(&self, now: Timestamp) -> Result<usize, DeliveryError> {
-        let rows = self.read(move |s| s.read().outbox_due(now, 50)).await?;
+        let rows = self.read(move |s| s.read().outbox_next(now, 50)).await?;
         for row in &rows {
             match self.deliver_row(row).await {
                 Ok(()) => {
