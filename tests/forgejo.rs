@@ -572,3 +572,24 @@ async fn deliveries_to_one_issue_keep_their_order_after_an_outage() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_comment_whose_answer_was_lost_is_looked_for_and_never_posted_twice() {
+    let w = World::build(None, |c| c.forgejo.request_timeout_secs = 1).await;
+    let n = w.queued_issue("Slow answers").await;
+    eventually("the labels made at start exist", || async { w.forgejo.labels(REPO).await.len() >= 8 }).await;
+    // Forgejo applies every POST but answers after the client gave up waiting.
+    w.forgejo.answer_posts_late(10, Duration::from_secs(2)).await;
+    w.agent_starts().await;
+    eventually("the started comment is there", || async {
+        w.forgejo.comments(REPO, n).await.iter().any(|c| c.user == BOT && c.body.contains(":started -->"))
+    })
+    .await;
+    // Time for every retry the client would make, then for the outbox's.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    w.fleet.later(Duration::from_secs(600));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let started = w.forgejo.comments(REPO, n).await.into_iter().filter(|c| c.body.contains(":started -->")).count();
+    assert_eq!(started, 1, "posted once, though its answer never came in time");
+    assert_eq!(w.outbox().waiting, 0, "and the delivery is recorded as done");
+}

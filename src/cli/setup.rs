@@ -28,7 +28,9 @@ pub fn run(config: &Config, repo: &str, webhook_url: Option<&str>) -> Result<(),
         return Err(CliError::usage(format!("the webhook URL {hook_url:?} must start with http:// or https://")));
     }
     let ca = config.forgejo.ca().map_err(|why| CliError::usage(format!("forgejo.ca_file: {why}")))?;
-    let client = ForgejoClient::new(url, token, ca.as_ref()).map_err(|e| CliError::failure(e.to_string()))?;
+    let client = ForgejoClient::new(url, token, ca.as_ref())
+        .map_err(|e| CliError::failure(e.to_string()))?
+        .with_timeout(std::time::Duration::from_secs(config.forgejo.request_timeout_secs));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -52,6 +52,9 @@ pub fn retry_wait(attempts: u32) -> Duration {
     Duration::from_secs(2u64.saturating_mul(1 << attempts.min(9)).min(600))
 }
 
+/// Tries at posting one comment within one delivery, each after looking for it; then the outbox retries.
+const COMMENT_TRIES: u32 = 3;
+
 /// The hidden marker that makes a comment findable, so it is never posted twice.
 pub fn marker(key: &str) -> String {
     format!("<!-- forgefleet:{key} -->")
@@ -271,14 +274,26 @@ impl Deliverer {
         Ok(existing.iter().any(|c| c.user.login.eq_ignore_ascii_case(&bot) && c.body.contains(&mark)))
     }
 
-    /// Posts `body` once: the marker for `key` is looked for first, among forgefleet's own comments.
+    /// Posts `body` once: the marker for `key` is looked for among forgefleet's own comments before every
+    /// send, the first and each retry, because a `POST` whose answer was lost may have been applied.
     async fn reply(&self, issue: &IssueRef, key: &str, body: &str) -> Result<(), DeliveryError> {
-        let mark = marker(key);
-        if self.already_posted(issue, key).await? {
-            return Ok(());
+        let text = format!("{body}\n\n{}", marker(key));
+        let mut wait = Duration::from_millis(250);
+        for attempt in 1..=COMMENT_TRIES {
+            if self.already_posted(issue, key).await? {
+                return Ok(());
+            }
+            match self.client.create_comment(&issue.repo, issue.number, &text).await {
+                Ok(_) => return Ok(()),
+                Err(e) if e.is_transient() && attempt < COMMENT_TRIES => {
+                    tracing::info!(%issue, key, error = %e, "a comment may not have been posted; looking before trying again");
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
-        self.client.create_comment(&issue.repo, issue.number, &format!("{body}\n\n{mark}")).await?;
-        Ok(())
+        unreachable!("the last try returns")
     }
 
     /// Assigns the agent's Forgejo user while it works, and takes it off again; people's assignments stay.

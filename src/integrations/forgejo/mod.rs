@@ -43,7 +43,8 @@ pub fn spawn(
         return Ok(None);
     };
     let ca = config.forgejo.ca().map_err(|why| anyhow::anyhow!("forgejo.ca_file: {why}"))?;
-    let client = ForgejoClient::new(url, token, ca.as_ref())?;
+    let client = ForgejoClient::new(url, token, ca.as_ref())?
+        .with_timeout(Duration::from_secs(config.forgejo.request_timeout_secs));
     let repos = config.forgejo.repo_names();
     let db = config.store.path.clone();
     let deliverer = deliver::Deliverer {
