@@ -593,3 +593,46 @@ async fn a_comment_whose_answer_was_lost_is_looked_for_and_never_posted_twice() 
     assert_eq!(started, 1, "posted once, though its answer never came in time");
     assert_eq!(w.outbox().waiting, 0, "and the delivery is recorded as done");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn labels_are_created_once_by_one_path_that_looks_first() {
+    let forgejo = FakeForgejo::start().await;
+    forgejo.create_repo(REPO).await;
+    forgejo.add_user(BOT, BOT_TOKEN).await;
+    forgejo.set_permission(REPO, BOT, "admin").await;
+    forgejo.add_user("alice", "alice-token").await;
+    forgejo.set_permission(REPO, "alice", "write").await;
+    // People made `priority:high` twice before forgefleet came: no third is made.
+    forgejo.create_label(REPO, "priority:high", "#d93f0b", "", false).await;
+    forgejo.create_label(REPO, "priority:high", "#d93f0b", "", false).await;
+    // forgefleet's first label creation at start is slow to answer: meanwhile a task needs `status:doing`,
+    // and a person makes one of the labels forgefleet is about to make.
+    forgejo.answer_posts_late(1, Duration::from_secs(3)).await;
+    let url = forgejo.url().to_string();
+    let fleet = Fleet::start_with_forgejo(|c| {
+        c.forgejo.url = Some(url);
+        c.forgejo.token = Some(Secret::new(BOT_TOKEN));
+        c.forgejo.webhook_secret = Some(Secret::new(SECRET));
+        c.forgejo.bot_user = Some(BOT.into());
+        c.forgejo.repos = vec![REPO.into()];
+    })
+    .await;
+    forgejo.add_hook(REPO, &format!("{}/api/v1/webhooks/forgejo", fleet.base), SECRET, &["issues"]).await;
+    eventually("the first creation is under way", || async {
+        forgejo.count_requests("POST", &format!("/api/v1/repos/{REPO}/labels")).await == 1
+    })
+    .await;
+    forgejo.create_label(REPO, "status:failed", "#d73a4a", "", false).await;
+    let w = World { forgejo, fleet };
+    let n = w.queued_issue("Label me").await;
+    w.agent_starts().await;
+    eventually("doing", || async { w.labels(n).await == ["status:doing"] }).await;
+    eventually("every label forgefleet uses exists", || async { w.forgejo.labels(REPO).await.len() >= 9 }).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let labels = w.forgejo.labels(REPO).await;
+    let count = |name: &str| labels.iter().filter(|l| l.name == name).count();
+    for name in ["status:todo", "status:doing", "status:done", "status:failed", "priority:critical", "priority:low"] {
+        assert_eq!(count(name), 1, "{name}: {labels:?}");
+    }
+    assert_eq!(count("priority:high"), 2, "the people's two, none more");
+}

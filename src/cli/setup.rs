@@ -4,7 +4,7 @@ use super::CliError;
 use crate::config::Config;
 use crate::core::RepoName;
 use crate::integrations::forgejo::ForgejoClient;
-use crate::integrations::forgejo::reconcile::ensure_labels;
+use crate::integrations::forgejo::labels::LabelMaker;
 
 pub fn run(config: &Config, repo: &str, webhook_url: Option<&str>) -> Result<(), CliError> {
     let repo = RepoName::parse(repo).map_err(|e| CliError::usage(format!("--repo: {e}")))?;
@@ -40,7 +40,7 @@ pub fn run(config: &Config, repo: &str, webhook_url: Option<&str>) -> Result<(),
             Some(s) if s.is_client_error() => CliError::usage(e.to_string()),
             _ => CliError::failure(e.to_string()),
         };
-        let created = ensure_labels(&client, &repo, &config.label_scheme()).await.map_err(fail)?;
+        let created = LabelMaker::new(client.clone()).ensure_managed(&repo, &config.label_scheme()).await.map_err(fail)?;
         if created.is_empty() {
             println!("labels: all present in {repo}");
         } else {

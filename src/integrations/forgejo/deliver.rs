@@ -21,6 +21,8 @@ use crate::store::{OutboxRow, Store};
 /// What the deliverer needs besides the client.
 pub struct Deliverer {
     pub client: ForgejoClient,
+    /// The one path that creates labels.
+    pub label_maker: super::labels::LabelMaker,
     pub engine: EngineHandle,
     pub db: PathBuf,
     pub labels: LabelScheme,
@@ -166,17 +168,9 @@ impl Deliverer {
         Ok(())
     }
 
-    /// The ids of the named repository labels, creating the ones that are missing.
+    /// The ids of the named repository labels (the lowest of duplicates), creating the ones that are missing.
     async fn label_ids(&self, issue: &IssueRef, names: &[String]) -> Result<Vec<i64>, DeliveryError> {
-        let existing = self.client.repo_labels(&issue.repo).await?;
-        let mut ids = Vec::new();
-        for name in names {
-            match existing.iter().find(|l| &l.name == name) {
-                Some(l) => ids.push(l.id),
-                None => ids.push(self.client.create_label(&issue.repo, name, label_color(name), "").await?.id),
-            }
-        }
-        Ok(ids)
+        Ok(self.label_maker.ids(&issue.repo, names).await?)
     }
 
     async fn agent_name(&self, agent: AgentId) -> Result<String, DeliveryError> {

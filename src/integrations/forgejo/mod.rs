@@ -2,6 +2,7 @@
 
 pub mod client;
 pub mod deliver;
+pub mod labels;
 pub mod reconcile;
 pub mod types;
 pub mod validate;
@@ -47,8 +48,10 @@ pub fn spawn(
         .with_timeout(Duration::from_secs(config.forgejo.request_timeout_secs));
     let repos = config.forgejo.repo_names();
     let db = config.store.path.clone();
+    let label_maker = labels::LabelMaker::new(client.clone());
     let deliverer = deliver::Deliverer {
         client: client.clone(),
+        label_maker: label_maker.clone(),
         engine: engine.clone(),
         db: db.clone(),
         labels: config.label_scheme(),
@@ -98,7 +101,7 @@ pub fn spawn(
         for repo in &repos {
             refresh(&client, &engine, &db, repo, &labels).await;
             let labels = repo_labels(&db, repo, &labels).await;
-            match reconcile::ensure_labels(&client, repo, &labels).await {
+            match label_maker.ensure_managed(repo, &labels).await {
                 Ok(created) if !created.is_empty() => tracing::info!(%repo, ?created, "created missing labels"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(%repo, error = %e, "cannot check the repository's labels"),
