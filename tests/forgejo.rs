@@ -636,3 +636,84 @@ async fn labels_are_created_once_by_one_path_that_looks_first() {
     }
     assert_eq!(count("priority:high"), 2, "the people's two, none more");
 }
+
+/// Runs the `forgefleet` binary against `w`'s database and server, as an operator on the same machine would.
+fn operator_cli(w: &World, args: &[&str]) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("forgefleet.toml");
+    let text = format!("[store]\npath = {:?}\n\n[api]\noperator_token = {:?}\n", w.fleet.db, support::fleet::OPERATOR);
+    std::fs::write(&config, text).unwrap();
+    let out = std::process::Command::new(support::binary())
+        .args(args)
+        .arg("--config")
+        .arg(&config)
+        .arg("--server")
+        .arg(&w.fleet.base)
+        .env_remove("FORGEFLEET_SERVER")
+        .env_remove("FORGEFLEET_API_OPERATOR_TOKEN")
+        .env_remove("FORGEFLEET_CONFIG")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delivery_that_can_never_succeed_becomes_a_dead_letter_the_operator_retries_or_drops() {
+    let w = World::new().await;
+    let n = w.queued_issue("Gone").await;
+    eventually("the labels made at start exist", || async { w.forgejo.labels(REPO).await.len() >= 8 }).await;
+    // The repository answers 404 to everything (moved, or deleted and not yet restored).
+    w.forgejo.fail_requests_until_healed(404).await;
+    w.agent_starts().await;
+    for _ in 0..200 {
+        if w.outbox().dead == 2 {
+            break;
+        }
+        w.fleet.later(Duration::from_secs(600));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let health = w.outbox();
+    assert_eq!((health.dead, health.waiting), (2, 0), "the label and the comment stop trying: {health:?}");
+    let tries = w.forgejo.count_requests("GET", &format!("/api/v1/repos/{REPO}/issues/{n}")).await;
+    w.fleet.later(Duration::from_secs(3600));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        w.forgejo.count_requests("GET", &format!("/api/v1/repos/{REPO}/issues/{n}")).await,
+        tries,
+        "a dead letter is not tried again"
+    );
+
+    // The operator sees them: `status`, `/metrics`, `outbox list`.
+    let status = operator_cli(&w, &["status"]);
+    assert!(String::from_utf8_lossy(&status.stdout).contains("2 dead"), "{}", String::from_utf8_lossy(&status.stdout));
+    let metrics = w.fleet.http.get(format!("{}/metrics", w.fleet.base)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("forgefleet_outbox_dead 2\n"), "{metrics}");
+    let listed: serde_json::Value =
+        serde_json::from_slice(&operator_cli(&w, &["outbox", "list", "--json"]).stdout).unwrap();
+    let rows = listed["outbox"].as_array().unwrap();
+    let id_of = |kind: &str| rows.iter().find(|r| r["kind"] == kind).unwrap()["id"].as_i64().unwrap();
+    let (label, comment) = (id_of("set_status_label"), id_of("comment"));
+    assert!(rows.iter().all(|r| r["dead_at"].is_string() && r["last_error"].as_str().unwrap().contains("404")));
+
+    // Forgejo is back: the label is retried and goes out; the comment is dropped and never posted.
+    w.forgejo.heal().await;
+    let retried = operator_cli(&w, &["outbox", "retry", &label.to_string()]);
+    assert!(String::from_utf8_lossy(&retried.stdout).contains("tried again"));
+    eventually("doing", || async { w.labels(n).await == ["status:doing"] }).await;
+    operator_cli(&w, &["outbox", "drop", &comment.to_string()]);
+    let health = w.outbox();
+    assert_eq!((health.dead, health.waiting), (0, 0), "{health:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(w.forgejo.comments(REPO, n).await.is_empty(), "a dropped comment is never posted");
+
+    // What does not apply is refused, with the reason.
+    for (path, want) in [
+        (format!("/outbox/{label}/retry"), 409),
+        (format!("/outbox/{comment}/drop"), 409),
+        ("/outbox/999999/retry".to_string(), 404),
+        ("/outbox/zero/drop".to_string(), 400),
+    ] {
+        assert_eq!(w.fleet.operator(Method::POST, &path).await.0.as_u16(), want, "{path}");
+    }
+}

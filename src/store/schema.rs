@@ -124,6 +124,12 @@ pub(super) const MIGRATIONS: &[&str] = &[
     UPDATE outbox SET issue = json_extract(payload, '$.issue.repo') || '#' || json_extract(payload, '$.issue.number');
     CREATE INDEX outbox_pending_by_issue ON outbox(issue, id) WHERE delivered_at IS NULL;
     "#,
+    // 6: dead letters. A delivery that can never succeed stops at `dead_at` until an operator retries it
+    // (the column is cleared) or drops it (`dropped_at`: it stays, for the record, and is never tried again).
+    r#"
+    ALTER TABLE outbox ADD COLUMN dead_at INTEGER;
+    ALTER TABLE outbox ADD COLUMN dropped_at INTEGER;
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -39,6 +39,9 @@ pub struct Deliverer {
 pub enum DeliveryError {
     #[error(transparent)]
     Forgejo(#[from] ForgejoError),
+    /// The outbox row cannot be turned into a delivery (written by a newer forgefleet, or damaged).
+    #[error("{0}")]
+    Unreadable(String),
     #[error("{0}")]
     Other(String),
 }
@@ -46,6 +49,22 @@ pub enum DeliveryError {
 impl From<EngineError> for DeliveryError {
     fn from(e: EngineError) -> Self {
         DeliveryError::Other(e.to_string())
+    }
+}
+
+/// Tries before a delivery that fails for good (404, 410, 422) becomes a dead letter. A few, not one: a
+/// Forgejo being restored from a backup, or a repository being moved, answers 404 for a while.
+pub const DEAD_AFTER: u32 = 5;
+
+impl DeliveryError {
+    /// A failure that trying again will not change: the thing is gone (404, 410) or Forgejo refuses what was
+    /// sent (422), or the row itself cannot be read.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            DeliveryError::Forgejo(e) => e.status().is_some_and(|s| matches!(s.as_u16(), 404 | 410 | 422)),
+            DeliveryError::Unreadable(_) => true,
+            DeliveryError::Other(_) => false,
+        }
     }
 }
 
@@ -86,6 +105,11 @@ impl Deliverer {
                 Ok(()) => {
                     self.engine.send(Command::OutboxDelivered { id: row.id }).await?;
                 }
+                Err(e) if e.is_permanent() && row.attempts + 1 >= DEAD_AFTER => {
+                    tracing::error!(outbox = row.id, kind = %row.kind, attempts = row.attempts + 1, error = %e,
+                        "delivery can never succeed; kept as a dead letter (`forgefleet outbox list`)");
+                    self.engine.send(Command::OutboxDead { id: row.id, error: e.to_string() }).await?;
+                }
                 Err(e) => {
                     tracing::warn!(outbox = row.id, kind = %row.kind, attempts = row.attempts + 1, error = %e, "delivery failed; will retry");
                     let retry_in = retry_wait(row.attempts);
@@ -98,7 +122,7 @@ impl Deliverer {
 
     async fn deliver_row(&self, row: &OutboxRow) -> Result<(), DeliveryError> {
         let effect: Effect = serde_json::from_str(&row.payload)
-            .map_err(|e| DeliveryError::Other(format!("outbox row {} cannot be read: {e}", row.id)))?;
+            .map_err(|e| DeliveryError::Unreadable(format!("outbox row {} cannot be read: {e}", row.id)))?;
         match effect {
             Effect::SetStatusLabel { issue, status } => self.set_status_label(&issue, status).await,
             Effect::Comment { issue, task, attempt, notice } => self.comment(&issue, task, attempt, &notice).await,
