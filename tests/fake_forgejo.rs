@@ -582,6 +582,18 @@ async fn faults_lose_webhooks_and_fail_requests() {
     fake.heal().await;
     assert_eq!(bot.get(&path).await.status, 200);
 
+    // A POST applied, then answered after the client stopped waiting.
+    fake.answer_posts_late(1, Duration::from_millis(800)).await;
+    let impatient = reqwest::Client::builder().timeout(Duration::from_millis(200)).build().unwrap();
+    let sent = impatient
+        .post(format!("{}/api/v1/repos/{REPO}/issues/{n}/comments", fake.url()))
+        .header("authorization", "token bot-token")
+        .json(&json!({"body": "late"}))
+        .send()
+        .await;
+    assert!(sent.is_err_and(|e| e.is_timeout()), "no answer in time");
+    assert!(fake.comments(REPO, n).await.iter().any(|c| c.body == "late"), "yet the comment is there");
+
     // A receiver that is down: recorded as an error, never retried.
     let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
     fake.add_hook(REPO, &format!("http://{dead}/gone"), "", &["issues"]).await;

@@ -116,6 +116,11 @@ impl World {
         body["tasks"].as_array().cloned().unwrap_or_default()
     }
 
+    /// The outbox as `forgefleet status` shows it.
+    fn outbox(&self) -> forgefleet::store::OutboxHealth {
+        forgefleet::store::Store::open_read_only(&self.fleet.db).unwrap().read().outbox_health().unwrap()
+    }
+
     async fn labels(&self, n: u64) -> Vec<String> {
         let mut l = self.forgejo.issue(REPO, n).await.labels;
         l.sort();
@@ -671,4 +676,195 @@ async fn command_replies_say_in_words_what_is_wrong_and_status_answers_with_the_
     w.forgejo.remove_label(REPO, n, "alice", "status:doing").await;
     let reply = bot_reply(&w, n, "Cancelled").await;
     assert!(reply.contains("the `status:doing` label was removed"), "{reply}");
+async fn only_the_bots_own_comments_count_as_an_earlier_delivery() {
+    // The configured login differs from Forgejo's only in case: it is still the bot.
+    let w = World::build(None, |c| c.forgejo.bot_user = Some("ForgeFleet".into())).await;
+    let n = w.queued_issue("Silence me").await;
+    let task = w.tasks().await[0]["id"].as_u64().unwrap();
+    // Eve knows the marker format and how ids are counted: she posts the "started" marker before forgefleet.
+    w.forgejo.comment(REPO, n, "eve", &format!("shh <!-- forgefleet:task-{task}:attempt-1:started -->")).await;
+    w.agent_starts().await;
+    eventually("forgefleet posts its own started comment all the same", || async {
+        w.forgejo.comments(REPO, n).await.iter().any(|c| c.user == BOT && c.body.contains("attempt-1:started"))
+    })
+    .await;
+    eventually("doing", || async { w.labels(n).await == ["status:doing"] }).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let own = w.forgejo.comments(REPO, n).await.into_iter().filter(|c| c.user == BOT).count();
+    assert_eq!(own, 1, "the bot's own comment is found by its marker: posted once");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deliveries_to_one_issue_keep_their_order_after_an_outage() {
+    let w = World::new().await;
+    let n = w.queued_issue("Order").await;
+    // Forgejo is down while the agent starts: "doing" and "started" fail and wait for their retry.
+    w.forgejo.fail_requests_until_healed(503).await;
+    let (_agent, a) = w.agent_starts().await;
+    eventually("the first delivery failed", || async { w.outbox().failing > 0 }).await;
+    w.forgejo.heal().await;
+    // The task is cancelled while the earlier deliveries still wait: its comment must not overtake them.
+    let (status, body) = w.fleet.operator(Method::POST, &format!("/tasks/{}/cancel", a.task_id)).await;
+    assert_eq!(status, 200, "{body}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !w.forgejo.comments(REPO, n).await.iter().any(|c| c.body.contains(":cancelled -->")),
+        "the cancellation waits for the start it follows"
+    );
+    w.fleet.later(Duration::from_secs(600));
+    eventually("both comments are posted", || async {
+        w.forgejo.comments(REPO, n).await.iter().filter(|c| c.user == BOT).count() == 2
+    })
+    .await;
+    let order: Vec<bool> = w.forgejo.comments(REPO, n).await.iter().map(|c| c.body.contains(":started -->")).collect();
+    assert_eq!(order, [true, false], "started first, then cancelled");
+    eventually("no status label once cancelled", || async {
+        !w.labels(n).await.iter().any(|l| l.starts_with("status:"))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_comment_whose_answer_was_lost_is_looked_for_and_never_posted_twice() {
+    let w = World::build(None, |c| c.forgejo.request_timeout_secs = 1).await;
+    let n = w.queued_issue("Slow answers").await;
+    eventually("the labels made at start exist", || async { w.forgejo.labels(REPO).await.len() >= 8 }).await;
+    // Forgejo applies every POST but answers after the client gave up waiting.
+    w.forgejo.answer_posts_late(10, Duration::from_secs(2)).await;
+    w.agent_starts().await;
+    eventually("the started comment is there", || async {
+        w.forgejo.comments(REPO, n).await.iter().any(|c| c.user == BOT && c.body.contains(":started -->"))
+    })
+    .await;
+    // Time for every retry the client would make, then for the outbox's.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    w.fleet.later(Duration::from_secs(600));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let started = w.forgejo.comments(REPO, n).await.into_iter().filter(|c| c.body.contains(":started -->")).count();
+    assert_eq!(started, 1, "posted once, though its answer never came in time");
+    assert_eq!(w.outbox().waiting, 0, "and the delivery is recorded as done");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn labels_are_created_once_by_one_path_that_looks_first() {
+    let forgejo = FakeForgejo::start().await;
+    forgejo.create_repo(REPO).await;
+    forgejo.add_user(BOT, BOT_TOKEN).await;
+    forgejo.set_permission(REPO, BOT, "admin").await;
+    forgejo.add_user("alice", "alice-token").await;
+    forgejo.set_permission(REPO, "alice", "write").await;
+    // People made `priority:high` twice before forgefleet came: no third is made.
+    forgejo.create_label(REPO, "priority:high", "#d93f0b", "", false).await;
+    forgejo.create_label(REPO, "priority:high", "#d93f0b", "", false).await;
+    // forgefleet's first label creation at start is slow to answer: meanwhile a task needs `status:doing`,
+    // and a person makes one of the labels forgefleet is about to make.
+    forgejo.answer_posts_late(1, Duration::from_secs(3)).await;
+    let url = forgejo.url().to_string();
+    let fleet = Fleet::start_with_forgejo(|c| {
+        c.forgejo.url = Some(url);
+        c.forgejo.token = Some(Secret::new(BOT_TOKEN));
+        c.forgejo.webhook_secret = Some(Secret::new(SECRET));
+        c.forgejo.bot_user = Some(BOT.into());
+        c.forgejo.repos = vec![REPO.into()];
+    })
+    .await;
+    forgejo.add_hook(REPO, &format!("{}/api/v1/webhooks/forgejo", fleet.base), SECRET, &["issues"]).await;
+    eventually("the first creation is under way", || async {
+        forgejo.count_requests("POST", &format!("/api/v1/repos/{REPO}/labels")).await == 1
+    })
+    .await;
+    forgejo.create_label(REPO, "status:failed", "#d73a4a", "", false).await;
+    let w = World { forgejo, fleet };
+    let n = w.queued_issue("Label me").await;
+    w.agent_starts().await;
+    eventually("doing", || async { w.labels(n).await == ["status:doing"] }).await;
+    eventually("every label forgefleet uses exists", || async { w.forgejo.labels(REPO).await.len() >= 9 }).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let labels = w.forgejo.labels(REPO).await;
+    let count = |name: &str| labels.iter().filter(|l| l.name == name).count();
+    for name in ["status:todo", "status:doing", "status:done", "status:failed", "priority:critical", "priority:low"] {
+        assert_eq!(count(name), 1, "{name}: {labels:?}");
+    }
+    assert_eq!(count("priority:high"), 2, "the people's two, none more");
+}
+
+/// Runs the `forgefleet` binary against `w`'s database and server, as an operator on the same machine would.
+fn operator_cli(w: &World, args: &[&str]) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("forgefleet.toml");
+    let text = format!("[store]\npath = {:?}\n\n[api]\noperator_token = {:?}\n", w.fleet.db, support::fleet::OPERATOR);
+    std::fs::write(&config, text).unwrap();
+    let out = std::process::Command::new(support::binary())
+        .args(args)
+        .arg("--config")
+        .arg(&config)
+        .arg("--server")
+        .arg(&w.fleet.base)
+        .env_remove("FORGEFLEET_SERVER")
+        .env_remove("FORGEFLEET_API_OPERATOR_TOKEN")
+        .env_remove("FORGEFLEET_CONFIG")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delivery_that_can_never_succeed_becomes_a_dead_letter_the_operator_retries_or_drops() {
+    let w = World::new().await;
+    let n = w.queued_issue("Gone").await;
+    eventually("the labels made at start exist", || async { w.forgejo.labels(REPO).await.len() >= 8 }).await;
+    // The repository answers 404 to everything (moved, or deleted and not yet restored).
+    w.forgejo.fail_requests_until_healed(404).await;
+    w.agent_starts().await;
+    for _ in 0..200 {
+        if w.outbox().dead == 2 {
+            break;
+        }
+        w.fleet.later(Duration::from_secs(600));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let health = w.outbox();
+    assert_eq!((health.dead, health.waiting), (2, 0), "the label and the comment stop trying: {health:?}");
+    let tries = w.forgejo.count_requests("GET", &format!("/api/v1/repos/{REPO}/issues/{n}")).await;
+    w.fleet.later(Duration::from_secs(3600));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        w.forgejo.count_requests("GET", &format!("/api/v1/repos/{REPO}/issues/{n}")).await,
+        tries,
+        "a dead letter is not tried again"
+    );
+
+    // The operator sees them: `status`, `/metrics`, `outbox list`.
+    let status = operator_cli(&w, &["status"]);
+    assert!(String::from_utf8_lossy(&status.stdout).contains("2 dead"), "{}", String::from_utf8_lossy(&status.stdout));
+    let metrics = w.fleet.http.get(format!("{}/metrics", w.fleet.base)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("forgefleet_outbox_dead 2\n"), "{metrics}");
+    let listed: serde_json::Value =
+        serde_json::from_slice(&operator_cli(&w, &["outbox", "list", "--json"]).stdout).unwrap();
+    let rows = listed["outbox"].as_array().unwrap();
+    let id_of = |kind: &str| rows.iter().find(|r| r["kind"] == kind).unwrap()["id"].as_i64().unwrap();
+    let (label, comment) = (id_of("set_status_label"), id_of("comment"));
+    assert!(rows.iter().all(|r| r["dead_at"].is_string() && r["last_error"].as_str().unwrap().contains("404")));
+
+    // Forgejo is back: the label is retried and goes out; the comment is dropped and never posted.
+    w.forgejo.heal().await;
+    let retried = operator_cli(&w, &["outbox", "retry", &label.to_string()]);
+    assert!(String::from_utf8_lossy(&retried.stdout).contains("tried again"));
+    eventually("doing", || async { w.labels(n).await == ["status:doing"] }).await;
+    operator_cli(&w, &["outbox", "drop", &comment.to_string()]);
+    let health = w.outbox();
+    assert_eq!((health.dead, health.waiting), (0, 0), "{health:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(w.forgejo.comments(REPO, n).await.is_empty(), "a dropped comment is never posted");
+
+    // What does not apply is refused, with the reason.
+    for (path, want) in [
+        (format!("/outbox/{label}/retry"), 409),
+        (format!("/outbox/{comment}/drop"), 409),
+        ("/outbox/999999/retry".to_string(), 404),
+        ("/outbox/zero/drop".to_string(), 400),
+    ] {
+        assert_eq!(w.fleet.operator(Method::POST, &path).await.0.as_u16(), want, "{path}");
+    }
 }

@@ -20,6 +20,7 @@ pub const TAG_AGENTS: &str = "agents";
 pub const TAG_WORK: &str = "work";
 pub const TAG_TASKS: &str = "tasks";
 pub const TAG_WEBHOOKS: &str = "webhooks";
+pub const TAG_OUTBOX: &str = "outbox";
 /// The security scheme of Forgejo's webhook deliveries.
 pub const WEBHOOK_SIGNATURE: &str = "webhook_signature";
 
@@ -40,6 +41,7 @@ pub const WEBHOOK_SIGNATURE: &str = "webhook_signature";
                                        operators retry and cancel."),
         (name = "tasks", description = "Operator views of the task mirror."),
         (name = "webhooks", description = "Deliveries from Forgejo, signed with the webhook secret."),
+        (name = "outbox", description = "Operators retry or drop deliveries to Forgejo that became dead letters."),
     )
 )]
 pub struct ApiDoc;

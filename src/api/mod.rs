@@ -5,6 +5,7 @@ pub mod auth;
 mod doc;
 mod error;
 mod extract;
+mod outbox;
 mod reads;
 mod receipts;
 mod tasks;
@@ -28,6 +29,7 @@ pub use agents::{
 };
 use doc::TAG_SYSTEM;
 pub use error::{ApiError, ErrorBody, ErrorCode, ErrorDetail};
+pub use outbox::OutboxAck;
 pub use reads::ReadPool;
 pub use work::{AssignmentView, TaskAck};
 
@@ -88,6 +90,8 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(work::retry))
         .routes(routes!(work::cancel))
         .routes(routes!(receipts::submit))
+        .routes(routes!(outbox::retry))
+        .routes(routes!(outbox::drop))
         .routes(routes!(webhooks::forgejo))
         .routes(routes!(openapi_json));
     OpenApiRouter::with_openapi(doc::ApiDoc::openapi())

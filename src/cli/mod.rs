@@ -1,5 +1,6 @@
-//! The command line: `serve`, `config check`, `store rebuild`, `tasks`, `agents`, `status`, and the operator
-//! commands that go through the running server: `retry`, `cancel`, `agents drain`, `agents forget`.
+//! The command line: `serve`, `config check`, `store rebuild`, `tasks`, `agents`, `status`, `outbox list`, and
+//! the operator commands that go through the running server: `retry`, `cancel`, `agents drain`, `agents
+//! forget`, `outbox retry|drop`.
 
 mod remote;
 mod serve;
@@ -103,9 +104,53 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The deliveries to Forgejo that wait, and the dead letters; retry or drop one (through the running
+    /// server).
+    #[command(args_conflicts_with_subcommands = true)]
+    Outbox {
+        #[command(subcommand)]
+        command: Option<OutboxCommand>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Print JSON for scripts instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Summarise the fleet: tasks by state, queue depth, agents.
     Status {
         /// Print JSON for scripts instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum OutboxCommand {
+    /// List the deliveries that wait, dead letters first (reads the database; works without `serve`).
+    List {
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Print JSON for scripts instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Try a dead letter again now (through the running server).
+    Retry {
+        /// The row's id, as `forgefleet outbox list` shows it.
+        #[arg(value_name = "ID")]
+        id: i64,
+        /// Print the server's JSON answer instead of a sentence.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Give up on a delivery: it is kept, marked dropped, and never tried again (through the running server).
+    Drop {
+        /// The row's id, as `forgefleet outbox list` shows it.
+        #[arg(value_name = "ID")]
+        id: i64,
+        /// Print the server's JSON answer instead of a sentence.
         #[arg(long)]
         json: bool,
     },
@@ -269,6 +314,20 @@ fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Cancel { task, json } => {
             remote::cancel(&remote::Remote::new(&config, cli.server.as_deref())?, task, json)
+        }
+        Command::Outbox { command: None, limit, json }
+        | Command::Outbox { command: Some(OutboxCommand::List { limit, json }), .. } => {
+            if limit == 0 {
+                return Err(CliError::usage("--limit must be at least 1"));
+            }
+            let store = Store::open_read_only(&config.store.path)?;
+            views::outbox(&store, limit, json)
+        }
+        Command::Outbox { command: Some(OutboxCommand::Retry { id, json }), .. } => {
+            remote::outbox(&remote::Remote::new(&config, cli.server.as_deref())?, id, "retry", json)
+        }
+        Command::Outbox { command: Some(OutboxCommand::Drop { id, json }), .. } => {
+            remote::outbox(&remote::Remote::new(&config, cli.server.as_deref())?, id, "drop", json)
         }
         Command::Status { json } => {
             let store = Store::open_read_only(&config.store.path)?;

@@ -1,4 +1,5 @@
-//! `retry`, `cancel`, `agents drain` and `agents forget`: commands that change something go through the running server, because
+//! `retry`, `cancel`, `agents drain`, `agents forget` and `outbox retry|drop`: commands that change something
+//! go through the running server, because
 //! its engine is the only writer of the database. They speak the operator API over HTTP.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -147,6 +148,21 @@ pub fn cancel(remote: &Remote, task: TaskId, as_json: bool) -> Result<(), CliErr
             ack.task_id, ack.attempt
         ),
         other => println!("task {} is {other} (attempt {})", ack.task_id, ack.attempt),
+    }
+    Ok(())
+}
+
+/// `forgefleet outbox retry|drop <id>`.
+pub fn outbox(remote: &Remote, id: i64, action: &str, as_json: bool) -> Result<(), CliError> {
+    let answer = remote.post(&format!("/api/v1/outbox/{id}/{action}"))?;
+    if as_json {
+        println!("{answer}");
+        return Ok(());
+    }
+    let ack: crate::api::OutboxAck = decode(remote, answer)?;
+    match ack.state.as_str() {
+        "dropped" => println!("outbox row {} is dropped: it is never tried again", ack.id),
+        _ => println!("outbox row {} is tried again now", ack.id),
     }
     Ok(())
 }

@@ -4,7 +4,7 @@ use super::CliError;
 use crate::config::Config;
 use crate::core::RepoName;
 use crate::integrations::forgejo::ForgejoClient;
-use crate::integrations::forgejo::reconcile::ensure_labels;
+use crate::integrations::forgejo::labels::LabelMaker;
 
 pub fn run(config: &Config, repo: &str, webhook_url: Option<&str>) -> Result<(), CliError> {
     let repo = RepoName::parse(repo).map_err(|e| CliError::usage(format!("--repo: {e}")))?;
@@ -28,7 +28,9 @@ pub fn run(config: &Config, repo: &str, webhook_url: Option<&str>) -> Result<(),
         return Err(CliError::usage(format!("the webhook URL {hook_url:?} must start with http:// or https://")));
     }
     let ca = config.forgejo.ca().map_err(|why| CliError::usage(format!("forgejo.ca_file: {why}")))?;
-    let client = ForgejoClient::new(url, token, ca.as_ref()).map_err(|e| CliError::failure(e.to_string()))?;
+    let client = ForgejoClient::new(url, token, ca.as_ref())
+        .map_err(|e| CliError::failure(e.to_string()))?
+        .with_timeout(std::time::Duration::from_secs(config.forgejo.request_timeout_secs));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -38,7 +40,7 @@ pub fn run(config: &Config, repo: &str, webhook_url: Option<&str>) -> Result<(),
             Some(s) if s.is_client_error() => CliError::usage(e.to_string()),
             _ => CliError::failure(e.to_string()),
         };
-        let created = ensure_labels(&client, &repo, &config.label_scheme()).await.map_err(fail)?;
+        let created = LabelMaker::new(client.clone()).ensure_managed(&repo, &config.label_scheme()).await.map_err(fail)?;
         if created.is_empty() {
             println!("labels: all present in {repo}");
         } else {

@@ -121,6 +121,39 @@ pub fn status(store: &Store, as_json: bool) -> Result<(), CliError> {
     if let Some(w) = &outbox.worst {
         println!("        worst: #{} {} after {} attempts: {}", w.id, w.kind, w.attempts, shorten(&w.last_error, 200));
     }
+    if outbox.dead > 0 {
+        println!(
+            "        {} dead (can never be delivered as they are): `forgefleet outbox list`, then `outbox retry|drop ID`",
+            outbox.dead
+        );
+    }
+    Ok(())
+}
+
+/// `forgefleet outbox list`: what waits, dead letters first.
+pub fn outbox(store: &Store, limit: u32, as_json: bool) -> Result<(), CliError> {
+    let rows = store.read().outbox_list(limit)?;
+    if as_json {
+        println!("{}", json!({ "outbox": rows }));
+        return Ok(());
+    }
+    if rows.is_empty() {
+        println!("nothing waits in the outbox");
+        return Ok(());
+    }
+    println!("{:>6}  {:<6}  {:<18}  {:<24}  {:>5}  last error", "ID", "STATE", "KIND", "ISSUE", "TRIES");
+    for r in rows {
+        let state = if r.dead_at.is_some() { "dead" } else { "wait" };
+        println!(
+            "{:>6}  {:<6}  {:<18}  {:<24}  {:>5}  {}",
+            r.id,
+            state,
+            r.kind,
+            r.issue.as_deref().unwrap_or("-"),
+            r.attempts,
+            shorten(r.last_error.as_deref().unwrap_or(""), 120)
+        );
+    }
     Ok(())
 }
 

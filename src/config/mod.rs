@@ -277,6 +277,8 @@ pub struct ForgejoConfig {
     pub webhook_url: Option<String>,
     /// Post a comment when an agent starts on an issue. Default: `true`.
     pub comment_on_start: bool,
+    /// Seconds one request to Forgejo may take, its answer included. Default: `20`.
+    pub request_timeout_secs: u64,
     /// Forgejo users of agents, `agent name = "login"`: the user becomes the issue's assignee while the
     /// agent works on it. Default: empty.
     pub agent_users: std::collections::BTreeMap<String, String>,
@@ -294,6 +296,7 @@ impl Default for ForgejoConfig {
             repos: Vec::new(),
             reconcile_interval_mins: 5,
             full_sweep_hours: 24,
+            request_timeout_secs: 20,
             base_branch: "main".into(),
             branch_prefix: "forgefleet/".into(),
             webhook_url: None,

@@ -109,6 +109,7 @@ fn check_forgejo(c: &Config, p: &mut Problems) {
     }
     p.positive("forgejo.reconcile_interval_mins", f.reconcile_interval_mins);
     p.positive("forgejo.full_sweep_hours", f.full_sweep_hours);
+    p.positive("forgejo.request_timeout_secs", f.request_timeout_secs);
     // Both end up in git ref names the agents push: keep to what git accepts everywhere.
     let ref_ok = |s: &str| {
         !s.contains("..")

@@ -111,6 +111,19 @@ impl CommitState {
 pub const STATUS_CONTEXT: &str = "forgefleet/receipt";
 
 impl Effect {
+    /// The issue it is delivered to: deliveries to one issue keep their order.
+    pub fn issue(&self) -> &IssueRef {
+        match self {
+            Effect::SetStatusLabel { issue, .. }
+            | Effect::Comment { issue, .. }
+            | Effect::SetAssignee { issue, .. }
+            | Effect::RunCommands { issue, .. }
+            | Effect::Reply { issue, .. }
+            | Effect::React { issue, .. }
+            | Effect::SetCommitStatus { issue, .. } => issue,
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Effect::SetStatusLabel { .. } => "set_status_label",

@@ -126,6 +126,19 @@ pub enum Command {
         error: String,
         retry_in: std::time::Duration,
     },
+    /// The outbox row can never succeed: a dead letter until an operator retries or drops it.
+    OutboxDead {
+        id: i64,
+        error: String,
+    },
+    /// An operator's retry of a dead letter (answered `Reply::Outbox`).
+    OutboxRetry {
+        id: i64,
+    },
+    /// An operator gives up on an undelivered outbox row (answered `Reply::Outbox`).
+    OutboxDrop {
+        id: i64,
+    },
     /// A small durable setting (a reconciliation cursor).
     SetMeta {
         key: String,
@@ -190,6 +203,8 @@ pub enum Reply {
     Duplicate,
     Done,
     Ticked(TickReport),
+    /// What an operator's retry or drop of an outbox row found.
+    Outbox(crate::store::OutboxChange),
 }
 
 /// Why the engine refused a command. Nothing was changed.

@@ -189,6 +189,12 @@ pub fn handle(s: &mut EngineSettings, tx: &WriteTx<'_>, cmd: Command, now: Times
             tx.outbox_failed(id, &error, now + retry_in)?;
             Ok(Reply::Done)
         }
+        Command::OutboxDead { id, error } => {
+            tx.outbox_dead(id, &error, now)?;
+            Ok(Reply::Done)
+        }
+        Command::OutboxRetry { id } => Ok(Reply::Outbox(tx.outbox_retry(id, now)?)),
+        Command::OutboxDrop { id } => Ok(Reply::Outbox(tx.outbox_drop(id, now)?)),
         Command::SetMeta { key, value } => {
             tx.set_meta(&key, &value)?;
             Ok(Reply::Done)

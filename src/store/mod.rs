@@ -18,8 +18,8 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 
 pub use lock::{LockError, StoreLock};
-pub use projection::{Appended, encode_task};
-pub use queries::{AgentRow, FailingDelivery, OutboxHealth, OutboxRow, TaskSummary};
+pub use projection::{Appended, OutboxChange, encode_task};
+pub use queries::{AgentRow, FailingDelivery, OutboxEntry, OutboxHealth, OutboxRow, TaskSummary};
 pub use rebuild::RebuildReport;
 pub use schema::SCHEMA_VERSION;
 

@@ -7,6 +7,19 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::{Result, StoreError, WriteTx};
 use crate::core::{Agent, AgentId, Effect, Event, Lease, Task, TaskId, Timestamp, effects_of};
 
+/// What an operator's retry or drop of an outbox row found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboxChange {
+    Done,
+    NotFound,
+    /// Delivered already: nothing to retry or drop.
+    Delivered,
+    /// Dropped already (a drop); a retry takes dropped rows too.
+    Dropped,
+    /// Not dead: it is tried on its own (a retry).
+    Waiting,
+}
+
 /// What one appended event did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Appended {
@@ -33,9 +46,10 @@ impl WriteTx<'_> {
         let payload = encode(effect)?;
         self.tx
             .prepare_cached(
-                "INSERT INTO outbox (event_seq, kind, payload, created_at, next_attempt_at) VALUES (?1, ?2, ?3, ?4, ?4)",
+                "INSERT INTO outbox (event_seq, kind, payload, created_at, next_attempt_at, issue)
+                 VALUES (?1, ?2, ?3, ?4, ?4, ?5)",
             )?
-            .execute(params![cause, effect.kind(), payload, at.0])?;
+            .execute(params![cause, effect.kind(), payload, at.0, effect.issue().to_string()])?;
         Ok(self.tx.last_insert_rowid())
     }
 
@@ -60,6 +74,56 @@ impl WriteTx<'_> {
             )?
             .execute(params![id, error, retry_at.0])?;
         Ok(n == 1)
+    }
+
+    /// A delivery that can never succeed: it is not tried again until an operator says so, and no longer holds
+    /// back later deliveries to its issue.
+    pub fn outbox_dead(&self, id: i64, error: &str, at: Timestamp) -> Result<bool> {
+        let n = self
+            .tx
+            .prepare_cached(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = ?2, dead_at = ?3
+                 WHERE id = ?1 AND delivered_at IS NULL AND dead_at IS NULL",
+            )?
+            .execute(params![id, error, at.0])?;
+        Ok(n == 1)
+    }
+
+    /// An operator's retry of a dead (or dropped) delivery: tried again now, with its count of tries reset.
+    pub fn outbox_retry(&self, id: i64, at: Timestamp) -> Result<OutboxChange> {
+        self.outbox_change(
+            id,
+            "UPDATE outbox SET dead_at = NULL, dropped_at = NULL, attempts = 0, next_attempt_at = ?2
+             WHERE id = ?1 AND delivered_at IS NULL AND dead_at IS NOT NULL",
+            at,
+        )
+    }
+
+    /// An operator gives up on a delivery that waits or is dead: it is kept, marked, and never tried again.
+    pub fn outbox_drop(&self, id: i64, at: Timestamp) -> Result<OutboxChange> {
+        self.outbox_change(
+            id,
+            "UPDATE outbox SET dead_at = COALESCE(dead_at, ?2), dropped_at = ?2
+             WHERE id = ?1 AND delivered_at IS NULL AND dropped_at IS NULL",
+            at,
+        )
+    }
+
+    fn outbox_change(&self, id: i64, sql: &str, at: Timestamp) -> Result<OutboxChange> {
+        if self.tx.prepare_cached(sql)?.execute(params![id, at.0])? == 1 {
+            return Ok(OutboxChange::Done);
+        }
+        let row: Option<(Option<i64>, Option<i64>, Option<i64>)> = self
+            .tx
+            .prepare_cached("SELECT delivered_at, dead_at, dropped_at FROM outbox WHERE id = ?1")?
+            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?;
+        Ok(match row {
+            None => OutboxChange::NotFound,
+            Some((Some(_), _, _)) => OutboxChange::Delivered,
+            Some((None, _, Some(_))) => OutboxChange::Dropped,
+            Some((None, _, None)) => OutboxChange::Waiting,
+        })
     }
 
     /// Records a webhook delivery's content key; false if it was seen before (a replay or a duplicate).

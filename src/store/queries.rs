@@ -57,6 +57,25 @@ pub struct OutboxHealth {
     pub oldest: Option<Timestamp>,
     /// The waiting delivery that failed most often.
     pub worst: Option<FailingDelivery>,
+    /// Dead letters: deliveries that can never succeed, stopped until an operator retries or drops them
+    /// (`forgefleet outbox`). Not counted in `waiting`.
+    pub dead: u64,
+}
+
+/// One undelivered side effect, as `forgefleet outbox list` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OutboxEntry {
+    pub id: i64,
+    pub kind: String,
+    /// `owner/name#number`.
+    pub issue: Option<String>,
+    pub attempts: u32,
+    pub created_at: Timestamp,
+    /// When it is tried next (a waiting one).
+    pub next_attempt_at: Timestamp,
+    /// When it was given up on (a dead letter).
+    pub dead_at: Option<Timestamp>,
+    pub last_error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -367,7 +386,8 @@ impl ReadView<'_> {
         Ok(self
             .conn
             .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM outbox WHERE delivered_at IS NULL AND kind = 'set_status_label'
+                "SELECT EXISTS (SELECT 1 FROM outbox WHERE delivered_at IS NULL AND dead_at IS NULL
+                 AND kind = 'set_status_label'
                  AND json_extract(payload, '$.issue.repo') = ?1 AND json_extract(payload, '$.issue.number') = ?2)",
             )?
             .query_row(params![issue.repo.as_str(), issue.number as i64], |r| r.get(0))?)
@@ -396,28 +416,78 @@ impl ReadView<'_> {
         let (waiting, failing, oldest): (u64, Option<u64>, Option<i64>) = self
             .conn
             .prepare_cached(
-                "SELECT COUNT(*), SUM(attempts > 0), MIN(created_at) FROM outbox WHERE delivered_at IS NULL",
+                "SELECT COUNT(*), SUM(attempts > 0), MIN(created_at) FROM outbox
+                 WHERE delivered_at IS NULL AND dead_at IS NULL",
             )?
             .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         let worst = self
             .conn
             .prepare_cached(
                 "SELECT id, kind, attempts, COALESCE(last_error, '') FROM outbox
-                 WHERE delivered_at IS NULL AND attempts > 0 ORDER BY attempts DESC, id LIMIT 1",
+                 WHERE delivered_at IS NULL AND dead_at IS NULL AND attempts > 0 ORDER BY attempts DESC, id LIMIT 1",
             )?
             .query_row([], |r| {
                 Ok(FailingDelivery { id: r.get(0)?, kind: r.get(1)?, attempts: r.get(2)?, last_error: r.get(3)? })
             })
             .optional()?;
-        Ok(OutboxHealth { waiting, failing: failing.unwrap_or(0), oldest: oldest.map(Timestamp), worst })
+        let dead = self
+            .conn
+            .prepare_cached(
+                "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL AND dead_at IS NOT NULL AND dropped_at IS NULL",
+            )?
+            .query_row([], |r| r.get(0))?;
+        Ok(OutboxHealth { waiting, failing: failing.unwrap_or(0), oldest: oldest.map(Timestamp), worst, dead })
     }
 
-    /// Undelivered side effects that are due, oldest first.
-    pub fn outbox_due(&self, now: Timestamp, limit: u32) -> Result<Vec<OutboxRow>> {
+    /// Undelivered side effects, dead letters first, then by id; dropped ones are left out.
+    pub fn outbox_list(&self, limit: u32) -> Result<Vec<OutboxEntry>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT id, event_seq, kind, payload, attempts, next_attempt_at FROM outbox
-             WHERE delivered_at IS NULL AND next_attempt_at <= ?1 ORDER BY id LIMIT ?2",
+            "SELECT id, kind, issue, attempts, created_at, next_attempt_at, dead_at, last_error FROM outbox
+             WHERE delivered_at IS NULL AND dropped_at IS NULL ORDER BY dead_at IS NULL, id LIMIT ?1",
         )?;
+        let rows = stmt.query_map([limit], |r| {
+            Ok(OutboxEntry {
+                id: r.get(0)?,
+                kind: r.get(1)?,
+                issue: r.get(2)?,
+                attempts: r.get(3)?,
+                created_at: Timestamp(r.get(4)?),
+                next_attempt_at: Timestamp(r.get(5)?),
+                dead_at: r.get::<_, Option<i64>>(6)?.map(Timestamp),
+                last_error: r.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Undelivered side effects that are due, oldest first (what waits, whatever the order rule says).
+    pub fn outbox_due(&self, now: Timestamp, limit: u32) -> Result<Vec<OutboxRow>> {
+        self.outbox_rows(
+            "SELECT id, event_seq, kind, payload, attempts, next_attempt_at FROM outbox
+             WHERE delivered_at IS NULL AND dead_at IS NULL AND next_attempt_at <= ?1 ORDER BY id LIMIT ?2",
+            now,
+            limit,
+        )
+    }
+
+    /// The side effects that may be delivered now, oldest first: due, and the oldest undelivered one of their
+    /// issue. A later row for an issue never goes before an earlier one that waits for its retry, so people
+    /// read what happened in the order it happened. A dead letter holds nothing back: it may never go.
+    pub fn outbox_next(&self, now: Timestamp, limit: u32) -> Result<Vec<OutboxRow>> {
+        self.outbox_rows(
+            "SELECT o.id, o.event_seq, o.kind, o.payload, o.attempts, o.next_attempt_at FROM outbox o
+             WHERE o.delivered_at IS NULL AND o.dead_at IS NULL AND o.next_attempt_at <= ?1
+               AND NOT EXISTS (SELECT 1 FROM outbox e
+                               WHERE e.issue = o.issue AND e.id < o.id AND e.delivered_at IS NULL
+                                 AND e.dead_at IS NULL)
+             ORDER BY o.id LIMIT ?2",
+            now,
+            limit,
+        )
+    }
+
+    fn outbox_rows(&self, sql: &str, now: Timestamp, limit: u32) -> Result<Vec<OutboxRow>> {
+        let mut stmt = self.conn.prepare_cached(sql)?;
         let rows = stmt.query_map(params![now.0, limit], |r| {
             Ok(OutboxRow {
                 id: r.get(0)?,

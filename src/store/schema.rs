@@ -117,6 +117,19 @@ pub(super) const MIGRATIONS: &[&str] = &[
                      body  = COALESCE(json_extract(data, '$.body'), ''),
                      data  = json_remove(data, '$.title', '$.body');
     "#,
+    // 5: the issue each side effect is for, so deliveries to one issue go out in the order they were written
+    // (`repo#number`, as `IssueRef` prints it; a test ties the two together).
+    r#"
+    ALTER TABLE outbox ADD COLUMN issue TEXT;
+    UPDATE outbox SET issue = json_extract(payload, '$.issue.repo') || '#' || json_extract(payload, '$.issue.number');
+    CREATE INDEX outbox_pending_by_issue ON outbox(issue, id) WHERE delivered_at IS NULL;
+    "#,
+    // 6: dead letters. A delivery that can never succeed stops at `dead_at` until an operator retries it
+    // (the column is cleared) or drops it (`dropped_at`: it stays, for the record, and is never tried again).
+    r#"
+    ALTER TABLE outbox ADD COLUMN dead_at INTEGER;
+    ALTER TABLE outbox ADD COLUMN dropped_at INTEGER;
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

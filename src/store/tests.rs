@@ -316,3 +316,65 @@ fn migration_4_moves_the_issue_text_of_existing_tasks_into_its_columns() {
     );
     assert_eq!(projection::load_task(&conn, t.id).unwrap(), Some(t));
 }
+
+#[test]
+fn migration_5_gives_waiting_deliveries_their_issue_as_new_rows_get_it() {
+    let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+    schema::migrate_to(&mut conn, 4).unwrap();
+    let issue: IssueRef = "acme/app#7".parse().unwrap();
+    let effect = Effect::SetStatusLabel { issue: issue.clone(), status: None };
+    conn.execute(
+        "INSERT INTO outbox (kind, payload, created_at, next_attempt_at) VALUES (?1, ?2, 0, 0)",
+        rusqlite::params![effect.kind(), serde_json::to_string(&effect).unwrap()],
+    )
+    .unwrap();
+    schema::migrate_to(&mut conn, 5).unwrap();
+    let migrated: String = conn.query_row("SELECT issue FROM outbox", [], |r| r.get(0)).unwrap();
+    assert_eq!(migrated, issue.to_string(), "the SQL and `IssueRef`'s display agree");
+}
+
+#[test]
+fn a_later_delivery_to_an_issue_waits_for_an_earlier_one_that_failed() {
+    let mut s = Store::open_in_memory().unwrap();
+    let tx = s.write().unwrap();
+    let on = |n: u64| Effect::SetStatusLabel { issue: format!("acme/app#{n}").parse().unwrap(), status: None };
+    let first = tx.enqueue(&on(1), None, Timestamp(0)).unwrap();
+    tx.enqueue(&on(2), None, Timestamp(0)).unwrap();
+    let later = tx.enqueue(&on(1), None, Timestamp(1)).unwrap();
+    tx.outbox_failed(first, "503", Timestamp(100)).unwrap();
+    tx.commit().unwrap();
+    let ids =
+        |now: i64| -> Vec<i64> { s.read().outbox_next(Timestamp(now), 10).unwrap().iter().map(|r| r.id).collect() };
+    assert_eq!(ids(5), [2], "issue 1 waits for its first delivery's retry");
+    assert_eq!(ids(100), [first, 2], "one row per issue at a time, oldest first");
+    assert!(!ids(100).contains(&later));
+}
+
+#[test]
+fn a_dead_letter_holds_nothing_back_and_comes_back_only_when_retried() {
+    let mut s = Store::open_in_memory().unwrap();
+    let tx = s.write().unwrap();
+    let effect = Effect::SetStatusLabel { issue: "acme/app#1".parse().unwrap(), status: None };
+    let dead = tx.enqueue(&effect, None, Timestamp(0)).unwrap();
+    let later = tx.enqueue(&effect, None, Timestamp(1)).unwrap();
+    assert!(tx.outbox_dead(dead, "404", Timestamp(2)).unwrap());
+    assert_eq!(tx.outbox_drop(999, Timestamp(2)).unwrap(), OutboxChange::NotFound);
+    assert_eq!(tx.outbox_retry(later, Timestamp(2)).unwrap(), OutboxChange::Waiting, "not dead");
+    tx.commit().unwrap();
+    let next =
+        |s: &Store| -> Vec<i64> { s.read().outbox_next(Timestamp(10), 10).unwrap().iter().map(|r| r.id).collect() };
+    assert_eq!(next(&s), [later], "the dead one no longer holds its issue");
+    let health = s.read().outbox_health().unwrap();
+    assert_eq!((health.waiting, health.dead), (1, 1));
+    let tx = s.write().unwrap();
+    assert_eq!(tx.outbox_retry(dead, Timestamp(3)).unwrap(), OutboxChange::Done);
+    tx.commit().unwrap();
+    assert_eq!(next(&s), [dead], "retried: first in line again");
+    let tx = s.write().unwrap();
+    assert_eq!(tx.outbox_drop(dead, Timestamp(4)).unwrap(), OutboxChange::Done);
+    assert_eq!(tx.outbox_drop(dead, Timestamp(4)).unwrap(), OutboxChange::Dropped);
+    tx.commit().unwrap();
+    assert_eq!(next(&s), [later]);
+    assert_eq!(s.read().outbox_health().unwrap().dead, 0, "a dropped one is not a dead letter to act on");
+    assert_eq!(s.read().outbox_list(10).unwrap().iter().map(|e| e.id).collect::<Vec<_>>(), [later]);
+}

@@ -34,6 +34,7 @@ pub struct Metrics {
     outbox_waiting: Gauge,
     outbox_failing: Gauge,
     outbox_oldest: Gauge<f64, std::sync::atomic::AtomicU64>,
+    outbox_dead: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -83,6 +84,12 @@ impl Metrics {
             "When the oldest undelivered side effect was written (Unix time; 0: none waits)",
             outbox_oldest.clone(),
         );
+        let outbox_dead = Gauge::default();
+        registry.register(
+            "outbox_dead",
+            "Side effects that can never be delivered as they are, stopped until an operator retries or drops them",
+            outbox_dead.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             tasks,
@@ -93,6 +100,7 @@ impl Metrics {
             outbox_waiting,
             outbox_failing,
             outbox_oldest,
+            outbox_dead,
         }
     }
 
@@ -101,6 +109,7 @@ impl Metrics {
         self.outbox_waiting.set(health.waiting as i64);
         self.outbox_failing.set(health.failing as i64);
         self.outbox_oldest.set(health.oldest.map_or(0.0, |t| t.0 as f64 / 1000.0));
+        self.outbox_dead.set(health.dead as i64);
     }
 
     /// Sets the gauges read from the store just before a scrape. States and priorities with no tasks read 0.
@@ -148,6 +157,7 @@ mod tests {
             failing: 1,
             oldest: Some(crate::core::Timestamp(1_795_000_000_500)),
             worst: None,
+            dead: 2,
         });
         m.committed(2, 5, Duration::from_micros(300));
         let text = m.render();
@@ -156,6 +166,7 @@ mod tests {
         assert!(text.contains("forgefleet_queue_depth{priority=\"high\"} 2"), "{text}");
         assert!(text.contains("forgefleet_outbox_waiting 4\n"), "{text}");
         assert!(text.contains("forgefleet_outbox_failing 1\n"), "{text}");
+        assert!(text.contains("forgefleet_outbox_dead 2\n"), "{text}");
         assert!(text.contains("forgefleet_outbox_oldest_waiting_timestamp_seconds 1795000000.5\n"), "{text}");
         assert!(text.contains("forgefleet_events_appended_total 5"), "{text}");
         assert!(text.contains("forgefleet_event_append_seconds_count 2"), "{text}");

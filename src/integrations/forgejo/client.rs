@@ -32,6 +32,15 @@ impl ForgejoError {
     pub fn is_not_found(&self) -> bool {
         self.status() == Some(StatusCode::NOT_FOUND)
     }
+    /// A failure that may pass (no answer, 5xx, 429): a request that made something new may or may not have
+    /// arrived, so whoever sends it again looks first.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ForgejoError::Network { .. } => true,
+            ForgejoError::Http { status, .. } => status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS,
+            ForgejoError::Decode { .. } => false,
+        }
+    }
 }
 
 /// How persistent the client is with a Forgejo that fails.
@@ -68,6 +77,20 @@ pub struct ForgejoClient {
     api: String,
     token: Secret,
     retry: RetryPolicy,
+    /// How long one request may take, answer included.
+    timeout: Duration,
+}
+
+/// Whether a request may be sent again without looking first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Repeat {
+    /// Sending it twice ends where sending it once does (reads, `PUT`, `PATCH`, `DELETE`, and the few `POST`s
+    /// Forgejo treats as set-to: labels by id, reactions, commit statuses): retried on any failure.
+    Safe,
+    /// A `POST` that makes something new (a comment, a label, a pull request): sent again only when it surely
+    /// did not arrive (no connection, or a 429 refusal). A lost answer goes back to the caller, who looks
+    /// before it sends again.
+    LookFirst,
 }
 
 impl std::fmt::Debug for ForgejoClient {
@@ -90,12 +113,14 @@ impl ForgejoClient {
             builder = builder.add_root_certificate(cert.clone());
         }
         let http = builder.build()?;
+        let timeout = Duration::from_secs(20);
         Ok(Self {
             http,
             web: base_url.trim_end_matches('/').to_string(),
             api: format!("{}/api/v1", base_url.trim_end_matches('/')),
             token,
             retry: RetryPolicy::default(),
+            timeout,
         })
     }
 
@@ -109,14 +134,33 @@ impl ForgejoClient {
         self
     }
 
-    /// One request, retried on network errors, 5xx and 429 with doubling waits. Returns the response of
-    /// the last try; an error status is turned into `ForgejoError::Http` with Forgejo's message.
+    /// How long one request may take (20 s unless set).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// One request, retried on network errors, 5xx and 429 with doubling waits (a `POST` that creates
+    /// something only when it surely did not arrive, see `Repeat`). Returns the response of the last try; an
+    /// error status is turned into `ForgejoError::Http` with Forgejo's message.
     async fn send(
         &self,
         method: Method,
         path: &str,
         query: &[(&str, String)],
         body: Option<&serde_json::Value>,
+    ) -> Result<reqwest::Response, ForgejoError> {
+        let repeat = if method == Method::POST { Repeat::LookFirst } else { Repeat::Safe };
+        self.send_with(method, path, query, body, repeat).await
+    }
+
+    async fn send_with(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&serde_json::Value>,
+        repeat: Repeat,
     ) -> Result<reqwest::Response, ForgejoError> {
         let url = if path.starts_with("http") { path.to_string() } else { format!("{}{path}", self.api) };
         let mut wait = self.retry.first_wait;
@@ -127,14 +171,17 @@ impl ForgejoClient {
                 .request(method.clone(), &url)
                 .header("Authorization", format!("token {}", self.token.expose()))
                 .header("Accept", "application/json")
+                .timeout(self.timeout)
                 .query(query);
             if let Some(b) = body {
                 req = req.json(b);
             }
             let outcome = req.send().await;
-            let retryable = match &outcome {
-                Ok(r) => r.status().is_server_error() || r.status() == StatusCode::TOO_MANY_REQUESTS,
-                Err(e) => !e.is_builder(),
+            let retryable = match (&outcome, repeat) {
+                (Ok(r), Repeat::Safe) => r.status().is_server_error() || r.status() == StatusCode::TOO_MANY_REQUESTS,
+                (Err(e), Repeat::Safe) => !e.is_builder(),
+                (Ok(r), Repeat::LookFirst) => r.status() == StatusCode::TOO_MANY_REQUESTS,
+                (Err(e), Repeat::LookFirst) => e.is_connect(),
             };
             if retryable && attempt < self.retry.attempts {
                 // Forgejo's Retry-After, when it gives one, beats our own guess.
@@ -168,8 +215,9 @@ impl ForgejoClient {
         path: &str,
         query: &[(&str, String)],
         body: Option<&serde_json::Value>,
+        repeat: Repeat,
     ) -> Result<T, ForgejoError> {
-        let response = self.send(method.clone(), path, query, body).await?;
+        let response = self.send_with(method.clone(), path, query, body, repeat).await?;
         let bytes = response.bytes().await.map_err(|source| ForgejoError::Network {
             method: method.clone(),
             path: path.to_string(),
@@ -183,21 +231,33 @@ impl ForgejoClient {
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str, query: &[(&str, String)]) -> Result<T, ForgejoError> {
-        self.json(Method::GET, path, query, None).await
+        self.json(Method::GET, path, query, None, Repeat::Safe).await
     }
 
+    /// A write; a `POST` is taken to create something (`Repeat::LookFirst`).
     async fn write<T: DeserializeOwned, B: Serialize>(
         &self,
         method: Method,
         path: &str,
         body: &B,
     ) -> Result<T, ForgejoError> {
+        let repeat = if method == Method::POST { Repeat::LookFirst } else { Repeat::Safe };
+        self.write_with(method, path, body, repeat).await
+    }
+
+    async fn write_with<T: DeserializeOwned, B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        body: &B,
+        repeat: Repeat,
+    ) -> Result<T, ForgejoError> {
         let body = serde_json::to_value(body).map_err(|e| ForgejoError::Decode {
             method: method.clone(),
             path: path.to_string(),
             detail: e.to_string(),
         })?;
-        self.json(method, path, &[], Some(&body)).await
+        self.json(method, path, &[], Some(&body), repeat).await
     }
 
     async fn no_content(
@@ -205,8 +265,9 @@ impl ForgejoClient {
         method: Method,
         path: &str,
         body: Option<serde_json::Value>,
+        repeat: Repeat,
     ) -> Result<(), ForgejoError> {
-        self.send(method, path, &[], body.as_ref()).await.map(|_| ())
+        self.send_with(method, path, &[], body.as_ref(), repeat).await.map(|_| ())
     }
 
     /// Every page of a list, following the `Link: <...>; rel="next"` header Forgejo sends.
@@ -253,6 +314,11 @@ impl ForgejoClient {
 
     fn repo_path(repo: &RepoName, rest: &str) -> String {
         format!("/repos/{}/{}{rest}", repo.owner(), repo.name())
+    }
+
+    /// The user the token belongs to (forgefleet's own account).
+    pub async fn current_user(&self) -> Result<User, ForgejoError> {
+        self.get("/user", &[]).await
     }
 
     pub async fn repository(&self, repo: &RepoName) -> Result<Repository, ForgejoError> {
@@ -304,8 +370,8 @@ impl ForgejoClient {
 
     /// Adds labels by id; returns all the issue's labels.
     pub async fn add_labels(&self, repo: &RepoName, number: u64, ids: &[i64]) -> Result<Vec<Label>, ForgejoError> {
-        self.write(Method::POST, &Self::repo_path(repo, &format!("/issues/{number}/labels")), &json!({"labels": ids}))
-            .await
+        let path = Self::repo_path(repo, &format!("/issues/{number}/labels"));
+        self.write_with(Method::POST, &path, &json!({"labels": ids}), Repeat::Safe).await
     }
 
     pub async fn replace_labels(&self, repo: &RepoName, number: u64, ids: &[i64]) -> Result<Vec<Label>, ForgejoError> {
@@ -314,7 +380,8 @@ impl ForgejoClient {
     }
 
     pub async fn remove_label(&self, repo: &RepoName, number: u64, id: i64) -> Result<(), ForgejoError> {
-        self.no_content(Method::DELETE, &Self::repo_path(repo, &format!("/issues/{number}/labels/{id}")), None).await
+        let path = Self::repo_path(repo, &format!("/issues/{number}/labels/{id}"));
+        self.no_content(Method::DELETE, &path, None, Repeat::Safe).await
     }
 
     pub async fn comments(&self, repo: &RepoName, number: u64) -> Result<Vec<Comment>, ForgejoError> {
@@ -334,13 +401,13 @@ impl ForgejoClient {
     /// Reacts to an issue (a lightweight "seen it").
     pub async fn react_to_issue(&self, repo: &RepoName, number: u64, content: &str) -> Result<(), ForgejoError> {
         let path = Self::repo_path(repo, &format!("/issues/{number}/reactions"));
-        self.no_content(Method::POST, &path, Some(json!({"content": content}))).await
+        self.no_content(Method::POST, &path, Some(json!({"content": content})), Repeat::Safe).await
     }
 
     /// Reacts to a comment (a lightweight "done").
     pub async fn react_to_comment(&self, repo: &RepoName, comment_id: i64, content: &str) -> Result<(), ForgejoError> {
         let path = Self::repo_path(repo, &format!("/issues/comments/{comment_id}/reactions"));
-        self.no_content(Method::POST, &path, Some(json!({"content": content}))).await
+        self.no_content(Method::POST, &path, Some(json!({"content": content})), Repeat::Safe).await
     }
 
     pub async fn pull_request(&self, repo: &RepoName, number: u64) -> Result<PullRequest, ForgejoError> {
@@ -372,11 +439,6 @@ impl ForgejoClient {
 
     pub async fn pull_files(&self, repo: &RepoName, number: u64) -> Result<Vec<ChangedFile>, ForgejoError> {
         self.all_pages(&Self::repo_path(repo, &format!("/pulls/{number}/files")), Vec::new()).await
-    }
-
-    /// The account the token belongs to (`GET /user`): the bot's own login.
-    pub async fn current_user(&self) -> Result<User, ForgejoError> {
-        self.get("/user", &[]).await
     }
 
     pub async fn permission(&self, repo: &RepoName, user: &str) -> Result<Permission, ForgejoError> {
@@ -419,7 +481,8 @@ impl ForgejoClient {
         target_url: &str,
     ) -> Result<(), ForgejoError> {
         let body = json!({"state": state, "context": context, "description": description, "target_url": target_url});
-        self.no_content(Method::POST, &Self::repo_path(repo, &format!("/statuses/{sha}")), Some(body)).await
+        self.no_content(Method::POST, &Self::repo_path(repo, &format!("/statuses/{sha}")), Some(body), Repeat::Safe)
+            .await
     }
 
     pub async fn hooks(&self, repo: &RepoName) -> Result<Vec<Hook>, ForgejoError> {

@@ -21,6 +21,8 @@ use crate::store::{OutboxRow, Store};
 /// What the deliverer needs besides the client.
 pub struct Deliverer {
     pub client: ForgejoClient,
+    /// The one path that creates labels.
+    pub label_maker: super::labels::LabelMaker,
     pub engine: EngineHandle,
     pub db: PathBuf,
     pub labels: LabelScheme,
@@ -35,6 +37,9 @@ pub struct Deliverer {
 pub enum DeliveryError {
     #[error(transparent)]
     Forgejo(#[from] ForgejoError),
+    /// The outbox row cannot be turned into a delivery (written by a newer forgefleet, or damaged).
+    #[error("{0}")]
+    Unreadable(String),
     #[error("{0}")]
     Other(String),
 }
@@ -45,10 +50,29 @@ impl From<EngineError> for DeliveryError {
     }
 }
 
+/// Tries before a delivery that fails for good (404, 410, 422) becomes a dead letter. A few, not one: a
+/// Forgejo being restored from a backup, or a repository being moved, answers 404 for a while.
+pub const DEAD_AFTER: u32 = 5;
+
+impl DeliveryError {
+    /// A failure that trying again will not change: the thing is gone (404, 410) or Forgejo refuses what was
+    /// sent (422), or the row itself cannot be read.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            DeliveryError::Forgejo(e) => e.status().is_some_and(|s| matches!(s.as_u16(), 404 | 410 | 422)),
+            DeliveryError::Unreadable(_) => true,
+            DeliveryError::Other(_) => false,
+        }
+    }
+}
+
 /// The wait before the next try of a failed delivery: 2 s doubling, at most 10 min.
 pub fn retry_wait(attempts: u32) -> Duration {
     Duration::from_secs(2u64.saturating_mul(1 << attempts.min(9)).min(600))
 }
+
+/// Tries at posting one comment within one delivery, each after looking for it; then the outbox retries.
+const COMMENT_TRIES: u32 = 3;
 
 /// The hidden marker that makes a comment findable, so it is never posted twice.
 pub fn marker(key: &str) -> String {
@@ -71,13 +95,18 @@ impl Deliverer {
         .map_err(|e| DeliveryError::Other(e.to_string()))
     }
 
-    /// Delivers what is due; returns how many rows it tried.
+    /// Delivers what is due, each issue's rows in the order they were written; returns how many rows it tried.
     pub async fn deliver_due(&self, now: Timestamp) -> Result<usize, DeliveryError> {
-        let rows = self.read(move |s| s.read().outbox_due(now, 50)).await?;
+        let rows = self.read(move |s| s.read().outbox_next(now, 50)).await?;
         for row in &rows {
             match self.deliver_row(row).await {
                 Ok(()) => {
                     self.engine.send(Command::OutboxDelivered { id: row.id }).await?;
+                }
+                Err(e) if e.is_permanent() && row.attempts + 1 >= DEAD_AFTER => {
+                    tracing::error!(outbox = row.id, kind = %row.kind, attempts = row.attempts + 1, error = %e,
+                        "delivery can never succeed; kept as a dead letter (`forgefleet outbox list`)");
+                    self.engine.send(Command::OutboxDead { id: row.id, error: e.to_string() }).await?;
                 }
                 Err(e) => {
                     tracing::warn!(outbox = row.id, kind = %row.kind, attempts = row.attempts + 1, error = %e, "delivery failed; will retry");
@@ -91,7 +120,7 @@ impl Deliverer {
 
     async fn deliver_row(&self, row: &OutboxRow) -> Result<(), DeliveryError> {
         let effect: Effect = serde_json::from_str(&row.payload)
-            .map_err(|e| DeliveryError::Other(format!("outbox row {} cannot be read: {e}", row.id)))?;
+            .map_err(|e| DeliveryError::Unreadable(format!("outbox row {} cannot be read: {e}", row.id)))?;
         match effect {
             Effect::SetStatusLabel { issue, status } => self.set_status_label(&issue, status).await,
             Effect::Comment { issue, task, attempt, notice } => self.comment(&issue, task, attempt, &notice).await,
@@ -162,17 +191,9 @@ impl Deliverer {
         Ok(())
     }
 
-    /// The ids of the named repository labels, creating the ones that are missing.
+    /// The ids of the named repository labels (the lowest of duplicates), creating the ones that are missing.
     async fn label_ids(&self, issue: &IssueRef, names: &[String]) -> Result<Vec<i64>, DeliveryError> {
-        let existing = self.client.repo_labels(&issue.repo).await?;
-        let mut ids = Vec::new();
-        for name in names {
-            match existing.iter().find(|l| &l.name == name) {
-                Some(l) => ids.push(l.id),
-                None => ids.push(self.client.create_label(&issue.repo, name, label_color(name), "").await?.id),
-            }
-        }
-        Ok(ids)
+        Ok(self.label_maker.ids(&issue.repo, names).await?)
     }
 
     async fn agent_name(&self, agent: AgentId) -> Result<String, DeliveryError> {
@@ -247,15 +268,45 @@ impl Deliverer {
         })
     }
 
-    /// Posts `body` once: the marker for `key` is looked for first.
-    async fn reply(&self, issue: &IssueRef, key: &str, body: &str) -> Result<(), DeliveryError> {
-        let mark = marker(key);
-        let existing = self.client.comments(&issue.repo, issue.number).await?;
-        if existing.iter().any(|c| c.body.contains(&mark)) {
-            return Ok(());
+    /// forgefleet's own login: the one place that says whose comments are forgefleet's.
+    async fn bot_login(&self) -> Result<String, DeliveryError> {
+        if let Some(login) = self.bot.get() {
+            return Ok(login);
         }
-        self.client.create_comment(&issue.repo, issue.number, &format!("{body}\n\n{mark}")).await?;
-        Ok(())
+        let login = self.client.current_user().await?.login;
+        self.bot.set(login.clone());
+        Ok(login)
+    }
+
+    /// Whether forgefleet already posted the comment `key` marks. Only its own comments count: anyone who may
+    /// comment can write the marker too, and must not be able to silence forgefleet with it.
+    async fn already_posted(&self, issue: &IssueRef, key: &str) -> Result<bool, DeliveryError> {
+        let mark = marker(key);
+        let bot = self.bot_login().await?;
+        let existing = self.client.comments(&issue.repo, issue.number).await?;
+        Ok(existing.iter().any(|c| c.user.login.eq_ignore_ascii_case(&bot) && c.body.contains(&mark)))
+    }
+
+    /// Posts `body` once: the marker for `key` is looked for among forgefleet's own comments before every
+    /// send, the first and each retry, because a `POST` whose answer was lost may have been applied.
+    async fn reply(&self, issue: &IssueRef, key: &str, body: &str) -> Result<(), DeliveryError> {
+        let text = format!("{body}\n\n{}", marker(key));
+        let mut wait = Duration::from_millis(250);
+        for attempt in 1..=COMMENT_TRIES {
+            if self.already_posted(issue, key).await? {
+                return Ok(());
+            }
+            match self.client.create_comment(&issue.repo, issue.number, &text).await {
+                Ok(_) => return Ok(()),
+                Err(e) if e.is_transient() && attempt < COMMENT_TRIES => {
+                    tracing::info!(%issue, key, error = %e, "a comment may not have been posted; looking before trying again");
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        unreachable!("the last try returns")
     }
 
     /// Assigns the agent's Forgejo user while it works, and takes it off again; people's assignments stay.

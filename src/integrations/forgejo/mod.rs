@@ -5,6 +5,7 @@ pub mod commands;
 pub mod confirm;
 pub mod deliver;
 pub mod identity;
+pub mod labels;
 pub mod reconcile;
 pub mod types;
 pub mod validate;
@@ -46,13 +47,16 @@ pub fn spawn(
         return Ok(None);
     };
     let ca = config.forgejo.ca().map_err(|why| anyhow::anyhow!("forgejo.ca_file: {why}"))?;
-    let client = ForgejoClient::new(url, token, ca.as_ref())?;
+    let client = ForgejoClient::new(url, token, ca.as_ref())?
+        .with_timeout(Duration::from_secs(config.forgejo.request_timeout_secs));
     let repos = config.forgejo.repo_names();
     let db = config.store.path.clone();
     let bot = identity::BotLogin::new(config.forgejo.bot_user.clone());
     let learning = bot.get().is_none().then(|| tokio::spawn(identity::learn(client.clone(), bot.clone())));
+    let label_maker = labels::LabelMaker::new(client.clone());
     let deliverer = deliver::Deliverer {
         client: client.clone(),
+        label_maker: label_maker.clone(),
         engine: engine.clone(),
         db: db.clone(),
         labels: config.label_scheme(),
@@ -104,7 +108,7 @@ pub fn spawn(
         for repo in &repos {
             refresh(&client, &engine, &db, repo, &labels).await;
             let labels = repo_labels(&db, repo, &labels).await;
-            match reconcile::ensure_labels(&client, repo, &labels).await {
+            match label_maker.ensure_managed(repo, &labels).await {
                 Ok(created) if !created.is_empty() => tracing::info!(%repo, ?created, "created missing labels"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(%repo, error = %e, "cannot check the repository's labels"),

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::deliver::{label_color, observation};
+use super::deliver::observation;
 use super::{ForgejoClient, ForgejoError, IssueFilter};
 use crate::core::{IssueRef, LabelScheme, RepoName, Timestamp};
 use crate::engine::{Command, EngineHandle};
@@ -104,23 +104,6 @@ fn later(a: &str, b: &str) -> bool {
         (Some(x), Some(y)) => x > y,
         _ => a > b,
     }
-}
-
-/// Creates the labels forgefleet writes that the repository does not have yet; returns their names.
-pub async fn ensure_labels(
-    client: &ForgejoClient,
-    repo: &RepoName,
-    scheme: &LabelScheme,
-) -> Result<Vec<String>, ForgejoError> {
-    let existing = client.repo_labels(repo).await?;
-    let mut created = Vec::new();
-    for name in scheme.managed_labels() {
-        if !existing.iter().any(|l| l.name == name) {
-            client.create_label(repo, &name, label_color(&name), "managed by forgefleet").await?;
-            created.push(name);
-        }
-    }
-    Ok(created)
 }
 
 /// Where a repository keeps its own settings.

@@ -537,6 +537,12 @@ impl FakeForgejo {
         self.with(|s| s.faults.fail_until = Some((None, status)));
     }
 
+    /// The next `n` POST requests are applied as usual, but answered only after `wait`: longer than the client's
+    /// timeout, the client sees no answer to a request that took effect.
+    pub async fn answer_posts_late(&self, n: usize, wait: Duration) {
+        self.with(|s| s.faults.late_posts = Some((n, wait)));
+    }
+
     /// Clears every request and webhook fault.
     pub async fn heal(&self) {
         self.with(|s| s.faults = Default::default());

@@ -71,9 +71,10 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let reply = {
+    let (reply, late) = {
         let mut st = shared.lock().unwrap();
         let (doer, reply) = answer(&mut st, &method, &uri, &headers, &body);
+        let late = if method == Method::POST { st.faults.take_late_post() } else { None };
         let reply = reply.unwrap_or_else(|e| Reply {
             status: e.status,
             body: Some(match e.status {
@@ -85,8 +86,12 @@ async fn handle(
         let path = uri.path().to_string();
         let query = uri.query().unwrap_or("").to_string();
         st.requests.push(RecordedRequest { method: method.to_string(), path, query, user: doer, status: reply.status });
-        reply
+        (reply, late)
     };
+    // Applied already; only the answer is late (the lock is not held meanwhile).
+    if let Some(wait) = late {
+        tokio::time::sleep(wait).await;
+    }
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = match reply.body {
         Some(body) => {

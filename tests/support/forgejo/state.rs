@@ -159,9 +159,18 @@ pub(crate) struct Faults {
     pub drop_webhooks: usize,
     pub fail_next: Option<(usize, u16)>,
     pub fail_until: Option<(Option<Instant>, u16)>,
+    /// The next `n` POST requests are applied, then answered only after the wait.
+    pub late_posts: Option<(usize, std::time::Duration)>,
 }
 
 impl Faults {
+    /// How long to hold the answer to a POST that was just applied, if a fault is armed.
+    pub fn take_late_post(&mut self) -> Option<std::time::Duration> {
+        let (n, wait) = self.late_posts?;
+        self.late_posts = if n > 1 { Some((n - 1, wait)) } else { None };
+        (n > 0).then_some(wait)
+    }
+
     /// The status the next REST request must answer with, if a fault is armed.
     pub fn take_failure(&mut self) -> Option<u16> {
         if let Some((n, status)) = self.fail_next {
