@@ -57,9 +57,9 @@ async fn an_agent_host_turns_a_labelled_issue_into_a_checked_pull_request() {
     );
     assert!(progress.contains(&format!("issue {issue}").as_str()), "{progress:?}");
     assert!(progress.contains(&"token: none"), "the Forgejo token leaked to the agent: {progress:?}");
-    // The worktree is gone once the work is handed in.
-    eventually("the worktree is removed", || async {
-        std::fs::read_dir(w.root.path().join("agent/work/worktrees")).map(|d| d.count() == 0).unwrap_or(true)
+    // The attempt's checkout is gone once the work is handed in.
+    eventually("the checkout is removed", || async {
+        std::fs::read_dir(w.root.path().join("agent/work/attempts")).unwrap().count() == 0
     })
     .await;
     drop(agent);
@@ -203,8 +203,8 @@ async fn a_runner_killed_mid_task_gets_its_task_back_when_it_starts_again() {
     assert_eq!(t["task"]["attempt"], 2, "{t}");
     assert_eq!(t["task"]["last_failure"]["class"], "agent_lost", "{t}");
     eventually("the new runner stopped the agent the old one left", || async { !alive(orphan) }).await;
-    let worktrees: Vec<_> = std::fs::read_dir(w.root.path().join("agent/work/worktrees")).unwrap().collect();
-    assert!(worktrees.is_empty(), "{worktrees:?}");
+    let checkouts: Vec<_> = std::fs::read_dir(w.root.path().join("agent/work/attempts")).unwrap().collect();
+    assert!(checkouts.is_empty(), "{checkouts:?}");
 }
 
 /// Kills a process group when dropped.
