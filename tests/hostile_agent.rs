@@ -184,3 +184,45 @@ async fn a_dot_git_that_points_elsewhere_is_not_followed() {
     // The cache is still a bare repository with the base branch, not the agent's work tree's index.
     assert!(!cache.join("index").exists());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_runners_forgejo_token_is_not_in_any_start_up_environment_the_agent_can_read() {
+    let w = World::new(|c| c.retry.agent_error.max_retries = 0).await;
+    let (_, task) = w.queued("Read the environ").await;
+    // The runner was started with FORGEFLEET_AGENT_FORGEJO_TOKEN (as a service manager passes it); the agent
+    // looks for it where a process's start-up environment stays readable.
+    let script = format!(
+        "if tr '\\0' '\\n' < /proc/$PPID/environ | grep -q {AGENT_TOKEN}; then echo leaked > found.txt; \
+         else echo clean > found.txt; fi; echo 'Looked.'"
+    );
+    let agent = w.agent(&script);
+    eventually("the task ends", || async { matches!(w.state(task).await.as_str(), "completed" | "failed") }).await;
+    let t = w.task(task).await;
+    assert_eq!(t["task"]["state"], "completed", "the token still reached git and Forgejo: {t}");
+    let head = t["task"]["receipt"]["head_sha"].as_str().unwrap().to_string();
+    let bare = w.root.path().join("git").join(format!("{REPO}.git"));
+    assert_eq!(support::git::git(&bare, &["show", &format!("{head}:found.txt")]).trim(), "clean");
+    let environ = std::fs::read(format!("/proc/{}/environ", agent.pid())).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(!environ.contains(AGENT_TOKEN) && !environ.contains("FORGEFLEET_AGENT_FORGEJO_TOKEN"), "{environ}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_runner_keeps_its_agent_token_in_a_file_only_it_can_read() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let w = World::new(|_| {}).await;
+    let file = w.root.path().join("agent/work/agent-token");
+    let agent = w.agent("echo idle");
+    eventually("the runner registered", || async { file.exists() }).await;
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    let token = std::fs::read_to_string(&file).unwrap();
+    let answer = reqwest::Client::new()
+        .post(format!("{}/api/v1/agents/heartbeat", w.fleet.base))
+        .bearer_auth(token.trim())
+        .json(&serde_json::json!({"running": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200, "the kept token is the agent's current one");
+    drop(agent);
+}

@@ -364,4 +364,37 @@ run = ["sh", "-c", "true"]
         let c = AgentConfig::from_toml_str(&text, &env).unwrap();
         assert_eq!(c.agent.forgejo_token.unwrap().expose(), "from-FORGEFLEET_AGENT_FORGEJO_TOKEN");
     }
+
+    #[test]
+    fn secrets_come_from_files_only_their_owner_can_read() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("forgejo-token");
+        std::fs::write(&file, "from-file\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let text = GOOD.replace("forgejo_token = \"fj\"", &format!("forgejo_token_file = {:?}", file));
+        let c = AgentConfig::from_toml_str(&text, &no_env).unwrap();
+        assert_eq!(c.agent.forgejo_token.unwrap().expose(), "from-file");
+
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = AgentConfig::from_toml_str(&text, &no_env).unwrap_err();
+        assert_eq!(err.0[0].key, "agent.forgejo_token_file", "{err}");
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+
+        let both =
+            GOOD.replace("forgejo_token = \"fj\"", &format!("forgejo_token = \"fj\"\nforgejo_token_file = {:?}", file));
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o400)).unwrap();
+        let err = AgentConfig::from_toml_str(&both, &no_env).unwrap_err();
+        assert!(err.to_string().contains("given twice"), "{err}");
+    }
+
+    #[test]
+    fn only_plain_http_urls_have_an_origin() {
+        let o = Origin::of("https://Forgejo.example.com/git/").unwrap();
+        assert_eq!(o.to_string(), "https://forgejo.example.com:443");
+        assert_eq!(Origin::of("http://h:3000/a/b.git").unwrap().port, Some(3000));
+        for bad in ["--upload-pack=x", "ext::sh -c x", "file:///etc", "https://u:p@h/", "https://h/?q", "ssh://h/x"] {
+            assert!(Origin::of(bad).is_none(), "{bad}");
+        }
+    }
 }

@@ -156,6 +156,11 @@ impl AgentHost {
         AgentHost { child: Some(child), log: log.to_path_buf() }
     }
 
+    /// The runner's process id (the same after it re-executes itself without its secrets).
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or_default()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
