@@ -58,7 +58,6 @@ echo 'Did the work.'"#,
     let _agent = w.agent(&script);
     eventually("the task ends", || async { matches!(w.state(task).await.as_str(), "completed" | "failed") }).await;
     let t = w.task(task).await;
-    assert_eq!(t["task"]["state"], "completed", "{t}");
 
     let planted = std::fs::read_to_string(w.root.path().join("planted")).unwrap_or_default();
     assert!(planted.contains(&format!("repos/{REPO}.git")), "the agent found the runner's cache: {planted}");
@@ -66,6 +65,7 @@ echo 'Did the work.'"#,
     let leaked =
         marked.iter().any(|m| std::fs::read_to_string(marks.join(m)).unwrap_or_default().contains(&base64_of_token()));
     assert!(marked.is_empty(), "the runner ran the agent's programs ({marked:?}); with the token: {leaked}");
+    assert_eq!(t["task"]["state"], "completed", "{t}");
 
     // The push went to the real server, and the commit holds the agent's file as it wrote it, nothing else.
     let branch = format!("forgefleet/issue-{issue}-attempt-1");
