@@ -384,9 +384,12 @@ async fn bench(s: &Settings) -> Report {
         &config,
         format!(
             "[agent]\nname = \"bench-runner\"\nadapter = \"command\"\nserver = {:?}\nregistration_token = {:?}\n\
+             forgejo_url = {:?}\ngit_url = {:?}\n\
              work_dir = {:?}\nwait_secs = 1\nmax_concurrency = 1\n\n[command]\nrun = [\"sh\", \"-c\", {:?}]\n",
             fleet.base,
             REGISTRATION_TOKEN,
+            forgejo.url(),
+            git.base_url(),
             work_dir,
             agent_script(&marks)
         ),

@@ -57,9 +57,9 @@ async fn an_agent_host_turns_a_labelled_issue_into_a_checked_pull_request() {
     );
     assert!(progress.contains(&format!("issue {issue}").as_str()), "{progress:?}");
     assert!(progress.contains(&"token: none"), "the Forgejo token leaked to the agent: {progress:?}");
-    // The worktree is gone once the work is handed in.
-    eventually("the worktree is removed", || async {
-        std::fs::read_dir(w.root.path().join("agent/work/worktrees")).map(|d| d.count() == 0).unwrap_or(true)
+    // The attempt's checkout is gone once the work is handed in.
+    eventually("the checkout is removed", || async {
+        std::fs::read_dir(w.root.path().join("agent/work/attempts")).unwrap().count() == 0
     })
     .await;
     drop(agent);
@@ -203,8 +203,8 @@ async fn a_runner_killed_mid_task_gets_its_task_back_when_it_starts_again() {
     assert_eq!(t["task"]["attempt"], 2, "{t}");
     assert_eq!(t["task"]["last_failure"]["class"], "agent_lost", "{t}");
     eventually("the new runner stopped the agent the old one left", || async { !alive(orphan) }).await;
-    let worktrees: Vec<_> = std::fs::read_dir(w.root.path().join("agent/work/worktrees")).unwrap().collect();
-    assert!(worktrees.is_empty(), "{worktrees:?}");
+    let checkouts: Vec<_> = std::fs::read_dir(w.root.path().join("agent/work/attempts")).unwrap().collect();
+    assert!(checkouts.is_empty(), "{checkouts:?}");
 }
 
 /// Kills a process group when dropped.
@@ -240,4 +240,59 @@ fn a_broken_agent_configuration_names_each_bad_key() {
     ] {
         assert!(err.contains(key), "{key} not in:\n{err}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forgejo_outage_when_opening_the_pull_request_does_not_lose_the_pushed_work() {
+    let w = World::new(|c| c.retry.agent_error.max_retries = 0).await;
+    let (issue, task) = w.queued("Outage").await;
+    let (started, go) = (w.root.path().join("started"), w.root.path().join("go"));
+    let _agent = w.agent(&format!(
+        "touch {}; while [ ! -e {} ]; do sleep 0.05; done; echo done > done.txt; echo 'Done despite Forgejo.'",
+        started.display(),
+        go.display()
+    ));
+    eventually("the agent runs", || async { started.exists() }).await;
+    // Forgejo's API fails (git still works) from before the push until 3 s after it refused the pull request:
+    // longer than the Forgejo client's own few quick retries.
+    w.forgejo.fail_requests_until_healed(503).await;
+    std::fs::write(&go, "").unwrap();
+    let pulls = format!("/api/v1/repos/{REPO}/pulls");
+    let refused = || async {
+        w.forgejo.requests().await.iter().filter(|r| r.method == "POST" && r.path == pulls && r.status == 503).count()
+    };
+    eventually("the runner was refused", || async { refused().await >= 1 }).await;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    w.forgejo.heal().await;
+    eventually("the task ends", || async { matches!(w.state(task).await.as_str(), "completed" | "failed") }).await;
+    let t = w.task(task).await;
+    assert_eq!(t["task"]["state"], "completed", "{t}");
+    assert_eq!(t["task"]["attempt"], 1, "no retry was spent: {t}");
+    let pr = t["task"]["receipt"]["pr_number"].as_u64().unwrap();
+    assert_eq!(w.forgejo.pull(REPO, pr).await.head_ref, format!("forgefleet/issue-{issue}-attempt-1"));
+    let opened =
+        w.forgejo.requests().await.iter().filter(|r| r.method == "POST" && r.path == pulls && r.status < 300).count();
+    assert_eq!(opened, 1, "one pull request opened");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_attempt_whose_branch_was_pushed_before_builds_on_it() {
+    let w = World::new(|c| c.retry.agent_error.max_retries = 0).await;
+    let (issue, task) = w.queued("Pushed before").await;
+    // The assigned branch already holds work (an earlier run of this attempt pushed it, then lost the answer).
+    let branch = format!("forgefleet/issue-{issue}-attempt-1");
+    w.repo.git(&["checkout", "-q", "-b", &branch]);
+    let earlier = w.repo.commit(&[("earlier.txt", "pushed before\n")], "Earlier work");
+    w.repo.push(&branch);
+    w.repo.git(&["checkout", "-q", "main"]);
+    let _agent = w.agent("test -e earlier.txt && echo more > more.txt; echo 'Continued.'");
+    eventually("the task ends", || async { matches!(w.state(task).await.as_str(), "completed" | "failed") }).await;
+    let t = w.task(task).await;
+    assert_eq!(t["task"]["state"], "completed", "{t}");
+    let head = t["task"]["receipt"]["head_sha"].as_str().unwrap().to_string();
+    let bare = w.root.path().join("git").join(format!("{REPO}.git"));
+    let parent = support::git::git(&bare, &["rev-parse", &format!("{head}^")]);
+    assert_eq!(parent.trim(), earlier, "the earlier push is kept, not overwritten");
+    let files = support::git::git(&bare, &["diff", "--name-only", "main", &head]);
+    assert_eq!(files.lines().collect::<Vec<_>>(), ["earlier.txt", "more.txt"]);
 }

@@ -4,6 +4,10 @@
 //! runner lives: an agent host outlives server restarts. A refusal (4xx) is returned at once, except 401 on
 //! an agent call: the server no longer knows this agent's token (e.g. it was deregistered by an operator),
 //! so the runner registers again and repeats the call.
+//!
+//! The agent token is kept in `<work_dir>/agent-token` (mode 0600) and presented when registering again, so
+//! a restarted runner gets its name back from a server that still sees it online; without it, the server
+//! refuses a second runner under a live agent's name.
 
 use std::time::Duration;
 
@@ -41,6 +45,8 @@ pub struct FleetClient {
     api: String,
     registration: String,
     register_body: Value,
+    /// `<work_dir>/agent-token`.
+    token_file: std::path::PathBuf,
     token: tokio::sync::RwLock<Registered>,
 }
 
@@ -79,6 +85,7 @@ impl FleetClient {
                 "max_concurrency": a.max_concurrency,
                 "version": env!("CARGO_PKG_VERSION"),
             }),
+            token_file: a.work_dir.join("agent-token"),
             token: Default::default(),
         })
     }
@@ -91,10 +98,27 @@ impl FleetClient {
             // Another call registered while this one waited for the lock.
             return Ok(slot.clone());
         }
-        let answer: Value =
-            self.call(Method::POST, "/agents/register", &self.registration, &self.register_body).await?;
+        let mut body = self.register_body.clone();
+        let kept =
+            std::fs::read_to_string(&self.token_file).ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty());
+        if let Some(kept) = &kept {
+            body["agent_token"] = json!(kept);
+        }
+        let answer: Value = match self.call(Method::POST, "/agents/register", &self.registration, &body).await {
+            // A server older than this runner does not take the field: register as before.
+            Err(ClientError::Refused { status, message, .. })
+                if kept.is_some() && status == StatusCode::BAD_REQUEST && message.contains("agent_token") =>
+            {
+                self.call(Method::POST, "/agents/register", &self.registration, &self.register_body).await?
+            }
+            other => other?,
+        };
         let token = answer["token"].as_str().unwrap_or_default().to_string();
         let secs = answer["heartbeat_interval_secs"].as_u64().unwrap_or(15).max(1);
+        if let Err(e) = keep_token(&self.token_file, &token) {
+            tracing::warn!(file = %self.token_file.display(), error = %e, "cannot keep the agent token; a restart \
+                will need `forgefleet agents forget` while the server still sees this agent online");
+        }
         *slot = Registered { token, heartbeat_interval: Duration::from_secs(secs), generation: seen + 1 };
         tracing::info!(interval_secs = secs, "registered with the server");
         Ok(slot.clone())
@@ -209,4 +233,16 @@ impl FleetClient {
             wait = (wait * 2).min(MAX_BACKOFF);
         }
     }
+}
+
+/// Writes the agent token to `path` with mode 0600 (a new file renamed over the old one).
+fn keep_token(path: &std::path::Path, token: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let tmp = path.with_extension("new");
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+    file.write_all(token.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
 }

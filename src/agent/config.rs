@@ -34,9 +34,12 @@ pub struct AgentSection {
     #[serde(with = "optional")]
     pub server: Option<String>,
     /// The fleet's registration token (`[agents] registration_token` of the server). Secret; env
-    /// `FORGEFLEET_AGENT_REGISTRATION_TOKEN`. Required.
+    /// `FORGEFLEET_AGENT_REGISTRATION_TOKEN`, or `registration_token_file`. Required.
     #[serde(with = "optional")]
     pub registration_token: Option<Secret>,
+    /// A file (mode 0600 or stricter) holding the registration token, instead of `registration_token`.
+    #[serde(with = "optional")]
+    pub registration_token_file: Option<PathBuf>,
     /// `command`, `claude-code` or `codex`. Default: `"command"`.
     pub adapter: AdapterKind,
     /// What this agent can do; tasks with `needs:<capability>` labels go only to agents that have them.
@@ -53,9 +56,21 @@ pub struct AgentSection {
     /// model for ever. Default: `0` (only the task's deadline stops it).
     pub idle_timeout_secs: u64,
     /// A Forgejo API token of the agent's Forgejo user: it pushes the branch and opens the pull request.
-    /// Secret; env `FORGEFLEET_AGENT_FORGEJO_TOKEN`. Required.
+    /// Secret; env `FORGEFLEET_AGENT_FORGEJO_TOKEN`, or `forgejo_token_file`. Required.
     #[serde(with = "optional")]
     pub forgejo_token: Option<Secret>,
+    /// A file (mode 0600 or stricter) holding the Forgejo token, instead of `forgejo_token`.
+    #[serde(with = "optional")]
+    pub forgejo_token_file: Option<PathBuf>,
+    /// The Forgejo the runner opens pull requests on, e.g. `"https://forgejo.example.com"`: the only place
+    /// its Forgejo token goes to, whatever an assignment says. Required.
+    #[serde(with = "optional")]
+    pub forgejo_url: Option<String>,
+    /// Where the runner may fetch and push with its token, when git is served elsewhere (the server's
+    /// `[forgejo] git_url`). An assignment's `clone_url` must have the scheme, host and port of this or of
+    /// `forgejo_url`. Default: unset (`forgejo_url` only).
+    #[serde(with = "optional")]
+    pub git_url: Option<String>,
     /// A PEM file of extra CA certificates to trust, for the server, the Forgejo API and git over HTTPS.
     /// Default: unset.
     #[serde(with = "optional")]
@@ -68,6 +83,7 @@ impl Default for AgentSection {
             name: None,
             server: None,
             registration_token: None,
+            registration_token_file: None,
             adapter: AdapterKind::Command,
             capabilities: Vec::new(),
             max_concurrency: 1,
@@ -75,6 +91,9 @@ impl Default for AgentSection {
             wait_secs: 30,
             idle_timeout_secs: 0,
             forgejo_token: None,
+            forgejo_token_file: None,
+            forgejo_url: None,
+            git_url: None,
             ca_file: None,
         }
     }
@@ -101,12 +120,13 @@ pub struct GitSection {
 }
 
 impl AgentConfig {
-    /// Reads and checks the file; secrets in the environment win over the file.
-    pub fn load(path: &Path) -> Result<AgentConfig, ConfigErrors> {
+    /// Reads and checks the file; secrets in `env` (the environment, or what the runner's first process
+    /// passed on: see [`super::secrets`]) win over the file.
+    pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<AgentConfig, ConfigErrors> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             ConfigError::new(path.display().to_string(), format!("cannot read the configuration file: {e}"))
         })?;
-        Self::from_toml_str(&text, &|name| std::env::var(name).ok())
+        Self::from_toml_str(&text, env)
     }
 
     pub fn from_toml_str(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<AgentConfig, ConfigErrors> {
@@ -118,10 +138,25 @@ impl AgentConfig {
             "codex" => section(value, &mut c.codex),
             _ => section(value, &mut c.git),
         });
-        for (var, slot) in [
-            ("FORGEFLEET_AGENT_REGISTRATION_TOKEN", &mut c.agent.registration_token),
-            ("FORGEFLEET_AGENT_FORGEJO_TOKEN", &mut c.agent.forgejo_token),
+        let a = &mut c.agent;
+        for (var, key, slot, file) in [
+            (
+                super::secrets::REGISTRATION_TOKEN,
+                "agent.registration_token",
+                &mut a.registration_token,
+                &a.registration_token_file,
+            ),
+            (super::secrets::FORGEJO_TOKEN, "agent.forgejo_token", &mut a.forgejo_token, &a.forgejo_token_file),
         ] {
+            if let Some(path) = file {
+                if slot.is_some() {
+                    problems.push(ConfigError::new(key, format!("is given twice: here and in {key}_file")));
+                }
+                match super::secrets::read_file(path) {
+                    Ok(v) => *slot = Some(v),
+                    Err(e) => problems.push(ConfigError::new(format!("{key}_file"), e)),
+                }
+            }
             if let Some(v) = env(var).filter(|v| !v.is_empty()) {
                 *slot = Some(Secret::new(v));
             }
@@ -147,15 +182,25 @@ impl AgentConfig {
         if a.registration_token.is_none() {
             p.add(
                 "agent.registration_token",
-                "is required (or FORGEFLEET_AGENT_REGISTRATION_TOKEN): the server's [agents] registration_token",
+                "is required (or registration_token_file, or FORGEFLEET_AGENT_REGISTRATION_TOKEN): the server's \
+                 [agents] registration_token",
             );
         }
         if a.forgejo_token.is_none() {
             p.add(
                 "agent.forgejo_token",
-                "is required (or FORGEFLEET_AGENT_FORGEJO_TOKEN): a Forgejo token that may push and open pull requests",
+                "is required (or forgejo_token_file, or FORGEFLEET_AGENT_FORGEJO_TOKEN): a Forgejo token that may \
+                 push and open pull requests",
             );
         }
+        if a.forgejo_url.is_none() {
+            p.add(
+                "agent.forgejo_url",
+                "is required: the Forgejo the runner's token may be sent to, e.g. \"https://forgejo.example.com\"",
+            );
+        }
+        p.url("agent.forgejo_url", a.forgejo_url.as_deref());
+        p.url("agent.git_url", a.git_url.as_deref());
         p.positive("agent.max_concurrency", u64::from(a.max_concurrency));
         if a.work_dir.as_os_str().is_empty() {
             p.add("agent.work_dir", "must not be empty");
@@ -191,6 +236,11 @@ impl AgentConfig {
         self.agent.name.as_deref().unwrap_or_default()
     }
 
+    /// Where the runner's Forgejo token may go: the `(scheme, host, port)` of `forgejo_url` and `git_url`.
+    pub fn token_origins(&self) -> Vec<Origin> {
+        [&self.agent.forgejo_url, &self.agent.git_url].into_iter().flatten().filter_map(|u| Origin::of(u)).collect()
+    }
+
     pub fn ca(&self) -> Result<Option<CaBundle>, String> {
         self.agent.ca_file.as_deref().map(CaBundle::load).transpose()
     }
@@ -200,6 +250,42 @@ impl AgentConfig {
         let email =
             self.git.author_email.clone().unwrap_or_else(|| format!("{}@agents.forgefleet.invalid", self.name()));
         (name, email)
+    }
+}
+
+/// The scheme, host and port of a URL: what must match before a token is sent to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub scheme: String,
+    pub host: String,
+    pub port: Option<u16>,
+}
+
+impl Origin {
+    /// `None` for anything but a plain `http(s)://host[:port]/path` URL: no user or password, query or
+    /// fragment.
+    pub fn of(url: &str) -> Option<Origin> {
+        let parsed = reqwest::Url::parse(url).ok()?;
+        let plain = matches!(parsed.scheme(), "http" | "https")
+            && parsed.username().is_empty()
+            && parsed.password().is_none()
+            && parsed.query().is_none()
+            && parsed.fragment().is_none();
+        plain.then(|| Origin {
+            scheme: parsed.scheme().to_string(),
+            host: parsed.host_str().unwrap_or_default().to_ascii_lowercase(),
+            port: parsed.port_or_known_default(),
+        })
+    }
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}://{}", self.scheme, self.host)?;
+        match self.port {
+            Some(p) => write!(f, ":{p}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -215,6 +301,7 @@ mod tests {
 [agent]
 name = "builder-1"
 server = "http://127.0.0.1:8080"
+forgejo_url = "http://127.0.0.1:3000"
 registration_token = "reg"
 forgejo_token = "fj"
 capabilities = ["rust"]
@@ -247,6 +334,7 @@ run = ["sh", "-c", "true"]
             "agent.server",
             "agent.registration_token",
             "agent.forgejo_token",
+            "agent.forgejo_url",
             "agent.max_concurrency",
             "command.run",
         ] {
@@ -275,5 +363,38 @@ run = ["sh", "-c", "true"]
         let env = |n: &str| Some(format!("from-{n}"));
         let c = AgentConfig::from_toml_str(&text, &env).unwrap();
         assert_eq!(c.agent.forgejo_token.unwrap().expose(), "from-FORGEFLEET_AGENT_FORGEJO_TOKEN");
+    }
+
+    #[test]
+    fn secrets_come_from_files_only_their_owner_can_read() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("forgejo-token");
+        std::fs::write(&file, "from-file\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let text = GOOD.replace("forgejo_token = \"fj\"", &format!("forgejo_token_file = {:?}", file));
+        let c = AgentConfig::from_toml_str(&text, &no_env).unwrap();
+        assert_eq!(c.agent.forgejo_token.unwrap().expose(), "from-file");
+
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = AgentConfig::from_toml_str(&text, &no_env).unwrap_err();
+        assert_eq!(err.0[0].key, "agent.forgejo_token_file", "{err}");
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+
+        let both =
+            GOOD.replace("forgejo_token = \"fj\"", &format!("forgejo_token = \"fj\"\nforgejo_token_file = {:?}", file));
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o400)).unwrap();
+        let err = AgentConfig::from_toml_str(&both, &no_env).unwrap_err();
+        assert!(err.to_string().contains("given twice"), "{err}");
+    }
+
+    #[test]
+    fn only_plain_http_urls_have_an_origin() {
+        let o = Origin::of("https://Forgejo.example.com/git/").unwrap();
+        assert_eq!(o.to_string(), "https://forgejo.example.com:443");
+        assert_eq!(Origin::of("http://h:3000/a/b.git").unwrap().port, Some(3000));
+        for bad in ["--upload-pack=x", "ext::sh -c x", "file:///etc", "https://u:p@h/", "https://h/?q", "ssh://h/x"] {
+            assert!(Origin::of(bad).is_none(), "{bad}");
+        }
     }
 }

@@ -1,10 +1,12 @@
 //! `forgefleet agent`: the runner on an agent host. It registers with the server, heartbeats, long-polls
-//! for assignments while it has free slots, and does each one in a worktree of its own (see [`task`]):
+//! for assignments while it has free slots, and does each one in a checkout of its own (see [`task`]):
 //! the adapter runs the coding agent, the runner commits what it left, pushes the attempt's branch, opens
 //! the pull request and hands in the receipt. Cancellations come back in heartbeat answers; on SIGINT or
 //! SIGTERM it stops its agents and deregisters, so the server re-queues their tasks at once.
 
 pub mod config;
+
+pub mod secrets;
 
 mod client;
 mod process;
@@ -33,6 +35,10 @@ pub struct Runner {
     workspace: Workspace,
     adapter: Arc<dyn Adapter>,
     forgejo_token: Secret,
+    /// `agent.forgejo_url`: where pull requests are opened.
+    forgejo_url: String,
+    /// Where the Forgejo token may go (see [`config::AgentConfig::token_origins`]).
+    token_origins: Vec<config::Origin>,
     ca: Option<CaBundle>,
     /// Running tasks and the switch that stops each.
     running: Mutex<HashMap<TaskId, watch::Sender<bool>>>,
@@ -64,6 +70,8 @@ impl Runner {
             workspace: Workspace::new(&work_dir, token.expose(), config.agent.ca_file.as_deref(), config.author()),
             adapter: adapters::build(config),
             forgejo_token: token,
+            forgejo_url: config.agent.forgejo_url.clone().unwrap_or_default(),
+            token_origins: config.token_origins(),
             ca,
             running: Mutex::default(),
             freed: Notify::new(),

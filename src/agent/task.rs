@@ -1,5 +1,9 @@
-//! One assignment from acknowledgement to receipt: start, worktree, agent, commit, push, pull request,
-//! receipt. Every way out reports to the server (or knows why it need not) and removes the worktree.
+//! One assignment from acknowledgement to receipt: check, start, checkout, agent, commit, push, pull
+//! request, receipt. Every way out reports to the server (or knows why it need not) and removes the checkout.
+//!
+//! The assignment is input from the network: every field the runner uses is checked before use (see
+//! [`Checked`]), so a compromised or impersonated server cannot send the Forgejo token elsewhere or put an
+//! option where git expects a URL.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,6 +16,7 @@ use super::process::{self, RunEnd};
 use crate::adapters::{Finished, Job, Outcome, describe};
 use crate::api::AssignmentView;
 use crate::core::{FailureClass, RepoName};
+use crate::integrations::forgejo::client::RetryPolicy;
 use crate::integrations::forgejo::{ForgejoClient, ForgejoError};
 
 /// Progress lines sent in one request, and how often a batch goes out.
@@ -19,6 +24,79 @@ const BATCH_LINES: usize = 100;
 const BATCH_EVERY: Duration = Duration::from_secs(2);
 /// The server refuses longer lines.
 const MAX_LINE_BYTES: usize = 4000;
+/// How long the runner keeps trying to open the pull request for pushed work while Forgejo answers 5xx or
+/// 429, or cannot be reached, and the longest wait between two tries.
+const PULL_PATIENCE: Duration = Duration::from_secs(180);
+const PULL_MAX_WAIT: Duration = Duration::from_secs(30);
+/// Bounds on what the runner takes from an assignment.
+const MAX_TITLE_BYTES: usize = 1024;
+const MAX_PROMPT_BYTES: usize = 8 << 20;
+const MAX_BRANCH_BYTES: usize = 200;
+
+/// The fields of an assignment the runner acts on, checked.
+pub struct Checked {
+    pub repo: RepoName,
+    /// On the Forgejo (or git server) of the runner's own configuration.
+    pub clone_url: String,
+}
+
+/// Checks what the runner takes from the assignment before any of it is used: the repository's name before
+/// a path is made of it, the clone URL's scheme, host and port against the runner's `forgejo_url` and
+/// `git_url` (the token goes nowhere else), branch names (no option, nothing git would refuse), sizes.
+pub fn check(a: &AssignmentView, origins: &[super::config::Origin]) -> Result<Checked, String> {
+    let repo = RepoName::parse(&a.repo).map_err(|e| format!("its repository: {e}"))?;
+    let Some(clone_url) = a.clone_url.as_deref() else {
+        return Err("it has no clone URL: the server has no Forgejo URL configured ([forgejo] url)".into());
+    };
+    let shown: String = clone_url.chars().take(200).collect();
+    match super::config::Origin::of(clone_url) {
+        Some(o) if origins.contains(&o) => {}
+        Some(o) => {
+            let allowed: Vec<String> = origins.iter().map(|o| o.to_string()).collect();
+            return Err(format!(
+                "its clone URL {shown:?} is on {o}, not on this runner's Forgejo ({}; agent.forgejo_url and \
+                 agent.git_url): the token is sent nowhere else",
+                allowed.join(", ")
+            ));
+        }
+        None => return Err(format!("its clone URL {shown:?} is not a plain http(s) URL")),
+    }
+    for (what, name) in [("branch", &a.branch), ("base branch", &a.base_branch)] {
+        branch_name(name)
+            .map_err(|why| format!("its {what} {:?}: {why}", name.chars().take(100).collect::<String>()))?;
+    }
+    if a.title.len() > MAX_TITLE_BYTES {
+        return Err(format!("its title is longer than {MAX_TITLE_BYTES} bytes"));
+    }
+    if a.prompt.len() > MAX_PROMPT_BYTES {
+        return Err(format!("its prompt is longer than {} MiB", MAX_PROMPT_BYTES >> 20));
+    }
+    if a.issue == 0 {
+        return Err("its issue number is 0".into());
+    }
+    Ok(Checked { repo, clone_url: clone_url.to_string() })
+}
+
+/// A branch name git takes (a conservative subset of `git check-ref-format --branch`), never an option.
+fn branch_name(name: &str) -> Result<(), &'static str> {
+    let ok_chars = name.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
+    if name.is_empty() || name.len() > MAX_BRANCH_BYTES {
+        return Err("must be 1 to 200 characters");
+    }
+    if name.starts_with('-') {
+        return Err("must not begin with '-'");
+    }
+    if !ok_chars {
+        return Err("may hold only letters, digits, '-', '_', '.' and '/'");
+    }
+    if name.contains("..") || name.ends_with('/') || name.ends_with(".lock") || name.ends_with('.') {
+        return Err("is not a valid branch name");
+    }
+    if name.split('/').any(|p| p.is_empty() || p.starts_with('.')) {
+        return Err("is not a valid branch name");
+    }
+    Ok(())
+}
 
 /// Why the work stopped short, as the server should hear it.
 struct Failure {
@@ -35,13 +113,17 @@ impl Failure {
 /// Does the assignment; returns when the server has been told how it went.
 pub async fn work(runner: Arc<Runner>, a: AssignmentView, cancel: watch::Receiver<bool>) {
     let (task, attempt) = (a.task_id, a.attempt);
+    let checked = check(&a, &runner.token_origins);
     if let Err(e) = runner.client.start(task, attempt).await {
         tracing::warn!(%task, attempt, error = %e, "the server did not let this attempt start; dropping it");
         return;
     }
     tracing::info!(%task, attempt, repo = %a.repo, issue = a.issue, "working on a task");
     let started = Instant::now();
-    let (worktree, result) = attempt_work(&runner, &a, cancel, started).await;
+    let (checkout, result) = match checked {
+        Ok(checked) => attempt_work(&runner, &a, &checked, cancel, started).await,
+        Err(why) => (None, Err(Failure::agent(format!("the runner refused the assignment: {why}")))),
+    };
     match result {
         Ok(Some(receipt)) => match runner.client.receipt(&receipt).await {
             Ok(()) => tracing::info!(%task, attempt, pr = %receipt["pr_number"], "receipt submitted"),
@@ -55,40 +137,36 @@ pub async fn work(runner: Arc<Runner>, a: AssignmentView, cancel: watch::Receive
             }
         }
     }
-    if let Some(wt) = worktree {
-        runner.workspace.remove(&wt.cache, &wt.path).await;
+    if let Some(co) = checkout {
+        runner.workspace.remove(&co).await;
     }
 }
 
-type Attempted = (Option<super::workspace::Worktree>, Result<Option<serde_json::Value>, Failure>);
+type Attempted = (Option<super::workspace::Checkout>, Result<Option<serde_json::Value>, Failure>);
 
 async fn attempt_work(
     runner: &Runner,
     a: &AssignmentView,
+    checked: &Checked,
     cancel: watch::Receiver<bool>,
     started: Instant,
 ) -> Attempted {
-    let (Some(clone_url), Some(forgejo_url)) = (a.clone_url.as_deref(), a.forgejo_url.as_deref()) else {
-        return (None, Err(Failure::agent("the server has no Forgejo URL configured ([forgejo] url)")));
-    };
     let name = format!("task-{}-attempt-{}", a.task_id, a.attempt);
-    let wt = match runner.workspace.prepare(clone_url, &a.repo, &a.base_branch, &a.branch, &name).await {
-        Ok(wt) => wt,
+    let co = match runner.workspace.prepare(&checked.clone_url, &checked.repo, &a.base_branch, &a.branch, &name).await {
+        Ok(co) => co,
         Err(e) => return (None, Err(Failure::agent(e.0))),
     };
-    let result = run_agent(runner, a, &wt, cancel, started, clone_url, forgejo_url).await;
-    (Some(wt), result)
+    let result = run_agent(runner, a, checked, &co, cancel, started).await;
+    (Some(co), result)
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn run_agent(
     runner: &Runner,
     a: &AssignmentView,
-    wt: &super::workspace::Worktree,
+    checked: &Checked,
+    wt: &super::workspace::Checkout,
     cancel: watch::Receiver<bool>,
     started: Instant,
-    clone_url: &str,
-    forgejo_url: &str,
 ) -> Result<Option<serde_json::Value>, Failure> {
     let job = Job {
         prompt: &a.prompt,
@@ -103,7 +181,7 @@ async fn run_agent(
     let (tx, rx) = mpsc::channel(1024);
     let forward = tokio::spawn(forward_progress(runner.client.clone(), a.task_id, a.attempt, rx));
     let env = runner.workspace.author_env();
-    let pid_file = runner.workspace.pid_file(&wt.path);
+    let pid_file = runner.workspace.pid_file(wt);
     let idle = runner.idle_timeout;
     let end = process::run(&runner.adapter, &job, &pid_file, &env, tx, cancel, limit, idle).await;
     let _ = forward.await;
@@ -146,8 +224,8 @@ async fn run_agent(
         }
         Err(e) => return Err(Failure::agent(e.0)),
     };
-    runner.workspace.push(wt, clone_url, &a.branch).await.map_err(|e| Failure::agent(e.0))?;
-    let pr = open_pull(runner, forgejo_url, a, &finished).await.map_err(Failure::agent)?;
+    runner.workspace.push(wt, &checked.clone_url, &head, &a.branch).await.map_err(|e| Failure::agent(e.0))?;
+    let pr = open_pull(runner, &checked.repo, a, &finished).await.map_err(Failure::agent)?;
     Ok(Some(json!({
         "task_id": a.task_id,
         "attempt": a.attempt,
@@ -161,24 +239,56 @@ async fn run_agent(
     })))
 }
 
-/// Opens the pull request, or finds the one an earlier try of the same request already opened.
-async fn open_pull(runner: &Runner, forgejo_url: &str, a: &AssignmentView, f: &Finished) -> Result<u64, String> {
-    let repo = RepoName::parse(&a.repo).map_err(|e| format!("the assignment's repository: {e}"))?;
-    let client = ForgejoClient::new(forgejo_url, runner.forgejo_token.clone(), runner.ca.as_ref())
-        .map_err(|e| format!("cannot build the Forgejo client: {e}"))?;
+/// Opens the pull request, or finds the one an earlier try opened. The work is pushed by then, so a Forgejo
+/// that fails (5xx, 429, unreachable) is tried again with backoff for up to [`PULL_PATIENCE`], each new try
+/// first looking for a pull request from the branch (a try whose answer was lost may have opened it).
+async fn open_pull(runner: &Runner, repo: &RepoName, a: &AssignmentView, f: &Finished) -> Result<u64, String> {
+    // The runner's own Forgejo, never the assignment's `forgejo_url`; one request per try (retries are here).
+    let client = ForgejoClient::new(&runner.forgejo_url, runner.forgejo_token.clone(), runner.ca.as_ref())
+        .map_err(|e| format!("cannot build the Forgejo client: {e}"))?
+        .with_retry(RetryPolicy { attempts: 1, first_wait: Duration::ZERO });
     let summary = if f.summary.trim().is_empty() { "The agent gave no summary." } else { f.summary.trim() };
     let body =
         format!("{summary}\n\nFixes #{}\n\n<!-- forgefleet:task-{}:attempt-{}:pull -->", a.issue, a.task_id, a.attempt);
-    match client.create_pull(&repo, &a.branch, &a.base_branch, &a.title, &body).await {
-        Ok(pr) => Ok(pr.number),
-        Err(ForgejoError::Http { status, .. }) if status.as_u16() == 409 => {
-            let open = client.open_pulls(&repo).await.map_err(|e| format!("listing pull requests: {e}"))?;
-            open.iter()
-                .find(|p| p.head.name == a.branch && p.base.name == a.base_branch)
-                .map(|p| p.number)
-                .ok_or_else(|| format!("Forgejo says a pull request from {} exists, but none is open", a.branch))
+    let find = async || -> Result<Option<u64>, ForgejoError> {
+        let open = client.open_pulls(repo).await?;
+        Ok(open.iter().find(|p| p.head.name == a.branch && p.base.name == a.base_branch).map(|p| p.number))
+    };
+    let give_up = Instant::now() + PULL_PATIENCE;
+    let mut wait = Duration::from_secs(1);
+    let mut tries = 0u32;
+    loop {
+        tries += 1;
+        let earlier = if tries > 1 { find().await } else { Ok(None) };
+        let outcome = match earlier {
+            Ok(Some(n)) => return Ok(n),
+            Ok(None) => client.create_pull(repo, &a.branch, &a.base_branch, &a.title, &body).await.map(|p| p.number),
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(n) => return Ok(n),
+            Err(e) if e.status().is_some_and(|s| s.as_u16() == 409) => {
+                return find()
+                    .await
+                    .map_err(|e| format!("listing pull requests: {e}"))?
+                    .ok_or_else(|| format!("Forgejo says a pull request from {} exists, but none is open", a.branch));
+            }
+            Err(e) if transient(&e) && Instant::now() + wait < give_up => {
+                tracing::warn!(task = %a.task_id, error = %e, retry_in_s = wait.as_secs(), "cannot open the pull request yet; the work is pushed, trying again");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(PULL_MAX_WAIT);
+            }
+            Err(e) => return Err(format!("opening the pull request ({tries} tries; {} is pushed): {e}", a.branch)),
         }
-        Err(e) => Err(format!("opening the pull request: {e}")),
+    }
+}
+
+/// Forgejo could not answer now: a 5xx, a 429, or no answer at all.
+fn transient(e: &ForgejoError) -> bool {
+    match e {
+        ForgejoError::Http { status, .. } => status.is_server_error() || status.as_u16() == 429,
+        ForgejoError::Network { .. } => true,
+        ForgejoError::Decode { .. } => false,
     }
 }
 

@@ -40,6 +40,8 @@ pub struct World {
     pub forgejo: FakeForgejo,
     pub fleet: Fleet,
     pub repo: TestRepo,
+    /// The base URL of the git server (the server's `[forgejo] git_url`).
+    pub git_url: String,
     _git: GitServer,
     pub root: tempfile::TempDir,
 }
@@ -72,7 +74,7 @@ impl World {
         .await;
         let hook = format!("{}/api/v1/webhooks/forgejo", fleet.base);
         forgejo.add_hook(REPO, &hook, WEBHOOK_SECRET, &["issues", "issue_comment", "pull_request"]).await;
-        World { forgejo, fleet, repo, _git: git, root }
+        World { forgejo, fleet, repo, git_url: git.base_url(), _git: git, root }
     }
 
     /// An issue labelled `status:todo`, queued by forgefleet from Forgejo's webhook; returns (issue, task id).
@@ -108,8 +110,10 @@ impl World {
         let config = dir.join("agent.toml");
         let text = format!(
             "[agent]\nname = \"a1\"\nadapter = {adapter:?}\nserver = {:?}\nregistration_token = {REGISTRATION_TOKEN:?}\n\
-             work_dir = {:?}\nwait_secs = 1\n\n{sections}",
+             forgejo_url = {:?}\ngit_url = {:?}\nwork_dir = {:?}\nwait_secs = 1\n\n{sections}",
             self.fleet.base,
+            self.forgejo.url(),
+            self.git_url,
             dir.join("work"),
         );
         std::fs::write(&config, text).unwrap();
@@ -150,6 +154,11 @@ impl AgentHost {
             .spawn()
             .unwrap();
         AgentHost { child: Some(child), log: log.to_path_buf() }
+    }
+
+    /// The runner's process id (the same after it re-executes itself without its secrets).
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or_default()
     }
 
     pub fn log(&self) -> String {
