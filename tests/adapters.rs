@@ -10,6 +10,10 @@ use support::eventually;
 use support::model::{INPUT_TOKENS, ModelServer, OUTPUT_TOKENS, Script, Step, user_text};
 use support::runner::World;
 
+/// The scripted provider's key variable is not one of Codex's own (`OPENAI_*`, `CODEX_*`): the runner passes it
+/// on only when told to.
+const CODEX_KEY: &str = "env_passthrough = [\"FORGEFLEET_TEST_MODEL_KEY\"]\n";
+
 #[tokio::test(flavor = "multi_thread")]
 async fn claude_code_resolves_an_issue_through_the_runner() {
     let w = World::new(|_| {}).await;
@@ -90,7 +94,7 @@ async fn codex_resolves_an_issue_through_the_runner_which_commits_for_it() {
     let model =
         ModelServer::start(Script::new(vec![Step::write("greeting.txt", "hello\n"), Step::say("Added greeting.txt.")]));
     // workspace-write: codex may not write .git, so the runner makes the commit.
-    let sections = format!("[codex]\nprogram = {:?}\nsandbox = \"workspace-write\"\n", clis::codex());
+    let sections = format!("{CODEX_KEY}\n[codex]\nprogram = {:?}\nsandbox = \"workspace-write\"\n", clis::codex());
     let _agent = w.agent_with(&sections, "codex", &model.codex_home(&w.root.path().join("codex-home")));
     eventually("the task is completed", || async { w.state(task).await == "completed" }).await;
     let detail = w.task(task).await;
@@ -112,7 +116,7 @@ async fn codex_errors_fail_the_attempt_with_the_providers_words() {
     let w = World::new(|c| c.retry.agent_error.max_retries = 0).await;
     let (_, task) = w.queued("Unlucky codex").await;
     let model = ModelServer::start(Script::new(vec![Step::http_error(400, "the scripted model refuses")]));
-    let sections = format!("[codex]\nprogram = {:?}\n", clis::codex());
+    let sections = format!("{CODEX_KEY}\n[codex]\nprogram = {:?}\n", clis::codex());
     let _agent = w.agent_with(&sections, "codex", &model.codex_home(&w.root.path().join("codex-home")));
     eventually("the task failed", || async { w.state(task).await == "failed" }).await;
     let t = w.task(task).await;

@@ -194,6 +194,39 @@ impl Drop for AgentHost {
     }
 }
 
+/// The host's process ids whose command line has an argument containing `marker` (the agent's processes
+/// run in a PID namespace of their own: the ids they see of themselves mean nothing outside).
+pub fn pids_with(marker: &str) -> Vec<i32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if pid != std::process::id() as i32
+            && cmdline.split(|b| *b == 0).any(|arg| String::from_utf8_lossy(arg).contains(marker))
+            && alive(pid)
+        {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+impl World {
+    /// The checkouts (worktrees) of the attempts running now.
+    pub fn checkouts(&self) -> Vec<PathBuf> {
+        let dir = self.root.path().join("agent/work/worktrees");
+        let mut found: Vec<PathBuf> =
+            std::fs::read_dir(dir).into_iter().flatten().flatten().map(|e| e.path()).collect();
+        found.sort();
+        found
+    }
+
+    /// The running checkouts that hold `file`.
+    pub fn checkouts_with(&self, file: &str) -> Vec<PathBuf> {
+        self.checkouts().into_iter().filter(|c| c.join(file).exists()).collect()
+    }
+}
+
 pub fn alive(pid: i32) -> bool {
     // A zombie still answers kill(0); a reaped or killed-and-reaped process does not.
     let status = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
