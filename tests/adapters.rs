@@ -123,3 +123,33 @@ async fn codex_errors_fail_the_attempt_with_the_providers_words() {
     let message = t["task"]["last_failure"]["message"].as_str().unwrap();
     assert!(message.contains("the scripted model refuses"), "{message}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn claude_code_may_bypass_its_permissions_inside_the_sandbox_where_it_is_not_root() {
+    // The runner here may be root: Claude Code refuses bypassPermissions to root, and runs it for the sandbox's
+    // unprivileged user (no IS_SANDBOX needed).
+    let w = World::new(|_| {}).await;
+    let (_, task) = w.queued("Run a shell").await;
+    let model = ModelServer::start(Script::new(vec![Step::shell("echo hi > hi.txt"), Step::say("Said hi.")]));
+    let sections = format!("[claude]\nprogram = {:?}\npermission_mode = \"bypassPermissions\"\n", clis::claude());
+    let _agent = w.agent_with(&sections, "claude-code", &model.claude_env(&w.root.path().join("claude-home")));
+    eventually("the task is completed", || async { w.state(task).await == "completed" }).await;
+    let t = w.task(task).await;
+    let files: Vec<&str> =
+        t["task"]["validation"]["files"].as_array().unwrap().iter().filter_map(|f| f["path"].as_str()).collect();
+    assert_eq!(files, ["hi.txt"], "{t}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn codex_in_bypass_mode_works_inside_forgefleets_sandbox() {
+    let w = World::new(|_| {}).await;
+    let (_, task) = w.queued("Bypass").await;
+    let model = ModelServer::start(Script::new(vec![Step::write("bypass.txt", "free\n"), Step::say("Wrote it.")]));
+    let sections = format!("{CODEX_KEY}\n[codex]\nprogram = {:?}\nsandbox = \"bypass\"\n", clis::codex());
+    let _agent = w.agent_with(&sections, "codex", &model.codex_home(&w.root.path().join("codex-home")));
+    eventually("the task is completed", || async { w.state(task).await == "completed" }).await;
+    let t = w.task(task).await;
+    let files: Vec<&str> =
+        t["task"]["validation"]["files"].as_array().unwrap().iter().filter_map(|f| f["path"].as_str()).collect();
+    assert_eq!(files, ["bypass.txt"], "{t}");
+}

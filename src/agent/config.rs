@@ -304,6 +304,31 @@ run = ["sh", "-c", "true"]
     }
 
     #[test]
+    fn codex_bypass_needs_forgefleets_sandbox() {
+        let text = format!("{GOOD}\n[codex]\nsandbox = \"bypass\"\n");
+        assert!(AgentConfig::from_toml_str(&text, &no_env).is_ok());
+        let text = text.replace("[command]", "sandbox = \"none\"\n\n[command]");
+        let err = AgentConfig::from_toml_str(&text, &no_env).unwrap_err();
+        assert_eq!(err.0.len(), 1, "{err}");
+        assert_eq!(err.0[0].key, "codex.sandbox");
+        assert!(err.0[0].to_string().contains("only inside forgefleet's"), "{err}");
+    }
+
+    #[test]
+    fn sandbox_keys_are_checked() {
+        let text = GOOD.replace(
+            "[command]",
+            "sandbox = \"none\"\nnetwork = \"none\"\nsandbox_paths = [\"opt/x\"]\nenv_passthrough = [\"A=B\"]\n\n[command]",
+        );
+        let err = AgentConfig::from_toml_str(&text, &no_env).unwrap_err();
+        let keys: Vec<&str> = err.0.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["agent.sandbox_paths", "agent.env_passthrough"], "{err}");
+        let err = AgentConfig::from_toml_str(&GOOD.replace("[command]", "sandbox = \"docker\"\n[command]"), &no_env)
+            .unwrap_err();
+        assert!(err.to_string().contains("sandbox"), "{err}");
+    }
+
+    #[test]
     fn secrets_come_from_the_environment_too() {
         let text = GOOD.replace("registration_token = \"reg\"\n", "").replace("forgejo_token = \"fj\"\n", "");
         assert!(AgentConfig::from_toml_str(&text, &no_env).is_err());
