@@ -7,8 +7,9 @@ mod support;
 
 use std::process::Command;
 
+use forgefleet::agent::check::{self, Forgejo as Check};
 use support::eventually;
-use support::runner::{AGENT_TOKEN, REPO, World};
+use support::runner::{AGENT_TOKEN, AGENT_USER, REPO, World};
 
 /// Tries each attack and writes one line per attack into `attempts.txt`: `<attack>: <what happened>`.
 /// `RUNNER`, `CONFIG` and `WORK` are filled in by the test; the runner's host pid comes in the prompt.
@@ -155,4 +156,57 @@ fn without_a_sandbox_the_runner_starts_and_warns() {
     assert_eq!(code, None, "it kept running, trying to reach the server: {err}");
     assert!(err.contains("sandbox = \\\"none\\\"") || err.contains("sandbox = \"none\""), "{err}");
     assert!(err.contains("can read its configuration"), "{err}");
+}
+
+fn check_config(server: &str, token: &str, work: &std::path::Path) -> forgefleet::agent::config::AgentConfig {
+    let text = format!(
+        "[agent]\nname = \"a1\"\nserver = {server:?}\nregistration_token = \"r\"\nforgejo_token = {token:?}\n\
+         work_dir = {work:?}\n\n[command]\nrun = [\"sh\", \"-c\", \"true\"]\n"
+    );
+    forgefleet::agent::config::AgentConfig::from_toml_str(&text, &|_| None).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_check_says_ok_for_each_part_that_works_and_why_for_each_that_does_not() {
+    let w = World::new(|_| {}).await;
+    let work = w.root.path().join("check-work");
+    let git_url = w.git.base_url();
+    let target = Check { url: Some(w.forgejo.url()), git_url: Some(&git_url), repo: Some(REPO) };
+    let lines = check::report(&check_config(&w.fleet.base, AGENT_TOKEN, &work), target).await;
+    let shown: Vec<String> = lines.iter().map(ToString::to_string).collect();
+    assert!(lines.iter().all(|l| l.result.is_ok()), "{shown:#?}");
+    let whats: Vec<&str> = lines.iter().map(|l| l.what).collect();
+    assert_eq!(whats, ["sandbox", "adapter", "server", "forgejo token", "forgejo repository", "git push"]);
+    assert!(shown[0].starts_with("sandbox: ok (bubblewrap 0.") && shown[0].ends_with("namespaces work)"), "{shown:?}");
+    assert!(shown[1].contains("command: /") && shown[1].ends_with("/sh)"), "{shown:?}");
+    assert!(shown[3].contains(AGENT_USER), "{shown:?}");
+    // Nothing was pushed: the probe is a dry run.
+    assert_eq!(w.repo.remote_ref("refs/heads/forgefleet/check-push"), None);
+
+    // The server unreachable, the token refused by Forgejo and by git.
+    let lines = check::report(&check_config("http://127.0.0.1:9", "wrong-token", &work), target).await;
+    let shown: Vec<String> = lines.iter().map(ToString::to_string).collect();
+    assert!(lines[0].result.is_ok() && lines[1].result.is_ok(), "{shown:?}");
+    assert!(shown[2].starts_with("server: GET http://127.0.0.1:9/healthz"), "{shown:?}");
+    assert!(shown[3].starts_with("forgejo token: GET ") && shown[3].contains("401"), "{shown:?}");
+    assert!(lines.iter().skip(4).all(|l| l.result.is_err()), "{shown:?}");
+}
+
+#[test]
+fn agent_check_on_the_command_line_prints_a_line_each_and_fails_when_one_is_not_ok() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    let text = format!(
+        "[agent]\nname = \"a1\"\nserver = \"http://127.0.0.1:9\"\nregistration_token = \"r\"\nforgejo_token = \"f\"\n\
+         work_dir = {:?}\n\n[command]\nrun = [\"sh\", \"-c\", \"true\"]\n",
+        dir.path().join("work")
+    );
+    std::fs::write(&config, text).unwrap();
+    let out = Command::new(support::binary()).args(["agent", "--check", "--config"]).arg(&config).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines[0].starts_with("sandbox: ok (bubblewrap"), "{stdout}");
+    assert!(lines[1].starts_with("adapter: ok (command: "), "{stdout}");
+    assert!(lines[2].starts_with("server: GET http://127.0.0.1:9/healthz: "), "{stdout}");
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
 }

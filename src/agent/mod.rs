@@ -4,6 +4,7 @@
 //! the pull request and hands in the receipt. Cancellations come back in heartbeat answers; on SIGINT or
 //! SIGTERM it stops its agents and deregisters, so the server re-queues their tasks at once.
 
+pub mod check;
 pub mod config;
 
 mod client;

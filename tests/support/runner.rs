@@ -40,7 +40,7 @@ pub struct World {
     pub forgejo: FakeForgejo,
     pub fleet: Fleet,
     pub repo: TestRepo,
-    _git: GitServer,
+    pub git: GitServer,
     pub root: tempfile::TempDir,
 }
 
@@ -72,7 +72,7 @@ impl World {
         .await;
         let hook = format!("{}/api/v1/webhooks/forgejo", fleet.base);
         forgejo.add_hook(REPO, &hook, WEBHOOK_SECRET, &["issues", "issue_comment", "pull_request"]).await;
-        World { forgejo, fleet, repo, _git: git, root }
+        World { forgejo, fleet, repo, git, root }
     }
 
     /// An issue labelled `status:todo`, queued by forgefleet from Forgejo's webhook; returns (issue, task id).
