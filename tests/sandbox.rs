@@ -210,3 +210,27 @@ fn agent_check_on_the_command_line_prints_a_line_each_and_fails_when_one_is_not_
     assert!(lines[2].starts_with("server: GET http://127.0.0.1:9/healthz: "), "{stdout}");
     assert_eq!(out.status.code(), Some(1), "{stdout}");
 }
+
+/// Runs one task whose agent tries to connect to the forgefleet server from inside its sandbox, with
+/// `network` set as given; answers what the agent recorded.
+async fn reach_the_server(network: &str) -> String {
+    let w = World::new(|_| {}).await;
+    let port = w.fleet.base.rsplit(':').next().unwrap().trim_end_matches('/').to_string();
+    let script = format!(
+        "if perl -MIO::Socket::INET -e 'exit(IO::Socket::INET->new(PeerAddr => \"127.0.0.1:{port}\", Timeout => 5) ? 0 : 1)'; \
+         then echo reached > net.txt; else echo unreachable > net.txt; fi; echo 'Tried the network.'"
+    );
+    let sections = format!("network = {network:?}\n\n[command]\nrun = [\"sh\", \"-c\", {script:?}]\n");
+    let (_, task) = w.queued("Network").await;
+    let _agent = w.agent_with(&sections, "command", &[]);
+    eventually("the task is completed", || async { w.state(task).await == "completed" }).await;
+    let head = w.task(task).await["task"]["receipt"]["head_sha"].as_str().unwrap().to_string();
+    let bare = w.root.path().join("git").join(format!("{REPO}.git"));
+    support::git::git(&bare, &["show", &format!("{head}:net.txt")]).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_network_none_the_agent_reaches_nothing_and_with_host_it_reaches_the_hosts_network() {
+    assert_eq!(reach_the_server("none").await, "unreachable");
+    assert_eq!(reach_the_server("host").await, "reached");
+}
