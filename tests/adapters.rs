@@ -10,6 +10,10 @@ use support::eventually;
 use support::model::{INPUT_TOKENS, ModelServer, OUTPUT_TOKENS, Script, Step, user_text};
 use support::runner::World;
 
+/// The scripted provider's key variable is not one of Codex's own (`OPENAI_*`, `CODEX_*`): the runner passes it
+/// on only when told to.
+const CODEX_KEY: &str = "env_passthrough = [\"FORGEFLEET_TEST_MODEL_KEY\"]\n";
+
 #[tokio::test(flavor = "multi_thread")]
 async fn claude_code_resolves_an_issue_through_the_runner() {
     let w = World::new(|_| {}).await;
@@ -90,7 +94,7 @@ async fn codex_resolves_an_issue_through_the_runner_which_commits_for_it() {
     let model =
         ModelServer::start(Script::new(vec![Step::write("greeting.txt", "hello\n"), Step::say("Added greeting.txt.")]));
     // workspace-write: codex may not write .git, so the runner makes the commit.
-    let sections = format!("[codex]\nprogram = {:?}\nsandbox = \"workspace-write\"\n", clis::codex());
+    let sections = format!("{CODEX_KEY}\n[codex]\nprogram = {:?}\nsandbox = \"workspace-write\"\n", clis::codex());
     let _agent = w.agent_with(&sections, "codex", &model.codex_home(&w.root.path().join("codex-home")));
     eventually("the task is completed", || async { w.state(task).await == "completed" }).await;
     let detail = w.task(task).await;
@@ -112,10 +116,40 @@ async fn codex_errors_fail_the_attempt_with_the_providers_words() {
     let w = World::new(|c| c.retry.agent_error.max_retries = 0).await;
     let (_, task) = w.queued("Unlucky codex").await;
     let model = ModelServer::start(Script::new(vec![Step::http_error(400, "the scripted model refuses")]));
-    let sections = format!("[codex]\nprogram = {:?}\n", clis::codex());
+    let sections = format!("{CODEX_KEY}\n[codex]\nprogram = {:?}\n", clis::codex());
     let _agent = w.agent_with(&sections, "codex", &model.codex_home(&w.root.path().join("codex-home")));
     eventually("the task failed", || async { w.state(task).await == "failed" }).await;
     let t = w.task(task).await;
     let message = t["task"]["last_failure"]["message"].as_str().unwrap();
     assert!(message.contains("the scripted model refuses"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn claude_code_may_bypass_its_permissions_inside_the_sandbox_where_it_is_not_root() {
+    // The runner here may be root: Claude Code refuses bypassPermissions to root, and runs it for the sandbox's
+    // unprivileged user (no IS_SANDBOX needed).
+    let w = World::new(|_| {}).await;
+    let (_, task) = w.queued("Run a shell").await;
+    let model = ModelServer::start(Script::new(vec![Step::shell("echo hi > hi.txt"), Step::say("Said hi.")]));
+    let sections = format!("[claude]\nprogram = {:?}\npermission_mode = \"bypassPermissions\"\n", clis::claude());
+    let _agent = w.agent_with(&sections, "claude-code", &model.claude_env(&w.root.path().join("claude-home")));
+    eventually("the task is completed", || async { w.state(task).await == "completed" }).await;
+    let t = w.task(task).await;
+    let files: Vec<&str> =
+        t["task"]["validation"]["files"].as_array().unwrap().iter().filter_map(|f| f["path"].as_str()).collect();
+    assert_eq!(files, ["hi.txt"], "{t}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn codex_in_bypass_mode_works_inside_forgefleets_sandbox() {
+    let w = World::new(|_| {}).await;
+    let (_, task) = w.queued("Bypass").await;
+    let model = ModelServer::start(Script::new(vec![Step::write("bypass.txt", "free\n"), Step::say("Wrote it.")]));
+    let sections = format!("{CODEX_KEY}\n[codex]\nprogram = {:?}\nsandbox = \"bypass\"\n", clis::codex());
+    let _agent = w.agent_with(&sections, "codex", &model.codex_home(&w.root.path().join("codex-home")));
+    eventually("the task is completed", || async { w.state(task).await == "completed" }).await;
+    let t = w.task(task).await;
+    let files: Vec<&str> =
+        t["task"]["validation"]["files"].as_array().unwrap().iter().filter_map(|f| f["path"].as_str()).collect();
+    assert_eq!(files, ["bypass.txt"], "{t}");
 }

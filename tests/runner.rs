@@ -9,7 +9,7 @@ use std::process::Command;
 
 use reqwest::Method;
 use support::eventually;
-use support::runner::{AGENT_USER, REPO, World, alive};
+use support::runner::{AGENT_USER, REPO, World, alive, pids_with};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_host_turns_a_labelled_issue_into_a_checked_pull_request() {
@@ -83,16 +83,16 @@ async fn two_slots_work_on_two_issues_of_one_repository_at_once() {
     let w = World::new(|_| {}).await;
     let (first, one) = w.queued("First").await;
     let (second, two) = w.queued("Second").await;
-    let marks = w.root.path().join("marks");
-    std::fs::create_dir_all(&marks).unwrap();
-    // Each waits until both have started, so the two really overlap (fetch, worktrees, pushes included).
-    let script = format!(
-        "touch {m}/$FORGEFLEET_ISSUE; while [ $(ls {m} | wc -l) -lt 2 ]; do sleep 0.05; done; \
-         echo $FORGEFLEET_ISSUE > issue-$FORGEFLEET_ISSUE.txt; echo \"Did #$FORGEFLEET_ISSUE.\"",
-        m = marks.display()
-    );
+    // Each waits (in its own sandbox, which sees nothing of the other) until the test has seen both start, so
+    // the two really overlap (fetch, worktrees, pushes included).
+    let script = "touch started; while [ ! -e go ]; do sleep 0.05; done; rm -f started go; \
+                  echo $FORGEFLEET_ISSUE > issue-$FORGEFLEET_ISSUE.txt; echo \"Did #$FORGEFLEET_ISSUE.\"";
     let sections = format!("max_concurrency = 2\n\n[command]\nrun = [\"sh\", \"-c\", {script:?}]\n");
     let _agent = w.agent_with(&sections, "command", &[]);
+    eventually("both agents run at once", || async { w.checkouts_with("started").len() == 2 }).await;
+    for checkout in w.checkouts() {
+        std::fs::write(checkout.join("go"), "").unwrap();
+    }
     for task in [one, two] {
         eventually("both tasks are completed", || async { w.state(task).await == "completed" }).await;
     }
@@ -133,15 +133,14 @@ async fn an_agent_that_changes_nothing_opens_no_pull_request() {
 async fn cancelling_a_task_stops_the_agent_and_everything_it_started() {
     let w = World::new(|_| {}).await;
     let (_, task) = w.queued("Long job").await;
-    let pids = w.root.path().join("pids");
-    let _agent = w.agent(&format!("sleep 300 & echo $! > {p}.child; echo $$ > {p}; wait", p = pids.display()));
-    eventually("the command runs", || async { std::fs::read_to_string(format!("{}.child", pids.display())).is_ok() })
-        .await;
+    // A background job, a double-forked daemon (no longer a child of the shell) and the shell itself.
+    let _agent = w.agent("sleep 3011 & (sleep 3011 &) ; touch started; wait");
+    eventually("the command runs", || async { w.checkouts_with("started").len() == 1 }).await;
+    let before = pids_with("sleep 3011");
+    assert!(before.len() >= 3, "the shell, its job and the daemon: {before:?}");
     let (status, body) = w.fleet.operator(Method::POST, &format!("/tasks/{task}/cancel")).await;
     assert_eq!(status, 200, "{body}");
-    let shell: i32 = std::fs::read_to_string(&pids).unwrap().trim().parse().unwrap();
-    let sleeper: i32 = std::fs::read_to_string(format!("{}.child", pids.display())).unwrap().trim().parse().unwrap();
-    eventually("the shell and its sleep are gone", || async { !alive(shell) && !alive(sleeper) }).await;
+    eventually("the shell, its sleeps and the sandbox are gone", || async { pids_with("sleep 3011").is_empty() }).await;
     assert_eq!(w.state(task).await, "cancelled");
 }
 
@@ -149,35 +148,51 @@ async fn cancelling_a_task_stops_the_agent_and_everything_it_started() {
 async fn an_agent_silent_past_the_idle_timeout_is_stopped_and_fails() {
     let w = World::new(|c| c.retry.agent_error.max_retries = 0).await;
     let (_, task) = w.queued("Hangs quietly").await;
-    let pid = w.root.path().join("pid");
     // Keys before the first table header belong to [agent].
-    let script = format!("echo $$ > {}; echo thinking; sleep 300", pid.display());
-    let sections = format!("idle_timeout_secs = 1\n\n[command]\nrun = [\"sh\", \"-c\", {script:?}]\n");
+    let script = "echo thinking; sleep 3012";
+    let sections = format!("idle_timeout_secs = 2\n\n[command]\nrun = [\"sh\", \"-c\", {script:?}]\n");
     let _agent = w.agent_with(&sections, "command", &[]);
+    eventually("the agent runs", || async { !pids_with("sleep 3012").is_empty() }).await;
     eventually("the task failed", || async { w.state(task).await == "failed" }).await;
     let t = w.task(task).await;
     let message = t["task"]["last_failure"]["message"].as_str().unwrap();
-    assert!(message.contains("printed nothing for 1 s"), "{message}");
-    let shell: i32 = std::fs::read_to_string(&pid).unwrap().trim().parse().unwrap();
-    eventually("the agent is gone", || async { !alive(shell) }).await;
+    assert!(message.contains("printed nothing for 2 s"), "{message}");
+    eventually("the agent is gone", || async { pids_with("sleep 3012").is_empty() }).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn stopping_the_agent_host_hands_its_task_back_at_once() {
     let w = World::new(|_| {}).await;
     let (_, task) = w.queued("Interrupted").await;
-    let started = w.root.path().join("started");
-    let mut agent = w.agent(&format!("touch {}; sleep 300", started.display()));
-    eventually("the command runs", || async { started.exists() }).await;
+    let mut agent = w.agent("touch started; sleep 3013");
+    eventually("the command runs", || async { w.checkouts_with("started").len() == 1 }).await;
     assert_eq!(w.state(task).await, "running");
     let status = agent.terminate();
     assert!(status.success(), "{status:?}\n{}", agent.log());
     assert_eq!(w.state(task).await, "queued", "deregistering re-queues the task");
     assert!(agent.log().contains("deregistered"), "{}", agent.log());
+    assert!(pids_with("sleep 3013").is_empty(), "the agent outlived its runner");
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_runner_killed_mid_task_gets_its_task_back_when_it_starts_again() {
+async fn a_runner_killed_mid_task_takes_its_sandboxed_agent_with_it_and_gets_the_task_back() {
+    let w = World::new(|_| {}).await;
+    let (_, task) = w.queued("Survive a crash").await;
+    let mut first = w.agent("touch started; sleep 3014");
+    eventually("the first run works on it", || async { w.checkouts_with("started").len() == 1 }).await;
+    first.kill();
+    // bubblewrap's --die-with-parent: nothing of the sandbox outlives the runner that started it.
+    eventually("the agent died with its runner", || async { pids_with("sleep 3014").is_empty() }).await;
+    let _second = w.agent("echo fixed > fix.txt; echo 'Fixed after a restart.'");
+    eventually("the task is completed", || async { w.state(task).await == "completed" }).await;
+    let t = w.task(task).await;
+    assert_eq!(t["task"]["attempt"], 2, "{t}");
+    assert_eq!(t["task"]["last_failure"]["class"], "agent_lost", "{t}");
+    eventually("the old worktree is removed", || async { w.checkouts().is_empty() }).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_sandbox_a_restarted_runner_stops_the_agent_its_killed_predecessor_left() {
     let w = World::new(|_| {}).await;
     let (_, task) = w.queued("Survive a crash").await;
     let started = w.root.path().join("started");
@@ -187,17 +202,19 @@ async fn a_runner_killed_mid_task_gets_its_task_back_when_it_starts_again() {
          else touch {m}.done; echo $$ > {m}; sleep 300; fi",
         m = started.display()
     );
-    let mut first = w.agent(&script);
+    let sections = format!("sandbox = \"none\"\n\n[command]\nrun = [\"sh\", \"-c\", {script:?}]\n");
+    let mut first = w.agent_with(&sections, "command", &[]);
     eventually("the first run works on it", || async {
         std::fs::read_to_string(&started).is_ok_and(|s| s.ends_with('\n'))
     })
     .await;
+    assert!(first.log().contains("sandbox = \"none\""), "the start warns: {}", first.log());
     let orphan: i32 = std::fs::read_to_string(&started).unwrap().trim().parse().unwrap();
     // Whatever happens below, the orphaned agent does not outlive the test.
     let _reaper = Reaper(orphan);
     first.kill();
-    assert!(alive(orphan), "a runner killed outright cannot stop its agent");
-    let _second = w.agent(&script);
+    assert!(alive(orphan), "a runner killed outright cannot stop an unsandboxed agent");
+    let _second = w.agent_with(&sections, "command", &[]);
     eventually("the task is completed", || async { w.state(task).await == "completed" }).await;
     let t = w.task(task).await;
     assert_eq!(t["task"]["attempt"], 2, "{t}");

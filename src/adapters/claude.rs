@@ -6,13 +6,15 @@
 //! - denied permissions do not fail a run: they are listed in `permission_denials` and the runner reports
 //!   them when the worktree did not change.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{
-    Adapter, AdapterKind, Finished, Job, Outcome, Tail, describe, is_rate_limit, last_lines, one_line, plain_line,
+    Adapter, AdapterKind, Finished, Job, Outcome, Tail, copy_state, describe, is_rate_limit, last_lines, one_line,
+    plain_line, runner_home,
 };
 use crate::core::{FailureClass, Usage};
 
@@ -86,6 +88,19 @@ impl Adapter for ClaudeAdapter {
         }
         cmd.args(&c.extra_args);
         cmd
+    }
+
+    fn env_prefixes(&self) -> &'static [&'static str] {
+        &["ANTHROPIC_", "CLAUDE_", "DISABLE_", "AWS_", "GOOGLE_", "VERTEX_", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"]
+    }
+
+    /// Claude Code keeps its state under `$HOME` (`.claude.json`, `.claude/`): the attempt's home gets the
+    /// runner user's settings and login (`.claude/settings.json`, `.claude/.credentials.json`), nothing else.
+    fn prepare_home(&self, home: &Path) -> Vec<(String, PathBuf)> {
+        if let Some(own) = runner_home() {
+            copy_state(&own.join(".claude"), &home.join(".claude"), &["settings.json", ".credentials.json"]);
+        }
+        Vec::new()
     }
 
     fn progress(&self, line: &str) -> Option<String> {

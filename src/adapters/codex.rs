@@ -7,13 +7,15 @@
 //! - with the model server unreachable it retries for ever: the runner's deadline stops it;
 //! - under `-s workspace-write` `.git` is read-only, so the agent cannot commit: the runner commits.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{
-    Adapter, AdapterKind, Finished, Job, Outcome, Tail, describe, is_rate_limit, last_lines, one_line, plain_line,
+    Adapter, AdapterKind, Finished, Job, Outcome, Tail, copy_state, describe, is_rate_limit, last_lines, one_line,
+    plain_line, runner_home,
 };
 use crate::core::{FailureClass, Usage};
 
@@ -77,6 +79,26 @@ impl Adapter for CodexAdapter {
         // to 128 KiB, an issue body is not.
         cmd.args(&c.extra_args).arg("-");
         cmd
+    }
+
+    fn env_prefixes(&self) -> &'static [&'static str] {
+        &["CODEX_", "OPENAI_", "AZURE_OPENAI_", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"]
+    }
+
+    /// Codex keeps its state in `CODEX_HOME` (default `~/.codex`): the attempt gets one of its own in its home,
+    /// outside `/tmp` (Codex will not set up its sandbox's helpers under the temporary directory), with the
+    /// runner user's `config.toml` and login (`auth.json`) copied in.
+    fn prepare_home(&self, home: &Path) -> Vec<(String, PathBuf)> {
+        let own = std::env::var_os("CODEX_HOME")
+            .filter(|h| !h.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| runner_home().map(|h| h.join(".codex")));
+        let codex_home = home.join(".codex");
+        let _ = std::fs::create_dir_all(&codex_home);
+        if let Some(own) = own {
+            copy_state(&own, &codex_home, &["config.toml", "auth.json"]);
+        }
+        vec![("CODEX_HOME".to_string(), codex_home)]
     }
 
     fn progress(&self, line: &str) -> Option<String> {

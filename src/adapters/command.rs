@@ -31,6 +31,11 @@ impl Adapter for CommandAdapter {
         cmd
     }
 
+    fn env_prefixes(&self) -> &'static [&'static str] {
+        // Its own come from the runner: FORGEFLEET_PROMPT, FORGEFLEET_TASK_ID, ..., GIT_AUTHOR_*.
+        &[]
+    }
+
     fn progress(&self, line: &str) -> Option<String> {
         plain_line(line)
     }

@@ -89,6 +89,14 @@ pub trait Adapter: Send + Sync {
     fn stdin(&self, job: &Job<'_>) -> Option<String> {
         Some(job.prompt.to_string())
     }
+    /// The runner's environment variables this adapter's CLI reads (by prefix): they reach the agent, where
+    /// everything else of the runner's environment does not (see `agent::sandbox`).
+    fn env_prefixes(&self) -> &'static [&'static str];
+    /// Sets up the CLI's state in the attempt's fresh `home` (copying what it needs from the runner's user,
+    /// e.g. its configuration and login) and returns variables that point the CLI there.
+    fn prepare_home(&self, _home: &Path) -> Vec<(String, std::path::PathBuf)> {
+        Vec::new()
+    }
     /// A line of standard output as operators should see it in the task's progress, if at all.
     fn progress(&self, line: &str) -> Option<String>;
     /// Judges a run that ended by itself.
@@ -128,6 +136,25 @@ pub(crate) fn one_line(text: &str) -> String {
 pub(crate) fn is_rate_limit(message: &str) -> bool {
     let m = message.to_ascii_lowercase();
     m.contains("rate limit") || m.contains("rate_limit") || m.contains("429") || m.contains("too many requests")
+}
+
+/// Copies `names` (those that exist) from `from` into `to`, made if missing; quiet about the rest: a CLI
+/// without its configuration says so itself.
+pub(crate) fn copy_state(from: &Path, to: &Path, names: &[&str]) {
+    for name in names {
+        let source = from.join(name);
+        if source.is_file()
+            && std::fs::create_dir_all(to).is_ok()
+            && let Err(e) = std::fs::copy(&source, to.join(name))
+        {
+            tracing::warn!(file = %source.display(), error = %e, "cannot copy the CLI's state into the agent's home");
+        }
+    }
+}
+
+/// The runner's own home, where a CLI's login and configuration are found.
+pub(crate) fn runner_home() -> Option<std::path::PathBuf> {
+    std::env::var_os("HOME").filter(|h| !h.is_empty()).map(std::path::PathBuf::from)
 }
 
 /// "exit status 3" or "killed by signal 9", for messages.

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::sandbox::{Network, SandboxMode};
 use crate::adapters::AdapterKind;
 use crate::adapters::claude::ClaudeSection;
 use crate::adapters::codex::{CodexSection, SANDBOXES};
@@ -17,6 +18,9 @@ const SECTIONS: [&str; 5] = ["agent", "command", "claude", "codex", "git"];
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct AgentConfig {
+    /// The file it was read from (hidden from the agent's sandbox).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
     pub agent: AgentSection,
     pub command: CommandSection,
     pub claude: ClaudeSection,
@@ -75,6 +79,19 @@ pub struct AgentSection {
     /// Default: unset.
     #[serde(with = "optional")]
     pub ca_file: Option<PathBuf>,
+    /// `bubblewrap`: each attempt's agent runs in a sandbox of its own (docs/agent.md, "Threat model");
+    /// `none`: as the runner's user, seeing what it sees (logged as a warning at every start).
+    /// Default: `"bubblewrap"`.
+    pub sandbox: SandboxMode,
+    /// The sandbox's network: `host` (model APIs, package registries) or `none` (loopback only).
+    /// Default: `"host"`.
+    pub network: Network,
+    /// More paths the sandbox shows read-only (a toolchain outside /usr, e.g. `"/root/.rustup"`).
+    /// Default: `[]`.
+    pub sandbox_paths: Vec<PathBuf>,
+    /// More names of the runner's environment variables passed to the agent, beyond `PATH`, `LANG`, `LC_*`,
+    /// `TERM`, `TZ` and the adapter's own. Default: `[]`.
+    pub env_passthrough: Vec<String>,
 }
 
 impl Default for AgentSection {
@@ -95,6 +112,10 @@ impl Default for AgentSection {
             forgejo_url: None,
             git_url: None,
             ca_file: None,
+            sandbox: SandboxMode::Bubblewrap,
+            network: Network::Host,
+            sandbox_paths: Vec::new(),
+            env_passthrough: Vec::new(),
         }
     }
 }
@@ -126,7 +147,9 @@ impl AgentConfig {
         let text = std::fs::read_to_string(path).map_err(|e| {
             ConfigError::new(path.display().to_string(), format!("cannot read the configuration file: {e}"))
         })?;
-        Self::from_toml_str(&text, env)
+        let mut c = Self::from_toml_str(&text, env)?;
+        c.source = Some(path.to_path_buf());
+        Ok(c)
     }
 
     pub fn from_toml_str(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<AgentConfig, ConfigErrors> {
@@ -222,6 +245,18 @@ impl AgentConfig {
         }
         if !SANDBOXES.contains(&self.codex.sandbox.as_str()) {
             p.add("codex.sandbox", format!("{:?} is not one of {}", self.codex.sandbox, SANDBOXES.join(", ")));
+        }
+        if self.codex.sandbox == "bypass" && a.sandbox == SandboxMode::None {
+            p.add(
+                "codex.sandbox",
+                "\"bypass\" turns Codex's own sandbox off; it is allowed only inside forgefleet's (agent.sandbox = \"bubblewrap\")",
+            );
+        }
+        for path in a.sandbox_paths.iter().filter(|p| !p.is_absolute()) {
+            p.add("agent.sandbox_paths", format!("{} is not an absolute path", path.display()));
+        }
+        for name in a.env_passthrough.iter().filter(|n| n.is_empty() || n.contains(['=', '\0'])) {
+            p.add("agent.env_passthrough", format!("{name:?} is not an environment variable's name"));
         }
         for (key, program) in [("claude.program", &self.claude.program), ("codex.program", &self.codex.program)] {
             if program.trim().is_empty() {
@@ -354,6 +389,31 @@ run = ["sh", "-c", "true"]
         let err = AgentConfig::from_toml_str(&bad, &env).unwrap_err();
         assert_eq!(err.0.len(), 1, "{err}");
         assert_eq!(err.0[0].key, "codex.sandbox");
+    }
+
+    #[test]
+    fn codex_bypass_needs_forgefleets_sandbox() {
+        let text = format!("{GOOD}\n[codex]\nsandbox = \"bypass\"\n");
+        assert!(AgentConfig::from_toml_str(&text, &no_env).is_ok());
+        let text = text.replace("[command]", "sandbox = \"none\"\n\n[command]");
+        let err = AgentConfig::from_toml_str(&text, &no_env).unwrap_err();
+        assert_eq!(err.0.len(), 1, "{err}");
+        assert_eq!(err.0[0].key, "codex.sandbox");
+        assert!(err.0[0].to_string().contains("only inside forgefleet's"), "{err}");
+    }
+
+    #[test]
+    fn sandbox_keys_are_checked() {
+        let text = GOOD.replace(
+            "[command]",
+            "sandbox = \"none\"\nnetwork = \"none\"\nsandbox_paths = [\"opt/x\"]\nenv_passthrough = [\"A=B\"]\n\n[command]",
+        );
+        let err = AgentConfig::from_toml_str(&text, &no_env).unwrap_err();
+        let keys: Vec<&str> = err.0.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["agent.sandbox_paths", "agent.env_passthrough"], "{err}");
+        let err = AgentConfig::from_toml_str(&GOOD.replace("[command]", "sandbox = \"docker\"\n[command]"), &no_env)
+            .unwrap_err();
+        assert!(err.to_string().contains("sandbox"), "{err}");
     }
 
     #[test]

@@ -4,12 +4,14 @@
 //! the pull request and hands in the receipt. Cancellations come back in heartbeat answers; on SIGINT or
 //! SIGTERM it stops its agents and deregisters, so the server re-queues their tasks at once.
 
+pub mod check;
 pub mod config;
 
 pub mod secrets;
 
 mod client;
 mod process;
+pub mod sandbox;
 mod task;
 mod workspace;
 
@@ -21,6 +23,7 @@ use tokio::sync::{Mutex, Notify, watch};
 
 use self::client::{ClientError, FleetClient};
 use self::config::AgentConfig;
+use self::sandbox::{Sandbox, SandboxMode};
 use self::workspace::Workspace;
 use crate::adapters::{self, Adapter};
 use crate::config::{CaBundle, Secret};
@@ -46,6 +49,8 @@ pub struct Runner {
     freed: Notify,
     /// An agent silent for this long is stopped (`agent.idle_timeout_secs`).
     idle_timeout: Option<std::time::Duration>,
+    /// What each attempt's agent runs in.
+    sandbox: Sandbox,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +70,8 @@ impl Runner {
         let work_dir = std::fs::canonicalize(work_dir)
             .map_err(|e| RunnerError::Setup(format!("agent.work_dir: {}: {e}", work_dir.display())))?;
         let token = config.agent.forgejo_token.clone().unwrap_or_else(|| Secret::new(""));
+        let sandbox = Sandbox::new(sandbox_settings(config), &work_dir, adapter_program(config).as_deref())
+            .map_err(RunnerError::Setup)?;
         Ok(Runner {
             client: Arc::new(FleetClient::new(config).map_err(|e| RunnerError::Setup(e.to_string()))?),
             workspace: Workspace::new(&work_dir, token.expose(), config.agent.ca_file.as_deref(), config.author()),
@@ -77,6 +84,7 @@ impl Runner {
             freed: Notify::new(),
             idle_timeout: (config.agent.idle_timeout_secs > 0)
                 .then(|| std::time::Duration::from_secs(config.agent.idle_timeout_secs)),
+            sandbox,
         })
     }
 
@@ -86,7 +94,14 @@ impl Runner {
         config: &AgentConfig,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), RunnerError> {
+        if self.sandbox.mode() == SandboxMode::None {
+            tracing::warn!(
+                "sandbox = \"none\": agents run as this runner's user and can read its configuration, its \
+                 secrets and memory, and every attempt's files (docs/agent.md, \"Threat model\")"
+            );
+        }
         self.workspace.sweep().await.map_err(|e| RunnerError::Setup(e.0))?;
+        self.sandbox.sweep();
         self.client.register().await?;
         tracing::info!(name = config.name(), adapter = self.adapter.kind().as_str(), "the agent is running");
         let heartbeats = tokio::spawn(self.clone().heartbeats());
@@ -164,5 +179,26 @@ impl Runner {
         while !self.running.lock().await.is_empty() {
             let _ = tokio::time::timeout(std::time::Duration::from_millis(200), self.freed.notified()).await;
         }
+    }
+}
+
+/// The sandbox's part of the configuration.
+pub(crate) fn sandbox_settings(config: &AgentConfig) -> sandbox::Settings<'_> {
+    let a = &config.agent;
+    sandbox::Settings {
+        mode: a.sandbox,
+        network: a.network,
+        paths: &a.sandbox_paths,
+        passthrough: &a.env_passthrough,
+        hide: config.source.iter().cloned().collect(),
+    }
+}
+
+/// The adapter's executable, as configured.
+pub(crate) fn adapter_program(config: &AgentConfig) -> Option<std::path::PathBuf> {
+    match config.agent.adapter {
+        adapters::AdapterKind::Command => config.command.run.first().map(Into::into),
+        adapters::AdapterKind::ClaudeCode => Some(config.claude.program.clone().into()),
+        adapters::AdapterKind::Codex => Some(config.codex.program.clone().into()),
     }
 }

@@ -1,8 +1,9 @@
-//! One run of an agent's process: started in the worktree in a process group of its own, the prompt written
-//! to its standard input, its output read line by line (progress for operators, the last lines for the
+//! One run of an agent's process: started in the worktree in its sandbox (see [`super::sandbox`]), in a
+//! process group of its own, the prompt written to its standard input, its output read line by line (progress for operators, the last lines for the
 //! adapter's verdict), and stopped as a whole group when the task is cancelled or runs past its deadline.
 
 use std::collections::VecDeque;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, watch};
 
+use super::sandbox::{Sandbox, SandboxMode};
 use crate::adapters::{Adapter, Job, Tail};
 
 /// Lines kept of each stream for the adapter's verdict.
@@ -36,6 +38,7 @@ pub enum RunEnd {
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     adapter: &Arc<dyn Adapter>,
+    sandbox: &Sandbox,
     job: &Job<'_>,
     pid_file: &Path,
     env: &[(&str, &str)],
@@ -44,20 +47,25 @@ pub async fn run(
     limit: Duration,
     idle: Option<Duration>,
 ) -> RunEnd {
-    let mut cmd = adapter.command(job);
-    cmd.current_dir(job.worktree)
-        .envs(env.iter().copied())
-        .env("FORGEFLEET_TASK_ID", job.task_id.to_string())
-        .env("FORGEFLEET_ATTEMPT", job.attempt.to_string())
-        .env("FORGEFLEET_REPO", job.repo)
-        .env("FORGEFLEET_ISSUE", job.issue.to_string())
-        .env("FORGEFLEET_BRANCH", job.branch)
-        // The runner's secrets are not the agent's.
-        .env_remove("FORGEFLEET_AGENT_FORGEJO_TOKEN")
-        .env_remove("FORGEFLEET_AGENT_REGISTRATION_TOKEN")
-        .stdin(Stdio::piped())
+    let attempt = match sandbox.prepare(job.worktree) {
+        Ok(a) => a,
+        Err(e) => return RunEnd::NotStarted(format!("cannot prepare the agent's sandbox: {e}")),
+    };
+    let (task_id, attempt_no, issue) = (job.task_id.to_string(), job.attempt.to_string(), job.issue.to_string());
+    let mut vars: Vec<(&str, &str)> = env.to_vec();
+    vars.extend([
+        ("FORGEFLEET_TASK_ID", task_id.as_str()),
+        ("FORGEFLEET_ATTEMPT", attempt_no.as_str()),
+        ("FORGEFLEET_REPO", job.repo),
+        ("FORGEFLEET_ISSUE", issue.as_str()),
+        ("FORGEFLEET_BRANCH", job.branch),
+    ]);
+    // The environment is an allow-list: the runner's secrets and anything else of its own stay out.
+    let mut cmd = attempt.command(adapter.as_ref(), job, &vars);
+    cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // bubblewrap leads the group; the sandbox's processes (a session of their own) die with it.
         .process_group(0)
         .kill_on_drop(true);
     let mut child = match cmd.spawn() {
@@ -69,6 +77,21 @@ pub async fn run(
     // `Workspace::sweep`).
     if let Some(pgid) = group {
         let _ = std::fs::write(pid_file, pgid.to_string());
+    }
+    // In the sandbox the agent's processes are a session of their own under bubblewrap's; a runner killed
+    // while bubblewrap starts can leave that session behind (its parent-death signal is not armed yet), so
+    // the next runner finds it here too.
+    let inner_file = pid_file.with_extension("sandbox.pgid");
+    if let Some(pgid) = group
+        && sandbox.mode() == SandboxMode::Bubblewrap
+    {
+        for _ in 0..50 {
+            if let Some(inner) = first_child(pgid) {
+                let _ = std::fs::write(&inner_file, inner.to_string());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
     let input = adapter.stdin(job);
     let mut stdin = child.stdin.take();
@@ -108,6 +131,7 @@ pub async fn run(
     // Whatever the agent left running in its group ends with it.
     stop_group(group, &mut child, !matches!(outcome, Ended::Exited(Ok(_)))).await;
     let _ = std::fs::remove_file(pid_file);
+    let _ = std::fs::remove_file(&inner_file);
     let tail = Tail {
         stdout: match stdout {
             Some(h) => h.await.unwrap_or_default(),
@@ -125,6 +149,24 @@ pub async fn run(
         Ended::Exited(Err(e)) => RunEnd::NotStarted(format!("waiting for the agent: {e}")),
         Ended::Exited(Ok(status)) => RunEnd::Exited(status, tail),
     }
+}
+
+/// The first child of process `pid` (bubblewrap's: the sandbox's first process), once it has one.
+fn first_child(pid: i32) -> Option<i32> {
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+    children.split_whitespace().next()?.parse().ok()
+}
+
+/// Whether process `pid` is a bubblewrap sandbox of an agent working in `worktrees` (its working directory
+/// is in a mount namespace of its own, so its command line tells: `--chdir <checkout>`).
+pub(super) fn sandbox_of(pid: i32, worktrees: &Path) -> bool {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let is_bwrap = args.first().is_some_and(|a| a.ends_with(b"bwrap"));
+    is_bwrap
+        && args
+            .windows(2)
+            .any(|w| w[0] == b"--chdir" && Path::new(std::ffi::OsStr::from_bytes(w[1])).starts_with(worktrees))
 }
 
 /// How the wait for the agent ended.

@@ -183,7 +183,7 @@ async fn run_agent(
     let env = runner.workspace.author_env();
     let pid_file = runner.workspace.pid_file(wt);
     let idle = runner.idle_timeout;
-    let end = process::run(&runner.adapter, &job, &pid_file, &env, tx, cancel, limit, idle).await;
+    let end = process::run(&runner.adapter, &runner.sandbox, &job, &pid_file, &env, tx, cancel, limit, idle).await;
     let _ = forward.await;
     let finished = match end {
         RunEnd::Stopped => return Ok(None),

@@ -246,7 +246,11 @@ impl Workspace {
             let pgid = std::fs::read_to_string(entry.path()).ok().and_then(|s| s.trim().parse::<i32>().ok());
             if let Some(pgid) = pgid.filter(|p| *p > 1) {
                 let cwd = std::fs::read_link(format!("/proc/{pgid}/cwd")).unwrap_or_default();
-                if cwd.starts_with(&attempts) || cwd.starts_with(&worktrees) {
+                if cwd.starts_with(&attempts)
+                    || cwd.starts_with(&worktrees)
+                    || super::process::sandbox_of(pgid, &attempts)
+                    || super::process::sandbox_of(pgid, &worktrees)
+                {
                     tracing::warn!(pgid, cwd = %cwd.display(), "stopping an agent left running by an earlier runner");
                     // SAFETY: killpg only sends a signal, to a group led by a process in our checkout.
                     unsafe { libc::killpg(pgid, libc::SIGKILL) };

@@ -39,7 +39,16 @@ enum Command {
     Serve,
     /// Run an agent host: take tasks from the server and do them with the configured adapter. `--config`
     /// names the agent's own file (see docs/agent.md), not the server's.
-    Agent,
+    Agent {
+        /// Check this host instead (the sandbox, the adapter's CLI, the server, the Forgejo token), one line
+        /// each; exit 0 when all are ok, 1 otherwise.
+        #[arg(long)]
+        check: bool,
+        /// With --check: a repository (`owner/name`) the token must be able to push to (probed with
+        /// `git push --dry-run`).
+        #[arg(long, requires = "check", value_name = "OWNER/NAME")]
+        repo: Option<String>,
+    },
     /// Work with the Forgejo instance.
     Forgejo {
         #[command(subcommand)]
@@ -274,13 +283,13 @@ fn run(cli: Cli) -> Result<(), CliError> {
     if let Command::Config { command: ConfigCommand::Check { file } } = &cli.command {
         return config_check(file);
     }
-    if let Command::Agent = &cli.command {
-        return run_agent(&cli);
+    if let Command::Agent { check, repo } = &cli.command {
+        return run_agent(&cli, *check, repo.as_deref());
     }
     let config = load_config(&cli)?;
     match cli.command {
         Command::Serve => serve::run(config),
-        Command::Config { .. } | Command::Agent => unreachable!("handled above"),
+        Command::Config { .. } | Command::Agent { .. } => unreachable!("handled above"),
         Command::Store { command: StoreCommand::Rebuild } => rebuild(&config),
         Command::Tasks { command: Some(TasksCommand::Show { id, json }), .. } => {
             let id: crate::core::TaskId =
@@ -351,7 +360,7 @@ fn load_config(cli: &Cli) -> Result<Config, CliError> {
     Ok(config)
 }
 
-fn run_agent(cli: &Cli) -> Result<(), CliError> {
+fn run_agent(cli: &Cli, check: bool, repo: Option<&str>) -> Result<(), CliError> {
     let path =
         cli.config.as_deref().ok_or_else(|| CliError::usage("`agent` needs its configuration: --config FILE"))?;
     // Before anything else: no process of the runner's keeps its secrets in its start-up environment.
@@ -364,6 +373,20 @@ fn run_agent(cli: &Cli) -> Result<(), CliError> {
     let format = if cli.log_json { LogFormat::Json } else { LogFormat::Human };
     let level = std::env::var("FORGEFLEET_LOG").unwrap_or_else(|_| "info".into());
     crate::telemetry::init_logging(format, &level);
+    if check {
+        let repo = repo
+            .map(|r| crate::core::RepoName::parse(r).map(|r| r.to_string()))
+            .transpose()
+            .map_err(|e| CliError::usage(format!("--repo: {e}")))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| CliError::failure(format!("cannot start the async runtime: {e}")))?;
+        // The Forgejo the token belongs to comes from the configuration's `agent.forgejo_url` once it has one.
+        let target = crate::agent::check::Forgejo { url: None, git_url: None, repo: repo.as_deref() };
+        let ok = runtime.block_on(crate::agent::check::run(&config, target));
+        return if ok { Ok(()) } else { Err(CliError::failure("some checks failed (see above)")) };
+    }
     let runner = crate::agent::Runner::new(&config).map_err(|e| CliError::usage(e.to_string()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

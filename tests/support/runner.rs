@@ -43,6 +43,7 @@ pub struct World {
     /// The base URL of the git server (the server's `[forgejo] git_url`).
     pub git_url: String,
     _git: GitServer,
+    pub git: GitServer,
     pub root: tempfile::TempDir,
 }
 
@@ -75,6 +76,7 @@ impl World {
         let hook = format!("{}/api/v1/webhooks/forgejo", fleet.base);
         forgejo.add_hook(REPO, &hook, WEBHOOK_SECRET, &["issues", "issue_comment", "pull_request"]).await;
         World { forgejo, fleet, repo, git_url: git.base_url(), _git: git, root }
+        World { forgejo, fleet, repo, git, root }
     }
 
     /// An issue labelled `status:todo`, queued by forgefleet from Forgejo's webhook; returns (issue, task id).
@@ -159,6 +161,14 @@ impl AgentHost {
     /// The runner's process id (the same after it re-executes itself without its secrets).
     pub fn pid(&self) -> i32 {
         self.child.as_ref().map(|c| c.id() as i32).unwrap_or_default()
+    /// The runner's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Whether the runner is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
     }
 
     pub fn log(&self) -> String {
@@ -200,6 +210,39 @@ impl Drop for AgentHost {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// The host's process ids whose command line has an argument containing `marker` (the agent's processes
+/// run in a PID namespace of their own: the ids they see of themselves mean nothing outside).
+pub fn pids_with(marker: &str) -> Vec<i32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if pid != std::process::id() as i32
+            && cmdline.split(|b| *b == 0).any(|arg| String::from_utf8_lossy(arg).contains(marker))
+            && alive(pid)
+        {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+impl World {
+    /// The checkouts (worktrees) of the attempts running now.
+    pub fn checkouts(&self) -> Vec<PathBuf> {
+        let dir = self.root.path().join("agent/work/worktrees");
+        let mut found: Vec<PathBuf> =
+            std::fs::read_dir(dir).into_iter().flatten().flatten().map(|e| e.path()).collect();
+        found.sort();
+        found
+    }
+
+    /// The running checkouts that hold `file`.
+    pub fn checkouts_with(&self, file: &str) -> Vec<PathBuf> {
+        self.checkouts().into_iter().filter(|c| c.join(file).exists()).collect()
     }
 }
 
