@@ -676,6 +676,9 @@ async fn command_replies_say_in_words_what_is_wrong_and_status_answers_with_the_
     w.forgejo.remove_label(REPO, n, "alice", "status:doing").await;
     let reply = bot_reply(&w, n, "Cancelled").await;
     assert!(reply.contains("the `status:doing` label was removed"), "{reply}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn only_the_bots_own_comments_count_as_an_earlier_delivery() {
     // The configured login differs from Forgejo's only in case: it is still the bot.
     let w = World::build(None, |c| c.forgejo.bot_user = Some("ForgeFleet".into())).await;

@@ -120,6 +120,7 @@ impl Effect {
             | Effect::RunCommands { issue, .. }
             | Effect::Reply { issue, .. }
             | Effect::React { issue, .. }
+            | Effect::ConfirmIssue { issue }
             | Effect::SetCommitStatus { issue, .. } => issue,
         }
     }

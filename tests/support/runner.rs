@@ -42,7 +42,6 @@ pub struct World {
     pub repo: TestRepo,
     /// The base URL of the git server (the server's `[forgejo] git_url`).
     pub git_url: String,
-    _git: GitServer,
     pub git: GitServer,
     pub root: tempfile::TempDir,
 }
@@ -75,8 +74,7 @@ impl World {
         .await;
         let hook = format!("{}/api/v1/webhooks/forgejo", fleet.base);
         forgejo.add_hook(REPO, &hook, WEBHOOK_SECRET, &["issues", "issue_comment", "pull_request"]).await;
-        World { forgejo, fleet, repo, git_url: git.base_url(), _git: git, root }
-        World { forgejo, fleet, repo, git, root }
+        World { forgejo, fleet, repo, git_url: git.base_url(), git, root }
     }
 
     /// An issue labelled `status:todo`, queued by forgefleet from Forgejo's webhook; returns (issue, task id).
@@ -161,9 +159,6 @@ impl AgentHost {
     /// The runner's process id (the same after it re-executes itself without its secrets).
     pub fn pid(&self) -> i32 {
         self.child.as_ref().map(|c| c.id() as i32).unwrap_or_default()
-    /// The runner's process id.
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
     }
 
     /// Whether the runner is still running.
@@ -231,11 +226,16 @@ pub fn pids_with(marker: &str) -> Vec<i32> {
 }
 
 impl World {
-    /// The checkouts (worktrees) of the attempts running now.
+    /// The checkouts of the attempts running now.
     pub fn checkouts(&self) -> Vec<PathBuf> {
-        let dir = self.root.path().join("agent/work/worktrees");
-        let mut found: Vec<PathBuf> =
-            std::fs::read_dir(dir).into_iter().flatten().flatten().map(|e| e.path()).collect();
+        let dir = self.root.path().join("agent/work/attempts");
+        let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path().join("checkout"))
+            .filter(|c| c.is_dir())
+            .collect();
         found.sort();
         found
     }
