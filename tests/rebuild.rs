@@ -89,6 +89,7 @@ fn random_command(rng: &mut StdRng, engine: &Engine) -> Command {
             attempt,
             class: CLASSES[rng.random_range(0..CLASSES.len())],
             message: "it broke".into(),
+            spent: None,
         },
         64..=71 => Command::SubmitReceipt {
             agent,

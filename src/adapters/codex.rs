@@ -15,7 +15,7 @@ use serde_json::Value;
 use super::{
     Adapter, AdapterKind, Finished, Job, Outcome, Tail, describe, is_rate_limit, last_lines, one_line, plain_line,
 };
-use crate::core::{FailureClass, Usage};
+use crate::core::{FailureClass, Spent, Usage};
 
 /// `[codex]` of the agent's configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -110,6 +110,16 @@ impl Adapter for CodexAdapter {
         }
     }
 
+    fn spent(&self, tail: &Tail) -> Option<Spent> {
+        let done = tail
+            .stdout
+            .iter()
+            .rev()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|e| e["type"] == "turn.completed")?;
+        Some(Spent { usage: turn_usage(&done["usage"]), cost_usd: None })
+    }
+
     fn outcome(&self, status: ExitStatus, tail: &Tail) -> Outcome {
         let events: Vec<Value> = tail.stdout.iter().filter_map(|l| serde_json::from_str(l).ok()).collect();
         let failed = events.iter().rev().find(|e| e["type"] == "turn.failed");
@@ -134,15 +144,7 @@ impl Adapter for CodexAdapter {
             .unwrap_or_default()
             .trim()
             .to_string();
-        let u = &done["usage"];
-        let mut usage = Usage {
-            input_tokens: u["input_tokens"].as_u64().unwrap_or(0),
-            output_tokens: u["output_tokens"].as_u64().unwrap_or(0),
-            ..Default::default()
-        };
-        for key in ["cached_input_tokens", "reasoning_output_tokens"] {
-            usage.other.insert(key.to_string(), u[key].as_u64().unwrap_or(0));
-        }
+        let usage = turn_usage(&done["usage"]);
         let session = events.iter().find(|e| e["type"] == "thread.started").and_then(|e| e["thread_id"].as_str());
         Outcome::Done(Finished {
             summary,
@@ -152,6 +154,19 @@ impl Adapter for CodexAdapter {
             denied: troubles(&events, &tail.stderr),
         })
     }
+}
+
+/// The token counts of a `turn.completed`.
+fn turn_usage(u: &Value) -> Usage {
+    let mut usage = Usage {
+        input_tokens: u["input_tokens"].as_u64().unwrap_or(0),
+        output_tokens: u["output_tokens"].as_u64().unwrap_or(0),
+        ..Default::default()
+    };
+    for key in ["cached_input_tokens", "reasoning_output_tokens"] {
+        usage.other.insert(key.to_string(), u[key].as_u64().unwrap_or(0));
+    }
+    usage
 }
 
 /// `add src/a.rs, update src/b.rs`: the changes of a `file_change` item.

@@ -17,7 +17,7 @@ pub use claude::ClaudeAdapter;
 pub use codex::CodexAdapter;
 pub use command::CommandAdapter;
 
-use crate::core::{FailureClass, Usage};
+use crate::core::{FailureClass, Spent, Usage};
 
 /// The adapters this build has, by their name in the agent's configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,6 +93,10 @@ pub trait Adapter: Send + Sync {
     fn progress(&self, line: &str) -> Option<String>;
     /// Judges a run that ended by itself.
     fn outcome(&self, status: ExitStatus, tail: &Tail) -> Outcome;
+    /// What a run that failed had spent (tokens, cost), if its output says: sent with the failure report.
+    fn spent(&self, _tail: &Tail) -> Option<Spent> {
+        None
+    }
 }
 
 /// The adapter for `kind`, set up from the agent's configuration.
