@@ -151,13 +151,18 @@ async fn an_agent_silent_past_the_idle_timeout_is_stopped_and_fails() {
     let (_, task) = w.queued("Hangs quietly").await;
     let pid = w.root.path().join("pid");
     // Keys before the first table header belong to [agent].
-    let script = format!("echo $$ > {}; echo thinking; sleep 300", pid.display());
+    let script =
+        format!("echo $$ > {}; echo thinking; echo 'warning: Connection failed' >&2; sleep 300", pid.display());
     let sections = format!("idle_timeout_secs = 1\n\n[command]\nrun = [\"sh\", \"-c\", {script:?}]\n");
     let _agent = w.agent_with(&sections, "command", &[]);
     eventually("the task failed", || async { w.state(task).await == "failed" }).await;
     let t = w.task(task).await;
     let message = t["task"]["last_failure"]["message"].as_str().unwrap();
     assert!(message.contains("printed nothing for 1 s"), "{message}");
+    assert!(
+        message.ends_with("its last line: warning: Connection failed"),
+        "the CLI's last warning is kept: {message}"
+    );
     let shell: i32 = std::fs::read_to_string(&pid).unwrap().trim().parse().unwrap();
     eventually("the agent is gone", || async { !alive(shell) }).await;
 }

@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{
-    Adapter, AdapterKind, Finished, Job, Outcome, Tail, describe, is_rate_limit, last_lines, one_line, plain_line,
+    Adapter, AdapterKind, Finished, Job, Outcome, Tail, describe, is_rate_limit, last_line, last_lines, one_line,
+    plain_line,
 };
 use crate::core::{FailureClass, Spent, Usage};
 
@@ -108,6 +109,19 @@ impl Adapter for CodexAdapter {
             "turn.failed" => Some(format!("codex failed: {}", one_line(&error_text(&v)))),
             _ => None,
         }
+    }
+
+    /// Its last warning (an `error` event such as "Reconnecting... (Connection failed: ...)"), else the last
+    /// line of standard error.
+    fn last_words(&self, tail: &Tail) -> Option<String> {
+        let warning = tail
+            .stdout
+            .iter()
+            .rev()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|e| e["type"] == "error")
+            .map(|e| one_line(&error_text(&e)));
+        warning.or_else(|| last_line(&tail.stderr))
     }
 
     fn spent(&self, tail: &Tail) -> Option<Spent> {
@@ -317,6 +331,16 @@ mod tests {
         );
         let Outcome::Done(f) = judge("codex-exec-json.jsonl", 0) else { panic!() };
         assert!(f.denied.is_empty(), "a clean run has nothing to say: {:?}", f.denied);
+    }
+
+    #[test]
+    fn a_run_that_went_silent_keeps_its_last_warning() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/agents/samples/codex-server-down-truncated.jsonl");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let tail = Tail { stdout: text.lines().map(str::to_string).collect(), stderr: Vec::new() };
+        let words = CodexAdapter::new(CodexSection::default()).last_words(&tail).unwrap();
+        assert!(words.contains("Connection failed"), "{words}");
     }
 
     #[test]

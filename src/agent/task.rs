@@ -127,9 +127,10 @@ async fn run_agent(
             });
         }
         RunEnd::NotStarted(why) => return Err(Failure::agent(why)),
-        RunEnd::Idle(quiet) => {
+        RunEnd::Idle(quiet, tail) => {
+            let last = runner.adapter.last_words(&tail).map(|l| format!("; its last line: {l}")).unwrap_or_default();
             return Err(Failure::agent(format!(
-                "the agent printed nothing for {} s (agent.idle_timeout_secs) and was stopped",
+                "the agent printed nothing for {} s (agent.idle_timeout_secs) and was stopped{last}",
                 quiet.as_secs()
             )));
         }
