@@ -71,6 +71,9 @@ async fn claude_code_refused_its_tools_fails_the_attempt_and_says_which() {
     let t = w.task(task).await;
     let message = t["task"]["last_failure"]["message"].as_str().unwrap();
     assert!(message.contains("refused") && message.contains("Bash: echo hi > hi.txt"), "{message}");
+    // What the run spent is kept with the failure.
+    let failed = t["events"].as_array().unwrap().iter().find(|e| e["type"] == "attempt_failed").unwrap();
+    assert!(failed["spent"]["usage"]["input_tokens"].as_u64().is_some_and(|n| n > 0), "{failed}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -85,6 +88,8 @@ async fn claude_code_api_errors_fail_the_attempt_with_the_providers_words() {
     let failure = &t["task"]["last_failure"];
     assert_eq!(failure["class"], "agent_error", "{failure}");
     assert!(failure["message"].as_str().unwrap().contains("the scripted model refuses"), "{failure}");
+    assert!(failure["message"].as_str().unwrap().contains("the model API answered HTTP 400"), "{failure}");
+    assert!(!failure["message"].as_str().unwrap().contains("success"), "{failure}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

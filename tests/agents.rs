@@ -447,3 +447,59 @@ async fn a_registration_out_of_bounds_is_refused_naming_the_field() {
     let (_, agents) = fleet.operator(Method::GET, "/agents").await;
     assert_eq!(agents["agents"], json!([]));
 }
+
+#[tokio::test]
+async fn a_failed_attempt_keeps_what_it_spent_and_tasks_show_says_it() {
+    let fleet = Fleet::start().await;
+    let task = fleet.label("acme/app#1", &["status:todo"]).await.unwrap();
+    let a1 = fleet.register("a1", &[], 1).await;
+    let a = a1.pull().await.unwrap();
+    assert_eq!(a1.start(&a).await, 200);
+    let before = fleet.event_count();
+    for bad in [
+        json!({"attempt": 1, "class": "agent_error", "cost_usd": -1.0}),
+        json!({"attempt": 1, "class": "agent_error", "usage": {"input_tokens": "many"}}),
+    ] {
+        let (status, body) = a1.post(&format!("/tasks/{task}/fail"), bad).await;
+        assert_eq!(status, 400, "{body}");
+    }
+    assert_eq!(fleet.event_count(), before, "refused reports change nothing");
+    let (status, body) = a1
+        .post(
+            &format!("/tasks/{task}/fail"),
+            json!({"attempt": 1, "class": "agent_error", "message": "it used up its turns",
+                   "usage": {"input_tokens": 5200, "output_tokens": 310, "cache_read_input_tokens": 40},
+                   "cost_usd": 0.07}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, detail) = fleet.operator(Method::GET, &format!("/tasks/{task}")).await;
+    let failed = detail["events"].as_array().unwrap().iter().find(|e| e["type"] == "attempt_failed").unwrap().clone();
+    assert_eq!(
+        failed["spent"],
+        json!({"usage": {"input_tokens": 5200, "output_tokens": 310, "cache_read_input_tokens": 40}, "cost_usd": 0.07}),
+        "{failed}"
+    );
+
+    // An attempt that reports nothing spent stores nothing.
+    fleet.later(Duration::from_secs(120));
+    a1.heartbeat(&[]).await;
+    let b = a1.pull().await.unwrap();
+    assert_eq!(a1.start(&b).await, 200);
+    let (status, _) = a1.post(&format!("/tasks/{task}/fail"), json!({"attempt": 2, "class": "agent_error"})).await;
+    assert_eq!(status, 200);
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("forgefleet.toml");
+    std::fs::write(&config, format!("[store]\npath = {:?}\n", fleet.db)).unwrap();
+    let out = std::process::Command::new(support::binary())
+        .args(["tasks", "show", &task.to_string(), "--config"])
+        .arg(&config)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("spent:    attempt 1 (failed): tokens 5200 in / 310 out, $0.07"), "{text}");
+    assert!(!text.contains("attempt 2 (failed)"), "{text}");
+}

@@ -2,7 +2,8 @@
 //! forgefleet, the fake Forgejo and real git over smart HTTP, with a `command` agent that attacks the runner's
 //! git, and a server whose assignments point elsewhere. Whatever they try, nothing of theirs runs in the
 //! runner's git, the Forgejo token goes only to the runner's configured Forgejo, and the task completes or
-//! fails cleanly.
+//! fails cleanly. These agents run with `sandbox = "none"`: the runner's own defences must hold without the
+//! sandbox (tests/sandbox.rs has the same kind of agent inside it).
 
 mod support;
 
@@ -55,7 +56,7 @@ echo 'Did the work.'"#,
         git_url = w.git_url,
         planted = w.root.path().join("planted").display(),
     );
-    let _agent = w.agent(&script);
+    let _agent = w.agent_unsandboxed(&script);
     eventually("the task ends", || async { matches!(w.state(task).await.as_str(), "completed" | "failed") }).await;
     let t = w.task(task).await;
 
@@ -100,7 +101,7 @@ async fn refused_assignment(git_url: String) -> (World, String) {
     .await;
     let (_, task) = w.queued("Elsewhere").await;
     let ran = w.root.path().join("agent-ran");
-    let _agent = w.agent(&format!("touch {}; echo x > x.txt; echo done", ran.display()));
+    let _agent = w.agent_unsandboxed(&format!("touch {}; echo x > x.txt; echo done", ran.display()));
     eventually("the task fails", || async { w.state(task).await == "failed" }).await;
     let t = w.task(task).await;
     assert!(!ran.exists(), "the agent ran on a refused assignment");
@@ -149,7 +150,7 @@ async fn the_agents_own_commits_are_kept_and_its_links_are_committed_as_links() 
          ln -s {} leak && echo 'Committed and linked.'",
         secret.display()
     );
-    let _agent = w.agent(&script);
+    let _agent = w.agent_unsandboxed(&script);
     eventually("the task ends", || async { matches!(w.state(task).await.as_str(), "completed" | "failed") }).await;
     let t = w.task(task).await;
     assert_eq!(t["task"]["state"], "completed", "{t}");
@@ -174,7 +175,7 @@ async fn a_dot_git_that_points_elsewhere_is_not_followed() {
     let cache = w.root.path().join(format!("agent/work/repos/{REPO}.git"));
     let script =
         format!("rm -rf .git && echo 'gitdir: {}' > .git && echo two > two.txt && echo 'Moved.'", cache.display());
-    let _agent = w.agent(&script);
+    let _agent = w.agent_unsandboxed(&script);
     eventually("the task ends", || async { matches!(w.state(task).await.as_str(), "completed" | "failed") }).await;
     let t = w.task(task).await;
     assert_eq!(t["task"]["state"], "completed", "{t}");
@@ -195,7 +196,7 @@ async fn the_runners_forgejo_token_is_not_in_any_start_up_environment_the_agent_
         "if tr '\\0' '\\n' < /proc/$PPID/environ | grep -q {AGENT_TOKEN}; then echo leaked > found.txt; \
          else echo clean > found.txt; fi; echo 'Looked.'"
     );
-    let agent = w.agent(&script);
+    let agent = w.agent_unsandboxed(&script);
     eventually("the task ends", || async { matches!(w.state(task).await.as_str(), "completed" | "failed") }).await;
     let t = w.task(task).await;
     assert_eq!(t["task"]["state"], "completed", "the token still reached git and Forgejo: {t}");
@@ -212,7 +213,7 @@ async fn the_runner_keeps_its_agent_token_in_a_file_only_it_can_read() {
     use std::os::unix::fs::PermissionsExt as _;
     let w = World::new(|_| {}).await;
     let file = w.root.path().join("agent/work/agent-token");
-    let agent = w.agent("echo idle");
+    let agent = w.agent_unsandboxed("echo idle");
     eventually("the runner registered", || async { file.exists() }).await;
     assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
     let token = std::fs::read_to_string(&file).unwrap();

@@ -94,6 +94,7 @@ fn random_command(rng: &mut StdRng, engine: &Engine) -> Command {
             attempt,
             class: CLASSES[rng.random_range(0..CLASSES.len())],
             message: "it broke".into(),
+            spent: None,
         },
         64..=71 => {
             // A receipt needs a started attempt: mostly about a running task, when there is one.

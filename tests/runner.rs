@@ -149,7 +149,7 @@ async fn an_agent_silent_past_the_idle_timeout_is_stopped_and_fails() {
     let w = World::new(|c| c.retry.agent_error.max_retries = 0).await;
     let (_, task) = w.queued("Hangs quietly").await;
     // Keys before the first table header belong to [agent].
-    let script = "echo thinking; sleep 3012";
+    let script = "echo thinking; echo 'warning: Connection failed' >&2; sleep 3012";
     let sections = format!("idle_timeout_secs = 2\n\n[command]\nrun = [\"sh\", \"-c\", {script:?}]\n");
     let _agent = w.agent_with(&sections, "command", &[]);
     eventually("the agent runs", || async { !pids_with("sleep 3012").is_empty() }).await;
@@ -157,6 +157,10 @@ async fn an_agent_silent_past_the_idle_timeout_is_stopped_and_fails() {
     let t = w.task(task).await;
     let message = t["task"]["last_failure"]["message"].as_str().unwrap();
     assert!(message.contains("printed nothing for 2 s"), "{message}");
+    assert!(
+        message.ends_with("its last line: warning: Connection failed"),
+        "the CLI's last warning is kept: {message}"
+    );
     eventually("the agent is gone", || async { pids_with("sleep 3012").is_empty() }).await;
 }
 

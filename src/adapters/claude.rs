@@ -16,7 +16,7 @@ use super::{
     Adapter, AdapterKind, Finished, Job, Outcome, Tail, copy_state, describe, is_rate_limit, last_lines, one_line,
     plain_line, runner_home,
 };
-use crate::core::{FailureClass, Usage};
+use crate::core::{FailureClass, Spent, Usage};
 
 /// `[claude]` of the agent's configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -138,14 +138,13 @@ impl Adapter for ClaudeAdapter {
         }
     }
 
+    fn spent(&self, tail: &Tail) -> Option<Spent> {
+        let r = result_line(tail)?;
+        Some(Spent { usage: usage(&r), cost_usd: r["total_cost_usd"].as_f64() })
+    }
+
     fn outcome(&self, status: ExitStatus, tail: &Tail) -> Outcome {
-        let result = tail
-            .stdout
-            .iter()
-            .rev()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find(|v| v["type"] == "result");
-        let Some(r) = result else {
+        let Some(r) = result_line(tail) else {
             return Outcome::Failed {
                 class: FailureClass::AgentError,
                 message: format!(
@@ -185,6 +184,11 @@ impl Adapter for ClaudeAdapter {
                 .collect(),
         })
     }
+}
+
+/// The last `result` line of the output.
+fn result_line(tail: &Tail) -> Option<Value> {
+    tail.stdout.iter().rev().filter_map(|l| serde_json::from_str::<Value>(l).ok()).find(|v| v["type"] == "result")
 }
 
 /// A failed result's kind in words: its `subtype` says `success` even when the API call failed.
@@ -282,6 +286,16 @@ mod tests {
             let progress: Vec<String> = sample(name).iter().filter_map(|l| a.progress(l)).collect();
             assert!(progress.iter().all(|l| !l.contains("success")), "{name}: {progress:?}");
         }
+    }
+
+    #[test]
+    fn a_failed_run_reports_what_it_spent() {
+        let a = ClaudeAdapter::new(ClaudeSection::default());
+        let tail = Tail { stdout: sample("claude-error-max-turns.json"), stderr: Vec::new() };
+        let spent = a.spent(&tail).expect("the result line says");
+        assert!((spent.cost_usd.unwrap() - 0.00705).abs() < 1e-9, "{spent:?}");
+        assert!(spent.usage.input_tokens > 0, "{spent:?}");
+        assert_eq!(a.spent(&Tail { stdout: vec!["not json".into()], stderr: Vec::new() }), None);
     }
 
     #[test]

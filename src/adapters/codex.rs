@@ -14,10 +14,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{
-    Adapter, AdapterKind, Finished, Job, Outcome, Tail, copy_state, describe, is_rate_limit, last_lines, one_line,
-    plain_line, runner_home,
+    Adapter, AdapterKind, Finished, Job, Outcome, Tail, copy_state, describe, is_rate_limit, last_line, last_lines,
+    one_line, plain_line, runner_home,
 };
-use crate::core::{FailureClass, Usage};
+use crate::core::{FailureClass, Spent, Usage};
 
 /// `[codex]` of the agent's configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -132,6 +132,29 @@ impl Adapter for CodexAdapter {
         }
     }
 
+    /// Its last warning (an `error` event such as "Reconnecting... (Connection failed: ...)"), else the last
+    /// line of standard error.
+    fn last_words(&self, tail: &Tail) -> Option<String> {
+        let warning = tail
+            .stdout
+            .iter()
+            .rev()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|e| e["type"] == "error")
+            .map(|e| one_line(&error_text(&e)));
+        warning.or_else(|| last_line(&tail.stderr))
+    }
+
+    fn spent(&self, tail: &Tail) -> Option<Spent> {
+        let done = tail
+            .stdout
+            .iter()
+            .rev()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|e| e["type"] == "turn.completed")?;
+        Some(Spent { usage: turn_usage(&done["usage"]), cost_usd: None })
+    }
+
     fn outcome(&self, status: ExitStatus, tail: &Tail) -> Outcome {
         let events: Vec<Value> = tail.stdout.iter().filter_map(|l| serde_json::from_str(l).ok()).collect();
         let failed = events.iter().rev().find(|e| e["type"] == "turn.failed");
@@ -156,15 +179,7 @@ impl Adapter for CodexAdapter {
             .unwrap_or_default()
             .trim()
             .to_string();
-        let u = &done["usage"];
-        let mut usage = Usage {
-            input_tokens: u["input_tokens"].as_u64().unwrap_or(0),
-            output_tokens: u["output_tokens"].as_u64().unwrap_or(0),
-            ..Default::default()
-        };
-        for key in ["cached_input_tokens", "reasoning_output_tokens"] {
-            usage.other.insert(key.to_string(), u[key].as_u64().unwrap_or(0));
-        }
+        let usage = turn_usage(&done["usage"]);
         let session = events.iter().find(|e| e["type"] == "thread.started").and_then(|e| e["thread_id"].as_str());
         Outcome::Done(Finished {
             summary,
@@ -174,6 +189,19 @@ impl Adapter for CodexAdapter {
             denied: troubles(&events, &tail.stderr),
         })
     }
+}
+
+/// The token counts of a `turn.completed`.
+fn turn_usage(u: &Value) -> Usage {
+    let mut usage = Usage {
+        input_tokens: u["input_tokens"].as_u64().unwrap_or(0),
+        output_tokens: u["output_tokens"].as_u64().unwrap_or(0),
+        ..Default::default()
+    };
+    for key in ["cached_input_tokens", "reasoning_output_tokens"] {
+        usage.other.insert(key.to_string(), u[key].as_u64().unwrap_or(0));
+    }
+    usage
 }
 
 /// `add src/a.rs, update src/b.rs`: the changes of a `file_change` item.
@@ -324,6 +352,16 @@ mod tests {
         );
         let Outcome::Done(f) = judge("codex-exec-json.jsonl", 0) else { panic!() };
         assert!(f.denied.is_empty(), "a clean run has nothing to say: {:?}", f.denied);
+    }
+
+    #[test]
+    fn a_run_that_went_silent_keeps_its_last_warning() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/agents/samples/codex-server-down-truncated.jsonl");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let tail = Tail { stdout: text.lines().map(str::to_string).collect(), stderr: Vec::new() };
+        let words = CodexAdapter::new(CodexSection::default()).last_words(&tail).unwrap();
+        assert!(words.contains("Connection failed"), "{words}");
     }
 
     #[test]

@@ -17,7 +17,7 @@ pub use claude::ClaudeAdapter;
 pub use codex::CodexAdapter;
 pub use command::CommandAdapter;
 
-use crate::core::{FailureClass, Usage};
+use crate::core::{FailureClass, Spent, Usage};
 
 /// The adapters this build has, by their name in the agent's configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,6 +101,15 @@ pub trait Adapter: Send + Sync {
     fn progress(&self, line: &str) -> Option<String>;
     /// Judges a run that ended by itself.
     fn outcome(&self, status: ExitStatus, tail: &Tail) -> Outcome;
+    /// The last thing a run that went silent said, for the failure message: by default the last line of
+    /// standard error, else of standard output.
+    fn last_words(&self, tail: &Tail) -> Option<String> {
+        last_line(&tail.stderr).or_else(|| last_line(&tail.stdout))
+    }
+    /// What a run that failed had spent (tokens, cost), if its output says: sent with the failure report.
+    fn spent(&self, _tail: &Tail) -> Option<Spent> {
+        None
+    }
 }
 
 /// The adapter for `kind`, set up from the agent's configuration.
@@ -116,6 +125,11 @@ pub fn build(config: &crate::agent::config::AgentConfig) -> std::sync::Arc<dyn A
 pub(crate) fn plain_line(line: &str) -> Option<String> {
     let line = line.trim_end();
     (!line.trim().is_empty()).then(|| line.to_string())
+}
+
+/// The last non-blank line of `lines`, shortened to one line.
+pub(crate) fn last_line(lines: &[String]) -> Option<String> {
+    lines.iter().rev().find(|l| !l.trim().is_empty()).map(|l| one_line(l))
 }
 
 /// The last `n` of `lines`, one a line, for a failure message.

@@ -157,8 +157,20 @@ impl FleetClient {
         Ok(())
     }
 
-    pub async fn fail(&self, task: TaskId, attempt: u32, class: &str, message: &str) -> Result<(), ClientError> {
-        let body = json!({"attempt": attempt, "class": class, "message": message});
+    /// Reports a failed attempt, with what it spent when that is known.
+    pub async fn fail(
+        &self,
+        task: TaskId,
+        attempt: u32,
+        class: &str,
+        message: &str,
+        spent: Option<&crate::core::Spent>,
+    ) -> Result<(), ClientError> {
+        let mut body = json!({"attempt": attempt, "class": class, "message": message});
+        if let Some(s) = spent {
+            body["usage"] = json!(s.usage);
+            body["cost_usd"] = json!(s.cost_usd);
+        }
         self.agent_call::<Value>(Method::POST, &format!("/tasks/{task}/fail"), &body).await?;
         Ok(())
     }

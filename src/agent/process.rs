@@ -26,8 +26,8 @@ pub enum RunEnd {
     /// Stopped because the server cancelled the task or the runner is shutting down.
     Stopped,
     TimedOut,
-    /// It printed nothing (on either stream) for this long, and was stopped.
-    Idle(Duration),
+    /// It printed nothing (on either stream) for this long, and was stopped; what it printed before.
+    Idle(Duration, Tail),
     /// It could not be started at all.
     NotStarted(String),
 }
@@ -145,7 +145,7 @@ pub async fn run(
     match outcome {
         Ended::Stopped => RunEnd::Stopped,
         Ended::TimedOut => RunEnd::TimedOut,
-        Ended::Idle => RunEnd::Idle(idle.unwrap_or_default()),
+        Ended::Idle => RunEnd::Idle(idle.unwrap_or_default(), tail),
         Ended::Exited(Err(e)) => RunEnd::NotStarted(format!("waiting for the agent: {e}")),
         Ended::Exited(Ok(status)) => RunEnd::Exited(status, tail),
     }

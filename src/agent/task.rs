@@ -15,7 +15,7 @@ use super::Runner;
 use super::process::{self, RunEnd};
 use crate::adapters::{Finished, Job, Outcome, describe};
 use crate::api::AssignmentView;
-use crate::core::{FailureClass, RepoName};
+use crate::core::{FailureClass, RepoName, Spent};
 use crate::integrations::forgejo::client::RetryPolicy;
 use crate::integrations::forgejo::{ForgejoClient, ForgejoError};
 
@@ -102,11 +102,21 @@ fn branch_name(name: &str) -> Result<(), &'static str> {
 struct Failure {
     class: FailureClass,
     message: String,
+    /// What the agent spent before it failed, when its output says: kept with the failure.
+    spent: Option<Spent>,
 }
 
 impl Failure {
     fn agent(message: impl Into<String>) -> Failure {
-        Failure { class: FailureClass::AgentError, message: message.into() }
+        Failure { class: FailureClass::AgentError, message: message.into(), spent: None }
+    }
+
+    /// A failure after the agent finished: what it spent is known.
+    fn after(finished: &Finished) -> impl Fn(String) -> Failure + '_ {
+        |message| Failure {
+            spent: Some(Spent { usage: finished.usage.clone(), cost_usd: finished.cost_usd }),
+            ..Failure::agent(message)
+        }
     }
 }
 
@@ -132,7 +142,7 @@ pub async fn work(runner: Arc<Runner>, a: AssignmentView, cancel: watch::Receive
         Ok(None) => tracing::info!(%task, attempt, "stopped before the end; nothing to report"),
         Err(f) => {
             tracing::warn!(%task, attempt, class = f.class.as_str(), message = %f.message, "the attempt failed");
-            if let Err(e) = runner.client.fail(task, attempt, f.class.as_str(), &f.message).await {
+            if let Err(e) = runner.client.fail(task, attempt, f.class.as_str(), &f.message, f.spent.as_ref()).await {
                 tracing::warn!(%task, attempt, error = %e, "the server did not take the failure report");
             }
         }
@@ -191,12 +201,14 @@ async fn run_agent(
             return Err(Failure {
                 class: FailureClass::Timeout,
                 message: format!("the agent was still running at the task's deadline ({})", a.deadline),
+                spent: None,
             });
         }
         RunEnd::NotStarted(why) => return Err(Failure::agent(why)),
-        RunEnd::Idle(quiet) => {
+        RunEnd::Idle(quiet, tail) => {
+            let last = runner.adapter.last_words(&tail).map(|l| format!("; its last line: {l}")).unwrap_or_default();
             return Err(Failure::agent(format!(
-                "the agent printed nothing for {} s (agent.idle_timeout_secs) and was stopped",
+                "the agent printed nothing for {} s (agent.idle_timeout_secs) and was stopped{last}",
                 quiet.as_secs()
             )));
         }
@@ -204,7 +216,7 @@ async fn run_agent(
             Outcome::Done(f) => f,
             Outcome::Failed { class, message } => {
                 tracing::debug!(status = %describe(status), "the adapter judged the run a failure");
-                return Err(Failure { class, message });
+                return Err(Failure { class, message, spent: runner.adapter.spent(&tail) });
             }
         },
     };
@@ -212,20 +224,20 @@ async fn run_agent(
     let head = match runner.workspace.commit_rest(wt, message.trim()).await {
         Ok(Some(head)) => head,
         Ok(None) if finished.denied.is_empty() => {
-            return Err(Failure::agent("the agent finished without changing anything"));
+            return Err(Failure::after(&finished)("the agent finished without changing anything".into()));
         }
         Ok(None) => {
-            return Err(Failure::agent(format!(
+            return Err(Failure::after(&finished)(format!(
                 "the agent finished without changing anything; it was refused {}: {} (see the adapter's \
                  permission settings in docs/agent.md)",
                 if finished.denied.len() == 1 { "this tool call" } else { "these tool calls" },
                 finished.denied.join("; ")
             )));
         }
-        Err(e) => return Err(Failure::agent(e.0)),
+        Err(e) => return Err(Failure::after(&finished)(e.0)),
     };
-    runner.workspace.push(wt, &checked.clone_url, &head, &a.branch).await.map_err(|e| Failure::agent(e.0))?;
-    let pr = open_pull(runner, &checked.repo, a, &finished).await.map_err(Failure::agent)?;
+    runner.workspace.push(wt, &checked.clone_url, &head, &a.branch).await.map_err(|e| Failure::after(&finished)(e.0))?;
+    let pr = open_pull(runner, &checked.repo, a, &finished).await.map_err(Failure::after(&finished))?;
     Ok(Some(json!({
         "task_id": a.task_id,
         "attempt": a.attempt,

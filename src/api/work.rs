@@ -13,7 +13,7 @@ use super::doc::{AgentFailureClassDoc, TAG_WORK, TaskStateDoc};
 use super::error::ErrorBody;
 use super::extract::{ApiJson, AuthAgent, Operator};
 use super::{ApiError, AppState};
-use crate::core::{FailureClass, TaskId, TaskState};
+use crate::core::{FailureClass, Spent, TaskId, TaskState, Usage};
 use crate::engine::{Assignment, Command};
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -265,7 +265,8 @@ pub async fn progress(
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-#[schema(example = json!({"attempt": 1, "class": "agent_error", "message": "claude exited with status 1"}))]
+#[schema(example = json!({"attempt": 1, "class": "agent_error", "message": "claude failed (exit status 1): it used up its turns",
+    "usage": {"input_tokens": 5200, "output_tokens": 310}, "cost_usd": 0.07}))]
 pub struct FailRequest {
     pub attempt: u32,
     /// Why it failed; decides whether and when the task is retried.
@@ -274,6 +275,13 @@ pub struct FailRequest {
     /// For people: shown in the issue comment. At most 64 KiB.
     #[serde(default)]
     pub message: String,
+    /// Tokens the attempt used before it failed, as in a receipt: kept with the failure.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub usage: Option<Usage>,
+    /// What the attempt cost before it failed, in US dollars.
+    #[serde(default)]
+    pub cost_usd: Option<f64>,
 }
 
 #[utoipa::path(
@@ -283,14 +291,15 @@ pub struct FailRequest {
     tag = TAG_WORK,
     summary = "Report a failed attempt",
     description = "Ends the attempt. The retry policy of the class decides: back to the queue with a new attempt after a \
-        backoff, or `failed` when the class's retry budget is spent. `cancelled` cannot be reported by an agent.",
+        backoff, or `failed` when the class's retry budget is spent. `cancelled` cannot be reported by an agent. \
+        `usage` and `cost_usd`, when given, are what the attempt spent: kept with the failure event.",
     params(("id" = i64, Path, description = "The task's id")),
     request_body = FailRequest,
     security(("agent_token" = [])),
     responses(
         (status = 200, description = "Recorded; `state` says whether it is queued again or failed", body = TaskAck),
-        (status = 400, description = "Invalid task id or JSON, an unknown class, the class `cancelled`, or a message \
-            over 64 KiB", body = ErrorBody),
+        (status = 400, description = "Invalid task id or JSON, an unknown class, the class `cancelled`, a message \
+            over 64 KiB, a negative `cost_usd` or more than 32 `usage` counters", body = ErrorBody),
         (status = 401, description = "Missing, unknown or revoked agent token", body = ErrorBody),
         (status = 403, description = "The agent does not hold the lease of this task and attempt", body = ErrorBody),
         (status = 404, description = "No such task", body = ErrorBody),
@@ -311,10 +320,21 @@ pub async fn fail(
     if req.message.len() > 64 * 1024 {
         return Err(ApiError::BadRequest("`message` is longer than 64 KiB".into()));
     }
-    let cmd = Command::FailTask { agent: agent.id, task, attempt: req.attempt, class, message: req.message };
+    if req.cost_usd.is_some_and(|c| !c.is_finite() || c < 0.0) {
+        return Err(ApiError::BadRequest("`cost_usd` must be a number of at least 0".into()));
+    }
+    if req.usage.as_ref().is_some_and(|u| u.other.len() > MAX_USAGE_COUNTERS) {
+        return Err(ApiError::BadRequest(format!("`usage` has more than {MAX_USAGE_COUNTERS} counters")));
+    }
+    let spent = (req.usage.is_some() || req.cost_usd.is_some())
+        .then(|| Spent { usage: req.usage.unwrap_or_default(), cost_usd: req.cost_usd });
+    let cmd = Command::FailTask { agent: agent.id, task, attempt: req.attempt, class, message: req.message, spent };
     app.engine.send(cmd).await?;
     ack(&app, task, req.attempt).await
 }
+
+/// Counters besides input and output tokens a `usage` may carry.
+const MAX_USAGE_COUNTERS: usize = 32;
 
 /// `POST /tasks/{id}/retry` (operator): a failed or cancelled task gets a new attempt and a fresh budget.
 #[utoipa::path(

@@ -223,6 +223,20 @@ pub fn task(store: &Store, id: crate::core::TaskId, as_json: bool) -> Result<(),
     if let Some(f) = &task.last_failure {
         println!("failure:  attempt {} {}: {}", f.attempt, f.class, f.message);
     }
+    let spent: Vec<(u32, &crate::core::Spent)> = events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            crate::core::Event::AttemptFailed { attempt, spent: Some(s), .. } => Some((*attempt, s)),
+            _ => None,
+        })
+        .collect();
+    for (attempt, s) in &spent {
+        let cost = s.cost_usd.map(|c| format!(", ${c:.2}")).unwrap_or_default();
+        println!(
+            "spent:    attempt {attempt} (failed): tokens {} in / {} out{cost}",
+            s.usage.input_tokens, s.usage.output_tokens
+        );
+    }
     if let Some(rc) = &task.receipt {
         println!("receipt:  pull request #{} at {}", rc.pr_number, rc.head_sha);
         if !rc.summary.is_empty() {

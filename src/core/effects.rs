@@ -302,6 +302,7 @@ mod tests {
             class: FailureClass::AgentError,
             message: "exit 1".into(),
             decision,
+            spent: None,
             at: Timestamp(5),
         };
         let (_, fx) = step(&assigned, failed);

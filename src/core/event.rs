@@ -81,6 +81,9 @@ pub enum Event {
         class: FailureClass,
         message: String,
         decision: RetryDecision,
+        /// What the agent says the attempt spent before it failed (tokens, cost), when it says.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        spent: Option<super::receipt::Spent>,
         at: Timestamp,
     },
     TaskCancelled {
@@ -216,6 +219,7 @@ mod tests {
                 class: FailureClass::Timeout,
                 message: "slow".into(),
                 decision: RetryDecision::GiveUp,
+                spent: None,
                 at: Timestamp(0),
             },
         ];

@@ -18,6 +18,6 @@ pub use event::{CancelledBy, Event};
 pub use ids::{AgentId, AgentName, CommitSha, InvalidId, IssueRef, RepoName, TaskId};
 pub use labels::{LabelChange, LabelReading, LabelScheme, Priority, StatusLabel, TaskSpec};
 pub use policy::{FailureClass, RetryDecision, RetryPolicy, RetryRule};
-pub use receipt::{Artifact, Check, FileChange, Receipt, Usage, Validation};
+pub use receipt::{Artifact, Check, FileChange, Receipt, Spent, Usage, Validation};
 pub use task::{Lease, Task, TaskState, TransitionError, work_branch};
 pub use time::Timestamp;

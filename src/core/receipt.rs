@@ -17,6 +17,16 @@ pub struct Usage {
     pub other: BTreeMap<String, u64>,
 }
 
+/// What a failed attempt spent before it failed, as its agent reports it: kept with the failure, so that the
+/// spend of failed attempts is not lost.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Spent {
+    #[serde(default)]
+    pub usage: Usage,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
+}
+
 /// Something the agent produced besides the pull request: a log, a report, a preview.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

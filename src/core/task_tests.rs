@@ -68,6 +68,7 @@ fn event_of_kind(kind: &str, attempt: u32) -> Event {
             class: FailureClass::AgentError,
             message: "exit 1".into(),
             decision: RetryDecision::Retry { not_before: at(500), retries_left: 1 },
+            spent: None,
             at: at(100),
         },
         "task_cancelled" => Event::TaskCancelled {
@@ -119,6 +120,7 @@ fn task_in(state: TaskState) -> Task {
             class: FailureClass::Timeout,
             message: "too slow".into(),
             decision: RetryDecision::GiveUp,
+            spent: None,
             at: at(50),
         })
         .unwrap();
@@ -237,6 +239,7 @@ fn giving_up_fails_the_task_and_a_person_can_retry_it_with_a_fresh_budget() {
         class: FailureClass::AgentError,
         message: "again".into(),
         decision: RetryDecision::GiveUp,
+        spent: None,
         at: at(900),
     })
     .unwrap();
@@ -255,6 +258,7 @@ fn cancelled_is_never_a_failed_attempt() {
         class: FailureClass::Cancelled,
         message: "".into(),
         decision: RetryDecision::GiveUp,
+        spent: None,
         at: at(1),
     };
     assert!(matches!(t.apply(&e), Err(TransitionError::CancelledIsNotAFailure { .. })));

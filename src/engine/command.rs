@@ -68,6 +68,8 @@ pub enum Command {
         attempt: u32,
         class: FailureClass,
         message: String,
+        /// What the attempt spent, if the agent says.
+        spent: Option<crate::core::Spent>,
     },
     SubmitReceipt {
         agent: AgentId,

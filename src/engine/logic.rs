@@ -95,14 +95,15 @@ pub fn handle(s: &mut EngineSettings, tx: &WriteTx<'_>, cmd: Command, now: Times
             leased(tx, agent, task, attempt)?;
             append(tx, Event::TaskStarted { task, attempt, at: now })
         }
-        Command::FailTask { agent, task, attempt, class, message } => {
+        Command::FailTask { agent, task, attempt, class, message, spent } => {
             if class == FailureClass::Cancelled {
                 return Err(EngineError::Invalid(
                     "an agent cannot report class `cancelled`; cancellations come from people".into(),
                 ));
             }
             let t = leased(tx, agent, task, attempt)?;
-            fail(s, tx, &t, class, message, now)
+            let decision = s.retry_for(&t.issue.repo).decide(class, t.retries_used(class), now);
+            append(tx, Event::AttemptFailed { task, attempt, class, message, decision, spent, at: now })
         }
         Command::SubmitReceipt { agent, task, attempt, receipt } => {
             submit_receipt(tx, agent, task, attempt, receipt, now)
@@ -520,7 +521,7 @@ fn fail(
     now: Timestamp,
 ) -> Result<Reply> {
     let decision = s.retry_for(&t.issue.repo).decide(class, t.retries_used(class), now);
-    append(tx, Event::AttemptFailed { task: t.id, attempt: t.attempt, class, message, decision, at: now })
+    append(tx, Event::AttemptFailed { task: t.id, attempt: t.attempt, class, message, decision, spent: None, at: now })
 }
 
 /// Why an agent's leases are taken back.
@@ -586,6 +587,7 @@ fn lose(
         class: FailureClass::AgentLost,
         message,
         decision,
+        spent: None,
         at: now,
     })?;
     Ok(())

@@ -197,6 +197,7 @@ fn agent_errors_retry_until_their_budget_is_spent() {
                 attempt: a.lease.attempt,
                 class: FailureClass::AgentError,
                 message: "exit status 1".into(),
+                spent: None,
             })
             .unwrap();
     }
@@ -218,7 +219,14 @@ fn only_the_leaseholder_may_report_and_cancelled_is_not_theirs_to_say() {
     assert!(matches!(err, EngineError::Forbidden(_)), "{err}");
     let err = f
         .engine
-        .execute(Command::FailTask { agent: a1, task, attempt: 1, class: FailureClass::Cancelled, message: "".into() })
+        .execute(Command::FailTask {
+            agent: a1,
+            task,
+            attempt: 1,
+            class: FailureClass::Cancelled,
+            message: "".into(),
+            spent: None,
+        })
         .unwrap_err();
     assert!(matches!(err, EngineError::Invalid(_)), "{err}");
     let err = f.engine.execute(Command::StartTask { agent: a1, task: TaskId(99), attempt: 1 }).unwrap_err();

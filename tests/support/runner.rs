@@ -102,6 +102,16 @@ impl World {
         self.agent_with(&format!("[command]\nrun = [\"sh\", \"-c\", {script:?}]\n"), "command", &[])
     }
 
+    /// A `command` agent running `script` with `sandbox = "none"`: for the runner's own defences, which must
+    /// hold without the sandbox too.
+    pub fn agent_unsandboxed(&self, script: &str) -> AgentHost {
+        self.agent_with(
+            &format!("sandbox = \"none\"\n\n[command]\nrun = [\"sh\", \"-c\", {script:?}]\n"),
+            "command",
+            &[],
+        )
+    }
+
     /// Starts `forgefleet agent` with `adapter`, its configuration sections `sections`, and `env` added to
     /// the runner's environment (which the agent inherits).
     pub fn agent_with(&self, sections: &str, adapter: &str, env: &[(String, String)]) -> AgentHost {
