@@ -672,3 +672,30 @@ async fn command_replies_say_in_words_what_is_wrong_and_status_answers_with_the_
     let reply = bot_reply(&w, n, "Cancelled").await;
     assert!(reply.contains("the `status:doing` label was removed"), "{reply}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_cancelled_after_its_agent_opened_a_pull_request_gets_it_closed_with_a_comment() {
+    let w = World::new().await;
+    let n = w.queued_issue("Cancel my pull").await;
+    let (_agent, a) = w.agent_starts().await;
+    w.forgejo.set_branch(REPO, "main", &"1".repeat(40)).await;
+    w.forgejo.set_branch(REPO, &a.branch, &"2".repeat(40)).await;
+    w.forgejo.set_branch(REPO, "alice-fix", &"3".repeat(40)).await;
+    let agents_pull =
+        w.forgejo.create_pull(REPO, BOT, "Fix it", &format!("Fixes #{n}"), &a.branch, &"2".repeat(40), "main").await;
+    let persons_pull = w
+        .forgejo
+        .create_pull(REPO, "alice", "My own", &format!("For #{n}"), "alice-fix", &"3".repeat(40), "main")
+        .await;
+    w.forgejo.comment(REPO, n, "alice", "/cancel").await;
+    eventually("the agent's pull request is closed", || async {
+        w.forgejo.pull(REPO, agents_pull).await.state == "closed"
+    })
+    .await;
+    let said = w.forgejo.comments(REPO, agents_pull).await;
+    assert!(
+        said.iter().any(|c| c.user == BOT && c.body.contains("cancelled") && c.body.contains(&format!("#{n}"))),
+        "{said:?}"
+    );
+    assert_eq!(w.forgejo.pull(REPO, persons_pull).await.state, "open", "a person's pull request stays open");
+}

@@ -366,6 +366,12 @@ impl ForgejoClient {
         self.all_pages(&Self::repo_path(repo, &format!("/pulls/{number}/files")), Vec::new()).await
     }
 
+    /// Closes a pull request (`PATCH /pulls/{n}` with `state: closed`); its branch stays.
+    pub async fn close_pull(&self, repo: &RepoName, number: u64) -> Result<PullRequest, ForgejoError> {
+        self.write(Method::PATCH, &Self::repo_path(repo, &format!("/pulls/{number}")), &json!({"state": "closed"}))
+            .await
+    }
+
     /// The account the token belongs to (`GET /user`): the bot's own login.
     pub async fn current_user(&self) -> Result<User, ForgejoError> {
         self.get("/user", &[]).await
