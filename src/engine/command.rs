@@ -146,6 +146,7 @@ impl Command {
                 | Command::FailTask { .. }
                 | Command::FinishValidation { .. }
                 | Command::CancelTask { .. }
+                | Command::IssueGone { .. }
                 | Command::RetryTask { .. }
                 | Command::DeregisterAgent { .. }
                 | Command::Tick
