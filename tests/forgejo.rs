@@ -35,7 +35,15 @@ impl World {
     }
 
     async fn build(text: Option<&str>, tune: impl FnOnce(&mut forgefleet::config::Config)) -> World {
-        let forgejo = FakeForgejo::start().await;
+        Self::build_on(FakeForgejo::start().await, text, tune).await
+    }
+
+    /// The same on a fake Forgejo the test prepared (faults armed before forgefleet starts).
+    async fn build_on(
+        forgejo: FakeForgejo,
+        text: Option<&str>,
+        tune: impl FnOnce(&mut forgefleet::config::Config),
+    ) -> World {
         forgejo.create_repo(REPO).await;
         if let Some(t) = text {
             forgejo.set_file(REPO, ".forgejo/fleet.yaml", t).await;
@@ -698,4 +706,29 @@ async fn a_task_cancelled_after_its_agent_opened_a_pull_request_gets_it_closed_w
         "{said:?}"
     );
     assert_eq!(w.forgejo.pull(REPO, persons_pull).await.state, "open", "a person's pull request stays open");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn comment_commands_wait_until_the_bots_login_is_known() {
+    // Forgejo cannot say who the bot is when forgefleet starts: serve starts all the same.
+    let forgejo = FakeForgejo::start().await;
+    forgejo.fail_path_until_healed("/api/v1/user", 503).await;
+    let w = World::build_on(forgejo, None, |c| c.forgejo.bot_user = None).await;
+    let n = w.queued_issue("Who am I").await;
+    // The bot's own comment comes back with a command in it while its login is unknown: it waits, then never runs.
+    w.forgejo.comment(REPO, n, BOT, "Attempt 1 did not succeed.\n\n/cancel").await;
+    w.forgejo.settle().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(w.tasks().await[0]["state"], "queued");
+    w.forgejo.heal().await;
+    w.forgejo.comment(REPO, n, "alice", "/fleet status").await;
+    eventually("forgefleet knows its login", || async {
+        w.forgejo.requests().await.iter().any(|r| r.path == "/api/v1/user" && r.status == 200)
+    })
+    .await;
+    // The held commands are tried again when their wait is over.
+    w.fleet.clock.advance(Duration::from_secs(60));
+    bot_reply(&w, n, "Fleet status").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(w.tasks().await[0]["state"], "queued", "the bot's own /cancel never ran");
 }

@@ -114,6 +114,9 @@ fn answer(
     if let Some(status) = st.faults.take_failure() {
         return (None, Err(ApiErr::new(status, "injected failure")));
     }
+    if let Some((_, status)) = st.faults.fail_path.as_ref().filter(|(p, _)| p == uri.path()) {
+        return (None, Err(ApiErr::new(*status, "injected failure")));
+    }
     let doer = match headers.get("authorization").map(|v| v.to_str().unwrap_or("")) {
         None => None,
         Some(value) => {

@@ -159,6 +159,8 @@ pub(crate) struct Faults {
     pub drop_webhooks: usize,
     pub fail_next: Option<(usize, u16)>,
     pub fail_until: Option<(Option<Instant>, u16)>,
+    /// Requests to this path (including `/api/v1`) answer this status.
+    pub fail_path: Option<(String, u16)>,
 }
 
 impl Faults {
