@@ -35,7 +35,15 @@ impl World {
     }
 
     async fn build(text: Option<&str>, tune: impl FnOnce(&mut forgefleet::config::Config)) -> World {
-        let forgejo = FakeForgejo::start().await;
+        Self::build_on(FakeForgejo::start().await, text, tune).await
+    }
+
+    /// The same on a fake Forgejo the test prepared (faults armed before forgefleet starts).
+    async fn build_on(
+        forgejo: FakeForgejo,
+        text: Option<&str>,
+        tune: impl FnOnce(&mut forgefleet::config::Config),
+    ) -> World {
         forgejo.create_repo(REPO).await;
         if let Some(t) = text {
             forgejo.set_file(REPO, ".forgejo/fleet.yaml", t).await;
@@ -870,4 +878,56 @@ async fn a_delivery_that_can_never_succeed_becomes_a_dead_letter_the_operator_re
     ] {
         assert_eq!(w.fleet.operator(Method::POST, &path).await.0.as_u16(), want, "{path}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_cancelled_after_its_agent_opened_a_pull_request_gets_it_closed_with_a_comment() {
+    let w = World::new().await;
+    let n = w.queued_issue("Cancel my pull").await;
+    let (_agent, a) = w.agent_starts().await;
+    w.forgejo.set_branch(REPO, "main", &"1".repeat(40)).await;
+    w.forgejo.set_branch(REPO, &a.branch, &"2".repeat(40)).await;
+    w.forgejo.set_branch(REPO, "alice-fix", &"3".repeat(40)).await;
+    let agents_pull =
+        w.forgejo.create_pull(REPO, BOT, "Fix it", &format!("Fixes #{n}"), &a.branch, &"2".repeat(40), "main").await;
+    let persons_pull = w
+        .forgejo
+        .create_pull(REPO, "alice", "My own", &format!("For #{n}"), "alice-fix", &"3".repeat(40), "main")
+        .await;
+    w.forgejo.comment(REPO, n, "alice", "/cancel").await;
+    eventually("the agent's pull request is closed", || async {
+        w.forgejo.pull(REPO, agents_pull).await.state == "closed"
+    })
+    .await;
+    let said = w.forgejo.comments(REPO, agents_pull).await;
+    assert!(
+        said.iter().any(|c| c.user == BOT && c.body.contains("cancelled") && c.body.contains(&format!("#{n}"))),
+        "{said:?}"
+    );
+    assert_eq!(w.forgejo.pull(REPO, persons_pull).await.state, "open", "a person's pull request stays open");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn comment_commands_wait_until_the_bots_login_is_known() {
+    // Forgejo cannot say who the bot is when forgefleet starts: serve starts all the same.
+    let forgejo = FakeForgejo::start().await;
+    forgejo.fail_path_until_healed("/api/v1/user", 503).await;
+    let w = World::build_on(forgejo, None, |c| c.forgejo.bot_user = None).await;
+    let n = w.queued_issue("Who am I").await;
+    // The bot's own comment comes back with a command in it while its login is unknown: it waits, then never runs.
+    w.forgejo.comment(REPO, n, BOT, "Attempt 1 did not succeed.\n\n/cancel").await;
+    w.forgejo.settle().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(w.tasks().await[0]["state"], "queued");
+    w.forgejo.heal().await;
+    w.forgejo.comment(REPO, n, "alice", "/fleet status").await;
+    eventually("forgefleet knows its login", || async {
+        w.forgejo.requests().await.iter().any(|r| r.path == "/api/v1/user" && r.status == 200)
+    })
+    .await;
+    // The held commands are tried again when their wait is over.
+    w.fleet.clock.advance(Duration::from_secs(60));
+    bot_reply(&w, n, "Fleet status").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(w.tasks().await[0]["state"], "queued", "the bot's own /cancel never ran");
 }

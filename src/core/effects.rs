@@ -78,6 +78,9 @@ pub enum Effect {
     /// Read the issue as Forgejo has it now and observe that: a webhook's view may be stale or out of order,
     /// so it never queues or cancels a task by itself. An issue that does not exist cancels its task.
     ConfirmIssue { issue: IssueRef },
+    /// A task was cancelled while its agent held it (or after its receipt): the pull request the agent opened
+    /// for that attempt, the receipt's or the one from the attempt's branch, is closed with a comment saying why.
+    ClosePull { issue: IssueRef, task: TaskId, attempt: u32, pr_number: Option<u64>, reason: String },
     /// A commit status on the pull request's head (the one the receipt names), so the pull request itself
     /// shows what forgefleet found.
     SetCommitStatus {
@@ -121,6 +124,7 @@ impl Effect {
             | Effect::Reply { issue, .. }
             | Effect::React { issue, .. }
             | Effect::ConfirmIssue { issue }
+            | Effect::ClosePull { issue, .. }
             | Effect::SetCommitStatus { issue, .. } => issue,
         }
     }
@@ -134,6 +138,7 @@ impl Effect {
             Effect::Reply { .. } => "reply",
             Effect::React { .. } => "react",
             Effect::ConfirmIssue { .. } => "confirm_issue",
+            Effect::ClosePull { .. } => "close_pull",
             Effect::SetCommitStatus { .. } => "set_commit_status",
         }
     }
@@ -156,6 +161,17 @@ pub fn effects_of(before: Option<&Task>, after: &Task, event: &Event) -> Vec<Eff
     }
     let comment = |attempt: u32, notice: Notice| Effect::Comment { issue: issue(), task: after.id, attempt, notice };
     let held_by = before.and_then(|t| t.lease.as_ref());
+    // An attempt an agent held may have opened a pull request; cancelled, it is closed.
+    let close_pull = |attempt: u32, reason: &String| {
+        let receipt = before.and_then(|t| t.receipt.as_ref());
+        (held_by.is_some() || receipt.is_some()).then(|| Effect::ClosePull {
+            issue: issue(),
+            task: after.id,
+            attempt,
+            pr_number: receipt.map(|r| r.pr_number),
+            reason: reason.clone(),
+        })
+    };
     match event {
         Event::TaskAssigned { agent, .. } => {
             out.push(Effect::SetAssignee { issue: issue(), agent: Some(*agent) });
@@ -217,8 +233,11 @@ pub fn effects_of(before: Option<&Task>, after: &Task, event: &Event) -> Vec<Eff
             }
         }
         // An issue that is gone has nobody to tell.
-        Event::TaskCancelled { by: CancelledBy::IssueGone, .. } => {}
+        Event::TaskCancelled { by: CancelledBy::IssueGone, attempt, reason, .. } => {
+            out.extend(close_pull(*attempt, reason));
+        }
         Event::TaskCancelled { attempt, reason, .. } => {
+            out.extend(close_pull(*attempt, reason));
             out.push(comment(*attempt, Notice::Cancelled { reason: reason.clone(), was_running: held_by.is_some() }));
             if held_by.is_some() {
                 out.push(Effect::SetAssignee { issue: issue(), agent: None });

@@ -164,6 +164,7 @@ impl Command {
                 | Command::FailTask { .. }
                 | Command::FinishValidation { .. }
                 | Command::CancelTask { .. }
+                | Command::IssueGone { .. }
                 | Command::RetryTask { .. }
                 | Command::DeregisterAgent { .. }
                 | Command::Tick

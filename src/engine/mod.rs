@@ -22,6 +22,8 @@ use crate::store::Store;
 /// Observes each committed batch: how many commands, how many events, how long it took.
 pub trait BatchObserver: Send + 'static {
     fn committed(&self, commands: usize, events: u64, elapsed: std::time::Duration);
+    /// The batch wrote outbox rows without an event (a confirmation to make, commands to run).
+    fn enqueued(&self) {}
 }
 
 impl BatchObserver for () {
@@ -120,10 +122,14 @@ impl Engine {
     ) -> Vec<Result<Reply, EngineError>> {
         let started = Instant::now();
         let before = self.store.read().event_count().unwrap_or(0);
+        let outbox_before = self.store.read().outbox_last_id().unwrap_or(0);
         let n = cmds.len();
         let replies = self.execute_batch(cmds);
         let after = self.store.read().event_count().unwrap_or(before);
         observer.committed(n, after.saturating_sub(before), started.elapsed());
+        if after == before && self.store.read().outbox_last_id().unwrap_or(0) > outbox_before {
+            observer.enqueued();
+        }
         replies
     }
 }

@@ -86,8 +86,8 @@ pub struct EngineHandle {
 }
 
 impl EngineHandle {
-    /// Changes after every transaction that appended events: workers that act on new events (outbox
-    /// delivery, receipt checks) wait on it instead of only polling.
+    /// Changes after every transaction that appended events or wrote outbox rows: workers that act on them
+    /// (outbox delivery, receipt checks) wait on it instead of only polling.
     pub fn appended(&self) -> watch::Receiver<u64> {
         self.appended.clone()
     }
@@ -190,6 +190,10 @@ impl<O: BatchObserver> BatchObserver for Signalling<O> {
         if events > 0 {
             self.appended.send_modify(|n| *n = n.wrapping_add(events));
         }
+    }
+    fn enqueued(&self) {
+        self.inner.enqueued();
+        self.appended.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
 

@@ -358,6 +358,11 @@ impl ReadView<'_> {
         Ok(out)
     }
 
+    /// The id of the newest outbox row (0 for none): the engine tells the workers when it grows.
+    pub fn outbox_last_id(&self) -> Result<i64> {
+        Ok(self.conn.prepare_cached("SELECT COALESCE(MAX(id), 0) FROM outbox")?.query_row([], |r| r.get(0))?)
+    }
+
     pub fn event_count(&self) -> Result<u64> {
         Ok(self.conn.prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM events")?.query_row([], |r| r.get(0))?)
     }

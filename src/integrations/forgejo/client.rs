@@ -441,6 +441,12 @@ impl ForgejoClient {
         self.all_pages(&Self::repo_path(repo, &format!("/pulls/{number}/files")), Vec::new()).await
     }
 
+    /// Closes a pull request (`PATCH /pulls/{n}` with `state: closed`); its branch stays.
+    pub async fn close_pull(&self, repo: &RepoName, number: u64) -> Result<PullRequest, ForgejoError> {
+        self.write(Method::PATCH, &Self::repo_path(repo, &format!("/pulls/{number}")), &json!({"state": "closed"}))
+            .await
+    }
+
     pub async fn permission(&self, repo: &RepoName, user: &str) -> Result<Permission, ForgejoError> {
         self.get(&Self::repo_path(repo, &format!("/collaborators/{user}/permission")), &[]).await
     }

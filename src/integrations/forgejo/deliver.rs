@@ -31,7 +31,11 @@ pub struct Deliverer {
     pub comment_on_start: bool,
     /// The bot's own login: its comments never run as commands, and none run until it is known.
     pub bot: super::identity::BotLogin,
+    /// Where agents push: `<branch_prefix>issue-<N>-attempt-<A>` (`[forgejo] branch_prefix`).
+    pub branch_prefix: String,
 }
+
+mod close_pull;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
@@ -136,6 +140,9 @@ impl Deliverer {
                 self.commit_status(&issue, &sha, state, &description).await
             }
             Effect::ConfirmIssue { issue } => super::confirm::confirm_issue(&self.client, &self.engine, &issue).await,
+            Effect::ClosePull { issue, task, attempt, pr_number, reason } => {
+                self.close_pull(&issue, task, attempt, pr_number, &reason).await
+            }
         }
     }
 

@@ -64,6 +64,7 @@ pub fn spawn(
         agent_users: config.forgejo.agent_users.clone(),
         comment_on_start: config.forgejo.comment_on_start,
         bot,
+        branch_prefix: config.forgejo.branch_prefix.clone(),
     };
     // Both workers wake as soon as the engine appends events (a new outbox row, a receipt), and poll as
     // the fallback (retries that come due, a pass that failed).

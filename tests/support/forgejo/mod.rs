@@ -543,6 +543,11 @@ impl FakeForgejo {
         self.with(|s| s.faults.late_posts = Some((n, wait)));
     }
 
+    /// Every REST request to `path` (including `/api/v1`) answers `status` until `heal()`.
+    pub async fn fail_path_until_healed(&self, path: &str, status: u16) {
+        self.with(|s| s.faults.fail_path = Some((path.to_string(), status)));
+    }
+
     /// Clears every request and webhook fault.
     pub async fn heal(&self) {
         self.with(|s| s.faults = Default::default());

@@ -119,6 +119,9 @@ fn answer(
     if let Some(status) = st.faults.take_failure() {
         return (None, Err(ApiErr::new(status, "injected failure")));
     }
+    if let Some((_, status)) = st.faults.fail_path.as_ref().filter(|(p, _)| p == uri.path()) {
+        return (None, Err(ApiErr::new(*status, "injected failure")));
+    }
     let doer = match headers.get("authorization").map(|v| v.to_str().unwrap_or("")) {
         None => None,
         Some(value) => {
@@ -369,6 +372,22 @@ fn repo_route(st: &mut State, m: &str, full: &str, rest: &[&str], req: &Req) -> 
             open_pull(st, &full, perm, req)
         }
         ("GET", ["pulls", n, tail @ ..]) => pull_route(st, r!(), number(n)?, tail, perm, req),
+        // EditPullRequest: title, body and state (`closed` or `open`); 201 with the pull request.
+        ("PATCH", ["pulls", n]) => {
+            writer()?;
+            let n = number(n)?;
+            r!().issues.get(&n).filter(|i| i.pull.is_some()).ok_or_else(ApiErr::not_found)?;
+            let doer = req.doer()?.to_string();
+            let body = req.json()?;
+            let edit = IssueEdit {
+                title: str_field(&body, "title").map(String::from),
+                body: str_field(&body, "body").map(String::from),
+                state: str_field(&body, "state").map(String::from),
+                assignees: None,
+            };
+            st.edit_issue(&full, n, &doer, edit)?;
+            ok(201, render::pull(st, r!(), &r!().issues[&n], perm))
+        }
         ("GET", ["collaborators", user, "permission"]) => {
             let doer = req.doer()?;
             let doer_admin = st.users.get(&doer.to_ascii_lowercase()).is_some_and(|u| u.is_admin);

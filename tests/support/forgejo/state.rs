@@ -161,6 +161,8 @@ pub(crate) struct Faults {
     pub fail_until: Option<(Option<Instant>, u16)>,
     /// The next `n` POST requests are applied, then answered only after the wait.
     pub late_posts: Option<(usize, std::time::Duration)>,
+    /// Requests to this path (including `/api/v1`) answer this status.
+    pub fail_path: Option<(String, u16)>,
 }
 
 impl Faults {
