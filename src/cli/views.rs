@@ -174,18 +174,13 @@ pub fn task(store: &Store, id: crate::core::TaskId, as_json: bool) -> Result<(),
         println!("{}", json!({"task": task, "events": events, "progress": progress}));
         return Ok(());
     }
-    let name = |agent: crate::core::AgentId| -> Result<String, CliError> {
-        Ok(r.agent(agent)?.map(|a| a.name.to_string()).unwrap_or_else(|| agent.to_string()))
-    };
     println!("task {}: {} \"{}\"", task.id, task.issue, task.title);
     println!("state:    {} (attempt {}, priority {})", task.state, task.attempt, task.spec.priority);
     if let Some(l) = &task.lease {
-        println!("lease:    {}, attempt {}, deadline {}", name(l.agent)?, l.attempt, l.deadline);
-    } else if let Some(agent) = events.iter().rev().find_map(|(_, e)| match e {
-        crate::core::Event::TaskAssigned { agent, attempt, .. } if *attempt == task.attempt => Some(*agent),
-        _ => None,
-    }) {
-        println!("agent:    {} (attempt {})", name(agent)?, task.attempt);
+        let agent = r.agent(l.agent)?.map(|a| a.name.to_string()).unwrap_or_else(|| l.agent.to_string());
+        println!("lease:    {agent}, attempt {}, deadline {}", l.attempt, l.deadline);
+    } else if let Some(agent) = r.did_attempt(task.id, task.attempt)?.filter(|_| task.state.is_terminal()) {
+        println!("agent:    {} (attempt {})", agent.name, task.attempt);
     }
     if let Some(f) = &task.last_failure {
         println!("failure:  attempt {} {}: {}", f.attempt, f.class, f.message);

@@ -39,6 +39,20 @@ struct Context {
     claimed_by: Option<TaskId>,
 }
 
+impl Context {
+    fn read(store: &Store, task: &Task) -> crate::store::Result<Context> {
+        let agent = match &task.lease {
+            Some(l) => store.read().agent(l.agent)?.map(|a| a.name.to_string()),
+            None => None,
+        };
+        let claimed_by = match &task.receipt {
+            Some(r) => store.read().completed_with_pull(&task.issue.repo, r.pr_number, task.id)?,
+            None => None,
+        };
+        Ok(Context { agent, claimed_by })
+    }
+}
+
 /// How the receipt's head relates to the pull request's, as forgefleet's mirror sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum HeadSeen {
@@ -94,13 +108,16 @@ impl Validator {
     /// Checks every task waiting in `validating`; returns how many got a verdict.
     pub async fn validate_pending(&self) -> Result<usize, NotYet> {
         let db = self.db.clone();
-        let waiting: Vec<Task> = tokio::task::spawn_blocking(move || -> crate::store::Result<Vec<Task>> {
+        let waiting = tokio::task::spawn_blocking(move || -> crate::store::Result<Vec<(Task, Context)>> {
             let store = Store::open_read_only(&db)?;
             let ids: Vec<TaskId> =
                 store.read().tasks(Some(TaskState::Validating), 100)?.into_iter().map(|t| t.id).collect();
             let mut tasks = Vec::new();
             for id in ids {
-                tasks.extend(store.read().task(id)?);
+                if let Some(task) = store.read().task(id)? {
+                    let context = Context::read(&store, &task)?;
+                    tasks.push((task, context));
+                }
             }
             Ok(tasks)
         })
@@ -108,8 +125,8 @@ impl Validator {
         .map_err(|e| NotYet::Local(e.to_string()))?
         .map_err(|e| NotYet::Local(e.to_string()))?;
         let mut done = 0;
-        for task in waiting {
-            match self.validate(&task).await {
+        for (task, context) in waiting {
+            match self.validate_with(&task, &context).await {
                 Ok(validation) => {
                     let cmd = Command::FinishValidation { task: task.id, attempt: task.attempt, validation };
                     match self.engine.send(cmd).await {
@@ -125,6 +142,17 @@ impl Validator {
 
     /// Every check of one receipt, each with its outcome.
     pub async fn validate(&self, task: &Task) -> Result<Validation, NotYet> {
+        let db = self.db.clone();
+        let t = task.clone();
+        let context = tokio::task::spawn_blocking(move || Context::read(&Store::open_read_only(&db)?, &t))
+            .await
+            .map_err(|e| NotYet::Local(e.to_string()))?
+            .map_err(|e| NotYet::Local(e.to_string()))?;
+        self.validate_with(task, &context).await
+    }
+
+    /// The checks, with what the store says about the receipt read already.
+    async fn validate_with(&self, task: &Task, context: &Context) -> Result<Validation, NotYet> {
         let Some(receipt) = &task.receipt else {
             return Ok(Validation {
                 checks: vec![check("receipt", false, "no receipt was recorded".into())],
@@ -141,7 +169,6 @@ impl Validator {
             }
             Err(e) => return Err(e.into()),
         };
-        let context = self.context(task, n).await?;
         let mut checks = Vec::new();
         let open_or_merged = pr.state == "open" || pr.merged;
         let opener = pr.user.as_ref().map(|u| u.login.as_str()).unwrap_or("an unknown user");
@@ -188,24 +215,6 @@ impl Validator {
         checks.push(head_matches_check(seen, &pr, claimed));
         checks.push(git_check);
         Ok(Validation { checks, files })
-    }
-
-    /// The agent holding the attempt, and another task completed with the same pull request, from the store.
-    async fn context(&self, task: &Task, pr: u64) -> Result<Context, NotYet> {
-        let db = self.db.clone();
-        let (id, repo, lease) = (task.id, task.issue.repo.clone(), task.lease.clone());
-        tokio::task::spawn_blocking(move || -> crate::store::Result<Context> {
-            let store = Store::open_read_only(&db)?;
-            let agent = match lease {
-                Some(l) => store.read().agent(l.agent)?.map(|a| a.name.to_string()),
-                None => None,
-            };
-            let claimed_by = store.read().completed_with_pull(&repo, pr, id)?;
-            Ok(Context { agent, claimed_by })
-        })
-        .await
-        .map_err(|e| NotYet::Local(e.to_string()))?
-        .map_err(|e| NotYet::Local(e.to_string()))
     }
 
     /// The pull request was opened by the agent's own Forgejo user, when `[forgejo.agent_users]` names one;
