@@ -424,7 +424,61 @@ fn keep_packs_in_check(mirror: &Mirror) {
 
 #[cfg(test)]
 mod tests {
-    use super::refers_to;
+    use super::*;
+    use crate::core::{Event, Timestamp};
+
+    /// Task 1 for acme/app#7, on `attempt`.
+    fn task(attempt: u32) -> Task {
+        let queued = Event::TaskQueued {
+            task: TaskId(1),
+            issue: "acme/app#7".parse().unwrap(),
+            title: "t".into(),
+            body: String::new(),
+            labels: vec![],
+            spec: Default::default(),
+            at: Timestamp(0),
+        };
+        let mut t = Task::queued(&queued).unwrap();
+        t.attempt = attempt;
+        t
+    }
+
+    /// A pull request from `branch` of `head_repo` (None: the repository is gone) into `base`.
+    fn pull(branch: &str, head_repo: Option<&str>, base: &str) -> PullRequest {
+        serde_json::from_value(serde_json::json!({
+            "number": 3, "title": "t", "state": "open",
+            "head": {"ref": branch, "sha": "a".repeat(40), "repo": head_repo.map(|r| serde_json::json!({"full_name": r}))},
+            "base": {"ref": base, "sha": "b".repeat(40), "repo": {"full_name": "acme/app"}},
+            "user": {"id": 5, "login": "agent"}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_head_branch_must_be_one_this_task_was_assigned_in_its_own_repository() {
+        let check = |branch: &str, repo: Option<&str>, attempt: u32| {
+            head_branch_check(&pull(branch, repo, "main"), &task(attempt), "forgefleet/")
+        };
+        let ours = check("forgefleet/issue-7-attempt-2", Some("acme/app"), 2);
+        assert!(ours.passed && ours.detail.contains("the assignment's branch"), "{ours:?}");
+        let earlier = check("forgefleet/issue-7-attempt-1", Some("Acme/App"), 2);
+        assert!(earlier.passed && earlier.detail.contains("attempt 1 of this task"), "{earlier:?}");
+        let later = check("forgefleet/issue-7-attempt-3", Some("acme/app"), 2);
+        assert!(!later.passed && later.detail.contains("not the assignment's `forgefleet/issue-7-attempt-2`"));
+        let other_task = check("forgefleet/issue-8-attempt-1", Some("acme/app"), 1);
+        assert!(!other_task.passed, "{other_task:?}");
+        let fork = check("forgefleet/issue-7-attempt-1", Some("mallory/app"), 1);
+        assert!(!fork.passed && fork.detail.contains("is in mallory/app, not in acme/app"), "{fork:?}");
+        let gone = check("forgefleet/issue-7-attempt-1", None, 1);
+        assert!(!gone.passed && gone.detail.contains("no longer exists"), "{gone:?}");
+    }
+
+    #[test]
+    fn the_base_branch_must_be_the_tasks() {
+        assert!(base_branch_check(&pull("x", Some("acme/app"), "main"), "main").passed);
+        let c = base_branch_check(&pull("x", Some("acme/app"), "release"), "main");
+        assert!(!c.passed && c.detail.contains("`release`, not the task's base branch `main`"), "{c:?}");
+    }
 
     #[test]
     fn references_to_the_issue_are_found_and_others_are_not() {
