@@ -134,6 +134,13 @@ fn outbox_line(o: &crate::store::OutboxHealth) -> String {
     }
 }
 
+/// Agent text as the terminal should show it, on one line: control characters (escape sequences, carriage
+/// returns, newlines that would fake lines of forgefleet's own) are written out as `\u{1b}`, `\n` and the like
+/// instead of being obeyed.
+fn printable(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+}
+
 fn shorten(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
         return s.to_string();
@@ -188,7 +195,7 @@ pub fn task(store: &Store, id: crate::core::TaskId, as_json: bool) -> Result<(),
     if let Some(rc) = &task.receipt {
         println!("receipt:  pull request #{} at {}", rc.pr_number, rc.head_sha);
         if !rc.summary.is_empty() {
-            println!("          {}", rc.summary);
+            println!("          {}", printable(&rc.summary));
         }
         let cost = rc.cost_usd.map(|c| format!(", ${c:.2}")).unwrap_or_default();
         println!("          tokens {} in / {} out{cost}", rc.usage.input_tokens, rc.usage.output_tokens);
@@ -208,7 +215,7 @@ pub fn task(store: &Store, id: crate::core::TaskId, as_json: bool) -> Result<(),
     if !progress.is_empty() {
         println!("progress (newest {}):", progress.len());
         for (attempt, at, line) in &progress {
-            println!("  {at} [attempt {attempt}] {line}");
+            println!("  {at} [attempt {attempt}] {}", printable(line));
         }
     }
     println!("history:");
