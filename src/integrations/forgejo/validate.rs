@@ -324,7 +324,7 @@ impl Validator {
 /// of this task named: this attempt's, or an earlier attempt's whose work this one continues.
 fn head_branch_check(pr: &PullRequest, task: &Task, prefix: &str) -> Check {
     let repo = task.issue.repo.as_str();
-    let branch = pr.head.name.as_str();
+    let (name, branch) = (pr.head.name.as_str(), code(&pr.head.name));
     let expected = work_branch(prefix, task.issue.number, task.attempt);
     match pr.head.repo.as_ref().map(|r| r.full_name.as_str()) {
         Some(r) if r.eq_ignore_ascii_case(repo) => {}
@@ -332,42 +332,41 @@ fn head_branch_check(pr: &PullRequest, task: &Task, prefix: &str) -> Check {
             return check(
                 "head_branch",
                 false,
-                format!(
-                    "its head branch `{branch}` is in {r}, not in {repo}: work comes from the task's own repository"
-                ),
+                format!("its head branch {branch} is in {r}, not in {repo}: work comes from the task's own repository"),
             );
         }
         None => {
             return check(
                 "head_branch",
                 false,
-                format!("its head branch `{branch}` is in a repository that no longer exists, not in {repo}"),
+                format!("its head branch {branch} is in a repository that no longer exists, not in {repo}"),
             );
         }
     }
-    if branch == expected {
-        return check("head_branch", true, format!("its head is `{branch}` in {repo}, the assignment's branch"));
+    if name == expected {
+        return check("head_branch", true, format!("its head is {branch} in {repo}, the assignment's branch"));
     }
-    if let Some(k) = (1..task.attempt).find(|k| work_branch(prefix, task.issue.number, *k) == branch) {
+    if let Some(k) = (1..task.attempt).find(|k| work_branch(prefix, task.issue.number, *k) == name) {
         return check(
             "head_branch",
             true,
-            format!("its head is `{branch}` in {repo}, the branch assigned to attempt {k} of this task"),
+            format!("its head is {branch} in {repo}, the branch assigned to attempt {k} of this task"),
         );
     }
     check(
         "head_branch",
         false,
-        format!("its head branch is `{branch}`, not the assignment's `{expected}`: it is not this task's work"),
+        format!("its head branch is {branch}, not the assignment's {}: it is not this task's work", code(&expected)),
     )
 }
 
 /// The pull request is against the task's base branch.
 fn base_branch_check(pr: &PullRequest, base: &str) -> Check {
     if pr.base.name == base {
-        check("base_branch", true, format!("it is against `{base}`"))
+        check("base_branch", true, format!("it is against {}", code(base)))
     } else {
-        check("base_branch", false, format!("it is against `{}`, not the task's base branch `{base}`", pr.base.name))
+        let detail = format!("it is against {}, not the task's base branch {}", code(&pr.base.name), code(base));
+        check("base_branch", false, detail)
     }
 }
 
@@ -382,8 +381,8 @@ fn head_matches_check(seen: HeadSeen, pr: &PullRequest, claimed: &str) -> Check 
             )
         }
         HeadSeen::OnBase => format!(
-            "its head is {head} but the receipt names {claimed}, a commit of the base branch `{}`: it adds no work",
-            pr.base.name
+            "its head is {head} but the receipt names {claimed}, a commit of the base branch {}: it adds no work",
+            code(&pr.base.name)
         ),
         HeadSeen::Earlier => format!(
             "its head is {head} but the receipt names {claimed}, an earlier commit of the branch: the branch was pushed to after the receipt"
@@ -393,6 +392,18 @@ fn head_matches_check(seen: HeadSeen, pr: &PullRequest, claimed: &str) -> Check 
         ),
     };
     check("head_matches", false, detail)
+}
+
+/// `text` as a Markdown code span for a comment: a branch name is chosen by whoever pushed it and may hold
+/// backticks, so the fence is longer than any run of them (a mention or a link inside stays inert). Control
+/// characters are written out.
+fn code(text: &str) -> String {
+    let text: String =
+        text.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect();
+    let longest = text.split(|c| c != '`').map(str::len).max().unwrap_or(0);
+    let fence = "`".repeat(longest + 1);
+    let pad = if text.starts_with('`') || text.ends_with('`') { " " } else { "" };
+    format!("{fence}{pad}{text}{pad}{fence}")
 }
 
 fn short(sha: &str) -> &str {
@@ -471,6 +482,15 @@ mod tests {
         assert!(!fork.passed && fork.detail.contains("is in mallory/app, not in acme/app"), "{fork:?}");
         let gone = check("forgefleet/issue-7-attempt-1", None, 1);
         assert!(!gone.passed && gone.detail.contains("no longer exists"), "{gone:?}");
+    }
+
+    #[test]
+    fn a_branch_name_with_backticks_stays_inside_its_code_span() {
+        assert_eq!(code("forgefleet/issue-7-attempt-1"), "`forgefleet/issue-7-attempt-1`");
+        assert_eq!(code("x`@alice`y"), "``x`@alice`y``");
+        assert_eq!(code("`a``b"), "``` `a``b ```");
+        let c = head_branch_check(&pull("x`@alice", Some("acme/app"), "main"), &task(1), "forgefleet/");
+        assert!(c.detail.contains("``x`@alice``"), "{c:?}");
     }
 
     #[test]
