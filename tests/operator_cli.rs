@@ -287,7 +287,7 @@ fn tasks_show_the_agent_and_progress_of_finished_work_and_serve_logs_each_transi
     let id = a["task_id"].as_u64().unwrap();
     let issue = format!("{}#{}", a["repo"].as_str().unwrap(), a["issue"]);
     assert_eq!(post(&server, &format!("/tasks/{id}/start"), &token, json!({"attempt": 1})).0, 200);
-    let lines = json!({"attempt": 1, "lines": ["cloned acme/app", "running cargo test"]});
+    let lines = json!({"attempt": 1, "lines": ["cloned acme/app", "running cargo test", "\u{1b}[2Jfake\n[ok] x"]});
     assert_eq!(post(&server, &format!("/tasks/{id}/progress"), &token, lines).0, 200);
     let out = cli(&home, &["cancel", &id.to_string()]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -302,6 +302,8 @@ fn tasks_show_the_agent_and_progress_of_finished_work_and_serve_logs_each_transi
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(text.contains("agent:    builder-1 (attempt 1)"), "{text}");
     assert!(text.contains("[attempt 1] cloned acme/app") && text.contains("[attempt 1] running cargo test"), "{text}");
+    // Agent text cannot drive the terminal or fake a line of its own.
+    assert!(text.contains("[attempt 1] \\u{1b}[2Jfake\\n[ok] x") && !text.contains('\u{1b}'), "{text}");
     let shown = json_out(&cli(&home, &["tasks", "show", &id.to_string(), "--json"]));
     assert_eq!(shown["progress"][1]["line"], "running cargo test", "{shown}");
 

@@ -18,7 +18,7 @@ use rand::{Rng, SeedableRng};
 fn snapshot(store: &Store) -> Vec<String> {
     let conn = store.connection();
     let mut out = Vec::new();
-    for (table, order) in [("tasks", "id"), ("agents", "id"), ("leases", "task_id")] {
+    for (table, order) in [("tasks", "id"), ("agents", "id"), ("leases", "task_id"), ("progress", "id")] {
         let mut stmt = conn.prepare(&format!("SELECT * FROM {table} ORDER BY {order}")).unwrap();
         let n = stmt.column_count();
         let rows = stmt
@@ -97,14 +97,22 @@ fn random_command(rng: &mut StdRng, engine: &Engine) -> Command {
             spent: None,
         },
         64..=71 => {
-            // A receipt needs a started attempt: mostly about a running task, when there is one.
-            let running = engine.store.read().tasks(Some(forgefleet::core::TaskState::Running), 10).unwrap();
-            let (agent, task, attempt) = match running.first().filter(|_| rng.random_bool(0.8)) {
-                Some(t) => {
-                    let t = engine.store.read().task(t.id).unwrap().unwrap();
-                    (t.lease.map_or(agent, |l| l.agent), t.id, t.attempt)
+            // A receipt needs a started attempt: mostly about a running task; with none, an assigned one is
+            // started by its agent first.
+            let read = |state| engine.store.read().tasks(Some(state), 10).unwrap();
+            let (running, assigned) =
+                (read(forgefleet::core::TaskState::Running), read(forgefleet::core::TaskState::Assigned));
+            let held = |id| {
+                let t = engine.store.read().task(id).unwrap().unwrap();
+                (t.lease.map_or(agent, |l| l.agent), t.id, t.attempt)
+            };
+            let (agent, task, attempt) = match (running.first(), assigned.first()) {
+                (Some(t), _) if rng.random_bool(0.8) => held(t.id),
+                (None, Some(t)) if rng.random_bool(0.8) => {
+                    let (agent, task, attempt) = held(t.id);
+                    return Command::StartTask { agent, task, attempt };
                 }
-                None => (agent, task, attempt),
+                _ => (agent, task, attempt),
             };
             Command::SubmitReceipt {
                 agent,
@@ -146,6 +154,8 @@ fn random_command(rng: &mut StdRng, engine: &Engine) -> Command {
         81..=83 => Command::RetryTask { task, by: "operator".into() },
         84..=85 => Command::DrainAgent { agent },
         86..=87 => Command::DeregisterAgent { agent },
+        // Progress lines are no events: the rebuild must keep them, and rebuild the tasks they refer to.
+        88..=91 => Command::Progress { agent, task, attempt, lines: vec![format!("line {}", rng.random::<u16>())] },
         _ => Command::Tick,
     }
 }

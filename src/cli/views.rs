@@ -167,6 +167,13 @@ fn outbox_line(o: &crate::store::OutboxHealth) -> String {
     }
 }
 
+/// Agent text as the terminal should show it, on one line: control characters (escape sequences, carriage
+/// returns, newlines that would fake lines of forgefleet's own) are written out as `\u{1b}`, `\n` and the like
+/// instead of being obeyed.
+fn printable(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+}
+
 fn shorten(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
         return s.to_string();
@@ -207,18 +214,13 @@ pub fn task(store: &Store, id: crate::core::TaskId, as_json: bool) -> Result<(),
         println!("{}", json!({"task": task, "events": events, "progress": progress}));
         return Ok(());
     }
-    let name = |agent: crate::core::AgentId| -> Result<String, CliError> {
-        Ok(r.agent(agent)?.map(|a| a.name.to_string()).unwrap_or_else(|| agent.to_string()))
-    };
     println!("task {}: {} \"{}\"", task.id, task.issue, task.title);
     println!("state:    {} (attempt {}, priority {})", task.state, task.attempt, task.spec.priority);
     if let Some(l) = &task.lease {
-        println!("lease:    {}, attempt {}, deadline {}", name(l.agent)?, l.attempt, l.deadline);
-    } else if let Some(agent) = events.iter().rev().find_map(|(_, e)| match e {
-        crate::core::Event::TaskAssigned { agent, attempt, .. } if *attempt == task.attempt => Some(*agent),
-        _ => None,
-    }) {
-        println!("agent:    {} (attempt {})", name(agent)?, task.attempt);
+        let agent = r.agent(l.agent)?.map(|a| a.name.to_string()).unwrap_or_else(|| l.agent.to_string());
+        println!("lease:    {agent}, attempt {}, deadline {}", l.attempt, l.deadline);
+    } else if let Some(agent) = r.did_attempt(task.id, task.attempt)?.filter(|_| task.state.is_terminal()) {
+        println!("agent:    {} (attempt {})", agent.name, task.attempt);
     }
     if let Some(f) = &task.last_failure {
         println!("failure:  attempt {} {}: {}", f.attempt, f.class, f.message);
@@ -240,7 +242,7 @@ pub fn task(store: &Store, id: crate::core::TaskId, as_json: bool) -> Result<(),
     if let Some(rc) = &task.receipt {
         println!("receipt:  pull request #{} at {}", rc.pr_number, rc.head_sha);
         if !rc.summary.is_empty() {
-            println!("          {}", rc.summary);
+            println!("          {}", printable(&rc.summary));
         }
         let cost = rc.cost_usd.map(|c| format!(", ${c:.2}")).unwrap_or_default();
         println!("          tokens {} in / {} out{cost}", rc.usage.input_tokens, rc.usage.output_tokens);
@@ -260,7 +262,7 @@ pub fn task(store: &Store, id: crate::core::TaskId, as_json: bool) -> Result<(),
     if !progress.is_empty() {
         println!("progress (newest {}):", progress.len());
         for (attempt, at, line) in &progress {
-            println!("  {at} [attempt {attempt}] {line}");
+            println!("  {at} [attempt {attempt}] {}", printable(line));
         }
     }
     println!("history:");

@@ -217,7 +217,8 @@ fn project(conn: &Connection, cache: &super::TxCache, event: &Event) -> Result<V
                 issue: after.issue.clone(),
                 from,
                 to: after.state,
-                attempt: after.attempt,
+                // The attempt the change is about: the lease's (a retry's new number comes with its assignment).
+                attempt: lease.map_or(after.attempt, |l| l.attempt),
                 agent,
             });
         }

@@ -117,12 +117,7 @@ impl ReadView<'_> {
     /// finished task the agent its last attempt was given to.
     pub fn tasks(&self, state: Option<TaskState>, limit: u32) -> Result<Vec<TaskSummary>> {
         let mut stmt = self.conn.prepare_cached(
-            // The agent: the one holding the lease, or for a finished task the one its last attempt was given to.
-            "SELECT COALESCE(a.name, CASE WHEN t.state IN ('completed', 'failed', 'cancelled') THEN (
-                 SELECT d.name FROM events e JOIN agents d ON d.id = json_extract(e.payload, '$.agent')
-                 WHERE e.task_id = t.id AND e.kind = 'task_assigned' AND json_extract(e.payload, '$.attempt') = t.attempt
-                 ORDER BY e.seq DESC LIMIT 1) END),
-                 t.data, t.title, '' FROM tasks t
+            "SELECT a.name, t.data, t.title, '' FROM tasks t
              LEFT JOIN leases l ON l.task_id = t.id LEFT JOIN agents a ON a.id = l.agent_id
              WHERE ?1 IS NULL OR t.state = ?1 ORDER BY t.updated_at DESC, t.id DESC LIMIT ?2",
         )?;
@@ -130,7 +125,10 @@ impl ReadView<'_> {
         let mut out = Vec::new();
         while let Some(row) = rows.next()? {
             // A list shows no bodies: the body column is not read.
-            let (agent, t): (Option<String>, Task) = (row.get(0)?, task_from_row(row, 1)?);
+            let (mut agent, t): (Option<String>, Task) = (row.get(0)?, task_from_row(row, 1)?);
+            if agent.is_none() && t.state.is_terminal() {
+                agent = self.did_attempt(t.id, t.attempt)?.map(|a| a.name.to_string());
+            }
             out.push(TaskSummary {
                 id: t.id,
                 issue: t.issue.to_string(),
@@ -157,18 +155,32 @@ impl ReadView<'_> {
         .collect()
     }
 
-    /// Another task of `repo` that was completed with pull request `pr` (a receipt naming it, checked, and the
-    /// same attempt completed), if any. Walks only that repository's tasks' logs.
+    /// The agent an attempt was given to (the last one, if it was given more than once): who did a finished
+    /// task, when its lease is gone.
+    pub fn did_attempt(&self, task: TaskId, attempt: u32) -> Result<Option<Agent>> {
+        let id: Option<i64> = self
+            .conn
+            .prepare_cached(
+                "SELECT json_extract(payload, '$.agent') FROM events WHERE task_id = ?1 AND kind = 'task_assigned'
+                 AND json_extract(payload, '$.attempt') = ?2 ORDER BY seq DESC LIMIT 1",
+            )?
+            .query_row(params![task.0, attempt], |r| r.get(0))
+            .optional()?;
+        match id {
+            Some(id) => self.agent(AgentId(id)),
+            None => Ok(None),
+        }
+    }
+
+    /// Another completed task of `repo` whose receipt names pull request `pr`, if any. Reads the projection (one
+    /// pass over that repository's task rows; the log would cost a pass over all their events): a task queued
+    /// again after its completion starts afresh and no longer counts.
     pub fn completed_with_pull(&self, repo: &RepoName, pr: u64, except: TaskId) -> Result<Option<TaskId>> {
         let id: Option<i64> = self
             .conn
             .prepare_cached(
-                "SELECT t.id FROM tasks t JOIN events c ON c.task_id = t.id AND c.kind = 'task_completed'
-                 WHERE t.repo = ?1 AND t.id != ?3 AND EXISTS (
-                     SELECT 1 FROM events r WHERE r.task_id = t.id AND r.kind = 'receipt_received'
-                         AND json_extract(r.payload, '$.attempt') = json_extract(c.payload, '$.attempt')
-                         AND json_extract(r.payload, '$.receipt.pr_number') = ?2)
-                 ORDER BY t.id LIMIT 1",
+                "SELECT id FROM tasks WHERE repo = ?1 AND id != ?3 AND state = 'completed'
+                 AND json_extract(data, '$.receipt.pr_number') = ?2 ORDER BY id LIMIT 1",
             )?
             .query_row(params![repo.as_str(), pr as i64, except.0], |r| r.get(0))
             .optional()?;

@@ -39,6 +39,20 @@ struct Context {
     claimed_by: Option<TaskId>,
 }
 
+impl Context {
+    fn read(store: &Store, task: &Task) -> crate::store::Result<Context> {
+        let agent = match &task.lease {
+            Some(l) => store.read().agent(l.agent)?.map(|a| a.name.to_string()),
+            None => None,
+        };
+        let claimed_by = match &task.receipt {
+            Some(r) => store.read().completed_with_pull(&task.issue.repo, r.pr_number, task.id)?,
+            None => None,
+        };
+        Ok(Context { agent, claimed_by })
+    }
+}
+
 /// How the receipt's head relates to the pull request's, as forgefleet's mirror sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum HeadSeen {
@@ -94,13 +108,16 @@ impl Validator {
     /// Checks every task waiting in `validating`; returns how many got a verdict.
     pub async fn validate_pending(&self) -> Result<usize, NotYet> {
         let db = self.db.clone();
-        let waiting: Vec<Task> = tokio::task::spawn_blocking(move || -> crate::store::Result<Vec<Task>> {
+        let waiting = tokio::task::spawn_blocking(move || -> crate::store::Result<Vec<(Task, Context)>> {
             let store = Store::open_read_only(&db)?;
             let ids: Vec<TaskId> =
                 store.read().tasks(Some(TaskState::Validating), 100)?.into_iter().map(|t| t.id).collect();
             let mut tasks = Vec::new();
             for id in ids {
-                tasks.extend(store.read().task(id)?);
+                if let Some(task) = store.read().task(id)? {
+                    let context = Context::read(&store, &task)?;
+                    tasks.push((task, context));
+                }
             }
             Ok(tasks)
         })
@@ -108,8 +125,8 @@ impl Validator {
         .map_err(|e| NotYet::Local(e.to_string()))?
         .map_err(|e| NotYet::Local(e.to_string()))?;
         let mut done = 0;
-        for task in waiting {
-            match self.validate(&task).await {
+        for (task, context) in waiting {
+            match self.validate_with(&task, &context).await {
                 Ok(validation) => {
                     let cmd = Command::FinishValidation { task: task.id, attempt: task.attempt, validation };
                     match self.engine.send(cmd).await {
@@ -125,6 +142,17 @@ impl Validator {
 
     /// Every check of one receipt, each with its outcome.
     pub async fn validate(&self, task: &Task) -> Result<Validation, NotYet> {
+        let db = self.db.clone();
+        let t = task.clone();
+        let context = tokio::task::spawn_blocking(move || Context::read(&Store::open_read_only(&db)?, &t))
+            .await
+            .map_err(|e| NotYet::Local(e.to_string()))?
+            .map_err(|e| NotYet::Local(e.to_string()))?;
+        self.validate_with(task, &context).await
+    }
+
+    /// The checks, with what the store says about the receipt read already.
+    async fn validate_with(&self, task: &Task, context: &Context) -> Result<Validation, NotYet> {
         let Some(receipt) = &task.receipt else {
             return Ok(Validation {
                 checks: vec![check("receipt", false, "no receipt was recorded".into())],
@@ -141,7 +169,6 @@ impl Validator {
             }
             Err(e) => return Err(e.into()),
         };
-        let context = self.context(task, n).await?;
         let mut checks = Vec::new();
         let open_or_merged = pr.state == "open" || pr.merged;
         let opener = pr.user.as_ref().map(|u| u.login.as_str()).unwrap_or("an unknown user");
@@ -188,24 +215,6 @@ impl Validator {
         checks.push(head_matches_check(seen, &pr, claimed));
         checks.push(git_check);
         Ok(Validation { checks, files })
-    }
-
-    /// The agent holding the attempt, and another task completed with the same pull request, from the store.
-    async fn context(&self, task: &Task, pr: u64) -> Result<Context, NotYet> {
-        let db = self.db.clone();
-        let (id, repo, lease) = (task.id, task.issue.repo.clone(), task.lease.clone());
-        tokio::task::spawn_blocking(move || -> crate::store::Result<Context> {
-            let store = Store::open_read_only(&db)?;
-            let agent = match lease {
-                Some(l) => store.read().agent(l.agent)?.map(|a| a.name.to_string()),
-                None => None,
-            };
-            let claimed_by = store.read().completed_with_pull(&repo, pr, id)?;
-            Ok(Context { agent, claimed_by })
-        })
-        .await
-        .map_err(|e| NotYet::Local(e.to_string()))?
-        .map_err(|e| NotYet::Local(e.to_string()))
     }
 
     /// The pull request was opened by the agent's own Forgejo user, when `[forgejo.agent_users]` names one;
@@ -315,7 +324,7 @@ impl Validator {
 /// of this task named: this attempt's, or an earlier attempt's whose work this one continues.
 fn head_branch_check(pr: &PullRequest, task: &Task, prefix: &str) -> Check {
     let repo = task.issue.repo.as_str();
-    let branch = pr.head.name.as_str();
+    let (name, branch) = (pr.head.name.as_str(), code(&pr.head.name));
     let expected = work_branch(prefix, task.issue.number, task.attempt);
     match pr.head.repo.as_ref().map(|r| r.full_name.as_str()) {
         Some(r) if r.eq_ignore_ascii_case(repo) => {}
@@ -323,42 +332,41 @@ fn head_branch_check(pr: &PullRequest, task: &Task, prefix: &str) -> Check {
             return check(
                 "head_branch",
                 false,
-                format!(
-                    "its head branch `{branch}` is in {r}, not in {repo}: work comes from the task's own repository"
-                ),
+                format!("its head branch {branch} is in {r}, not in {repo}: work comes from the task's own repository"),
             );
         }
         None => {
             return check(
                 "head_branch",
                 false,
-                format!("its head branch `{branch}` is in a repository that no longer exists, not in {repo}"),
+                format!("its head branch {branch} is in a repository that no longer exists, not in {repo}"),
             );
         }
     }
-    if branch == expected {
-        return check("head_branch", true, format!("its head is `{branch}` in {repo}, the assignment's branch"));
+    if name == expected {
+        return check("head_branch", true, format!("its head is {branch} in {repo}, the assignment's branch"));
     }
-    if let Some(k) = (1..task.attempt).find(|k| work_branch(prefix, task.issue.number, *k) == branch) {
+    if let Some(k) = (1..task.attempt).find(|k| work_branch(prefix, task.issue.number, *k) == name) {
         return check(
             "head_branch",
             true,
-            format!("its head is `{branch}` in {repo}, the branch assigned to attempt {k} of this task"),
+            format!("its head is {branch} in {repo}, the branch assigned to attempt {k} of this task"),
         );
     }
     check(
         "head_branch",
         false,
-        format!("its head branch is `{branch}`, not the assignment's `{expected}`: it is not this task's work"),
+        format!("its head branch is {branch}, not the assignment's {}: it is not this task's work", code(&expected)),
     )
 }
 
 /// The pull request is against the task's base branch.
 fn base_branch_check(pr: &PullRequest, base: &str) -> Check {
     if pr.base.name == base {
-        check("base_branch", true, format!("it is against `{base}`"))
+        check("base_branch", true, format!("it is against {}", code(base)))
     } else {
-        check("base_branch", false, format!("it is against `{}`, not the task's base branch `{base}`", pr.base.name))
+        let detail = format!("it is against {}, not the task's base branch {}", code(&pr.base.name), code(base));
+        check("base_branch", false, detail)
     }
 }
 
@@ -373,8 +381,8 @@ fn head_matches_check(seen: HeadSeen, pr: &PullRequest, claimed: &str) -> Check 
             )
         }
         HeadSeen::OnBase => format!(
-            "its head is {head} but the receipt names {claimed}, a commit of the base branch `{}`: it adds no work",
-            pr.base.name
+            "its head is {head} but the receipt names {claimed}, a commit of the base branch {}: it adds no work",
+            code(&pr.base.name)
         ),
         HeadSeen::Earlier => format!(
             "its head is {head} but the receipt names {claimed}, an earlier commit of the branch: the branch was pushed to after the receipt"
@@ -384,6 +392,18 @@ fn head_matches_check(seen: HeadSeen, pr: &PullRequest, claimed: &str) -> Check 
         ),
     };
     check("head_matches", false, detail)
+}
+
+/// `text` as a Markdown code span for a comment: a branch name is chosen by whoever pushed it and may hold
+/// backticks, so the fence is longer than any run of them (a mention or a link inside stays inert). Control
+/// characters are written out.
+fn code(text: &str) -> String {
+    let text: String =
+        text.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect();
+    let longest = text.split(|c| c != '`').map(str::len).max().unwrap_or(0);
+    let fence = "`".repeat(longest + 1);
+    let pad = if text.starts_with('`') || text.ends_with('`') { " " } else { "" };
+    format!("{fence}{pad}{text}{pad}{fence}")
 }
 
 fn short(sha: &str) -> &str {
@@ -415,7 +435,70 @@ fn keep_packs_in_check(mirror: &Mirror) {
 
 #[cfg(test)]
 mod tests {
-    use super::refers_to;
+    use super::*;
+    use crate::core::{Event, Timestamp};
+
+    /// Task 1 for acme/app#7, on `attempt`.
+    fn task(attempt: u32) -> Task {
+        let queued = Event::TaskQueued {
+            task: TaskId(1),
+            issue: "acme/app#7".parse().unwrap(),
+            title: "t".into(),
+            body: String::new(),
+            labels: vec![],
+            spec: Default::default(),
+            at: Timestamp(0),
+        };
+        let mut t = Task::queued(&queued).unwrap();
+        t.attempt = attempt;
+        t
+    }
+
+    /// A pull request from `branch` of `head_repo` (None: the repository is gone) into `base`.
+    fn pull(branch: &str, head_repo: Option<&str>, base: &str) -> PullRequest {
+        serde_json::from_value(serde_json::json!({
+            "number": 3, "title": "t", "state": "open",
+            "head": {"ref": branch, "sha": "a".repeat(40), "repo": head_repo.map(|r| serde_json::json!({"full_name": r}))},
+            "base": {"ref": base, "sha": "b".repeat(40), "repo": {"full_name": "acme/app"}},
+            "user": {"id": 5, "login": "agent"}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_head_branch_must_be_one_this_task_was_assigned_in_its_own_repository() {
+        let check = |branch: &str, repo: Option<&str>, attempt: u32| {
+            head_branch_check(&pull(branch, repo, "main"), &task(attempt), "forgefleet/")
+        };
+        let ours = check("forgefleet/issue-7-attempt-2", Some("acme/app"), 2);
+        assert!(ours.passed && ours.detail.contains("the assignment's branch"), "{ours:?}");
+        let earlier = check("forgefleet/issue-7-attempt-1", Some("Acme/App"), 2);
+        assert!(earlier.passed && earlier.detail.contains("attempt 1 of this task"), "{earlier:?}");
+        let later = check("forgefleet/issue-7-attempt-3", Some("acme/app"), 2);
+        assert!(!later.passed && later.detail.contains("not the assignment's `forgefleet/issue-7-attempt-2`"));
+        let other_task = check("forgefleet/issue-8-attempt-1", Some("acme/app"), 1);
+        assert!(!other_task.passed, "{other_task:?}");
+        let fork = check("forgefleet/issue-7-attempt-1", Some("mallory/app"), 1);
+        assert!(!fork.passed && fork.detail.contains("is in mallory/app, not in acme/app"), "{fork:?}");
+        let gone = check("forgefleet/issue-7-attempt-1", None, 1);
+        assert!(!gone.passed && gone.detail.contains("no longer exists"), "{gone:?}");
+    }
+
+    #[test]
+    fn a_branch_name_with_backticks_stays_inside_its_code_span() {
+        assert_eq!(code("forgefleet/issue-7-attempt-1"), "`forgefleet/issue-7-attempt-1`");
+        assert_eq!(code("x`@alice`y"), "``x`@alice`y``");
+        assert_eq!(code("`a``b"), "``` `a``b ```");
+        let c = head_branch_check(&pull("x`@alice", Some("acme/app"), "main"), &task(1), "forgefleet/");
+        assert!(c.detail.contains("``x`@alice``"), "{c:?}");
+    }
+
+    #[test]
+    fn the_base_branch_must_be_the_tasks() {
+        assert!(base_branch_check(&pull("x", Some("acme/app"), "main"), "main").passed);
+        let c = base_branch_check(&pull("x", Some("acme/app"), "release"), "main");
+        assert!(!c.passed && c.detail.contains("`release`, not the task's base branch `main`"), "{c:?}");
+    }
 
     #[test]
     fn references_to_the_issue_are_found_and_others_are_not() {
