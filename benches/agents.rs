@@ -264,6 +264,7 @@ async fn bench_latency(s: &Settings, rows: &mut Vec<Row>, notes: &mut Vec<String
             body: BODY.into(),
             labels: vec!["status:todo".into(), "priority:medium".into()],
             open: true,
+            issue_id: None,
         };
         let queued = Instant::now();
         let reply = engine.send(Command::ObserveIssue(observation)).await.expect("the engine refused an issue");

@@ -219,6 +219,7 @@ fn observation(i: u64, rng: &mut Rng, mix: Mix) -> IssueObservation {
         body: BODY.to_string(),
         labels,
         open: true,
+        issue_id: None,
     }
 }
 

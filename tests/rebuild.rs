@@ -62,6 +62,7 @@ fn random_command(rng: &mut StdRng, engine: &Engine) -> Command {
                 body: String::new(),
                 labels,
                 open: rng.random_bool(0.9),
+                issue_id: None,
             })
         }
         20..=24 => {

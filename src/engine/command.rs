@@ -17,6 +17,9 @@ pub struct IssueObservation {
     pub body: String,
     pub labels: Vec<String>,
     pub open: bool,
+    /// Forgejo's own id of the issue (global, never reused), when known: a task remembers it, so that nothing
+    /// meant for it lands on a different issue that later has the same number.
+    pub issue_id: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -238,6 +238,7 @@ fn observe_issue(s: &EngineSettings, tx: &WriteTx<'_>, o: IssueObservation, now:
             labels: o.labels,
             spec: reading.spec,
             at: now,
+            issue_id: o.issue_id,
         })?;
         return Ok(Some(task));
     }
@@ -515,5 +516,6 @@ pub(crate) fn observation(issue: &str, labels: &[&str]) -> IssueObservation {
         body: String::new(),
         labels: labels.iter().map(|l| l.to_string()).collect(),
         open: true,
+        issue_id: None,
     }
 }

@@ -84,6 +84,7 @@ impl Fleet {
             body: "Please fix it.".into(),
             labels: labels.iter().map(|l| l.to_string()).collect(),
             open: true,
+            issue_id: None,
         };
         match self.engine.send(Command::ObserveIssue(o)).await.unwrap() {
             Reply::Observed(t) => t,

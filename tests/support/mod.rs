@@ -181,6 +181,7 @@ pub fn seed(db: &Path, issues: &[(&str, &[&str])]) {
                 body: String::new(),
                 labels: labels.iter().map(|l| l.to_string()).collect(),
                 open: true,
+                issue_id: None,
             }))
             .unwrap();
     }
