@@ -266,6 +266,7 @@ async fn bench_latency(s: &Settings, rows: &mut Vec<Row>, notes: &mut Vec<String
             open: true,
             updated_at: None,
             fresh: true,
+            issue_id: None,
         };
         let queued = Instant::now();
         let reply = engine.send(Command::ObserveIssue(observation)).await.expect("the engine refused an issue");

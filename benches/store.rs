@@ -221,6 +221,7 @@ fn observation(i: u64, rng: &mut Rng, mix: Mix) -> IssueObservation {
         open: true,
         updated_at: None,
         fresh: true,
+        issue_id: None,
     }
 }
 

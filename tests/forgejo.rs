@@ -931,3 +931,37 @@ async fn comment_commands_wait_until_the_bots_login_is_known() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(w.tasks().await[0]["state"], "queued", "the bot's own /cancel never ran");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_held_delivery_never_lands_on_a_different_issue_with_the_same_number() {
+    let w = World::new().await;
+    let n = w.queued_issue("The first #1").await;
+    let old_id = w.client().issue(&RepoName::parse(REPO).unwrap(), n).await.unwrap().id;
+    // Forgejo is down while the agent starts: "doing" and "started" are held.
+    w.forgejo.fail_requests_until_healed(503).await;
+    w.agent_starts().await;
+    eventually("the first delivery failed", || async { w.outbox().failing > 0 }).await;
+    // Meanwhile the repository is deleted and made again, and someone opens a new #1 in it.
+    w.forgejo.recreate_repo(REPO).await;
+    w.forgejo.set_permission(REPO, BOT, "admin").await;
+    w.forgejo.create_label(REPO, "status:doing", "#fbca04", "", false).await;
+    let again = w.forgejo.create_issue(REPO, "alice", "Someone else's #1", "", &[]).await;
+    assert_eq!(again, n);
+    // Back up; the held deliveries come due only when the clock moves on.
+    w.forgejo.heal().await;
+    let new_id = w.client().issue(&RepoName::parse(REPO).unwrap(), n).await.unwrap().id;
+    assert_ne!(old_id, new_id, "Forgejo ids are never reused");
+    for _ in 0..100 {
+        if w.outbox().dead == 2 {
+            break;
+        }
+        w.fleet.later(Duration::from_secs(600));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let health = w.outbox();
+    assert_eq!((health.dead, health.waiting), (2, 0), "both held deliveries are dead letters: {health:?}");
+    let listed = forgefleet::store::Store::open_read_only(&w.fleet.db).unwrap().read().outbox_list(10).unwrap();
+    assert!(listed.iter().all(|r| r.last_error.as_deref().unwrap_or("").contains("different issue")), "{listed:?}");
+    assert!(w.forgejo.comments(REPO, n).await.is_empty(), "no comment on the stranger's issue");
+    assert!(w.labels(n).await.is_empty(), "no label on the stranger's issue");
+}

@@ -67,6 +67,7 @@ fn random_command(rng: &mut StdRng, engine: &Engine) -> Command {
                 open: rng.random_bool(0.9),
                 updated_at: None,
                 fresh: true,
+                issue_id: None,
             })
         }
         20..=24 => {

@@ -376,6 +376,7 @@ mod tests {
         Task {
             id: TaskId(7),
             issue: IssueRef { repo: "acme/app".parse().unwrap(), number: 7 },
+            issue_id: None,
             title: "t".into(),
             body: "b".into(),
             labels: vec!["status:todo".into()],

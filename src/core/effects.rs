@@ -263,6 +263,7 @@ mod tests {
             labels: vec![],
             spec: TaskSpec::default(),
             at: Timestamp(0),
+            issue_id: None,
         };
         (Task::queued(&e).unwrap(), e)
     }

@@ -22,6 +22,9 @@ pub enum Event {
         labels: Vec<String>,
         spec: TaskSpec,
         at: Timestamp,
+        /// Forgejo's id of the issue, when the observation had it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        issue_id: Option<i64>,
     },
     /// The issue's title, body or labels changed while the task exists.
     TaskSpecChanged {

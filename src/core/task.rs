@@ -126,6 +126,9 @@ pub struct Failure {
 pub struct Task {
     pub id: TaskId,
     pub issue: IssueRef,
+    /// Forgejo's id of the issue (global, never reused), when known: deliveries check it before they write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issue_id: Option<i64>,
     /// The store keeps the issue text in columns of its own, beside the rest of the task.
     #[serde(default)]
     pub title: String,
@@ -179,9 +182,10 @@ impl Task {
     /// A new task from its first `TaskQueued` event.
     pub fn queued(e: &Event) -> Option<Task> {
         match e {
-            Event::TaskQueued { task, issue, title, body, labels, spec, at } => Some(Task {
+            Event::TaskQueued { task, issue, title, body, labels, spec, at, issue_id } => Some(Task {
                 id: *task,
                 issue: issue.clone(),
+                issue_id: *issue_id,
                 title: title.clone(),
                 body: body.clone(),
                 labels: labels.clone(),
@@ -220,9 +224,12 @@ impl Task {
             }
         };
         match e {
-            Event::TaskQueued { title, body, labels, spec, at, .. } => {
+            Event::TaskQueued { title, body, labels, spec, at, issue_id, .. } => {
                 if !self.state.is_terminal() {
                     return Err(illegal);
+                }
+                if issue_id.is_some() {
+                    self.issue_id = *issue_id;
                 }
                 self.title = title.clone();
                 self.body = body.clone();

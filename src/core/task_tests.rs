@@ -19,6 +19,7 @@ fn queued_event(ms: i64) -> Event {
         labels: vec!["status:todo".into()],
         spec: TaskSpec { priority: Priority::High, ..TaskSpec::default() },
         at: at(ms),
+        issue_id: Some(4012),
     }
 }
 

@@ -22,6 +22,9 @@ pub struct IssueObservation {
     /// Read from Forgejo's API just now. A webhook's view is not: what it would queue or cancel is confirmed
     /// by reading the issue first.
     pub fresh: bool,
+    /// Forgejo's own id of the issue (global, never reused), when known: a task remembers it, so that nothing
+    /// meant for it lands on a different issue that later has the same number.
+    pub issue_id: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

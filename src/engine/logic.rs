@@ -335,6 +335,7 @@ fn observe_issue(s: &EngineSettings, tx: &WriteTx<'_>, o: IssueObservation, now:
             labels: o.labels,
             spec: reading.spec,
             at: now,
+            issue_id: o.issue_id,
         })?;
         return Ok(Some(task));
     }
@@ -646,5 +647,6 @@ pub(crate) fn observation(issue: &str, labels: &[&str]) -> IssueObservation {
         open: true,
         updated_at: None,
         fresh: true,
+        issue_id: None,
     }
 }

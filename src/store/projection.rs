@@ -41,15 +41,25 @@ impl WriteTx<'_> {
         Ok(Appended { seq, effects })
     }
 
-    /// Queues a side effect for delivery; `cause` is the event behind it, if any.
+    /// Queues a side effect for delivery; `cause` is the event behind it, if any. The row keeps the Forgejo id
+    /// of the issue as its task knows it now, so that it never lands on another issue with the same number.
     pub fn enqueue(&self, effect: &Effect, cause: Option<i64>, at: Timestamp) -> Result<i64> {
         let payload = encode(effect)?;
         self.tx
             .prepare_cached(
-                "INSERT INTO outbox (event_seq, kind, payload, created_at, next_attempt_at, issue)
-                 VALUES (?1, ?2, ?3, ?4, ?4, ?5)",
+                "INSERT INTO outbox (event_seq, kind, payload, created_at, next_attempt_at, issue, issue_id)
+                 VALUES (?1, ?2, ?3, ?4, ?4, ?5,
+                         (SELECT json_extract(data, '$.issue_id') FROM tasks WHERE repo = ?6 AND issue = ?7))",
             )?
-            .execute(params![cause, effect.kind(), payload, at.0, effect.issue().to_string()])?;
+            .execute(params![
+                cause,
+                effect.kind(),
+                payload,
+                at.0,
+                effect.issue().to_string(),
+                effect.issue().repo.as_str(),
+                effect.issue().number as i64
+            ])?;
         Ok(self.tx.last_insert_rowid())
     }
 
@@ -267,6 +277,8 @@ pub(super) fn task_from_row(row: &rusqlite::Row<'_>, at: usize) -> Result<Task> 
 struct StoredTask<'a> {
     id: TaskId,
     issue: &'a crate::core::IssueRef,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    issue_id: Option<i64>,
     labels: &'a [String],
     spec: &'a crate::core::TaskSpec,
     state: crate::core::TaskState,
@@ -288,6 +300,7 @@ pub fn encode_task(t: &Task) -> String {
     let stored = StoredTask {
         id: t.id,
         issue: &t.issue,
+        issue_id: t.issue_id,
         labels: &t.labels,
         spec: &t.spec,
         state: t.state,

@@ -43,6 +43,8 @@ pub struct OutboxRow {
     pub payload: String,
     pub attempts: u32,
     pub next_attempt_at: Timestamp,
+    /// Forgejo's id of the issue it is for, when its task knew it.
+    pub issue_id: Option<i64>,
 }
 
 /// The outbox as an operator needs to see it: deliveries that wait (Forgejo down, a permission missing) are
@@ -480,7 +482,7 @@ impl ReadView<'_> {
     /// Undelivered side effects that are due, oldest first (what waits, whatever the order rule says).
     pub fn outbox_due(&self, now: Timestamp, limit: u32) -> Result<Vec<OutboxRow>> {
         self.outbox_rows(
-            "SELECT id, event_seq, kind, payload, attempts, next_attempt_at FROM outbox
+            "SELECT id, event_seq, kind, payload, attempts, next_attempt_at, issue_id FROM outbox
              WHERE delivered_at IS NULL AND dead_at IS NULL AND next_attempt_at <= ?1 ORDER BY id LIMIT ?2",
             now,
             limit,
@@ -492,7 +494,7 @@ impl ReadView<'_> {
     /// read what happened in the order it happened. A dead letter holds nothing back: it may never go.
     pub fn outbox_next(&self, now: Timestamp, limit: u32) -> Result<Vec<OutboxRow>> {
         self.outbox_rows(
-            "SELECT o.id, o.event_seq, o.kind, o.payload, o.attempts, o.next_attempt_at FROM outbox o
+            "SELECT o.id, o.event_seq, o.kind, o.payload, o.attempts, o.next_attempt_at, o.issue_id FROM outbox o
              WHERE o.delivered_at IS NULL AND o.dead_at IS NULL AND o.next_attempt_at <= ?1
                AND NOT EXISTS (SELECT 1 FROM outbox e
                                WHERE e.issue = o.issue AND e.id < o.id AND e.delivered_at IS NULL
@@ -513,6 +515,7 @@ impl ReadView<'_> {
                 payload: r.get(3)?,
                 attempts: r.get(4)?,
                 next_attempt_at: Timestamp(r.get(5)?),
+                issue_id: r.get(6)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)

@@ -124,11 +124,13 @@ pub(super) const MIGRATIONS: &[&str] = &[
     UPDATE outbox SET issue = json_extract(payload, '$.issue.repo') || '#' || json_extract(payload, '$.issue.number');
     CREATE INDEX outbox_pending_by_issue ON outbox(issue, id) WHERE delivered_at IS NULL;
     "#,
-    // 6: dead letters. A delivery that can never succeed stops at `dead_at` until an operator retries it
+    // 6: dead letters, and the issue's Forgejo id. A delivery that can never succeed stops at `dead_at` until an operator retries it
     // (the column is cleared) or drops it (`dropped_at`: it stays, for the record, and is never tried again).
     r#"
     ALTER TABLE outbox ADD COLUMN dead_at INTEGER;
     ALTER TABLE outbox ADD COLUMN dropped_at INTEGER;
+    -- Forgejo's id of the issue, as its task knew it when the row was written: checked before delivery.
+    ALTER TABLE outbox ADD COLUMN issue_id INTEGER;
     "#,
 ];
 

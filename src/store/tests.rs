@@ -10,6 +10,7 @@ fn queued(task: i64, issue: u64, at: i64) -> Event {
         labels: vec!["status:todo".into()],
         spec: TaskSpec::default(),
         at: Timestamp(at),
+        issue_id: Some(1000 + issue as i64),
     }
 }
 

@@ -108,6 +108,7 @@ impl Fleet {
             open: true,
             updated_at: None,
             fresh: true,
+            issue_id: None,
         };
         match self.engine.send(Command::ObserveIssue(o)).await.unwrap() {
             Reply::Observed(t) => t,

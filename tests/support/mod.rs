@@ -183,6 +183,7 @@ pub fn seed(db: &Path, issues: &[(&str, &[&str])]) {
                 open: true,
                 updated_at: None,
                 fresh: true,
+                issue_id: None,
             }))
             .unwrap();
     }

@@ -77,6 +77,7 @@ mod tests {
             labels: vec![],
             spec: TaskSpec::default(),
             at: Timestamp(0),
+            issue_id: None,
         };
         let mut t = Task::queued(&e).unwrap();
         assert_eq!(not_applicable("cancel", &t), None);

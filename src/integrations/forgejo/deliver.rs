@@ -41,6 +41,10 @@ mod close_pull;
 pub enum DeliveryError {
     #[error(transparent)]
     Forgejo(#[from] ForgejoError),
+    /// The issue under the row's number is not the one it was written for (the repository was deleted and
+    /// created again, or moved): delivering would tell strangers about work that is not theirs.
+    #[error("{0}")]
+    WrongIssue(String),
     /// The outbox row cannot be turned into a delivery (written by a newer forgefleet, or damaged).
     #[error("{0}")]
     Unreadable(String),
@@ -64,9 +68,14 @@ impl DeliveryError {
     pub fn is_permanent(&self) -> bool {
         match self {
             DeliveryError::Forgejo(e) => e.status().is_some_and(|s| matches!(s.as_u16(), 404 | 410 | 422)),
-            DeliveryError::Unreadable(_) => true,
+            DeliveryError::Unreadable(_) | DeliveryError::WrongIssue(_) => true,
             DeliveryError::Other(_) => false,
         }
+    }
+
+    /// A permanent failure that is certain at once: trying again is pointless.
+    pub fn is_final(&self) -> bool {
+        matches!(self, DeliveryError::WrongIssue(_))
     }
 }
 
@@ -107,7 +116,7 @@ impl Deliverer {
                 Ok(()) => {
                     self.engine.send(Command::OutboxDelivered { id: row.id }).await?;
                 }
-                Err(e) if e.is_permanent() && row.attempts + 1 >= DEAD_AFTER => {
+                Err(e) if e.is_final() || (e.is_permanent() && row.attempts + 1 >= DEAD_AFTER) => {
                     tracing::error!(outbox = row.id, kind = %row.kind, attempts = row.attempts + 1, error = %e,
                         "delivery can never succeed; kept as a dead letter (`forgefleet outbox list`)");
                     self.engine.send(Command::OutboxDead { id: row.id, error: e.to_string() }).await?;
@@ -125,6 +134,18 @@ impl Deliverer {
     async fn deliver_row(&self, row: &OutboxRow) -> Result<(), DeliveryError> {
         let effect: Effect = serde_json::from_str(&row.payload)
             .map_err(|e| DeliveryError::Unreadable(format!("outbox row {} cannot be read: {e}", row.id)))?;
+        // A commit status belongs to a commit, and commands to the comment that holds them, not to a task; an
+        // assignee is written only for agents with a Forgejo user.
+        let for_issue = match effect {
+            Effect::SetCommitStatus { .. } | Effect::RunCommands { .. } => false,
+            Effect::SetAssignee { .. } => !self.agent_users.is_empty(),
+            _ => true,
+        };
+        if let Some(id) = row.issue_id
+            && for_issue
+        {
+            self.same_issue(effect.issue(), id).await?;
+        }
         match effect {
             Effect::SetStatusLabel { issue, status } => self.set_status_label(&issue, status).await,
             Effect::Comment { issue, task, attempt, notice } => self.comment(&issue, task, attempt, &notice).await,
@@ -144,6 +165,19 @@ impl Deliverer {
                 self.close_pull(&issue, task, attempt, pr_number, &reason).await
             }
         }
+    }
+
+    /// Fails unless the issue under `issue`'s number is still the one with Forgejo id `id`.
+    async fn same_issue(&self, issue: &IssueRef, id: i64) -> Result<(), DeliveryError> {
+        let now = self.client.issue(&issue.repo, issue.number).await?;
+        if now.id == id {
+            return Ok(());
+        }
+        Err(DeliveryError::WrongIssue(format!(
+            "{issue} is now a different issue (Forgejo id {}, the task's was {id}): the repository was recreated or \
+             the issue replaced; nothing is written to it",
+            now.id
+        )))
     }
 
     /// Marks the receipt's head commit on Forgejo. Statuses are kept per context and the newest wins, so a
@@ -519,6 +553,7 @@ pub fn observation(repo: &crate::core::RepoName, issue: &super::types::Issue) ->
         open: issue.is_open(),
         updated_at: Timestamp::parse_rfc3339(&issue.updated_at),
         fresh: true,
+        issue_id: Some(issue.id),
     }
 }
 

@@ -448,6 +448,7 @@ mod tests {
             labels: vec![],
             spec: Default::default(),
             at: Timestamp(0),
+            issue_id: None,
         };
         let mut t = Task::queued(&queued).unwrap();
         t.attempt = attempt;

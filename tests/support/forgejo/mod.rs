@@ -293,6 +293,15 @@ impl FakeForgejo {
         self.with(|s| s.create_repo(full_name));
     }
 
+    /// `owner/name` is deleted and a new, empty repository is created under the same name: its issues are numbered
+    /// from 1 again, with new ids (ids are global and never reused, as in Forgejo). Hooks and permissions go too.
+    pub async fn recreate_repo(&self, full_name: &str) {
+        self.with(|s| {
+            s.repos.remove(&full_name.to_ascii_lowercase());
+            s.create_repo(full_name)
+        });
+    }
+
     /// The bare repository holding `repo`'s git data (e.g. a [`TestRepo`]'s `bare`, served by a `GitServer`). From
     /// then on `POST /pulls` reads the head and base branches from it (`git rev-parse`), fills the pull request's
     /// commits and files from `git log base..head`, and writes `refs/pull/<n>/head` there, as Forgejo does.
