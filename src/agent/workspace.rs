@@ -192,6 +192,8 @@ impl Workspace {
             }
             None => co.start_sha.clone(),
         };
+        // The index is the runner's, so every file is hashed again: on the 3,000 files (9 MB) above, 0.45 s
+        // from `init` to `write-tree`, against 0.32 s for `status`, `add` and `commit` in the checkout.
         let wt = Some(co.path.as_path());
         self.git(&co.git_dir, wt, &["read-tree", &parent], false).await?;
         self.git(&co.git_dir, wt, &["add", "-A"], false).await?;
