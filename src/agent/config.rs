@@ -141,13 +141,15 @@ pub struct GitSection {
 }
 
 impl AgentConfig {
-    /// Reads and checks the file; secrets in `env` (the environment, or what the runner's first process
-    /// passed on: see [`super::secrets`]) win over the file.
-    pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<AgentConfig, ConfigErrors> {
+    /// Reads and checks the file; secrets from the environment (or passed on by the runner's first image: see
+    /// [`super::secrets`]) win over the file.
+    pub fn load(path: &Path) -> Result<AgentConfig, ConfigErrors> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             ConfigError::new(path.display().to_string(), format!("cannot read the configuration file: {e}"))
         })?;
-        let mut c = Self::from_toml_str(&text, env)?;
+        let passed = super::secrets::inherited();
+        let mut c =
+            Self::from_toml_str(&text, &|name| passed.get(name).cloned().or_else(|| std::env::var(name).ok()))?;
         c.source = Some(path.to_path_buf());
         Ok(c)
     }

@@ -84,9 +84,13 @@ pub fn reexec_without_secrets() -> Result<(), String> {
     Err(format!("cannot re-execute the runner without its secrets in the environment: {error}"))
 }
 
-/// The values the first image passed on (empty when it passed none). The environment still answers for
-/// names not passed, so `FORGEFLEET_AGENT_*` set by hand in a test of the configuration keeps working.
-pub fn inherited() -> HashMap<String, String> {
+/// The values the first image passed on (empty when it passed none), read from the pipe once.
+pub fn inherited() -> &'static HashMap<String, String> {
+    static PASSED: std::sync::OnceLock<HashMap<String, String>> = std::sync::OnceLock::new();
+    PASSED.get_or_init(read_pipe)
+}
+
+fn read_pipe() -> HashMap<String, String> {
     let Some(fd) = std::env::var(FD_VARIABLE).ok().and_then(|v| v.parse::<i32>().ok()) else {
         return HashMap::new();
     };

@@ -128,7 +128,7 @@ pub async fn work(runner: Arc<Runner>, a: AssignmentView, cancel: watch::Receive
         tracing::warn!(%task, attempt, error = %e, "the server did not let this attempt start; dropping it");
         return;
     }
-    tracing::info!(%task, attempt, repo = %a.repo, issue = a.issue, "working on a task");
+    tracing::info!(%task, attempt, repo = ?a.repo, issue = a.issue, "working on a task");
     let started = Instant::now();
     let (checkout, result) = match checked {
         Ok(checked) => attempt_work(&runner, &a, &checked, cancel, started).await,
@@ -356,5 +356,65 @@ fn time_left(deadline: &str) -> Duration {
     match chrono::DateTime::parse_from_rfc3339(deadline) {
         Ok(d) => (d.with_timezone(&chrono::Utc) - chrono::Utc::now()).to_std().unwrap_or(Duration::ZERO),
         Err(_) => Duration::from_secs(6 * 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::config::Origin;
+
+    fn assignment() -> AssignmentView {
+        AssignmentView {
+            task_id: crate::core::TaskId(7),
+            attempt: 1,
+            repo: "acme/app".into(),
+            issue: 3,
+            title: "Fix it".into(),
+            body: String::new(),
+            labels: Vec::new(),
+            clone_url: Some("https://git.example.com/acme/app.git".into()),
+            forgejo_url: Some("https://forgejo.example.com".into()),
+            base_branch: "main".into(),
+            branch: "forgefleet/issue-3-attempt-1".into(),
+            start_by: String::new(),
+            deadline: String::new(),
+            prompt: "Resolve it".into(),
+        }
+    }
+
+    fn origins() -> Vec<Origin> {
+        ["https://forgejo.example.com", "https://git.example.com/"].iter().filter_map(|u| Origin::of(u)).collect()
+    }
+
+    #[test]
+    fn an_assignment_on_the_runners_own_forgejo_passes() {
+        let c = check(&assignment(), &origins()).unwrap();
+        assert_eq!(c.repo.as_str(), "acme/app");
+        assert_eq!(c.clone_url, "https://git.example.com/acme/app.git");
+    }
+
+    #[test]
+    fn every_field_the_runner_uses_is_checked() {
+        let refused = |change: &dyn Fn(&mut AssignmentView), says: &str| {
+            let mut a = assignment();
+            change(&mut a);
+            let why = check(&a, &origins()).err().unwrap_or_else(|| panic!("accepted; expected {says:?}"));
+            assert!(why.contains(says), "{why:?} does not say {says:?}");
+        };
+        refused(&|a| a.clone_url = Some("https://git.example.com:8443/acme/app.git".into()), "not on this runner's");
+        refused(&|a| a.clone_url = Some("http://git.example.com/acme/app.git".into()), "not on this runner's");
+        refused(&|a| a.clone_url = Some("https://evil.example/acme/app.git".into()), "not on this runner's");
+        refused(&|a| a.clone_url = Some("--upload-pack=touch x".into()), "not a plain http(s) URL");
+        refused(&|a| a.clone_url = Some("https://tok:en@git.example.com/acme/app.git".into()), "not a plain");
+        refused(&|a| a.clone_url = None, "no clone URL");
+        refused(&|a| a.repo = "../../etc".into(), "its repository");
+        refused(&|a| a.repo = "acme/app/../../x".into(), "its repository");
+        refused(&|a| a.branch = "--force".into(), "must not begin with '-'");
+        refused(&|a| a.branch = "a/../b".into(), "not a valid branch name");
+        refused(&|a| a.branch = "a b".into(), "may hold only");
+        refused(&|a| a.base_branch = "main.lock".into(), "base branch");
+        refused(&|a| a.title = "x".repeat(2000), "title");
+        refused(&|a| a.prompt = "x".repeat(9 << 20), "prompt");
     }
 }

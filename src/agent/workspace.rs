@@ -192,6 +192,8 @@ impl Workspace {
             }
             None => co.start_sha.clone(),
         };
+        // The index is the runner's, so every file is hashed again: on the 3,000 files (9 MB) above, 0.45 s
+        // from `init` to `write-tree`, against 0.32 s for `status`, `add` and `commit` in the checkout.
         let wt = Some(co.path.as_path());
         self.git(&co.git_dir, wt, &["read-tree", &parent], false).await?;
         self.git(&co.git_dir, wt, &["add", "-A"], false).await?;
@@ -211,6 +213,7 @@ impl Workspace {
         self.git(&co.git_dir, None, &["update-ref", "refs/heads/out", &head], false).await?;
         let lock = self.cache_lock(&co.cache);
         let _held = lock.lock().await;
+        self.reset_cache_config(&co.cache)?;
         let source = co.git_dir.to_string_lossy().to_string();
         let refspec = format!("+refs/heads/out:refs/forgefleet/out/{}", co.name);
         self.git(&co.cache, None, &["fetch", "-q", "--no-tags", "--", &source, &refspec], false).await?;
@@ -477,4 +480,61 @@ fn import_objects(from: &Path, to: &Path, cache: &Path) -> std::io::Result<usize
         }
     }
     Ok(copied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
+
+    #[test]
+    fn the_agents_head_is_read_from_plain_files_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let git = dir.path().join(".git");
+        std::fs::create_dir_all(git.join("refs/heads")).unwrap();
+        std::fs::write(git.join("HEAD"), "ref: refs/heads/work\n").unwrap();
+        assert_eq!(agent_head(&git), None, "no commit yet");
+        std::fs::write(git.join("packed-refs"), format!("# pack-refs\n{SHA} refs/heads/work\n")).unwrap();
+        assert_eq!(agent_head(&git).as_deref(), Some(SHA));
+        let loose = SHA.replace('0', "f");
+        std::fs::write(git.join("refs/heads/work"), format!("{loose}\n")).unwrap();
+        assert_eq!(agent_head(&git), Some(loose), "a loose ref wins over packed-refs");
+
+        // A link (to anything) or a FIFO is not read: the runner neither follows nor blocks.
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::write(&elsewhere, SHA).unwrap();
+        std::fs::remove_file(git.join("HEAD")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, git.join("HEAD")).unwrap();
+        assert_eq!(agent_head(&git), None);
+        std::fs::remove_file(git.join("HEAD")).unwrap();
+        let fifo = std::ffi::CString::new(git.join("HEAD").to_string_lossy().as_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        assert_eq!(agent_head(&git), None);
+        std::fs::remove_file(git.join("HEAD")).unwrap();
+        std::fs::write(git.join("HEAD"), "ref: refs/heads/../../../elsewhere\n").unwrap();
+        assert_eq!(agent_head(&git), None, "a ref name that leaves .git");
+    }
+
+    #[test]
+    fn only_the_agents_own_object_files_are_copied() {
+        let dir = tempfile::tempdir().unwrap();
+        let (from, to, cache) = (dir.path().join(".git/objects"), dir.path().join("to"), dir.path().join("cache"));
+        for d in [from.join("ab"), from.join("pack"), from.join("info"), to.clone(), cache.join("pack")] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::fs::write(from.join("ab").join(&SHA[2..]), "loose").unwrap();
+        std::fs::write(from.join("info/alternates"), "/somewhere/else/objects\n").unwrap();
+        let host = dir.path().join("host-file");
+        std::fs::write(&host, "secret").unwrap();
+        std::os::unix::fs::symlink(&host, from.join("ab").join(&SHA.replace('0', "e")[2..])).unwrap();
+        let cached = format!("pack-{SHA}");
+        for ext in ["pack", "idx"] {
+            std::fs::write(from.join("pack").join(format!("{cached}.{ext}")), "copy of the cache's").unwrap();
+            std::fs::write(cache.join("pack").join(format!("{cached}.{ext}")), "the cache's").unwrap();
+        }
+        assert_eq!(import_objects(&from, &to, &cache).unwrap(), 1);
+        assert!(to.join("ab").join(&SHA[2..]).exists());
+        assert!(!to.join("info").exists() && !to.join("pack").exists());
+    }
 }

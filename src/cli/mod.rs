@@ -365,9 +365,7 @@ fn run_agent(cli: &Cli, check: bool, repo: Option<&str>) -> Result<(), CliError>
         cli.config.as_deref().ok_or_else(|| CliError::usage("`agent` needs its configuration: --config FILE"))?;
     // Before anything else: no process of the runner's keeps its secrets in its start-up environment.
     crate::agent::secrets::reexec_without_secrets().map_err(CliError::failure)?;
-    let passed = crate::agent::secrets::inherited();
-    let env = |name: &str| passed.get(name).cloned().or_else(|| std::env::var(name).ok());
-    let config = crate::agent::config::AgentConfig::load(path, &env).map_err(|errors| {
+    let config = crate::agent::config::AgentConfig::load(path).map_err(|errors| {
         CliError::usage(format!("the configuration in {} has problems:\n{errors}", path.display()))
     })?;
     let format = if cli.log_json { LogFormat::Json } else { LogFormat::Human };
