@@ -185,8 +185,7 @@ impl Sandbox {
     /// The sandbox of one attempt working in `checkout`: its home (fresh) is made now and removed when the
     /// returned value is dropped.
     pub fn prepare(&self, checkout: &Path) -> std::io::Result<Attempt<'_>> {
-        let name = checkout.file_name().unwrap_or_default();
-        self.attempt(&self.homes.join(name), checkout)
+        self.attempt(&self.homes.join(home_name(checkout, &self.hidden)), checkout)
     }
 
     fn attempt(&self, dir: &Path, checkout: &Path) -> std::io::Result<Attempt<'_>> {
@@ -373,6 +372,20 @@ fn git_dirs(checkout: &Path, work_dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// The folder name of the home of the attempt working in `checkout`: its path in the work directory, so two
+/// attempts never share one (`worktrees/task-1-attempt-1` gives `worktrees_task-1-attempt-1`).
+fn home_name(checkout: &Path, work_dir: &Path) -> String {
+    let relative = checkout.strip_prefix(work_dir).unwrap_or(checkout);
+    let parts: Vec<String> = relative
+        .components()
+        .filter_map(|c| match c {
+            std::path::Component::Normal(p) => Some(p.to_string_lossy().into_owned()),
+            _ => None,
+        })
+        .collect();
+    parts.join("_")
+}
+
 /// `program` as an absolute path: as it is when it has a `/`, else the first match on `path`.
 pub fn resolve(program: &Path, path: &OsStr) -> Option<PathBuf> {
     if program.components().count() > 1 || program.is_absolute() {
@@ -426,6 +439,16 @@ mod tests {
         assert_eq!(resolve(Path::new("tool"), &path), Some(dir.path().join("tool")));
         assert_eq!(resolve(Path::new("missing"), &path), None);
         assert_eq!(resolve(&dir.path().join("tool"), OsStr::new("")), Some(dir.path().join("tool")));
+    }
+
+    #[test]
+    fn each_checkout_gets_a_home_of_its_own() {
+        let work = Path::new("/srv/work");
+        assert_eq!(home_name(&work.join("worktrees/task-1-attempt-1"), work), "worktrees_task-1-attempt-1");
+        assert_ne!(
+            home_name(&work.join("attempts/task-1-attempt-1/checkout"), work),
+            home_name(&work.join("attempts/task-2-attempt-1/checkout"), work)
+        );
     }
 
     #[test]
