@@ -113,7 +113,10 @@ impl Sandbox {
     pub fn new(settings: Settings<'_>, work_dir: &Path, program: Option<&Path>) -> Result<Sandbox, String> {
         let mut read_only = Vec::new();
         let path = std::env::var_os("PATH").unwrap_or_default();
-        for dir in std::env::split_paths(&path).filter(|d| d.is_absolute() && d.is_dir()) {
+        // A `PATH` entry of `/` or `/etc` would show the whole host or its secrets: those come only through
+        // `sandbox_paths`, where an operator says so.
+        let broad = |d: &Path| [Path::new("/"), Path::new("/etc"), Path::new("/root"), Path::new("/home")].contains(&d);
+        for dir in std::env::split_paths(&path).filter(|d| d.is_absolute() && d.is_dir() && !broad(d)) {
             read_only.push(dir);
         }
         if let Some(program) = program.and_then(|p| resolve(p, &path)) {
