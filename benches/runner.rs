@@ -17,6 +17,10 @@
 //!   git server (fetch the base branch into a bare cache, `git worktree add -B`, write the file, add, commit,
 //!   push to a new branch), one `POST /pulls` to the fake Forgejo, and `git worktree remove`. The other git
 //!   commands the runner runs are timed there too, outside the baseline's total.
+//! - **the sandbox's cost**, in the same run: a second runner, the same but with `sandbox = "none"`, does the
+//!   same task for every `main` commit (issues carry `needs:sandboxed` or `needs:unsandboxed`, the runners'
+//!   capabilities); the rows compare the two. The command writes its stamps into its checkout (the sandbox lets
+//!   it write nothing else), and the bench reads them from the pull request's commit.
 //! - the runner's peak RSS (VmHWM) and CPU per task (utime+stime of the process; cutime+cstime for the git and
 //!   agent processes it waited for), against the CPU of the baseline's git processes (`wait4` rusage).
 //!
@@ -308,13 +312,36 @@ fn advance_main(bare: &Path, n: usize) {
 // ---------------------------------------------------------------------------------------------------------
 // The benchmark
 
-/// The runner's command: stamps its start, writes one file, prints a summary, stamps its end.
-fn agent_script(marks: &Path) -> String {
-    let m = marks.display();
+/// The runner's command: stamps its start, writes one file, prints a summary, stamps its end. The stamps go
+/// into the checkout (the sandbox shows the agent nothing else it could write), so they reach the pull
+/// request's commit, where the bench reads them.
+fn agent_script() -> String {
+    "date +%s%N > .stamp-start; echo \"working on #$FORGEFLEET_ISSUE\"; \
+     printf 'note for issue %s\\n' \"$FORGEFLEET_ISSUE\" > note-$FORGEFLEET_ISSUE.txt; \
+     echo 'Added a note.'; date +%s%N > .stamp-end"
+        .to_string()
+}
+
+/// The two runners' capabilities: each issue carries the `needs:` label of the runner that is to take it.
+const SANDBOXED: &str = "sandboxed";
+const UNSANDBOXED: &str = "unsandboxed";
+
+/// The `[agent]` file of a bench runner.
+fn runner_config(
+    name: &str,
+    server: &str,
+    forgejo: &str,
+    git: &str,
+    work_dir: &Path,
+    capability: &str,
+    sandbox: &str,
+) -> String {
     format!(
-        "date +%s%N > {m}/$FORGEFLEET_TASK_ID.start; echo \"working on #$FORGEFLEET_ISSUE\"; \
-         printf 'note for issue %s\\n' \"$FORGEFLEET_ISSUE\" > note-$FORGEFLEET_ISSUE.txt; \
-         echo 'Added a note.'; date +%s%N > {m}/$FORGEFLEET_TASK_ID.end"
+        "[agent]\nname = {name:?}\nadapter = \"command\"\nserver = {server:?}\nregistration_token = {:?}\n\
+         forgejo_url = {forgejo:?}\ngit_url = {git:?}\nwork_dir = {work_dir:?}\nwait_secs = 1\nmax_concurrency = 1\ncapabilities = [{capability:?}]\n\
+         sandbox = {sandbox:?}\n\n[command]\nrun = [\"sh\", \"-c\", {:?}]\n",
+        REGISTRATION_TOKEN,
+        agent_script()
     )
 }
 
@@ -375,29 +402,33 @@ async fn bench(s: &Settings) -> Report {
     .await;
 
     let agent_dir = root.path().join("agent");
-    let marks = root.path().join("marks");
     std::fs::create_dir_all(&agent_dir).unwrap();
-    std::fs::create_dir_all(&marks).unwrap();
     let work_dir = agent_dir.join("work");
     let config = agent_dir.join("agent.toml");
     std::fs::write(
         &config,
-        format!(
-            "[agent]\nname = \"bench-runner\"\nadapter = \"command\"\nserver = {:?}\nregistration_token = {:?}\n\
-             forgejo_url = {:?}\ngit_url = {:?}\n\
-             work_dir = {:?}\nwait_secs = 1\nmax_concurrency = 1\n\n[command]\nrun = [\"sh\", \"-c\", {:?}]\n",
-            fleet.base,
-            REGISTRATION_TOKEN,
-            forgejo.url(),
-            git.base_url(),
-            work_dir,
-            agent_script(&marks)
-        ),
+        runner_config("bench-runner", &fleet.base, forgejo.url(), &git.base_url(), &work_dir, SANDBOXED, "bubblewrap"),
     )
     .unwrap();
     let runner = RunnerProcess::start(&config, &agent_dir.join("agent.log"));
     let pid = runner.pid();
-    progress(format!("forgefleet at {}, runner pid {pid}, {} timed tasks", fleet.base, s.tasks));
+    // The same runner with `sandbox = "none"`, for the sandbox's cost.
+    let plain_dir = root.path().join("agent-plain");
+    std::fs::create_dir_all(&plain_dir).unwrap();
+    let plain_work = plain_dir.join("work");
+    let plain_config = plain_dir.join("agent.toml");
+    std::fs::write(
+        &plain_config,
+        runner_config("bench-plain", &fleet.base, forgejo.url(), &git.base_url(), &plain_work, UNSANDBOXED, "none"),
+    )
+    .unwrap();
+    let plain = RunnerProcess::start(&plain_config, &plain_dir.join("agent.log"));
+    progress(format!(
+        "forgefleet at {}, runner pid {pid} (and {} unsandboxed), {} timed tasks",
+        fleet.base,
+        plain.pid(),
+        s.tasks
+    ));
 
     let baseline = Baseline::new(root.path().join("baseline"), git.url_of(REPO), forgejo.url());
     // The server's receipt checks, replayed on a mirror of the bench's own that follows the same fetches.
@@ -418,10 +449,13 @@ async fn bench(s: &Settings) -> Report {
         forgejo: &forgejo,
         runner: &runner,
         replay: &replay,
-        marks: &marks,
+        bare: &bare,
+        needs: SANDBOXED,
         work_dir: &work_dir,
         poll: s.poll,
     };
+    let plain_side = RunnerSide { runner: &plain, needs: UNSANDBOXED, work_dir: &plain_work, ..ours_side };
+    let mut unsandboxed = Vec::new();
     let tick = clock_ticks();
     let mut ours = Vec::new();
     let mut base = Vec::new();
@@ -433,12 +467,14 @@ async fn bench(s: &Settings) -> Report {
         }
         advance_main(&bare, i);
         // Alternate who goes first after `main` moved.
-        let (r, b) = if i % 2 == 0 {
+        let (r, b, u) = if i % 2 == 0 {
             let r = ours_side.task(i).await;
-            (r, baseline.task(i).await)
+            let u = plain_side.task(i).await;
+            (r, baseline.task(i).await, u)
         } else {
             let b = baseline.task(i).await;
-            (ours_side.task(i).await, b)
+            let u = plain_side.task(i).await;
+            (ours_side.task(i).await, b, u)
         };
         progress(format!(
             "task {i}: runner {} (to receipt {}, prepare {}), baseline {} (fetch {}, worktree add {})",
@@ -455,6 +491,7 @@ async fn bench(s: &Settings) -> Report {
         if i >= WARMUP {
             ours.push(r);
             base.push(b);
+            unsandboxed.push(u);
         }
     }
     let cpu_after = cpu_times(pid, tick);
@@ -506,6 +543,33 @@ async fn bench(s: &Settings) -> Report {
             "-",
             None,
         ));
+    }
+    // The sandbox's cost: the same runner and task with `sandbox = "none"`, alternating in the same run.
+    let plain_totals: Vec<Duration> = unsandboxed.iter().map(|r| r.total).collect();
+    let plain_receipts: Vec<Duration> = unsandboxed.iter().map(|r| r.to_receipt).collect();
+    let agent_part =
+        |v: &[RunnerSample]| -> Vec<Duration> { v.iter().map(|r| r.phases[2] + r.phases[3] + r.phases[4]).collect() };
+    let spawn_part = |v: &[RunnerSample]| -> Vec<Duration> { v.iter().map(|r| r.phases[2]).collect() };
+    for (name, x, y) in [
+        (
+            "sandbox cost per task: queued -> completed, bubblewrap vs sandbox = \"none\", median",
+            &totals,
+            &plain_totals,
+        ),
+        ("sandbox cost per task: queued -> receipt received, bubblewrap vs none, median", &receipts, &plain_receipts),
+        (
+            "sandbox cost per task: started -> progress received (prepare, spawn, the command, its end), bubblewrap vs none, median",
+            &agent_part(&ours),
+            &agent_part(&unsandboxed),
+        ),
+        (
+            "sandbox cost per task: started -> command runs (fetch, worktree add, home, bwrap spawn), bubblewrap vs none, median",
+            &spawn_part(&ours),
+            &spawn_part(&unsandboxed),
+        ),
+    ] {
+        let (x, y) = (median(x.clone()), median(y.clone()));
+        rows.push(Row::new(name, ms(x), ms(y), ratio(x, y), "-", None));
     }
     let base_cpu = base.iter().map(|b| b.cpu).sum::<Duration>() / n;
     rows.push(Row::new(
@@ -590,6 +654,7 @@ async fn bench(s: &Settings) -> Report {
         warnings.first().map(|w| format!("; the first: {w}")).unwrap_or_default()
     ));
     drop(runner);
+    drop(plain);
     drop(fleet);
     drop(forgejo);
     drop(git);
@@ -604,21 +669,33 @@ struct RunnerSide<'a> {
     forgejo: &'a FakeForgejo,
     runner: &'a RunnerProcess,
     replay: &'a Validator,
-    /// Where the command writes its `<task>.start` and `<task>.end` stamps.
-    marks: &'a Path,
+    /// The repository, where the command's `.stamp-start` and `.stamp-end` arrive in the pull request's commit.
+    bare: &'a Path,
+    /// The capability of the runner that is to take the task (its issue gets `needs:<this>`).
+    needs: &'static str,
     work_dir: &'a Path,
     poll: Duration,
 }
 
+impl Clone for RunnerSide<'_> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl Copy for RunnerSide<'_> {}
+
 impl RunnerSide<'_> {
     async fn task(&self, i: usize) -> RunnerSample {
-        let RunnerSide { fleet, forgejo, runner, replay, marks, work_dir, poll } = *self;
+        let RunnerSide { fleet, forgejo, runner, replay, bare, needs, work_dir, poll } = *self;
         // The server's validator and outbox deliverer sleep `poll` between passes, and the bench starts a task when
         // the outbox is empty: without a random pause, the validator's phase at the receipt would be much the same
         // every time instead of uniformly random as for issues that come at any time.
         tokio::time::sleep(poll.mul_f64(rand::random::<f64>())).await;
         let title = format!("Add note {i}");
-        let issue = forgejo.create_issue(REPO, "alice", &title, "Please add a note file.", &["status:todo"]).await;
+        let label = format!("needs:{needs}");
+        let issue =
+            forgejo.create_issue(REPO, "alice", &title, "Please add a note file.", &["status:todo", &label]).await;
         let name = format!("{REPO}#{issue}");
         let deadline = Instant::now() + Duration::from_secs(30);
         let id = loop {
@@ -657,8 +734,9 @@ impl RunnerSide<'_> {
             .filter_map(|p| serde_json::from_value::<Timestamp>(p["at"].clone()).ok())
             .map(|t| t.0 as f64)
             .fold(f64::NAN, f64::max);
+        let head = detail["task"]["receipt"]["head_sha"].as_str().unwrap().to_string();
         let mark = |end: &str| -> f64 {
-            let text = std::fs::read_to_string(marks.join(format!("{id}.{end}"))).unwrap();
+            let text = support::git::git(bare, &["show", &format!("{head}:.stamp-{end}")]);
             text.trim().parse::<f64>().unwrap() / 1e6
         };
         let (command_start, command_end) = (mark("start"), mark("end"));

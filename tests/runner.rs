@@ -267,17 +267,18 @@ fn a_broken_agent_configuration_names_each_bad_key() {
 async fn a_forgejo_outage_when_opening_the_pull_request_does_not_lose_the_pushed_work() {
     let w = World::new(|c| c.retry.agent_error.max_retries = 0).await;
     let (issue, task) = w.queued("Outage").await;
-    let (started, go) = (w.root.path().join("started"), w.root.path().join("go"));
-    let _agent = w.agent(&format!(
-        "touch {}; while [ ! -e {} ]; do sleep 0.05; done; echo done > done.txt; echo 'Done despite Forgejo.'",
-        started.display(),
-        go.display()
-    ));
-    eventually("the agent runs", || async { started.exists() }).await;
+    // The agent (in its sandbox) waits for the test's word in its own checkout.
+    let _agent = w.agent(
+        "touch started; while [ ! -e go ]; do sleep 0.05; done; rm -f started go; echo done > done.txt; \
+         echo 'Done despite Forgejo.'",
+    );
+    eventually("the agent runs", || async { w.checkouts_with("started").len() == 1 }).await;
     // Forgejo's API fails (git still works) from before the push until 3 s after it refused the pull request:
     // longer than the Forgejo client's own few quick retries.
     w.forgejo.fail_requests_until_healed(503).await;
-    std::fs::write(&go, "").unwrap();
+    for checkout in w.checkouts() {
+        std::fs::write(checkout.join("go"), "").unwrap();
+    }
     let pulls = format!("/api/v1/repos/{REPO}/pulls");
     let refused = || async {
         w.forgejo.requests().await.iter().filter(|r| r.method == "POST" && r.path == pulls && r.status == 503).count()

@@ -96,7 +96,7 @@ fn start_with_path(extra: &str, path: &std::ffi::OsStr) -> (Option<i32>, String)
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("agent.toml");
     let text = format!(
-        "[agent]\nname = \"a1\"\nserver = \"http://127.0.0.1:9\"\nregistration_token = \"r\"\nforgejo_token = \"f\"\n\
+        "[agent]\nname = \"a1\"\nserver = \"http://127.0.0.1:9\"\nregistration_token = \"r\"\nforgejo_url = \"http://127.0.0.1:9\"\nforgejo_token = \"f\"\n\
          work_dir = {:?}\n{extra}\n[command]\nrun = [\"true\"]\n",
         dir.path().join("work")
     );
@@ -160,7 +160,7 @@ fn without_a_sandbox_the_runner_starts_and_warns() {
 
 fn check_config(server: &str, token: &str, work: &std::path::Path) -> forgefleet::agent::config::AgentConfig {
     let text = format!(
-        "[agent]\nname = \"a1\"\nserver = {server:?}\nregistration_token = \"r\"\nforgejo_token = {token:?}\n\
+        "[agent]\nname = \"a1\"\nserver = {server:?}\nregistration_token = \"r\"\nforgejo_url = \"http://127.0.0.1:9\"\nforgejo_token = {token:?}\n\
          work_dir = {work:?}\n\n[command]\nrun = [\"sh\", \"-c\", \"true\"]\n"
     );
     forgefleet::agent::config::AgentConfig::from_toml_str(&text, &|_| None).unwrap()
@@ -197,7 +197,7 @@ fn agent_check_on_the_command_line_prints_a_line_each_and_fails_when_one_is_not_
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("agent.toml");
     let text = format!(
-        "[agent]\nname = \"a1\"\nserver = \"http://127.0.0.1:9\"\nregistration_token = \"r\"\nforgejo_token = \"f\"\n\
+        "[agent]\nname = \"a1\"\nserver = \"http://127.0.0.1:9\"\nregistration_token = \"r\"\nforgejo_url = \"http://127.0.0.1:9\"\nforgejo_token = \"f\"\n\
          work_dir = {:?}\n\n[command]\nrun = [\"sh\", \"-c\", \"true\"]\n",
         dir.path().join("work")
     );
@@ -208,6 +208,10 @@ fn agent_check_on_the_command_line_prints_a_line_each_and_fails_when_one_is_not_
     assert!(lines[0].starts_with("sandbox: ok (bubblewrap"), "{stdout}");
     assert!(lines[1].starts_with("adapter: ok (command: "), "{stdout}");
     assert!(lines[2].starts_with("server: GET http://127.0.0.1:9/healthz: "), "{stdout}");
+    assert!(
+        lines[3].starts_with("forgejo token: GET http://127.0.0.1:9/"),
+        "the configured Forgejo is probed: {stdout}"
+    );
     assert_eq!(out.status.code(), Some(1), "{stdout}");
 }
 

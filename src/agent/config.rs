@@ -148,8 +148,7 @@ impl AgentConfig {
             ConfigError::new(path.display().to_string(), format!("cannot read the configuration file: {e}"))
         })?;
         let passed = super::secrets::inherited();
-        let mut c =
-            Self::from_toml_str(&text, &|name| passed.get(name).cloned().or_else(|| std::env::var(name).ok()))?;
+        let mut c = Self::from_toml_str(&text, &|name| passed.get(name).cloned().or_else(|| std::env::var(name).ok()))?;
         c.source = Some(path.to_path_buf());
         Ok(c)
     }

@@ -1,8 +1,9 @@
 //! `forgefleet agent`: the runner on an agent host. It registers with the server, heartbeats, long-polls
 //! for assignments while it has free slots, and does each one in a checkout of its own (see [`task`]):
-//! the adapter runs the coding agent, the runner commits what it left, pushes the attempt's branch, opens
-//! the pull request and hands in the receipt. Cancellations come back in heartbeat answers; on SIGINT or
-//! SIGTERM it stops its agents and deregisters, so the server re-queues their tasks at once.
+//! the adapter runs the coding agent in a sandbox of its own ([`sandbox`]), the runner commits what it
+//! left, pushes the attempt's branch, opens the pull request and hands in the receipt. Cancellations come
+//! back in heartbeat answers; on SIGINT or SIGTERM it stops its agents and deregisters, so the server
+//! re-queues their tasks at once. `--check` ([`check`]) says whether a host can do the work.
 
 pub mod check;
 pub mod config;
@@ -190,7 +191,14 @@ pub(crate) fn sandbox_settings(config: &AgentConfig) -> sandbox::Settings<'_> {
         network: a.network,
         paths: &a.sandbox_paths,
         passthrough: &a.env_passthrough,
-        hide: config.source.iter().cloned().collect(),
+        // The runner's configuration and its secret files, where a read-only path shown to the agent holds them.
+        hide: config
+            .source
+            .iter()
+            .chain(a.forgejo_token_file.iter())
+            .chain(a.registration_token_file.iter())
+            .cloned()
+            .collect(),
     }
 }
 

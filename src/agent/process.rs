@@ -80,19 +80,21 @@ pub async fn run(
     }
     // In the sandbox the agent's processes are a session of their own under bubblewrap's; a runner killed
     // while bubblewrap starts can leave that session behind (its parent-death signal is not armed yet), so
-    // the next runner finds it here too.
+    // the next runner finds it here too. Looked for beside the run, never in its way: an agent that ends
+    // before its sandbox's first process is seen must not wait for the search.
     let inner_file = pid_file.with_extension("sandbox.pgid");
-    if let Some(pgid) = group
-        && sandbox.mode() == SandboxMode::Bubblewrap
-    {
-        for _ in 0..50 {
-            if let Some(inner) = first_child(pgid) {
-                let _ = std::fs::write(&inner_file, inner.to_string());
-                break;
+    let recorder = group.filter(|_| sandbox.mode() == SandboxMode::Bubblewrap).map(|pgid| {
+        let file = inner_file.clone();
+        tokio::spawn(async move {
+            for _ in 0..50 {
+                if let Some(inner) = first_child(pgid) {
+                    let _ = std::fs::write(&file, inner.to_string());
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
+        })
+    });
     let input = adapter.stdin(job);
     let mut stdin = child.stdin.take();
     let feed = async move {
@@ -130,6 +132,10 @@ pub async fn run(
     };
     // Whatever the agent left running in its group ends with it.
     stop_group(group, &mut child, !matches!(outcome, Ended::Exited(Ok(_)))).await;
+    if let Some(recorder) = recorder {
+        recorder.abort();
+        let _ = recorder.await;
+    }
     let _ = std::fs::remove_file(pid_file);
     let _ = std::fs::remove_file(&inner_file);
     let tail = Tail {

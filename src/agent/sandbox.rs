@@ -113,7 +113,10 @@ impl Sandbox {
     pub fn new(settings: Settings<'_>, work_dir: &Path, program: Option<&Path>) -> Result<Sandbox, String> {
         let mut read_only = Vec::new();
         let path = std::env::var_os("PATH").unwrap_or_default();
-        for dir in std::env::split_paths(&path).filter(|d| d.is_absolute() && d.is_dir()) {
+        // A `PATH` entry of `/` or `/etc` would show the whole host or its secrets: those come only through
+        // `sandbox_paths`, where an operator says so.
+        let broad = |d: &Path| [Path::new("/"), Path::new("/etc"), Path::new("/root"), Path::new("/home")].contains(&d);
+        for dir in std::env::split_paths(&path).filter(|d| d.is_absolute() && d.is_dir() && !broad(d)) {
             read_only.push(dir);
         }
         if let Some(program) = program.and_then(|p| resolve(p, &path)) {
@@ -185,8 +188,7 @@ impl Sandbox {
     /// The sandbox of one attempt working in `checkout`: its home (fresh) is made now and removed when the
     /// returned value is dropped.
     pub fn prepare(&self, checkout: &Path) -> std::io::Result<Attempt<'_>> {
-        let name = checkout.file_name().unwrap_or_default();
-        self.attempt(&self.homes.join(name), checkout)
+        self.attempt(&self.homes.join(home_name(checkout, &self.hidden)), checkout)
     }
 
     fn attempt(&self, dir: &Path, checkout: &Path) -> std::io::Result<Attempt<'_>> {
@@ -373,6 +375,20 @@ fn git_dirs(checkout: &Path, work_dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// The folder name of the home of the attempt working in `checkout`: its path in the work directory, so two
+/// attempts never share one (`worktrees/task-1-attempt-1` gives `worktrees_task-1-attempt-1`).
+fn home_name(checkout: &Path, work_dir: &Path) -> String {
+    let relative = checkout.strip_prefix(work_dir).unwrap_or(checkout);
+    let parts: Vec<String> = relative
+        .components()
+        .filter_map(|c| match c {
+            std::path::Component::Normal(p) => Some(p.to_string_lossy().into_owned()),
+            _ => None,
+        })
+        .collect();
+    parts.join("_")
+}
+
 /// `program` as an absolute path: as it is when it has a `/`, else the first match on `path`.
 pub fn resolve(program: &Path, path: &OsStr) -> Option<PathBuf> {
     if program.components().count() > 1 || program.is_absolute() {
@@ -426,6 +442,16 @@ mod tests {
         assert_eq!(resolve(Path::new("tool"), &path), Some(dir.path().join("tool")));
         assert_eq!(resolve(Path::new("missing"), &path), None);
         assert_eq!(resolve(&dir.path().join("tool"), OsStr::new("")), Some(dir.path().join("tool")));
+    }
+
+    #[test]
+    fn each_checkout_gets_a_home_of_its_own() {
+        let work = Path::new("/srv/work");
+        assert_eq!(home_name(&work.join("worktrees/task-1-attempt-1"), work), "worktrees_task-1-attempt-1");
+        assert_ne!(
+            home_name(&work.join("attempts/task-1-attempt-1/checkout"), work),
+            home_name(&work.join("attempts/task-2-attempt-1/checkout"), work)
+        );
     }
 
     #[test]

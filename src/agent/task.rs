@@ -236,7 +236,11 @@ async fn run_agent(
         }
         Err(e) => return Err(Failure::after(&finished)(e.0)),
     };
-    runner.workspace.push(wt, &checked.clone_url, &head, &a.branch).await.map_err(|e| Failure::after(&finished)(e.0))?;
+    runner
+        .workspace
+        .push(wt, &checked.clone_url, &head, &a.branch)
+        .await
+        .map_err(|e| Failure::after(&finished)(e.0))?;
     let pr = open_pull(runner, &checked.repo, a, &finished).await.map_err(Failure::after(&finished))?;
     Ok(Some(json!({
         "task_id": a.task_id,

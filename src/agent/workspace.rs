@@ -15,8 +15,8 @@
 //! the agent's environment.
 //!
 //! Layout of `work_dir`: `repos/<owner>/<name>.git` (the caches), `pids/`, `agent-token`, and
-//! `attempts/<task>-<attempt>/` with `checkout/` (the agent's), `home/` (the agent's HOME) and `git/` (the
-//! runner's). The runner's files are never inside a checkout.
+//! `attempts/<task>-<attempt>/` with `checkout/` (the agent's) and `git/` (the runner's); the sandbox keeps
+//! the agents' homes under `homes/`. The runner's files are never inside a checkout.
 
 use std::io::Read as _;
 use std::os::unix::fs::OpenOptionsExt as _;
@@ -47,17 +47,14 @@ pub struct Workspace {
     caches: std::sync::Mutex<std::collections::HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
 }
 
-/// One attempt's place on disk. `path` and `home` are the agent's; the rest is the runner's (plain data for
-/// a sandbox: bind `path` and `home` read-write, nothing else of `work_dir`).
+/// One attempt's place on disk. `path` is the agent's; the rest is the runner's (the sandbox binds `path`
+/// read-write and gives the agent a home of its own, see [`super::sandbox`]).
 #[derive(Debug, Clone)]
 pub struct Checkout {
     /// The agent's clone: a `.git` of its own with objects copied from the cache (no hardlinks, no
     /// alternates), on the attempt's branch.
     pub path: PathBuf,
-    /// An empty directory for the agent's HOME (its CLI's state), removed with the attempt. For the sandbox.
-    #[allow(dead_code)]
-    pub home: PathBuf,
-    /// `attempts/<name>`: holds the checkout, the home and the runner's git directory.
+    /// `attempts/<name>`: holds the checkout and the runner's git directory.
     pub dir: PathBuf,
     /// The runner's git directory for this attempt, made after the agent has exited: it borrows the cache's
     /// objects and holds copies of the agent's.
@@ -140,8 +137,8 @@ impl Workspace {
             _ => base_sha.clone(),
         };
         remove_tree(&dir);
-        let (path, home, git_dir) = (dir.join("checkout"), dir.join("home"), dir.join("git"));
-        std::fs::create_dir_all(&home).map_err(|e| GitFailed(format!("cannot create {}: {e}", home.display())))?;
+        let (path, git_dir) = (dir.join("checkout"), dir.join("git"));
+        std::fs::create_dir_all(&dir).map_err(|e| GitFailed(format!("cannot create {}: {e}", dir.display())))?;
         // A copy of the cache's object files, not hardlinks (the agent could rewrite a shared file) nor
         // alternates (the checkout would need the cache at run time, and a sandbox shows it no cache). Measured
         // on a 9 MB repository of 3,000 files: 0.47 s, against 0.37 s for a worktree of the cache, 0.35 s for
@@ -157,7 +154,7 @@ impl Workspace {
             // The checkout is fresh: nothing of the agent's has run in it yet.
             self.git(&path, None, &args, false).await?;
         }
-        Ok(Checkout { path, home, dir, git_dir, cache, base_sha, start_sha, name: name.to_string() })
+        Ok(Checkout { path, dir, git_dir, cache, base_sha, start_sha, name: name.to_string() })
     }
 
     /// After the agent has exited: commits whatever it left uncommitted on top of what it committed, with the

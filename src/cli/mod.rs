@@ -380,8 +380,11 @@ fn run_agent(cli: &Cli, check: bool, repo: Option<&str>) -> Result<(), CliError>
             .enable_all()
             .build()
             .map_err(|e| CliError::failure(format!("cannot start the async runtime: {e}")))?;
-        // The Forgejo the token belongs to comes from the configuration's `agent.forgejo_url` once it has one.
-        let target = crate::agent::check::Forgejo { url: None, git_url: None, repo: repo.as_deref() };
+        let target = crate::agent::check::Forgejo {
+            url: config.agent.forgejo_url.as_deref(),
+            git_url: config.agent.git_url.as_deref(),
+            repo: repo.as_deref(),
+        };
         let ok = runtime.block_on(crate::agent::check::run(&config, target));
         return if ok { Ok(()) } else { Err(CliError::failure("some checks failed (see above)")) };
     }
