@@ -378,12 +378,7 @@ pub async fn drain(
     _op: Operator,
     Path(name): Path<String>,
 ) -> Result<Json<DrainResponse>, ApiError> {
-    let name = AgentName::parse(&name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let lookup = name.clone();
-    let agent = app
-        .reads
-        .with(move |r| r.agent_by_name(&lookup)?.ok_or_else(|| ApiError::NotFound(format!("agent {lookup} not found"))))
-        .await?;
+    let (name, agent) = agent_named(&app, &name).await?;
     app.engine.send(Command::DrainAgent { agent: agent.id }).await?;
     Ok(Json(DrainResponse { agent: name.to_string(), status: AgentStatus::Draining }))
 }
@@ -422,12 +417,7 @@ pub async fn forget(
     _op: Operator,
     Path(name): Path<String>,
 ) -> Result<Json<ForgetResponse>, ApiError> {
-    let name = AgentName::parse(&name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let lookup = name.clone();
-    let agent = app
-        .reads
-        .with(move |r| r.agent_by_name(&lookup)?.ok_or_else(|| ApiError::NotFound(format!("agent {lookup} not found"))))
-        .await?;
+    let (name, agent) = agent_named(&app, &name).await?;
     match app.engine.send(Command::DeregisterAgent { agent: agent.id }).await? {
         Reply::Requeued(requeued) => {
             app.tokens.forget(agent.id);
@@ -458,4 +448,15 @@ pub fn agent_views(
         })
         .filter(|v| status.is_none_or(|s| v.status == s))
         .collect()
+}
+
+/// The agent a path names: 400 for a name that cannot be one, 404 for one nobody registered.
+async fn agent_named(app: &AppState, name: &str) -> Result<(AgentName, crate::core::Agent), ApiError> {
+    let name = AgentName::parse(name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let lookup = name.clone();
+    let agent = app
+        .reads
+        .with(move |r| r.agent_by_name(&lookup)?.ok_or_else(|| ApiError::NotFound(format!("agent {lookup} not found"))))
+        .await?;
+    Ok((name, agent))
 }
