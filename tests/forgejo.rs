@@ -598,6 +598,13 @@ async fn an_older_or_same_time_view_of_an_issue_never_cancels_its_task() {
 async fn an_issue_that_does_not_exist_gets_no_task_and_no_agent() {
     let w = World::new().await;
     let agent = w.fleet.register("a1", &[], 1).await;
+    // The start-up reconciliation lists the issues first: one that saw the issue before it was deleted would
+    // make its view newer than the replayed webhook's (which is then rightly ignored).
+    let listing = format!("/api/v1/repos/{REPO}/issues");
+    eventually("the start-up reconciliation listed the issues", || async {
+        w.forgejo.requests().await.iter().any(|r| r.method == "GET" && r.path == listing && r.status == 200)
+    })
+    .await;
     // Deleted after its webhook was made: the delivery arrives when the issue is gone.
     w.forgejo.drop_next_webhooks(1).await;
     let n = w.forgejo.create_issue(REPO, "alice", "Deleted soon", "", &["status:todo"]).await;

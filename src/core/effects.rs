@@ -114,6 +114,16 @@ impl CommitState {
 pub const STATUS_CONTEXT: &str = "forgefleet/receipt";
 
 impl Effect {
+    /// The issue whose deliveries it waits behind, in order: none for a read (`confirm_issue`), which changes
+    /// nothing people see and must not wait behind a write to an issue that may be gone (the read is how
+    /// forgefleet learns that it is).
+    pub fn ordered_issue(&self) -> Option<&IssueRef> {
+        match self {
+            Effect::ConfirmIssue { .. } => None,
+            _ => Some(self.issue()),
+        }
+    }
+
     /// The issue it is delivered to: deliveries to one issue keep their order.
     pub fn issue(&self) -> &IssueRef {
         match self {

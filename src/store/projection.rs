@@ -56,7 +56,7 @@ impl WriteTx<'_> {
                 effect.kind(),
                 payload,
                 at.0,
-                effect.issue().to_string(),
+                effect.ordered_issue().map(ToString::to_string),
                 effect.issue().repo.as_str(),
                 effect.issue().number as i64
             ])?;

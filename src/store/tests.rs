@@ -352,6 +352,21 @@ fn a_later_delivery_to_an_issue_waits_for_an_earlier_one_that_failed() {
 }
 
 #[test]
+fn reading_an_issue_back_never_waits_behind_a_write_to_it() {
+    // A label write to an issue that was deleted fails until it is a dead letter; the read that finds out the
+    // issue is gone must not wait for that.
+    let mut s = Store::open_in_memory().unwrap();
+    let tx = s.write().unwrap();
+    let issue: crate::core::IssueRef = "acme/app#1".parse().unwrap();
+    let write = tx.enqueue(&Effect::SetStatusLabel { issue: issue.clone(), status: None }, None, Timestamp(0)).unwrap();
+    let read = tx.enqueue(&Effect::ConfirmIssue { issue }, None, Timestamp(1)).unwrap();
+    tx.outbox_failed(write, "404", Timestamp(100)).unwrap();
+    tx.commit().unwrap();
+    let ids: Vec<i64> = s.read().outbox_next(Timestamp(5), 10).unwrap().iter().map(|r| r.id).collect();
+    assert_eq!(ids, [read]);
+}
+
+#[test]
 fn a_dead_letter_holds_nothing_back_and_comes_back_only_when_retried() {
     let mut s = Store::open_in_memory().unwrap();
     let tx = s.write().unwrap();

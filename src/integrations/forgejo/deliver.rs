@@ -137,7 +137,8 @@ impl Deliverer {
         // A commit status belongs to a commit, and commands to the comment that holds them, not to a task; an
         // assignee is written only for agents with a Forgejo user.
         let for_issue = match effect {
-            Effect::SetCommitStatus { .. } | Effect::RunCommands { .. } => false,
+            // A confirmation reads the issue itself, and finds out when it is gone.
+            Effect::SetCommitStatus { .. } | Effect::RunCommands { .. } | Effect::ConfirmIssue { .. } => false,
             Effect::SetAssignee { .. } => !self.agent_users.is_empty(),
             _ => true,
         };
