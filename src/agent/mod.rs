@@ -51,6 +51,8 @@ pub struct Runner {
     idle_timeout: Option<std::time::Duration>,
     /// What each attempt's agent runs in.
     sandbox: Sandbox,
+    /// How long opening a pull request is retried (`agent.pull_request_patience_secs`).
+    pull_patience: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +87,7 @@ impl Runner {
             idle_timeout: (config.agent.idle_timeout_secs > 0)
                 .then(|| std::time::Duration::from_secs(config.agent.idle_timeout_secs)),
             sandbox,
+            pull_patience: std::time::Duration::from_secs(config.agent.pull_request_patience_secs),
         })
     }
 

@@ -323,6 +323,7 @@ mod tests {
             message: "exit 1".into(),
             decision,
             spent: None,
+            pushed_branch: None,
             at: Timestamp(5),
         };
         let (_, fx) = step(&assigned, failed);
