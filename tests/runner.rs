@@ -62,6 +62,12 @@ async fn an_agent_host_turns_a_labelled_issue_into_a_checked_pull_request() {
         std::fs::read_dir(w.root.path().join("agent/work/attempts")).unwrap().count() == 0
     })
     .await;
+    // Every line the runner logged, its tasks' included, carries its name: a host may run several runners.
+    let log = support::strip_ansi(&agent.log());
+    let line = log.lines().find(|l| l.contains("receipt submitted")).unwrap_or_else(|| panic!("{log}"));
+    assert!(line.contains("runner{agent=a1}"), "{line}");
+    let unnamed: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty() && !l.contains("runner{agent=a1}")).collect();
+    assert!(unnamed.is_empty(), "lines without the runner's name: {unnamed:#?}");
     drop(agent);
 }
 

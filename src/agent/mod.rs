@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{Mutex, Notify, watch};
+use tracing::Instrument;
 
 use self::client::{ClientError, FleetClient};
 use self::config::AgentConfig;
@@ -31,6 +32,13 @@ use crate::core::TaskId;
 
 /// How long a stopping runner waits for its tasks to report, and then for its deregistration.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// The span every log line of a runner is in, `runner{agent=<agent.name>}`, so that the lines of several
+/// runners on one host can be told apart. Tasks the runner spawns carry it on (`in_current_span`). (Not
+/// `name`: JSON logs write the span's own name under that key.)
+pub fn span(config: &AgentConfig) -> tracing::Span {
+    tracing::info_span!("runner", agent = %config.name())
+}
 
 /// What the tasks of one runner share.
 pub struct Runner {
@@ -107,7 +115,7 @@ impl Runner {
         self.sandbox.sweep();
         self.client.register().await?;
         tracing::info!(name = config.name(), adapter = self.adapter.kind().as_str(), "the agent is running");
-        let heartbeats = tokio::spawn(self.clone().heartbeats());
+        let heartbeats = tokio::spawn(self.clone().heartbeats().in_current_span());
         let slots = config.agent.max_concurrency as usize;
         let requests = AtomicU64::new(0);
         let key_base = format!("{}-{}-{}", config.name(), std::process::id(), chrono::Utc::now().timestamp_millis());
@@ -147,11 +155,14 @@ impl Runner {
         let id = a.task_id;
         self.running.lock().await.insert(id, stop);
         let runner = self.clone();
-        tokio::spawn(async move {
-            task::work(runner.clone(), a, stopped).await;
-            runner.running.lock().await.remove(&id);
-            runner.freed.notify_one();
-        });
+        tokio::spawn(
+            async move {
+                task::work(runner.clone(), a, stopped).await;
+                runner.running.lock().await.remove(&id);
+                runner.freed.notify_one();
+            }
+            .in_current_span(),
+        );
     }
 
     /// Tells the server what runs here; stops what it says to stop.

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
 
 use super::Runner;
 use super::process::{self, RunEnd};
@@ -192,7 +193,7 @@ async fn run_agent(
     };
     let limit = time_left(&a.deadline);
     let (tx, rx) = mpsc::channel(1024);
-    let forward = tokio::spawn(forward_progress(runner.client.clone(), a.task_id, a.attempt, rx));
+    let forward = tokio::spawn(forward_progress(runner.client.clone(), a.task_id, a.attempt, rx).in_current_span());
     let env = runner.workspace.author_env();
     let pid_file = runner.workspace.pid_file(wt);
     let idle = runner.idle_timeout;
