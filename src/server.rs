@@ -24,6 +24,7 @@ pub fn engine_settings(config: &Config) -> EngineSettings {
         heartbeat_interval: config.heartbeat_interval(),
         missed_heartbeats: config.agents.missed_heartbeats,
         progress_lines_kept: config.tasks.progress_lines_kept,
+        branch_prefix: config.forgejo.branch_prefix.clone(),
         ..EngineSettings::default()
     }
 }

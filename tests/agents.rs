@@ -503,3 +503,46 @@ async fn a_failed_attempt_keeps_what_it_spent_and_tasks_show_says_it() {
     assert!(text.contains("spent:    attempt 1 (failed): tokens 5200 in / 310 out, $0.07"), "{text}");
     assert!(!text.contains("attempt 2 (failed)"), "{text}");
 }
+
+#[tokio::test]
+async fn a_failed_attempt_hands_on_only_its_own_pushed_branch_and_the_next_attempt_is_assigned_it() {
+    let fleet = Fleet::start().await;
+    let task = fleet.label("acme/app#1", &["status:todo"]).await.unwrap();
+    let a1 = fleet.register("a1", &[], 1).await;
+    let a = a1.pull().await.unwrap();
+    assert_eq!(a.branch, "forgefleet/issue-1-attempt-1");
+    assert_eq!(a1.start(&a).await, 200);
+    let before = fleet.event_count();
+    for bad in ["forgefleet/issue-1-attempt-2", "forgefleet/issue-2-attempt-1", "main", ""] {
+        let (status, body) = a1
+            .post(&format!("/tasks/{task}/fail"), json!({"attempt": 1, "class": "agent_error", "pushed_branch": bad}))
+            .await;
+        assert_eq!(status, 400, "{bad:?}: {body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("is not the branch of attempt 1"), "{message}");
+    }
+    assert_eq!(fleet.event_count(), before, "refused reports change nothing");
+    let (status, body) = a1
+        .post(
+            &format!("/tasks/{task}/fail"),
+            json!({"attempt": 1, "class": "agent_error", "message": "no pull request", "pushed_branch": a.branch}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // Attempt 2 is assigned attempt 1's branch; failing before any push, it hands the same branch on.
+    for attempt in [2, 3] {
+        fleet.later(Duration::from_secs(4000));
+        a1.heartbeat(&[]).await;
+        let next = a1.pull().await.unwrap();
+        assert_eq!((next.attempt, next.branch.as_str()), (attempt, a.branch.as_str()));
+        assert!(next.prompt.contains(&a.branch), "the prompt names the branch to push to");
+        assert_eq!(a1.start(&next).await, 200);
+        let (status, _) =
+            a1.post(&format!("/tasks/{task}/fail"), json!({"attempt": attempt, "class": "agent_error"})).await;
+        assert_eq!(status, 200);
+    }
+    let (_, detail) = fleet.operator(Method::GET, &format!("/tasks/{task}")).await;
+    assert_eq!(detail["task"]["state"], "failed", "{detail}");
+    assert_eq!(detail["task"]["pushed_branch"], a.branch.as_str(), "{detail}");
+}

@@ -915,6 +915,35 @@ async fn a_task_cancelled_after_its_agent_opened_a_pull_request_gets_it_closed_w
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_cancelled_attempt_that_continued_an_earlier_branch_gets_that_branchs_pull_request_closed() {
+    let w = World::new().await;
+    let n = w.queued_issue("Cancel the continued pull").await;
+    let (agent, a) = w.agent_starts().await;
+    // Attempt 1 pushed, then failed: attempt 2 is assigned its branch and opens the pull request from it.
+    let (status, body) = agent
+        .post(
+            &format!("/tasks/{}/fail", a.task_id),
+            json!({"attempt": 1, "class": "agent_error", "pushed_branch": a.branch}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    w.fleet.clock.advance(Duration::from_secs(4000));
+    agent.heartbeat(&[]).await;
+    let b = agent.pull().await.unwrap();
+    assert_eq!((b.attempt, b.branch.as_str()), (2, a.branch.as_str()));
+    agent.start(&b).await;
+    w.forgejo.set_branch(REPO, "main", &"1".repeat(40)).await;
+    w.forgejo.set_branch(REPO, &b.branch, &"2".repeat(40)).await;
+    let pull =
+        w.forgejo.create_pull(REPO, BOT, "Fix it", &format!("Fixes #{n}"), &b.branch, &"2".repeat(40), "main").await;
+    w.forgejo.comment(REPO, n, "alice", "/cancel").await;
+    eventually("the continued branch's pull request is closed", || async {
+        w.forgejo.pull(REPO, pull).await.state == "closed"
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn comment_commands_wait_until_the_bots_login_is_known() {
     // Forgejo cannot say who the bot is when forgefleet starts: serve starts all the same.
     let forgejo = FakeForgejo::start().await;

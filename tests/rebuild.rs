@@ -46,6 +46,8 @@ fn random_command(rng: &mut StdRng, engine: &Engine) -> Command {
     let task = TaskId(rng.random_range(1..=60));
     let current = engine.store.read().task(task).unwrap();
     let attempt = current.as_ref().map_or(1, |t| t.attempt);
+    // The branch an agent says it pushed: mostly the assignment's, which later attempts then continue.
+    let pushed = current.as_ref().map(|t| t.branch("forgefleet/")).filter(|_| rng.random_bool(0.4));
     // Mostly the leaseholder speaks about its task; sometimes a stranger does, which must be refused.
     if let Some(lease) = current.and_then(|t| t.lease).filter(|_| rng.random_bool(0.8)) {
         agent = lease.agent;
@@ -96,6 +98,7 @@ fn random_command(rng: &mut StdRng, engine: &Engine) -> Command {
             class: CLASSES[rng.random_range(0..CLASSES.len())],
             message: "it broke".into(),
             spent: None,
+            pushed_branch: pushed,
         },
         64..=71 => {
             // A receipt needs a started attempt: mostly about a running task; with none, an assigned one is

@@ -62,6 +62,12 @@ async fn an_agent_host_turns_a_labelled_issue_into_a_checked_pull_request() {
         std::fs::read_dir(w.root.path().join("agent/work/attempts")).unwrap().count() == 0
     })
     .await;
+    // Every line the runner logged, its tasks' included, carries its name: a host may run several runners.
+    let log = support::strip_ansi(&agent.log());
+    let line = log.lines().find(|l| l.contains("receipt submitted")).unwrap_or_else(|| panic!("{log}"));
+    assert!(line.contains("runner{agent=a1}"), "{line}");
+    let unnamed: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty() && !l.contains("runner{agent=a1}")).collect();
+    assert!(unnamed.is_empty(), "lines without the runner's name: {unnamed:#?}");
     drop(agent);
 }
 
@@ -267,7 +273,7 @@ fn a_broken_agent_configuration_names_each_bad_key() {
 async fn a_forgejo_outage_when_opening_the_pull_request_does_not_lose_the_pushed_work() {
     let w = World::new(|c| c.retry.agent_error.max_retries = 0).await;
     let (issue, task) = w.queued("Outage").await;
-    // The agent (in its sandbox) waits for the test's word in its own checkout.
+    // The agent sees only its checkout (the sandbox): it signals there, and waits there for the go.
     let _agent = w.agent(
         "touch started; while [ ! -e go ]; do sleep 0.05; done; rm -f started go; echo done > done.txt; \
          echo 'Done despite Forgejo.'",
@@ -276,9 +282,7 @@ async fn a_forgejo_outage_when_opening_the_pull_request_does_not_lose_the_pushed
     // Forgejo's API fails (git still works) from before the push until 3 s after it refused the pull request:
     // longer than the Forgejo client's own few quick retries.
     w.forgejo.fail_requests_until_healed(503).await;
-    for checkout in w.checkouts() {
-        std::fs::write(checkout.join("go"), "").unwrap();
-    }
+    std::fs::write(w.checkouts_with("started")[0].join("go"), "").unwrap();
     let pulls = format!("/api/v1/repos/{REPO}/pulls");
     let refused = || async {
         w.forgejo.requests().await.iter().filter(|r| r.method == "POST" && r.path == pulls && r.status == 503).count()
@@ -317,4 +321,47 @@ async fn an_attempt_whose_branch_was_pushed_before_builds_on_it() {
     assert_eq!(parent.trim(), earlier, "the earlier push is kept, not overwritten");
     let files = support::git::git(&bare, &["diff", "--name-only", "main", &head]);
     assert_eq!(files.lines().collect::<Vec<_>>(), ["earlier.txt", "more.txt"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_next_attempt_continues_the_branch_a_failed_attempt_pushed() {
+    let w = World::new(|c| {
+        c.retry.agent_error.max_retries = 1;
+        c.retry.agent_error.base_secs = 1;
+    })
+    .await;
+    let (issue, task) = w.queued("Pushed, then Forgejo went away").await;
+    let pulls = format!("/api/v1/repos/{REPO}/pulls");
+    // Opening (and listing) pull requests fails for longer than the runner's patience; git still works.
+    w.forgejo.fail_path_until_healed(&pulls, 503).await;
+    let script = "if [ -e first.txt ]; then echo second > second.txt; echo 'Continued.'; \
+                  else echo first > first.txt; echo 'First go.'; fi";
+    let sections = format!("pull_request_patience_secs = 1\n\n[command]\nrun = [\"sh\", \"-c\", {script:?}]\n");
+    let agent = w.agent_with(&sections, "command", &[]);
+    eventually("attempt 1 gives up on the pull request", || async { w.task(task).await["task"]["attempt"] == 2 }).await;
+    let first_branch = format!("forgefleet/issue-{issue}-attempt-1");
+    let pushed = w.repo.remote_ref(&format!("refs/heads/{first_branch}")).expect("attempt 1 pushed its work");
+    let t = w.task(task).await;
+    assert_eq!(t["task"]["pushed_branch"], first_branch.as_str(), "{t}");
+    let failed = t["events"].as_array().unwrap().iter().find(|e| e["type"] == "attempt_failed").unwrap().clone();
+    assert_eq!(failed["pushed_branch"], first_branch.as_str(), "{failed}");
+    assert!(failed["message"].as_str().unwrap().contains("opening the pull request"), "{failed}");
+    w.forgejo.heal().await;
+    // Past the retry's backoff (forgefleet's clock is the test's).
+    w.fleet.later(std::time::Duration::from_secs(2));
+
+    eventually("the task ends", || async { matches!(w.state(task).await.as_str(), "completed" | "failed") }).await;
+    let t = w.task(task).await;
+    assert_eq!(t["task"]["state"], "completed", "{t}\n{}", agent.log());
+    assert_eq!(t["task"]["attempt"], 2, "{t}");
+    let pr = t["task"]["receipt"]["pr_number"].as_u64().unwrap();
+    assert_eq!(w.forgejo.pull(REPO, pr).await.head_ref, first_branch, "attempt 2 worked on attempt 1's branch");
+    let head = t["task"]["receipt"]["head_sha"].as_str().unwrap().to_string();
+    let bare = w.root.path().join("git").join(format!("{REPO}.git"));
+    let parent = support::git::git(&bare, &["rev-parse", &format!("{head}^")]);
+    assert_eq!(parent.trim(), pushed, "attempt 2 builds on attempt 1's commit");
+    let files = support::git::git(&bare, &["diff", "--name-only", "main", &head]);
+    assert_eq!(files.lines().collect::<Vec<_>>(), ["first.txt", "second.txt"]);
+    assert_eq!(w.repo.remote_ref(&format!("refs/heads/forgefleet/issue-{issue}-attempt-2")), None, "no fresh branch");
+    drop(agent);
 }

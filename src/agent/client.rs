@@ -165,11 +165,15 @@ impl FleetClient {
         class: &str,
         message: &str,
         spent: Option<&crate::core::Spent>,
+        pushed_branch: Option<&str>,
     ) -> Result<(), ClientError> {
         let mut body = json!({"attempt": attempt, "class": class, "message": message});
         if let Some(s) = spent {
             body["usage"] = json!(s.usage);
             body["cost_usd"] = json!(s.cost_usd);
+        }
+        if let Some(b) = pushed_branch {
+            body["pushed_branch"] = json!(b);
         }
         self.agent_call::<Value>(Method::POST, &format!("/tasks/{task}/fail"), &body).await?;
         Ok(())

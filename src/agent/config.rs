@@ -59,6 +59,10 @@ pub struct AgentSection {
     /// `agent_error`; 0 turns it off. For agents that can hang silently, e.g. Codex retrying an unreachable
     /// model for ever. Default: `0` (only the task's deadline stops it).
     pub idle_timeout_secs: u64,
+    /// How long the runner keeps trying to open the pull request for pushed work while Forgejo answers 5xx
+    /// or 429, or cannot be reached. When it gives up, the attempt fails and says its branch was pushed: the
+    /// next attempt is assigned that branch and continues it. Default: `180`.
+    pub pull_request_patience_secs: u64,
     /// A Forgejo API token of the agent's Forgejo user: it pushes the branch and opens the pull request.
     /// Secret; env `FORGEFLEET_AGENT_FORGEJO_TOKEN`, or `forgejo_token_file`. Required.
     #[serde(with = "optional")]
@@ -107,6 +111,7 @@ impl Default for AgentSection {
             work_dir: PathBuf::from("forgefleet-agent"),
             wait_secs: 30,
             idle_timeout_secs: 0,
+            pull_request_patience_secs: 180,
             forgejo_token: None,
             forgejo_token_file: None,
             forgejo_url: None,

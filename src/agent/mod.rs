@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{Mutex, Notify, watch};
+use tracing::Instrument;
 
 use self::client::{ClientError, FleetClient};
 use self::config::AgentConfig;
@@ -32,6 +33,13 @@ use crate::core::TaskId;
 
 /// How long a stopping runner waits for its tasks to report, and then for its deregistration.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// The span every log line of a runner is in, `runner{agent=<agent.name>}`, so that the lines of several
+/// runners on one host can be told apart. Tasks the runner spawns carry it on (`in_current_span`). (Not
+/// `name`: JSON logs write the span's own name under that key.)
+pub fn span(config: &AgentConfig) -> tracing::Span {
+    tracing::info_span!("runner", agent = %config.name())
+}
 
 /// What the tasks of one runner share.
 pub struct Runner {
@@ -52,6 +60,8 @@ pub struct Runner {
     idle_timeout: Option<std::time::Duration>,
     /// What each attempt's agent runs in.
     sandbox: Sandbox,
+    /// How long opening a pull request is retried (`agent.pull_request_patience_secs`).
+    pull_patience: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +96,7 @@ impl Runner {
             idle_timeout: (config.agent.idle_timeout_secs > 0)
                 .then(|| std::time::Duration::from_secs(config.agent.idle_timeout_secs)),
             sandbox,
+            pull_patience: std::time::Duration::from_secs(config.agent.pull_request_patience_secs),
         })
     }
 
@@ -105,7 +116,7 @@ impl Runner {
         self.sandbox.sweep();
         self.client.register().await?;
         tracing::info!(name = config.name(), adapter = self.adapter.kind().as_str(), "the agent is running");
-        let heartbeats = tokio::spawn(self.clone().heartbeats());
+        let heartbeats = tokio::spawn(self.clone().heartbeats().in_current_span());
         let slots = config.agent.max_concurrency as usize;
         let requests = AtomicU64::new(0);
         let key_base = format!("{}-{}-{}", config.name(), std::process::id(), chrono::Utc::now().timestamp_millis());
@@ -145,11 +156,14 @@ impl Runner {
         let id = a.task_id;
         self.running.lock().await.insert(id, stop);
         let runner = self.clone();
-        tokio::spawn(async move {
-            task::work(runner.clone(), a, stopped).await;
-            runner.running.lock().await.remove(&id);
-            runner.freed.notify_one();
-        });
+        tokio::spawn(
+            async move {
+                task::work(runner.clone(), a, stopped).await;
+                runner.running.lock().await.remove(&id);
+                runner.freed.notify_one();
+            }
+            .in_current_span(),
+        );
     }
 
     /// Tells the server what runs here; stops what it says to stop.

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
 
 use super::sandbox::{Sandbox, SandboxMode};
 use crate::adapters::{Adapter, Job, Tail};
@@ -107,8 +108,11 @@ pub async fn run(
     let shown = adapter.clone();
     let filter: Filter = Box::new(move |line| shown.progress(line));
     let heard = Arc::new(Mutex::new(Instant::now()));
-    let stdout = child.stdout.take().map(|s| tokio::spawn(read_lines(s, heard.clone(), Some((filter, progress)))));
-    let stderr = child.stderr.take().map(|s| tokio::spawn(read_lines(s, heard.clone(), None)));
+    let stdout = child
+        .stdout
+        .take()
+        .map(|s| tokio::spawn(read_lines(s, heard.clone(), Some((filter, progress))).in_current_span()));
+    let stderr = child.stderr.take().map(|s| tokio::spawn(read_lines(s, heard.clone(), None).in_current_span()));
 
     let ended = async {
         feed.await;

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
 
 use super::Runner;
 use super::process::{self, RunEnd};
@@ -24,9 +25,8 @@ const BATCH_LINES: usize = 100;
 const BATCH_EVERY: Duration = Duration::from_secs(2);
 /// The server refuses longer lines.
 const MAX_LINE_BYTES: usize = 4000;
-/// How long the runner keeps trying to open the pull request for pushed work while Forgejo answers 5xx or
-/// 429, or cannot be reached, and the longest wait between two tries.
-const PULL_PATIENCE: Duration = Duration::from_secs(180);
+/// The longest wait between two tries to open the pull request (for how long it is tried:
+/// `agent.pull_request_patience_secs`).
 const PULL_MAX_WAIT: Duration = Duration::from_secs(30);
 /// Bounds on what the runner takes from an assignment.
 const MAX_TITLE_BYTES: usize = 1024;
@@ -104,11 +104,14 @@ struct Failure {
     message: String,
     /// What the agent spent before it failed, when its output says: kept with the failure.
     spent: Option<Spent>,
+    /// The assignment's branch, when the work was pushed to it before the failure: the server assigns it to
+    /// the next attempt, which continues the work.
+    pushed: Option<String>,
 }
 
 impl Failure {
     fn agent(message: impl Into<String>) -> Failure {
-        Failure { class: FailureClass::AgentError, message: message.into(), spent: None }
+        Failure { class: FailureClass::AgentError, message: message.into(), spent: None, pushed: None }
     }
 
     /// A failure after the agent finished: what it spent is known.
@@ -142,7 +145,8 @@ pub async fn work(runner: Arc<Runner>, a: AssignmentView, cancel: watch::Receive
         Ok(None) => tracing::info!(%task, attempt, "stopped before the end; nothing to report"),
         Err(f) => {
             tracing::warn!(%task, attempt, class = f.class.as_str(), message = %f.message, "the attempt failed");
-            if let Err(e) = runner.client.fail(task, attempt, f.class.as_str(), &f.message, f.spent.as_ref()).await {
+            let (class, pushed) = (f.class.as_str(), f.pushed.as_deref());
+            if let Err(e) = runner.client.fail(task, attempt, class, &f.message, f.spent.as_ref(), pushed).await {
                 tracing::warn!(%task, attempt, error = %e, "the server did not take the failure report");
             }
         }
@@ -189,7 +193,7 @@ async fn run_agent(
     };
     let limit = time_left(&a.deadline);
     let (tx, rx) = mpsc::channel(1024);
-    let forward = tokio::spawn(forward_progress(runner.client.clone(), a.task_id, a.attempt, rx));
+    let forward = tokio::spawn(forward_progress(runner.client.clone(), a.task_id, a.attempt, rx).in_current_span());
     let env = runner.workspace.author_env();
     let pid_file = runner.workspace.pid_file(wt);
     let idle = runner.idle_timeout;
@@ -202,6 +206,7 @@ async fn run_agent(
                 class: FailureClass::Timeout,
                 message: format!("the agent was still running at the task's deadline ({})", a.deadline),
                 spent: None,
+                pushed: None,
             });
         }
         RunEnd::NotStarted(why) => return Err(Failure::agent(why)),
@@ -216,7 +221,7 @@ async fn run_agent(
             Outcome::Done(f) => f,
             Outcome::Failed { class, message } => {
                 tracing::debug!(status = %describe(status), "the adapter judged the run a failure");
-                return Err(Failure { class, message, spent: runner.adapter.spent(&tail) });
+                return Err(Failure { class, message, spent: runner.adapter.spent(&tail), pushed: None });
             }
         },
     };
@@ -241,7 +246,10 @@ async fn run_agent(
         .push(wt, &checked.clone_url, &head, &a.branch)
         .await
         .map_err(|e| Failure::after(&finished)(e.0))?;
-    let pr = open_pull(runner, &checked.repo, a, &finished).await.map_err(Failure::after(&finished))?;
+    // Pushed: a failure from here on hands the branch on, so the next attempt continues this work.
+    let pr = open_pull(runner, &checked.repo, a, &finished)
+        .await
+        .map_err(|e| Failure { pushed: Some(a.branch.clone()), ..Failure::after(&finished)(e) })?;
     Ok(Some(json!({
         "task_id": a.task_id,
         "attempt": a.attempt,
@@ -256,7 +264,7 @@ async fn run_agent(
 }
 
 /// Opens the pull request, or finds the one an earlier try opened. The work is pushed by then, so a Forgejo
-/// that fails (5xx, 429, unreachable) is tried again with backoff for up to [`PULL_PATIENCE`], each new try
+/// that fails (5xx, 429, unreachable) is tried again with backoff for `agent.pull_request_patience_secs`, each new try
 /// first looking for a pull request from the branch (a try whose answer was lost may have opened it).
 async fn open_pull(runner: &Runner, repo: &RepoName, a: &AssignmentView, f: &Finished) -> Result<u64, String> {
     // The runner's own Forgejo, never the assignment's `forgejo_url`; one request per try (retries are here).
@@ -270,7 +278,7 @@ async fn open_pull(runner: &Runner, repo: &RepoName, a: &AssignmentView, f: &Fin
         let open = client.open_pulls(repo).await?;
         Ok(open.iter().find(|p| p.head.name == a.branch && p.base.name == a.base_branch).map(|p| p.number))
     };
-    let give_up = Instant::now() + PULL_PATIENCE;
+    let give_up = Instant::now() + runner.pull_patience;
     let mut wait = Duration::from_secs(1);
     let mut tries = 0u32;
     loop {

@@ -294,6 +294,9 @@ pub struct TaskDoc {
     /// `files` git says the pull request changes (`path`, `status`, `additions`, `deletions`). Absent until checked.
     #[schema(value_type = Option<Object>)]
     validation: Option<String>,
+    /// A branch an earlier attempt pushed before it failed (its `fail` report said so): the current and every
+    /// later attempt are assigned it and continue its work. Absent when each attempt gets a fresh branch.
+    pushed_branch: Option<String>,
 }
 
 /// One event of the task's log. `type` names it (`task_queued`, `task_assigned`, `task_started`,
@@ -410,6 +413,7 @@ mod tests {
             }),
             receipt: None,
             validation: Some(crate::core::Validation::default()),
+            pushed_branch: Some("forgefleet/issue-7-attempt-1".into()),
         }
     }
 

@@ -49,7 +49,9 @@ pub struct AssignmentView {
     /// The Forgejo the pull request is opened on (`[forgejo] url`); `null` until one is configured.
     pub forgejo_url: Option<String>,
     pub base_branch: String,
-    /// The branch to push the work to.
+    /// The branch to push the work to, and the only head branch its pull request may have: a fresh
+    /// `<branch_prefix>issue-<N>-attempt-<A>`, or the branch an earlier attempt pushed before it failed
+    /// (`pushed_branch` of its `fail` report), whose work this attempt continues.
     pub branch: String,
     /// Acknowledge (`start`) before this, or the assignment is taken back.
     #[schema(format = DateTime)]
@@ -66,7 +68,7 @@ impl AssignmentView {
     fn new(a: &Assignment, app: &AppState) -> Result<Self, ApiError> {
         let f = &app.config.forgejo;
         let t = &a.task;
-        let branch = crate::core::work_branch(&f.branch_prefix, t.issue.number, a.lease.attempt);
+        let branch = t.branch(&f.branch_prefix);
         let prompt = app
             .templates
             .render(
@@ -282,6 +284,11 @@ pub struct FailRequest {
     /// What the attempt cost before it failed, in US dollars.
     #[serde(default)]
     pub cost_usd: Option<f64>,
+    /// The assignment's `branch`, when the attempt pushed work to it before failing (e.g. the pull request
+    /// could not be opened): the next attempt is assigned the same branch and continues that work. Any
+    /// other branch is refused.
+    #[serde(default)]
+    pub pushed_branch: Option<String>,
 }
 
 #[utoipa::path(
@@ -292,14 +299,17 @@ pub struct FailRequest {
     summary = "Report a failed attempt",
     description = "Ends the attempt. The retry policy of the class decides: back to the queue with a new attempt after a \
         backoff, or `failed` when the class's retry budget is spent. `cancelled` cannot be reported by an agent. \
-        `usage` and `cost_usd`, when given, are what the attempt spent: kept with the failure event.",
+        `usage` and `cost_usd`, when given, are what the attempt spent: kept with the failure event. \
+        `pushed_branch` (the assignment's `branch`) says the work was pushed before the failure: every later \
+        attempt is assigned that branch and continues it.",
     params(("id" = i64, Path, description = "The task's id")),
     request_body = FailRequest,
     security(("agent_token" = [])),
     responses(
         (status = 200, description = "Recorded; `state` says whether it is queued again or failed", body = TaskAck),
         (status = 400, description = "Invalid task id or JSON, an unknown class, the class `cancelled`, a message \
-            over 64 KiB, a negative `cost_usd` or more than 32 `usage` counters", body = ErrorBody),
+            over 64 KiB, a negative `cost_usd`, more than 32 `usage` counters, or a `pushed_branch` that is not the \
+            assignment's `branch`", body = ErrorBody),
         (status = 401, description = "Missing, unknown or revoked agent token", body = ErrorBody),
         (status = 403, description = "The agent does not hold the lease of this task and attempt", body = ErrorBody),
         (status = 404, description = "No such task", body = ErrorBody),
@@ -328,7 +338,8 @@ pub async fn fail(
     }
     let spent = (req.usage.is_some() || req.cost_usd.is_some())
         .then(|| Spent { usage: req.usage.unwrap_or_default(), cost_usd: req.cost_usd });
-    let cmd = Command::FailTask { agent: agent.id, task, attempt: req.attempt, class, message: req.message, spent };
+    let (attempt, message, pushed_branch) = (req.attempt, req.message, req.pushed_branch);
+    let cmd = Command::FailTask { agent: agent.id, task, attempt, class, message, spent, pushed_branch };
     app.engine.send(cmd).await?;
     ack(&app, task, req.attempt).await
 }

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tracing::Instrument;
 
 use crate::config::{Config, LogFormat};
 use crate::core::{AgentName, AgentStatus, TaskId, TaskState};
@@ -371,6 +372,9 @@ fn run_agent(cli: &Cli, check: bool, repo: Option<&str>) -> Result<(), CliError>
     let format = if cli.log_json { LogFormat::Json } else { LogFormat::Human };
     let level = std::env::var("FORGEFLEET_LOG").unwrap_or_else(|_| "info".into());
     crate::telemetry::init_logging(format, &level);
+    // Every line of this runner carries its name (`runner{agent=a1}`): a host may run several.
+    let span = crate::agent::span(&config);
+    let _entered = span.enter();
     if check {
         let repo = repo
             .map(|r| crate::core::RepoName::parse(r).map(|r| r.to_string()))
@@ -385,7 +389,7 @@ fn run_agent(cli: &Cli, check: bool, repo: Option<&str>) -> Result<(), CliError>
             git_url: config.agent.git_url.as_deref(),
             repo: repo.as_deref(),
         };
-        let ok = runtime.block_on(crate::agent::check::run(&config, target));
+        let ok = runtime.block_on(crate::agent::check::run(&config, target).instrument(span.clone()));
         return if ok { Ok(()) } else { Err(CliError::failure("some checks failed (see above)")) };
     }
     let runner = crate::agent::Runner::new(&config).map_err(|e| CliError::usage(e.to_string()))?;
@@ -395,7 +399,7 @@ fn run_agent(cli: &Cli, check: bool, repo: Option<&str>) -> Result<(), CliError>
         .build()
         .map_err(|e| CliError::failure(format!("cannot start the async runtime: {e}")))?;
     runtime
-        .block_on(std::sync::Arc::new(runner).run(&config, serve::shutdown_signal()))
+        .block_on(std::sync::Arc::new(runner).run(&config, serve::shutdown_signal()).instrument(span.clone()))
         .map_err(|e| CliError::failure(e.to_string()))
 }
 

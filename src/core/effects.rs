@@ -80,7 +80,17 @@ pub enum Effect {
     ConfirmIssue { issue: IssueRef },
     /// A task was cancelled while its agent held it (or after its receipt): the pull request the agent opened
     /// for that attempt, the receipt's or the one from the attempt's branch, is closed with a comment saying why.
-    ClosePull { issue: IssueRef, task: TaskId, attempt: u32, pr_number: Option<u64>, reason: String },
+    /// `branch` is the attempt's branch when it continued one an earlier attempt pushed (`Task::pushed_branch`);
+    /// `None`: its own fresh branch.
+    ClosePull {
+        issue: IssueRef,
+        task: TaskId,
+        attempt: u32,
+        pr_number: Option<u64>,
+        reason: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        branch: Option<String>,
+    },
     /// A commit status on the pull request's head (the one the receipt names), so the pull request itself
     /// shows what forgefleet found.
     SetCommitStatus {
@@ -180,6 +190,7 @@ pub fn effects_of(before: Option<&Task>, after: &Task, event: &Event) -> Vec<Eff
             attempt,
             pr_number: receipt.map(|r| r.pr_number),
             reason: reason.clone(),
+            branch: before.and_then(|t| t.pushed_branch.clone()),
         })
     };
     match event {
@@ -333,6 +344,7 @@ mod tests {
             message: "exit 1".into(),
             decision,
             spent: None,
+            pushed_branch: None,
             at: Timestamp(5),
         };
         let (_, fx) = step(&assigned, failed);

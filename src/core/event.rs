@@ -87,6 +87,9 @@ pub enum Event {
         /// What the agent says the attempt spent before it failed (tokens, cost), when it says.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         spent: Option<super::receipt::Spent>,
+        /// The attempt's branch, when the agent says it pushed it before failing: later attempts continue it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pushed_branch: Option<String>,
         at: Timestamp,
     },
     TaskCancelled {
@@ -223,6 +226,7 @@ mod tests {
                 message: "slow".into(),
                 decision: RetryDecision::GiveUp,
                 spent: None,
+                pushed_branch: Some("forgefleet/issue-1-attempt-1".into()),
                 at: Timestamp(0),
             },
         ];

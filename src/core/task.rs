@@ -88,8 +88,8 @@ impl fmt::Display for TaskState {
     }
 }
 
-/// The branch an attempt's work is pushed to, as its assignment names it: `<prefix>issue-<N>-attempt-<A>`.
-/// Receipt validation accepts a pull request only from a branch an assignment of its task named.
+/// The name of a fresh branch for an attempt's work: `<prefix>issue-<N>-attempt-<A>`. What an attempt is
+/// assigned is [`Task::branch`]: this, unless it continues a branch an earlier attempt pushed.
 pub fn work_branch(prefix: &str, issue: u64, attempt: u32) -> String {
     format!("{prefix}issue-{issue}-attempt-{attempt}")
 }
@@ -152,6 +152,10 @@ pub struct Task {
     /// What forgefleet found when it checked the receipt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validation: Option<Validation>,
+    /// A branch an earlier attempt pushed before it failed (its agent said so): every later attempt is
+    /// assigned it and continues its work, until a person queues the task again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pushed_branch: Option<String>,
 }
 
 /// An event that does not apply to the task or agent in its current state. Nothing was changed.
@@ -200,9 +204,16 @@ impl Task {
                 last_failure: None,
                 receipt: None,
                 validation: None,
+                pushed_branch: None,
             }),
             _ => None,
         }
+    }
+
+    /// The branch the current attempt pushes its work to, as its assignment names it and as its pull
+    /// request's head must be: the branch an earlier attempt pushed, or a fresh one of this attempt.
+    pub fn branch(&self, prefix: &str) -> String {
+        self.pushed_branch.clone().unwrap_or_else(|| work_branch(prefix, self.issue.number, self.attempt))
     }
 
     pub fn retries_used(&self, class: FailureClass) -> u32 {
@@ -306,7 +317,7 @@ impl Task {
                 self.state = AgentLost;
                 self.lease = None;
             }
-            Event::AttemptFailed { attempt, class, message, decision, at, .. } => {
+            Event::AttemptFailed { attempt, class, message, decision, pushed_branch, at, .. } => {
                 if *class == FailureClass::Cancelled {
                     return Err(TransitionError::CancelledIsNotAFailure { class: *class });
                 }
@@ -317,6 +328,10 @@ impl Task {
                 self.lease = None;
                 self.last_failure =
                     Some(Failure { attempt: *attempt, class: *class, message: message.clone(), at: *at });
+                // A failure before any push keeps what an earlier attempt pushed (this attempt was assigned it).
+                if pushed_branch.is_some() {
+                    self.pushed_branch = pushed_branch.clone();
+                }
                 match decision {
                     RetryDecision::Retry { not_before, .. } => {
                         *self.retries.entry(*class).or_default() += 1;
@@ -350,8 +365,9 @@ impl Task {
         Ok(())
     }
 
-    /// A person asked for the task again: a new attempt with a fresh retry budget.
+    /// A person asked for the task again: a new attempt with a fresh retry budget, on a fresh branch.
     fn fresh_attempt(&mut self, at: Timestamp) {
+        self.pushed_branch = None;
         self.state = TaskState::Queued;
         self.attempt += 1;
         self.retries.clear();

@@ -70,6 +70,7 @@ fn event_of_kind(kind: &str, attempt: u32) -> Event {
             message: "exit 1".into(),
             decision: RetryDecision::Retry { not_before: at(500), retries_left: 1 },
             spent: None,
+            pushed_branch: None,
             at: at(100),
         },
         "task_cancelled" => Event::TaskCancelled {
@@ -122,6 +123,7 @@ fn task_in(state: TaskState) -> Task {
             message: "too slow".into(),
             decision: RetryDecision::GiveUp,
             spent: None,
+            pushed_branch: None,
             at: at(50),
         })
         .unwrap();
@@ -241,6 +243,7 @@ fn giving_up_fails_the_task_and_a_person_can_retry_it_with_a_fresh_budget() {
         message: "again".into(),
         decision: RetryDecision::GiveUp,
         spent: None,
+        pushed_branch: None,
         at: at(900),
     })
     .unwrap();
@@ -260,6 +263,7 @@ fn cancelled_is_never_a_failed_attempt() {
         message: "".into(),
         decision: RetryDecision::GiveUp,
         spent: None,
+        pushed_branch: None,
         at: at(1),
     };
     assert!(matches!(t.apply(&e), Err(TransitionError::CancelledIsNotAFailure { .. })));
@@ -283,4 +287,30 @@ fn each_state_maps_to_one_status_label() {
     for s in TaskState::ALL {
         assert_eq!(TaskState::parse(s.as_str()), Some(s));
     }
+}
+
+#[test]
+fn a_pushed_branch_is_continued_by_every_later_attempt_until_a_person_queues_again() {
+    let mut t = task_in(TaskState::Running);
+    assert_eq!(t.branch("ff/"), format!("ff/issue-{}-attempt-1", t.issue.number));
+    let failed = |attempt: u32, pushed: Option<&str>, decision: RetryDecision| Event::AttemptFailed {
+        task: T,
+        attempt,
+        class: FailureClass::AgentError,
+        message: "no pull request".into(),
+        decision,
+        spent: None,
+        pushed_branch: pushed.map(String::from),
+        at: at(200),
+    };
+    let retry = RetryDecision::Retry { not_before: at(500), retries_left: 1 };
+    let first = t.branch("ff/");
+    t.apply(&failed(1, Some(&first), retry)).unwrap();
+    assert_eq!((t.attempt, t.branch("ff/")), (2, first.clone()), "attempt 2 continues attempt 1's branch");
+    // Attempt 2 fails before pushing anything: attempt 1's work is still there to continue.
+    t.apply(&event_of_kind("task_assigned", 2)).unwrap();
+    t.apply(&failed(2, None, RetryDecision::GiveUp)).unwrap();
+    assert_eq!(t.branch("ff/"), first);
+    t.apply(&Event::TaskRetried { task: T, by: "bob".into(), at: at(1000) }).unwrap();
+    assert_eq!(t.branch("ff/"), format!("ff/issue-{}-attempt-3", t.issue.number), "a person's retry starts afresh");
 }

@@ -73,6 +73,8 @@ pub enum Command {
         message: String,
         /// What the attempt spent, if the agent says.
         spent: Option<crate::core::Spent>,
+        /// The attempt's branch, if the agent pushed it: it must be the assignment's branch.
+        pushed_branch: Option<String>,
     },
     SubmitReceipt {
         agent: AgentId,

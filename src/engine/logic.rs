@@ -32,6 +32,8 @@ pub struct EngineSettings {
     /// When this engine started (set by `Engine::new`). Agents could not reach a server that was down, so
     /// none is judged silent, nor late to start a task, until a grace period from this moment has passed.
     pub started_at: Timestamp,
+    /// `[forgejo] branch_prefix`: each attempt's fresh branch is `<prefix>issue-<N>-attempt-<A>`.
+    pub branch_prefix: String,
     /// What repositories' own `fleet.yaml` files change.
     pub repos: std::collections::BTreeMap<crate::core::RepoName, super::repo::RepoOverrides>,
 }
@@ -72,6 +74,7 @@ impl Default for EngineSettings {
             seen_horizon: Duration::from_secs(30 * 24 * 60 * 60),
             next_seen_prune: Timestamp(0),
             started_at: Timestamp(0),
+            branch_prefix: "forgefleet/".into(),
             repos: Default::default(),
         }
     }
@@ -95,15 +98,25 @@ pub fn handle(s: &mut EngineSettings, tx: &WriteTx<'_>, cmd: Command, now: Times
             leased(tx, agent, task, attempt)?;
             append(tx, Event::TaskStarted { task, attempt, at: now })
         }
-        Command::FailTask { agent, task, attempt, class, message, spent } => {
+        Command::FailTask { agent, task, attempt, class, message, spent, pushed_branch } => {
             if class == FailureClass::Cancelled {
                 return Err(EngineError::Invalid(
                     "an agent cannot report class `cancelled`; cancellations come from people".into(),
                 ));
             }
             let t = leased(tx, agent, task, attempt)?;
+            if let Some(b) = &pushed_branch {
+                let assigned = t.branch(&s.branch_prefix);
+                if *b != assigned {
+                    let shown: String = b.chars().take(200).collect();
+                    return Err(EngineError::Invalid(format!(
+                        "`pushed_branch` {shown:?} is not the branch of attempt {attempt}, {assigned:?}: only the \
+                         assignment's branch is continued"
+                    )));
+                }
+            }
             let decision = s.retry_for(&t.issue.repo).decide(class, t.retries_used(class), now);
-            append(tx, Event::AttemptFailed { task, attempt, class, message, decision, spent, at: now })
+            append(tx, Event::AttemptFailed { task, attempt, class, message, decision, spent, pushed_branch, at: now })
         }
         Command::SubmitReceipt { agent, task, attempt, receipt } => {
             submit_receipt(tx, agent, task, attempt, receipt, now)
@@ -522,7 +535,11 @@ fn fail(
     now: Timestamp,
 ) -> Result<Reply> {
     let decision = s.retry_for(&t.issue.repo).decide(class, t.retries_used(class), now);
-    append(tx, Event::AttemptFailed { task: t.id, attempt: t.attempt, class, message, decision, spent: None, at: now })
+    let (task, attempt) = (t.id, t.attempt);
+    append(
+        tx,
+        Event::AttemptFailed { task, attempt, class, message, decision, spent: None, pushed_branch: None, at: now },
+    )
 }
 
 /// Why an agent's leases are taken back.
@@ -589,6 +606,7 @@ fn lose(
         message,
         decision,
         spent: None,
+        pushed_branch: None,
         at: now,
     })?;
     Ok(())

@@ -198,6 +198,7 @@ fn agent_errors_retry_until_their_budget_is_spent() {
                 class: FailureClass::AgentError,
                 message: "exit status 1".into(),
                 spent: None,
+                pushed_branch: None,
             })
             .unwrap();
     }
@@ -226,6 +227,7 @@ fn only_the_leaseholder_may_report_and_cancelled_is_not_theirs_to_say() {
             class: FailureClass::Cancelled,
             message: "".into(),
             spent: None,
+            pushed_branch: None,
         })
         .unwrap_err();
     assert!(matches!(err, EngineError::Invalid(_)), "{err}");

@@ -292,6 +292,8 @@ struct StoredTask<'a> {
     receipt: &'a Option<crate::core::Receipt>,
     #[serde(skip_serializing_if = "Option::is_none")]
     validation: Option<&'a crate::core::Validation>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pushed_branch: Option<&'a str>,
 }
 
 /// The `data` column of a task's row: the task without its title and body. Public so that benchmarks write
@@ -313,6 +315,7 @@ pub fn encode_task(t: &Task) -> String {
         last_failure: &t.last_failure,
         receipt: &t.receipt,
         validation: t.validation.as_ref(),
+        pushed_branch: t.pushed_branch.as_deref(),
     };
     encode(&stored).expect("a task always serialises")
 }

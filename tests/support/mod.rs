@@ -188,3 +188,21 @@ pub fn seed(db: &Path, issues: &[(&str, &[&str])]) {
             .unwrap();
     }
 }
+
+/// A log without its terminal colours (`ESC [ ... m`), as a person reading it sees the text.
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

@@ -162,8 +162,8 @@ impl Deliverer {
                 self.commit_status(&issue, &sha, state, &description).await
             }
             Effect::ConfirmIssue { issue } => super::confirm::confirm_issue(&self.client, &self.engine, &issue).await,
-            Effect::ClosePull { issue, task, attempt, pr_number, reason } => {
-                self.close_pull(&issue, task, attempt, pr_number, &reason).await
+            Effect::ClosePull { issue, task, attempt, pr_number, reason, branch } => {
+                self.close_pull(&issue, task, attempt, pr_number, &reason, branch).await
             }
         }
     }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use super::types::PullRequest;
 use super::{ForgejoClient, ForgejoError};
-use crate::core::{Check, FileChange, Task, TaskId, TaskState, Validation, work_branch};
+use crate::core::{Check, FileChange, Task, TaskId, TaskState, Validation};
 use crate::engine::{Command, EngineHandle};
 use crate::integrations::git::{GitError, Mirror};
 use crate::store::Store;
@@ -22,7 +22,7 @@ pub struct Validator {
     pub token: String,
     /// `[forgejo] ca_file`, for git over HTTPS to a Forgejo behind a private CA.
     pub ca: Option<crate::config::CaBundle>,
-    /// `[forgejo] branch_prefix`: the pull request's head must be a branch an assignment of the task named.
+    /// `[forgejo] branch_prefix`: the pull request's head must be the branch the attempt was assigned.
     pub branch_prefix: String,
     /// `[forgejo] base_branch`: the branch the pull request must be against.
     pub base_branch: String,
@@ -320,12 +320,13 @@ impl Validator {
     }
 }
 
-/// The pull request's head branch is in the task's own repository (not a fork) and is a branch an assignment
-/// of this task named: this attempt's, or an earlier attempt's whose work this one continues.
+/// The pull request's head branch is in the task's own repository (not a fork) and is exactly the branch the
+/// attempt was assigned ([`Task::branch`]: its own, or the one an earlier attempt pushed, which it continues).
+/// An earlier attempt's branch that was not handed on is refused: it holds work that was not this attempt's.
 fn head_branch_check(pr: &PullRequest, task: &Task, prefix: &str) -> Check {
     let repo = task.issue.repo.as_str();
     let (name, branch) = (pr.head.name.as_str(), code(&pr.head.name));
-    let expected = work_branch(prefix, task.issue.number, task.attempt);
+    let expected = task.branch(prefix);
     match pr.head.repo.as_ref().map(|r| r.full_name.as_str()) {
         Some(r) if r.eq_ignore_ascii_case(repo) => {}
         Some(r) => {
@@ -345,13 +346,6 @@ fn head_branch_check(pr: &PullRequest, task: &Task, prefix: &str) -> Check {
     }
     if name == expected {
         return check("head_branch", true, format!("its head is {branch} in {repo}, the assignment's branch"));
-    }
-    if let Some(k) = (1..task.attempt).find(|k| work_branch(prefix, task.issue.number, *k) == name) {
-        return check(
-            "head_branch",
-            true,
-            format!("its head is {branch} in {repo}, the branch assigned to attempt {k} of this task"),
-        );
     }
     check(
         "head_branch",
@@ -467,14 +461,25 @@ mod tests {
     }
 
     #[test]
-    fn the_head_branch_must_be_one_this_task_was_assigned_in_its_own_repository() {
+    fn the_head_branch_must_be_the_attempts_assigned_branch_in_the_tasks_own_repository() {
         let check = |branch: &str, repo: Option<&str>, attempt: u32| {
             head_branch_check(&pull(branch, repo, "main"), &task(attempt), "forgefleet/")
         };
         let ours = check("forgefleet/issue-7-attempt-2", Some("acme/app"), 2);
         assert!(ours.passed && ours.detail.contains("the assignment's branch"), "{ours:?}");
-        let earlier = check("forgefleet/issue-7-attempt-1", Some("Acme/App"), 2);
-        assert!(earlier.passed && earlier.detail.contains("attempt 1 of this task"), "{earlier:?}");
+        let ours_in = check("forgefleet/issue-7-attempt-2", Some("Acme/App"), 2);
+        assert!(ours_in.passed, "the repository's name is compared without regard to case: {ours_in:?}");
+        // An earlier attempt's branch only when it was handed on (its agent said it pushed it).
+        let earlier = check("forgefleet/issue-7-attempt-1", Some("acme/app"), 2);
+        assert!(!earlier.passed && earlier.detail.contains("not the assignment's"), "{earlier:?}");
+        let mut continuing = task(2);
+        continuing.pushed_branch = Some("forgefleet/issue-7-attempt-1".into());
+        let pull_1 = pull("forgefleet/issue-7-attempt-1", Some("acme/app"), "main");
+        let continued = head_branch_check(&pull_1, &continuing, "forgefleet/");
+        assert!(continued.passed && continued.detail.contains("the assignment's branch"), "{continued:?}");
+        let pull_2 = pull("forgefleet/issue-7-attempt-2", Some("acme/app"), "main");
+        let own = head_branch_check(&pull_2, &continuing, "forgefleet/");
+        assert!(!own.passed && own.detail.contains("not the assignment's `forgefleet/issue-7-attempt-1`"), "{own:?}");
         let later = check("forgefleet/issue-7-attempt-3", Some("acme/app"), 2);
         assert!(!later.passed && later.detail.contains("not the assignment's `forgefleet/issue-7-attempt-2`"));
         let other_task = check("forgefleet/issue-8-attempt-1", Some("acme/app"), 1);

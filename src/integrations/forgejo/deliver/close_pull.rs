@@ -12,8 +12,10 @@ impl Deliverer {
         attempt: u32,
         pr_number: Option<u64>,
         reason: &str,
+        branch: Option<String>,
     ) -> Result<(), DeliveryError> {
-        let branch = format!("{}issue-{}-attempt-{attempt}", self.branch_prefix, issue.number);
+        // The branch the attempt was assigned: an earlier attempt's it continued, or its own.
+        let branch = branch.unwrap_or_else(|| crate::core::work_branch(&self.branch_prefix, issue.number, attempt));
         let open = self.client.open_pulls(&issue.repo).await?;
         // Only an open pull request of this attempt: a receipt may name any number, and a person's own pull
         // request is never closed.
