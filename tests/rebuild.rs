@@ -17,19 +17,23 @@ use rand::{Rng, SeedableRng};
 /// Every row of the projection tables, as text, in a stable order.
 fn snapshot(store: &Store) -> Vec<String> {
     let conn = store.connection();
-    let mut out = Vec::new();
-    for (table, order) in [("tasks", "id"), ("agents", "id"), ("leases", "task_id"), ("progress", "id")] {
-        let mut stmt = conn.prepare(&format!("SELECT * FROM {table} ORDER BY {order}")).unwrap();
-        let n = stmt.column_count();
-        let rows = stmt
-            .query_map([], |r| {
-                let cells: Vec<String> = (0..n).map(|i| format!("{:?}", r.get_ref(i).unwrap())).collect();
-                Ok(format!("{table}: {}", cells.join(" | ")))
-            })
-            .unwrap();
-        out.extend(rows.map(Result::unwrap));
-    }
-    out
+    [("tasks", "id"), ("agents", "id"), ("leases", "task_id"), ("progress", "id")]
+        .iter()
+        .flat_map(|(table, order)| rows_of(conn, table, order))
+        .collect()
+}
+
+/// Every row of `table` ordered by `order`, each as `table: cell | cell | ...`.
+fn rows_of(conn: &rusqlite::Connection, table: &str, order: &str) -> Vec<String> {
+    let mut stmt = conn.prepare(&format!("SELECT * FROM {table} ORDER BY {order}")).unwrap();
+    let n = stmt.column_count();
+    let rows = stmt
+        .query_map([], |r| {
+            let cells: Vec<String> = (0..n).map(|i| format!("{:?}", r.get_ref(i).unwrap())).collect();
+            Ok(format!("{table}: {}", cells.join(" | ")))
+        })
+        .unwrap();
+    rows.map(Result::unwrap).collect()
 }
 
 const LABELS: &[&str] = &["priority:high", "priority:low", "priority:critical", "needs:gpu", "agent:a1", "type:bug"];
@@ -210,19 +214,7 @@ fn every_table(db: &std::path::Path) -> Vec<String> {
     let mut stmt =
         conn.prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name != 'events' ORDER BY name").unwrap();
     let tables: Vec<String> = stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
-    let mut out = Vec::new();
-    for table in tables {
-        let mut stmt = conn.prepare(&format!("SELECT * FROM {table} ORDER BY 1")).unwrap();
-        let n = stmt.column_count();
-        let rows = stmt
-            .query_map([], |r| {
-                let cells: Vec<String> = (0..n).map(|i| format!("{:?}", r.get_ref(i).unwrap())).collect();
-                Ok(format!("{table}: {}", cells.join(" | ")))
-            })
-            .unwrap();
-        out.extend(rows.map(Result::unwrap));
-    }
-    out
+    tables.iter().flat_map(|table| rows_of(&conn, table, "1")).collect()
 }
 
 /// A database as a real fleet leaves it: work done end to end through HTTP, a fake Forgejo sending webhooks
