@@ -222,6 +222,17 @@ async fn without_a_sandbox_a_restarted_runner_stops_the_agent_its_killed_predece
     let orphan: i32 = std::fs::read_to_string(&started).unwrap().trim().parse().unwrap();
     // Whatever happens below, the orphaned agent does not outlive the test.
     let _reaper = Reaper(orphan);
+    // The runner records the agent's process group just after it starts it; a kill in between (a window a
+    // busy machine can stretch) leaves nothing for the next runner to find.
+    let pids = w.root.path().join("agent/work/pids");
+    eventually("the runner recorded the agent's process group", || async {
+        std::fs::read_dir(&pids)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| std::fs::read_to_string(e.path()).is_ok_and(|s| s.trim().parse::<i32>() == Ok(orphan)))
+    })
+    .await;
     first.kill();
     assert!(alive(orphan), "a runner killed outright cannot stop an unsandboxed agent");
     let _second = w.agent_with(&sections, "command", &[]);
