@@ -75,6 +75,17 @@ impl World {
         World { forgejo, fleet }
     }
 
+    /// Moves the clock on, 10 minutes a step for at most `steps` steps, until `n` deliveries are dead letters.
+    async fn until_dead_letters(&self, n: u64, steps: u32) {
+        for _ in 0..steps {
+            if self.outbox().dead == n {
+                return;
+            }
+            self.fleet.later(Duration::from_secs(600));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     fn client(&self) -> ForgejoClient {
         ForgejoClient::new(self.forgejo.url(), Secret::new(BOT_TOKEN), None).unwrap()
     }
@@ -835,13 +846,7 @@ async fn a_delivery_that_can_never_succeed_becomes_a_dead_letter_the_operator_re
     // The repository answers 404 to everything (moved, or deleted and not yet restored).
     w.forgejo.fail_requests_until_healed(404).await;
     w.agent_starts().await;
-    for _ in 0..200 {
-        if w.outbox().dead == 2 {
-            break;
-        }
-        w.fleet.later(Duration::from_secs(600));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    w.until_dead_letters(2, 200).await;
     let health = w.outbox();
     assert_eq!((health.dead, health.waiting), (2, 0), "the label and the comment stop trying: {health:?}");
     let tries = w.forgejo.count_requests("GET", &format!("/api/v1/repos/{REPO}/issues/{n}")).await;
@@ -987,13 +992,7 @@ async fn a_held_delivery_never_lands_on_a_different_issue_with_the_same_number()
     w.forgejo.heal().await;
     let new_id = w.client().issue(&RepoName::parse(REPO).unwrap(), n).await.unwrap().id;
     assert_ne!(old_id, new_id, "Forgejo ids are never reused");
-    for _ in 0..100 {
-        if w.outbox().dead == 2 {
-            break;
-        }
-        w.fleet.later(Duration::from_secs(600));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    w.until_dead_letters(2, 100).await;
     let health = w.outbox();
     assert_eq!((health.dead, health.waiting), (2, 0), "both held deliveries are dead letters: {health:?}");
     let listed = forgefleet::store::Store::open_read_only(&w.fleet.db).unwrap().read().outbox_list(10).unwrap();

@@ -151,11 +151,7 @@ async fn the_agents_own_commits_are_kept_and_its_links_are_committed_as_links() 
         secret.display()
     );
     let _agent = w.agent_unsandboxed(&script);
-    eventually("the task ends", || async { matches!(w.state(task).await.as_str(), "completed" | "failed") }).await;
-    let t = w.task(task).await;
-    assert_eq!(t["task"]["state"], "completed", "{t}");
-    let head = t["task"]["receipt"]["head_sha"].as_str().unwrap().to_string();
-    let bare = w.root.path().join("git").join(format!("{REPO}.git"));
+    let (head, bare) = completed(&w, task).await;
     let log = support::git::git(&bare, &["log", "--format=%s", &format!("main..{head}")]);
     assert_eq!(
         log.lines().collect::<Vec<_>>(),
@@ -176,11 +172,7 @@ async fn a_dot_git_that_points_elsewhere_is_not_followed() {
     let script =
         format!("rm -rf .git && echo 'gitdir: {}' > .git && echo two > two.txt && echo 'Moved.'", cache.display());
     let _agent = w.agent_unsandboxed(&script);
-    eventually("the task ends", || async { matches!(w.state(task).await.as_str(), "completed" | "failed") }).await;
-    let t = w.task(task).await;
-    assert_eq!(t["task"]["state"], "completed", "{t}");
-    let head = t["task"]["receipt"]["head_sha"].as_str().unwrap().to_string();
-    let bare = w.root.path().join("git").join(format!("{REPO}.git"));
+    let (head, bare) = completed(&w, task).await;
     assert_eq!(support::git::git(&bare, &["diff", "--name-only", "main", &head]).trim(), "two.txt");
     // The cache is still a bare repository with the base branch, not the agent's work tree's index.
     assert!(!cache.join("index").exists());
@@ -226,4 +218,14 @@ async fn the_runner_keeps_its_agent_token_in_a_file_only_it_can_read() {
         .unwrap();
     assert_eq!(answer.status(), 200, "the kept token is the agent's current one");
     drop(agent);
+}
+
+/// Waits for `task` to end, requires it completed, and answers its receipt's head and the server's bare
+/// repository.
+async fn completed(w: &World, task: u64) -> (String, std::path::PathBuf) {
+    eventually("the task ends", || async { matches!(w.state(task).await.as_str(), "completed" | "failed") }).await;
+    let t = w.task(task).await;
+    assert_eq!(t["task"]["state"], "completed", "{t}");
+    let head = t["task"]["receipt"]["head_sha"].as_str().unwrap().to_string();
+    (head, w.root.path().join("git").join(format!("{REPO}.git")))
 }
