@@ -38,6 +38,31 @@ fn a_broken_config_names_each_key_and_exits_2() {
 }
 
 #[test]
+fn a_template_reading_a_name_its_context_lacks_stops_config_check_and_serve_naming_the_file_and_the_name() {
+    let home = Home::new();
+    let dir = home.dir.path().join("templates");
+    std::fs::create_dir_all(&dir).unwrap();
+    // `pr_link` is not something the completed comment is given: rendered leniently it would vanish.
+    std::fs::write(dir.join("comment_completed.md"), "Done: {{ pr_link }}").unwrap();
+    let config = std::fs::read_to_string(home.config()).unwrap();
+    let config =
+        config.replacen("[server]\n", &format!("[server]\ntemplates_dir = {:?}\n", dir.display().to_string()), 1);
+    assert!(config.contains("templates_dir"), "{config}");
+    std::fs::write(home.config(), config).unwrap();
+
+    let out = home.run(&["config", "check", home.config().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    let text = stdout(&out);
+    assert!(text.contains("comment_completed.md") && text.contains("`pr_link`"), "{text}");
+    assert!(text.contains("templates_dir"), "{text}");
+
+    let out = home.run(&["serve"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let msg = stderr(&out);
+    assert!(msg.contains("comment_completed.md") && msg.contains("`pr_link`"), "{msg}");
+}
+
+#[test]
 fn a_missing_config_file_is_a_clear_error() {
     let home = Home::new();
     let out = home.run(&["config", "check", "/nonexistent/forgefleet.toml"]);

@@ -311,6 +311,49 @@ async fn cancel_and_retry_from_a_collaborator_run_once_and_are_acknowledged() {
     .await;
 }
 
+/// A comment's command that names an issue elsewhere (`/cancel acme/lib#2`) is about that issue: the author's
+/// permission is read there, and it acts there, never on the issue the comment is on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_command_naming_another_repository_is_checked_and_applied_there() {
+    const LIB: &str = "acme/lib";
+    let forgejo = FakeForgejo::start().await;
+    forgejo.create_repo(LIB).await;
+    forgejo.add_user(BOT, BOT_TOKEN).await;
+    forgejo.set_permission(LIB, BOT, "admin").await;
+    let w = World::build_on(forgejo, None, |c| c.forgejo.repos.push(LIB.into())).await;
+    forgejo_hook(&w, LIB).await;
+    let here = w.queued_issue("Here").await;
+    let there = w.forgejo.create_issue(LIB, "alice", "There", "", &["status:todo"]).await;
+    eventually("both tasks are queued", || async { w.tasks().await.len() == 2 }).await;
+    let state = |repo: &'static str, n: u64| {
+        let w = &w;
+        async move {
+            let tasks = w.tasks().await;
+            let t = tasks.iter().find(|t| t["issue"] == format!("{repo}#{n}")).unwrap();
+            t["state"].as_str().unwrap().to_string()
+        }
+    };
+
+    // alice may write to acme/app, where she comments, but only read acme/lib.
+    w.forgejo.set_permission(LIB, "alice", "read").await;
+    w.forgejo.comment(REPO, here, "alice", &format!("/cancel {LIB}#{there}")).await;
+    let reply = bot_reply(&w, here, "write access").await;
+    assert!(reply.contains(LIB) && reply.contains("`read`"), "{reply}");
+    assert_eq!(state(REPO, here).await, "queued", "the comment's own issue is not what the command named");
+    assert_eq!(state(LIB, there).await, "queued", "refused: nothing changed");
+
+    w.forgejo.set_permission(LIB, "alice", "write").await;
+    w.forgejo.comment(REPO, here, "alice", &format!("/cancel {LIB}#{there}")).await;
+    eventually("acme/lib's task is cancelled", || async { state(LIB, there).await == "cancelled" }).await;
+    assert_eq!(state(REPO, here).await, "queued");
+}
+
+async fn forgejo_hook(w: &World, repo: &str) {
+    w.forgejo
+        .add_hook(repo, &format!("{}/api/v1/webhooks/forgejo", w.fleet.base), SECRET, &["issues", "issue_comment"])
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn closing_the_issue_cancels_the_task_and_the_agent_is_told() {
     let w = World::new().await;
@@ -696,9 +739,20 @@ async fn command_replies_say_in_words_what_is_wrong_and_status_answers_with_the_
     w.forgejo.comment(REPO, n, "alice", "/fleet status").await;
     let reply = bot_reply(&w, n, "Fleet status").await;
     assert!(reply.contains("queued 1") && reply.contains("agents:"), "{reply}");
+    assert!(reply.contains("failures in the last 24 h: none") && reply.contains("none registered"), "{reply}");
+    w.forgejo.comment(REPO, n, "alice", "/fleet stauts").await;
+    let reply = bot_reply(&w, n, "unknown command").await;
+    assert!(reply.contains("did you mean `status`?"), "{reply}");
     // Taking forgefleet's `status:doing` off is reported as that.
     w.agent_starts().await;
     eventually("doing", || async { w.labels(n).await == ["status:doing"] }).await;
+    w.forgejo.comment(REPO, n, "alice", "/fleet agents").await;
+    let reply = bot_reply(&w, n, "running acme/app").await;
+    assert!(reply.contains("`a1`") && reply.contains(&format!("running {REPO}#{n} (task 1, attempt 1)")), "{reply}");
+    assert!(reply.contains("last heartbeat"), "{reply}");
+    w.forgejo.comment(REPO, n, "alice", "/fleet show").await;
+    let reply = bot_reply(&w, n, "Task 1 for").await;
+    assert!(reply.contains("state: running, attempt 1") && reply.contains("held by `a1`"), "{reply}");
     w.forgejo.remove_label(REPO, n, "alice", "status:doing").await;
     let reply = bot_reply(&w, n, "Cancelled").await;
     assert!(reply.contains("the `status:doing` label was removed"), "{reply}");

@@ -573,4 +573,8 @@ async fn the_completion_comment_counts_the_agents_time_not_the_wait_for_forgejo(
     let comments = w.forgejo.comments(REPO, w.issue).await;
     let done = comments.iter().find(|c| c.body.contains("**Done**")).unwrap();
     assert!(done.body.contains("**Done** by **a1** in 35 s"), "{}", done.body);
+    // The template always asked for the pull request's address; its context did not have it, and a lenient
+    // template engine rendered the hole as nothing.
+    let link = format!("{}/{REPO}/pulls/{pr}", w.forgejo.url().trim_end_matches('/'));
+    assert!(done.body.contains(&link), "{link} missing from: {}", done.body);
 }

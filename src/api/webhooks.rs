@@ -114,15 +114,9 @@ pub async fn forgejo(
             if commands.is_empty() {
                 return Ok(Json(WebhookAnswer { status: "ignored" }));
             }
-            let lines = crate::core::commands::plain_lines(&comment.body)
-                .into_iter()
-                .filter(|l| crate::core::commands::parse_line(l, Place::Issue).is_some())
-                .filter(|l| {
-                    commands.iter().any(|c| crate::core::commands::parse_line(l, Place::Issue).as_ref() == Some(c))
-                })
-                .collect();
-            let issue_ref = crate::core::IssueRef { repo, number: issue.number };
-            Command::QueueCommands { issue: issue_ref, comment_id: comment.id, author: sender.login, lines }
+            let issue = crate::core::IssueRef { repo, number: issue.number };
+            let origin = crate::core::CommandOrigin::Comment { issue, comment_id: comment.id };
+            Command::QueueCommands { origin, author: sender.login, commands }
         }
         _ => return Ok(Json(WebhookAnswer { status: "ignored" })),
     };

@@ -15,6 +15,7 @@ use super::extract::{ApiJson, AuthAgent, Operator};
 use super::{ApiError, AppState};
 use crate::core::{FailureClass, Spent, TaskId, TaskState, Usage};
 use crate::engine::{Assignment, Command};
+use crate::integrations::templates::AgentPrompt;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -71,14 +72,17 @@ impl AssignmentView {
         let branch = t.branch(&f.branch_prefix);
         let prompt = app
             .templates
-            .render(
-                "agent_prompt.md",
-                serde_json::json!({
-                    "repo": t.issue.repo.to_string(), "issue": t.issue.number, "title": t.title, "body": t.body,
-                    "labels": t.labels, "instructions": a.instructions, "branch": branch,
-                    "base_branch": f.base_branch, "attempt": a.lease.attempt,
-                }),
-            )
+            .render(&AgentPrompt {
+                repo: t.issue.repo.to_string(),
+                issue: t.issue.number,
+                title: t.title.clone(),
+                body: t.body.clone(),
+                labels: t.labels.clone(),
+                instructions: a.instructions.clone(),
+                branch: branch.clone(),
+                base_branch: f.base_branch.clone(),
+                attempt: a.lease.attempt,
+            })
             .map_err(|e| ApiError::Internal(e.to_string()))?;
         let git_base = f.git_url.as_ref().or(f.url.as_ref());
         Ok(Self {

@@ -406,6 +406,12 @@ fn run_agent(cli: &Cli, check: bool, repo: Option<&str>) -> Result<(), CliError>
 fn config_check(file: &std::path::Path) -> Result<(), CliError> {
     match Config::load(Some(file)) {
         Ok(config) => {
+            // The templates are part of the configuration: one that reads a name its context lacks would
+            // otherwise be found only when `serve` starts.
+            if let Err(e) = crate::integrations::templates::Templates::load(config.server.templates_dir.as_deref()) {
+                println!("[server] templates_dir: {e}");
+                return Err(CliError::usage(format!("{}: 1 problem(s)", file.display())));
+            }
             println!("ok");
             print!("{}", config.effective_toml());
             Ok(())

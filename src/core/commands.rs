@@ -6,8 +6,10 @@
 //! valid", or "mine and wrong, here is why".
 
 use pulldown_cmark::{Event as Md, Parser, Tag, TagEnd};
+use serde::{Deserialize, Serialize};
 
 use super::ids::{AgentName, IssueRef};
+use super::task::{Task, TaskState};
 
 /// Where a command was written: it decides whether the issue is implied or must be named.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,7 +20,9 @@ pub enum Place {
     Chat,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A command as it was parsed where it arrived: the event and the outbox row keep this, never raw lines.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
 pub enum FleetCommand {
     /// Queue the task again (a new attempt, a fresh retry budget).
     Retry {
@@ -33,13 +37,65 @@ pub enum FleetCommand {
         agent: AgentName,
         issue: Option<IssueRef>,
     },
+    /// Stop giving the agent work; it finishes what it holds.
+    Drain {
+        agent: AgentName,
+    },
     /// The fleet at a glance.
     Status,
+    /// The agents, each with its status, running task and last heartbeat.
+    Agents,
+    /// The queue by priority.
+    Queue,
+    /// One task: state, attempts, the receipt's checks, the pull request.
+    Show {
+        issue: Option<IssueRef>,
+    },
     Help,
 }
 
+impl FleetCommand {
+    /// Whether it changes something (and so needs write permission); reads are open to anyone who can ask.
+    pub fn changes(&self) -> bool {
+        matches!(
+            self,
+            FleetCommand::Retry { .. }
+                | FleetCommand::Cancel { .. }
+                | FleetCommand::Assign { .. }
+                | FleetCommand::Drain { .. }
+        )
+    }
+
+    /// The issue it names, if it names one.
+    pub fn issue(&self) -> Option<&IssueRef> {
+        match self {
+            FleetCommand::Retry { issue } | FleetCommand::Cancel { issue } | FleetCommand::Show { issue } => {
+                issue.as_ref()
+            }
+            FleetCommand::Assign { issue, .. } => issue.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// Its word, as people type it after `/` or `/fleet`.
+    pub fn word(&self) -> &'static str {
+        match self {
+            FleetCommand::Retry { .. } => "retry",
+            FleetCommand::Cancel { .. } => "cancel",
+            FleetCommand::Assign { .. } => "assign",
+            FleetCommand::Drain { .. } => "drain",
+            FleetCommand::Status => "status",
+            FleetCommand::Agents => "agents",
+            FleetCommand::Queue => "queue",
+            FleetCommand::Show { .. } => "show",
+            FleetCommand::Help => "help",
+        }
+    }
+}
+
 /// What the parser made of one candidate line.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Parsed {
     Valid(FleetCommand),
     /// It is one of ours, but wrong: `why` is written for the person who typed it.
@@ -50,7 +106,7 @@ pub enum Parsed {
 }
 
 /// The command words, for help and for "did you mean".
-const WORDS: [&str; 5] = ["retry", "cancel", "assign", "status", "help"];
+const WORDS: [&str; 9] = ["retry", "cancel", "assign", "drain", "status", "agents", "queue", "show", "help"];
 
 /// Every command in `text`, in order.
 pub fn parse(text: &str, place: Place) -> Vec<Parsed> {
@@ -83,7 +139,7 @@ pub fn parse_line(line: &str, place: Place) -> Option<Parsed> {
             .split_whitespace()
             .next()
             .is_some_and(|w| w.trim_start_matches(['/', '!']).eq_ignore_ascii_case("fleet"))
-            .then(|| invalid(line, format!("unknown command `{word}`.\n{}", help(place))));
+            .then(|| invalid(line, format!("unknown command `{word}`{}.\n{}", did_you_mean(&word), help(place))));
     }
     let args: Vec<&str> = words.collect();
     Some(match build(&word, &args, place) {
@@ -109,7 +165,7 @@ fn build(word: &str, args: &[&str], place: Place) -> Result<FleetCommand, String
         return assign(args, place, &usage(word));
     }
     let max_args = match word {
-        "retry" | "cancel" => 1,
+        "retry" | "cancel" | "show" | "drain" => 1,
         _ => 0,
     };
     if args.len() > max_args {
@@ -118,9 +174,43 @@ fn build(word: &str, args: &[&str], place: Place) -> Result<FleetCommand, String
     match word {
         "retry" => Ok(FleetCommand::Retry { issue: issue_arg(args.first(), &usage(word))? }),
         "cancel" => Ok(FleetCommand::Cancel { issue: issue_arg(args.first(), &usage(word))? }),
+        "show" => Ok(FleetCommand::Show { issue: issue_arg(args.first(), &usage(word))? }),
+        "drain" => {
+            let name = args.first().ok_or_else(|| format!("`/fleet drain` needs an agent name: `{}`", usage(word)))?;
+            let agent = AgentName::parse(name)
+                .map_err(|e| format!("`{name}` is not an agent name: {}. Usage: `{}`", e.why, usage(word)))?;
+            Ok(FleetCommand::Drain { agent })
+        }
         "status" => Ok(FleetCommand::Status),
+        "agents" => Ok(FleetCommand::Agents),
+        "queue" => Ok(FleetCommand::Queue),
         _ => Ok(FleetCommand::Help),
     }
+}
+
+/// ", did you mean `retry`?" for a word one or two typos from a command; nothing otherwise.
+fn did_you_mean(word: &str) -> String {
+    let nearest = WORDS.iter().map(|w| (edit_distance(word, w), *w)).min();
+    match nearest {
+        Some((d, w)) if d <= 2 && d < word.len() => format!("; did you mean `{w}`?"),
+        _ => String::new(),
+    }
+}
+
+/// Levenshtein distance, over characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let next = (row[j + 1] + 1).min(row[j] + 1).min(diagonal + usize::from(ca != *cb));
+            diagonal = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
 }
 
 /// `/assign <agent> [<owner/repo#N>]`: the issue is the last word when it reads as one (it must in chat); the
@@ -152,6 +242,8 @@ fn usage(word: &str, place: Place) -> String {
     match word {
         "assign" => format!("/assign <agent>{issue}"),
         "retry" | "cancel" => format!("/{word}{issue}"),
+        "show" => format!("/fleet show{issue}"),
+        "drain" => "/fleet drain <agent>".to_string(),
         other => format!("/fleet {other}"),
     }
 }
@@ -162,27 +254,31 @@ pub fn help(place: Place) -> String {
         FleetCommand::Retry { .. } => "queue the task again, with a fresh retry budget",
         FleetCommand::Cancel { .. } => "stop the task; its agent is told at its next heartbeat",
         FleetCommand::Assign { .. } => "pin the task to one agent",
-        FleetCommand::Status => "tasks by state, queue depth and agents",
+        FleetCommand::Drain { .. } => "give the agent no new work; it finishes what it holds",
+        FleetCommand::Status => "agents, the queue and the last day's failures",
+        FleetCommand::Agents => "each agent: status, running task, last heartbeat",
+        FleetCommand::Queue => "queued tasks by priority",
+        FleetCommand::Show { .. } => "one task: state, attempts, the receipt's checks, the pull request",
         FleetCommand::Help => "this help",
     };
     let example_agent = AgentName::parse("agent").expect("a valid name");
     let all = [
         FleetCommand::Retry { issue: None },
         FleetCommand::Cancel { issue: None },
-        FleetCommand::Assign { agent: example_agent, issue: None },
+        FleetCommand::Assign { agent: example_agent.clone(), issue: None },
+        FleetCommand::Drain { agent: example_agent },
         FleetCommand::Status,
+        FleetCommand::Agents,
+        FleetCommand::Queue,
+        FleetCommand::Show { issue: None },
         FleetCommand::Help,
     ];
     let mut out = String::from("Commands:\n");
     for c in &all {
-        let word = match c {
-            FleetCommand::Retry { .. } => "retry",
-            FleetCommand::Cancel { .. } => "cancel",
-            FleetCommand::Assign { .. } => "assign",
-            FleetCommand::Status => "status",
-            FleetCommand::Help => "help",
-        };
-        out.push_str(&format!("- `{}`: {}\n", usage(word, place), describe(c)));
+        out.push_str(&format!("- `{}`: {}\n", usage(c.word(), place), describe(c)));
+    }
+    if place == Place::Chat {
+        out.push_str("\n`!fleet ...` works as well as `/fleet ...`.\n");
     }
     out
 }
@@ -231,6 +327,34 @@ pub fn new_commands(before: &str, after: &str, place: Place) -> Vec<Parsed> {
         .collect()
 }
 
+/// A task's state as a person reads it after "task 22 is ...".
+fn described(state: TaskState) -> &'static str {
+    match state {
+        TaskState::Queued => "queued",
+        TaskState::Assigned => "assigned to an agent",
+        TaskState::Running => "running",
+        TaskState::Validating => "being checked (its receipt arrived)",
+        TaskState::Completed => "already completed",
+        TaskState::Failed => "already failed",
+        TaskState::AgentLost => "waiting for another attempt (its agent was lost)",
+        TaskState::Cancelled => "already cancelled",
+    }
+}
+
+/// Why `/retry` or `/cancel` does not apply to `task` as it is; `None` when it does.
+pub fn not_applicable(word: &str, task: &Task) -> Option<String> {
+    let applies = match word {
+        "retry" => matches!(task.state, TaskState::Failed | TaskState::Cancelled),
+        "cancel" => !task.state.is_terminal(),
+        _ => true,
+    };
+    let only = match word {
+        "retry" => "`/retry` only applies to failed or cancelled tasks",
+        _ => "`/cancel` only applies to tasks that are queued or under way",
+    };
+    (!applies).then(|| format!("task {} is {}; {only}", task.id, described(task.state)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,6 +392,16 @@ mod tests {
             [FleetCommand::Assign { agent: AgentName::parse("a1").unwrap(), issue: Some(i) }]
         );
         assert!(parse("!ping", Place::Chat).is_empty(), "other bots' words are not ours");
+        assert_eq!(valid("!fleet agents\n/fleet queue", Place::Chat), [FleetCommand::Agents, FleetCommand::Queue]);
+        assert_eq!(
+            valid("/fleet show acme/app#3\n!fleet drain a1", Place::Chat),
+            [
+                FleetCommand::Show { issue: Some("acme/app#3".parse().unwrap()) },
+                FleetCommand::Drain { agent: AgentName::parse("a1").unwrap() }
+            ]
+        );
+        assert!(matches!(&parse("/fleet show", Place::Chat)[..], [Parsed::Invalid { .. }]));
+        assert!(matches!(&parse("/fleet drain", Place::Chat)[..], [Parsed::Invalid { .. }]));
     }
 
     #[test]
@@ -304,6 +438,23 @@ mod tests {
         assert!(matches!(&p[..], [Parsed::Invalid { why, .. }] if why.contains("owner/repo#N")), "{p:?}");
         let p = parse("/fleet frobnicate", Place::Issue);
         assert!(matches!(&p[..], [Parsed::Invalid { why, .. }] if why.contains("unknown command")), "{p:?}");
+        assert!(!p.iter().any(|c| matches!(c, Parsed::Invalid { why, .. } if why.contains("did you mean"))));
+        let p = parse("!fleet stauts", Place::Chat);
+        assert!(matches!(&p[..], [Parsed::Invalid { why, .. }] if why.contains("did you mean `status`?")), "{p:?}");
+        let p = parse("/fleet rety acme/app#3", Place::Chat);
+        assert!(matches!(&p[..], [Parsed::Invalid { why, .. }] if why.contains("`retry`")), "{p:?}");
+    }
+
+    #[test]
+    fn a_parsed_command_keeps_its_shape_through_json() {
+        for text in
+            ["/retry acme/app#3", "/assign a1 acme/app#3", "!fleet drain a1", "/fleet show acme/app#1", "/fleet"]
+        {
+            for p in parse(text, Place::Chat) {
+                let back: Parsed = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+                assert_eq!(back, p, "{text}");
+            }
+        }
     }
 
     #[test]
@@ -330,5 +481,31 @@ mod tests {
         }
         assert!(h.contains("/assign <agent> <owner/repo#N>"), "{h}");
         assert!(help(Place::Issue).contains("`/assign <agent>`"));
+    }
+
+    #[test]
+    fn a_command_that_does_not_apply_says_so_in_words() {
+        let e = crate::core::Event::TaskQueued {
+            task: crate::core::TaskId(22),
+            issue: IssueRef { repo: crate::core::RepoName::parse("a/b").unwrap(), number: 1 },
+            title: String::new(),
+            body: String::new(),
+            labels: vec![],
+            spec: crate::core::TaskSpec::default(),
+            at: crate::core::Timestamp(0),
+            issue_id: None,
+        };
+        let mut t = Task::queued(&e).unwrap();
+        assert_eq!(not_applicable("cancel", &t), None);
+        let why = not_applicable("retry", &t).unwrap();
+        assert_eq!(why, "task 22 is queued; `/retry` only applies to failed or cancelled tasks");
+        t.state = TaskState::Completed;
+        assert_eq!(
+            not_applicable("retry", &t).unwrap(),
+            "task 22 is already completed; `/retry` only applies to failed or cancelled tasks"
+        );
+        assert!(not_applicable("cancel", &t).unwrap().contains("already completed"));
+        t.state = TaskState::Failed;
+        assert_eq!(not_applicable("retry", &t), None);
     }
 }

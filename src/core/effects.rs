@@ -3,8 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::commands::{Parsed, Place, parse_line};
 use super::event::{CancelledBy, Event};
-use super::ids::{AgentId, CommitSha, IssueRef, TaskId};
+use super::ids::{AgentId, AgentName, CommitSha, IssueRef, TaskId};
 use super::labels::StatusLabel;
 use super::policy::{FailureClass, RetryDecision};
 use super::receipt::{Receipt, Validation};
@@ -69,8 +70,13 @@ pub enum Effect {
     Comment { issue: IssueRef, task: TaskId, attempt: u32, notice: Notice },
     /// Make the agent's Forgejo user (if it has one) the issue's assignee, or clear it.
     SetAssignee { issue: IssueRef, agent: Option<AgentId> },
-    /// Commands a person wrote in a comment: their permission is checked, then they run.
-    RunCommands { issue: IssueRef, comment_id: i64, author: String, lines: Vec<String> },
+    /// Commands a person wrote, parsed where they arrived: their permission is checked by the place's own rule,
+    /// then each runs once and is answered where it came from.
+    RunCommands { origin: CommandOrigin, author: String, commands: Vec<Parsed> },
+    /// Make `agent` the only agent the issue is pinned to (its `agent:` labels), then observe the issue.
+    SetAgentLabel { issue: IssueRef, agent: AgentName },
+    /// An answer in a Matrix room, in the thread under the message it answers. `key` makes it once-only.
+    MatrixReply { room: String, in_reply_to: String, key: String, body: String },
     /// An answer to a person, posted once (`key` becomes the comment's hidden marker).
     Reply { issue: IssueRef, key: String, body: String },
     /// A reaction on a comment: the quiet "done" for a command that worked.
@@ -103,6 +109,52 @@ pub enum Effect {
     },
 }
 
+/// Where a command was written, which is where its answer goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "place", rename_all = "snake_case")]
+pub enum CommandOrigin {
+    /// A comment on an issue: the issue is the one commands without an `owner/repo#N` are about.
+    Comment { issue: IssueRef, comment_id: i64 },
+    /// A message in a Matrix room.
+    Matrix { room: String, event_id: String },
+}
+
+impl CommandOrigin {
+    /// The grammar's place: in a comment the issue is implied, in a room it must be named.
+    pub fn place(&self) -> Place {
+        match self {
+            CommandOrigin::Comment { .. } => Place::Issue,
+            CommandOrigin::Matrix { .. } => Place::Chat,
+        }
+    }
+
+    /// The issue a command without one is about.
+    pub fn issue(&self) -> Option<&IssueRef> {
+        match self {
+            CommandOrigin::Comment { issue, .. } => Some(issue),
+            CommandOrigin::Matrix { .. } => None,
+        }
+    }
+
+    /// A stable name for keys: `comment:acme/app#3:77`, `matrix:!room:$event`.
+    pub fn key(&self) -> String {
+        match self {
+            CommandOrigin::Comment { issue, comment_id } => format!("{}:{comment_id}", issue.repo),
+            CommandOrigin::Matrix { room, event_id } => format!("matrix:{room}:{event_id}"),
+        }
+    }
+}
+
+/// The outbox row of an older forgefleet that kept a comment's raw command lines.
+#[derive(Deserialize)]
+struct LegacyRunCommands {
+    kind: String,
+    issue: IssueRef,
+    comment_id: i64,
+    author: String,
+    lines: Vec<String>,
+}
+
 /// The states forgefleet gives a commit status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -130,22 +182,41 @@ impl Effect {
     pub fn ordered_issue(&self) -> Option<&IssueRef> {
         match self {
             Effect::ConfirmIssue { .. } => None,
-            _ => Some(self.issue()),
+            _ => self.issue(),
         }
     }
 
-    /// The issue it is delivered to: deliveries to one issue keep their order.
-    pub fn issue(&self) -> &IssueRef {
+    /// The issue it is delivered to (deliveries to one issue keep their order); none for a chat message or
+    /// the commands of one.
+    pub fn issue(&self) -> Option<&IssueRef> {
         match self {
             Effect::SetStatusLabel { issue, .. }
             | Effect::Comment { issue, .. }
             | Effect::SetAssignee { issue, .. }
-            | Effect::RunCommands { issue, .. }
+            | Effect::SetAgentLabel { issue, .. }
             | Effect::Reply { issue, .. }
             | Effect::React { issue, .. }
             | Effect::ConfirmIssue { issue }
             | Effect::ClosePull { issue, .. }
-            | Effect::SetCommitStatus { issue, .. } => issue,
+            | Effect::SetCommitStatus { issue, .. } => Some(issue),
+            Effect::RunCommands { origin, .. } => origin.issue(),
+            Effect::MatrixReply { .. } => None,
+        }
+    }
+
+    /// An outbox row's payload, including the shapes older versions wrote (a comment's raw command lines are
+    /// parsed now, as the webhook of today would have).
+    pub fn from_json(payload: &str) -> Result<Effect, serde_json::Error> {
+        match serde_json::from_str(payload) {
+            Ok(effect) => Ok(effect),
+            Err(e) => match serde_json::from_str::<LegacyRunCommands>(payload) {
+                Ok(old) if old.kind == "run_commands" => Ok(Effect::RunCommands {
+                    origin: CommandOrigin::Comment { issue: old.issue, comment_id: old.comment_id },
+                    author: old.author,
+                    commands: old.lines.iter().filter_map(|l| parse_line(l, Place::Issue)).collect(),
+                }),
+                _ => Err(e),
+            },
         }
     }
 
@@ -155,6 +226,8 @@ impl Effect {
             Effect::Comment { .. } => "comment",
             Effect::SetAssignee { .. } => "set_assignee",
             Effect::RunCommands { .. } => "run_commands",
+            Effect::SetAgentLabel { .. } => "set_agent_label",
+            Effect::MatrixReply { .. } => "matrix_reply",
             Effect::Reply { .. } => "reply",
             Effect::React { .. } => "react",
             Effect::ConfirmIssue { .. } => "confirm_issue",
@@ -274,6 +347,23 @@ mod tests {
     use super::*;
     use crate::core::ids::RepoName;
     use crate::core::labels::TaskSpec;
+
+    #[test]
+    fn a_run_commands_row_an_older_version_wrote_is_read_as_parsed_commands() {
+        let old = r#"{"kind":"run_commands","issue":{"repo":"acme/app","number":3},"comment_id":77,"author":"alice","lines":["/retry","/assign"]}"#;
+        let Effect::RunCommands { origin, author, commands } = Effect::from_json(old).unwrap() else { panic!() };
+        let issue: IssueRef = "acme/app#3".parse().unwrap();
+        assert_eq!(origin, CommandOrigin::Comment { issue: issue.clone(), comment_id: 77 });
+        assert_eq!(origin.key(), "acme/app:77", "the keys older rows ran under stay the same");
+        assert_eq!(author, "alice");
+        assert_eq!(commands[0], Parsed::Valid(crate::core::commands::FleetCommand::Retry { issue: None }));
+        assert!(matches!(commands[1], Parsed::Invalid { .. }));
+        // Today's shape goes through as it is; a row that is neither is an error.
+        let now = Effect::RunCommands { origin, author, commands };
+        assert_eq!(Effect::from_json(&serde_json::to_string(&now).unwrap()).unwrap(), now);
+        assert!(Effect::from_json(r#"{"kind":"run_commands","issue":{"repo":"acme/app","number":3}}"#).is_err());
+        assert_eq!(now.issue(), Some(&issue));
+    }
 
     fn queued() -> (Task, Event) {
         let e = Event::TaskQueued {

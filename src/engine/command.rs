@@ -114,12 +114,20 @@ pub enum Command {
         key: String,
         inner: Box<Command>,
     },
-    /// Commands from a comment, to run once the author's permission is checked.
+    /// Commands a person wrote (parsed where they arrived), to run once the author's permission is checked.
     QueueCommands {
-        issue: IssueRef,
-        comment_id: i64,
+        origin: crate::core::CommandOrigin,
         author: String,
-        lines: Vec<String>,
+        commands: Vec<crate::core::commands::Parsed>,
+    },
+    /// One command that changes something, from a person whose permission was checked: applied once under
+    /// `key`, in one round trip (the task is found, the command checked against its state and applied in one
+    /// transaction). `issue` is the one the command is about.
+    RunCommand {
+        key: String,
+        command: crate::core::commands::FleetCommand,
+        issue: Option<IssueRef>,
+        by: String,
     },
     /// Any side effect a worker decided on (replies, reactions).
     Enqueue(crate::core::Effect),
@@ -213,6 +221,22 @@ pub enum Reply {
     Ticked(TickReport),
     /// What an operator's retry or drop of an outbox row found.
     Outbox(crate::store::OutboxChange),
+    /// What became of a person's command.
+    Ran(CommandOutcome),
+}
+
+/// What became of a command a person gave (`Command::RunCommand`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandOutcome {
+    Applied,
+    /// The same command (its key) ran before: nothing was done again.
+    AlreadyRan,
+    /// There is no task for the issue.
+    NoTask(IssueRef),
+    /// No agent has that name.
+    UnknownAgent(crate::core::AgentName),
+    /// It does not apply to the task as it is; why, in words.
+    NotApplicable(String),
 }
 
 /// Why the engine refused a command. Nothing was changed.

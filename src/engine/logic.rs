@@ -187,9 +187,15 @@ pub fn handle(s: &mut EngineSettings, tx: &WriteTx<'_>, cmd: Command, now: Times
             }
             handle(s, tx, *inner, now)
         }
-        Command::QueueCommands { issue, comment_id, author, lines } => {
-            tx.enqueue(&Effect::RunCommands { issue, comment_id, author, lines }, None, now)?;
+        Command::QueueCommands { origin, author, commands } => {
+            tx.enqueue(&Effect::RunCommands { origin, author, commands }, None, now)?;
             Ok(Reply::Done)
+        }
+        Command::RunCommand { key, command, issue, by } => {
+            if !tx.first_sighting(&key, now)? {
+                return Ok(Reply::Ran(super::command::CommandOutcome::AlreadyRan));
+            }
+            super::people::run(tx, command, issue, by, now).map(Reply::Ran)
         }
         Command::Enqueue(effect) => {
             tx.enqueue(&effect, None, now)?;

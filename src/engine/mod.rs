@@ -4,6 +4,7 @@
 pub mod clock;
 pub mod command;
 pub mod logic;
+mod people;
 pub mod repo;
 mod runner;
 
@@ -13,7 +14,9 @@ mod tests;
 use std::time::Instant;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use command::{Assignment, Command, EngineError, IssueObservation, Registration, Reply, TickReport};
+pub use command::{
+    Assignment, Command, CommandOutcome, EngineError, IssueObservation, Registration, Reply, TickReport,
+};
 pub use logic::EngineSettings;
 pub use runner::{EngineHandle, spawn};
 

@@ -447,3 +447,43 @@ fn a_webhook_view_queues_and_cancels_only_once_confirmed_and_an_older_view_chang
     let rows = f.engine.store.read().outbox_due(Timestamp(i64::MAX), 100).unwrap();
     assert!(rows.iter().all(|r| r.kind == "confirm_issue"), "{rows:?}");
 }
+
+/// A person's command is decided in one round trip: found, checked against the task as it is, applied; the
+/// same key again changes nothing; what does not apply says why and changes nothing.
+#[test]
+fn a_persons_command_runs_once_and_what_does_not_apply_changes_nothing() {
+    use crate::core::commands::FleetCommand;
+    let mut f = fleet();
+    let task = f.label("acme/app#1", &["status:todo"]).unwrap();
+    let issue: IssueRef = "acme/app#1".parse().unwrap();
+    fn run(f: &mut Fleet, key: &str, command: FleetCommand, issue: Option<IssueRef>) -> CommandOutcome {
+        match f.engine.execute(Command::RunCommand { key: key.into(), command, issue, by: "@alice".into() }).unwrap() {
+            Reply::Ran(outcome) => outcome,
+            other => panic!("{other:?}"),
+        }
+    }
+    let retry = FleetCommand::Retry { issue: None };
+    match run(&mut f, "k1", retry.clone(), Some(issue.clone())) {
+        CommandOutcome::NotApplicable(why) => assert!(why.contains("task 1 is queued"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    let cancel = FleetCommand::Cancel { issue: None };
+    assert_eq!(run(&mut f, "k2", cancel.clone(), Some(issue.clone())), CommandOutcome::Applied);
+    assert_eq!(run(&mut f, "k2", cancel, Some(issue.clone())), CommandOutcome::AlreadyRan);
+    assert_eq!(run(&mut f, "k3", retry.clone(), Some(issue.clone())), CommandOutcome::Applied);
+    let other: IssueRef = "acme/app#9".parse().unwrap();
+    assert_eq!(run(&mut f, "k4", retry, Some(other.clone())), CommandOutcome::NoTask(other));
+    let ghost = AgentName::parse("ghost").unwrap();
+    let assign = FleetCommand::Assign { agent: ghost.clone(), issue: None };
+    assert_eq!(run(&mut f, "k5", assign, Some(issue.clone())), CommandOutcome::UnknownAgent(ghost));
+    let drain = FleetCommand::Drain { agent: AgentName::parse("a1").unwrap() };
+    assert!(matches!(run(&mut f, "k6", drain.clone(), None), CommandOutcome::UnknownAgent(_)));
+    let a1 = f.register("a1", &[], 1);
+    assert_eq!(run(&mut f, "k7", drain.clone(), None), CommandOutcome::Applied);
+    assert!(
+        matches!(run(&mut f, "k8", drain, None), CommandOutcome::NotApplicable(w) if w.contains("already draining"))
+    );
+    assert_eq!(f.engine.store.read().agent(a1).unwrap().unwrap().state, AgentState::Draining);
+    let t = f.task(task);
+    assert_eq!((t.state, t.attempt), (TaskState::Queued, 2), "cancelled once, retried once");
+}

@@ -57,8 +57,8 @@ impl WriteTx<'_> {
                 payload,
                 at.0,
                 effect.ordered_issue().map(ToString::to_string),
-                effect.issue().repo.as_str(),
-                effect.issue().number as i64
+                effect.issue().map(|i| i.repo.as_str()),
+                effect.issue().map(|i| i.number as i64)
             ])?;
         Ok(self.tx.last_insert_rowid())
     }

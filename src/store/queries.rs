@@ -146,6 +146,16 @@ impl ReadView<'_> {
         Ok(out)
     }
 
+    /// Attempts that failed since `since`, by failure class (most first): what `/fleet status` reports.
+    pub fn failures_since(&self, since: Timestamp) -> Result<Vec<(String, u64)>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT json_extract(payload, '$.class') AS class, count(*) FROM events
+             WHERE kind = 'attempt_failed' AND at >= ?1 GROUP BY class ORDER BY count(*) DESC, class",
+        )?;
+        let rows = stmt.query_map(params![since.0], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// The log of one task, oldest first, with sequence numbers.
     pub fn task_events(&self, id: TaskId) -> Result<Vec<(i64, Event)>> {
         let mut stmt = self.conn.prepare_cached("SELECT seq, payload FROM events WHERE task_id = ?1 ORDER BY seq")?;

@@ -129,6 +129,11 @@ impl ForgejoClient {
         format!("{}/{}/issues/{number}", self.web, repo)
     }
 
+    /// A pull request's web page.
+    pub fn pull_url(&self, repo: &RepoName, number: u64) -> String {
+        format!("{}/{}/pulls/{number}", self.web, repo)
+    }
+
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
         self

@@ -10,12 +10,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::json;
-
 use super::{ForgejoClient, ForgejoError};
 use crate::core::{AgentId, Effect, FailureClass, IssueRef, LabelScheme, Notice, TaskId, Timestamp};
 use crate::engine::{Command, EngineError, EngineHandle, IssueObservation};
-use crate::integrations::templates::Templates;
+use crate::integrations::templates::{
+    CancelledComment, CompletedComment, FailedComment, RetryingComment, StartedComment, TemplateContext, Templates,
+};
 use crate::store::{OutboxRow, Store};
 
 /// What the deliverer needs besides the client.
@@ -33,6 +33,7 @@ pub struct Deliverer {
     pub bot: super::identity::BotLogin,
     /// Where agents push: `<branch_prefix>issue-<N>-attempt-<A>` (`[forgejo] branch_prefix`).
     pub branch_prefix: String,
+    pub clock: Arc<dyn crate::engine::Clock>,
 }
 
 mod close_pull;
@@ -133,28 +134,35 @@ impl Deliverer {
     }
 
     async fn deliver_row(&self, row: &OutboxRow) -> Result<(), DeliveryError> {
-        let effect: Effect = serde_json::from_str(&row.payload)
+        let effect = Effect::from_json(&row.payload)
             .map_err(|e| DeliveryError::Unreadable(format!("outbox row {} cannot be read: {e}", row.id)))?;
         // A commit status belongs to a commit, and commands to the comment that holds them, not to a task; an
         // assignee is written only for agents with a Forgejo user.
         let for_issue = match effect {
             // A confirmation reads the issue itself, and finds out when it is gone.
-            Effect::SetCommitStatus { .. } | Effect::RunCommands { .. } | Effect::ConfirmIssue { .. } => false,
+            Effect::SetCommitStatus { .. }
+            | Effect::RunCommands { .. }
+            | Effect::ConfirmIssue { .. }
+            | Effect::MatrixReply { .. } => false,
             Effect::SetAssignee { .. } => !self.agent_users.is_empty(),
             _ => true,
         };
         if let Some(id) = row.issue_id
             && for_issue
+            && let Some(issue) = effect.issue()
         {
-            self.same_issue(effect.issue(), id).await?;
+            self.same_issue(issue, id).await?;
         }
         match effect {
             Effect::SetStatusLabel { issue, status } => self.set_status_label(&issue, status).await,
             Effect::Comment { issue, task, attempt, notice } => self.comment(&issue, task, attempt, &notice).await,
             Effect::SetAssignee { issue, agent } => self.set_assignee(&issue, agent).await,
-            Effect::RunCommands { issue, comment_id, author, lines } => {
-                self.run_commands(&issue, comment_id, &author, &lines).await
-            }
+            Effect::RunCommands { origin, author, commands } => self.run_commands(&origin, &author, &commands).await,
+            Effect::SetAgentLabel { issue, agent } => self.set_agent_label(&issue, &agent).await,
+            Effect::MatrixReply { .. } => Err(DeliveryError::Unreadable(format!(
+                "outbox row {} is a Matrix message: the Forgejo deliverer does not send those",
+                row.id
+            ))),
             Effect::Reply { issue, key, body } => self.reply(&issue, &key, &body).await,
             Effect::React { issue, comment_id, content } => {
                 Ok(self.client.react_to_comment(&issue.repo, comment_id, &content).await?)
@@ -254,61 +262,60 @@ impl Deliverer {
         if matches!(notice, Notice::Started { .. }) && !self.comment_on_start {
             return Ok(());
         }
-        let (template, ctx) = self.notice_context(issue, attempt, notice).await?;
-        let body = self.templates.render(template, ctx).map_err(|e| DeliveryError::Other(e.to_string()))?;
+        let body = self.notice_body(issue, attempt, notice).await?;
         self.reply(issue, &format!("task-{task}:attempt-{attempt}:{}", notice.kind()), &body).await
     }
 
-    async fn notice_context(
-        &self,
-        issue: &IssueRef,
-        attempt: u32,
-        notice: &Notice,
-    ) -> Result<(&'static str, serde_json::Value), DeliveryError> {
-        Ok(match notice {
+    /// The comment for `notice`, from its template.
+    async fn notice_body(&self, issue: &IssueRef, attempt: u32, notice: &Notice) -> Result<String, DeliveryError> {
+        match notice {
             Notice::Started { agent } => {
-                ("comment_started.md", json!({"agent": self.agent_name(*agent).await?, "attempt": attempt}))
+                self.render(&StartedComment { agent: self.agent_name(*agent).await?, attempt })
             }
             Notice::Completed { agent, receipt, validation, started_at, finished_at } => {
                 let agent = match agent {
                     Some(a) => self.agent_name(*a).await?,
                     None => "an agent".into(),
                 };
-                let tokens =
-                    receipt.as_ref().map(|r| format!("{} in / {} out", r.usage.input_tokens, r.usage.output_tokens));
-                (
-                    "comment_completed.md",
-                    json!({
-                        "agent": agent,
-                        "attempt": attempt,
-                        "duration": started_at.map(|s| human_duration(s.until(*finished_at))),
-                        "pr_number": receipt.as_ref().map(|r| r.pr_number),
-                        "summary": receipt.as_ref().map(|r| r.summary.clone()).unwrap_or_default(),
-                        "tokens": tokens,
-                        "cost": receipt.as_ref().and_then(|r| r.cost_usd).map(|c| format!("{c:.2}")),
-                        "files": validation.as_ref().map(|v| v.files.clone()).unwrap_or_default(),
-                        "checks": validation.as_ref().map(|v| v.checks.iter().map(|c| c.detail.clone()).collect::<Vec<_>>()).unwrap_or_default(),
-                        "repo": issue.repo.as_str(),
-                    }),
-                )
+                let receipt = receipt.as_ref();
+                self.render(&CompletedComment {
+                    agent,
+                    attempt,
+                    repo: issue.repo.to_string(),
+                    duration: started_at.map(|s| human_duration(s.until(*finished_at))),
+                    pr_number: receipt.map(|r| r.pr_number),
+                    pr_url: receipt.map(|r| self.client.pull_url(&issue.repo, r.pr_number)),
+                    summary: receipt.map(|r| r.summary.clone()).unwrap_or_default(),
+                    tokens: receipt.map(|r| format!("{} in / {} out", r.usage.input_tokens, r.usage.output_tokens)),
+                    cost: receipt.and_then(|r| r.cost_usd).map(|c| format!("{c:.2}")),
+                    files: validation.as_ref().map(|v| v.files.clone()).unwrap_or_default(),
+                    checks: validation
+                        .as_ref()
+                        .map(|v| v.checks.iter().map(|c| c.detail.clone()).collect())
+                        .unwrap_or_default(),
+                })
             }
-            Notice::Retrying { class, message, retries_left, not_before } => (
-                "comment_retrying.md",
-                json!({
-                    "attempt": attempt, "class": class.as_str(), "message": message,
-                    "explanation": explain(*class), "retries_left": retries_left,
-                    "not_before": not_before.to_rfc3339(),
-                }),
-            ),
-            Notice::Failed { class, message } => (
-                "comment_failed.md",
-                json!({"attempt": attempt, "class": class.as_str(), "message": message, "explanation": explain(*class)}),
-            ),
-            Notice::Cancelled { reason, was_running } => (
-                "comment_cancelled.md",
-                json!({"attempt": attempt, "reason": reason, "todo_label": self.labels.todo, "was_running": was_running}),
-            ),
-        })
+            Notice::Retrying { class, message, retries_left, not_before } => self.render(&RetryingComment {
+                attempt,
+                class: class.as_str().into(),
+                message: message.clone(),
+                explanation: explain(*class).into(),
+                retries_left: *retries_left,
+                not_before: not_before.to_rfc3339(),
+            }),
+            Notice::Failed { class, message } => self.render(&FailedComment {
+                attempt,
+                class: class.as_str().into(),
+                message: message.clone(),
+                explanation: explain(*class).into(),
+            }),
+            Notice::Cancelled { reason, was_running } => self.render(&CancelledComment {
+                attempt,
+                reason: reason.clone(),
+                todo_label: self.labels.todo.clone(),
+                was_running: *was_running,
+            }),
+        }
     }
 
     /// forgefleet's own login: the one place that says whose comments are forgefleet's.
@@ -380,8 +387,8 @@ impl Deliverer {
         Ok(())
     }
 
-    fn render(&self, name: &str, ctx: serde_json::Value) -> Result<String, DeliveryError> {
-        self.templates.render(name, ctx).map_err(|e| DeliveryError::Other(e.to_string()))
+    fn render<C: TemplateContext>(&self, ctx: &C) -> Result<String, DeliveryError> {
+        self.templates.render(ctx).map_err(|e| DeliveryError::Other(e.to_string()))
     }
 }
 

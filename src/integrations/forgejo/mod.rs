@@ -1,7 +1,6 @@
 //! Forgejo: the typed client, webhook verification and parsing, and the workers that talk to it.
 
 pub mod client;
-pub mod commands;
 pub mod confirm;
 pub mod deliver;
 pub mod identity;
@@ -65,6 +64,7 @@ pub fn spawn(
         comment_on_start: config.forgejo.comment_on_start,
         bot,
         branch_prefix: config.forgejo.branch_prefix.clone(),
+        clock: clock.clone(),
     };
     // Both workers wake as soon as the engine appends events (a new outbox row, a receipt), and poll as
     // the fallback (retries that come due, a pass that failed).

@@ -1,0 +1,222 @@
+//! What each template is given: one type per template, so a template and the code that fills it cannot drift
+//! apart silently. A template that uses a name its context does not have fails at load time (the check in
+//! `mod.rs` compares every name a template reads with the fields of its context's example), and a value that is
+//! missing at render time is an error, never empty text.
+
+use serde::Serialize;
+
+use crate::core::FileChange;
+
+/// A template's context: the file it fills and an example with every field present.
+pub trait TemplateContext: Serialize {
+    /// The template's file name under `templates/` (and in `[server] templates_dir`).
+    const NAME: &'static str;
+    /// A value with every optional field set and every list non-empty: the load-time check renders it.
+    fn example() -> Self;
+}
+
+/// `comment_started.md`: an agent took the task.
+#[derive(Debug, Clone, Serialize)]
+pub struct StartedComment {
+    pub agent: String,
+    pub attempt: u32,
+}
+
+/// `comment_completed.md`: the receipt checked out.
+#[derive(Debug, Clone, Serialize)]
+pub struct CompletedComment {
+    pub agent: String,
+    pub attempt: u32,
+    pub repo: String,
+    /// "3 min", when the start is known.
+    pub duration: Option<String>,
+    pub pr_number: Option<u64>,
+    /// The pull request's web page.
+    pub pr_url: Option<String>,
+    /// The agent's own summary: text from elsewhere, to be fenced.
+    pub summary: String,
+    /// "1200 in / 300 out".
+    pub tokens: Option<String>,
+    /// In dollars, two decimals.
+    pub cost: Option<String>,
+    /// The files git counted (not the agent).
+    pub files: Vec<FileChange>,
+    /// What each check forgefleet made saw.
+    pub checks: Vec<String>,
+}
+
+/// `comment_retrying.md`: an attempt failed and another one is queued.
+#[derive(Debug, Clone, Serialize)]
+pub struct RetryingComment {
+    pub attempt: u32,
+    pub class: String,
+    pub message: String,
+    pub explanation: String,
+    pub retries_left: u32,
+    pub not_before: String,
+}
+
+/// `comment_failed.md`: the retries of a class are used up.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailedComment {
+    pub attempt: u32,
+    pub class: String,
+    pub message: String,
+    pub explanation: String,
+}
+
+/// `comment_cancelled.md`.
+#[derive(Debug, Clone, Serialize)]
+pub struct CancelledComment {
+    pub attempt: u32,
+    pub reason: String,
+    pub todo_label: String,
+    pub was_running: bool,
+}
+
+/// `reply_refused.md`: someone without write access gave a command.
+#[derive(Debug, Clone, Serialize)]
+pub struct RefusedReply {
+    pub author: String,
+    pub repo: String,
+    pub permission: String,
+    pub command: String,
+}
+
+/// `reply_invalid.md`: a command line that does not parse.
+#[derive(Debug, Clone, Serialize)]
+pub struct InvalidReply {
+    pub author: String,
+    pub line: String,
+    pub why: String,
+}
+
+/// `reply_failed.md`: a command that parsed and could not apply.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailedReply {
+    pub author: String,
+    pub command: String,
+    pub why: String,
+}
+
+/// `agent_prompt.md`: what the coding agent is told.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentPrompt {
+    pub repo: String,
+    pub issue: u64,
+    pub title: String,
+    pub body: String,
+    pub labels: Vec<String>,
+    /// The repository's own instructions (`prompt` in its `.forgejo/fleet.yaml`).
+    pub instructions: Option<String>,
+    pub branch: String,
+    pub base_branch: String,
+    pub attempt: u32,
+}
+
+impl TemplateContext for StartedComment {
+    const NAME: &'static str = "comment_started.md";
+    fn example() -> Self {
+        StartedComment { agent: "claude-1".into(), attempt: 1 }
+    }
+}
+
+impl TemplateContext for CompletedComment {
+    const NAME: &'static str = "comment_completed.md";
+    fn example() -> Self {
+        CompletedComment {
+            agent: "claude-1".into(),
+            attempt: 2,
+            repo: "acme/app".into(),
+            duration: Some("3 min".into()),
+            pr_number: Some(14),
+            pr_url: Some("https://forgejo.example.com/acme/app/pulls/14".into()),
+            summary: "Fixed it.".into(),
+            tokens: Some("1200 in / 300 out".into()),
+            cost: Some("0.12".into()),
+            files: vec![FileChange { path: "src/a.rs".into(), status: "modified".into(), additions: 3, deletions: 1 }],
+            checks: vec!["pull request #14 is open".into()],
+        }
+    }
+}
+
+impl TemplateContext for RetryingComment {
+    const NAME: &'static str = "comment_retrying.md";
+    fn example() -> Self {
+        RetryingComment {
+            attempt: 1,
+            class: "agent_error".into(),
+            message: "exit status 1".into(),
+            explanation: "The agent's command failed.".into(),
+            retries_left: 1,
+            not_before: "2026-11-24T04:10:00Z".into(),
+        }
+    }
+}
+
+impl TemplateContext for FailedComment {
+    const NAME: &'static str = "comment_failed.md";
+    fn example() -> Self {
+        FailedComment {
+            attempt: 3,
+            class: "agent_error".into(),
+            message: "exit status 1".into(),
+            explanation: "The agent's command failed.".into(),
+        }
+    }
+}
+
+impl TemplateContext for CancelledComment {
+    const NAME: &'static str = "comment_cancelled.md";
+    fn example() -> Self {
+        CancelledComment {
+            attempt: 1,
+            reason: "the issue was closed".into(),
+            todo_label: "status:todo".into(),
+            was_running: true,
+        }
+    }
+}
+
+impl TemplateContext for RefusedReply {
+    const NAME: &'static str = "reply_refused.md";
+    fn example() -> Self {
+        RefusedReply {
+            author: "bob".into(),
+            repo: "acme/app".into(),
+            permission: "read".into(),
+            command: "/retry".into(),
+        }
+    }
+}
+
+impl TemplateContext for InvalidReply {
+    const NAME: &'static str = "reply_invalid.md";
+    fn example() -> Self {
+        InvalidReply { author: "bob".into(), line: "/assign".into(), why: "it needs an agent's name".into() }
+    }
+}
+
+impl TemplateContext for FailedReply {
+    const NAME: &'static str = "reply_failed.md";
+    fn example() -> Self {
+        FailedReply { author: "bob".into(), command: "/retry".into(), why: "the task is running".into() }
+    }
+}
+
+impl TemplateContext for AgentPrompt {
+    const NAME: &'static str = "agent_prompt.md";
+    fn example() -> Self {
+        AgentPrompt {
+            repo: "acme/app".into(),
+            issue: 7,
+            title: "Fix the parser".into(),
+            body: "It breaks on empty input.".into(),
+            labels: vec!["type:bug".into()],
+            instructions: Some("Run `make check`.".into()),
+            branch: "fleet/issue-7-attempt-1".into(),
+            base_branch: "main".into(),
+            attempt: 1,
+        }
+    }
+}
