@@ -19,6 +19,10 @@ use super::time::Timestamp;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "notice", rename_all = "snake_case")]
 pub enum Notice {
+    /// An agent took the task (chat only: the issue learns it from its assignee and the start comment).
+    Assigned {
+        agent: AgentId,
+    },
     Started {
         agent: AgentId,
     },
@@ -50,6 +54,7 @@ pub enum Notice {
 impl Notice {
     pub fn kind(&self) -> &'static str {
         match self {
+            Notice::Assigned { .. } => "assigned",
             Notice::Started { .. } => "started",
             Notice::Completed { .. } => "completed",
             Notice::Retrying { .. } => "retrying",
@@ -75,6 +80,12 @@ pub enum Effect {
     RunCommands { origin: CommandOrigin, author: String, commands: Vec<Parsed> },
     /// Make `agent` the only agent the issue is pinned to (its `agent:` labels), then observe the issue.
     SetAgentLabel { issue: IssueRef, agent: AgentName },
+    /// What happened to a task, for the chat room: one message per task, edited in place as it moves; a new
+    /// message for what needs a person (failed for good).
+    ChatTask { issue: IssueRef, task: TaskId, attempt: u32, notice: Notice },
+    /// What happened to an agent, for the chat room (in the agent's own thread; `lost` also as a message of
+    /// its own, since it needs a person).
+    ChatAgent { agent: AgentId, news: AgentNews },
     /// An answer in a Matrix room, in the thread under the message it answers. `key` makes it once-only.
     MatrixReply { room: String, in_reply_to: String, key: String, body: String },
     /// An answer to a person, posted once (`key` becomes the comment's hidden marker).
@@ -108,6 +119,38 @@ pub enum Effect {
         description: String,
     },
 }
+
+/// What happened to an agent, as a chat room is told.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "news", rename_all = "snake_case")]
+pub enum AgentNews {
+    Online,
+    Draining,
+    /// Silent past its heartbeats, holding nothing.
+    Offline,
+    /// Silent past its heartbeats while it held `task`: the task went back to the queue.
+    Lost {
+        task: TaskId,
+        issue: IssueRef,
+    },
+}
+
+/// The kinds of chat notification a room can choose from (`[matrix] notify`).
+pub const CHAT_KINDS: [&str; 13] = [
+    "assigned",
+    "started",
+    "completed",
+    "verification_failed",
+    "retrying",
+    "timed_out",
+    "failed",
+    "cancelled",
+    "agent_online",
+    "agent_draining",
+    "agent_offline",
+    "agent_lost",
+    "progress",
+];
 
 /// Where a command was written, which is where its answer goes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -199,8 +242,27 @@ impl Effect {
             | Effect::ConfirmIssue { issue }
             | Effect::ClosePull { issue, .. }
             | Effect::SetCommitStatus { issue, .. } => Some(issue),
+            Effect::ChatTask { issue, .. } => Some(issue),
             Effect::RunCommands { origin, .. } => origin.issue(),
-            Effect::MatrixReply { .. } => None,
+            Effect::MatrixReply { .. } | Effect::ChatAgent { .. } => None,
+        }
+    }
+
+    /// For a chat notification, its kind in [`CHAT_KINDS`] (what `[matrix] notify` filters on).
+    pub fn chat_kind(&self) -> Option<&'static str> {
+        match self {
+            Effect::ChatTask { notice, .. } => Some(match notice {
+                Notice::Retrying { class: FailureClass::VerificationFailed, .. } => "verification_failed",
+                Notice::Retrying { class: FailureClass::Timeout, .. } => "timed_out",
+                other => other.kind(),
+            }),
+            Effect::ChatAgent { news, .. } => Some(match news {
+                AgentNews::Online => "agent_online",
+                AgentNews::Draining => "agent_draining",
+                AgentNews::Offline => "agent_offline",
+                AgentNews::Lost { .. } => "agent_lost",
+            }),
+            _ => None,
         }
     }
 
@@ -228,6 +290,8 @@ impl Effect {
             Effect::RunCommands { .. } => "run_commands",
             Effect::SetAgentLabel { .. } => "set_agent_label",
             Effect::MatrixReply { .. } => "matrix_reply",
+            Effect::ChatTask { .. } => "chat_task",
+            Effect::ChatAgent { .. } => "chat_agent",
             Effect::Reply { .. } => "reply",
             Effect::React { .. } => "react",
             Effect::ConfirmIssue { .. } => "confirm_issue",
@@ -237,8 +301,49 @@ impl Effect {
     }
 }
 
-/// The effects of `event` taking a task from `before` (None: it did not exist) to `after`.
+/// The effects of `event` taking a task from `before` (None: it did not exist) to `after`: what the issue is
+/// told, and the same news for the chat room (where the store sends it only to a room that wants its kind).
 pub fn effects_of(before: Option<&Task>, after: &Task, event: &Event) -> Vec<Effect> {
+    let mut out = issue_effects_of(before, after, event);
+    let mut chat: Vec<Effect> = out
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Comment { issue, task, attempt, notice } => {
+                Some(Effect::ChatTask { issue: issue.clone(), task: *task, attempt: *attempt, notice: notice.clone() })
+            }
+            _ => None,
+        })
+        .collect();
+    if let Event::TaskAssigned { agent, attempt, .. } = event {
+        chat.push(Effect::ChatTask {
+            issue: after.issue.clone(),
+            task: after.id,
+            attempt: *attempt,
+            notice: Notice::Assigned { agent: *agent },
+        });
+    }
+    if let Event::TaskLost { agent, .. } = event {
+        chat.push(Effect::ChatAgent {
+            agent: *agent,
+            news: AgentNews::Lost { task: after.id, issue: after.issue.clone() },
+        });
+    }
+    out.extend(chat);
+    out
+}
+
+/// The chat news of an agent's own event.
+pub fn agent_effects_of(event: &Event) -> Vec<Effect> {
+    let news = match event {
+        Event::AgentOnline { .. } => AgentNews::Online,
+        Event::AgentDraining { .. } => AgentNews::Draining,
+        Event::AgentOffline { .. } => AgentNews::Offline,
+        _ => return Vec::new(),
+    };
+    event.agent().map(|agent| Effect::ChatAgent { agent, news }).into_iter().collect()
+}
+
+fn issue_effects_of(before: Option<&Task>, after: &Task, event: &Event) -> Vec<Effect> {
     let mut out = Vec::new();
     let issue = || after.issue.clone();
     // A new task needs no label: its issue carries `status:todo` already, which is why it exists.
@@ -379,11 +484,67 @@ mod tests {
         (Task::queued(&e).unwrap(), e)
     }
 
+    /// The issue's effects of one step (chat news is checked on its own).
     fn step(t: &Task, e: Event) -> (Task, Vec<Effect>) {
+        let (next, all) = step_all(t, e);
+        (next, all.into_iter().filter(|e| e.chat_kind().is_none()).collect())
+    }
+
+    fn step_all(t: &Task, e: Event) -> (Task, Vec<Effect>) {
         let mut next = t.clone();
         next.apply(&e).unwrap();
         let effects = effects_of(Some(t), &next, &e);
         (next, effects)
+    }
+
+    #[test]
+    fn the_chat_room_hears_what_the_issue_hears_and_the_assignment_and_a_lost_agent() {
+        let (queued, _) = queued();
+        let assign = |attempt| Event::TaskAssigned {
+            task: TaskId(1),
+            attempt,
+            agent: AgentId(4),
+            at: Timestamp(1),
+            start_by: Timestamp(2),
+            deadline: Timestamp(3),
+            request_key: None,
+        };
+        let chat = |fx: &[Effect]| fx.iter().filter_map(|e| e.chat_kind()).collect::<Vec<_>>();
+        let (assigned, fx) = step_all(&queued, assign(1));
+        assert_eq!(chat(&fx), ["assigned"]);
+        let (started, fx) = step_all(&assigned, Event::TaskStarted { task: TaskId(1), attempt: 1, at: Timestamp(2) });
+        assert_eq!(chat(&fx), ["started"]);
+        let lost = Event::TaskLost { task: TaskId(1), attempt: 1, agent: AgentId(4), at: Timestamp(5) };
+        let (lost_task, fx) = step_all(&started, lost);
+        assert_eq!(chat(&fx), ["agent_lost"]);
+        let lost_news = fx.iter().find(|e| matches!(e, Effect::ChatAgent { .. })).unwrap();
+        assert_eq!(
+            lost_news,
+            &Effect::ChatAgent {
+                agent: AgentId(4),
+                news: AgentNews::Lost { task: TaskId(1), issue: queued.issue.clone() }
+            }
+        );
+        let retry = RetryDecision::Retry { not_before: Timestamp(9), retries_left: 1 };
+        let failed = Event::AttemptFailed {
+            task: TaskId(1),
+            attempt: 1,
+            class: FailureClass::VerificationFailed,
+            message: "head_matches: no".into(),
+            decision: retry,
+            spent: None,
+            pushed_branch: None,
+            at: Timestamp(6),
+        };
+        let (_, fx) = step_all(&lost_task, failed);
+        assert_eq!(chat(&fx), ["verification_failed"], "{fx:?}");
+        assert!(
+            agent_effects_of(&Event::AgentOnline { agent: AgentId(4), at: Timestamp(1) })[0].chat_kind()
+                == Some("agent_online")
+        );
+        for kind in chat(&fx) {
+            assert!(CHAT_KINDS.contains(&kind));
+        }
     }
 
     #[test]

@@ -51,6 +51,8 @@ pub struct Store {
     conn: Connection,
     path: String,
     cache: TxCache,
+    /// The chat notification kinds a room wants (`[matrix] notify`); `None`: no chat, so none is queued.
+    chat: Option<std::collections::BTreeSet<String>>,
 }
 
 /// Tasks and agents decoded during the current write transaction. A command reads the task it works on
@@ -119,7 +121,7 @@ impl Store {
         if version > SCHEMA_VERSION {
             return Err(StoreError::TooNew { path: path_s, found: version, known: SCHEMA_VERSION });
         }
-        Ok(Store { conn, path: path_s, cache: Default::default() })
+        Ok(Store { conn, path: path_s, cache: Default::default(), chat: None })
     }
 
     /// A fresh database in memory with the real migrations: for tests.
@@ -146,7 +148,7 @@ impl Store {
         if found > SCHEMA_VERSION {
             return Err(StoreError::TooNew { path, found, known: SCHEMA_VERSION });
         }
-        let mut store = Store { conn, path, cache: Default::default() };
+        let mut store = Store { conn, path, cache: Default::default(), chat: None };
         schema::migrate(&mut store.conn).map_err(|e| classify(&store.path, e))?;
         Ok(store)
     }
@@ -160,12 +162,18 @@ impl Store {
         &self.conn
     }
 
+    /// Chat notifications of these kinds (see `core::CHAT_KINDS`) are queued from now on; `None` queues none
+    /// (Matrix is off: nothing would ever deliver them).
+    pub fn set_chat(&mut self, kinds: Option<std::collections::BTreeSet<String>>) {
+        self.chat = kinds;
+    }
+
     /// Starts a write transaction. Everything appended through it commits or rolls back together.
     pub fn write(&mut self) -> Result<WriteTx<'_>> {
         self.cache.clear();
         self.cache.transitions.borrow_mut().clear();
         let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        Ok(WriteTx { tx, cache: &self.cache })
+        Ok(WriteTx { tx, cache: &self.cache, chat: self.chat.as_ref() })
     }
 
     /// The task state changes of the last write transaction, once: call it after the commit.
@@ -183,6 +191,7 @@ impl Store {
 pub struct WriteTx<'a> {
     tx: rusqlite::Transaction<'a>,
     cache: &'a TxCache,
+    chat: Option<&'a std::collections::BTreeSet<String>>,
 }
 
 impl WriteTx<'_> {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{Result, StoreError, WriteTx};
-use crate::core::{Agent, AgentId, Effect, Event, Lease, Task, TaskId, Timestamp, effects_of};
+use crate::core::{Agent, AgentId, Effect, Event, Lease, Task, TaskId, Timestamp, agent_effects_of, effects_of};
 
 /// What an operator's retry or drop of an outbox row found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,7 +34,8 @@ impl WriteTx<'_> {
     /// transaction undoes the insert.
     pub fn append(&self, event: &Event) -> Result<Appended> {
         let seq = insert_event(&self.tx, event)?;
-        let effects = project(&self.tx, self.cache, event)?;
+        let mut effects = project(&self.tx, self.cache, event)?;
+        effects.retain(|e| e.chat_kind().is_none_or(|kind| self.chat.is_some_and(|c| c.contains(kind))));
         for effect in &effects {
             self.enqueue(effect, Some(seq), event.at())?;
         }
@@ -248,6 +249,7 @@ fn project(conn: &Connection, cache: &super::TxCache, event: &Event) -> Result<V
         };
         save_agent(conn, &agent, event.at())?;
         cache.agents.borrow_mut().insert(id, Arc::new(agent));
+        return Ok(agent_effects_of(event));
     }
     Ok(Vec::new())
 }

@@ -394,3 +394,41 @@ fn a_dead_letter_holds_nothing_back_and_comes_back_only_when_retried() {
     assert_eq!(s.read().outbox_health().unwrap().dead, 0, "a dropped one is not a dead letter to act on");
     assert_eq!(s.read().outbox_list(10).unwrap().iter().map(|e| e.id).collect::<Vec<_>>(), [later]);
 }
+
+/// Chat news is queued only for a room that wants its kind, and never with Matrix off (nothing would deliver
+/// it, and the outbox would fill).
+#[test]
+fn chat_notifications_are_queued_only_for_the_kinds_a_room_wants() {
+    let mut s = Store::open_in_memory().unwrap();
+    let chat_rows = |s: &Store| -> Vec<String> {
+        let mut stmt =
+            s.connection().prepare("SELECT payload FROM outbox WHERE kind LIKE 'chat_%' ORDER BY id").unwrap();
+        stmt.query_map([], |r| r.get::<_, String>(0)).unwrap().map(Result::unwrap).collect()
+    };
+    let assigned = |task: i64| Event::TaskAssigned {
+        task: TaskId(task),
+        attempt: 1,
+        agent: AgentId(1),
+        at: Timestamp(10),
+        start_by: Timestamp(20),
+        deadline: Timestamp(30),
+        request_key: None,
+    };
+    let tx = s.write().unwrap();
+    tx.append(&registered(1, "a1")).unwrap();
+    tx.append(&queued(1, 1, 0)).unwrap();
+    tx.append(&assigned(1)).unwrap();
+    tx.commit().unwrap();
+    assert!(chat_rows(&s).is_empty(), "Matrix off: no chat rows");
+
+    s.set_chat(Some(["assigned".to_string(), "agent_draining".to_string()].into()));
+    let tx = s.write().unwrap();
+    tx.append(&queued(2, 2, 0)).unwrap();
+    tx.append(&assigned(2)).unwrap();
+    tx.append(&Event::TaskStarted { task: TaskId(2), attempt: 1, at: Timestamp(11) }).unwrap();
+    tx.append(&Event::AgentDraining { agent: AgentId(1), at: Timestamp(12) }).unwrap();
+    tx.commit().unwrap();
+    let rows = chat_rows(&s);
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(rows[0].contains("\"assigned\"") && rows[1].contains("\"draining\""), "{rows:?}");
+}

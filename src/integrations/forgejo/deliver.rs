@@ -143,7 +143,9 @@ impl Deliverer {
             Effect::SetCommitStatus { .. }
             | Effect::RunCommands { .. }
             | Effect::ConfirmIssue { .. }
-            | Effect::MatrixReply { .. } => false,
+            | Effect::MatrixReply { .. }
+            | Effect::ChatTask { .. }
+            | Effect::ChatAgent { .. } => false,
             Effect::SetAssignee { .. } => !self.agent_users.is_empty(),
             _ => true,
         };
@@ -159,10 +161,12 @@ impl Deliverer {
             Effect::SetAssignee { issue, agent } => self.set_assignee(&issue, agent).await,
             Effect::RunCommands { origin, author, commands } => self.run_commands(&origin, &author, &commands).await,
             Effect::SetAgentLabel { issue, agent } => self.set_agent_label(&issue, &agent).await,
-            Effect::MatrixReply { .. } => Err(DeliveryError::Unreadable(format!(
-                "outbox row {} is a Matrix message: the Forgejo deliverer does not send those",
-                row.id
-            ))),
+            Effect::MatrixReply { .. } | Effect::ChatTask { .. } | Effect::ChatAgent { .. } => {
+                Err(DeliveryError::Unreadable(format!(
+                    "outbox row {} is a Matrix message: the Forgejo deliverer does not send those",
+                    row.id
+                )))
+            }
             Effect::Reply { issue, key, body } => self.reply(&issue, &key, &body).await,
             Effect::React { issue, comment_id, content } => {
                 Ok(self.client.react_to_comment(&issue.repo, comment_id, &content).await?)
@@ -269,6 +273,8 @@ impl Deliverer {
     /// The comment for `notice`, from its template.
     async fn notice_body(&self, issue: &IssueRef, attempt: u32, notice: &Notice) -> Result<String, DeliveryError> {
         match notice {
+            // The issue shows its assignee; only chat rooms are told of an assignment.
+            Notice::Assigned { agent } => Ok(format!("Assigned to {}.", self.agent_name(*agent).await?)),
             Notice::Started { agent } => {
                 self.render(&StartedComment { agent: self.agent_name(*agent).await?, attempt })
             }
