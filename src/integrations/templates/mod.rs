@@ -6,7 +6,9 @@ use std::path::Path;
 
 use minijinja::Environment;
 
+pub mod chat;
 mod contexts;
+pub use chat::{ChatAgent, ChatMessage, ChatProgress, ChatTask, ChatTaskFailed};
 pub use contexts::*;
 
 /// A template's name, its built-in text, and its context's example as JSON (for the load-time check).
@@ -35,6 +37,10 @@ const BUILT_IN: &[BuiltIn] = &[
     built_in::<InvalidReply>(include_str!("../../../templates/reply_invalid.md")),
     built_in::<FailedReply>(include_str!("../../../templates/reply_failed.md")),
     built_in::<AgentPrompt>(include_str!("../../../templates/agent_prompt.md")),
+    built_in::<ChatTask>(include_str!("../../../templates/matrix/task.md")),
+    built_in::<ChatTaskFailed>(include_str!("../../../templates/matrix/task_failed.md")),
+    built_in::<ChatAgent>(include_str!("../../../templates/matrix/agent.md")),
+    built_in::<ChatProgress>(include_str!("../../../templates/matrix/progress.md")),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +71,7 @@ impl Templates {
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
         env.add_filter("fence", |text: String| fence(&text));
         env.add_filter("code", |text: String| code(&text));
+        env.add_filter("text", |s: String| chat::text(&s));
         let globals: BTreeSet<String> = env.globals().map(|(name, _)| name.to_string()).collect();
         for t in BUILT_IN {
             let path = dir.map(|d| d.join(t.name)).filter(|p| p.exists());
@@ -101,6 +108,11 @@ impl Templates {
             template.render(&example).map_err(|e| load_error(format!("it does not render: {e:#}")))?;
         }
         Ok(Templates { env })
+    }
+
+    /// A chat message from `ctx`'s template: the Markdown it writes, and that as HTML.
+    pub fn render_chat<C: TemplateContext>(&self, ctx: &C) -> Result<ChatMessage, TemplateError> {
+        Ok(ChatMessage::from_markdown(self.render(ctx)?))
     }
 
     /// The text of `ctx`'s template filled with it, trimmed.
