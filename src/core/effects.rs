@@ -86,6 +86,9 @@ pub enum Effect {
     /// What happened to an agent, for the chat room (in the agent's own thread; `lost` also as a message of
     /// its own, since it needs a person).
     ChatAgent { agent: AgentId, news: AgentNews },
+    /// An agent's progress lines for its thread in the chat room, batched (`core::logbatch`): at most one
+    /// message per agent every few seconds, `skipped` counting the lines left out.
+    ChatProgress { agent: AgentId, lines: Vec<String>, skipped: u64 },
     /// An answer in a Matrix room, in the thread under the message it answers. `key` makes it once-only.
     MatrixReply { room: String, in_reply_to: String, key: String, body: String },
     /// An answer to a person, posted once (`key` becomes the comment's hidden marker).
@@ -244,7 +247,7 @@ impl Effect {
             | Effect::SetCommitStatus { issue, .. } => Some(issue),
             Effect::ChatTask { issue, .. } => Some(issue),
             Effect::RunCommands { origin, .. } => origin.issue(),
-            Effect::MatrixReply { .. } | Effect::ChatAgent { .. } => None,
+            Effect::MatrixReply { .. } | Effect::ChatAgent { .. } | Effect::ChatProgress { .. } => None,
         }
     }
 
@@ -262,6 +265,7 @@ impl Effect {
                 AgentNews::Offline => "agent_offline",
                 AgentNews::Lost { .. } => "agent_lost",
             }),
+            Effect::ChatProgress { .. } => Some("progress"),
             _ => None,
         }
     }
@@ -292,6 +296,7 @@ impl Effect {
             Effect::MatrixReply { .. } => "matrix_reply",
             Effect::ChatTask { .. } => "chat_task",
             Effect::ChatAgent { .. } => "chat_agent",
+            Effect::ChatProgress { .. } => "chat_progress",
             Effect::Reply { .. } => "reply",
             Effect::React { .. } => "react",
             Effect::ConfirmIssue { .. } => "confirm_issue",

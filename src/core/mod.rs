@@ -6,6 +6,7 @@ pub mod effects;
 pub mod event;
 pub mod ids;
 pub mod labels;
+pub mod logbatch;
 pub mod policy;
 pub mod queue;
 pub mod receipt;

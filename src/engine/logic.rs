@@ -36,6 +36,10 @@ pub struct EngineSettings {
     pub branch_prefix: String,
     /// What repositories' own `fleet.yaml` files change.
     pub repos: std::collections::BTreeMap<crate::core::RepoName, super::repo::RepoOverrides>,
+    /// Agents' progress lines batched for the chat room; `None` when no room wants them. The batches being
+    /// gathered live in memory only: a crash loses at most one interval of lines from the chat (never from
+    /// the task's progress, which the store keeps).
+    pub chat_progress: Option<crate::core::logbatch::LogBatcher<AgentId>>,
 }
 
 impl EngineSettings {
@@ -76,6 +80,7 @@ impl Default for EngineSettings {
             started_at: Timestamp(0),
             branch_prefix: "forgefleet/".into(),
             repos: Default::default(),
+            chat_progress: None,
         }
     }
 }
@@ -92,6 +97,9 @@ pub fn handle(s: &mut EngineSettings, tx: &WriteTx<'_>, cmd: Command, now: Times
         Command::Progress { agent, task, attempt, lines } => {
             leased(tx, agent, task, attempt)?;
             tx.add_progress(task, attempt, &lines, now, s.progress_lines_kept)?;
+            if let Some(batch) = s.chat_progress.as_mut().and_then(|b| b.push(agent, lines, now)) {
+                chat_progress(tx, batch, now)?;
+            }
             Ok(Reply::Done)
         }
         Command::StartTask { agent, task, attempt } => {
@@ -179,6 +187,9 @@ pub fn handle(s: &mut EngineSettings, tx: &WriteTx<'_>, cmd: Command, now: Times
                 tx.prune_seen(now - s.seen_horizon)?;
                 s.next_seen_prune = now + Duration::from_secs(60 * 60);
             }
+            for batch in s.chat_progress.as_mut().map(|b| b.due(now)).unwrap_or_default() {
+                chat_progress(tx, batch, now)?;
+            }
             tick(s, tx, now).map(Reply::Ticked)
         }
         Command::FromWebhook { key, inner } => {
@@ -258,6 +269,11 @@ fn submit_receipt(
         return Err(EngineError::Conflict(TransitionError::NotStarted { task, attempt }));
     }
     append(tx, Event::ReceiptReceived { task, attempt, receipt, at: now })
+}
+
+fn chat_progress(tx: &WriteTx<'_>, b: crate::core::logbatch::Batch<AgentId>, now: Timestamp) -> Result<()> {
+    tx.enqueue(&Effect::ChatProgress { agent: b.key, lines: b.lines, skipped: b.skipped }, None, now)?;
+    Ok(())
 }
 
 fn append(tx: &WriteTx<'_>, e: Event) -> Result<Reply> {

@@ -487,3 +487,50 @@ fn a_persons_command_runs_once_and_what_does_not_apply_changes_nothing() {
     let t = f.task(task);
     assert_eq!((t.state, t.attempt), (TaskState::Queued, 2), "cancelled once, retried once");
 }
+
+/// 10,000 progress lines from one agent in a minute reach the chat room as a bounded number of batches, each
+/// bounded, and every line is either in a batch or counted as skipped.
+#[test]
+fn a_chatty_agents_progress_reaches_the_chat_in_bounded_batches() {
+    let clock = ManualClock::new(Timestamp(1_800_000_000_000));
+    let mut store = Store::open_in_memory().unwrap();
+    store.set_chat(Some(["progress".to_string()].into()));
+    let settings = EngineSettings {
+        chat_progress: Some(crate::core::logbatch::LogBatcher::new(Duration::from_secs(5), 20)),
+        ..EngineSettings::default()
+    };
+    let mut f = Fleet { engine: Engine::new(store, settings, clock.clone()), clock };
+    f.label("acme/app#1", &["status:todo"]).unwrap();
+    let agent = f.register("a1", &[], 1);
+    let a = f.pull(agent).unwrap();
+    f.start(agent, &a);
+    for i in 0..1_000u64 {
+        let lines = (0..10).map(|j| format!("line {}", i * 10 + j)).collect();
+        f.engine.execute(Command::Progress { agent, task: a.task.id, attempt: a.lease.attempt, lines }).unwrap();
+        f.later(Duration::from_millis(60));
+        if i % 50 == 0 {
+            f.heartbeat(agent, &[a.task.id]);
+            f.tick();
+        }
+    }
+    f.later(Duration::from_secs(10));
+    f.tick();
+    let rows: Vec<String> = f
+        .engine
+        .store
+        .connection()
+        .prepare("SELECT payload FROM outbox WHERE kind = 'chat_progress'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!((2..=14).contains(&rows.len()), "{} batches", rows.len());
+    let mut total = 0;
+    for row in &rows {
+        let Effect::ChatProgress { lines, skipped, .. } = Effect::from_json(row).unwrap() else { panic!("{row}") };
+        assert!(lines.len() <= 20);
+        total += lines.len() as u64 + skipped;
+    }
+    assert_eq!(total, 10_000);
+}

@@ -145,7 +145,8 @@ impl Deliverer {
             | Effect::ConfirmIssue { .. }
             | Effect::MatrixReply { .. }
             | Effect::ChatTask { .. }
-            | Effect::ChatAgent { .. } => false,
+            | Effect::ChatAgent { .. }
+            | Effect::ChatProgress { .. } => false,
             Effect::SetAssignee { .. } => !self.agent_users.is_empty(),
             _ => true,
         };
@@ -161,12 +162,13 @@ impl Deliverer {
             Effect::SetAssignee { issue, agent } => self.set_assignee(&issue, agent).await,
             Effect::RunCommands { origin, author, commands } => self.run_commands(&origin, &author, &commands).await,
             Effect::SetAgentLabel { issue, agent } => self.set_agent_label(&issue, &agent).await,
-            Effect::MatrixReply { .. } | Effect::ChatTask { .. } | Effect::ChatAgent { .. } => {
-                Err(DeliveryError::Unreadable(format!(
-                    "outbox row {} is a Matrix message: the Forgejo deliverer does not send those",
-                    row.id
-                )))
-            }
+            Effect::MatrixReply { .. }
+            | Effect::ChatTask { .. }
+            | Effect::ChatAgent { .. }
+            | Effect::ChatProgress { .. } => Err(DeliveryError::Unreadable(format!(
+                "outbox row {} is a Matrix message: the Forgejo deliverer does not send those",
+                row.id
+            ))),
             Effect::Reply { issue, key, body } => self.reply(&issue, &key, &body).await,
             Effect::React { issue, comment_id, content } => {
                 Ok(self.client.react_to_comment(&issue.repo, comment_id, &content).await?)
