@@ -34,6 +34,10 @@ pub struct Deliverer {
     /// Where agents push: `<branch_prefix>issue-<N>-attempt-<A>` (`[forgejo] branch_prefix`).
     pub branch_prefix: String,
     pub clock: Arc<dyn crate::engine::Clock>,
+    /// `[matrix] admins`: Matrix users who may run every command.
+    pub matrix_admins: Vec<String>,
+    /// `[matrix.users]`: Matrix user -> Forgejo login, whose permission a Matrix command is checked with.
+    pub matrix_users: BTreeMap<String, String>,
 }
 
 mod close_pull;

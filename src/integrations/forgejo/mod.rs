@@ -65,6 +65,8 @@ pub fn spawn(
         bot,
         branch_prefix: config.forgejo.branch_prefix.clone(),
         clock: clock.clone(),
+        matrix_admins: Vec::new(),
+        matrix_users: Default::default(),
     };
     // Both workers wake as soon as the engine appends events (a new outbox row, a receipt), and poll as
     // the fallback (retries that come due, a pass that failed).

@@ -50,6 +50,38 @@ impl Permission for CollaboratorPermission<'_> {
     }
 }
 
+/// Matrix's rule: a fleet admin (`[matrix] admins`) may do anything; anyone else needs a mapping
+/// (`[matrix.users]`) to a Forgejo login with write permission on the repository the command is about.
+pub(super) struct MatrixPermission<'a>(pub &'a Deliverer);
+
+impl Permission for MatrixPermission<'_> {
+    async fn check(&self, author: &str, repo: Option<&RepoName>, line: &str) -> Result<Verdict, DeliveryError> {
+        let d = self.0;
+        if d.matrix_admins.iter().any(|a| a == author) {
+            return Ok(Verdict::Allowed);
+        }
+        let Some(repo) = repo else {
+            return Ok(Verdict::Refused(format!(
+                "`{line}` is about the whole fleet: only fleet admins (`[matrix] admins` in forgefleet's configuration) may run it."
+            )));
+        };
+        let Some(login) = d.matrix_users.get(author) else {
+            return Ok(Verdict::Refused(format!(
+                "{author} is not mapped to a Forgejo user, so `{line}` was not run. Changes need a Forgejo user with \
+                 write access to {repo}: ask an operator to add `\"{author}\" = \"<forgejo login>\"` under \
+                 `[matrix.users]` in forgefleet's configuration. Anyone may read (`/fleet status`)."
+            )));
+        };
+        match CollaboratorPermission(d).check(login, Some(repo), line).await? {
+            Verdict::Allowed => Ok(Verdict::Allowed),
+            Verdict::Refused(_) => Ok(Verdict::Refused(format!(
+                "{author} is mapped to the Forgejo user `{login}`, who has no write access to {repo}, so `{line}` \
+                 was not run."
+            ))),
+        }
+    }
+}
+
 impl Deliverer {
     /// Runs the commands of one comment or chat message. A comment by forgefleet itself commands nothing, and
     /// none runs until forgefleet knows its own login.
@@ -70,15 +102,23 @@ impl Deliverer {
                 Some(false) => {}
             }
         }
-        let runner = Runner {
+        match origin {
+            CommandOrigin::Comment { .. } => {
+                self.runner(&CollaboratorPermission(self)).run(origin, author, commands).await
+            }
+            CommandOrigin::Matrix { .. } => self.runner(&MatrixPermission(self)).run(origin, author, commands).await,
+        }
+    }
+
+    fn runner<'a, P: Permission>(&'a self, permission: &'a P) -> Runner<'a, P> {
+        Runner {
             engine: &self.engine,
             templates: &self.templates,
-            permission: &CollaboratorPermission(self),
+            permission,
             clock: &self.clock,
             db: &self.db,
             todo_label: &self.labels.todo,
-        };
-        runner.run(origin, author, commands).await
+        }
     }
 
     /// Pins the issue to one agent: its `agent:` labels become just this one, and the engine sees the issue
