@@ -151,6 +151,12 @@ pub enum Command {
         key: String,
         value: String,
     },
+    /// The Matrix bot synced: the text messages it saw (recorded once each, by event id) and the token the
+    /// next sync starts from, in one transaction (answered `Reply::MatrixRecorded`).
+    MatrixSynced {
+        next_batch: String,
+        messages: Vec<crate::store::InboxMessage>,
+    },
     /// A repository's own settings (`.forgejo/fleet.yaml`) were read: they apply from now on.
     SetRepoSettings {
         repo: crate::core::RepoName,
@@ -213,6 +219,8 @@ pub enum Reply {
     Ticked(TickReport),
     /// What an operator's retry or drop of an outbox row found.
     Outbox(crate::store::OutboxChange),
+    /// How many of a Matrix sync's messages were new to the inbox.
+    MatrixRecorded(usize),
 }
 
 /// Why the engine refused a command. Nothing was changed.
