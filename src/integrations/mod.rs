@@ -2,4 +2,5 @@
 
 pub mod forgejo;
 pub mod git;
+pub mod matrix;
 pub mod templates;
