@@ -47,8 +47,13 @@ impl Person {
         Person { token, user_id: user.user_id.clone(), http }
     }
 
+    /// A request to the client-server API (`path` after `/_matrix/client/v3`).
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut request = self.http.request(method, api(path)).bearer_auth(&self.token);
+        self.call_url(method, &api(path), body).await
+    }
+
+    async fn call_url(&self, method: reqwest::Method, url: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = self.http.request(method, url).bearer_auth(&self.token);
         if let Some(body) = body {
             request = request.json(&body);
         }
@@ -366,6 +371,28 @@ async fn sending_twice_with_one_transaction_id_posts_one_event() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_send_waits_for_retry_after_and_goes_through() {
+    let (bot, alice, room) = cast().await;
+    // The test homeserver's limits are raised for everyone; this bot gets one message a second, burst one.
+    let admin = Person::login(&synapse().register_admin("admin").await).await;
+    let limit = format!("{}/_synapse/admin/v1/users/{}/override_ratelimit", synapse().url(), bot.user_id);
+    let (status, answer) =
+        admin.call_url(reqwest::Method::POST, &limit, Some(json!({"messages_per_second": 1, "burst_count": 1}))).await;
+    assert_eq!(status, 200, "{answer}");
+    let home = BotHome::new(&bot, &[&room]);
+    let running = home.start().await;
+    let started = std::time::Instant::now();
+    for i in 0..3 {
+        running.bot.send(&text(&room, &format!("limited-{i}"), &format!("update {i}"), None)).await.unwrap();
+    }
+    // Three messages at one a second: the second and third were answered 429 and sent after the wait.
+    assert!(started.elapsed() >= Duration::from_millis(1500), "no 429 was waited out: {:?}", started.elapsed());
+    let bodies: Vec<Value> = alice.messages(&room).await.into_iter().map(|e| e["content"]["body"].clone()).collect();
+    assert_eq!(bodies, [json!("update 0"), json!("update 1"), json!("update 2")]);
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thread_replies_and_edits_carry_their_relations_and_explicit_mentions() {
     let (bot, alice, room) = cast().await;
     let home = BotHome::new(&bot, &[&room]);
@@ -471,7 +498,15 @@ fn serve_keeps_running_when_the_bot_cannot_log_in() {
     let unreachable = Home::with_config(&format!(
         "[matrix]\nhomeserver_url = \"http://{nowhere}\"\nuser = \"bot\"\npassword = \"x\"\n"
     ));
-    for (home, key) in [(wrong, "matrix.password"), (unreachable, "matrix.homeserver_url")] {
+    let unknown_room = Home::with_config(&format!(
+        "[matrix]\nhomeserver_url = \"{}\"\nuser = \"{}\"\npassword = \"{}\"\nrooms = [\"#no-such-room:localhost\"]\n",
+        synapse().url(),
+        bot.name,
+        bot.password
+    ));
+    for (home, key) in
+        [(wrong, "matrix.password"), (unreachable, "matrix.homeserver_url"), (unknown_room, "matrix.rooms[0]")]
+    {
         let server = home.serve();
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while !support::strip_ansi(&server.log_text()).contains(&format!("{key}:")) {

@@ -46,6 +46,15 @@ impl Synapse {
 
     /// Registers a user whose name starts with `prefix` and is unique in this test binary's run.
     pub async fn register(&self, prefix: &str) -> User {
+        self.register_as(prefix, false).await
+    }
+
+    /// Registers a server admin (for the admin API: rate limit overrides).
+    pub async fn register_admin(&self, prefix: &str) -> User {
+        self.register_as(prefix, true).await
+    }
+
+    async fn register_as(&self, prefix: &str, admin: bool) -> User {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let name = format!("{prefix}{}", NEXT.fetch_add(1, Ordering::SeqCst));
         let password = format!("{name}-password");
@@ -54,10 +63,11 @@ impl Synapse {
         let nonce: serde_json::Value = http.get(&endpoint).send().await.unwrap().json().await.unwrap();
         let nonce = nonce["nonce"].as_str().unwrap().to_string();
         let mut mac = Hmac::<sha1::Sha1>::new_from_slice(SHARED_SECRET.as_bytes()).unwrap();
-        mac.update(format!("{nonce}\0{name}\0{password}\0notadmin").as_bytes());
+        let role = if admin { "admin" } else { "notadmin" };
+        mac.update(format!("{nonce}\0{name}\0{password}\0{role}").as_bytes());
         let mac: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
         let body = serde_json::json!({
-            "nonce": nonce, "username": name, "password": password, "admin": false, "mac": mac,
+            "nonce": nonce, "username": name, "password": password, "admin": admin, "mac": mac,
         });
         let response = http.post(&endpoint).json(&body).send().await.unwrap();
         assert!(response.status().is_success(), "registering {name}: {}", response.text().await.unwrap());

@@ -173,7 +173,7 @@ impl Bot {
         for (i, room) in self.rooms.configured().iter().enumerate() {
             let key = format!("matrix.rooms[{i}]");
             let Ok(target) = RoomOrAliasId::parse(room.as_str()) else {
-                tracing::error!(key, room, "not a room id or alias");
+                tracing::error!(key, room, "{key}: {room:?} is not a room id or alias");
                 continue;
             };
             match self.client.join_room_by_id_or_alias(&target, &[]).await {
@@ -189,7 +189,7 @@ impl Bot {
                     {
                         self.rooms.resolved(room, found.room_id);
                     }
-                    tracing::error!(key, room, error = %e, "cannot join the Matrix room {room} ({key}): {e}");
+                    tracing::error!(key, room, error = %e, "{key}: cannot join the Matrix room {room}: {e}");
                 }
             }
         }
