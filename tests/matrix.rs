@@ -101,6 +101,15 @@ impl Person {
         answer
     }
 
+    /// The bodies of the room's newest messages, oldest first.
+    async fn bodies(&self, room: &str) -> Vec<String> {
+        self.messages(room)
+            .await
+            .iter()
+            .map(|e| e["content"]["body"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
     /// The room's newest messages (`m.room.message` only), oldest first.
     async fn messages(&self, room: &str) -> Vec<Value> {
         let path = format!("/rooms/{}/messages?dir=b&limit=100", enc(room));
@@ -199,19 +208,19 @@ fn text(room: &str, txn: &str, body: &str, relation: Option<MessageRelation>) ->
     }
 }
 
-/// A bot user, a person, and a room the person made with the bot invited.
-async fn cast() -> (User, Person, String) {
+/// A bot user, a person, a room the person made with the bot invited, and a home for the bot in that room.
+async fn cast() -> (User, Person, String, BotHome) {
     let s = synapse();
     let bot = s.register("bot").await;
     let alice = Person::login(&s.register("alice").await).await;
     let room = alice.create_room(None, &[&bot.user_id]).await;
-    (bot, alice, room)
+    let home = BotHome::new(&bot, &[&room]);
+    (bot, alice, room, home)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_password_login_keeps_one_device_across_restarts() {
-    let (bot, alice, room) = cast().await;
-    let home = BotHome::new(&bot, &[&room]);
+    let (bot, alice, room, home) = cast().await;
     let running = home.start().await;
     let device = running.bot.device_id();
     assert!(!device.is_empty());
@@ -245,10 +254,9 @@ fn access_token(home: &BotHome) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_access_token_login_is_the_tokens_user_and_device() {
-    let (bot, _alice, room) = cast().await;
+    let (bot, _alice, _room, mut home) = cast().await;
     let token_login = Person::login(&bot).await;
     let (_, whoami) = token_login.call(reqwest::Method::GET, "/account/whoami", None).await;
-    let mut home = BotHome::new(&bot, &[&room]);
     home.config.matrix.password = None;
     home.config.matrix.user = None;
     home.config.matrix.access_token = Some(Secret::new(token_login.token.clone()));
@@ -288,9 +296,8 @@ async fn the_bot_joins_by_alias_and_declines_invites_to_other_rooms() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_is_skipped_on_the_first_start_and_a_message_sent_while_stopped_is_recorded_once() {
-    let (bot, alice, room) = cast().await;
+    let (_bot, alice, room, home) = cast().await;
     alice.say(&room, "/retry acme/app#1 (old: before the bot ever ran)").await;
-    let home = BotHome::new(&bot, &[&room]);
     let running = home.start().await;
     home.synced().await;
     alice.say(&room, "live").await;
@@ -311,8 +318,7 @@ async fn history_is_skipped_on_the_first_start_and_a_message_sent_while_stopped_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gap_longer_than_one_sync_is_backfilled_in_order() {
-    let (bot, alice, room) = cast().await;
-    let home = BotHome::new(&bot, &[&room]);
+    let (_bot, alice, room, home) = cast().await;
     let running = home.start().await;
     home.synced().await;
     running.stop().await;
@@ -329,8 +335,7 @@ async fn a_gap_longer_than_one_sync_is_backfilled_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sync_replayed_after_a_crash_records_nothing_twice() {
-    let (bot, alice, room) = cast().await;
-    let home = BotHome::new(&bot, &[&room]);
+    let (_bot, alice, room, home) = cast().await;
     let running = home.start().await;
     home.synced().await;
     let before = home.token().unwrap();
@@ -354,8 +359,7 @@ async fn a_sync_replayed_after_a_crash_records_nothing_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sending_twice_with_one_transaction_id_posts_one_event() {
-    let (bot, alice, room) = cast().await;
-    let home = BotHome::new(&bot, &[&room]);
+    let (_bot, alice, room, home) = cast().await;
     let running = home.start().await;
     let first = running.bot.send(&text(&room, "outbox-1", "task 1 assigned", None)).await.unwrap();
     let again = running.bot.send(&text(&room, "outbox-1", "task 1 assigned", None)).await.unwrap();
@@ -365,21 +369,19 @@ async fn sending_twice_with_one_transaction_id_posts_one_event() {
     let running = home.start().await;
     let after_restart = running.bot.send(&text(&room, "outbox-1", "task 1 assigned", None)).await.unwrap();
     assert_eq!(first, after_restart);
-    let bodies: Vec<Value> = alice.messages(&room).await.into_iter().map(|e| e["content"]["body"].clone()).collect();
-    assert_eq!(bodies, [json!("task 1 assigned")]);
+    assert_eq!(alice.bodies(&room).await, ["task 1 assigned"]);
     running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_limited_send_waits_for_retry_after_and_goes_through() {
-    let (bot, alice, room) = cast().await;
+    let (bot, alice, room, home) = cast().await;
     // The test homeserver's limits are raised for everyone; this bot gets one message a second, burst one.
     let admin = Person::login(&synapse().register_admin("admin").await).await;
     let limit = format!("{}/_synapse/admin/v1/users/{}/override_ratelimit", synapse().url(), bot.user_id);
     let (status, answer) =
         admin.call_url(reqwest::Method::POST, &limit, Some(json!({"messages_per_second": 1, "burst_count": 1}))).await;
     assert_eq!(status, 200, "{answer}");
-    let home = BotHome::new(&bot, &[&room]);
     let running = home.start().await;
     let started = std::time::Instant::now();
     for i in 0..3 {
@@ -387,15 +389,13 @@ async fn a_rate_limited_send_waits_for_retry_after_and_goes_through() {
     }
     // Three messages at one a second: the second and third were answered 429 and sent after the wait.
     assert!(started.elapsed() >= Duration::from_millis(1500), "no 429 was waited out: {:?}", started.elapsed());
-    let bodies: Vec<Value> = alice.messages(&room).await.into_iter().map(|e| e["content"]["body"].clone()).collect();
-    assert_eq!(bodies, [json!("update 0"), json!("update 1"), json!("update 2")]);
+    assert_eq!(alice.bodies(&room).await, ["update 0", "update 1", "update 2"]);
     running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thread_replies_and_edits_carry_their_relations_and_explicit_mentions() {
-    let (bot, alice, room) = cast().await;
-    let home = BotHome::new(&bot, &[&room]);
+    let (_bot, alice, room, home) = cast().await;
     let running = home.start().await;
     let b = &running.bot;
     let root = b.send(&text(&room, "root", "agent claude-1", None)).await.unwrap();
@@ -463,6 +463,12 @@ async fn an_encrypted_room_works_both_ways() {
     })
     .await;
 
+    // The human's client must know the bot's device, or it encrypts for nobody the bot can decrypt as.
+    let device: matrix_sdk::ruma::OwnedDeviceId = running.bot.device_id().as_str().into();
+    eventually("the human's client knows the bot's device", || async {
+        client.encryption().get_device(&bot_id, &device).await.ok().flatten().is_some()
+    })
+    .await;
     room.send(RoomMessageEventContent::text_plain("/fleet status")).await.unwrap();
     home.inbox_holds(&["/fleet status"]).await;
 
@@ -522,7 +528,7 @@ fn serve_keeps_running_when_the_bot_cannot_log_in() {
 #[test]
 fn serve_starts_the_bot_and_stops_with_it() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (bot, alice, room) = rt.block_on(cast());
+    let (bot, alice, room, _) = rt.block_on(cast());
     let home = Home::with_config(&format!(
         "[matrix]\nhomeserver_url = \"{}\"\nuser = \"{}\"\npassword = \"{}\"\nrooms = [\"{room}\"]\n",
         synapse().url(),

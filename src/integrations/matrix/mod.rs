@@ -136,11 +136,11 @@ async fn stored_token(db: PathBuf) -> Option<String> {
     loop {
         let path = db.clone();
         let read = tokio::task::spawn_blocking(move || Store::open_read_only(&path)?.read().matrix_next_batch()).await;
-        match read {
+        let why = match read {
             Ok(Ok(token)) => return token,
-            Ok(Err(e)) => tracing::warn!(error = %e, "cannot read the Matrix sync token; trying again"),
-            Err(e) => tracing::warn!(error = %e, "cannot read the Matrix sync token; trying again"),
-        }
-        tokio::time::sleep(pause.next()).await;
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        pause.wait_after("cannot read the Matrix sync token; trying again", &why).await;
     }
 }

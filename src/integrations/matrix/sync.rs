@@ -53,9 +53,7 @@ pub async fn run(bot: Bot, engine: EngineHandle, mut token: Option<String>) -> R
         let response = match bot.client.sync_once(settings(requested)).await {
             Ok(r) => r,
             Err(e) => {
-                let wait = pause.next();
-                tracing::warn!(error = %e, retry_in = ?wait, "Matrix sync failed (matrix.homeserver_url); trying again");
-                tokio::time::sleep(wait).await;
+                pause.wait_after("Matrix sync failed (matrix.homeserver_url); trying again", &e).await;
                 continue;
             }
         };
@@ -70,9 +68,7 @@ pub async fn run(bot: Bot, engine: EngineHandle, mut token: Option<String>) -> R
                 Ok(m) => m,
                 Err(e) => {
                     // The token does not move: the next sync returns the same gap and the backfill is retried.
-                    let wait = pause.next();
-                    tracing::warn!(error = %e, retry_in = ?wait, "Matrix backfill failed; syncing again");
-                    tokio::time::sleep(wait).await;
+                    pause.wait_after("Matrix backfill failed; syncing again", &e).await;
                     continue;
                 }
             }
@@ -87,10 +83,7 @@ pub async fn run(bot: Bot, engine: EngineHandle, mut token: Option<String>) -> R
                 token = Some(next_batch);
             }
             Err(EngineError::Stopped) => return Err(EngineError::Stopped),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot record a Matrix sync; it is fetched again");
-                tokio::time::sleep(pause.next()).await;
-            }
+            Err(e) => pause.wait_after("cannot record a Matrix sync; it is fetched again", &e).await,
         }
     }
 }
@@ -199,6 +192,13 @@ impl Backoff {
 
     pub(super) fn reset(&mut self) {
         self.next = self.first;
+    }
+
+    /// Logs `what` went wrong and why; the pause to sleep before trying again.
+    pub(super) fn wait_after(&mut self, what: &str, error: &dyn std::fmt::Display) -> tokio::time::Sleep {
+        let wait = self.next();
+        tracing::warn!(error = %error, retry_in = ?wait, "{what}");
+        tokio::time::sleep(wait)
     }
 }
 
