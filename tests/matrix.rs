@@ -64,7 +64,16 @@ impl Person {
 
     /// A public room, with `alias` (its local part) if given; `invite` are invited.
     async fn create_room(&self, alias: Option<&str>, invite: &[&str]) -> String {
-        let mut body = json!({"preset": "public_chat", "invite": invite});
+        self.create_room_with("public_chat", alias, invite).await
+    }
+
+    /// A room only the invited may join.
+    async fn create_private_room(&self) -> String {
+        self.create_room_with("private_chat", None, &[]).await
+    }
+
+    async fn create_room_with(&self, preset: &str, alias: Option<&str>, invite: &[&str]) -> String {
+        let mut body = json!({"preset": preset, "invite": invite});
         if let Some(alias) = alias {
             body["room_alias_name"] = json!(alias);
         }
@@ -273,17 +282,25 @@ async fn an_access_token_login_is_the_tokens_user_and_device() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_bot_joins_by_alias_and_declines_invites_to_other_rooms() {
+async fn the_bot_joins_by_alias_accepts_invites_to_its_rooms_and_declines_the_others() {
     let s = synapse();
     let bot = s.register("bot").await;
     let alice = Person::login(&s.register("alice").await).await;
     let alias_local = format!("fleet-{}", bot.name);
     let room = alice.create_room(Some(&alias_local), &[]).await;
     let alias = format!("#{alias_local}:{}", support::synapse::SERVER_NAME);
-    let home = BotHome::new(&bot, &[&alias]);
+    // A configured room the bot cannot join yet: invite-only, and nobody has invited it.
+    let private = alice.create_private_room().await;
+    let home = BotHome::new(&bot, &[&alias, &private]);
     let running = home.start().await;
     assert_eq!(alice.membership(&room, &bot.user_id).await.as_deref(), Some("join"));
     assert_eq!(running.bot.room_id(&alias).unwrap().as_str(), room, "the alias resolves to the room");
+    assert_eq!(alice.membership(&private, &bot.user_id).await, None, "not joined without an invite");
+    alice.invite(&private, &bot.user_id).await;
+    eventually("the invite to a configured room is accepted", || async {
+        alice.membership(&private, &bot.user_id).await.as_deref() == Some("join")
+    })
+    .await;
 
     let elsewhere = alice.create_room(None, &[]).await;
     alice.invite(&elsewhere, &bot.user_id).await;
