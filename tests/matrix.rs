@@ -543,7 +543,7 @@ fn serve_keeps_running_when_the_bot_cannot_log_in() {
 }
 
 #[test]
-fn serve_starts_the_bot_and_stops_with_it() {
+fn serve_starts_the_bot_and_a_killed_serve_loses_no_message() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (bot, alice, room, _) = rt.block_on(cast());
     let home = Home::with_config(&format!(
@@ -554,9 +554,24 @@ fn serve_starts_the_bot_and_stops_with_it() {
     ));
     let check = home.run(&["config", "check", home.config().to_str().unwrap()]);
     assert!(support::stdout(&check).contains("# matrix: on"), "{}", support::stdout(&check));
+    let read = |db: &std::path::Path| {
+        let store = Store::open_read_only(db).ok()?;
+        let view = store.read();
+        let bodies: Vec<String> = view.matrix_inbox(100).ok()?.into_iter().map(|r| r.message.body).collect();
+        Some((view.matrix_next_batch().ok()?, bodies))
+    };
     let server = home.serve();
-    rt.block_on(eventually("the bot started by serve joined", || async {
-        alice.membership(&room, &bot.user_id).await.as_deref() == Some("join")
+    rt.block_on(eventually("the bot started by serve has synced", || async {
+        read(&home.db()).is_some_and(|(token, _)| token.is_some())
+    }));
+    rt.block_on(alice.say(&room, "one"));
+    rt.block_on(eventually("one is recorded", || async { read(&home.db()).is_some_and(|(_, b)| b == ["one"]) }));
+    drop(server); // SIGKILL: no shutdown at all
+
+    rt.block_on(alice.say(&room, "two"));
+    let server = home.serve();
+    rt.block_on(eventually("two is recorded, one not again", || async {
+        read(&home.db()).is_some_and(|(_, b)| b == ["one", "two"])
     }));
     assert!(server.stop().success());
     assert!(home.dir.path().join("data").join("matrix").join("session.json").exists());
