@@ -253,6 +253,12 @@ async fn a_password_login_keeps_one_device_across_restarts() {
     assert_eq!(ours[0]["device_id"], device.as_str());
     assert_eq!(alice.membership(&room, &bot.user_id).await.as_deref(), Some("join"));
     running.stop().await;
+
+    // The store opens only with the passphrase it was made with, and the refusal names the key.
+    let mut other = home.config.matrix.clone();
+    other.store_passphrase = Some(Secret::new("another passphrase"));
+    let refused = Bot::connect(&other, &home.matrix_dir()).await.err().expect("a wrong passphrase is refused");
+    assert!(refused.to_string().starts_with("matrix.store_passphrase:"), "{refused}");
 }
 
 fn access_token(home: &BotHome) -> String {
