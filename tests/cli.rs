@@ -11,6 +11,7 @@ fn config_check_prints_ok_and_the_effective_settings_with_secrets_masked() {
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     assert!(text.starts_with("ok\n"), "{text}");
+    assert!(text.contains("# matrix: off (no [matrix] homeserver_url)"), "{text}");
     assert!(text.contains("listen = \"127.0.0.1:"), "{text}");
     assert!(text.contains("***"), "{text}");
     assert!(!text.contains("very-secret-token"), "a secret leaked: {text}");

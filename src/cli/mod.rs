@@ -413,12 +413,25 @@ fn config_check(file: &std::path::Path) -> Result<(), CliError> {
                 return Err(CliError::usage(format!("{}: 1 problem(s)", file.display())));
             }
             println!("ok");
+            println!("{}", matrix_summary(&config.matrix));
             print!("{}", config.effective_toml());
             Ok(())
         }
         Err(errors) => {
             println!("{errors}");
             Err(CliError::usage(format!("{}: {} problem(s)", file.display(), errors.0.len())))
+        }
+    }
+}
+
+/// One comment line on whether `serve` starts the Matrix bot, and as whom.
+fn matrix_summary(m: &crate::config::MatrixConfig) -> String {
+    match m.homeserver_url.as_deref() {
+        None => "# matrix: off (no [matrix] homeserver_url): the Matrix bot does not start".to_string(),
+        Some(url) => {
+            let login = if m.access_token.is_some() { "an access token" } else { "a password" };
+            let user = m.user.as_deref().unwrap_or("the token's user");
+            format!("# matrix: on: {user} at {url}, with {login}, in {} room(s)", m.rooms.len())
         }
     }
 }

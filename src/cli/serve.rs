@@ -1,4 +1,5 @@
-//! `forgefleet serve`: lock the database, start the engine, the periodic checks and the HTTP API.
+//! `forgefleet serve`: lock the database, start the engine, the periodic checks, the integrations (Forgejo,
+//! the Matrix bot) and the HTTP API.
 
 use std::time::Duration;
 
@@ -46,12 +47,21 @@ pub fn run(config: Config) -> Result<(), CliError> {
         if workers.is_none() {
             tracing::info!("no [forgejo] url configured: nothing is watched; agents and the API work as usual");
         }
+        // The bot logs in and syncs in the background: a homeserver that is down or refuses the bot's
+        // credentials is logged (naming the setting) and tried again, and everything else runs meanwhile.
+        let matrix = crate::integrations::matrix::spawn(&config, server.engine().clone());
+        if matrix.is_none() {
+            tracing::info!("no [matrix] homeserver_url configured: the Matrix bot is off");
+        }
         let limits = crate::server::HttpLimits::from_config(&config).within_open_files(open_files);
         let result = crate::server::serve_http1(listener, server.router(), limits, shutdown_signal()).await;
         ticker.abort();
         let _ = ticker.await;
         if let Some(w) = workers {
             w.abort();
+        }
+        if let Some(m) = matrix {
+            m.stop().await;
         }
         result.map_err(|e| CliError::failure(format!("the HTTP server failed: {e}")))
     });

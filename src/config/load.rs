@@ -40,13 +40,15 @@ impl Config {
     }
 
     /// Every secret with its key path: the one list the environment overrides are derived from.
-    pub(crate) fn secrets_mut(&mut self) -> [(&'static str, &mut Option<Secret>); 5] {
+    pub(crate) fn secrets_mut(&mut self) -> [(&'static str, &mut Option<Secret>); 7] {
         [
             ("api.operator_token", &mut self.api.operator_token),
             ("agents.registration_token", &mut self.agents.registration_token),
             ("forgejo.token", &mut self.forgejo.token),
             ("forgejo.webhook_secret", &mut self.forgejo.webhook_secret),
             ("matrix.password", &mut self.matrix.password),
+            ("matrix.access_token", &mut self.matrix.access_token),
+            ("matrix.store_passphrase", &mut self.matrix.store_passphrase),
         ]
     }
 

@@ -15,6 +15,7 @@ pub(crate) mod validate;
 #[cfg(test)]
 mod tests;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -319,21 +320,136 @@ impl ForgejoConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MatrixConfig {
-    /// Base URL of the homeserver, `http://` or `https://`. Default: unset (no Matrix bot).
+    /// Base URL of the homeserver, `http://` or `https://`. Default: unset (no Matrix bot: nothing of Matrix
+    /// starts).
     #[serde(with = "secret::optional")]
     pub homeserver_url: Option<String>,
-    /// The bot's user, `@name:server` or just `name`; required when `homeserver_url` is set. Default: unset.
+    /// The bot's user, `@name:server` or just `name`; required with `password`. With `access_token` it may be
+    /// left out (the homeserver says whose token it is); if given, it must be the token's user. Default: unset.
     #[serde(with = "secret::optional")]
     pub user: Option<String>,
-    /// The bot's password; required when `homeserver_url` is set. Secret; env `FORGEFLEET_MATRIX_PASSWORD`.
-    /// Default: unset.
+    /// The bot's password: forgefleet logs in with it once and keeps the session (docs/matrix.md). Exactly one
+    /// of `password` and `access_token` is required when `homeserver_url` is set. Secret; env
+    /// `FORGEFLEET_MATRIX_PASSWORD`. Default: unset.
     #[serde(with = "secret::optional")]
     pub password: Option<Secret>,
-    /// Rooms the bot joins and posts to, as ids (`!id:server`) or aliases (`#name:server`). Default: `[]`.
+    /// An access token of the bot's account, instead of a password (the token's device is then the bot's
+    /// device). Secret; env `FORGEFLEET_MATRIX_ACCESS_TOKEN`. Default: unset.
+    #[serde(with = "secret::optional")]
+    pub access_token: Option<Secret>,
+    /// The display name of the device a password login creates. Default: `"forgefleet"`.
+    pub device_name: String,
+    /// Encrypts the bot's Matrix store (its encryption keys and room state, `<store dir>/matrix/`). Losing it
+    /// or the store means a new device and no access to earlier encrypted messages. Secret; env
+    /// `FORGEFLEET_MATRIX_STORE_PASSPHRASE`. Default: unset (the store is kept unencrypted on disk).
+    #[serde(with = "secret::optional")]
+    pub store_passphrase: Option<Secret>,
+    /// Rooms the bot joins and posts to, as ids (`!id:server`, `!id`) or aliases (`#name:server`); invites to
+    /// other rooms are declined. Default: `[]`.
     pub rooms: Vec<String>,
+    /// The room a repository without a room of its own (`[matrix.repos]`) reports to; one of `rooms`.
+    /// Default: unset (the first of `rooms`).
+    #[serde(with = "secret::optional")]
+    pub default_room: Option<String>,
+    /// Which notifications the rooms get. Default: all of them (see [`NotifyKind`]).
+    pub notify: Vec<NotifyKind>,
+    /// An agent's progress lines go into its thread at most once per this many seconds. Default: `5`.
+    pub progress_interval_secs: u64,
+    /// At most this many progress lines per message; the rest are counted as skipped. Default: `20`.
+    pub progress_max_lines: usize,
+    /// Matrix users (`@user:server`) who may run every command in every repository. Default: `[]`.
+    pub admins: Vec<String>,
+    /// `[matrix.users]`: Matrix user -> Forgejo login, `"@alice:example.com" = "alice"`. A mapped user may run
+    /// the commands that change things where that Forgejo user has write permission. Default: empty.
+    pub users: BTreeMap<String, String>,
+    /// `[matrix.repos]`: `"owner/repo" = ["!room:server", ...]`, the rooms a repository's notifications may
+    /// go to (the first is its default; each must be in `rooms`). A repository's `.forgejo/fleet.yaml` may
+    /// choose only among these. Default: empty (every repository reports to `default_room`).
+    pub repos: BTreeMap<String, Vec<String>>,
+}
+
+impl Default for MatrixConfig {
+    fn default() -> Self {
+        Self {
+            homeserver_url: None,
+            user: None,
+            password: None,
+            access_token: None,
+            device_name: "forgefleet".into(),
+            store_passphrase: None,
+            rooms: Vec::new(),
+            default_room: None,
+            notify: NotifyKind::ALL.to_vec(),
+            progress_interval_secs: 5,
+            progress_max_lines: 20,
+            admins: Vec::new(),
+            users: BTreeMap::new(),
+            repos: BTreeMap::new(),
+        }
+    }
+}
+
+impl MatrixConfig {
+    /// Whether the bot runs: a homeserver is configured.
+    pub fn enabled(&self) -> bool {
+        self.homeserver_url.is_some()
+    }
+
+    /// The room notifications go to when a repository has none of its own: `default_room`, else the first
+    /// of `rooms`.
+    pub fn default_room(&self) -> Option<&str> {
+        self.default_room.as_deref().or(self.rooms.first().map(String::as_str))
+    }
+
+    /// The rooms `repo`'s notifications may go to, its default first: its own `[matrix.repos]` entry, else
+    /// the default room.
+    pub fn rooms_for(&self, repo: &RepoName) -> Vec<&str> {
+        match self.repos.get(repo.as_str()) {
+            Some(rooms) if !rooms.is_empty() => rooms.iter().map(String::as_str).collect(),
+            _ => self.default_room().into_iter().collect(),
+        }
+    }
+}
+
+/// A kind of notification a room can get (`[matrix] notify`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotifyKind {
+    Assigned,
+    Started,
+    Completed,
+    VerificationFailed,
+    Retrying,
+    TimedOut,
+    Failed,
+    Cancelled,
+    AgentOnline,
+    AgentDraining,
+    AgentOffline,
+    AgentLost,
+    Progress,
+}
+
+impl NotifyKind {
+    /// Every kind, the default of `notify`.
+    pub const ALL: [NotifyKind; 13] = [
+        NotifyKind::Assigned,
+        NotifyKind::Started,
+        NotifyKind::Completed,
+        NotifyKind::VerificationFailed,
+        NotifyKind::Retrying,
+        NotifyKind::TimedOut,
+        NotifyKind::Failed,
+        NotifyKind::Cancelled,
+        NotifyKind::AgentOnline,
+        NotifyKind::AgentDraining,
+        NotifyKind::AgentOffline,
+        NotifyKind::AgentLost,
+        NotifyKind::Progress,
+    ];
 }
 
 impl Config {

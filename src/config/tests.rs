@@ -133,6 +133,8 @@ fn secret_env_vars_are_named_after_section_and_key() {
             "FORGEFLEET_FORGEJO_TOKEN",
             "FORGEFLEET_FORGEJO_WEBHOOK_SECRET",
             "FORGEFLEET_MATRIX_PASSWORD",
+            "FORGEFLEET_MATRIX_ACCESS_TOKEN",
+            "FORGEFLEET_MATRIX_STORE_PASSPHRASE",
         ]
     );
     for name in &names {
@@ -349,4 +351,67 @@ fn a_ca_file_must_hold_certificates() {
     std::fs::write(&good, format!("# our CA\n{}", ca.cert.pem())).unwrap();
     let config = parse(&format!("[forgejo]\nca_file = {:?}\n", good)).unwrap();
     assert_eq!(config.forgejo.ca().unwrap().unwrap().certificates().len(), 1);
+}
+
+#[test]
+fn matrix_defaults_are_the_contracts() {
+    let m = parse("").unwrap().matrix;
+    assert!(!m.enabled());
+    assert_eq!((m.device_name.as_str(), m.progress_interval_secs, m.progress_max_lines), ("forgefleet", 5, 20));
+    assert_eq!(m.notify, NotifyKind::ALL.to_vec());
+    assert_eq!(m.default_room(), None);
+}
+
+#[test]
+fn matrix_needs_exactly_one_way_to_log_in() {
+    let errs = problems("[matrix]\nhomeserver_url = \"http://127.0.0.1:8008\"\nuser = \"bot\"\n");
+    assert!(problem(&errs, "matrix.password").contains("FORGEFLEET_MATRIX_ACCESS_TOKEN"), "{errs}");
+
+    let both = "[matrix]\nhomeserver_url = \"http://h\"\nuser = \"bot\"\npassword = \"p\"\naccess_token = \"t\"\n";
+    let errs = problems(both);
+    assert!(problem(&errs, "matrix.access_token").contains("matrix.password"), "{errs}");
+
+    let env = |name: &str| (name == "FORGEFLEET_MATRIX_ACCESS_TOKEN").then(|| "syt_token".to_string());
+    let c = Config::from_toml_str("[matrix]\nhomeserver_url = \"http://h\"\n", &env).unwrap();
+    assert_eq!(c.matrix.access_token.as_ref().map(Secret::expose), Some("syt_token"), "a token needs no user");
+    assert!(c.matrix.enabled());
+}
+
+#[test]
+fn matrix_rooms_users_and_repos_are_checked_against_each_other() {
+    let errs = problems(
+        "[matrix]\nrooms = [\"#a:x\", \"#a:x\", \"!b\"]\ndefault_room = \"#c:x\"\nadmins = [\"alice\"]\n\
+         progress_interval_secs = 0\nnotify = [\"assigned\"]\ndevice_name = \" \"\n\
+         [matrix.users]\n\"@bob\" = \"bob\"\n\"@carol:x\" = \"\"\n\
+         [matrix.repos]\n\"acme/app\" = [\"#elsewhere:x\"]\n\"nope\" = [\"#a:x\"]\n\"acme/empty\" = []\n",
+    );
+    assert!(problem(&errs, "matrix.rooms[1]").contains("listed twice"), "{errs}");
+    assert!(problem(&errs, "matrix.default_room").contains("not one of matrix.rooms"), "{errs}");
+    assert!(problem(&errs, "matrix.admins[0]").contains("@name:server"), "{errs}");
+    assert!(problem(&errs, "matrix.progress_interval_secs").contains("at least 1"), "{errs}");
+    assert!(problem(&errs, "matrix.device_name").contains("empty"), "{errs}");
+    assert!(problem(&errs, "matrix.users.\"@bob\"").contains("@name:server"), "{errs}");
+    assert!(problem(&errs, "matrix.users.\"@carol:x\"").contains("Forgejo user"), "{errs}");
+    assert!(problem(&errs, "matrix.repos.\"acme/app\"").contains("#elsewhere:x"), "{errs}");
+    assert!(problem(&errs, "matrix.repos.\"nope\"").contains("owner/name"), "{errs}");
+    assert!(problem(&errs, "matrix.repos.\"acme/empty\"").contains("at least one room"), "{errs}");
+    assert_eq!(errs.0.len(), 10, "{errs}");
+
+    let errs = problems("[matrix]\nnotify = [\"everything\"]\n");
+    assert!(problem(&errs, "matrix.notify[0]").contains("`agent_lost`"), "{errs}");
+}
+
+#[test]
+fn a_repository_reports_to_its_own_rooms_else_the_default() {
+    let c = parse(
+        "[matrix]\nrooms = [\"#all:x\", \"#app:x\", \"!ops\"]\ndefault_room = \"!ops\"\n\
+         [matrix.repos]\n\"acme/app\" = [\"#app:x\", \"#all:x\"]\n",
+    )
+    .unwrap();
+    let app = RepoName::parse("acme/app").unwrap();
+    let other = RepoName::parse("acme/other").unwrap();
+    assert_eq!(c.matrix.rooms_for(&app), ["#app:x", "#all:x"]);
+    assert_eq!(c.matrix.rooms_for(&other), ["!ops"]);
+    let c = parse("[matrix]\nrooms = [\"#all:x\"]\n").unwrap();
+    assert_eq!(c.matrix.default_room(), Some("#all:x"), "the first room when default_room is unset");
 }

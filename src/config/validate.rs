@@ -142,25 +142,84 @@ fn check_matrix(c: &Config, p: &mut Problems) {
     let m = &c.matrix;
     p.url("matrix.homeserver_url", m.homeserver_url.as_deref());
     if m.homeserver_url.is_some() {
-        if m.user.is_none() {
-            p.add("matrix.user", "is required when matrix.homeserver_url is set");
-        }
-        if m.password.is_none() {
-            p.add(
+        match (&m.password, &m.access_token) {
+            (None, None) => p.add(
                 "matrix.password",
-                "is required when matrix.homeserver_url is set (or set FORGEFLEET_MATRIX_PASSWORD)",
-            );
+                "is required when matrix.homeserver_url is set, or matrix.access_token instead \
+                 (or set FORGEFLEET_MATRIX_PASSWORD or FORGEFLEET_MATRIX_ACCESS_TOKEN)",
+            ),
+            (Some(_), Some(_)) => p.add(
+                "matrix.access_token",
+                "cannot be set together with matrix.password: the bot logs in with one of them, keep one",
+            ),
+            _ => {}
         }
-    }
-    for (i, room) in m.rooms.iter().enumerate() {
-        // Newer room versions drop the `:server` part of room ids, so only the sigil is certain.
-        if !(room.starts_with('!') || room.starts_with('#')) || room.len() < 2 || room.contains(char::is_whitespace) {
+        if m.access_token.is_none() && m.user.is_none() {
             p.add(
-                format!("matrix.rooms[{i}]"),
-                format!("{room:?} is not a room id (\"!id:server\") or alias (\"#name:server\")"),
+                "matrix.user",
+                "is required when matrix.homeserver_url is set (only an access_token login may leave it out)",
             );
         }
     }
+    if let Some(user) = &m.user
+        && (user.contains(char::is_whitespace) || user == "@" || (user.starts_with('@') && !user.contains(':')))
+    {
+        p.add("matrix.user", format!("{user:?} is not a Matrix user (\"@name:server\" or \"name\")"));
+    }
+    if m.device_name.trim().is_empty() {
+        p.add("matrix.device_name", "must not be empty; \"forgefleet\" is the default");
+    }
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (i, room) in m.rooms.iter().enumerate() {
+        let path = format!("matrix.rooms[{i}]");
+        if !is_room(room) {
+            p.add(path, format!("{room:?} is not a room id (\"!id:server\") or alias (\"#name:server\")"));
+        } else if let Some(first) = seen.insert(room, i) {
+            p.add(path, format!("{room:?} is listed twice (also matrix.rooms[{first}])"));
+        }
+    }
+    let listed = |room: &str| m.rooms.iter().any(|r| r == room);
+    if let Some(room) = &m.default_room
+        && !listed(room)
+    {
+        p.add("matrix.default_room", format!("{room:?} is not one of matrix.rooms; add it there first"));
+    }
+    p.positive("matrix.progress_interval_secs", m.progress_interval_secs);
+    p.positive("matrix.progress_max_lines", m.progress_max_lines as u64);
+    for (i, admin) in m.admins.iter().enumerate() {
+        if !is_user_id(admin) {
+            p.add(format!("matrix.admins[{i}]"), format!("{admin:?} is not a full Matrix user id (\"@name:server\")"));
+        }
+    }
+    for (user, login) in &m.users {
+        let path = format!("matrix.users.\"{user}\"");
+        if !is_user_id(user) {
+            p.add(path, format!("{user:?} is not a full Matrix user id (\"@name:server\")"));
+        } else if login.trim().is_empty() {
+            p.add(path, "must name a Forgejo user");
+        }
+    }
+    for (repo, rooms) in &m.repos {
+        let path = format!("matrix.repos.\"{repo}\"");
+        if let Err(e) = RepoName::parse(repo) {
+            p.add(path, e.to_string());
+        } else if rooms.is_empty() {
+            p.add(path, "must list at least one room (its first is the repository's default)");
+        } else if let Some(room) = rooms.iter().find(|r| !listed(r)) {
+            p.add(path, format!("{room:?} is not one of matrix.rooms; a repository may only use rooms listed there"));
+        }
+    }
+}
+
+/// A room id or alias. Newer room versions drop the `:server` part of room ids, so only the sigil is certain.
+fn is_room(room: &str) -> bool {
+    (room.starts_with('!') || room.starts_with('#')) && room.len() >= 2 && !room.contains(char::is_whitespace)
+}
+
+fn is_user_id(user: &str) -> bool {
+    user.strip_prefix('@')
+        .and_then(|rest| rest.split_once(':'))
+        .is_some_and(|(name, server)| !name.is_empty() && !server.is_empty() && !user.contains(char::is_whitespace))
 }
 
 pub(crate) struct Problems(pub(crate) Vec<ConfigError>);

@@ -159,6 +159,12 @@ pub enum Command {
         key: String,
         value: String,
     },
+    /// The Matrix bot synced: the text messages it saw (recorded once each, by event id) and the token the
+    /// next sync starts from, in one transaction (answered `Reply::MatrixRecorded`).
+    MatrixSynced {
+        next_batch: String,
+        messages: Vec<crate::store::InboxMessage>,
+    },
     /// A repository's own settings (`.forgejo/fleet.yaml`) were read: they apply from now on.
     SetRepoSettings {
         repo: crate::core::RepoName,
@@ -223,6 +229,8 @@ pub enum Reply {
     Outbox(crate::store::OutboxChange),
     /// What became of a person's command.
     Ran(CommandOutcome),
+    /// How many of a Matrix sync's messages were new to the inbox.
+    MatrixRecorded(usize),
 }
 
 /// What became of a command a person gave (`Command::RunCommand`).

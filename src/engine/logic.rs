@@ -230,6 +230,9 @@ pub fn handle(s: &mut EngineSettings, tx: &WriteTx<'_>, cmd: Command, now: Times
             tx.set_meta(&key, &value)?;
             Ok(Reply::Done)
         }
+        Command::MatrixSynced { next_batch, messages } => {
+            Ok(Reply::MatrixRecorded(tx.record_matrix_sync(&next_batch, &messages, now)?))
+        }
         Command::SetRepoSettings { repo, overrides } => {
             let json = serde_json::to_string(&overrides).map_err(|e| EngineError::Invalid(e.to_string()))?;
             tx.set_meta(&format!("{REPO_SETTINGS}{repo}"), &json)?;

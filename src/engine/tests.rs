@@ -534,3 +534,30 @@ fn a_chatty_agents_progress_reaches_the_chat_in_bounded_batches() {
     }
     assert_eq!(total, 10_000);
 }
+
+#[test]
+fn a_replayed_matrix_sync_records_each_message_once_and_keeps_the_newest_token() {
+    let mut f = fleet();
+    let msg = |id: &str, body: &str| crate::store::InboxMessage {
+        event_id: id.into(),
+        room: "!room".into(),
+        sender: "@alice:x".into(),
+        body: body.into(),
+        origin_server_ts: 1,
+    };
+    let sync = |token: &str, msgs: Vec<crate::store::InboxMessage>| Command::MatrixSynced {
+        next_batch: token.into(),
+        messages: msgs,
+    };
+    let first = f.engine.execute(sync("s1", vec![msg("$a", "/fleet status"), msg("$b", "hi")])).unwrap();
+    assert_eq!(first, Reply::MatrixRecorded(2));
+    // The same sync again (a crash after the commit, before the bot knew) and one that overlaps it.
+    assert_eq!(f.engine.execute(sync("s1", vec![msg("$a", "/fleet status")])).unwrap(), Reply::MatrixRecorded(0));
+    assert_eq!(f.engine.execute(sync("s2", vec![msg("$b", "hi"), msg("$c", "x")])).unwrap(), Reply::MatrixRecorded(1));
+    let read = f.engine.store.read();
+    let inbox = read.matrix_inbox(10).unwrap();
+    let ids: Vec<&str> = inbox.iter().map(|r| r.message.event_id.as_str()).collect();
+    assert_eq!(ids, ["$a", "$b", "$c"]);
+    assert!(inbox.iter().all(|r| r.handled_at.is_none()));
+    assert_eq!(read.matrix_next_batch().unwrap().as_deref(), Some("s2"));
+}

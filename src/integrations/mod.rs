@@ -3,4 +3,5 @@
 pub mod commands;
 pub mod forgejo;
 pub mod git;
+pub mod matrix;
 pub mod templates;

@@ -4,6 +4,7 @@
 //! their own connections (WAL lets them read while the writer writes).
 
 mod lock;
+mod matrix;
 mod projection;
 mod queries;
 mod rebuild;
@@ -18,6 +19,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 
 pub use lock::{LockError, StoreLock};
+pub use matrix::{InboxMessage, InboxRow, MATRIX_NEXT_BATCH};
 pub use projection::{Appended, OutboxChange, encode_task};
 pub use queries::{AgentRow, FailingDelivery, OutboxEntry, OutboxHealth, OutboxRow, TaskSummary};
 pub use rebuild::RebuildReport;

@@ -132,6 +132,20 @@ pub(super) const MIGRATIONS: &[&str] = &[
     -- Forgejo's id of the issue, as its task knew it when the row was written: checked before delivery.
     ALTER TABLE outbox ADD COLUMN issue_id INTEGER;
     "#,
+    // 7: the Matrix bot's inbox: text messages seen in its rooms, each once (its event id), recorded in the same
+    // transaction as the sync token that moves past it. `handled_at` is set once a command runner took it.
+    r#"
+    CREATE TABLE matrix_inbox (
+        event_id         TEXT    PRIMARY KEY,
+        room             TEXT    NOT NULL,
+        sender           TEXT    NOT NULL,
+        body             TEXT    NOT NULL,
+        origin_server_ts INTEGER NOT NULL,
+        received_at      INTEGER NOT NULL,
+        handled_at       INTEGER
+    );
+    CREATE INDEX matrix_inbox_unhandled ON matrix_inbox(received_at) WHERE handled_at IS NULL;
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -8,6 +8,7 @@ pub mod forgejo;
 pub mod git;
 pub mod model;
 pub mod runner;
+pub mod synapse;
 pub mod tls;
 
 use std::net::{SocketAddr, TcpListener};
