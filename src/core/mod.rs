@@ -13,7 +13,7 @@ pub mod task;
 pub mod time;
 
 pub use agent::{Agent, AgentState, AgentStatus};
-pub use effects::{CommitState, Effect, Notice, STATUS_CONTEXT, effects_of};
+pub use effects::{CommitState, Destination, Effect, Notice, STATUS_CONTEXT, effects_of};
 pub use event::{CancelledBy, Event};
 pub use ids::{AgentId, AgentName, CommitSha, InvalidId, IssueRef, RepoName, TaskId};
 pub use labels::{LabelChange, LabelReading, LabelScheme, Priority, StatusLabel, TaskSpec};

@@ -132,6 +132,12 @@ pub(super) const MIGRATIONS: &[&str] = &[
     -- Forgejo's id of the issue, as its task knew it when the row was written: checked before delivery.
     ALTER TABLE outbox ADD COLUMN issue_id INTEGER;
     "#,
+    // 7: where a row goes (`Destination::as_str`). Each destination has its own worker, and an issue's rows keep
+    // their order within one destination only, so a homeserver that is down never holds back a label write.
+    r#"
+    ALTER TABLE outbox ADD COLUMN destination TEXT NOT NULL DEFAULT 'forgejo';
+    CREATE INDEX outbox_pending_by_destination ON outbox(destination, issue, id) WHERE delivered_at IS NULL;
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

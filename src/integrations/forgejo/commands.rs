@@ -2,11 +2,10 @@
 //! does not apply to a task as it is (never an internal event name).
 
 use crate::core::{AgentState, AgentStatus, Priority, Task, TaskState};
-use crate::store::Store;
+use crate::store::ReadView;
 
 /// The fleet at a glance, as `/fleet status` answers it: tasks by state, the queue by priority, agents.
-pub fn status_text(store: &Store) -> crate::store::Result<String> {
-    let r = store.read();
+pub fn status_text(r: ReadView<'_>) -> crate::store::Result<String> {
     let counts = r.counts_by_state()?;
     let count = |s: TaskState| counts.iter().find(|(t, _)| *t == s).map_or(0, |(_, n)| *n);
     let tasks: Vec<String> = TaskState::ALL.iter().map(|s| format!("{} {}", s.as_str(), count(*s))).collect();

@@ -9,8 +9,8 @@ use super::{Deliverer, DeliveryError};
 use crate::core::commands::{FleetCommand, Parsed, Place, help, parse_line};
 use crate::core::{Effect, IssueRef};
 use crate::engine::{Command, EngineError};
+use crate::integrations::forgejo::commands;
 use crate::integrations::forgejo::types::Permission;
-use crate::integrations::forgejo::{commands, repo_labels};
 
 impl Deliverer {
     /// Runs the commands of one comment: the author's permission first, then each command once.
@@ -87,7 +87,7 @@ impl Deliverer {
         cmd: FleetCommand,
     ) -> Result<Answer, DeliveryError> {
         let lookup = issue.clone();
-        let task = self.read(move |s| s.read().task_by_issue(&lookup)).await?;
+        let task = self.read(move |r| r.task_by_issue(&lookup)).await?;
         let no_task = || {
             self.render(
                 "reply_failed.md",
@@ -117,7 +117,7 @@ impl Deliverer {
             },
             FleetCommand::Assign { agent, .. } => {
                 let name = agent.clone();
-                let known = self.read(move |s| s.read().agent_by_name(&name)).await?;
+                let known = self.read(move |r| r.agent_by_name(&name)).await?;
                 if known.is_none() {
                     let why = format!("there is no agent named `{agent}` (`forgefleet agents` lists them)");
                     return Ok(Answer::Reply(
@@ -140,7 +140,7 @@ impl Deliverer {
             // The task changed in between: say what it is now.
             Err(EngineError::Conflict(_)) => {
                 let lookup = issue.clone();
-                let now = self.read(move |s| s.read().task_by_issue(&lookup)).await?;
+                let now = self.read(move |r| r.task_by_issue(&lookup)).await?;
                 let why = now.as_ref().and_then(|t| commands::not_applicable(word, t)).unwrap_or_else(|| {
                     format!("the task changed while `/{word}` ran; `/retry` applies to failed or cancelled tasks, `/cancel` to the others")
                 });
@@ -153,7 +153,7 @@ impl Deliverer {
     /// Pins the issue to one agent: its `agent:` labels become just this one, and the engine sees the issue
     /// as it now is.
     async fn pin(&self, issue: &IssueRef, agent: &str) -> Result<(), DeliveryError> {
-        let scheme = repo_labels(&self.db, &issue.repo, &self.labels).await;
+        let scheme = self.scheme(issue).await;
         let want = format!("{}{agent}", scheme.agent_prefix);
         let current = self.client.issue_labels(&issue.repo, issue.number).await?;
         for l in current.iter().filter(|l| l.name.starts_with(&scheme.agent_prefix) && l.name != want) {
