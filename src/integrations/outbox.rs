@@ -19,6 +19,12 @@ pub type Delivery<'a> = Pin<Box<dyn Future<Output = Result<(), DeliveryError>> +
 /// a row and recording it delivers it again.
 pub trait Deliver: Send + Sync {
     fn deliver<'a>(&'a self, row: &'a OutboxRow) -> Delivery<'a>;
+
+    /// How long a row that failed `attempts` times before waits for its next try: each destination may have
+    /// its own backoff; the default is `retry_wait`.
+    fn backoff(&self, attempts: u32) -> Duration {
+        retry_wait(attempts)
+    }
 }
 
 /// Why a delivery failed, as far as retrying it goes.
@@ -111,7 +117,11 @@ impl Worker {
                 Err(e) => {
                     tracing::warn!(outbox = row.id, %destination, kind = %row.kind, attempts = row.attempts + 1, error = %e,
                         "delivery failed; will retry");
-                    Command::OutboxFailed { id: row.id, error: e.to_string(), retry_in: retry_wait(row.attempts) }
+                    Command::OutboxFailed {
+                        id: row.id,
+                        error: e.to_string(),
+                        retry_in: self.deliverer.backoff(row.attempts),
+                    }
                 }
             };
             self.engine.send(command).await?;
