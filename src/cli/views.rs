@@ -122,14 +122,14 @@ pub fn status(store: &Store, as_json: bool) -> Result<(), CliError> {
         println!(
             "        worst: #{} {} {} after {} attempts: {}",
             w.id,
-            w.destination,
+            printable(&w.destination),
             w.kind,
             w.attempts,
             shorten(&w.last_error, 200)
         );
     }
     if outbox.dead > 0 {
-        let by: Vec<String> = outbox.dead_by_destination.iter().map(|(d, n)| format!("{d} {n}")).collect();
+        let by: Vec<String> = outbox.dead_by_destination.iter().map(|(d, n)| format!("{} {n}", printable(d))).collect();
         println!(
             "        {} dead ({}; can never be delivered as they are): `forgefleet outbox list`, then `outbox retry|drop ID`",
             outbox.dead,
