@@ -171,7 +171,9 @@ pub fn outbox(store: &Store, limit: u32, as_json: bool) -> Result<(), CliError> 
 fn outbox_line(o: &crate::store::OutboxHealth) -> String {
     match o.oldest {
         Some(oldest) if o.waiting > 0 => {
-            format!("{} waiting ({} failing), the oldest written {oldest}", o.waiting, o.failing)
+            let by: Vec<String> =
+                o.waiting_by_destination.iter().map(|(d, n)| format!("{} {n}", printable(d))).collect();
+            format!("{} waiting ({} failing), the oldest written {oldest}: {}", o.waiting, o.failing, by.join(", "))
         }
         _ => "nothing waiting".to_string(),
     }

@@ -55,6 +55,8 @@ pub struct OutboxRow {
 pub struct OutboxHealth {
     /// Side effects not delivered yet.
     pub waiting: u64,
+    /// Of those, how many each destination has (`destination` as the outbox writes it); only those that have any.
+    pub waiting_by_destination: std::collections::BTreeMap<String, u64>,
     /// Of those, the ones that failed at least once.
     pub failing: u64,
     /// When the oldest waiting one was written.
@@ -462,21 +464,30 @@ impl ReadView<'_> {
                 })
             })
             .optional()?;
-        let mut stmt = self.conn.prepare_cached(
+        let waiting_by_destination = self.count_by_destination(
+            "SELECT destination, COUNT(*) FROM outbox
+             WHERE delivered_at IS NULL AND dead_at IS NULL GROUP BY destination",
+        )?;
+        let dead_by_destination = self.count_by_destination(
             "SELECT destination, COUNT(*) FROM outbox
              WHERE delivered_at IS NULL AND dead_at IS NOT NULL AND dropped_at IS NULL GROUP BY destination",
         )?;
-        let dead_by_destination: std::collections::BTreeMap<String, u64> =
-            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
         let dead = dead_by_destination.values().sum();
         Ok(OutboxHealth {
             waiting,
+            waiting_by_destination,
             failing: failing.unwrap_or(0),
             oldest: oldest.map(Timestamp),
             worst,
             dead,
             dead_by_destination,
         })
+    }
+
+    /// `(destination, count)` rows as a map.
+    fn count_by_destination(&self, sql: &str) -> Result<std::collections::BTreeMap<String, u64>> {
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        Ok(stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?)
     }
 
     /// Undelivered side effects, dead letters first, then by id; dropped ones are left out.

@@ -469,6 +469,7 @@ fn a_dead_letter_is_counted_and_listed_under_its_destination() {
     let health = s.read().outbox_health().unwrap();
     assert_eq!(health.dead, 1);
     assert_eq!(health.dead_by_destination.get("matrix"), Some(&1), "{health:?}");
+    assert_eq!((health.waiting, health.waiting_by_destination.get("irc")), (1, Some(&1)), "{health:?}");
     let listed = s.read().outbox_list(10).unwrap();
     let of = |id: i64| listed.iter().find(|e| e.id == id).unwrap().destination.clone();
     assert_eq!((of(message), of(unknown)), ("matrix".to_string(), "irc".to_string()));

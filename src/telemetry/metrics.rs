@@ -166,6 +166,7 @@ mod tests {
         m.set_tasks(&[(TaskState::Queued, 3)], &[(Priority::High, 2)]);
         m.set_outbox(&crate::store::OutboxHealth {
             waiting: 4,
+            waiting_by_destination: [("forgejo".to_string(), 4)].into(),
             failing: 1,
             oldest: Some(crate::core::Timestamp(1_795_000_000_500)),
             worst: None,
