@@ -1027,23 +1027,37 @@ async fn a_held_delivery_never_lands_on_a_different_issue_with_the_same_number()
     assert!(w.labels(n).await.is_empty(), "no label on the stranger's issue");
 }
 
-/// A Matrix deliverer whose homeserver is down: each delivery is a real `PUT /send` to a port on which nothing
-/// listens. It records which rows it was asked to deliver, in order.
-struct DownHomeserver {
+/// A Matrix deliverer that sends each row as a real `PUT /send` to `url`, and records which rows it was asked
+/// to deliver, in order. Its own backoff is a fixed 30 s, unlike Forgejo's doubling one.
+struct TestHomeserver {
     http: reqwest::Client,
     url: String,
     tried: Mutex<Vec<i64>>,
 }
 
-impl DownHomeserver {
-    fn new() -> Arc<DownHomeserver> {
-        // A port that was free a moment ago and is closed now: connections to it are refused.
+impl TestHomeserver {
+    fn at(url: String) -> Arc<TestHomeserver> {
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
+        Arc::new(TestHomeserver { http, url, tried: Mutex::default() })
+    }
+
+    /// A homeserver that is down: a port that was free a moment ago and is closed now refuses connections.
+    fn down() -> Arc<TestHomeserver> {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        Arc::new(DownHomeserver {
-            http: reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap(),
-            url: format!("http://127.0.0.1:{port}"),
-            tried: Mutex::default(),
-        })
+        Self::at(format!("http://127.0.0.1:{port}"))
+    }
+
+    /// A homeserver that rate-limits every send, as Synapse does: 429 with `retry_after_ms`.
+    async fn busy(retry_after_ms: u64) -> Arc<TestHomeserver> {
+        let limited = axum::Router::new().fallback(move || async move {
+            let body =
+                json!({"errcode": "M_LIMIT_EXCEEDED", "error": "Too Many Requests", "retry_after_ms": retry_after_ms});
+            (axum::http::StatusCode::TOO_MANY_REQUESTS, axum::Json(body))
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, limited).await.unwrap() });
+        Self::at(url)
     }
 
     fn tried(&self) -> Vec<i64> {
@@ -1051,7 +1065,7 @@ impl DownHomeserver {
     }
 }
 
-impl Deliver for DownHomeserver {
+impl Deliver for TestHomeserver {
     fn deliver<'a>(&'a self, row: &'a OutboxRow) -> Delivery<'a> {
         Box::pin(async move {
             self.tried.lock().unwrap().push(row.id);
@@ -1059,13 +1073,22 @@ impl Deliver for DownHomeserver {
             let answer = self.http.put(url).body(row.payload.clone()).send().await;
             match answer {
                 Ok(r) if r.status().is_success() => Ok(()),
+                Ok(r) if r.status() == reqwest::StatusCode::TOO_MANY_REQUESTS => {
+                    let body: serde_json::Value = r.json().await.unwrap_or_default();
+                    match body["retry_after_ms"].as_u64() {
+                        Some(ms) => Err(DeliveryError::Throttled {
+                            message: "the homeserver is rate-limiting".into(),
+                            retry_after: Duration::from_millis(ms),
+                        }),
+                        None => Err(DeliveryError::Other("the homeserver answered 429".into())),
+                    }
+                }
                 Ok(r) => Err(DeliveryError::Other(format!("the homeserver answered {}", r.status()))),
                 Err(e) => Err(DeliveryError::Other(format!("the homeserver is unreachable: {e}"))),
             }
         })
     }
 
-    /// A backoff of its own, unlike Forgejo's doubling one.
     fn backoff(&self, _attempts: u32) -> Duration {
         Duration::from_secs(30)
     }
@@ -1073,7 +1096,7 @@ impl Deliver for DownHomeserver {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_homeserver_that_is_down_never_holds_back_a_label_write_and_each_destination_keeps_its_order() {
-    let homeserver = DownHomeserver::new();
+    let homeserver = TestHomeserver::down();
     let w = World::with_matrix(homeserver.clone()).await;
     let n = w.queued_issue("Notify the room").await;
     let issue = format!("{REPO}#{n}");
@@ -1121,4 +1144,22 @@ async fn without_a_matrix_worker_matrix_rows_wait_untouched_and_forgejo_is_deliv
     let row = &rows[0];
     assert_eq!((row.id, row.destination.as_str()), (message, "matrix"));
     assert_eq!((row.attempts, row.last_error.as_deref(), row.dead_at), (0, None, None), "nobody took it: {row:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_homeserver_that_asks_to_wait_is_tried_again_after_the_wait_it_asked_for() {
+    let homeserver = TestHomeserver::busy(7_000).await;
+    let w = World::with_matrix(homeserver.clone()).await;
+    let n = w.queued_issue("A busy room").await;
+    let message = w.fleet.enqueue_for_matrix(&format!("{REPO}#{n}"), "assigned");
+    let row = || w.fleet.outbox_list().into_iter().find(|e| e.id == message).unwrap();
+    eventually("the homeserver is tried", || async { row().attempts == 1 }).await;
+    let (row, now) = (row(), forgefleet::engine::Clock::now(&w.fleet.clock));
+    assert_eq!(
+        row.next_attempt_at.0 - now.0,
+        7_000,
+        "the wait the homeserver asked for, not the 30 s backoff: {row:?}"
+    );
+    assert!(row.last_error.as_deref().unwrap().contains("asked to wait 7000 ms"), "{row:?}");
+    assert_eq!(homeserver.tried(), [message]);
 }

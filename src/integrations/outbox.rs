@@ -41,6 +41,10 @@ pub enum DeliveryError {
     /// The outbox row cannot be turned into a delivery (written by a newer forgefleet, or damaged).
     #[error("{0}")]
     Unreadable(String),
+    /// The destination asked to be left alone for a while (Matrix's 429 with `retry_after_ms`): tried again
+    /// after exactly that long, whatever the destination's backoff.
+    #[error("{message} (asked to wait {} ms)", retry_after.as_millis())]
+    Throttled { message: String, retry_after: Duration },
     /// Anything else: the destination is down, slow, or says "later". Tried again until it works.
     #[error("{0}")]
     Other(String),
@@ -70,7 +74,15 @@ impl DeliveryError {
     pub fn is_permanent(&self) -> bool {
         match self {
             DeliveryError::Refused(_) | DeliveryError::Unreadable(_) | DeliveryError::WrongIssue(_) => true,
-            DeliveryError::Other(_) => false,
+            DeliveryError::Throttled { .. } | DeliveryError::Other(_) => false,
+        }
+    }
+
+    /// The wait the destination itself asked for, if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            DeliveryError::Throttled { retry_after, .. } => Some(*retry_after),
+            _ => None,
         }
     }
 
@@ -117,11 +129,8 @@ impl Worker {
                 Err(e) => {
                     tracing::warn!(outbox = row.id, %destination, kind = %row.kind, attempts = row.attempts + 1, error = %e,
                         "delivery failed; will retry");
-                    Command::OutboxFailed {
-                        id: row.id,
-                        error: e.to_string(),
-                        retry_in: self.deliverer.backoff(row.attempts),
-                    }
+                    let retry_in = e.retry_after().unwrap_or_else(|| self.deliverer.backoff(row.attempts));
+                    Command::OutboxFailed { id: row.id, error: e.to_string(), retry_in }
                 }
             };
             self.engine.send(command).await?;
@@ -167,5 +176,9 @@ mod tests {
         assert!(DeliveryError::WrongIssue("moved".into()).is_dead(0));
         assert!(!DeliveryError::Other("connection refused".into()).is_dead(100), "a server that is down is waited for");
         assert!(DeliveryError::Unreadable("bad".into()).is_dead(DEAD_AFTER - 1));
+        let busy = DeliveryError::Throttled { message: "429".into(), retry_after: Duration::from_secs(7) };
+        assert!(!busy.is_dead(100), "a destination that asks to wait is waited for");
+        assert_eq!(busy.retry_after(), Some(Duration::from_secs(7)));
+        assert_eq!(DeliveryError::Other("x".into()).retry_after(), None);
     }
 }
