@@ -435,7 +435,7 @@ async fn bench(s: &Settings) -> Report {
     let replay = Validator {
         client: ForgejoClient::new(forgejo.url(), Secret::new(BOT_TOKEN), None).unwrap(),
         engine: fleet.engine.clone(),
-        db: fleet.db.clone(),
+        reads: forgefleet::store::ReadPool::new(fleet.db.clone()),
         mirrors: root.path().join("replay-mirrors"),
         git_url: git.base_url(),
         token: BOT_TOKEN.into(),

@@ -9,7 +9,10 @@ use axum::Router;
 
 use crate::api::{self, AppState, ReadPool};
 use crate::config::Config;
+use crate::core::Destination;
 use crate::engine::{self, Clock, Engine, EngineHandle, EngineSettings};
+use crate::integrations::Workers;
+use crate::integrations::outbox::{Deliver, Worker};
 use crate::integrations::templates::{TemplateError, Templates};
 use crate::store::Store;
 use crate::telemetry::Metrics;
@@ -25,8 +28,19 @@ pub fn engine_settings(config: &Config) -> EngineSettings {
         missed_heartbeats: config.agents.missed_heartbeats,
         progress_lines_kept: config.tasks.progress_lines_kept,
         branch_prefix: config.forgejo.branch_prefix.clone(),
+        chat_progress: chat_kinds(config).is_some_and(|k| k.contains("progress")).then(|| {
+            crate::core::logbatch::LogBatcher::new(
+                std::time::Duration::from_secs(config.matrix.progress_interval_secs),
+                config.matrix.progress_max_lines,
+            )
+        }),
         ..EngineSettings::default()
     }
+}
+
+/// The chat notification kinds the room gets (`[matrix] notify`); `None` with Matrix off.
+pub fn chat_kinds(config: &Config) -> Option<std::collections::BTreeSet<String>> {
+    config.matrix.enabled().then(|| config.matrix.notify.iter().map(|k| k.as_str().to_string()).collect())
 }
 
 pub struct Server {
@@ -42,6 +56,8 @@ impl Server {
         let templates = Arc::new(Templates::load(config.server.templates_dir.as_deref())?);
         let metrics = Arc::new(Metrics::new());
         let shared: Arc<dyn Clock> = Arc::new(clock.clone());
+        let mut store = store;
+        store.set_chat(chat_kinds(&config));
         let engine = Engine::new(store, engine_settings(&config), clock);
         let (handle, thread) = engine::spawn(engine, metrics.clone());
         let state = AppState {
@@ -61,17 +77,37 @@ impl Server {
 
     /// Starts the Forgejo workers (outbox delivery, reconciliation) when `[forgejo] url` is configured.
     /// Must run inside a tokio runtime.
-    pub fn start_integrations(
+    pub fn start_integrations(&self, poll: std::time::Duration) -> anyhow::Result<Option<Workers>> {
+        self.start_integrations_with(poll, None)
+    }
+
+    /// The same, plus an outbox worker for Matrix when given its deliverer: each destination has its own worker,
+    /// so a homeserver that is down never holds back a Forgejo write. Without one, Matrix rows wait in the
+    /// outbox, taken by no one. Every worker reads through the server's one read pool.
+    pub fn start_integrations_with(
         &self,
         poll: std::time::Duration,
-    ) -> anyhow::Result<Option<crate::integrations::forgejo::Workers>> {
-        crate::integrations::forgejo::spawn(
+        matrix: Option<Arc<dyn Deliver>>,
+    ) -> anyhow::Result<Option<Workers>> {
+        let mut workers = crate::integrations::forgejo::spawn(
             &self.state.config,
             self.state.engine.clone(),
             self.clock.clone(),
             self.state.templates.clone(),
+            self.state.reads.clone(),
             poll,
-        )
+        )?;
+        if let Some(deliverer) = matrix {
+            let worker = Worker {
+                destination: Destination::Matrix,
+                deliverer,
+                engine: self.state.engine.clone(),
+                reads: self.state.reads.clone(),
+                clock: self.clock.clone(),
+            };
+            workers.get_or_insert_with(Workers::default).handles.push(worker.spawn(poll));
+        }
+        Ok(workers)
     }
 
     pub fn router(&self) -> Router {

@@ -173,9 +173,11 @@ fn status_shows_deliveries_that_wait_and_the_one_that_keeps_failing() {
     let out = home.run(&["status"]);
     let text = stdout(&out);
     assert!(text.contains("outbox: 2 waiting (1 failing), the oldest written 20"), "{text}");
-    assert!(text.contains("worst: #1 set_status_label after 3 attempts: Forgejo answered 403"), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("outbox:") && l.ends_with(": forgejo 2")), "{text}");
+    assert!(text.contains("worst: #1 forgejo set_status_label after 3 attempts: Forgejo answered 403"), "{text}");
     let out = home.run(&["status", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!((v["outbox"]["waiting"].as_u64(), v["outbox"]["failing"].as_u64()), (Some(2), Some(1)));
     assert_eq!(v["outbox"]["worst"]["attempts"], 3);
+    assert_eq!(v["outbox"]["worst"]["destination"], "forgejo");
 }

@@ -3,11 +3,14 @@
 
 mod support;
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use forgefleet::config::Secret;
 use forgefleet::core::RepoName;
 use forgefleet::integrations::forgejo::{ForgejoClient, reconcile};
+use forgefleet::integrations::outbox::{Deliver, Delivery, DeliveryError};
+use forgefleet::store::OutboxRow;
 use reqwest::Method;
 use serde_json::json;
 use support::eventually;
@@ -44,6 +47,20 @@ impl World {
         text: Option<&str>,
         tune: impl FnOnce(&mut forgefleet::config::Config),
     ) -> World {
+        Self::build_full(forgejo, text, tune, None).await
+    }
+
+    /// A world whose forgefleet also runs a Matrix outbox worker delivering through `matrix`.
+    async fn with_matrix(matrix: Arc<dyn Deliver>) -> World {
+        Self::build_full(FakeForgejo::start().await, None, |_| {}, Some(matrix)).await
+    }
+
+    async fn build_full(
+        forgejo: FakeForgejo,
+        text: Option<&str>,
+        tune: impl FnOnce(&mut forgefleet::config::Config),
+        matrix: Option<Arc<dyn Deliver>>,
+    ) -> World {
         forgejo.create_repo(REPO).await;
         if let Some(t) = text {
             forgejo.set_file(REPO, ".forgejo/fleet.yaml", t).await;
@@ -55,15 +72,18 @@ impl World {
         forgejo.set_permission(REPO, "alice", "write").await;
         forgejo.add_user("eve", "eve-token").await;
         let url = forgejo.url().to_string();
-        let fleet = Fleet::start_with_forgejo(|c| {
+        let configure = |c: &mut forgefleet::config::Config| {
             c.forgejo.url = Some(url);
             c.forgejo.token = Some(Secret::new(BOT_TOKEN));
             c.forgejo.webhook_secret = Some(Secret::new(SECRET));
             c.forgejo.bot_user = Some(BOT.into());
             c.forgejo.repos = vec![REPO.into()];
             tune(c);
-        })
-        .await;
+        };
+        let fleet = match matrix {
+            Some(m) => Fleet::start_with_forgejo_and_matrix(m, configure).await,
+            None => Fleet::start_with_forgejo(configure).await,
+        };
         forgejo
             .add_hook(
                 REPO,
@@ -92,7 +112,8 @@ impl World {
 
     async fn reconcile(&self, full: bool) -> reconcile::PassReport {
         let repo = RepoName::parse(REPO).unwrap();
-        reconcile::pass(&self.client(), &self.fleet.engine, &self.fleet.db, &repo, full).await.unwrap()
+        let reads = forgefleet::store::ReadPool::new(self.fleet.db.clone());
+        reconcile::pass(&self.client(), &self.fleet.engine, &reads, &repo, full).await.unwrap()
     }
 
     /// An issue labelled `status:todo`, once forgefleet has queued its task (the only task).
@@ -441,7 +462,8 @@ async fn forgejo_setup_creates_the_labels_and_the_webhook_once() {
 async fn settings_read(w: &World) {
     eventually("the repository settings are read", || async {
         let store = forgefleet::store::Store::open_read_only(&w.fleet.db).unwrap();
-        store.read().meta(&format!("repo.settings:{REPO}")).unwrap().is_some()
+        let repo = RepoName::parse(REPO).unwrap();
+        forgefleet::engine::repo::RepoSettings::read(store.read(), &repo).unwrap().is_some()
     })
     .await;
 }
@@ -916,18 +938,22 @@ async fn a_delivery_that_can_never_succeed_becomes_a_dead_letter_the_operator_re
     let status = operator_cli(&w, &["status"]);
     assert!(String::from_utf8_lossy(&status.stdout).contains("2 dead"), "{}", String::from_utf8_lossy(&status.stdout));
     let metrics = w.fleet.http.get(format!("{}/metrics", w.fleet.base)).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("forgefleet_outbox_dead 2\n"), "{metrics}");
+    assert!(metrics.contains("forgefleet_outbox_dead{destination=\"forgejo\"} 2\n"), "{metrics}");
     let listed: serde_json::Value =
         serde_json::from_slice(&operator_cli(&w, &["outbox", "list", "--json"]).stdout).unwrap();
     let rows = listed["outbox"].as_array().unwrap();
     let id_of = |kind: &str| rows.iter().find(|r| r["kind"] == kind).unwrap()["id"].as_i64().unwrap();
     let (label, comment) = (id_of("set_status_label"), id_of("comment"));
     assert!(rows.iter().all(|r| r["dead_at"].is_string() && r["last_error"].as_str().unwrap().contains("404")));
+    assert!(rows.iter().all(|r| r["destination"] == "forgejo"), "{listed}");
+    let table = String::from_utf8_lossy(&operator_cli(&w, &["outbox", "list"]).stdout).to_string();
+    assert!(table.lines().next().unwrap().contains("TO") && table.contains("dead    forgejo"), "{table}");
+    assert!(String::from_utf8_lossy(&status.stdout).contains("2 dead (forgejo 2;"));
 
     // Forgejo is back: the label is retried and goes out; the comment is dropped and never posted.
     w.forgejo.heal().await;
     let retried = operator_cli(&w, &["outbox", "retry", &label.to_string()]);
-    assert!(String::from_utf8_lossy(&retried.stdout).contains("tried again"));
+    assert!(String::from_utf8_lossy(&retried.stdout).contains("(forgejo) is tried again"));
     eventually("doing", || async { w.labels(n).await == ["status:doing"] }).await;
     operator_cli(&w, &["outbox", "drop", &comment.to_string()]);
     let health = w.outbox();
@@ -1053,4 +1079,141 @@ async fn a_held_delivery_never_lands_on_a_different_issue_with_the_same_number()
     assert!(listed.iter().all(|r| r.last_error.as_deref().unwrap_or("").contains("different issue")), "{listed:?}");
     assert!(w.forgejo.comments(REPO, n).await.is_empty(), "no comment on the stranger's issue");
     assert!(w.labels(n).await.is_empty(), "no label on the stranger's issue");
+}
+
+/// A Matrix deliverer that sends each row as a real `PUT /send` to `url`, and records which rows it was asked
+/// to deliver, in order. Its own backoff is a fixed 30 s, unlike Forgejo's doubling one.
+struct TestHomeserver {
+    http: reqwest::Client,
+    url: String,
+    tried: Mutex<Vec<i64>>,
+}
+
+impl TestHomeserver {
+    fn at(url: String) -> Arc<TestHomeserver> {
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
+        Arc::new(TestHomeserver { http, url, tried: Mutex::default() })
+    }
+
+    /// A homeserver that is down: a port that was free a moment ago and is closed now refuses connections.
+    fn down() -> Arc<TestHomeserver> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        Self::at(format!("http://127.0.0.1:{port}"))
+    }
+
+    /// A homeserver that rate-limits every send, as Synapse does: 429 with `retry_after_ms`.
+    async fn busy(retry_after_ms: u64) -> Arc<TestHomeserver> {
+        let limited = axum::Router::new().fallback(move || async move {
+            let body =
+                json!({"errcode": "M_LIMIT_EXCEEDED", "error": "Too Many Requests", "retry_after_ms": retry_after_ms});
+            (axum::http::StatusCode::TOO_MANY_REQUESTS, axum::Json(body))
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, limited).await.unwrap() });
+        Self::at(url)
+    }
+
+    fn tried(&self) -> Vec<i64> {
+        self.tried.lock().unwrap().clone()
+    }
+}
+
+impl Deliver for TestHomeserver {
+    fn deliver<'a>(&'a self, row: &'a OutboxRow) -> Delivery<'a> {
+        Box::pin(async move {
+            self.tried.lock().unwrap().push(row.id);
+            let url = format!("{}/_matrix/client/v3/rooms/!fleet:test/send/m.room.message/ff-{}", self.url, row.id);
+            let answer = self.http.put(url).body(row.payload.clone()).send().await;
+            match answer {
+                Ok(r) if r.status().is_success() => Ok(()),
+                Ok(r) if r.status() == reqwest::StatusCode::TOO_MANY_REQUESTS => {
+                    let body: serde_json::Value = r.json().await.unwrap_or_default();
+                    match body["retry_after_ms"].as_u64() {
+                        Some(ms) => Err(DeliveryError::Throttled {
+                            message: "the homeserver is rate-limiting".into(),
+                            retry_after: Duration::from_millis(ms),
+                        }),
+                        None => Err(DeliveryError::Other("the homeserver answered 429".into())),
+                    }
+                }
+                Ok(r) => Err(DeliveryError::Other(format!("the homeserver answered {}", r.status()))),
+                Err(e) => Err(DeliveryError::Other(format!("the homeserver is unreachable: {e}"))),
+            }
+        })
+    }
+
+    fn backoff(&self, _attempts: u32) -> Duration {
+        Duration::from_secs(30)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_homeserver_that_is_down_never_holds_back_a_label_write_and_each_destination_keeps_its_order() {
+    let homeserver = TestHomeserver::down();
+    let w = World::with_matrix(homeserver.clone()).await;
+    let n = w.queued_issue("Notify the room").await;
+    let issue = format!("{REPO}#{n}");
+    // Two messages about the issue, written before anything Forgejo gets about it.
+    let first = w.fleet.enqueue_for_matrix(&issue, "assigned");
+    let second = w.fleet.enqueue_for_matrix(&issue, "started");
+    eventually("the homeserver is tried", || async { homeserver.tried().contains(&first) }).await;
+
+    w.agent_starts().await;
+    eventually("the label moves to doing", || async { w.labels(n).await == ["status:doing"] }).await;
+    let matrix = |id: i64| w.fleet.outbox_list().into_iter().find(|e| e.id == id).unwrap();
+    eventually("every Forgejo write is delivered", || async {
+        w.fleet.outbox_list().iter().all(|e| e.destination == "matrix")
+    })
+    .await;
+
+    // Time passes: the first message is tried again every 30 s (its destination's own backoff), and the second
+    // waits behind it.
+    for _ in 0..6 {
+        let before = matrix(first).attempts;
+        w.fleet.later(Duration::from_secs(30));
+        eventually("the first message is retried", || async { matrix(first).attempts > before }).await;
+    }
+    let (a, b) = (matrix(first), matrix(second));
+    assert!(a.attempts >= 7 && a.dead_at.is_none(), "a homeserver that is down is waited for, never given up: {a:?}");
+    let now = forgefleet::engine::Clock::now(&w.fleet.clock);
+    assert_eq!(a.next_attempt_at.0 - now.0, 30_000, "the Matrix worker's own backoff");
+    assert!(a.last_error.as_deref().unwrap().contains("unreachable"), "{a:?}");
+    assert_eq!((b.attempts, b.last_error.as_deref()), (0, None), "the second message keeps its place: {b:?}");
+    assert!(!homeserver.tried().contains(&second), "never sent before the first: {:?}", homeserver.tried());
+    assert!(w.outbox().worst.is_some_and(|d| d.id == first && d.destination == "matrix"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_matrix_worker_matrix_rows_wait_untouched_and_forgejo_is_delivered() {
+    let w = World::new().await;
+    let n = w.queued_issue("No room configured").await;
+    let message = w.fleet.enqueue_for_matrix(&format!("{REPO}#{n}"), "assigned");
+    w.agent_starts().await;
+    eventually("the label moves to doing", || async { w.labels(n).await == ["status:doing"] }).await;
+    w.fleet.later(Duration::from_secs(3600));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rows = w.fleet.outbox_list();
+    assert_eq!(rows.len(), 1, "only the message waits: {rows:?}");
+    let row = &rows[0];
+    assert_eq!((row.id, row.destination.as_str()), (message, "matrix"));
+    assert_eq!((row.attempts, row.last_error.as_deref(), row.dead_at), (0, None, None), "nobody took it: {row:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_homeserver_that_asks_to_wait_is_tried_again_after_the_wait_it_asked_for() {
+    let homeserver = TestHomeserver::busy(7_000).await;
+    let w = World::with_matrix(homeserver.clone()).await;
+    let n = w.queued_issue("A busy room").await;
+    let message = w.fleet.enqueue_for_matrix(&format!("{REPO}#{n}"), "assigned");
+    let row = || w.fleet.outbox_list().into_iter().find(|e| e.id == message).unwrap();
+    eventually("the homeserver is tried", || async { row().attempts == 1 }).await;
+    let (row, now) = (row(), forgefleet::engine::Clock::now(&w.fleet.clock));
+    assert_eq!(
+        row.next_attempt_at.0 - now.0,
+        7_000,
+        "the wait the homeserver asked for, not the 30 s backoff: {row:?}"
+    );
+    assert!(row.last_error.as_deref().unwrap().contains("asked to wait 7000 ms"), "{row:?}");
+    assert_eq!(homeserver.tried(), [message]);
 }

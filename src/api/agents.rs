@@ -338,7 +338,7 @@ pub async fn list(
                 })?,
         ),
     };
-    let rows = app.reads.with(|r| Ok(r.agents()?)).await?;
+    let rows = app.reads.with(|r| r.agents()).await?;
     let agents = agent_views(rows, status, q.capability.as_deref());
     Ok(Json(AgentList { agents }))
 }

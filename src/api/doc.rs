@@ -41,7 +41,7 @@ pub const WEBHOOK_SIGNATURE: &str = "webhook_signature";
                                        operators retry and cancel."),
         (name = "tasks", description = "Operator views of the task mirror."),
         (name = "webhooks", description = "Deliveries from Forgejo, signed with the webhook secret."),
-        (name = "outbox", description = "Operators retry or drop deliveries to Forgejo that became dead letters."),
+        (name = "outbox", description = "Operators retry or drop deliveries (to Forgejo or Matrix) that became dead letters."),
     )
 )]
 pub struct ApiDoc;

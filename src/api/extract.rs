@@ -67,7 +67,7 @@ impl FromRequestParts<AppState> for AuthAgent {
             return Ok(AuthAgent(AgentRef { id }));
         }
         let lookup = hash.clone();
-        let agent = app.reads.with(move |r| Ok(r.agent_by_token_hash(&lookup)?)).await?;
+        let agent = app.reads.with(move |r| r.agent_by_token_hash(&lookup)).await?;
         match agent {
             Some(a) if a.state != AgentState::Deregistered => {
                 app.tokens.insert(hash, a.id);

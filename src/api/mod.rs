@@ -6,7 +6,6 @@ mod doc;
 mod error;
 mod extract;
 mod outbox;
-mod reads;
 mod receipts;
 mod tasks;
 mod webhooks;
@@ -23,6 +22,8 @@ use utoipa::{OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+/// The read pool the handlers share with the background workers (it lives in the store).
+pub use crate::store::ReadPool;
 pub use agents::{
     AgentList, AgentView, DeregisterResponse, DrainResponse, ForgetResponse, HeartbeatResponse, RegisterResponse,
     agent_views,
@@ -30,7 +31,6 @@ pub use agents::{
 use doc::TAG_SYSTEM;
 pub use error::{ApiError, ErrorBody, ErrorCode, ErrorDetail};
 pub use outbox::OutboxAck;
-pub use reads::ReadPool;
 pub use work::{AssignmentView, TaskAck};
 
 use crate::config::Config;
@@ -168,8 +168,12 @@ async fn healthz() -> axum::Json<Health> {
     )
 )]
 async fn metrics(State(app): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let (by_state, by_priority, outbox) =
-        app.reads.with(|r| Ok((r.counts_by_state()?, r.queue_depth_by_priority()?, r.outbox_health()?))).await?;
+    let (by_state, by_priority, outbox) = app
+        .reads
+        .with(|r| -> crate::store::Result<_> {
+            Ok((r.counts_by_state()?, r.queue_depth_by_priority()?, r.outbox_health()?))
+        })
+        .await?;
     app.metrics.set_tasks(&by_state, &by_priority);
     app.metrics.set_outbox(&outbox);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], app.metrics.render()))

@@ -1,4 +1,4 @@
-//! The operator's hand on the outbox: a dead letter (a delivery to Forgejo that can never succeed) is retried
+//! The operator's hand on the outbox: a dead letter (a delivery to Forgejo or Matrix that can never succeed) is retried
 //! or dropped here; `forgefleet outbox retry|drop` speak these routes.
 
 use axum::Json;
@@ -17,6 +17,8 @@ use crate::store::OutboxChange;
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct OutboxAck {
     pub id: i64,
+    /// Where the row goes: `forgejo` or `matrix`.
+    pub destination: String,
     /// `waiting` (it is tried again now) or `dropped` (never tried again).
     pub state: String,
 }
@@ -94,7 +96,7 @@ async fn change(app: &AppState, id: i64, cmd: Command, state: &str) -> Result<Js
         other => return Err(ApiError::Internal(format!("unexpected engine reply {other:?}"))),
     };
     match found {
-        OutboxChange::Done => Ok(Json(OutboxAck { id, state: state.to_string() })),
+        OutboxChange::Done { destination } => Ok(Json(OutboxAck { id, destination, state: state.to_string() })),
         OutboxChange::NotFound => Err(ApiError::NotFound(format!("outbox row {id} not found"))),
         OutboxChange::Delivered => Err(ApiError::Conflict(format!("outbox row {id} was delivered already"))),
         OutboxChange::Dropped => Err(ApiError::Conflict(format!("outbox row {id} was dropped already"))),

@@ -87,7 +87,7 @@ pub async fn list(
         })?),
     };
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let tasks = app.reads.with(move |r| Ok(r.tasks(state, limit)?)).await?;
+    let tasks = app.reads.with(move |r| r.tasks(state, limit)).await?;
     Ok(Json(TaskList { tasks }))
 }
 

@@ -114,7 +114,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// The deliveries to Forgejo that wait, and the dead letters; retry or drop one (through the running
+    /// The deliveries (to Forgejo, to Matrix) that wait, and the dead letters; retry or drop one (through the running
     /// server).
     #[command(args_conflicts_with_subcommands = true)]
     Outbox {

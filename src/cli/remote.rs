@@ -161,8 +161,8 @@ pub fn outbox(remote: &Remote, id: i64, action: &str, as_json: bool) -> Result<(
     }
     let ack: crate::api::OutboxAck = decode(remote, answer)?;
     match ack.state.as_str() {
-        "dropped" => println!("outbox row {} is dropped: it is never tried again", ack.id),
-        _ => println!("outbox row {} is tried again now", ack.id),
+        "dropped" => println!("outbox row {} ({}) is dropped: it is never tried again", ack.id, ack.destination),
+        _ => println!("outbox row {} ({}) is tried again now", ack.id, ack.destination),
     }
     Ok(())
 }

@@ -119,12 +119,21 @@ pub fn status(store: &Store, as_json: bool) -> Result<(), CliError> {
     println!("agents: {}", join(&agents, &["online", "busy", "draining", "offline"]));
     println!("outbox: {}", outbox_line(&outbox));
     if let Some(w) = &outbox.worst {
-        println!("        worst: #{} {} after {} attempts: {}", w.id, w.kind, w.attempts, shorten(&w.last_error, 200));
+        println!(
+            "        worst: #{} {} {} after {} attempts: {}",
+            w.id,
+            printable(&w.destination),
+            w.kind,
+            w.attempts,
+            shorten(&w.last_error, 200)
+        );
     }
     if outbox.dead > 0 {
+        let by: Vec<String> = outbox.dead_by_destination.iter().map(|(d, n)| format!("{} {n}", printable(d))).collect();
         println!(
-            "        {} dead (can never be delivered as they are): `forgefleet outbox list`, then `outbox retry|drop ID`",
-            outbox.dead
+            "        {} dead ({}; can never be delivered as they are): `forgefleet outbox list`, then `outbox retry|drop ID`",
+            outbox.dead,
+            by.join(", ")
         );
     }
     Ok(())
@@ -141,13 +150,14 @@ pub fn outbox(store: &Store, limit: u32, as_json: bool) -> Result<(), CliError> 
         println!("nothing waits in the outbox");
         return Ok(());
     }
-    println!("{:>6}  {:<6}  {:<18}  {:<24}  {:>5}  last error", "ID", "STATE", "KIND", "ISSUE", "TRIES");
+    println!("{:>6}  {:<6}  {:<8}  {:<18}  {:<24}  {:>5}  last error", "ID", "STATE", "TO", "KIND", "ISSUE", "TRIES");
     for r in rows {
         let state = if r.dead_at.is_some() { "dead" } else { "wait" };
         println!(
-            "{:>6}  {:<6}  {:<18}  {:<24}  {:>5}  {}",
+            "{:>6}  {:<6}  {:<8}  {:<18}  {:<24}  {:>5}  {}",
             r.id,
             state,
+            printable(&r.destination),
             r.kind,
             r.issue.as_deref().unwrap_or("-"),
             r.attempts,
@@ -161,7 +171,9 @@ pub fn outbox(store: &Store, limit: u32, as_json: bool) -> Result<(), CliError> 
 fn outbox_line(o: &crate::store::OutboxHealth) -> String {
     match o.oldest {
         Some(oldest) if o.waiting > 0 => {
-            format!("{} waiting ({} failing), the oldest written {oldest}", o.waiting, o.failing)
+            let by: Vec<String> =
+                o.waiting_by_destination.iter().map(|(d, n)| format!("{} {n}", printable(d))).collect();
+            format!("{} waiting ({} failing), the oldest written {oldest}: {}", o.waiting, o.failing, by.join(", "))
         }
         _ => "nothing waiting".to_string(),
     }

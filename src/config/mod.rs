@@ -450,6 +450,25 @@ impl NotifyKind {
         NotifyKind::AgentLost,
         NotifyKind::Progress,
     ];
+
+    /// Its name in the configuration, which is the chat notification's kind (`core::CHAT_KINDS`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotifyKind::Assigned => "assigned",
+            NotifyKind::Started => "started",
+            NotifyKind::Completed => "completed",
+            NotifyKind::VerificationFailed => "verification_failed",
+            NotifyKind::Retrying => "retrying",
+            NotifyKind::TimedOut => "timed_out",
+            NotifyKind::Failed => "failed",
+            NotifyKind::Cancelled => "cancelled",
+            NotifyKind::AgentOnline => "agent_online",
+            NotifyKind::AgentDraining => "agent_draining",
+            NotifyKind::AgentOffline => "agent_offline",
+            NotifyKind::AgentLost => "agent_lost",
+            NotifyKind::Progress => "progress",
+        }
+    }
 }
 
 impl Config {

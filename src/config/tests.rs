@@ -415,3 +415,12 @@ fn a_repository_reports_to_its_own_rooms_else_the_default() {
     let c = parse("[matrix]\nrooms = [\"#all:x\"]\n").unwrap();
     assert_eq!(c.matrix.default_room(), Some("#all:x"), "the first room when default_room is unset");
 }
+
+#[test]
+fn every_notify_kind_is_a_chat_kind_by_the_same_name() {
+    let names: Vec<&str> = NotifyKind::ALL.iter().map(|k| k.as_str()).collect();
+    assert_eq!(names, crate::core::CHAT_KINDS);
+    for k in NotifyKind::ALL {
+        assert_eq!(serde_json::to_value(k).unwrap(), serde_json::json!(k.as_str()));
+    }
+}

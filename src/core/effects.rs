@@ -64,6 +64,38 @@ impl Notice {
     }
 }
 
+/// Where an outbox row is delivered. Each destination has its own worker, its own retries and its own
+/// per-issue order, so one that is down never holds back another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Destination {
+    Forgejo,
+    Matrix,
+}
+
+impl Destination {
+    pub const ALL: [Destination; 2] = [Destination::Forgejo, Destination::Matrix];
+
+    /// As the outbox's `destination` column, the CLI and the metrics write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Destination::Forgejo => "forgejo",
+            Destination::Matrix => "matrix",
+        }
+    }
+
+    /// The destination `s` names; `None` for one this forgefleet does not know (a row from a newer one).
+    pub fn parse(s: &str) -> Option<Destination> {
+        Destination::ALL.into_iter().find(|d| d.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Something to do in the outside world because a task changed.
 #[allow(clippy::large_enum_variant)] // see `Notice`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -286,6 +318,27 @@ impl Effect {
         }
     }
 
+    /// Where it is delivered.
+    pub fn destination(&self) -> Destination {
+        match self {
+            Effect::SetStatusLabel { .. }
+            | Effect::Comment { .. }
+            | Effect::SetAssignee { .. }
+            // Commands are checked with Forgejo's permissions, wherever they were written.
+            | Effect::RunCommands { .. }
+            | Effect::SetAgentLabel { .. }
+            | Effect::Reply { .. }
+            | Effect::React { .. }
+            | Effect::ConfirmIssue { .. }
+            | Effect::ClosePull { .. }
+            | Effect::SetCommitStatus { .. } => Destination::Forgejo,
+            Effect::MatrixReply { .. }
+            | Effect::ChatTask { .. }
+            | Effect::ChatAgent { .. }
+            | Effect::ChatProgress { .. } => Destination::Matrix,
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Effect::SetStatusLabel { .. } => "set_status_label",
@@ -473,6 +526,15 @@ mod tests {
         assert_eq!(Effect::from_json(&serde_json::to_string(&now).unwrap()).unwrap(), now);
         assert!(Effect::from_json(r#"{"kind":"run_commands","issue":{"repo":"acme/app","number":3}}"#).is_err());
         assert_eq!(now.issue(), Some(&issue));
+    }
+
+    #[test]
+    fn a_destination_reads_back_as_it_is_written() {
+        for d in Destination::ALL {
+            assert_eq!(Destination::parse(d.as_str()), Some(d));
+            assert_eq!(serde_json::to_value(d).unwrap(), serde_json::json!(d.as_str()));
+        }
+        assert_eq!(Destination::parse("irc"), None, "an unknown destination is not guessed");
     }
 
     fn queued() -> (Task, Event) {

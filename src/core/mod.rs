@@ -15,7 +15,8 @@ pub mod time;
 
 pub use agent::{Agent, AgentState, AgentStatus};
 pub use effects::{
-    AgentNews, CHAT_KINDS, CommandOrigin, CommitState, Effect, Notice, STATUS_CONTEXT, agent_effects_of, effects_of,
+    AgentNews, CHAT_KINDS, CommandOrigin, CommitState, Destination, Effect, Notice, STATUS_CONTEXT, agent_effects_of,
+    effects_of,
 };
 pub use event::{CancelledBy, Event};
 pub use ids::{AgentId, AgentName, CommitSha, InvalidId, IssueRef, RepoName, TaskId};

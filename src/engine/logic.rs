@@ -235,7 +235,7 @@ pub fn handle(s: &mut EngineSettings, tx: &WriteTx<'_>, cmd: Command, now: Times
         }
         Command::SetRepoSettings { repo, overrides } => {
             let json = serde_json::to_string(&overrides).map_err(|e| EngineError::Invalid(e.to_string()))?;
-            tx.set_meta(&format!("{REPO_SETTINGS}{repo}"), &json)?;
+            tx.set_meta(&super::repo::RepoSettings::key(&repo), &json)?;
             s.repos.insert(repo, overrides);
             Ok(Reply::Done)
         }
@@ -406,9 +406,6 @@ fn observe_issue(s: &EngineSettings, tx: &WriteTx<'_>, o: IssueObservation, now:
     repair_status_label(tx, &t, &o.issue, &reading.statuses, now)?;
     Ok(Some(t.id))
 }
-
-/// The meta key prefix under which each repository's settings are kept.
-pub const REPO_SETTINGS: &str = "repo.settings:";
 
 /// A repository whose `fleet.yaml` is broken hears about it once, on the next task queued there.
 fn report_settings_problem(

@@ -45,16 +45,8 @@ impl Engine {
     /// The engine over `store`; repository settings read earlier (`fleet.yaml`) are loaded from it. Its start
     /// time (now) begins the agents' grace period (`EngineSettings::start_grace`).
     pub fn new(store: Store, mut settings: EngineSettings, clock: impl Clock) -> Self {
-        match store.read().meta_with_prefix(logic::REPO_SETTINGS) {
-            Ok(rows) => {
-                for (key, value) in rows {
-                    let repo =
-                        key.strip_prefix(logic::REPO_SETTINGS).and_then(|r| crate::core::RepoName::parse(r).ok());
-                    if let (Some(repo), Ok(o)) = (repo, serde_json::from_str(&value)) {
-                        settings.repos.insert(repo, o);
-                    }
-                }
-            }
+        match repo::RepoSettings::read_all(store.read()) {
+            Ok(all) => settings.repos.extend(all),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read repository settings; defaults apply until they are read again")
             }

@@ -6,7 +6,55 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::{FailureClass, LabelScheme, Priority, RetryPolicy, RetryRule};
+use crate::core::{FailureClass, LabelScheme, Priority, RepoName, RetryPolicy, RetryRule};
+use crate::store::ReadView;
+
+/// The one way to the per-repository settings as the engine stored them: the key they live under and their
+/// decoding. Everything that reads a repository's settings (the engine at start, the deliverer's labels, the
+/// reconciler) goes through here.
+pub struct RepoSettings;
+
+/// The `meta` key prefix under which each repository's settings are kept.
+const KEY_PREFIX: &str = "repo.settings:";
+
+impl RepoSettings {
+    /// Where `repo`'s settings are kept.
+    pub fn key(repo: &RepoName) -> String {
+        format!("{KEY_PREFIX}{repo}")
+    }
+
+    /// What the store holds for `repo`; `None` if nothing was read for it yet. Stored settings that no longer
+    /// decode (written by another version) count as none, with a warning: the server's defaults apply.
+    pub fn read(r: ReadView<'_>, repo: &RepoName) -> crate::store::Result<Option<RepoOverrides>> {
+        Ok(r.meta(&Self::key(repo))?.and_then(|text| decode(repo, &text)))
+    }
+
+    /// Every repository's stored settings.
+    pub fn read_all(r: ReadView<'_>) -> crate::store::Result<Vec<(RepoName, RepoOverrides)>> {
+        let rows = r.meta_with_prefix(KEY_PREFIX)?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(key, text)| {
+                let repo = RepoName::parse(key.strip_prefix(KEY_PREFIX)?).ok()?;
+                let overrides = decode(&repo, &text)?;
+                Some((repo, overrides))
+            })
+            .collect())
+    }
+
+    /// The label scheme of `repo`: its `fleet.yaml`'s, or `base` (the server's).
+    pub fn labels(r: ReadView<'_>, repo: &RepoName, base: &LabelScheme) -> crate::store::Result<LabelScheme> {
+        Ok(Self::read(r, repo)?.and_then(|o| o.labels).unwrap_or_else(|| base.clone()))
+    }
+}
+
+fn decode(repo: &RepoName, text: &str) -> Option<RepoOverrides> {
+    serde_json::from_str(text)
+        .inspect_err(
+            |e| tracing::warn!(%repo, error = %e, "stored repository settings cannot be read; the defaults apply"),
+        )
+        .ok()
+}
 
 /// One failure class's retry rule as a repository writes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,6 +198,30 @@ pub fn parse_fleet_yaml(text: &str, base_labels: &LabelScheme) -> Result<RepoOve
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_settings_read_back_through_the_one_accessor_and_damaged_ones_give_the_defaults() {
+        let mut store = crate::store::Store::open_in_memory().unwrap();
+        let (app, other, broken) = (
+            RepoName::parse("acme/app").unwrap(),
+            RepoName::parse("acme/other").unwrap(),
+            RepoName::parse("acme/x").unwrap(),
+        );
+        let mine = parse_fleet_yaml("labels:\n  todo: fleet/todo\n", &LabelScheme::default()).unwrap();
+        let tx = store.write().unwrap();
+        tx.set_meta(&RepoSettings::key(&app), &serde_json::to_string(&mine).unwrap()).unwrap();
+        tx.set_meta(&RepoSettings::key(&broken), "{not json").unwrap();
+        tx.set_meta("cursor:acme/app", "2026-01-01T00:00:00Z").unwrap();
+        tx.commit().unwrap();
+        let r = store.read();
+        assert_eq!(RepoSettings::read(r, &app).unwrap(), Some(mine.clone()));
+        assert_eq!(RepoSettings::read(r, &other).unwrap(), None);
+        assert_eq!(RepoSettings::read(r, &broken).unwrap(), None, "damaged: the defaults apply");
+        assert_eq!(RepoSettings::read_all(r).unwrap(), vec![(app.clone(), mine)]);
+        let base = LabelScheme::default();
+        assert_eq!(RepoSettings::labels(r, &app, &base).unwrap().todo, "fleet/todo");
+        assert_eq!(RepoSettings::labels(r, &other, &base).unwrap(), base);
+    }
 
     #[test]
     fn a_full_file_overrides_labels_timeouts_retries_and_the_prompt() {

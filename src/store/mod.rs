@@ -1,10 +1,11 @@
 //! SQLite: the append-only event log, the projections built from it, and the outbox.
 //!
-//! One writer (the engine) appends events and updates projections in the same transaction; readers open
-//! their own connections (WAL lets them read while the writer writes).
+//! One writer (the engine) appends events and updates projections in the same transaction; readers share the
+//! read-only connections of a `ReadPool` (WAL lets them read while the writer writes).
 
 mod lock;
 mod matrix;
+mod pool;
 mod projection;
 mod queries;
 mod rebuild;
@@ -20,6 +21,7 @@ use rusqlite::{Connection, OpenFlags};
 
 pub use lock::{LockError, StoreLock};
 pub use matrix::{InboxMessage, InboxRow, MATRIX_NEXT_BATCH};
+pub use pool::ReadPool;
 pub use projection::{Appended, OutboxChange, encode_task};
 pub use queries::{AgentRow, FailingDelivery, OutboxEntry, OutboxHealth, OutboxRow, TaskSummary};
 pub use rebuild::RebuildReport;
@@ -41,6 +43,9 @@ pub enum StoreError {
     Decode(String),
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// A read on the pool's blocking thread did not finish (the thread panicked or the runtime is stopping).
+    #[error("a read from the store failed: {0}")]
+    Reader(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -255,6 +260,7 @@ pub(crate) fn cached<K: std::hash::Hash + Eq + Copy, V>(
 }
 
 /// Queries over the projections, inside or outside a write transaction.
+#[derive(Clone, Copy)]
 pub struct ReadView<'a> {
     conn: &'a Connection,
     cache: Option<&'a TxCache>,

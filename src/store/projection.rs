@@ -8,9 +8,13 @@ use super::{Result, StoreError, WriteTx};
 use crate::core::{Agent, AgentId, Effect, Event, Lease, Task, TaskId, Timestamp, agent_effects_of, effects_of};
 
 /// What an operator's retry or drop of an outbox row found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OutboxChange {
-    Done,
+    /// Retried or dropped, as asked; the row goes to `destination` (as the row names it: an operator can drop a
+    /// row from a newer forgefleet whose destination this one does not know).
+    Done {
+        destination: String,
+    },
     NotFound,
     /// Delivered already: nothing to retry or drop.
     Delivered,
@@ -48,9 +52,9 @@ impl WriteTx<'_> {
         let payload = encode(effect)?;
         self.tx
             .prepare_cached(
-                "INSERT INTO outbox (event_seq, kind, payload, created_at, next_attempt_at, issue, issue_id)
+                "INSERT INTO outbox (event_seq, kind, payload, created_at, next_attempt_at, issue, issue_id, destination)
                  VALUES (?1, ?2, ?3, ?4, ?4, ?5,
-                         (SELECT json_extract(data, '$.issue_id') FROM tasks WHERE repo = ?6 AND issue = ?7))",
+                         (SELECT json_extract(data, '$.issue_id') FROM tasks WHERE repo = ?6 AND issue = ?7), ?8)",
             )?
             .execute(params![
                 cause,
@@ -59,7 +63,8 @@ impl WriteTx<'_> {
                 at.0,
                 effect.ordered_issue().map(ToString::to_string),
                 effect.issue().map(|i| i.repo.as_str()),
-                effect.issue().map(|i| i.number as i64)
+                effect.issue().map(|i| i.number as i64),
+                effect.destination().as_str()
             ])?;
         Ok(self.tx.last_insert_rowid())
     }
@@ -121,19 +126,19 @@ impl WriteTx<'_> {
     }
 
     fn outbox_change(&self, id: i64, sql: &str, at: Timestamp) -> Result<OutboxChange> {
-        if self.tx.prepare_cached(sql)?.execute(params![id, at.0])? == 1 {
-            return Ok(OutboxChange::Done);
-        }
-        let row: Option<(Option<i64>, Option<i64>, Option<i64>)> = self
+        let changed = self.tx.prepare_cached(sql)?.execute(params![id, at.0])? == 1;
+        type Found = (Option<i64>, Option<i64>, Option<i64>, String);
+        let row: Option<Found> = self
             .tx
-            .prepare_cached("SELECT delivered_at, dead_at, dropped_at FROM outbox WHERE id = ?1")?
-            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .prepare_cached("SELECT delivered_at, dead_at, dropped_at, destination FROM outbox WHERE id = ?1")?
+            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
             .optional()?;
         Ok(match row {
             None => OutboxChange::NotFound,
-            Some((Some(_), _, _)) => OutboxChange::Delivered,
-            Some((None, _, Some(_))) => OutboxChange::Dropped,
-            Some((None, _, None)) => OutboxChange::Waiting,
+            Some((.., destination)) if changed => OutboxChange::Done { destination },
+            Some((Some(_), ..)) => OutboxChange::Delivered,
+            Some((None, _, Some(_), _)) => OutboxChange::Dropped,
+            Some((None, _, None, _)) => OutboxChange::Waiting,
         })
     }
 

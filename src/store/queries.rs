@@ -9,7 +9,8 @@ use super::projection::{TASK_COLUMNS, decode, load_agent, load_task, task_from_r
 use super::{ReadView, Result, cached};
 use crate::core::queue::{Candidate, QueueKey, pick_next};
 use crate::core::{
-    Agent, AgentId, AgentName, Event, IssueRef, Priority, RepoName, Task, TaskId, TaskSpec, TaskState, Timestamp,
+    Agent, AgentId, AgentName, Destination, Event, IssueRef, Priority, RepoName, Task, TaskId, TaskSpec, TaskState,
+    Timestamp,
 };
 
 /// A task as listed: enough to show a table without its body.
@@ -38,6 +39,7 @@ pub struct AgentRow {
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboxRow {
     pub id: i64,
+    pub destination: Destination,
     pub event_seq: Option<i64>,
     pub kind: String,
     pub payload: String,
@@ -53,6 +55,8 @@ pub struct OutboxRow {
 pub struct OutboxHealth {
     /// Side effects not delivered yet.
     pub waiting: u64,
+    /// Of those, how many each destination has (`destination` as the outbox writes it); only those that have any.
+    pub waiting_by_destination: std::collections::BTreeMap<String, u64>,
     /// Of those, the ones that failed at least once.
     pub failing: u64,
     /// When the oldest waiting one was written.
@@ -62,12 +66,16 @@ pub struct OutboxHealth {
     /// Dead letters: deliveries that can never succeed, stopped until an operator retries or drops them
     /// (`forgefleet outbox`). Not counted in `waiting`.
     pub dead: u64,
+    /// The dead letters of each destination (`destination` as the outbox writes it); only those that have any.
+    pub dead_by_destination: std::collections::BTreeMap<String, u64>,
 }
 
 /// One undelivered side effect, as `forgefleet outbox list` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct OutboxEntry {
     pub id: i64,
+    /// Where it goes (`forgejo`, `matrix`), as the row says: a row from a newer forgefleet shows what it names.
+    pub destination: String,
     pub kind: String,
     /// `owner/name#number`.
     pub issue: Option<String>,
@@ -83,6 +91,7 @@ pub struct OutboxEntry {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FailingDelivery {
     pub id: i64,
+    pub destination: String,
     pub kind: String,
     pub attempts: u32,
     pub last_error: String,
@@ -452,38 +461,62 @@ impl ReadView<'_> {
         let worst = self
             .conn
             .prepare_cached(
-                "SELECT id, kind, attempts, COALESCE(last_error, '') FROM outbox
+                "SELECT id, destination, kind, attempts, COALESCE(last_error, '') FROM outbox
                  WHERE delivered_at IS NULL AND dead_at IS NULL AND attempts > 0 ORDER BY attempts DESC, id LIMIT 1",
             )?
             .query_row([], |r| {
-                Ok(FailingDelivery { id: r.get(0)?, kind: r.get(1)?, attempts: r.get(2)?, last_error: r.get(3)? })
+                Ok(FailingDelivery {
+                    id: r.get(0)?,
+                    destination: r.get(1)?,
+                    kind: r.get(2)?,
+                    attempts: r.get(3)?,
+                    last_error: r.get(4)?,
+                })
             })
             .optional()?;
-        let dead = self
-            .conn
-            .prepare_cached(
-                "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL AND dead_at IS NOT NULL AND dropped_at IS NULL",
-            )?
-            .query_row([], |r| r.get(0))?;
-        Ok(OutboxHealth { waiting, failing: failing.unwrap_or(0), oldest: oldest.map(Timestamp), worst, dead })
+        let waiting_by_destination = self.count_by_destination(
+            "SELECT destination, COUNT(*) FROM outbox
+             WHERE delivered_at IS NULL AND dead_at IS NULL GROUP BY destination",
+        )?;
+        let dead_by_destination = self.count_by_destination(
+            "SELECT destination, COUNT(*) FROM outbox
+             WHERE delivered_at IS NULL AND dead_at IS NOT NULL AND dropped_at IS NULL GROUP BY destination",
+        )?;
+        let dead = dead_by_destination.values().sum();
+        Ok(OutboxHealth {
+            waiting,
+            waiting_by_destination,
+            failing: failing.unwrap_or(0),
+            oldest: oldest.map(Timestamp),
+            worst,
+            dead,
+            dead_by_destination,
+        })
+    }
+
+    /// `(destination, count)` rows as a map.
+    fn count_by_destination(&self, sql: &str) -> Result<std::collections::BTreeMap<String, u64>> {
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        Ok(stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?)
     }
 
     /// Undelivered side effects, dead letters first, then by id; dropped ones are left out.
     pub fn outbox_list(&self, limit: u32) -> Result<Vec<OutboxEntry>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT id, kind, issue, attempts, created_at, next_attempt_at, dead_at, last_error FROM outbox
+            "SELECT id, destination, kind, issue, attempts, created_at, next_attempt_at, dead_at, last_error FROM outbox
              WHERE delivered_at IS NULL AND dropped_at IS NULL ORDER BY dead_at IS NULL, id LIMIT ?1",
         )?;
         let rows = stmt.query_map([limit], |r| {
             Ok(OutboxEntry {
                 id: r.get(0)?,
-                kind: r.get(1)?,
-                issue: r.get(2)?,
-                attempts: r.get(3)?,
-                created_at: Timestamp(r.get(4)?),
-                next_attempt_at: Timestamp(r.get(5)?),
-                dead_at: r.get::<_, Option<i64>>(6)?.map(Timestamp),
-                last_error: r.get(7)?,
+                destination: r.get(1)?,
+                kind: r.get(2)?,
+                issue: r.get(3)?,
+                attempts: r.get(4)?,
+                created_at: Timestamp(r.get(5)?),
+                next_attempt_at: Timestamp(r.get(6)?),
+                dead_at: r.get::<_, Option<i64>>(7)?.map(Timestamp),
+                last_error: r.get(8)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -492,43 +525,57 @@ impl ReadView<'_> {
     /// Undelivered side effects that are due, oldest first (what waits, whatever the order rule says).
     pub fn outbox_due(&self, now: Timestamp, limit: u32) -> Result<Vec<OutboxRow>> {
         self.outbox_rows(
-            "SELECT id, event_seq, kind, payload, attempts, next_attempt_at, issue_id FROM outbox
+            "SELECT id, destination, event_seq, kind, payload, attempts, next_attempt_at, issue_id FROM outbox
              WHERE delivered_at IS NULL AND dead_at IS NULL AND next_attempt_at <= ?1 ORDER BY id LIMIT ?2",
-            now,
-            limit,
+            params![now.0, limit],
         )
     }
 
-    /// The side effects that may be delivered now, oldest first: due, and the oldest undelivered one of their
-    /// issue. A later row for an issue never goes before an earlier one that waits for its retry, so people
-    /// read what happened in the order it happened. A dead letter holds nothing back: it may never go.
-    pub fn outbox_next(&self, now: Timestamp, limit: u32) -> Result<Vec<OutboxRow>> {
+    /// The side effects for `destination` that may be delivered now, oldest first: due, and the oldest
+    /// undelivered one of their issue *in that destination*. A later row for an issue never goes before an
+    /// earlier one that waits for its retry, so people read what happened in the order it happened; another
+    /// destination's rows hold nothing back (a homeserver that is down never delays a label). A dead letter
+    /// holds nothing back either: it may never go.
+    pub fn outbox_next(&self, destination: Destination, now: Timestamp, limit: u32) -> Result<Vec<OutboxRow>> {
         self.outbox_rows(
-            "SELECT o.id, o.event_seq, o.kind, o.payload, o.attempts, o.next_attempt_at, o.issue_id FROM outbox o
-             WHERE o.delivered_at IS NULL AND o.dead_at IS NULL AND o.next_attempt_at <= ?1
+            "SELECT o.id, o.destination, o.event_seq, o.kind, o.payload, o.attempts, o.next_attempt_at, o.issue_id
+             FROM outbox o
+             WHERE o.destination = ?3 AND o.delivered_at IS NULL AND o.dead_at IS NULL AND o.next_attempt_at <= ?1
                AND NOT EXISTS (SELECT 1 FROM outbox e
-                               WHERE e.issue = o.issue AND e.id < o.id AND e.delivered_at IS NULL
-                                 AND e.dead_at IS NULL)
+                               WHERE e.destination = o.destination AND e.issue = o.issue AND e.id < o.id
+                                 AND e.delivered_at IS NULL AND e.dead_at IS NULL)
              ORDER BY o.id LIMIT ?2",
-            now,
-            limit,
+            params![now.0, limit, destination.as_str()],
         )
     }
 
-    fn outbox_rows(&self, sql: &str, now: Timestamp, limit: u32) -> Result<Vec<OutboxRow>> {
+    fn outbox_rows(&self, sql: &str, args: impl rusqlite::Params) -> Result<Vec<OutboxRow>> {
         let mut stmt = self.conn.prepare_cached(sql)?;
-        let rows = stmt.query_map(params![now.0, limit], |r| {
+        let rows = stmt.query_map(args, |r| {
             Ok(OutboxRow {
                 id: r.get(0)?,
-                event_seq: r.get(1)?,
-                kind: r.get(2)?,
-                payload: r.get(3)?,
-                attempts: r.get(4)?,
-                next_attempt_at: Timestamp(r.get(5)?),
-                issue_id: r.get(6)?,
+                destination: r.get(1)?,
+                event_seq: r.get(2)?,
+                kind: r.get(3)?,
+                payload: r.get(4)?,
+                attempts: r.get(5)?,
+                next_attempt_at: Timestamp(r.get(6)?),
+                issue_id: r.get(7)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
+/// A destination as the outbox stores it; one this forgefleet does not know is a clear error, not a guess.
+impl rusqlite::types::FromSql for Destination {
+    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        let text = value.as_str()?;
+        Destination::parse(text).ok_or_else(|| {
+            rusqlite::types::FromSqlError::Other(
+                format!("unknown outbox destination {text:?} (written by a newer forgefleet?)").into(),
+            )
+        })
     }
 }
 

@@ -146,6 +146,12 @@ pub(super) const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX matrix_inbox_unhandled ON matrix_inbox(received_at) WHERE handled_at IS NULL;
     "#,
+    // 8: where a row goes (`Destination::as_str`). Each destination has its own worker, and an issue's rows keep
+    // their order within one destination only, so a homeserver that is down never holds back a label write.
+    r#"
+    ALTER TABLE outbox ADD COLUMN destination TEXT NOT NULL DEFAULT 'forgejo';
+    CREATE INDEX outbox_pending_by_destination ON outbox(destination, issue, id) WHERE delivered_at IS NULL;
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

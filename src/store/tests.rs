@@ -344,8 +344,9 @@ fn a_later_delivery_to_an_issue_waits_for_an_earlier_one_that_failed() {
     let later = tx.enqueue(&on(1), None, Timestamp(1)).unwrap();
     tx.outbox_failed(first, "503", Timestamp(100)).unwrap();
     tx.commit().unwrap();
-    let ids =
-        |now: i64| -> Vec<i64> { s.read().outbox_next(Timestamp(now), 10).unwrap().iter().map(|r| r.id).collect() };
+    let ids = |now: i64| -> Vec<i64> {
+        s.read().outbox_next(Destination::Forgejo, Timestamp(now), 10).unwrap().iter().map(|r| r.id).collect()
+    };
     assert_eq!(ids(5), [2], "issue 1 waits for its first delivery's retry");
     assert_eq!(ids(100), [first, 2], "one row per issue at a time, oldest first");
     assert!(!ids(100).contains(&later));
@@ -362,7 +363,8 @@ fn reading_an_issue_back_never_waits_behind_a_write_to_it() {
     let read = tx.enqueue(&Effect::ConfirmIssue { issue }, None, Timestamp(1)).unwrap();
     tx.outbox_failed(write, "404", Timestamp(100)).unwrap();
     tx.commit().unwrap();
-    let ids: Vec<i64> = s.read().outbox_next(Timestamp(5), 10).unwrap().iter().map(|r| r.id).collect();
+    let ids: Vec<i64> =
+        s.read().outbox_next(Destination::Forgejo, Timestamp(5), 10).unwrap().iter().map(|r| r.id).collect();
     assert_eq!(ids, [read]);
 }
 
@@ -377,17 +379,18 @@ fn a_dead_letter_holds_nothing_back_and_comes_back_only_when_retried() {
     assert_eq!(tx.outbox_drop(999, Timestamp(2)).unwrap(), OutboxChange::NotFound);
     assert_eq!(tx.outbox_retry(later, Timestamp(2)).unwrap(), OutboxChange::Waiting, "not dead");
     tx.commit().unwrap();
-    let next =
-        |s: &Store| -> Vec<i64> { s.read().outbox_next(Timestamp(10), 10).unwrap().iter().map(|r| r.id).collect() };
+    let next = |s: &Store| -> Vec<i64> {
+        s.read().outbox_next(Destination::Forgejo, Timestamp(10), 10).unwrap().iter().map(|r| r.id).collect()
+    };
     assert_eq!(next(&s), [later], "the dead one no longer holds its issue");
     let health = s.read().outbox_health().unwrap();
     assert_eq!((health.waiting, health.dead), (1, 1));
     let tx = s.write().unwrap();
-    assert_eq!(tx.outbox_retry(dead, Timestamp(3)).unwrap(), OutboxChange::Done);
+    assert_eq!(tx.outbox_retry(dead, Timestamp(3)).unwrap(), OutboxChange::Done { destination: "forgejo".into() });
     tx.commit().unwrap();
     assert_eq!(next(&s), [dead], "retried: first in line again");
     let tx = s.write().unwrap();
-    assert_eq!(tx.outbox_drop(dead, Timestamp(4)).unwrap(), OutboxChange::Done);
+    assert_eq!(tx.outbox_drop(dead, Timestamp(4)).unwrap(), OutboxChange::Done { destination: "forgejo".into() });
     assert_eq!(tx.outbox_drop(dead, Timestamp(4)).unwrap(), OutboxChange::Dropped);
     tx.commit().unwrap();
     assert_eq!(next(&s), [later]);
@@ -431,4 +434,86 @@ fn chat_notifications_are_queued_only_for_the_kinds_a_room_wants() {
     let rows = chat_rows(&s);
     assert_eq!(rows.len(), 2, "{rows:?}");
     assert!(rows[0].contains("\"assigned\"") && rows[1].contains("\"draining\""), "{rows:?}");
+}
+
+#[test]
+fn migration_8_sends_every_existing_row_to_forgejo_and_new_rows_say_where_they_go() {
+    let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+    schema::migrate_to(&mut conn, 7).unwrap();
+    let effect = Effect::SetStatusLabel { issue: "acme/app#7".parse().unwrap(), status: None };
+    conn.execute(
+        "INSERT INTO outbox (kind, payload, created_at, next_attempt_at, issue) VALUES (?1, ?2, 0, 0, 'acme/app#7')",
+        rusqlite::params![effect.kind(), serde_json::to_string(&effect).unwrap()],
+    )
+    .unwrap();
+    schema::migrate_to(&mut conn, 8).unwrap();
+    let migrated: String = conn.query_row("SELECT destination FROM outbox", [], |r| r.get(0)).unwrap();
+    assert_eq!(migrated, Destination::Forgejo.as_str());
+
+    let mut s = Store::open_in_memory().unwrap();
+    let tx = s.write().unwrap();
+    tx.enqueue(&effect, None, Timestamp(0)).unwrap();
+    tx.commit().unwrap();
+    let rows = s.read().outbox_due(Timestamp(0), 10).unwrap();
+    assert_eq!(rows[0].destination, effect.destination());
+}
+
+/// A row for `destination` on `issue`, as a destination with no effect of its own yet (Matrix) would write it.
+fn enqueue_to(tx: &WriteTx<'_>, destination: &str, issue: &str, at: i64) -> i64 {
+    tx.tx
+        .execute(
+            "INSERT INTO outbox (kind, payload, created_at, next_attempt_at, issue, destination)
+             VALUES ('message', '{}', ?1, ?1, ?2, ?3)",
+            rusqlite::params![at, issue, destination],
+        )
+        .unwrap();
+    tx.tx.last_insert_rowid()
+}
+
+#[test]
+fn each_destination_keeps_its_own_order_and_never_waits_for_another() {
+    let mut s = Store::open_in_memory().unwrap();
+    let tx = s.write().unwrap();
+    let issue = "acme/app#1";
+    let message = enqueue_to(&tx, "matrix", issue, 0);
+    let second_message = enqueue_to(&tx, "matrix", issue, 1);
+    let label = tx
+        .enqueue(&Effect::SetStatusLabel { issue: issue.parse().unwrap(), status: None }, None, Timestamp(2))
+        .unwrap();
+    tx.outbox_failed(message, "homeserver down", Timestamp(100)).unwrap();
+    tx.commit().unwrap();
+    let ids = |d: Destination, now: i64| -> Vec<i64> {
+        s.read().outbox_next(d, Timestamp(now), 10).unwrap().iter().map(|r| r.id).collect()
+    };
+    assert_eq!(ids(Destination::Forgejo, 5), [label], "a failing message does not hold back the label");
+    assert_eq!(ids(Destination::Matrix, 5), Vec::<i64>::new(), "the second message waits for the first");
+    assert_eq!(ids(Destination::Matrix, 100), [message]);
+    assert!(!ids(Destination::Matrix, 100).contains(&second_message), "one row per issue at a time");
+    let matrix = s.read().outbox_next(Destination::Matrix, Timestamp(100), 10).unwrap();
+    assert!(matrix.iter().all(|r| r.destination == Destination::Matrix));
+}
+
+#[test]
+fn a_dead_letter_is_counted_and_listed_under_its_destination() {
+    let mut s = Store::open_in_memory().unwrap();
+    let tx = s.write().unwrap();
+    let message = enqueue_to(&tx, "matrix", "acme/app#1", 0);
+    assert!(tx.outbox_dead(message, "room gone", Timestamp(1)).unwrap());
+    assert_eq!(tx.outbox_retry(message, Timestamp(2)).unwrap(), OutboxChange::Done { destination: "matrix".into() });
+    assert!(tx.outbox_dead(message, "room gone", Timestamp(3)).unwrap());
+    // A row from a newer forgefleet, for a destination this one does not know: listed as it is, never taken.
+    let unknown = enqueue_to(&tx, "irc", "acme/app#2", 0);
+    tx.commit().unwrap();
+    let health = s.read().outbox_health().unwrap();
+    assert_eq!(health.dead, 1);
+    assert_eq!(health.dead_by_destination.get("matrix"), Some(&1), "{health:?}");
+    assert_eq!((health.waiting, health.waiting_by_destination.get("irc")), (1, Some(&1)), "{health:?}");
+    let listed = s.read().outbox_list(10).unwrap();
+    let of = |id: i64| listed.iter().find(|e| e.id == id).unwrap().destination.clone();
+    assert_eq!((of(message), of(unknown)), ("matrix".to_string(), "irc".to_string()));
+    for d in Destination::ALL {
+        assert!(s.read().outbox_next(d, Timestamp(10), 10).unwrap().is_empty());
+    }
+    let err = s.read().outbox_due(Timestamp(10), 10).unwrap_err().to_string();
+    assert!(err.contains("unknown outbox destination \"irc\""), "{err}");
 }

@@ -20,6 +20,12 @@ struct StateLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DestinationLabel {
+    /// As the outbox writes it; a row from a newer forgefleet shows its own.
+    destination: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PriorityLabel {
     priority: &'static str,
 }
@@ -34,7 +40,7 @@ pub struct Metrics {
     outbox_waiting: Gauge,
     outbox_failing: Gauge,
     outbox_oldest: Gauge<f64, std::sync::atomic::AtomicU64>,
-    outbox_dead: Gauge,
+    outbox_dead: Family<DestinationLabel, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -84,10 +90,10 @@ impl Metrics {
             "When the oldest undelivered side effect was written (Unix time; 0: none waits)",
             outbox_oldest.clone(),
         );
-        let outbox_dead = Gauge::default();
+        let outbox_dead = Family::<DestinationLabel, Gauge>::default();
         registry.register(
             "outbox_dead",
-            "Side effects that can never be delivered as they are, stopped until an operator retries or drops them",
+            "Side effects that can never be delivered as they are, stopped until an operator retries or drops them, by destination",
             outbox_dead.clone(),
         );
         Self {
@@ -109,7 +115,13 @@ impl Metrics {
         self.outbox_waiting.set(health.waiting as i64);
         self.outbox_failing.set(health.failing as i64);
         self.outbox_oldest.set(health.oldest.map_or(0.0, |t| t.0 as f64 / 1000.0));
-        self.outbox_dead.set(health.dead as i64);
+        // Every known destination reads 0 when it has none, so an alert sees it go back down.
+        for d in crate::core::Destination::ALL {
+            self.outbox_dead.get_or_create(&DestinationLabel { destination: d.as_str().to_string() }).set(0);
+        }
+        for (destination, n) in &health.dead_by_destination {
+            self.outbox_dead.get_or_create(&DestinationLabel { destination: destination.clone() }).set(*n as i64);
+        }
     }
 
     /// Sets the gauges read from the store just before a scrape. States and priorities with no tasks read 0.
@@ -154,10 +166,12 @@ mod tests {
         m.set_tasks(&[(TaskState::Queued, 3)], &[(Priority::High, 2)]);
         m.set_outbox(&crate::store::OutboxHealth {
             waiting: 4,
+            waiting_by_destination: [("forgejo".to_string(), 4)].into(),
             failing: 1,
             oldest: Some(crate::core::Timestamp(1_795_000_000_500)),
             worst: None,
             dead: 2,
+            dead_by_destination: [("matrix".to_string(), 2)].into(),
         });
         m.committed(2, 5, Duration::from_micros(300));
         let text = m.render();
@@ -166,7 +180,8 @@ mod tests {
         assert!(text.contains("forgefleet_queue_depth{priority=\"high\"} 2"), "{text}");
         assert!(text.contains("forgefleet_outbox_waiting 4\n"), "{text}");
         assert!(text.contains("forgefleet_outbox_failing 1\n"), "{text}");
-        assert!(text.contains("forgefleet_outbox_dead 2\n"), "{text}");
+        assert!(text.contains("forgefleet_outbox_dead{destination=\"matrix\"} 2\n"), "{text}");
+        assert!(text.contains("forgefleet_outbox_dead{destination=\"forgejo\"} 0\n"), "{text}");
         assert!(text.contains("forgefleet_outbox_oldest_waiting_timestamp_seconds 1795000000.5\n"), "{text}");
         assert!(text.contains("forgefleet_events_appended_total 5"), "{text}");
         assert!(text.contains("forgefleet_event_append_seconds_count 2"), "{text}");

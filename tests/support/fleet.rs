@@ -1,11 +1,13 @@
 //! An in-process forgefleet on 127.0.0.1 with a hand-moved clock, and agents that talk to it over real HTTP.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use forgefleet::api::AssignmentView;
 use forgefleet::config::{Config, Secret};
 use forgefleet::core::{TaskId, Timestamp};
-use forgefleet::engine::{Command, EngineHandle, IssueObservation, ManualClock, Reply, TickReport};
+use forgefleet::engine::{Clock, Command, EngineHandle, IssueObservation, ManualClock, Reply, TickReport};
+use forgefleet::integrations::outbox::Deliver;
 use forgefleet::server::Server;
 use forgefleet::store::Store;
 use reqwest::StatusCode;
@@ -15,8 +17,8 @@ pub const REGISTRATION_TOKEN: &str = "registration-test-token";
 pub const OPERATOR: &str = "operator-test-token";
 
 pub struct Fleet {
-    /// The Forgejo workers (outbox delivery, reconciliation), when started with a Forgejo.
-    pub workers: Option<forgefleet::integrations::forgejo::Workers>,
+    /// The integrations' workers (outbox delivery, reconciliation), when started with a Forgejo.
+    pub workers: Option<forgefleet::integrations::Workers>,
     pub clock: ManualClock,
     pub base: String,
     pub http: reqwest::Client,
@@ -25,6 +27,8 @@ pub struct Fleet {
     serve: tokio::task::JoinHandle<()>,
     config: Config,
     poll: Option<Duration>,
+    /// The Matrix outbox worker's deliverer, when the fleet runs one.
+    matrix: Option<Arc<dyn Deliver>>,
     _dir: tempfile::TempDir,
 }
 
@@ -47,7 +51,20 @@ impl Fleet {
         Self::start_inner(tune, Some(poll)).await
     }
 
+    /// A fleet whose Forgejo workers run, and a Matrix outbox worker delivering through `matrix`.
+    pub async fn start_with_forgejo_and_matrix(matrix: Arc<dyn Deliver>, tune: impl FnOnce(&mut Config)) -> Fleet {
+        Self::start_full(tune, Some(Duration::from_millis(20)), Some(matrix)).await
+    }
+
     async fn start_inner(tune: impl FnOnce(&mut Config), poll: Option<Duration>) -> Fleet {
+        Self::start_full(tune, poll, None).await
+    }
+
+    async fn start_full(
+        tune: impl FnOnce(&mut Config),
+        poll: Option<Duration>,
+        matrix: Option<Arc<dyn Deliver>>,
+    ) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::default();
         config.store.path = dir.path().join("forgefleet.db");
@@ -56,7 +73,7 @@ impl Fleet {
         config.forgejo.url = Some("http://forgejo.test".into());
         tune(&mut config);
         let clock = ManualClock::new(Timestamp(1_800_000_000_000));
-        Self::serve_on(dir, config, clock, poll).await
+        Self::serve_on(dir, config, clock, poll, matrix).await
     }
 
     /// Stops this server, lets `down` pass on the clock, and starts a new one on the same database (on a new
@@ -69,19 +86,25 @@ impl Fleet {
         }
         self.clock.advance(down);
         let dir = std::mem::replace(&mut self._dir, tempfile::tempdir().unwrap());
-        let next = Self::serve_on(dir, self.config.clone(), self.clock.clone(), self.poll).await;
+        let next = Self::serve_on(dir, self.config.clone(), self.clock.clone(), self.poll, self.matrix.clone()).await;
         let old = std::mem::replace(self, next);
         // The old fleet's own directory is the empty placeholder; dropping it stops nothing new.
         drop(old);
     }
 
-    async fn serve_on(dir: tempfile::TempDir, config: Config, clock: ManualClock, poll: Option<Duration>) -> Fleet {
+    async fn serve_on(
+        dir: tempfile::TempDir,
+        config: Config,
+        clock: ManualClock,
+        poll: Option<Duration>,
+        matrix: Option<Arc<dyn Deliver>>,
+    ) -> Fleet {
         let db = config.store.path.clone();
         let store = Store::open(&db).unwrap();
         let server = Server::start(config.clone(), store, clock.clone()).unwrap();
         let engine = server.engine().clone();
         let workers = match poll {
-            Some(poll) => server.start_integrations(poll).unwrap(),
+            Some(poll) => server.start_integrations_with(poll, matrix.clone()).unwrap(),
             None => None,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -91,7 +114,7 @@ impl Fleet {
             axum::serve(listener, router).await.unwrap();
             drop(server);
         });
-        Fleet { workers, clock, base, http: reqwest::Client::new(), engine, db, serve, config, poll, _dir: dir }
+        Fleet { workers, clock, base, http: reqwest::Client::new(), engine, db, serve, config, poll, matrix, _dir: dir }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -171,6 +194,26 @@ impl Fleet {
         let (status, body) = self.operator(reqwest::Method::GET, &format!("/tasks/{id}")).await;
         assert_eq!(status, 200, "{body}");
         body["task"].clone()
+    }
+
+    /// An outbox row for Matrix on `issue` (`owner/name#N`), written as the Matrix integration will write its
+    /// messages: no effect goes to Matrix yet, so the row is put in by hand. Returns its id.
+    pub fn enqueue_for_matrix(&self, issue: &str, body: &str) -> i64 {
+        let conn = rusqlite::Connection::open(&self.db).unwrap();
+        conn.busy_timeout(Duration::from_secs(10)).unwrap();
+        let at = self.clock.now().0;
+        conn.execute(
+            "INSERT INTO outbox (kind, payload, created_at, next_attempt_at, issue, destination)
+             VALUES ('message', ?1, ?2, ?2, ?3, 'matrix')",
+            rusqlite::params![serde_json::json!({"issue": issue, "body": body}).to_string(), at, issue],
+        )
+        .unwrap();
+        conn.last_insert_rowid()
+    }
+
+    /// What waits in the outbox, as `forgefleet outbox list` shows it.
+    pub fn outbox_list(&self) -> Vec<forgefleet::store::OutboxEntry> {
+        Store::open_read_only(&self.db).unwrap().read().outbox_list(100).unwrap()
     }
 
     pub fn event_count(&self) -> u64 {

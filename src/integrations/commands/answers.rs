@@ -4,15 +4,14 @@
 use std::fmt::Write;
 
 use crate::core::{AgentState, AgentStatus, IssueRef, Priority, TaskState, Timestamp};
-use crate::store::Store;
+use crate::store::ReadView;
 
 /// How far back `/fleet status` counts failures.
 const FAILURE_WINDOW: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
 
 /// The fleet at a glance, as `/fleet status` answers it: agents (status, running task, last heartbeat), the
 /// queue by priority, tasks by state, and the failures of the last 24 hours by class.
-pub fn status_text(store: &Store, now: Timestamp) -> crate::store::Result<String> {
-    let r = store.read();
+pub fn status_text(r: ReadView<'_>, now: Timestamp) -> crate::store::Result<String> {
     let counts = r.counts_by_state()?;
     let count = |s: TaskState| counts.iter().find(|(t, _)| *t == s).map_or(0, |(_, n)| *n);
     let tasks: Vec<String> = TaskState::ALL.iter().map(|s| format!("{} {}", s.as_str(), count(*s))).collect();
@@ -36,14 +35,14 @@ pub fn status_text(store: &Store, now: Timestamp) -> crate::store::Result<String
     Ok(format!(
         "Fleet status:\n\n- tasks: {}\n- queue: {}\n- agents: {}\n- failures in the last 24 h: {failures}\n\n{}",
         tasks.join(", "),
-        queue_line(store)?,
+        queue_line(r)?,
         agents.join(", "),
-        agents_text(store, now)?
+        agents_text(r, now)?
     ))
 }
 
-fn queue_line(store: &Store) -> crate::store::Result<String> {
-    let depth = store.read().queue_depth_by_priority()?;
+fn queue_line(r: ReadView<'_>) -> crate::store::Result<String> {
+    let depth = r.queue_depth_by_priority()?;
     Ok(Priority::ALL
         .iter()
         .map(|p| format!("{p} {}", depth.iter().find(|(q, _)| q == p).map_or(0, |(_, n)| *n)))
@@ -53,8 +52,7 @@ fn queue_line(store: &Store) -> crate::store::Result<String> {
 
 /// `/fleet agents`: each agent that has not said goodbye, with its status, what it runs and when it was last
 /// heard from.
-pub fn agents_text(store: &Store, now: Timestamp) -> crate::store::Result<String> {
-    let r = store.read();
+pub fn agents_text(r: ReadView<'_>, now: Timestamp) -> crate::store::Result<String> {
     let mut out = String::from("Agents:\n");
     let mut any = false;
     for a in r.agents()? {
@@ -88,9 +86,9 @@ pub fn agents_text(store: &Store, now: Timestamp) -> crate::store::Result<String
 }
 
 /// `/fleet queue`: the queued tasks, highest priority first.
-pub fn queue_text(store: &Store) -> crate::store::Result<String> {
-    let queued = store.read().tasks(Some(TaskState::Queued), 200)?;
-    let mut out = format!("Queue: {}\n", queue_line(store)?);
+pub fn queue_text(r: ReadView<'_>) -> crate::store::Result<String> {
+    let queued = r.tasks(Some(TaskState::Queued), 200)?;
+    let mut out = format!("Queue: {}\n", queue_line(r)?);
     let mut queued: Vec<_> = queued.into_iter().collect();
     queued.sort_by_key(|t| (std::cmp::Reverse(t.priority), t.id));
     for t in queued.iter().take(20) {
@@ -105,8 +103,7 @@ pub fn queue_text(store: &Store) -> crate::store::Result<String> {
 
 /// `/fleet show owner/repo#N`: the task's state, attempts, last failure, the receipt's checks and its pull
 /// request. `None` when the issue has no task.
-pub fn show_text(store: &Store, issue: &IssueRef) -> crate::store::Result<Option<String>> {
-    let r = store.read();
+pub fn show_text(r: ReadView<'_>, issue: &IssueRef) -> crate::store::Result<Option<String>> {
     let Some(t) = r.task_by_issue(issue)? else { return Ok(None) };
     let mut out =
         format!("Task {} for {}: {}\n\n- state: {}, attempt {}\n", t.id, t.issue, t.title, t.state.as_str(), t.attempt);

@@ -7,15 +7,14 @@
 
 pub mod answers;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::core::commands::{FleetCommand, Parsed, Place, help};
 use crate::core::{CommandOrigin, Effect, IssueRef, RepoName};
 use crate::engine::{Clock, Command, CommandOutcome, EngineHandle, Reply};
-use crate::integrations::forgejo::deliver::DeliveryError;
+use crate::integrations::outbox::DeliveryError;
 use crate::integrations::templates::{FailedReply, InvalidReply, TemplateContext, Templates};
-use crate::store::Store;
+use crate::store::{ReadPool, ReadView};
 
 /// Whether an author may change things: each place has its own rule.
 pub enum Verdict {
@@ -42,7 +41,7 @@ pub struct Runner<'a, P: Permission> {
     pub templates: &'a Templates,
     pub permission: &'a P,
     pub clock: &'a Arc<dyn Clock>,
-    pub db: &'a PathBuf,
+    pub reads: &'a ReadPool,
     /// `status:todo` as the repository calls it: what a "no task yet" answer tells people to add.
     pub todo_label: &'a str,
 }
@@ -143,16 +142,9 @@ impl<P: Permission> Runner<'_, P> {
 
     async fn read<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Store) -> crate::store::Result<T> + Send + 'static,
+        f: impl FnOnce(ReadView<'_>) -> crate::store::Result<T> + Send + 'static,
     ) -> Result<T, DeliveryError> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || {
-            let store = Store::open_read_only(&db)?;
-            f(&store)
-        })
-        .await
-        .map_err(|e| DeliveryError::Other(e.to_string()))?
-        .map_err(|e| DeliveryError::Other(e.to_string()))
+        Ok(self.reads.with(f).await?)
     }
 
     fn render<C: TemplateContext>(&self, ctx: &C) -> Result<String, DeliveryError> {

@@ -2,9 +2,10 @@
 //! cancelled, never a delivery that may be stale, out of order, or about an issue that is gone.
 
 use super::ForgejoClient;
-use super::deliver::{DeliveryError, observation};
+use super::deliver::observation;
 use crate::core::IssueRef;
 use crate::engine::{Command, EngineHandle};
+use crate::integrations::outbox::DeliveryError;
 
 /// Reads the issue and has the engine observe it (fresh); an issue that does not exist (or is a pull request
 /// under that number) cancels its task, if it has a live one.

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use super::deliver::label_color;
 use super::types::Label;
 use super::{ForgejoClient, ForgejoError};
 use crate::core::{LabelScheme, RepoName};
@@ -65,9 +64,30 @@ pub fn lowest(labels: &[Label], name: &str) -> Option<i64> {
     labels.iter().filter(|l| l.name == name).map(|l| l.id).min()
 }
 
+/// Colours for the labels forgefleet creates.
+pub fn label_color(name: &str) -> &'static str {
+    match name.rsplit(':').next().unwrap_or(name) {
+        "todo" => "#0075ca",
+        "doing" => "#fbca04",
+        "done" => "#0e8a16",
+        "failed" => "#d73a4a",
+        "critical" => "#b60205",
+        "high" => "#d93f0b",
+        "medium" => "#fbca04",
+        "low" => "#c2e0c6",
+        _ => "#ededed",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_status_has_its_colour() {
+        assert_eq!(label_color("status:done"), "#0e8a16");
+        assert_eq!(label_color("fleet/whatever"), "#ededed");
+    }
 
     #[test]
     fn of_duplicates_the_lowest_id_is_used_whatever_the_listing_order() {

@@ -16,30 +16,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Config;
+use crate::core::Destination;
 use crate::core::RepoName;
 use crate::engine::{Clock, EngineHandle};
+pub use crate::integrations::Workers;
+use crate::integrations::outbox::Worker;
 use crate::integrations::templates::Templates;
+use crate::store::ReadPool;
 
-/// The background work of the Forgejo integration.
-pub struct Workers {
-    pub handles: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Workers {
-    pub fn abort(&self) {
-        for h in &self.handles {
-            h.abort();
-        }
-    }
-}
-
-/// Starts the outbox deliverer and the reconciler, if `[forgejo] url` is set. Must run inside a tokio
-/// runtime. `poll` is how often the deliverer looks for due work.
+/// Starts the Forgejo outbox worker, the receipt validator and the reconciler, if `[forgejo] url` is set. Must
+/// run inside a tokio runtime. `poll` is how often the workers look for due work; all of them read through
+/// `reads`.
 pub fn spawn(
     config: &Config,
     engine: EngineHandle,
     clock: Arc<dyn Clock>,
     templates: Arc<Templates>,
+    reads: ReadPool,
     poll: Duration,
 ) -> anyhow::Result<Option<Workers>> {
     let (Some(url), Some(token)) = (config.forgejo.url.as_deref(), config.forgejo.token.clone()) else {
@@ -57,7 +50,7 @@ pub fn spawn(
         client: client.clone(),
         label_maker: label_maker.clone(),
         engine: engine.clone(),
-        db: db.clone(),
+        reads: reads.clone(),
         labels: config.label_scheme(),
         templates,
         agent_users: config.forgejo.agent_users.clone(),
@@ -65,26 +58,23 @@ pub fn spawn(
         bot,
         branch_prefix: config.forgejo.branch_prefix.clone(),
         clock: clock.clone(),
-        matrix_admins: Vec::new(),
-        matrix_users: Default::default(),
+        matrix_admins: config.matrix.admins.clone(),
+        matrix_users: config.matrix.users.clone(),
     };
     // Both workers wake as soon as the engine appends events (a new outbox row, a receipt), and poll as
     // the fallback (retries that come due, a pass that failed).
-    let mut appended = engine.appended();
-    let delivering = tokio::spawn(async move {
-        loop {
-            match deliverer.deliver_due(clock.now()).await {
-                Ok(n) if n > 0 => continue,
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "outbox delivery pass failed"),
-            }
-            EngineHandle::appended_or(&mut appended, poll).await;
-        }
-    });
+    let delivering = Worker {
+        destination: Destination::Forgejo,
+        deliverer: Arc::new(deliverer),
+        engine: engine.clone(),
+        reads: reads.clone(),
+        clock,
+    }
+    .spawn(poll);
     let validator = validate::Validator {
         client: client.clone(),
         engine: engine.clone(),
-        db: db.clone(),
+        reads: reads.clone(),
         mirrors: db.parent().map(|d| d.join("mirrors")).unwrap_or_else(|| "mirrors".into()),
         git_url: config.forgejo.git_url.clone().unwrap_or_else(|| url.to_string()),
         token: config.forgejo.token.as_ref().map(|t| t.expose().to_string()).unwrap_or_default(),
@@ -109,8 +99,8 @@ pub fn spawn(
     let full_every = config.full_sweep_interval();
     let reconciling = tokio::spawn(async move {
         for repo in &repos {
-            refresh(&client, &engine, &db, repo, &labels).await;
-            let labels = repo_labels(&db, repo, &labels).await;
+            refresh(&client, &engine, &reads, repo, &labels).await;
+            let labels = repo_labels(&reads, repo, &labels).await;
             match label_maker.ensure_managed(repo, &labels).await {
                 Ok(created) if !created.is_empty() => tracing::info!(%repo, ?created, "created missing labels"),
                 Ok(_) => {}
@@ -122,9 +112,9 @@ pub fn spawn(
             let full = last_full.is_none_or(|t| t.elapsed() >= full_every);
             for repo in &repos {
                 if !full {
-                    refresh(&client, &engine, &db, repo, &labels).await;
+                    refresh(&client, &engine, &reads, repo, &labels).await;
                 }
-                run_pass(&client, &engine, &db, repo, full).await;
+                run_pass(&client, &engine, &reads, repo, full).await;
             }
             if full {
                 last_full = Some(tokio::time::Instant::now());
@@ -140,37 +130,34 @@ pub fn spawn(
 async fn refresh(
     client: &ForgejoClient,
     engine: &EngineHandle,
-    db: &std::path::Path,
+    reads: &ReadPool,
     repo: &RepoName,
     labels: &crate::core::LabelScheme,
 ) {
-    if let Err(e) = reconcile::refresh_settings(client, engine, db, repo, labels).await {
+    if let Err(e) = reconcile::refresh_settings(client, engine, reads, repo, labels).await {
         tracing::warn!(%repo, error = %e, "cannot read the repository's {}", reconcile::FLEET_FILE);
     }
 }
 
-/// The label scheme of one repository: its `fleet.yaml`'s, or the server's.
+/// The label scheme of one repository: its `fleet.yaml`'s, or the server's (also when the store cannot be
+/// read just now: the log says so).
 pub async fn repo_labels(
-    db: &std::path::Path,
+    reads: &ReadPool,
     repo: &RepoName,
     base: &crate::core::LabelScheme,
 ) -> crate::core::LabelScheme {
-    let key = format!("{}{repo}", crate::engine::logic::REPO_SETTINGS);
-    let db = db.to_path_buf();
-    let stored =
-        tokio::task::spawn_blocking(move || crate::store::Store::open_read_only(&db).and_then(|s| s.read().meta(&key)))
-            .await
-            .ok()
-            .and_then(|r| r.ok())
-            .flatten();
-    stored
-        .and_then(|s| serde_json::from_str::<crate::engine::repo::RepoOverrides>(&s).ok())
-        .and_then(|o| o.labels)
-        .unwrap_or_else(|| base.clone())
+    let (lookup, fallback) = (repo.clone(), base.clone());
+    match reads.with(move |r| crate::engine::repo::RepoSettings::labels(r, &lookup, &fallback)).await {
+        Ok(scheme) => scheme,
+        Err(e) => {
+            tracing::warn!(%repo, error = %e, "cannot read the repository's settings; the server's labels apply");
+            base.clone()
+        }
+    }
 }
 
-async fn run_pass(client: &ForgejoClient, engine: &EngineHandle, db: &std::path::Path, repo: &RepoName, full: bool) {
-    match reconcile::pass(client, engine, db, repo, full).await {
+async fn run_pass(client: &ForgejoClient, engine: &EngineHandle, reads: &ReadPool, repo: &RepoName, full: bool) {
+    match reconcile::pass(client, engine, reads, repo, full).await {
         Ok(r) => tracing::debug!(%repo, full, listed = r.listed, looked_up = r.looked_up, "reconciled"),
         Err(e) => tracing::warn!(%repo, full, error = %e, "reconciliation failed; the next pass tries again"),
     }

@@ -1,13 +1,12 @@
 //! Reconciliation: the safety net for lost webhooks. Forgejo is the truth; what it says now is fed through
 //! the same engine command as a webhook, and the engine's diff does the rest (queue, cancel, repair labels).
 
-use std::path::Path;
-
 use super::deliver::observation;
 use super::{ForgejoClient, ForgejoError, IssueFilter};
 use crate::core::{IssueRef, LabelScheme, RepoName, Timestamp};
+use crate::engine::repo::{RepoOverrides, RepoSettings};
 use crate::engine::{Command, EngineHandle};
-use crate::store::Store;
+use crate::store::{ReadPool, StoreError};
 
 /// What one pass saw.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -25,6 +24,12 @@ pub enum ReconcileError {
     Local(String),
 }
 
+impl From<StoreError> for ReconcileError {
+    fn from(e: StoreError) -> Self {
+        ReconcileError::Local(e.to_string())
+    }
+}
+
 fn cursor_key(repo: &RepoName) -> String {
     format!("reconcile.cursor:{repo}")
 }
@@ -35,18 +40,13 @@ fn cursor_key(repo: &RepoName) -> String {
 pub async fn pass(
     client: &ForgejoClient,
     engine: &EngineHandle,
-    db: &Path,
+    reads: &ReadPool,
     repo: &RepoName,
     full: bool,
 ) -> Result<PassReport, ReconcileError> {
     let key = cursor_key(repo);
     let read_key = key.clone();
-    let db_path = db.to_path_buf();
-    let cursor =
-        tokio::task::spawn_blocking(move || Store::open_read_only(&db_path).and_then(|s| s.read().meta(&read_key)))
-            .await
-            .map_err(|e| ReconcileError::Local(e.to_string()))?
-            .map_err(|e| ReconcileError::Local(e.to_string()))?;
+    let cursor = reads.with(move |r| r.meta(&read_key)).await?;
     let full = full || cursor.is_none();
     let filter = if full {
         IssueFilter { state: Some("open"), ..IssueFilter::default() }
@@ -68,14 +68,7 @@ pub async fn pass(
     if full {
         let seen: Vec<u64> = issues.iter().map(|i| i.number).collect();
         let repo_name = repo.clone();
-        let db_path = db.to_path_buf();
-        let active = tokio::task::spawn_blocking(move || -> crate::store::Result<Vec<u64>> {
-            let store = Store::open_read_only(&db_path)?;
-            store.read().active_issues(&repo_name)
-        })
-        .await
-        .map_err(|e| ReconcileError::Local(e.to_string()))?
-        .map_err(|e| ReconcileError::Local(e.to_string()))?;
+        let active = reads.with(move |r| r.active_issues(&repo_name)).await?;
         for number in active.into_iter().filter(|n| !seen.contains(n)) {
             let command = match client.issue(repo, number).await {
                 Ok(issue) if !issue.is_pull() => Command::ObserveIssue(observation(repo, &issue)),
@@ -115,28 +108,23 @@ pub const FLEET_FILE: &str = ".forgejo/fleet.yaml";
 pub async fn refresh_settings(
     client: &ForgejoClient,
     engine: &EngineHandle,
-    db: &Path,
+    reads: &ReadPool,
     repo: &RepoName,
     base_labels: &LabelScheme,
 ) -> Result<bool, ReconcileError> {
-    let key = format!("{}{repo}", crate::engine::logic::REPO_SETTINGS);
-    let db_path = db.to_path_buf();
-    let stored = tokio::task::spawn_blocking(move || Store::open_read_only(&db_path).and_then(|s| s.read().meta(&key)))
-        .await
-        .map_err(|e| ReconcileError::Local(e.to_string()))?
-        .map_err(|e| ReconcileError::Local(e.to_string()))?;
-    let stored: Option<crate::engine::repo::RepoOverrides> = stored.and_then(|s| serde_json::from_str(&s).ok());
+    let lookup = repo.clone();
+    let stored = reads.with(move |r| RepoSettings::read(r, &lookup)).await?;
     let file = client.file(repo, FLEET_FILE, None).await?;
     let overrides = match (&file, &stored) {
         (None, None) => return Ok(false),
-        (None, Some(_)) => crate::engine::repo::RepoOverrides::default(),
+        (None, Some(_)) => RepoOverrides::default(),
         (Some((_, sha)), Some(s)) if s.source_sha.as_deref() == Some(sha.as_str()) => return Ok(false),
         (Some((text, sha)), _) => {
             let mut o = match crate::engine::repo::parse_fleet_yaml(text, base_labels) {
                 Ok(o) => o,
                 Err(problem) => {
                     tracing::warn!(%repo, %problem, "{FLEET_FILE} cannot be used; the defaults apply");
-                    crate::engine::repo::RepoOverrides { problem: Some(problem), ..Default::default() }
+                    RepoOverrides { problem: Some(problem), ..Default::default() }
                 }
             };
             o.source_sha = Some(sha.clone());

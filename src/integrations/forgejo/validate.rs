@@ -9,12 +9,13 @@ use super::{ForgejoClient, ForgejoError};
 use crate::core::{Check, FileChange, Task, TaskId, TaskState, Validation};
 use crate::engine::{Command, EngineHandle};
 use crate::integrations::git::{GitError, Mirror};
-use crate::store::Store;
+use crate::store::{ReadPool, ReadView, StoreError};
 
 pub struct Validator {
     pub client: ForgejoClient,
     pub engine: EngineHandle,
-    pub db: PathBuf,
+    /// The store's read path, shared with the other workers.
+    pub reads: ReadPool,
     /// Where the bare mirrors live: `<dir>/<owner>/<name>.git`.
     pub mirrors: PathBuf,
     /// `<git_url>/<owner>/<name>.git` is fetched.
@@ -40,13 +41,13 @@ struct Context {
 }
 
 impl Context {
-    fn read(store: &Store, task: &Task) -> crate::store::Result<Context> {
+    fn read(r: ReadView<'_>, task: &Task) -> crate::store::Result<Context> {
         let agent = match &task.lease {
-            Some(l) => store.read().agent(l.agent)?.map(|a| a.name.to_string()),
+            Some(l) => r.agent(l.agent)?.map(|a| a.name.to_string()),
             None => None,
         };
         let claimed_by = match &task.receipt {
-            Some(r) => store.read().completed_with_pull(&task.issue.repo, r.pr_number, task.id)?,
+            Some(receipt) => r.completed_with_pull(&task.issue.repo, receipt.pr_number, task.id)?,
             None => None,
         };
         Ok(Context { agent, claimed_by })
@@ -79,6 +80,12 @@ pub enum NotYet {
     Local(String),
 }
 
+impl From<StoreError> for NotYet {
+    fn from(e: StoreError) -> Self {
+        NotYet::Local(e.to_string())
+    }
+}
+
 fn check(name: &str, passed: bool, detail: String) -> Check {
     Check { name: name.to_string(), passed, detail }
 }
@@ -107,23 +114,20 @@ pub fn refers_to(text: &str, repo: &str, n: u64) -> bool {
 impl Validator {
     /// Checks every task waiting in `validating`; returns how many got a verdict.
     pub async fn validate_pending(&self) -> Result<usize, NotYet> {
-        let db = self.db.clone();
-        let waiting = tokio::task::spawn_blocking(move || -> crate::store::Result<Vec<(Task, Context)>> {
-            let store = Store::open_read_only(&db)?;
-            let ids: Vec<TaskId> =
-                store.read().tasks(Some(TaskState::Validating), 100)?.into_iter().map(|t| t.id).collect();
-            let mut tasks = Vec::new();
-            for id in ids {
-                if let Some(task) = store.read().task(id)? {
-                    let context = Context::read(&store, &task)?;
-                    tasks.push((task, context));
+        let waiting = self
+            .reads
+            .with(move |r| -> crate::store::Result<Vec<(Task, Context)>> {
+                let ids: Vec<TaskId> = r.tasks(Some(TaskState::Validating), 100)?.into_iter().map(|t| t.id).collect();
+                let mut tasks = Vec::new();
+                for id in ids {
+                    if let Some(task) = r.task(id)? {
+                        let context = Context::read(r, &task)?;
+                        tasks.push((task, context));
+                    }
                 }
-            }
-            Ok(tasks)
-        })
-        .await
-        .map_err(|e| NotYet::Local(e.to_string()))?
-        .map_err(|e| NotYet::Local(e.to_string()))?;
+                Ok(tasks)
+            })
+            .await?;
         let mut done = 0;
         for (task, context) in waiting {
             match self.validate_with(&task, &context).await {
@@ -142,12 +146,8 @@ impl Validator {
 
     /// Every check of one receipt, each with its outcome.
     pub async fn validate(&self, task: &Task) -> Result<Validation, NotYet> {
-        let db = self.db.clone();
         let t = task.clone();
-        let context = tokio::task::spawn_blocking(move || Context::read(&Store::open_read_only(&db)?, &t))
-            .await
-            .map_err(|e| NotYet::Local(e.to_string()))?
-            .map_err(|e| NotYet::Local(e.to_string()))?;
+        let context = self.reads.with(move |r| Context::read(r, &t)).await?;
         self.validate_with(task, &context).await
     }
 

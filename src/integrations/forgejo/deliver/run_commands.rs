@@ -8,7 +8,6 @@ use crate::core::commands::Parsed;
 use crate::core::{AgentName, CommandOrigin, IssueRef, RepoName};
 use crate::engine::Command;
 use crate::integrations::commands::{Permission, Runner, Verdict};
-use crate::integrations::forgejo::repo_labels;
 use crate::integrations::forgejo::types::Permission as Collaborator;
 use crate::integrations::templates::RefusedReply;
 
@@ -116,7 +115,7 @@ impl Deliverer {
             templates: &self.templates,
             permission,
             clock: &self.clock,
-            db: &self.db,
+            reads: &self.reads,
             todo_label: &self.labels.todo,
         }
     }
@@ -124,7 +123,7 @@ impl Deliverer {
     /// Pins the issue to one agent: its `agent:` labels become just this one, and the engine sees the issue
     /// as it now is. Setting a target, not toggling: delivering it twice changes nothing.
     pub(super) async fn set_agent_label(&self, issue: &IssueRef, agent: &AgentName) -> Result<(), DeliveryError> {
-        let scheme = repo_labels(&self.db, &issue.repo, &self.labels).await;
+        let scheme = self.scheme(issue).await;
         let want = format!("{}{agent}", scheme.agent_prefix);
         let current = self.client.issue_labels(&issue.repo, issue.number).await?;
         for l in current.iter().filter(|l| l.name.starts_with(&scheme.agent_prefix) && l.name != want) {
