@@ -84,6 +84,30 @@ impl Server {
     /// The same, plus an outbox worker for Matrix when given its deliverer: each destination has its own worker,
     /// so a homeserver that is down never holds back a Forgejo write. Without one, Matrix rows wait in the
     /// outbox, taken by no one. Every worker reads through the server's one read pool.
+    /// Starts the Matrix bot when `[matrix] homeserver_url` is set, with the deliverer its outbox worker uses
+    /// (give it to `start_integrations_with`). Must run inside a tokio runtime.
+    pub fn start_matrix(&self) -> Option<(crate::integrations::matrix::MatrixHandle, Arc<dyn Deliver>)> {
+        let handle = crate::integrations::matrix::spawn(&self.state.config, self.state.engine.clone())?;
+        let deliverer = self.matrix_deliverer(handle.watch());
+        Some((handle, deliverer))
+    }
+
+    /// The outbox's Matrix deliverer for a bot that comes and goes (`MatrixHandle::watch`).
+    pub fn matrix_deliverer(
+        &self,
+        bot: tokio::sync::watch::Receiver<Option<crate::integrations::matrix::Bot>>,
+    ) -> Arc<dyn Deliver> {
+        let config = &self.state.config;
+        Arc::new(crate::integrations::matrix::deliver::MatrixDeliverer {
+            bot,
+            engine: self.state.engine.clone(),
+            reads: self.state.reads.clone(),
+            templates: self.state.templates.clone(),
+            config: config.matrix.clone(),
+            forgejo_url: config.forgejo.url.clone(),
+        })
+    }
+
     pub fn start_integrations_with(
         &self,
         poll: std::time::Duration,

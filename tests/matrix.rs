@@ -4,6 +4,8 @@
 
 #![recursion_limit = "256"]
 
+#[path = "support/encrypted.rs"]
+mod encrypted;
 mod support;
 
 use std::path::PathBuf;
@@ -14,122 +16,8 @@ use forgefleet::engine::{self, Engine, EngineHandle, EngineSettings, SystemClock
 use forgefleet::integrations::matrix::{self, Bot, MatrixHandle, MessageRelation, OutgoingMessage, TIMELINE_LIMIT};
 use forgefleet::store::Store;
 use serde_json::{Value, json};
-use support::synapse::{User, synapse};
+use support::synapse::{Person, User, synapse};
 use support::{Home, eventually};
-
-/// A client of the client-server API, as a person's Matrix client talks to the homeserver.
-#[derive(Clone)]
-struct Person {
-    token: String,
-    user_id: String,
-    http: reqwest::Client,
-}
-
-fn api(path: &str) -> String {
-    format!("{}/_matrix/client/v3{}", synapse().url(), path)
-}
-
-/// `#` must not end a URL path.
-fn enc(id: &str) -> String {
-    id.replace('#', "%23")
-}
-
-impl Person {
-    async fn login(user: &User) -> Person {
-        let http = reqwest::Client::new();
-        let body = json!({
-            "type": "m.login.password",
-            "identifier": {"type": "m.id.user", "user": user.name},
-            "password": user.password,
-        });
-        let answer: Value = http.post(api("/login")).json(&body).send().await.unwrap().json().await.unwrap();
-        let token = answer["access_token"].as_str().unwrap_or_else(|| panic!("login: {answer}")).to_string();
-        Person { token, user_id: user.user_id.clone(), http }
-    }
-
-    /// A request to the client-server API (`path` after `/_matrix/client/v3`).
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        self.call_url(method, &api(path), body).await
-    }
-
-    async fn call_url(&self, method: reqwest::Method, url: &str, body: Option<Value>) -> (u16, Value) {
-        let mut request = self.http.request(method, url).bearer_auth(&self.token);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-
-    /// A public room, with `alias` (its local part) if given; `invite` are invited.
-    async fn create_room(&self, alias: Option<&str>, invite: &[&str]) -> String {
-        self.create_room_with("public_chat", alias, invite).await
-    }
-
-    /// A room only the invited may join.
-    async fn create_private_room(&self) -> String {
-        self.create_room_with("private_chat", None, &[]).await
-    }
-
-    async fn create_room_with(&self, preset: &str, alias: Option<&str>, invite: &[&str]) -> String {
-        let mut body = json!({"preset": preset, "invite": invite});
-        if let Some(alias) = alias {
-            body["room_alias_name"] = json!(alias);
-        }
-        let (status, answer) = self.call(reqwest::Method::POST, "/createRoom", Some(body)).await;
-        assert_eq!(status, 200, "{answer}");
-        answer["room_id"].as_str().unwrap().to_string()
-    }
-
-    async fn say(&self, room: &str, body: &str) -> String {
-        let txn: u64 = rand::random();
-        let path = format!("/rooms/{}/send/m.room.message/{txn}", enc(room));
-        let (status, answer) =
-            self.call(reqwest::Method::PUT, &path, Some(json!({"msgtype": "m.text", "body": body}))).await;
-        assert_eq!(status, 200, "{answer}");
-        answer["event_id"].as_str().unwrap().to_string()
-    }
-
-    async fn invite(&self, room: &str, user: &str) {
-        let path = format!("/rooms/{}/invite", enc(room));
-        let (status, answer) = self.call(reqwest::Method::POST, &path, Some(json!({"user_id": user}))).await;
-        assert_eq!(status, 200, "{answer}");
-    }
-
-    async fn membership(&self, room: &str, user: &str) -> Option<String> {
-        let path = format!("/rooms/{}/state/m.room.member/{user}", enc(room));
-        let (status, answer) = self.call(reqwest::Method::GET, &path, None).await;
-        (status == 200).then(|| answer["membership"].as_str().unwrap_or_default().to_string())
-    }
-
-    async fn event(&self, room: &str, event_id: &str) -> Value {
-        let (status, answer) =
-            self.call(reqwest::Method::GET, &format!("/rooms/{}/event/{event_id}", enc(room)), None).await;
-        assert_eq!(status, 200, "{answer}");
-        answer
-    }
-
-    /// The bodies of the room's newest messages, oldest first.
-    async fn bodies(&self, room: &str) -> Vec<String> {
-        self.messages(room)
-            .await
-            .iter()
-            .map(|e| e["content"]["body"].as_str().unwrap_or_default().to_string())
-            .collect()
-    }
-
-    /// The room's newest messages (`m.room.message` only), oldest first.
-    async fn messages(&self, room: &str) -> Vec<Value> {
-        let path = format!("/rooms/{}/messages?dir=b&limit=100", enc(room));
-        let (status, answer) = self.call(reqwest::Method::GET, &path, None).await;
-        assert_eq!(status, 200, "{answer}");
-        let mut events: Vec<Value> =
-            answer["chunk"].as_array().unwrap().iter().filter(|e| e["type"] == "m.room.message").cloned().collect();
-        events.reverse();
-        events
-    }
-}
 
 /// A forgefleet home with the bot configured: its data directory and configuration.
 struct BotHome {
@@ -449,49 +337,15 @@ async fn thread_replies_and_edits_carry_their_relations_and_explicit_mentions() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_encrypted_room_works_both_ways() {
-    use matrix_sdk::config::SyncSettings;
-    use matrix_sdk::ruma::api::client::room::create_room;
-    use matrix_sdk::ruma::events::InitialStateEvent;
-    use matrix_sdk::ruma::events::room::encryption::RoomEncryptionEventContent;
     use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
-    use matrix_sdk::ruma::{OwnedUserId, UserId};
 
-    let s = synapse();
-    let bot = s.register("bot").await;
-    let human = s.register("human").await;
-    let client = matrix_sdk::Client::builder().homeserver_url(s.url()).build().await.unwrap();
-    client.matrix_auth().login_username(&human.name, &human.password).send().await.unwrap();
-    let mut request = create_room::v3::Request::new();
-    let bot_id: OwnedUserId = UserId::parse(bot.user_id.as_str()).unwrap();
-    request.invite = vec![bot_id.clone()];
-    request.initial_state = vec![
-        InitialStateEvent::with_empty_state_key(RoomEncryptionEventContent::with_recommended_defaults()).to_raw_any(),
-    ];
-    let room = client.create_room(request).await.unwrap();
-    let room_id = room.room_id().to_string();
-    let syncing = tokio::spawn({
-        let client = client.clone();
-        async move { client.sync(SyncSettings::default()).await }
-    });
+    let cast = encrypted::cast().await;
+    let (bot, room, room_id) = (&cast.bot, &cast.room, cast.room_id.clone());
 
-    let home = BotHome::new(&bot, &[&room_id]);
+    let home = BotHome::new(bot, &[&room_id]);
     let running = home.start().await;
     home.synced().await;
-    eventually("the human's client sees the bot in the room", || async {
-        room.get_member_no_sync(&bot_id)
-            .await
-            .ok()
-            .flatten()
-            .is_some_and(|m| *m.membership() == matrix_sdk::ruma::events::room::member::MembershipState::Join)
-    })
-    .await;
-
-    // The human's client must know the bot's device, or it encrypts for nobody the bot can decrypt as.
-    let device: matrix_sdk::ruma::OwnedDeviceId = running.bot.device_id().as_str().into();
-    eventually("the human's client knows the bot's device", || async {
-        client.encryption().get_device(&bot_id, &device).await.ok().flatten().is_some()
-    })
-    .await;
+    cast.bot_is_in(running.bot.device_id().as_str()).await;
     room.send(RoomMessageEventContent::text_plain("/fleet status")).await.unwrap();
     home.inbox_holds(&["/fleet status"]).await;
 
@@ -504,7 +358,7 @@ async fn an_encrypted_room_works_both_ways() {
         content["body"] == "3 agents, 2 tasks queued"
     })
     .await;
-    syncing.abort();
+    cast.syncing.abort();
     running.stop().await;
 }
 

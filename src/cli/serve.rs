@@ -41,17 +41,21 @@ pub fn run(config: Config) -> Result<(), CliError> {
             "forgefleet is serving"
         );
         let ticker = tokio::spawn(periodic_checks(handle, config.task_check_interval()));
-        let workers = server
-            .start_integrations(std::time::Duration::from_secs(1))
-            .map_err(|e| CliError::usage(format!("cannot start the Forgejo integration: {e:#}")))?;
-        if workers.is_none() {
-            tracing::info!("no [forgejo] url configured: nothing is watched; agents and the API work as usual");
-        }
         // The bot logs in and syncs in the background: a homeserver that is down or refuses the bot's
-        // credentials is logged (naming the setting) and tried again, and everything else runs meanwhile.
-        let matrix = crate::integrations::matrix::spawn(&config, server.engine().clone());
-        if matrix.is_none() {
-            tracing::info!("no [matrix] homeserver_url configured: the Matrix bot is off");
+        // credentials is logged (naming the setting) and tried again, and everything else runs meanwhile;
+        // messages for the room wait in the outbox until it is in.
+        let (matrix, matrix_deliverer) = match server.start_matrix() {
+            Some((handle, deliverer)) => (Some(handle), Some(deliverer)),
+            None => {
+                tracing::info!("no [matrix] homeserver_url configured: the Matrix bot is off");
+                (None, None)
+            }
+        };
+        let workers = server
+            .start_integrations_with(std::time::Duration::from_secs(1), matrix_deliverer)
+            .map_err(|e| CliError::usage(format!("cannot start the Forgejo integration: {e:#}")))?;
+        if config.forgejo.url.is_none() {
+            tracing::info!("no [forgejo] url configured: nothing is watched; agents and the API work as usual");
         }
         let limits = crate::server::HttpLimits::from_config(&config).within_open_files(open_files);
         let result = crate::server::serve_http1(listener, server.router(), limits, shutdown_signal()).await;

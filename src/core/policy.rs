@@ -28,6 +28,18 @@ pub enum FailureClass {
 }
 
 impl FailureClass {
+    /// A sentence for people about what the class means.
+    pub fn explain(self) -> &'static str {
+        match self {
+            FailureClass::AgentLost => "The agent stopped answering (no heartbeats), so its work was taken back.",
+            FailureClass::Timeout => "The task ran past its time limit.",
+            FailureClass::AgentError => "The agent's command failed.",
+            FailureClass::VerificationFailed => "The pull request the agent reported did not check out.",
+            FailureClass::RateLimited => "The model provider asked to slow down.",
+            FailureClass::Cancelled => "It was cancelled.",
+        }
+    }
+
     pub const ALL: [FailureClass; 6] = [
         FailureClass::AgentLost,
         FailureClass::Timeout,

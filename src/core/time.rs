@@ -128,9 +128,28 @@ impl fmt::Display for Timestamp {
     }
 }
 
+/// A duration as people write it: "42 s", "10 min", "1 h 2 min", never "0 s".
+pub fn human_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0 => "under a second".to_string(),
+        1..60 => format!("{s} s"),
+        60..3600 => format!("{} min", s / 60),
+        _ => format!("{} h {} min", s / 3600, (s % 3600) / 60),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_read_like_people_write_them() {
+        assert_eq!(human_duration(Duration::from_secs(42)), "42 s");
+        assert_eq!(human_duration(Duration::from_millis(400)), "under a second", "never \"0 s\"");
+        assert_eq!(human_duration(Duration::from_secs(600)), "10 min");
+        assert_eq!(human_duration(Duration::from_secs(3720)), "1 h 2 min");
+    }
 
     #[test]
     fn formats_and_parses_rfc3339() {

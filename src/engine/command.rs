@@ -114,6 +114,12 @@ pub enum Command {
         key: String,
         inner: Box<Command>,
     },
+    /// A Matrix message was posted for `key` (a task's message, an agent's thread root) as `event_id`.
+    MatrixPosted {
+        key: String,
+        room: String,
+        event_id: String,
+    },
     /// Commands a person wrote (parsed where they arrived), to run once the author's permission is checked.
     QueueCommands {
         origin: crate::core::CommandOrigin,
@@ -185,6 +191,7 @@ impl Command {
                 | Command::CancelTask { .. }
                 | Command::IssueGone { .. }
                 | Command::RetryTask { .. }
+                | Command::RunCommand { .. }
                 | Command::DeregisterAgent { .. }
                 | Command::Tick
         )

@@ -231,7 +231,23 @@ pub fn handle(s: &mut EngineSettings, tx: &WriteTx<'_>, cmd: Command, now: Times
             Ok(Reply::Done)
         }
         Command::MatrixSynced { next_batch, messages } => {
-            Ok(Reply::MatrixRecorded(tx.record_matrix_sync(&next_batch, &messages, now)?))
+            let new = tx.record_matrix_sync(&next_batch, &messages, now)?;
+            // Each new message's commands are queued in the transaction that records it: a command event is
+            // handled exactly once, across restarts and crashes.
+            for m in &new {
+                let commands = crate::core::commands::parse(&m.body, crate::core::commands::Place::Chat);
+                if !commands.is_empty() {
+                    let origin =
+                        crate::core::CommandOrigin::Matrix { room: m.room.clone(), event_id: m.event_id.clone() };
+                    tx.enqueue(&Effect::RunCommands { origin, author: m.sender.clone(), commands }, None, now)?;
+                }
+                tx.matrix_handled(&m.event_id, now)?;
+            }
+            Ok(Reply::MatrixRecorded(new.len()))
+        }
+        Command::MatrixPosted { key, room, event_id } => {
+            tx.set_matrix_message(&key, &room, &event_id, now)?;
+            Ok(Reply::Done)
         }
         Command::SetRepoSettings { repo, overrides } => {
             let json = serde_json::to_string(&overrides).map_err(|e| EngineError::Invalid(e.to_string()))?;

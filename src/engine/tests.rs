@@ -558,6 +558,13 @@ fn a_replayed_matrix_sync_records_each_message_once_and_keeps_the_newest_token()
     let inbox = read.matrix_inbox(10).unwrap();
     let ids: Vec<&str> = inbox.iter().map(|r| r.message.event_id.as_str()).collect();
     assert_eq!(ids, ["$a", "$b", "$c"]);
-    assert!(inbox.iter().all(|r| r.handled_at.is_none()));
+    assert!(inbox.iter().all(|r| r.handled_at.is_some()), "each was taken by the command path");
+    let queued: i64 = f
+        .engine
+        .store
+        .connection()
+        .query_row("SELECT count(*) FROM outbox WHERE kind = 'run_commands'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(queued, 1, "only `/fleet status` is a command, queued once");
     assert_eq!(read.matrix_next_batch().unwrap().as_deref(), Some("s2"));
 }

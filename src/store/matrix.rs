@@ -31,18 +31,46 @@ pub struct InboxRow {
 impl WriteTx<'_> {
     /// Records `messages` (those already recorded are left as they are) and moves the sync token to
     /// `next_batch`, in this one transaction: a crash before the commit replays the same sync, and the
-    /// replay finds its messages recorded. Returns how many were new.
-    pub fn record_matrix_sync(&self, next_batch: &str, messages: &[InboxMessage], at: Timestamp) -> Result<usize> {
+    /// replay finds its messages recorded. Returns the messages that were new, which the caller handles in
+    /// the same transaction ([`WriteTx::matrix_handled`]).
+    pub fn record_matrix_sync<'m>(
+        &self,
+        next_batch: &str,
+        messages: &'m [InboxMessage],
+        at: Timestamp,
+    ) -> Result<Vec<&'m InboxMessage>> {
         let mut insert = self.tx.prepare_cached(
             "INSERT OR IGNORE INTO matrix_inbox (event_id, room, sender, body, origin_server_ts, received_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
-        let mut new = 0;
+        let mut new = Vec::new();
         for m in messages {
-            new += insert.execute(params![m.event_id, m.room, m.sender, m.body, m.origin_server_ts, at.0])?;
+            if insert.execute(params![m.event_id, m.room, m.sender, m.body, m.origin_server_ts, at.0])? == 1 {
+                new.push(m);
+            }
         }
         self.set_meta(MATRIX_NEXT_BATCH, next_batch)?;
         Ok(new)
+    }
+
+    /// The command path took the message (its commands, if any, are queued).
+    pub fn matrix_handled(&self, event_id: &str, at: Timestamp) -> Result<()> {
+        self.tx
+            .prepare_cached("UPDATE matrix_inbox SET handled_at = ?2 WHERE event_id = ?1 AND handled_at IS NULL")?
+            .execute(params![event_id, at.0])?;
+        Ok(())
+    }
+
+    /// Remembers the event a message key (`task:12`, `agent:3`) was first posted as: later news edits it or
+    /// hangs in its thread.
+    pub fn set_matrix_message(&self, key: &str, room: &str, event_id: &str, at: Timestamp) -> Result<()> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO matrix_messages (key, room, event_id, at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(key) DO NOTHING",
+            )?
+            .execute(params![key, room, event_id, at.0])?;
+        Ok(())
     }
 }
 
@@ -50,6 +78,16 @@ impl ReadView<'_> {
     /// The Matrix sync token the bot stopped at, if it ever synced.
     pub fn matrix_next_batch(&self) -> Result<Option<String>> {
         self.meta(MATRIX_NEXT_BATCH)
+    }
+
+    /// The room and event a message key was first posted as.
+    pub fn matrix_message(&self, key: &str) -> Result<Option<(String, String)>> {
+        use rusqlite::OptionalExtension;
+        Ok(self
+            .conn
+            .prepare_cached("SELECT room, event_id FROM matrix_messages WHERE key = ?1")?
+            .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?)
     }
 
     /// The inbox in the order messages arrived, oldest first, at most `limit`.

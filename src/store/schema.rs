@@ -152,6 +152,16 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ALTER TABLE outbox ADD COLUMN destination TEXT NOT NULL DEFAULT 'forgejo';
     CREATE INDEX outbox_pending_by_destination ON outbox(destination, issue, id) WHERE delivered_at IS NULL;
     "#,
+    // 9: the Matrix messages forgefleet keeps coming back to: a task's one message (edited as it moves) and
+    // each agent's thread root, by key (`task:12`, `agent:3`).
+    r#"
+    CREATE TABLE matrix_messages (
+        key      TEXT    PRIMARY KEY,
+        room     TEXT    NOT NULL,
+        event_id TEXT    NOT NULL,
+        at       INTEGER NOT NULL
+    );
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -29,6 +29,8 @@ pub struct Fleet {
     poll: Option<Duration>,
     /// The Matrix outbox worker's deliverer, when the fleet runs one.
     matrix: Option<Arc<dyn Deliver>>,
+    /// The Matrix bot, when the configuration has a homeserver (as `serve` starts it).
+    pub bot: Option<forgefleet::integrations::matrix::MatrixHandle>,
     _dir: tempfile::TempDir,
 }
 
@@ -79,12 +81,25 @@ impl Fleet {
     /// Stops this server, lets `down` pass on the clock, and starts a new one on the same database (on a new
     /// port, with a new HTTP client: agents follow with `TestAgent::moved_to`).
     pub async fn restart_after(&mut self, down: Duration) {
+        self.stop_serving().await;
+        self.clock.advance(down);
+        self.start_again().await;
+    }
+
+    /// Stops the server, its workers and its bot, as stopping `serve` does; `start_again` starts them anew.
+    pub async fn stop_serving(&mut self) {
         self.serve.abort();
         let _ = (&mut self.serve).await;
         if let Some(w) = self.workers.take() {
             w.abort();
         }
-        self.clock.advance(down);
+        if let Some(bot) = self.bot.take() {
+            bot.stop().await;
+        }
+    }
+
+    /// A new server on the same database, after `stop_serving`.
+    pub async fn start_again(&mut self) {
         let dir = std::mem::replace(&mut self._dir, tempfile::tempdir().unwrap());
         let next = Self::serve_on(dir, self.config.clone(), self.clock.clone(), self.poll, self.matrix.clone()).await;
         let old = std::mem::replace(self, next);
@@ -103,8 +118,12 @@ impl Fleet {
         let store = Store::open(&db).unwrap();
         let server = Server::start(config.clone(), store, clock.clone()).unwrap();
         let engine = server.engine().clone();
+        let (bot, matrix_worker) = match server.start_matrix() {
+            Some((handle, deliverer)) => (Some(handle), Some(deliverer)),
+            None => (None, matrix.clone()),
+        };
         let workers = match poll {
-            Some(poll) => server.start_integrations_with(poll, matrix.clone()).unwrap(),
+            Some(poll) => server.start_integrations_with(poll, matrix_worker).unwrap(),
             None => None,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -114,7 +133,20 @@ impl Fleet {
             axum::serve(listener, router).await.unwrap();
             drop(server);
         });
-        Fleet { workers, clock, base, http: reqwest::Client::new(), engine, db, serve, config, poll, matrix, _dir: dir }
+        Fleet {
+            workers,
+            clock,
+            base,
+            http: reqwest::Client::new(),
+            engine,
+            db,
+            serve,
+            config,
+            poll,
+            matrix,
+            bot,
+            _dir: dir,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -226,6 +258,9 @@ impl Drop for Fleet {
         self.serve.abort();
         if let Some(w) = &self.workers {
             w.abort();
+        }
+        if let Some(bot) = &self.bot {
+            bot.abort();
         }
     }
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
 
 /// The shared secret of the test homeserver's admin registration.
 const SHARED_SECRET: &str = "forgefleet-test-registration-secret";
@@ -212,4 +213,118 @@ fn write_config(dir: &Path, addr: SocketAddr) {
         port = addr.port(),
     );
     std::fs::write(dir.join("homeserver.yaml"), config).unwrap();
+}
+
+/// A client of the client-server API, as a person's Matrix client talks to the homeserver.
+#[derive(Clone)]
+pub struct Person {
+    pub token: String,
+    pub user_id: String,
+    pub http: reqwest::Client,
+}
+
+pub fn api(path: &str) -> String {
+    format!("{}/_matrix/client/v3{}", synapse().url(), path)
+}
+
+/// `#` must not end a URL path.
+pub fn enc(id: &str) -> String {
+    id.replace('#', "%23")
+}
+
+impl Person {
+    pub async fn login(user: &User) -> Person {
+        let http = reqwest::Client::new();
+        let body = json!({
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": user.name},
+            "password": user.password,
+        });
+        let answer: Value = http.post(api("/login")).json(&body).send().await.unwrap().json().await.unwrap();
+        let token = answer["access_token"].as_str().unwrap_or_else(|| panic!("login: {answer}")).to_string();
+        Person { token, user_id: user.user_id.clone(), http }
+    }
+
+    /// A request to the client-server API (`path` after `/_matrix/client/v3`).
+    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.call_url(method, &api(path), body).await
+    }
+
+    pub async fn call_url(&self, method: reqwest::Method, url: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = self.http.request(method, url).bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// A public room, with `alias` (its local part) if given; `invite` are invited.
+    pub async fn create_room(&self, alias: Option<&str>, invite: &[&str]) -> String {
+        self.create_room_with("public_chat", alias, invite).await
+    }
+
+    /// A room only the invited may join.
+    pub async fn create_private_room(&self) -> String {
+        self.create_room_with("private_chat", None, &[]).await
+    }
+
+    pub async fn create_room_with(&self, preset: &str, alias: Option<&str>, invite: &[&str]) -> String {
+        let mut body = json!({"preset": preset, "invite": invite});
+        if let Some(alias) = alias {
+            body["room_alias_name"] = json!(alias);
+        }
+        let (status, answer) = self.call(reqwest::Method::POST, "/createRoom", Some(body)).await;
+        assert_eq!(status, 200, "{answer}");
+        answer["room_id"].as_str().unwrap().to_string()
+    }
+
+    pub async fn say(&self, room: &str, body: &str) -> String {
+        let txn: u64 = rand::random();
+        let path = format!("/rooms/{}/send/m.room.message/{txn}", enc(room));
+        let (status, answer) =
+            self.call(reqwest::Method::PUT, &path, Some(json!({"msgtype": "m.text", "body": body}))).await;
+        assert_eq!(status, 200, "{answer}");
+        answer["event_id"].as_str().unwrap().to_string()
+    }
+
+    pub async fn invite(&self, room: &str, user: &str) {
+        let path = format!("/rooms/{}/invite", enc(room));
+        let (status, answer) = self.call(reqwest::Method::POST, &path, Some(json!({"user_id": user}))).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+
+    pub async fn membership(&self, room: &str, user: &str) -> Option<String> {
+        let path = format!("/rooms/{}/state/m.room.member/{user}", enc(room));
+        let (status, answer) = self.call(reqwest::Method::GET, &path, None).await;
+        (status == 200).then(|| answer["membership"].as_str().unwrap_or_default().to_string())
+    }
+
+    pub async fn event(&self, room: &str, event_id: &str) -> Value {
+        let (status, answer) =
+            self.call(reqwest::Method::GET, &format!("/rooms/{}/event/{event_id}", enc(room)), None).await;
+        assert_eq!(status, 200, "{answer}");
+        answer
+    }
+
+    /// The bodies of the room's newest messages, oldest first.
+    pub async fn bodies(&self, room: &str) -> Vec<String> {
+        self.messages(room)
+            .await
+            .iter()
+            .map(|e| e["content"]["body"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    /// The room's newest messages (`m.room.message` only), oldest first.
+    pub async fn messages(&self, room: &str) -> Vec<Value> {
+        let path = format!("/rooms/{}/messages?dir=b&limit=100", enc(room));
+        let (status, answer) = self.call(reqwest::Method::GET, &path, None).await;
+        assert_eq!(status, 200, "{answer}");
+        let mut events: Vec<Value> =
+            answer["chunk"].as_array().unwrap().iter().filter(|e| e["type"] == "m.room.message").cloned().collect();
+        events.reverse();
+        events
+    }
 }

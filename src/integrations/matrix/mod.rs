@@ -3,6 +3,7 @@
 //! (`Bot::send`: thread replies, edits, idempotent by transaction id). docs/matrix.md shows the setup.
 
 mod bot;
+pub mod deliver;
 pub mod send;
 pub mod session;
 pub mod sync;
@@ -71,6 +72,11 @@ impl MatrixHandle {
             // The task ended (it only does when the engine stopped): nothing will ever come.
             Err(_) => std::future::pending().await,
         }
+    }
+
+    /// The bot as it comes and goes: `None` until it has logged in.
+    pub fn watch(&self) -> watch::Receiver<Option<Bot>> {
+        self.bot.clone()
     }
 
     /// The bot if it is logged in now.

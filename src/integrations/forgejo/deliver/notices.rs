@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::{Deliverer, DeliveryError};
-use crate::core::{FailureClass, IssueRef, Notice, TaskId};
+use crate::core::{IssueRef, Notice, TaskId};
 use crate::integrations::templates::{
     CancelledComment, CompletedComment, FailedComment, RetryingComment, StartedComment, TemplateContext,
 };
@@ -54,7 +54,7 @@ impl Deliverer {
                     agent,
                     attempt,
                     repo: issue.repo.to_string(),
-                    duration: started_at.map(|s| human_duration(s.until(*finished_at))),
+                    duration: started_at.map(|s| crate::core::time::human_duration(s.until(*finished_at))),
                     pr_number: receipt.map(|r| r.pr_number),
                     pr_url: receipt.map(|r| self.client.pull_url(&issue.repo, r.pr_number)),
                     summary: receipt.map(|r| r.summary.clone()).unwrap_or_default(),
@@ -71,7 +71,7 @@ impl Deliverer {
                 attempt,
                 class: class.as_str().into(),
                 message: message.clone(),
-                explanation: explain(*class).into(),
+                explanation: class.explain().into(),
                 retries_left: *retries_left,
                 not_before: not_before.to_rfc3339(),
             }),
@@ -79,7 +79,7 @@ impl Deliverer {
                 attempt,
                 class: class.as_str().into(),
                 message: message.clone(),
-                explanation: explain(*class).into(),
+                explanation: class.explain().into(),
             }),
             Notice::Cancelled { reason, was_running } => self.render(&CancelledComment {
                 attempt,
@@ -132,44 +132,14 @@ impl Deliverer {
     }
 }
 
-/// A sentence for people about what a failure class means.
-fn explain(class: FailureClass) -> &'static str {
-    match class {
-        FailureClass::AgentLost => "The agent stopped answering (no heartbeats), so its work was taken back.",
-        FailureClass::Timeout => "The task ran past its time limit.",
-        FailureClass::AgentError => "The agent's command failed.",
-        FailureClass::VerificationFailed => "The pull request the agent reported did not check out.",
-        FailureClass::RateLimited => "The model provider asked to slow down.",
-        FailureClass::Cancelled => "It was cancelled.",
-    }
-}
-
-fn human_duration(d: Duration) -> String {
-    let s = d.as_secs();
-    match s {
-        0 => "under a second".to_string(),
-        1..60 => format!("{s} s"),
-        60..3600 => format!("{} min", s / 60),
-        _ => format!("{} h {} min", s / 3600, (s % 3600) / 60),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn durations_read_like_people_write_them() {
-        assert_eq!(human_duration(Duration::from_secs(42)), "42 s");
-        assert_eq!(human_duration(Duration::from_millis(400)), "under a second", "never \"0 s\"");
-        assert_eq!(human_duration(Duration::from_secs(600)), "10 min");
-        assert_eq!(human_duration(Duration::from_secs(3720)), "1 h 2 min");
-    }
-
-    #[test]
     fn every_class_has_an_explanation_and_comments_a_marker() {
-        for c in FailureClass::ALL {
-            assert!(!explain(c).is_empty());
+        for c in crate::core::FailureClass::ALL {
+            assert!(!c.explain().is_empty());
         }
         assert_eq!(marker("task-1:attempt-2:completed"), "<!-- forgefleet:task-1:attempt-2:completed -->");
     }
