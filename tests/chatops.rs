@@ -95,10 +95,17 @@ impl World {
         (w, said)
     }
 
-    /// Waits until the bot has logged in and joined the room (as alice sees it).
+    /// Waits until the bot has joined the room (as alice sees it) and finished its first sync: on a first
+    /// start, what was written before that is history, which is skipped.
     async fn bot_is_in(&self) {
         eventually("the bot joined the room", || async {
             self.alice.membership(&self.room, &self.bot.user_id).await.as_deref() == Some("join")
+        })
+        .await;
+        let db = self.fleet.db.clone();
+        eventually("the bot has synced once", || async {
+            forgefleet::store::Store::open_read_only(&db)
+                .is_ok_and(|s| s.read().matrix_next_batch().ok().flatten().is_some())
         })
         .await;
     }
@@ -204,6 +211,15 @@ fn configure(c: &mut Config, forgejo: &str, bot: &User, room: &str) {
     c.matrix.password = Some(Secret::new(bot.password.clone()));
     c.matrix.store_passphrase = Some(Secret::new("test passphrase"));
     c.matrix.rooms = vec![room.to_string()];
+}
+
+/// Waits until the bot of the fleet on `db` has finished its first sync (stored a sync token).
+async fn synced_once(db: &std::path::Path) {
+    eventually("the bot has synced once", || async {
+        forgefleet::store::Store::open_read_only(db)
+            .is_ok_and(|s| s.read().matrix_next_batch().ok().flatten().is_some())
+    })
+    .await;
 }
 
 fn body(e: &Value) -> &str {
@@ -500,6 +516,7 @@ async fn in_an_encrypted_room_the_person_reads_the_news_and_is_answered() {
     let (url, config_room, bot_user) = (forgejo.url().to_string(), room_id.clone(), bot.clone());
     let fleet = Fleet::start_with_forgejo(move |c| configure(c, &url, &bot_user, &config_room)).await;
     cast.bot_is_in(&fleet.bot.as_ref().unwrap().bot().await.device_id()).await;
+    synced_once(&fleet.db).await;
 
     // What the person's client shows: the room's messages, decrypted where it can.
     let shown = || async {
@@ -529,4 +546,72 @@ async fn in_an_encrypted_room_the_person_reads_the_news_and_is_answered() {
     let raw = fleet.outbox_list();
     assert!(raw.iter().all(|r| r.destination != "matrix"), "everything for the room was delivered: {raw:#?}");
     cast.syncing.abort();
+}
+
+/// A repository's `.forgejo/fleet.yaml` may send its news to another of the rooms the configuration allows it
+/// (`[matrix.repos]`), never to a room of its writers' choosing: that file is refused, and its news stays in
+/// the configured rooms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repository_chooses_its_room_only_among_those_the_configuration_allows() {
+    let carol = Person::login(&synapse().register("carol").await).await;
+    let ops = carol.create_room(None, &[]).await;
+    let ops_for_config = ops.clone();
+    let w = World::with(move |c| {
+        let main = c.matrix.rooms[0].clone();
+        c.matrix.rooms.push(ops_for_config.clone());
+        c.matrix.repos = [(REPO.to_string(), vec![main, ops_for_config])].into();
+    })
+    .await;
+    eventually("the bot joined the ops room", || async {
+        carol.membership(&ops, &w.bot.user_id).await.as_deref() == Some("join")
+    })
+    .await;
+    let client =
+        forgefleet::integrations::forgejo::ForgejoClient::new(w.forgejo.url(), Secret::new(BOT_TOKEN), None).unwrap();
+    let repo = forgefleet::core::RepoName::parse(REPO).unwrap();
+    let refresh = |text: String| {
+        let (client, repo, w, ops) = (&client, &repo, &w, &ops);
+        async move {
+            w.forgejo.set_file(REPO, ".forgejo/fleet.yaml", &text).await;
+            let main = w.room.clone();
+            let allowed = [main.as_str(), ops.as_str()];
+            forgefleet::integrations::forgejo::reconcile::refresh_settings(
+                client,
+                &w.fleet.engine,
+                &forgefleet::store::ReadPool::new(w.fleet.db.clone()),
+                repo,
+                &forgefleet::core::LabelScheme::default(),
+                Some(&allowed),
+            )
+            .await
+            .unwrap();
+        }
+    };
+
+    refresh(format!("matrix:\n  room: \"{ops}\"\n")).await;
+    let (issue, _) = w.queued("News for ops").await;
+    let agent = w.fleet.register("a1", &[], 2).await;
+    agent.pull().await.unwrap();
+    let needle = format!("{REPO}#{issue}");
+    eventually("the assignment is in the room the repository chose", || async {
+        carol.bodies(&ops).await.iter().any(|b| b.contains(&needle) && b.contains("assigned to"))
+    })
+    .await;
+    assert!(!w.bot_said().await.iter().any(|e| body(e).contains(&needle)), "not in the main room");
+
+    refresh("matrix:\n  room: \"!elsewhere:localhost\"\n".to_string()).await;
+    let (issue, _) = w.queued("News for the default").await;
+    agent.pull().await.unwrap();
+    w.task_message(issue, "the assignment is in the repository's first room", |root, _| {
+        body(root).contains("assigned to")
+    })
+    .await;
+    eventually("the refused file is explained on the issue", || async {
+        w.forgejo
+            .comments(REPO, issue)
+            .await
+            .iter()
+            .any(|c| c.body.contains("matrix.room") && c.body.contains("!elsewhere"))
+    })
+    .await;
 }

@@ -78,6 +78,9 @@ pub struct RepoOverrides {
     pub retry: BTreeMap<FailureClass, RetrySpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt: Option<String>,
+    /// The Matrix room the repository's news goes to: one of the rooms the server allows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matrix_room: Option<String>,
     /// Why the file could not be used (then everything else is empty and the defaults apply).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
@@ -114,6 +117,14 @@ struct FleetFile {
     retry: BTreeMap<String, RetrySpec>,
     #[serde(default)]
     prompt: Option<String>,
+    #[serde(default)]
+    matrix: Option<MatrixPart>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MatrixPart {
+    room: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -137,8 +148,14 @@ struct TimeoutsPart {
     start_secs: Option<u64>,
 }
 
-/// Reads a `fleet.yaml` on top of the server's label scheme. An error says what is wrong and where.
-pub fn parse_fleet_yaml(text: &str, base_labels: &LabelScheme) -> Result<RepoOverrides, String> {
+/// Reads a `fleet.yaml` on top of the server's label scheme. `rooms` are the Matrix rooms the server allows
+/// the repository (`[matrix.repos]`, else the default room); `None` when Matrix is off. An error says what is
+/// wrong and where.
+pub fn parse_fleet_yaml(
+    text: &str,
+    base_labels: &LabelScheme,
+    rooms: Option<&[&str]>,
+) -> Result<RepoOverrides, String> {
     let file: FleetFile = if text.trim().is_empty() {
         FleetFile::default()
     } else {
@@ -192,6 +209,17 @@ pub fn parse_fleet_yaml(text: &str, base_labels: &LabelScheme) -> Result<RepoOve
         out.retry.insert(class, spec);
     }
     out.prompt = file.prompt.filter(|p| !p.trim().is_empty());
+    if let (Some(room), Some(allowed)) = (file.matrix.and_then(|m| m.room), rooms) {
+        // A repository's writers may pick among the fleet's rooms for it, never send its news elsewhere.
+        if !allowed.contains(&room.as_str()) {
+            return Err(format!(
+                "matrix.room: `{room}` is not a room forgefleet allows this repository (its configuration's \
+                 [matrix.repos] entry allows: {})",
+                allowed.iter().map(|r| format!("`{r}`")).collect::<Vec<_>>().join(", ")
+            ));
+        }
+        out.matrix_room = Some(room);
+    }
     Ok(out)
 }
 
@@ -207,7 +235,7 @@ mod tests {
             RepoName::parse("acme/other").unwrap(),
             RepoName::parse("acme/x").unwrap(),
         );
-        let mine = parse_fleet_yaml("labels:\n  todo: fleet/todo\n", &LabelScheme::default()).unwrap();
+        let mine = parse_fleet_yaml("labels:\n  todo: fleet/todo\n", &LabelScheme::default(), None).unwrap();
         let tx = store.write().unwrap();
         tx.set_meta(&RepoSettings::key(&app), &serde_json::to_string(&mine).unwrap()).unwrap();
         tx.set_meta(&RepoSettings::key(&broken), "{not json").unwrap();
@@ -227,7 +255,7 @@ mod tests {
     fn a_full_file_overrides_labels_timeouts_retries_and_the_prompt() {
         let text = "labels:\n  todo: fleet/todo\n  default_priority: high\ntimeouts:\n  task_mins: 90\n  start_secs: 45\n\
                     retry:\n  agent_error: {max_retries: 5, base_secs: 10, cap_secs: 100}\nprompt: |\n  Be brief.\n";
-        let o = parse_fleet_yaml(text, &LabelScheme::default()).unwrap();
+        let o = parse_fleet_yaml(text, &LabelScheme::default(), None).unwrap();
         let labels = o.labels.as_ref().unwrap();
         assert_eq!((labels.todo.as_str(), labels.doing.as_str()), ("fleet/todo", "status:doing"));
         assert_eq!(labels.default_priority, Priority::High);
@@ -240,13 +268,13 @@ mod tests {
 
     #[test]
     fn an_empty_file_changes_nothing() {
-        assert_eq!(parse_fleet_yaml("", &LabelScheme::default()).unwrap(), RepoOverrides::default());
-        assert_eq!(parse_fleet_yaml("# nothing\n", &LabelScheme::default()).unwrap(), RepoOverrides::default());
+        assert_eq!(parse_fleet_yaml("", &LabelScheme::default(), None).unwrap(), RepoOverrides::default());
+        assert_eq!(parse_fleet_yaml("# nothing\n", &LabelScheme::default(), None).unwrap(), RepoOverrides::default());
     }
 
     #[test]
     fn mistakes_are_reported_with_where_they_are() {
-        let bad = |text: &str| parse_fleet_yaml(text, &LabelScheme::default()).unwrap_err();
+        let bad = |text: &str| parse_fleet_yaml(text, &LabelScheme::default(), None).unwrap_err();
         assert!(bad("lables:\n  todo: x\n").contains("lables"));
         assert!(bad("retry:\n  oops: {max_retries: 1, base_secs: 1, cap_secs: 1}\n").contains("retry.oops"));
         assert!(bad("retry:\n  cancelled: {max_retries: 1, base_secs: 1, cap_secs: 1}\n").contains("never retried"));
@@ -254,5 +282,21 @@ mod tests {
         assert!(bad("labels:\n  todo: status:done\n").contains("two statuses"));
         assert!(bad("timeouts:\n  task_mins: 0\n").contains("at least 1"));
         assert!(!bad("labels: [unclosed\n").is_empty());
+    }
+
+    #[test]
+    fn a_repository_may_choose_its_room_only_among_those_the_server_allows() {
+        let labels = LabelScheme::default();
+        let allowed = ["!ops:example.org", "!app:example.org"];
+        let o = parse_fleet_yaml("matrix:\n  room: \"!app:example.org\"\n", &labels, Some(&allowed)).unwrap();
+        assert_eq!(o.matrix_room.as_deref(), Some("!app:example.org"));
+        let err = parse_fleet_yaml("matrix:\n  room: \"!mine:evil.org\"\n", &labels, Some(&allowed)).unwrap_err();
+        assert!(
+            err.starts_with("matrix.room: `!mine:evil.org` is not a room") && err.contains("`!ops:example.org`"),
+            "{err}"
+        );
+        let off = parse_fleet_yaml("matrix:\n  room: \"!any\"\n", &labels, None).unwrap();
+        assert_eq!(off.matrix_room, None, "with Matrix off the choice means nothing and breaks nothing");
+        assert!(parse_fleet_yaml("matrix:\n  rom: x\n", &labels, Some(&allowed)).is_err(), "a typo is reported");
     }
 }

@@ -95,11 +95,12 @@ pub fn spawn(
         }
     });
     let labels = config.label_scheme();
+    let matrix = config.matrix.clone();
     let every = config.reconcile_interval();
     let full_every = config.full_sweep_interval();
     let reconciling = tokio::spawn(async move {
         for repo in &repos {
-            refresh(&client, &engine, &reads, repo, &labels).await;
+            refresh(&client, &engine, &reads, repo, &labels, &matrix).await;
             let labels = repo_labels(&reads, repo, &labels).await;
             match label_maker.ensure_managed(repo, &labels).await {
                 Ok(created) if !created.is_empty() => tracing::info!(%repo, ?created, "created missing labels"),
@@ -112,7 +113,7 @@ pub fn spawn(
             let full = last_full.is_none_or(|t| t.elapsed() >= full_every);
             for repo in &repos {
                 if !full {
-                    refresh(&client, &engine, &reads, repo, &labels).await;
+                    refresh(&client, &engine, &reads, repo, &labels, &matrix).await;
                 }
                 run_pass(&client, &engine, &reads, repo, full).await;
             }
@@ -133,8 +134,11 @@ async fn refresh(
     reads: &ReadPool,
     repo: &RepoName,
     labels: &crate::core::LabelScheme,
+    matrix: &crate::config::MatrixConfig,
 ) {
-    if let Err(e) = reconcile::refresh_settings(client, engine, reads, repo, labels).await {
+    let rooms = matrix.rooms_for(repo);
+    let rooms = matrix.enabled().then_some(rooms.as_slice());
+    if let Err(e) = reconcile::refresh_settings(client, engine, reads, repo, labels, rooms).await {
         tracing::warn!(%repo, error = %e, "cannot read the repository's {}", reconcile::FLEET_FILE);
     }
 }

@@ -111,6 +111,7 @@ pub async fn refresh_settings(
     reads: &ReadPool,
     repo: &RepoName,
     base_labels: &LabelScheme,
+    rooms: Option<&[&str]>,
 ) -> Result<bool, ReconcileError> {
     let lookup = repo.clone();
     let stored = reads.with(move |r| RepoSettings::read(r, &lookup)).await?;
@@ -120,7 +121,7 @@ pub async fn refresh_settings(
         (None, Some(_)) => RepoOverrides::default(),
         (Some((_, sha)), Some(s)) if s.source_sha.as_deref() == Some(sha.as_str()) => return Ok(false),
         (Some((text, sha)), _) => {
-            let mut o = match crate::engine::repo::parse_fleet_yaml(text, base_labels) {
+            let mut o = match crate::engine::repo::parse_fleet_yaml(text, base_labels, rooms) {
                 Ok(o) => o,
                 Err(problem) => {
                     tracing::warn!(%repo, %problem, "{FLEET_FILE} cannot be used; the defaults apply");

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use super::{Bot, MessageRelation, OutgoingMessage, SendError};
 use crate::config::MatrixConfig;
 use crate::core::{AgentId, AgentNews, Effect, IssueRef, Notice, TaskId};
+use crate::engine::repo::RepoSettings;
 use crate::engine::{Command, EngineHandle};
 use crate::integrations::outbox::{Deliver, Delivery, DeliveryError};
 use crate::integrations::templates::{
@@ -121,7 +122,7 @@ impl MatrixDeliverer {
                 room
             }
             None => {
-                let room = self.room_for(issue)?;
+                let room = self.room_for(issue).await?;
                 let event_id = self.send(bot, &room, txn("task"), message, None).await?;
                 self.remember(key, room.clone(), event_id).await?;
                 room
@@ -251,10 +252,16 @@ impl MatrixDeliverer {
         Ok(ctx)
     }
 
-    /// The room a task's message goes to: its repository's first room (`[matrix.repos]`), else the default.
-    fn room_for(&self, issue: &IssueRef) -> Result<String, DeliveryError> {
-        self.config
-            .rooms_for(&issue.repo)
+    /// The room a task's message goes to: the one its repository's `fleet.yaml` chose (`matrix.room`), if
+    /// the configuration still allows it; else the repository's first room (`[matrix.repos]`), else the default.
+    async fn room_for(&self, issue: &IssueRef) -> Result<String, DeliveryError> {
+        let allowed = self.config.rooms_for(&issue.repo);
+        let repo = issue.repo.clone();
+        let chosen = self.read(move |r| Ok(RepoSettings::read(r, &repo)?.and_then(|o| o.matrix_room))).await?;
+        if let Some(room) = chosen.filter(|c| allowed.contains(&c.as_str())) {
+            return Ok(room);
+        }
+        allowed
             .first()
             .map(|r| r.to_string())
             .ok_or_else(|| DeliveryError::Refused("matrix.rooms is empty: there is no room to post to".into()))
