@@ -28,6 +28,8 @@ pub fn engine_settings(config: &Config) -> EngineSettings {
         missed_heartbeats: config.agents.missed_heartbeats,
         progress_lines_kept: config.tasks.progress_lines_kept,
         branch_prefix: config.forgejo.branch_prefix.clone(),
+        require_checks: config.forgejo.require_checks.clone(),
+        checks_timeout: std::time::Duration::from_secs(config.forgejo.checks_timeout_mins.saturating_mul(60)),
         chat_progress: chat_kinds(config).is_some_and(|k| k.contains("progress")).then(|| {
             crate::core::logbatch::LogBatcher::new(
                 std::time::Duration::from_secs(config.matrix.progress_interval_secs),
@@ -67,6 +69,7 @@ impl Server {
             config: Arc::new(config),
             templates,
             tokens: Default::default(),
+            pull_news: Default::default(),
         };
         Ok(Server { state, clock: shared, engine_thread: Some(thread) })
     }
@@ -120,6 +123,7 @@ impl Server {
             self.state.templates.clone(),
             self.state.reads.clone(),
             poll,
+            self.state.pull_news.clone(),
         )?;
         if let Some(deliverer) = matrix {
             let worker = Worker {

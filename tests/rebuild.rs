@@ -145,6 +145,21 @@ fn random_command(rng: &mut StdRng, engine: &Engine) -> Command {
                 Some(t) => (t.id, t.attempt),
                 None => (task, attempt),
             };
+            // One waiting for CI gets CI's verdict.
+            if let Some(checks) = engine.store.read().task(task).unwrap().and_then(|t| t.checks) {
+                let status = |state: &str| forgefleet::core::CommitStatus {
+                    context: "ci".into(),
+                    state: state.into(),
+                    description: String::new(),
+                    target_url: String::new(),
+                };
+                let verdict = match rng.random_range(0..3) {
+                    0 => forgefleet::core::ChecksVerdict::Passed { checks: vec![status("success")] },
+                    1 => forgefleet::core::ChecksVerdict::Failed { failing: vec![status("failure")] },
+                    _ => forgefleet::core::ChecksVerdict::Pending { waiting_for: vec![] },
+                };
+                return Command::FinishChecks { task, attempt, head_sha: checks.head_sha, verdict };
+            }
             Command::FinishValidation {
                 task,
                 attempt,
@@ -173,7 +188,10 @@ fn rebuilt_projections_equal_the_live_ones_after_long_random_scenarios() {
     for seed in 1..=4u64 {
         let mut rng = StdRng::seed_from_u64(seed);
         let clock = ManualClock::new(Timestamp(1_800_000_000_000));
-        let mut engine = Engine::new(Store::open_in_memory().unwrap(), EngineSettings::default(), clock.clone());
+        // Every other scenario's repositories require CI: tasks wait for it, and it passes, fails or never ends.
+        let mut settings = EngineSettings::default();
+        settings.require_checks = forgefleet::core::ChecksSetting::Flag(seed % 2 == 0);
+        let mut engine = Engine::new(Store::open_in_memory().unwrap(), settings, clock.clone());
         let mut ok = 0;
         for _ in 0..4000 {
             if rng.random_bool(0.2) {
@@ -189,6 +207,9 @@ fn rebuilt_projections_equal_the_live_ones_after_long_random_scenarios() {
         };
         // The scenario must have walked the whole machine, or equality would prove little.
         assert!(kinds.len() >= 15, "seed {seed}: only {kinds:?}");
+        if seed % 2 == 0 {
+            assert!(kinds.contains("checks_awaited"), "seed {seed}: no task waited for CI: {kinds:?}");
+        }
         assert!(ok > 1000, "seed {seed}: only {ok} commands applied");
 
         let live = snapshot(&engine.store);

@@ -36,16 +36,21 @@ struct World {
 impl World {
     /// A repository with history on `main`, an issue labelled `status:todo`, and an agent working on it.
     async fn new(db: Option<std::path::PathBuf>) -> World {
-        Self::build(db, false).await
+        Self::build(db, false, None).await
+    }
+
+    /// The same, the repository carrying `.forgejo/fleet.yaml` with `text` before forgefleet starts.
+    async fn with_fleet_yaml(text: &str) -> World {
+        Self::build(None, false, Some(text)).await
     }
 
     /// The same, with Forgejo and git served over HTTPS by certificates of a private CA that forgefleet is
     /// told to trust (`[forgejo] ca_file`).
     async fn over_https() -> World {
-        Self::build(None, true).await
+        Self::build(None, true, None).await
     }
 
-    async fn build(db: Option<std::path::PathBuf>, https: bool) -> World {
+    async fn build(db: Option<std::path::PathBuf>, https: bool, fleet_yaml: Option<&str>) -> World {
         let root = tempfile::tempdir().unwrap();
         let git = GitServer::start_with_token(root.path(), BOT_TOKEN);
         let repo = TestRepo::init_bare(root.path(), REPO);
@@ -59,6 +64,11 @@ impl World {
         forgejo.set_permission(REPO, "agent", "write").await;
         forgejo.add_user("alice", "alice-token").await;
         forgejo.set_permission(REPO, "alice", "write").await;
+        forgejo.add_user("ci", "ci-token").await;
+        forgejo.set_permission(REPO, "ci", "write").await;
+        if let Some(text) = fleet_yaml {
+            forgejo.set_file(REPO, ".forgejo/fleet.yaml", text).await;
+        }
         let (mut url, mut git_url) = (forgejo.url().to_string(), git.base_url());
         let mut tls = None;
         if https {
@@ -577,4 +587,119 @@ async fn the_completion_comment_counts_the_agents_time_not_the_wait_for_forgejo(
     // template engine rendered the hole as nothing.
     let link = format!("{}/{REPO}/pulls/{pr}", w.forgejo.url().trim_end_matches('/'));
     assert!(done.body.contains(&link), "{link} missing from: {}", done.body);
+}
+
+/// Waits until forgefleet has read the repository's `fleet.yaml`.
+async fn settings_read(w: &World) {
+    eventually("the repository settings are read", || async {
+        let store = forgefleet::store::Store::open_read_only(&w.fleet.db).unwrap();
+        let repo = forgefleet::core::RepoName::parse(REPO).unwrap();
+        forgefleet::engine::repo::RepoSettings::read(store.read(), &repo).unwrap().is_some()
+    })
+    .await;
+}
+
+/// CI reports on a commit as Forgejo Actions or any CI does: a commit status through the API.
+async fn ci_reports(w: &World, sha: &str, state: &str, description: &str) {
+    let client = reqwest::Client::new();
+    let r = client
+        .post(format!("{}/api/v1/repos/{REPO}/statuses/{sha}", w.forgejo.url().trim_end_matches('/')))
+        .header("Authorization", "token ci-token")
+        .json(&json!({"state": state, "context": "ci/test", "description": description,
+                      "target_url": format!("https://ci.example/{REPO}/runs/{sha}")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+}
+
+/// A repository that requires CI: the receipt checks out, the task waits for the head's statuses without
+/// holding its agent, a red CI fails the attempt with `checks_failed` (what failed on the issue and in the
+/// next prompt), the retry continues the same branch and pull request, and a green CI completes it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_red_ci_round_is_retried_on_the_same_pull_request_and_a_green_one_completes_the_task() {
+    let w = World::with_fleet_yaml("require_checks: [ci/test]\ntimeouts:\n  checks_mins: 30\n").await;
+    settings_read(&w).await;
+    let (pr, sha) =
+        w.open_pull(&[("src/lib.rs", "fn a() {}\nfn greet() {}\n")], "Greet", &format!("Closes #{}", w.issue)).await;
+    assert_eq!(w.submit(pr, &sha).await.0, 202);
+    eventually("the receipt checks out and the task waits for CI", || async { !w.task().await["checks"].is_null() })
+        .await;
+    let task = w.task().await;
+    assert_eq!(task["state"], "validating", "{task}");
+    assert_eq!(task["checks"]["head_sha"], sha.as_str());
+    assert_eq!(task["checks"]["required"], json!({"named": ["ci/test"]}));
+    assert!(task["lease"]["released_at"].is_string(), "the agent's part is over: {task}");
+    // Its slot is free: the one-slot agent gets the next task while CI runs.
+    let second = w.forgejo.create_issue(REPO, "alice", "Another", "", &["status:todo"]).await;
+    w.fleet.label(&format!("{REPO}#{second}"), &["status:todo"]).await.unwrap();
+    let next = w.agent.pull().await.expect("waiting for CI holds no agent slot");
+    assert_eq!(next.issue, second);
+
+    // CI is running, then fails: forgefleet sees it (no webhook for statuses: it polls).
+    ci_reports(&w, &sha, "pending", "running").await;
+    eventually("forgefleet looked at the statuses", || async {
+        w.forgejo.requests().await.iter().any(|r| r.path.ends_with(&format!("/commits/{sha}/status")))
+    })
+    .await;
+    assert_eq!(w.task().await["state"], "validating", "pending keeps it validating");
+    ci_reports(&w, &sha, "failure", "2 tests failed").await;
+    eventually("the attempt fails with checks_failed", || async { w.task().await["attempt"] == 2 }).await;
+    let task = w.task().await;
+    assert_eq!(
+        (task["state"].as_str(), task["last_failure"]["class"].as_str()),
+        (Some("queued"), Some("checks_failed"))
+    );
+    let message = task["last_failure"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("`ci/test` (failure): 2 tests failed")
+            && message.contains(&format!("https://ci.example/{REPO}/runs/{sha}")),
+        "{message}"
+    );
+    assert_eq!(task["pushed_branch"], w.branch.as_str(), "the retry continues the same branch: {task}");
+    eventually("the issue says which check failed, and why", || async {
+        w.forgejo
+            .comments(REPO, w.issue)
+            .await
+            .iter()
+            .any(|c| c.body.contains("checks_failed") && c.body.contains("2 tests failed"))
+    })
+    .await;
+
+    // The retry: the same branch, the failure in its prompt; the agent pushes on top, the same pull request.
+    w.fleet.later(Duration::from_secs(120));
+    w.fleet.tick().await;
+    let agent2 = w.fleet.register("a2", &[], 1).await;
+    let retry = agent2.pull().await.expect("the retry is queued");
+    assert_eq!((retry.task_id.0 as u64, retry.attempt, retry.branch.as_str()), (w.task, 2, w.branch.as_str()));
+    assert!(retry.prompt.contains("2 tests failed") && retry.prompt.contains("Fix that on top"), "{}", retry.prompt);
+    agent2.start(&retry).await;
+    let fixed = w.repo.commit(&[("src/lib.rs", "fn a() {}\nfn greet() { }\n")], "fix the tests");
+    w.repo.push(&w.branch);
+    w.repo.push_pull_head(pr, &fixed);
+    w.forgejo
+        .push_to_pull(
+            REPO,
+            pr,
+            "agent",
+            &[FakeCommit::new(&fixed, "fix the tests").file("src/lib.rs", "modified", 1, 1)],
+        )
+        .await;
+    let body =
+        json!({"task_id": w.task, "attempt": 2, "pr_number": pr, "head_sha": fixed, "summary": "Fixed the tests."});
+    assert_eq!(agent2.post("/receipts", body).await.0, 202);
+    eventually("the second round waits for CI on the new head", || async {
+        w.task().await["checks"]["head_sha"] == fixed.as_str()
+    })
+    .await;
+    ci_reports(&w, &fixed, "success", "all green").await;
+    let task = w.settled().await;
+    assert_eq!(task["state"], "completed", "{task}");
+    let ci = check(&task, "ci_checks");
+    assert_eq!(ci["passed"], true, "{task}");
+    assert!(ci["detail"].as_str().unwrap().contains("`ci/test`"), "{ci}");
+    eventually("the completion comment shows the CI check", || async {
+        w.forgejo.comments(REPO, w.issue).await.iter().any(|c| c.body.contains("Done") && c.body.contains("CI passed"))
+    })
+    .await;
 }

@@ -155,6 +155,8 @@ pub enum FailureClassDoc {
     AgentError,
     /// The receipt did not check out.
     VerificationFailed,
+    /// The pull request's CI failed or did not finish in time (where the repository requires checks).
+    ChecksFailed,
     /// The model provider said to slow down: retried after a longer wait.
     RateLimited,
     /// Someone cancelled it: never retried.
@@ -246,6 +248,33 @@ pub struct LeaseDoc {
     /// The idempotency key of the request answered with this lease. Absent when none was given.
     #[serde(default)]
     request_key: Option<String>,
+    /// When the agent handed in its receipt. Absent before.
+    #[serde(default)]
+    #[schema(format = DateTime)]
+    receipt_at: Option<String>,
+    /// When the agent's slot was freed while the task goes on without it (its receipt checked out and the
+    /// task waits for the pull request's CI). Absent while the agent holds the attempt.
+    #[serde(default)]
+    #[schema(format = DateTime)]
+    released_at: Option<String>,
+}
+
+/// The CI a task waits for after its receipt checked out (the repository requires checks).
+#[derive(ToSchema)]
+#[schema(as = AwaitedChecks)]
+#[allow(dead_code)]
+pub struct AwaitedChecksDoc {
+    pr_number: u64,
+    /// The verified head commit whose statuses are read.
+    head_sha: String,
+    /// `"all"` (every status on the commit), or `{"named": [contexts]}`.
+    #[schema(value_type = Object)]
+    required: String,
+    #[schema(format = DateTime)]
+    since: String,
+    /// Past this with checks still pending, the attempt fails with `checks_failed`.
+    #[schema(format = DateTime)]
+    deadline: String,
 }
 
 /// Why the last attempt ended.
@@ -297,6 +326,8 @@ pub struct TaskDoc {
     /// A branch an earlier attempt pushed before it failed (its `fail` report said so): the current and every
     /// later attempt are assigned it and continue its work. Absent when each attempt gets a fresh branch.
     pushed_branch: Option<String>,
+    /// The pull request's CI the task waits for, still `validating` but holding no agent slot. Absent otherwise.
+    checks: Option<AwaitedChecksDoc>,
 }
 
 /// One event of the task's log. `type` names it (`task_queued`, `task_assigned`, `task_started`,
@@ -368,7 +399,7 @@ mod tests {
         assert_eq!(enum_values::<FailureClassDoc>(), classes);
         let reportable: Vec<_> = FailureClass::ALL
             .into_iter()
-            .filter(|c| *c != FailureClass::Cancelled)
+            .filter(|c| !matches!(c, FailureClass::Cancelled | FailureClass::ChecksFailed))
             .map(|c| c.as_str().to_string())
             .collect();
         assert_eq!(enum_values::<AgentFailureClassDoc>(), reportable);
@@ -403,7 +434,8 @@ mod tests {
                 started_at: Some(at),
                 deadline: at,
                 request_key: Some("k".into()),
-                receipt_at: None,
+                receipt_at: Some(at),
+                released_at: Some(at),
             }),
             last_failure: Some(crate::core::task::Failure {
                 attempt: 1,
@@ -414,6 +446,13 @@ mod tests {
             receipt: None,
             validation: Some(crate::core::Validation::default()),
             pushed_branch: Some("forgefleet/issue-7-attempt-1".into()),
+            checks: Some(crate::core::AwaitedChecks {
+                pr_number: 3,
+                head_sha: "a".repeat(40),
+                required: crate::core::RequiredChecks::Named(vec!["ci/build".into()]),
+                since: at,
+                deadline: at,
+            }),
         }
     }
 
@@ -425,6 +464,7 @@ mod tests {
         assert_eq!(properties::<TaskSpecDoc>(), keys(&task["spec"]));
         assert_eq!(properties::<LeaseDoc>(), keys(&task["lease"]));
         assert_eq!(properties::<FailureDoc>(), keys(&task["last_failure"]));
+        assert_eq!(properties::<AwaitedChecksDoc>(), keys(&task["checks"]));
 
         let summary = TaskSummary {
             id: TaskId(7),

@@ -48,6 +48,8 @@ pub struct AppState {
     pub templates: Arc<crate::integrations::templates::Templates>,
     /// Agent token hashes already checked against the store.
     pub tokens: TokenCache,
+    /// Pull requests webhooks mentioned: the CI poller looks at their statuses again at once.
+    pub pull_news: crate::integrations::forgejo::checks::PullNews,
 }
 
 /// Token hash -> agent, for tokens seen valid. Forgotten when the agent registers again (a new token

@@ -118,6 +118,12 @@ pub async fn forgejo(
             let origin = crate::core::CommandOrigin::Comment { issue, comment_id: comment.id };
             Command::QueueCommands { origin, author: sender.login, commands }
         }
+        // A pull request changed (pushed, edited, reviewed...): a task waiting for its CI looks again at once.
+        // Nothing is stored, so a replay or a forged-but-signed stale delivery can cause one extra look at most.
+        Delivery::PullRequest { repo, number, .. } if watched(&repo) => {
+            app.pull_news.tell(repo, number);
+            return Ok(Json(WebhookAnswer { status: "applied" }));
+        }
         _ => return Ok(Json(WebhookAnswer { status: "ignored" })),
     };
     match app.engine.send(Command::FromWebhook { key, inner: Box::new(inner) }).await? {

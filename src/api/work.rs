@@ -82,6 +82,14 @@ impl AssignmentView {
                 branch: branch.clone(),
                 base_branch: f.base_branch.clone(),
                 attempt: a.lease.attempt,
+                previous_failure: t
+                    .last_failure
+                    .as_ref()
+                    .filter(|f| {
+                        f.attempt + 1 == a.lease.attempt
+                            && matches!(f.class, FailureClass::ChecksFailed | FailureClass::VerificationFailed)
+                    })
+                    .map(|f| f.message.clone()),
             })
             .map_err(|e| ApiError::Internal(e.to_string()))?;
         let git_base = f.git_url.as_ref().or(f.url.as_ref());
@@ -302,7 +310,7 @@ pub struct FailRequest {
     tag = TAG_WORK,
     summary = "Report a failed attempt",
     description = "Ends the attempt. The retry policy of the class decides: back to the queue with a new attempt after a \
-        backoff, or `failed` when the class's retry budget is spent. `cancelled` cannot be reported by an agent. \
+        backoff, or `failed` when the class's retry budget is spent. `cancelled` and `checks_failed` cannot be reported by an agent (people cancel; forgefleet reads CI itself). \
         `usage` and `cost_usd`, when given, are what the attempt spent: kept with the failure event. \
         `pushed_branch` (the assignment's `branch`) says the work was pushed before the failure: every later \
         attempt is assigned that branch and continues it.",
@@ -311,7 +319,7 @@ pub struct FailRequest {
     security(("agent_token" = [])),
     responses(
         (status = 200, description = "Recorded; `state` says whether it is queued again or failed", body = TaskAck),
-        (status = 400, description = "Invalid task id or JSON, an unknown class, the class `cancelled`, a message \
+        (status = 400, description = "Invalid task id or JSON, an unknown class, the class `cancelled` or `checks_failed`, a message \
             over 64 KiB, a negative `cost_usd`, more than 32 `usage` counters, or a `pushed_branch` that is not the \
             assignment's `branch`", body = ErrorBody),
         (status = 401, description = "Missing, unknown or revoked agent token", body = ErrorBody),

@@ -280,6 +280,11 @@ pub struct ForgejoConfig {
     pub comment_on_start: bool,
     /// Seconds one request to Forgejo may take, its answer included. Default: `20`.
     pub request_timeout_secs: u64,
+    /// CI as a receipt check: `false`, `true` (every commit status on the pull request's head must succeed) or
+    /// a list of status names (contexts). A repository's `fleet.yaml` may set its own. Default: `false`.
+    pub require_checks: crate::core::ChecksSetting,
+    /// Minutes a task waits for required checks before its attempt fails with `checks_failed`. Default: `60`.
+    pub checks_timeout_mins: u64,
     /// Forgejo users of agents, `agent name = "login"`: the user becomes the assignee while the
     /// agent works on it. Default: empty.
     pub agent_users: std::collections::BTreeMap<String, String>,
@@ -298,6 +303,8 @@ impl Default for ForgejoConfig {
             reconcile_interval_mins: 5,
             full_sweep_hours: 24,
             request_timeout_secs: 20,
+            require_checks: Default::default(),
+            checks_timeout_mins: 60,
             base_branch: "main".into(),
             branch_prefix: "forgefleet/".into(),
             webhook_url: None,

@@ -51,6 +51,9 @@ pub struct RetryConfig {
     pub agent_error: RetryClassConfig,
     /// The receipt did not check out. Default: `max_retries = 2, base_secs = 60, cap_secs = 1800`.
     pub verification_failed: RetryClassConfig,
+    /// The pull request's CI failed or did not finish (where required). Default: `max_retries = 2,
+    /// base_secs = 60, cap_secs = 1800`.
+    pub checks_failed: RetryClassConfig,
     /// The model provider asked to slow down. Default: `max_retries = 5, base_secs = 600, cap_secs = 14400`.
     pub rate_limited: RetryClassConfig,
 }
@@ -63,6 +66,7 @@ impl Default for RetryConfig {
             timeout: RetryClassConfig::of(&p, FailureClass::Timeout),
             agent_error: RetryClassConfig::of(&p, FailureClass::AgentError),
             verification_failed: RetryClassConfig::of(&p, FailureClass::VerificationFailed),
+            checks_failed: RetryClassConfig::of(&p, FailureClass::ChecksFailed),
             rate_limited: RetryClassConfig::of(&p, FailureClass::RateLimited),
         }
     }
@@ -70,12 +74,13 @@ impl Default for RetryConfig {
 
 impl RetryConfig {
     /// Every configurable class with its rule, in the order of the file.
-    pub fn classes(&self) -> [(FailureClass, &RetryClassConfig); 5] {
+    pub fn classes(&self) -> [(FailureClass, &RetryClassConfig); 6] {
         [
             (FailureClass::AgentLost, &self.agent_lost),
             (FailureClass::Timeout, &self.timeout),
             (FailureClass::AgentError, &self.agent_error),
             (FailureClass::VerificationFailed, &self.verification_failed),
+            (FailureClass::ChecksFailed, &self.checks_failed),
             (FailureClass::RateLimited, &self.rate_limited),
         ]
     }
@@ -94,6 +99,7 @@ struct RetryPatch {
     timeout: ClassPatch,
     agent_error: ClassPatch,
     verification_failed: ClassPatch,
+    checks_failed: ClassPatch,
     rate_limited: ClassPatch,
 }
 
@@ -123,6 +129,7 @@ impl From<RetryPatch> for RetryConfig {
             timeout: p.timeout.over(d.timeout),
             agent_error: p.agent_error.over(d.agent_error),
             verification_failed: p.verification_failed.over(d.verification_failed),
+            checks_failed: p.checks_failed.over(d.checks_failed),
             rate_limited: p.rate_limited.over(d.rate_limited),
         }
     }

@@ -110,6 +110,10 @@ fn check_forgejo(c: &Config, p: &mut Problems) {
     p.positive("forgejo.reconcile_interval_mins", f.reconcile_interval_mins);
     p.positive("forgejo.full_sweep_hours", f.full_sweep_hours);
     p.positive("forgejo.request_timeout_secs", f.request_timeout_secs);
+    p.positive("forgejo.checks_timeout_mins", f.checks_timeout_mins);
+    if let Err(why) = f.require_checks.required() {
+        p.add("forgejo.require_checks", &why);
+    }
     // Both end up in git ref names the agents push: keep to what git accepts everywhere.
     let ref_ok = |s: &str| {
         !s.contains("..")

@@ -287,7 +287,9 @@ impl Effect {
     pub fn chat_kind(&self) -> Option<&'static str> {
         match self {
             Effect::ChatTask { notice, .. } => Some(match notice {
-                Notice::Retrying { class: FailureClass::VerificationFailed, .. } => "verification_failed",
+                Notice::Retrying { class: FailureClass::VerificationFailed | FailureClass::ChecksFailed, .. } => {
+                    "verification_failed"
+                }
                 Notice::Retrying { class: FailureClass::Timeout, .. } => "timed_out",
                 other => other.kind(),
             }),

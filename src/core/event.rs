@@ -4,6 +4,7 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
+use super::checks::AwaitedChecks;
 use super::ids::{AgentId, AgentName, IssueRef, TaskId};
 use super::labels::TaskSpec;
 use super::policy::{FailureClass, RetryDecision};
@@ -63,6 +64,14 @@ pub enum Event {
         task: TaskId,
         attempt: u32,
         validation: Validation,
+        at: Timestamp,
+    },
+    /// The receipt checked out and the repository requires CI: the agent's part is over (its slot is free)
+    /// and the task waits, still `validating`, for the head commit's statuses until the deadline.
+    ChecksAwaited {
+        task: TaskId,
+        attempt: u32,
+        checks: AwaitedChecks,
         at: Timestamp,
     },
     TaskCompleted {
@@ -145,6 +154,7 @@ impl Event {
             Event::TaskStarted { .. } => "task_started",
             Event::ReceiptReceived { .. } => "receipt_received",
             Event::ReceiptChecked { .. } => "receipt_checked",
+            Event::ChecksAwaited { .. } => "checks_awaited",
             Event::TaskCompleted { .. } => "task_completed",
             Event::TaskLost { .. } => "task_lost",
             Event::AttemptFailed { .. } => "attempt_failed",
@@ -167,6 +177,7 @@ impl Event {
             | Event::TaskStarted { task, .. }
             | Event::ReceiptReceived { task, .. }
             | Event::ReceiptChecked { task, .. }
+            | Event::ChecksAwaited { task, .. }
             | Event::TaskCompleted { task, .. }
             | Event::TaskLost { task, .. }
             | Event::AttemptFailed { task, .. }
@@ -196,6 +207,7 @@ impl Event {
             | Event::TaskStarted { at, .. }
             | Event::ReceiptReceived { at, .. }
             | Event::ReceiptChecked { at, .. }
+            | Event::ChecksAwaited { at, .. }
             | Event::TaskCompleted { at, .. }
             | Event::TaskLost { at, .. }
             | Event::AttemptFailed { at, .. }

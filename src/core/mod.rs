@@ -1,6 +1,7 @@
 //! The domain, pure: no tokio, no SQL, no HTTP. Time comes in as an argument.
 
 pub mod agent;
+pub mod checks;
 pub mod commands;
 pub mod effects;
 pub mod event;
@@ -14,6 +15,7 @@ pub mod task;
 pub mod time;
 
 pub use agent::{Agent, AgentState, AgentStatus};
+pub use checks::{AwaitedChecks, ChecksSetting, ChecksVerdict, CommitStatus, RequiredChecks, judge as judge_checks};
 pub use effects::{
     AgentNews, CHAT_KINDS, CommandOrigin, CommitState, Destination, Effect, Notice, STATUS_CONTEXT, agent_effects_of,
     effects_of,

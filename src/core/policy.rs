@@ -21,6 +21,8 @@ pub enum FailureClass {
     AgentError,
     /// The receipt did not check out.
     VerificationFailed,
+    /// The pull request's CI failed (or did not finish in time), where the repository requires it.
+    ChecksFailed,
     /// The model provider said to slow down: wait longer.
     RateLimited,
     /// Someone cancelled it: never retried.
@@ -35,16 +37,18 @@ impl FailureClass {
             FailureClass::Timeout => "The task ran past its time limit.",
             FailureClass::AgentError => "The agent's command failed.",
             FailureClass::VerificationFailed => "The pull request the agent reported did not check out.",
+            FailureClass::ChecksFailed => "The pull request's CI checks failed or did not finish in time.",
             FailureClass::RateLimited => "The model provider asked to slow down.",
             FailureClass::Cancelled => "It was cancelled.",
         }
     }
 
-    pub const ALL: [FailureClass; 6] = [
+    pub const ALL: [FailureClass; 7] = [
         FailureClass::AgentLost,
         FailureClass::Timeout,
         FailureClass::AgentError,
         FailureClass::VerificationFailed,
+        FailureClass::ChecksFailed,
         FailureClass::RateLimited,
         FailureClass::Cancelled,
     ];
@@ -55,6 +59,7 @@ impl FailureClass {
             FailureClass::Timeout => "timeout",
             FailureClass::AgentError => "agent_error",
             FailureClass::VerificationFailed => "verification_failed",
+            FailureClass::ChecksFailed => "checks_failed",
             FailureClass::RateLimited => "rate_limited",
             FailureClass::Cancelled => "cancelled",
         }
@@ -118,6 +123,8 @@ impl Default for RetryPolicy {
             (FailureClass::Timeout, rule(1, min(5), min(60))),
             (FailureClass::AgentError, rule(2, min(2), min(60))),
             (FailureClass::VerificationFailed, rule(2, min(1), min(30))),
+            // A red CI is worth a couple of tries on the same branch; a person looks after that.
+            (FailureClass::ChecksFailed, rule(2, min(1), min(30))),
             // Providers ask for patience: wait longer and try more often.
             (FailureClass::RateLimited, rule(5, min(10), min(240))),
         ]);

@@ -6,6 +6,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::agent::AgentState;
+use super::checks::AwaitedChecks;
 use super::event::Event;
 use super::ids::{AgentId, IssueRef, TaskId};
 use super::labels::{StatusLabel, TaskSpec};
@@ -111,6 +112,17 @@ pub struct Lease {
     /// When the agent handed in its receipt: the end of the agent's part (validation is forgefleet's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub receipt_at: Option<Timestamp>,
+    /// When the agent's slot was freed while the task goes on without it (its receipt checked out and the task
+    /// waits for CI). The lease is kept for the record (who did the work, when), but holds nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released_at: Option<Timestamp>,
+}
+
+impl Lease {
+    /// The agent still holds this attempt: it uses a slot, its heartbeats and the deadline count.
+    pub fn holds(&self) -> bool {
+        self.released_at.is_none()
+    }
 }
 
 /// Why the last attempt ended.
@@ -156,6 +168,9 @@ pub struct Task {
     /// assigned it and continues its work, until a person queues the task again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pushed_branch: Option<String>,
+    /// The CI this attempt waits for, once its receipt checked out (the repository requires checks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checks: Option<AwaitedChecks>,
 }
 
 /// An event that does not apply to the task or agent in its current state. Nothing was changed.
@@ -205,6 +220,7 @@ impl Task {
                 receipt: None,
                 validation: None,
                 pushed_branch: None,
+                checks: None,
             }),
             _ => None,
         }
@@ -270,6 +286,7 @@ impl Task {
                     deadline: *deadline,
                     request_key: request_key.clone(),
                     receipt_at: None,
+                    released_at: None,
                 });
             }
             Event::TaskStarted { attempt, at, .. } => {
@@ -293,6 +310,7 @@ impl Task {
                 }
                 self.receipt = Some(receipt.clone());
                 self.validation = None;
+                self.checks = None;
             }
             Event::ReceiptChecked { attempt, validation, .. } => {
                 if self.state != Validating {
@@ -301,6 +319,16 @@ impl Task {
                 check_attempt(*attempt)?;
                 self.validation = Some(validation.clone());
             }
+            Event::ChecksAwaited { attempt, checks, at, .. } => {
+                if self.state != Validating || self.checks.is_some() {
+                    return Err(illegal);
+                }
+                check_attempt(*attempt)?;
+                if let Some(lease) = &mut self.lease {
+                    lease.released_at = Some(*at);
+                }
+                self.checks = Some(checks.clone());
+            }
             Event::TaskCompleted { attempt, .. } => {
                 if self.state != Validating {
                     return Err(illegal);
@@ -308,6 +336,7 @@ impl Task {
                 check_attempt(*attempt)?;
                 self.state = Completed;
                 self.lease = None;
+                self.checks = None;
             }
             Event::TaskLost { attempt, .. } => {
                 if !matches!(self.state, Assigned | Running) {
@@ -326,6 +355,7 @@ impl Task {
                 }
                 check_attempt(*attempt)?;
                 self.lease = None;
+                self.checks = None;
                 self.last_failure =
                     Some(Failure { attempt: *attempt, class: *class, message: message.clone(), at: *at });
                 // A failure before any push keeps what an earlier attempt pushed (this attempt was assigned it).
@@ -351,6 +381,7 @@ impl Task {
                 check_attempt(*attempt)?;
                 self.state = Cancelled;
                 self.lease = None;
+                self.checks = None;
                 self.not_before = None;
             }
             Event::TaskRetried { at, .. } => {
@@ -376,6 +407,7 @@ impl Task {
         self.lease = None;
         self.receipt = None;
         self.validation = None;
+        self.checks = None;
     }
 }
 

@@ -37,6 +37,16 @@ fn receipt() -> Receipt {
 }
 
 /// One event of each kind, for the task's current attempt.
+fn awaited() -> crate::core::AwaitedChecks {
+    crate::core::AwaitedChecks {
+        pr_number: 3,
+        head_sha: "a".repeat(40),
+        required: crate::core::RequiredChecks::All,
+        since: at(100),
+        deadline: at(1900),
+    }
+}
+
 fn event_of_kind(kind: &str, attempt: u32) -> Event {
     let t = T;
     match kind {
@@ -81,12 +91,14 @@ fn event_of_kind(kind: &str, attempt: u32) -> Event {
             at: at(100),
         },
         "task_retried" => Event::TaskRetried { task: t, by: "alice".into(), at: at(100) },
+        "checks_awaited" => Event::ChecksAwaited { task: t, attempt, checks: awaited(), at: at(100) },
         other => panic!("no such kind {other}"),
     }
 }
 
-const KINDS: [&str; 11] = [
+const KINDS: [&str; 12] = [
     "receipt_checked",
+    "checks_awaited",
     "task_queued",
     "task_spec_changed",
     "task_assigned",
@@ -142,6 +154,7 @@ fn legal_from(kind: &str) -> &'static [TaskState] {
         "receipt_received" => &[Assigned, Running],
         "task_completed" => &[Validating],
         "receipt_checked" => &[Validating],
+        "checks_awaited" => &[Validating],
         "task_lost" => &[Assigned, Running],
         "attempt_failed" => &[Assigned, Running, Validating, AgentLost],
         "task_cancelled" => &[Queued, Assigned, Running, Validating, AgentLost],
@@ -313,4 +326,32 @@ fn a_pushed_branch_is_continued_by_every_later_attempt_until_a_person_queues_aga
     assert_eq!(t.branch("ff/"), first);
     t.apply(&Event::TaskRetried { task: T, by: "bob".into(), at: at(1000) }).unwrap();
     assert_eq!(t.branch("ff/"), format!("ff/issue-{}-attempt-3", t.issue.number), "a person's retry starts afresh");
+}
+
+#[test]
+fn waiting_for_ci_frees_the_agents_slot_but_keeps_who_did_the_work() {
+    let mut t = task_in(TaskState::Validating);
+    t.apply(&event_of_kind("checks_awaited", 1)).unwrap();
+    assert_eq!(t.state, TaskState::Validating, "waiting for CI is still validating");
+    let lease = t.lease.clone().expect("the lease stays for the record");
+    assert!(!lease.holds(), "but it holds no slot");
+    assert_eq!(t.checks, Some(awaited()));
+    assert!(t.apply(&event_of_kind("checks_awaited", 1)).is_err(), "it waits once per attempt");
+    let mut failed = t.clone();
+    failed
+        .apply(&Event::AttemptFailed {
+            task: T,
+            attempt: 1,
+            class: FailureClass::ChecksFailed,
+            message: "CI failed".into(),
+            decision: RetryDecision::Retry { not_before: at(500), retries_left: 1 },
+            spent: None,
+            pushed_branch: Some("fleet/issue-7-attempt-1".into()),
+            at: at(200),
+        })
+        .unwrap();
+    assert_eq!((failed.state, failed.attempt, failed.checks.clone()), (TaskState::Queued, 2, None));
+    assert_eq!(failed.pushed_branch.as_deref(), Some("fleet/issue-7-attempt-1"), "the retry continues the branch");
+    t.apply(&event_of_kind("task_completed", 1)).unwrap();
+    assert_eq!((t.state, t.checks.clone(), t.lease.clone()), (TaskState::Completed, None, None));
 }

@@ -89,6 +89,14 @@ pub enum Command {
         attempt: u32,
         validation: crate::core::Validation,
     },
+    /// The statuses on the head of a pull request whose task waits for CI, as the validator read them.
+    FinishChecks {
+        task: TaskId,
+        attempt: u32,
+        /// The commit the statuses are of: a verdict on another head is refused.
+        head_sha: String,
+        verdict: crate::core::ChecksVerdict,
+    },
     CancelTask {
         task: TaskId,
         reason: String,
@@ -188,6 +196,7 @@ impl Command {
                 | Command::FromWebhook { .. }
                 | Command::FailTask { .. }
                 | Command::FinishValidation { .. }
+                | Command::FinishChecks { .. }
                 | Command::CancelTask { .. }
                 | Command::IssueGone { .. }
                 | Command::RetryTask { .. }

@@ -40,6 +40,10 @@ pub struct EngineSettings {
     /// gathered live in memory only: a crash loses at most one interval of lines from the chat (never from
     /// the task's progress, which the store keeps).
     pub chat_progress: Option<crate::core::logbatch::LogBatcher<AgentId>>,
+    /// `[forgejo] require_checks`: the CI every repository requires unless its `fleet.yaml` says otherwise.
+    pub require_checks: crate::core::ChecksSetting,
+    /// `[forgejo] checks_timeout_mins`: how long a task waits for required checks.
+    pub checks_timeout: Duration,
 }
 
 impl EngineSettings {
@@ -59,6 +63,14 @@ impl EngineSettings {
     }
     pub fn task_timeout_for(&self, repo: &crate::core::RepoName) -> Duration {
         self.repos.get(repo).and_then(|o| o.task_timeout_secs).map_or(self.task_timeout, Duration::from_secs)
+    }
+    /// The CI a repository requires on its pull requests' heads, and how long a task waits for it: the
+    /// repository's `fleet.yaml`, else the server's `[forgejo] require_checks`.
+    pub fn checks_for(&self, repo: &crate::core::RepoName) -> Option<(crate::core::RequiredChecks, Duration)> {
+        let o = self.repos.get(repo);
+        let setting = o.and_then(|o| o.require_checks.as_ref()).unwrap_or(&self.require_checks);
+        let required = setting.required().ok().flatten()?;
+        Some((required, o.and_then(|o| o.checks_timeout_secs).map_or(self.checks_timeout, Duration::from_secs)))
     }
     pub fn start_timeout_for(&self, repo: &crate::core::RepoName) -> Duration {
         self.repos.get(repo).and_then(|o| o.start_timeout_secs).map_or(self.start_timeout, Duration::from_secs)
@@ -81,6 +93,8 @@ impl Default for EngineSettings {
             branch_prefix: "forgefleet/".into(),
             repos: Default::default(),
             chat_progress: None,
+            require_checks: Default::default(),
+            checks_timeout: Duration::from_secs(60 * 60),
         }
     }
 }
@@ -112,6 +126,12 @@ pub fn handle(s: &mut EngineSettings, tx: &WriteTx<'_>, cmd: Command, now: Times
                     "an agent cannot report class `cancelled`; cancellations come from people".into(),
                 ));
             }
+            if class == FailureClass::ChecksFailed {
+                return Err(EngineError::Invalid(
+                    "an agent cannot report class `checks_failed`; forgefleet reads the pull request's CI itself"
+                        .into(),
+                ));
+            }
             let t = leased(tx, agent, task, attempt)?;
             if let Some(b) = &pushed_branch {
                 let assigned = t.branch(&s.branch_prefix);
@@ -138,12 +158,29 @@ pub fn handle(s: &mut EngineSettings, tx: &WriteTx<'_>, cmd: Command, now: Times
             let failures = validation.failures();
             tx.append(&Event::ReceiptChecked { task, attempt, validation, at: now })?;
             if passed {
-                append(tx, Event::TaskCompleted { task, attempt, at: now })
+                match (s.checks_for(&t.issue.repo), &t.receipt) {
+                    // The receipt checks out and the repository wants its CI green too: the agent is done, the
+                    // task waits for the head commit's statuses.
+                    (Some((required, wait)), Some(receipt)) => {
+                        let checks = crate::core::AwaitedChecks {
+                            pr_number: receipt.pr_number,
+                            head_sha: receipt.head_sha.as_str().to_string(),
+                            required,
+                            since: now,
+                            deadline: now + wait,
+                        };
+                        append(tx, Event::ChecksAwaited { task, attempt, checks, at: now })
+                    }
+                    _ => append(tx, Event::TaskCompleted { task, attempt, at: now }),
+                }
             } else {
                 let t = find_task(tx, task)?;
                 let message = format!("the receipt did not check out: {failures}");
                 fail(s, tx, &t, FailureClass::VerificationFailed, message, now)
             }
+        }
+        Command::FinishChecks { task, attempt, head_sha, verdict } => {
+            finish_checks(s, tx, task, attempt, &head_sha, verdict, now)
         }
         Command::CancelTask { task, reason } => {
             let t = find_task(tx, task)?;
@@ -288,6 +325,64 @@ fn submit_receipt(
         return Err(EngineError::Conflict(TransitionError::NotStarted { task, attempt }));
     }
     append(tx, Event::ReceiptReceived { task, attempt, receipt, at: now })
+}
+
+/// The pull request's CI has spoken on a task that waits for it: the verdict joins the validation, and the
+/// task completes, or its attempt fails with `checks_failed` and the retry continues the same branch (and so
+/// the same pull request). A verdict about another attempt or another head changes nothing.
+fn finish_checks(
+    s: &EngineSettings,
+    tx: &WriteTx<'_>,
+    task: TaskId,
+    attempt: u32,
+    head_sha: &str,
+    verdict: crate::core::ChecksVerdict,
+    now: Timestamp,
+) -> Result<Reply> {
+    use crate::core::ChecksVerdict;
+    let t = find_task(tx, task)?;
+    if t.attempt != attempt {
+        return Err(TransitionError::StaleAttempt { task, current: t.attempt, given: attempt }.into());
+    }
+    if !t.checks.as_ref().is_some_and(|c| c.head_sha.eq_ignore_ascii_case(head_sha)) {
+        return Err(EngineError::Conflict(TransitionError::Task { task, from: t.state, event: "checks_finished" }));
+    }
+    let (passed, detail) = match &verdict {
+        ChecksVerdict::Pending { .. } => return Ok(Reply::Done),
+        ChecksVerdict::Passed { .. } => (true, verdict.explain()),
+        ChecksVerdict::Failed { .. } => (false, verdict.explain()),
+    };
+    let mut validation = t.validation.clone().unwrap_or_default();
+    validation.checks.retain(|c| c.name != CI_CHECK);
+    validation.checks.push(crate::core::Check { name: CI_CHECK.into(), passed, detail: detail.clone() });
+    tx.append(&Event::ReceiptChecked { task, attempt, validation, at: now })?;
+    if passed {
+        return append(tx, Event::TaskCompleted { task, attempt, at: now });
+    }
+    checks_failed(s, tx, &t, detail, now)
+}
+
+/// The check a verdict on the pull request's CI adds to the task's validation.
+pub const CI_CHECK: &str = "ci_checks";
+
+/// Fails the attempt with `checks_failed`, handing its branch (and with it the pull request) to the retry.
+fn checks_failed(s: &EngineSettings, tx: &WriteTx<'_>, t: &Task, message: String, now: Timestamp) -> Result<Reply> {
+    let class = FailureClass::ChecksFailed;
+    let decision = s.retry_for(&t.issue.repo).decide(class, t.retries_used(class), now);
+    let pushed_branch = Some(t.branch(&s.branch_prefix));
+    append(
+        tx,
+        Event::AttemptFailed {
+            task: t.id,
+            attempt: t.attempt,
+            class,
+            message,
+            decision,
+            spent: None,
+            pushed_branch,
+            at: now,
+        },
+    )
 }
 
 fn chat_progress(tx: &WriteTx<'_>, b: crate::core::logbatch::Batch<AgentId>, now: Timestamp) -> Result<()> {
@@ -681,6 +776,14 @@ fn tick(s: &EngineSettings, tx: &WriteTx<'_>, now: Timestamp) -> Result<TickRepo
             fail(s, tx, &t, FailureClass::Timeout, message, now)?;
             report.timed_out.push(t.id);
         }
+    }
+    for id in tx.read().checks_overdue(now)? {
+        let t = find_task(tx, id)?;
+        let Some(c) = &t.checks else { continue };
+        let waited = crate::core::time::human_duration(c.since.until(c.deadline));
+        let message = format!("CI did not finish within {waited}: still waiting for {}", c.required);
+        checks_failed(s, tx, &t, message, now)?;
+        report.timed_out.push(t.id);
     }
     let silence = s.heartbeat_interval * s.missed_heartbeats;
     let silent = if grace { Vec::new() } else { tx.read().silent_agents(now - silence)? };

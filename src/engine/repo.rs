@@ -81,6 +81,11 @@ pub struct RepoOverrides {
     /// The Matrix room the repository's news goes to: one of the rooms the server allows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub matrix_room: Option<String>,
+    /// CI as a receipt check, as the repository sets it (checked when read); unset: the server's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_checks: Option<crate::core::ChecksSetting>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checks_timeout_secs: Option<u64>,
     /// Why the file could not be used (then everything else is empty and the defaults apply).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
@@ -119,6 +124,8 @@ struct FleetFile {
     prompt: Option<String>,
     #[serde(default)]
     matrix: Option<MatrixPart>,
+    #[serde(default)]
+    require_checks: Option<crate::core::ChecksSetting>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -146,6 +153,7 @@ struct LabelsPart {
 struct TimeoutsPart {
     task_mins: Option<u64>,
     start_secs: Option<u64>,
+    checks_mins: Option<u64>,
 }
 
 /// Reads a `fleet.yaml` on top of the server's label scheme. `rooms` are the Matrix rooms the server allows
@@ -192,11 +200,12 @@ pub fn parse_fleet_yaml(
         out.labels = Some(s);
     }
     if let Some(t) = file.timeouts {
-        if t.task_mins == Some(0) || t.start_secs == Some(0) {
+        if t.task_mins == Some(0) || t.start_secs == Some(0) || t.checks_mins == Some(0) {
             return Err("timeouts: a time limit must be at least 1".into());
         }
-        out.task_timeout_secs = t.task_mins.map(|m| m * 60);
+        out.task_timeout_secs = t.task_mins.map(|m| m.saturating_mul(60));
         out.start_timeout_secs = t.start_secs;
+        out.checks_timeout_secs = t.checks_mins.map(|m| m.saturating_mul(60));
     }
     for (name, spec) in file.retry {
         let class: FailureClass = name.parse().map_err(|e| format!("retry.{name}: {e}"))?;
@@ -209,6 +218,10 @@ pub fn parse_fleet_yaml(
         out.retry.insert(class, spec);
     }
     out.prompt = file.prompt.filter(|p| !p.trim().is_empty());
+    if let Some(setting) = file.require_checks {
+        setting.required().map_err(|why| format!("require_checks: {why}"))?;
+        out.require_checks = Some(setting);
+    }
     if let (Some(room), Some(allowed)) = (file.matrix.and_then(|m| m.room), rooms) {
         // A repository's writers may pick among the fleet's rooms for it, never send its news elsewhere.
         if !allowed.contains(&room.as_str()) {
@@ -282,6 +295,19 @@ mod tests {
         assert!(bad("labels:\n  todo: status:done\n").contains("two statuses"));
         assert!(bad("timeouts:\n  task_mins: 0\n").contains("at least 1"));
         assert!(!bad("labels: [unclosed\n").is_empty());
+    }
+
+    #[test]
+    fn a_repository_may_require_ci_and_bound_the_wait() {
+        let labels = LabelScheme::default();
+        let o = parse_fleet_yaml("require_checks: [ci/build]\ntimeouts:\n  checks_mins: 20\n", &labels, None).unwrap();
+        assert_eq!(o.require_checks, Some(crate::core::ChecksSetting::Names(vec!["ci/build".into()])));
+        assert_eq!(o.checks_timeout_secs, Some(1200));
+        let all = parse_fleet_yaml("require_checks: true\n", &labels, None).unwrap();
+        assert_eq!(all.require_checks, Some(crate::core::ChecksSetting::Flag(true)));
+        let err = parse_fleet_yaml("require_checks: []\n", &labels, None).unwrap_err();
+        assert!(err.starts_with("require_checks: an empty list"), "{err}");
+        assert!(parse_fleet_yaml("require_checks: 3\n", &labels, None).is_err());
     }
 
     #[test]

@@ -381,6 +381,92 @@ fn a_receipt_moves_to_validating_and_the_verdict_completes_or_retries() {
 }
 
 #[test]
+fn a_task_waiting_for_ci_fails_with_checks_failed_at_its_deadline_and_a_stale_verdict_changes_nothing() {
+    let clock = ManualClock::new(Timestamp(1_800_000_000_000));
+    let settings = EngineSettings {
+        require_checks: ChecksSetting::Flag(true),
+        checks_timeout: mins(30),
+        ..EngineSettings::default()
+    };
+    let mut f = Fleet { engine: Engine::new(Store::open_in_memory().unwrap(), settings, clock.clone()), clock };
+    let task = f.label("acme/app#1", &["status:todo"]).unwrap();
+    let a1 = f.register("a1", &[], 1);
+    let a = f.pull(a1).unwrap();
+    f.start(a1, &a);
+    let head = "c".repeat(40);
+    let receipt = Receipt {
+        pr_number: 3,
+        head_sha: CommitSha::parse(&head).unwrap(),
+        summary: String::new(),
+        usage: Usage::default(),
+        cost_usd: None,
+        duration_secs: None,
+        session_id: None,
+        artifacts: vec![],
+    };
+    f.engine.execute(Command::SubmitReceipt { agent: a1, task, attempt: 1, receipt }).unwrap();
+    let passed = Validation {
+        checks: vec![Check { name: "head_matches".into(), passed: true, detail: "ok".into() }],
+        files: vec![],
+    };
+    f.engine.execute(Command::FinishValidation { task, attempt: 1, validation: passed }).unwrap();
+    let t = f.task(task);
+    assert_eq!(t.state, TaskState::Validating);
+    assert_eq!(t.checks.as_ref().map(|c| c.required.clone()), Some(RequiredChecks::All));
+    assert_eq!(f.engine.store.read().running_count(a1).unwrap(), 0, "waiting for CI holds no slot");
+    assert!(f.heartbeat(a1, &[]).is_empty());
+    // A verdict on another head (the branch moved since) or still pending changes nothing.
+    let failed = ChecksVerdict::Failed {
+        failing: vec![CommitStatus {
+            context: "ci".into(),
+            state: "failure".into(),
+            description: String::new(),
+            target_url: String::new(),
+        }],
+    };
+    let other = Command::FinishChecks { task, attempt: 1, head_sha: "d".repeat(40), verdict: failed.clone() };
+    assert!(f.engine.execute(other).is_err());
+    let pending = Command::FinishChecks {
+        task,
+        attempt: 1,
+        head_sha: head.clone(),
+        verdict: ChecksVerdict::Pending { waiting_for: vec![] },
+    };
+    f.engine.execute(pending).unwrap();
+    assert_eq!(f.task(task).state, TaskState::Validating);
+    // Past the deadline with nothing decided: `checks_failed`, and the retry continues the branch.
+    f.later(mins(29));
+    f.tick();
+    assert_eq!(f.task(task).state, TaskState::Validating);
+    f.later(mins(2));
+    f.tick();
+    let t = f.task(task);
+    assert_eq!((t.state, t.attempt), (TaskState::Queued, 2));
+    let failure = t.last_failure.unwrap();
+    assert_eq!(failure.class, FailureClass::ChecksFailed);
+    assert!(failure.message.contains("did not finish within 30 min"), "{}", failure.message);
+    assert_eq!(t.pushed_branch.as_deref(), Some("forgefleet/issue-1-attempt-1"));
+    // The verdict arriving late is about an attempt that is over.
+    let late = Command::FinishChecks { task, attempt: 1, head_sha: head, verdict: failed };
+    assert!(f.engine.execute(late).is_err());
+    // An agent cannot claim CI failed: that is forgefleet's to read.
+    f.later(mins(2));
+    f.heartbeat(a1, &[]);
+    let b = f.pull(a1).unwrap();
+    f.start(a1, &b);
+    let claim = Command::FailTask {
+        agent: a1,
+        task,
+        attempt: 2,
+        class: FailureClass::ChecksFailed,
+        message: "ci".into(),
+        spent: None,
+        pushed_branch: None,
+    };
+    assert!(matches!(f.engine.execute(claim), Err(EngineError::Invalid(_))));
+}
+
+#[test]
 fn a_command_refused_after_it_wrote_is_undone_alone() {
     let mut f = fleet();
     let replies = f.engine.execute_batch(vec![

@@ -301,6 +301,8 @@ struct StoredTask<'a> {
     validation: Option<&'a crate::core::Validation>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pushed_branch: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    checks: Option<&'a crate::core::AwaitedChecks>,
 }
 
 /// The `data` column of a task's row: the task without its title and body. Public so that benchmarks write
@@ -323,6 +325,7 @@ pub fn encode_task(t: &Task) -> String {
         receipt: &t.receipt,
         validation: t.validation.as_ref(),
         pushed_branch: t.pushed_branch.as_deref(),
+        checks: t.checks.as_ref(),
     };
     encode(&stored).expect("a task always serialises")
 }
@@ -385,11 +388,14 @@ pub(super) fn save_task(conn: &Connection, t: &Task, before: Option<&Task>) -> R
             .execute(&changing[..])?
         }
     };
-    let stored = before.and_then(|b| b.lease.as_ref());
-    if stored == t.lease.as_ref() {
+    // The leases table holds the slots agents use: a lease released while the task goes on (it waits for CI)
+    // stays on the task for the record, but has no row.
+    let stored = before.and_then(|b| b.lease.as_ref()).filter(|l| l.holds());
+    let lease = t.lease.as_ref().filter(|l| l.holds());
+    if stored == lease {
         return Ok(());
     }
-    match (&t.lease, stored) {
+    match (lease, stored) {
         (Some(l), None) => conn
             .prepare_cached(
                 "INSERT INTO leases (task_id, agent_id, attempt, assigned_at, start_by, started_at, deadline, request_key)

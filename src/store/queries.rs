@@ -137,6 +137,10 @@ impl ReadView<'_> {
         while let Some(row) = rows.next()? {
             // A list shows no bodies: the body column is not read.
             let (mut agent, t): (Option<String>, Task) = (row.get(0)?, task_from_row(row, 1)?);
+            if let (None, Some(l)) = (&agent, &t.lease) {
+                // A lease released while the task waits for CI: the agent did the work all the same.
+                agent = self.agent(l.agent)?.map(|a| a.name.to_string());
+            }
             if agent.is_none() && t.state.is_terminal() {
                 agent = self.did_attempt(t.id, t.attempt)?.map(|a| a.name.to_string());
             }
@@ -355,6 +359,23 @@ impl ReadView<'_> {
     }
 
     /// The earliest moment a queued task's backoff ends after `now`: when waiting agents should look again.
+    /// Tasks waiting for their pull request's CI past the deadline of that wait. Few tasks are ever
+    /// `validating`, so they are read and looked at.
+    pub fn checks_overdue(&self, now: Timestamp) -> Result<Vec<TaskId>> {
+        let ids: Vec<TaskId> = {
+            let mut stmt = self.conn.prepare_cached("SELECT id FROM tasks WHERE state = 'validating' ORDER BY id")?;
+            let rows = stmt.query_map([], |r| Ok(TaskId(r.get(0)?)))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let mut out = Vec::new();
+        for id in ids {
+            if self.task_shared(id)?.and_then(|t| t.checks.as_ref().map(|c| c.deadline <= now)).unwrap_or(false) {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+
     pub fn next_release(&self, now: Timestamp) -> Result<Option<Timestamp>> {
         let t: Option<i64> = self
             .conn

@@ -240,6 +240,7 @@ fn full_task() -> Task {
         deadline: Timestamp(3_606_000),
         request_key: Some("req-1".into()),
         receipt_at: None,
+        released_at: None,
     });
     t.last_failure = Some(crate::core::task::Failure {
         attempt: 1,
@@ -260,6 +261,15 @@ fn full_task() -> Task {
     t.validation = Some(Validation {
         checks: vec![Check { name: "head_matches".into(), passed: true, detail: "ok".into() }],
         files: Vec::new(),
+    });
+    // Every optional field set, so that one the stored form lacks shows.
+    t.pushed_branch = Some("forgefleet/issue-7-attempt-1".into());
+    t.checks = Some(crate::core::AwaitedChecks {
+        pr_number: 12,
+        head_sha: "ab".repeat(20),
+        required: crate::core::RequiredChecks::All,
+        since: Timestamp(8_000),
+        deadline: Timestamp(9_000),
     });
     t
 }

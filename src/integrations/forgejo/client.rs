@@ -419,6 +419,11 @@ impl ForgejoClient {
         self.get(&Self::repo_path(repo, &format!("/pulls/{number}")), &[]).await
     }
 
+    /// The latest status of each check (context) on a commit: CI's verdicts, Forgejo Actions' among them.
+    pub async fn combined_status(&self, repo: &RepoName, sha: &str) -> Result<CombinedStatus, ForgejoError> {
+        self.get(&Self::repo_path(repo, &format!("/commits/{sha}/status")), &[]).await
+    }
+
     /// Opens a pull request from `head` into `base` (branches of `repo`).
     pub async fn create_pull(
         &self,

@@ -1,5 +1,6 @@
 //! Forgejo: the typed client, webhook verification and parsing, and the workers that talk to it.
 
+pub mod checks;
 pub mod client;
 pub mod confirm;
 pub mod deliver;
@@ -34,6 +35,7 @@ pub fn spawn(
     templates: Arc<Templates>,
     reads: ReadPool,
     poll: Duration,
+    news: checks::PullNews,
 ) -> anyhow::Result<Option<Workers>> {
     let (Some(url), Some(token)) = (config.forgejo.url.as_deref(), config.forgejo.token.clone()) else {
         return Ok(None);
@@ -83,15 +85,24 @@ pub fn spawn(
         base_branch: config.forgejo.base_branch.clone(),
         agent_users: config.forgejo.agent_users.clone(),
     };
+    let poller = checks::ChecksPoller::new(client.clone(), engine.clone(), reads.clone(), news.clone(), poll);
     let mut appended = engine.appended();
     let validating = tokio::spawn(async move {
         loop {
-            match validator.validate_pending().await {
-                Ok(n) if n > 0 => continue,
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "validation pass failed"),
+            let checked = match validator.validate_pending().await {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(error = %e, "validation pass failed");
+                    0
+                }
+            };
+            if checked + poller.poll_due().await > 0 {
+                continue;
             }
-            EngineHandle::appended_or(&mut appended, poll).await;
+            tokio::select! {
+                _ = EngineHandle::appended_or(&mut appended, poll) => {}
+                _ = news.told() => {}
+            }
         }
     });
     let labels = config.label_scheme();

@@ -99,6 +99,46 @@ pub struct PullRequest {
     pub user: Option<User>,
 }
 
+/// `GET /repos/{o}/{r}/commits/{ref}/status`: the latest status of each context on a commit.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct CombinedStatus {
+    /// The worst of them: `pending`, `success`, `error`, `failure`, `warning` (empty with none).
+    #[serde(default)]
+    pub state: String,
+    /// Forgejo writes `null` when there are none.
+    #[serde(default)]
+    pub statuses: Option<Vec<StatusEntry>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusEntry {
+    #[serde(default)]
+    pub context: String,
+    /// The status's state (Forgejo names the field `status`).
+    #[serde(default)]
+    pub status: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub target_url: Option<String>,
+}
+
+impl CombinedStatus {
+    /// The statuses as the core judges them.
+    pub fn statuses(&self) -> Vec<crate::core::CommitStatus> {
+        self.statuses
+            .iter()
+            .flatten()
+            .map(|s| crate::core::CommitStatus {
+                context: s.context.clone(),
+                state: s.status.clone(),
+                description: s.description.clone().unwrap_or_default(),
+                target_url: s.target_url.clone().unwrap_or_default(),
+            })
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommitMeta {
     #[serde(default)]

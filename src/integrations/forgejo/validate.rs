@@ -120,7 +120,8 @@ impl Validator {
                 let ids: Vec<TaskId> = r.tasks(Some(TaskState::Validating), 100)?.into_iter().map(|t| t.id).collect();
                 let mut tasks = Vec::new();
                 for id in ids {
-                    if let Some(task) = r.task(id)? {
+                    // A task waiting for CI had its receipt checked already: the checks poller has it.
+                    if let Some(task) = r.task(id)?.filter(|t| t.checks.is_none()) {
                         let context = Context::read(r, &task)?;
                         tasks.push((task, context));
                     }

@@ -112,6 +112,9 @@ pub struct AgentPrompt {
     pub branch: String,
     pub base_branch: String,
     pub attempt: u32,
+    /// What the previous attempt's work ran into, when it is for the agent to fix: its pull request's CI
+    /// failed (`checks_failed`) or it did not check out (`verification_failed`). The branch holds that work.
+    pub previous_failure: Option<String>,
 }
 
 impl TemplateContext for StartedComment {
@@ -216,7 +219,8 @@ impl TemplateContext for AgentPrompt {
             instructions: Some("Run `make check`.".into()),
             branch: "fleet/issue-7-attempt-1".into(),
             base_branch: "main".into(),
-            attempt: 1,
+            attempt: 2,
+            previous_failure: Some("CI failed on the head commit: `ci/test` (failure): 2 tests failed".into()),
         }
     }
 }

@@ -414,6 +414,31 @@ fn repo_route(st: &mut State, m: &str, full: &str, rest: &[&str], req: &Req) -> 
             ok(201, render::status(st, r!(), r!().statuses.iter().find(|s| s.status.id == id).unwrap()))
         }
         ("GET", ["statuses", sha]) => statuses(st, r!(), sha, req),
+        ("GET", ["commits", git_ref, "status"]) => {
+            // The latest status of each context, newest first; the combined state is the worst of them, an
+            // `error` counting as `failure`.
+            let sha = r!().branches.get(*git_ref).cloned().unwrap_or_else(|| git_ref.to_string());
+            let mut latest: Vec<&super::state::StatusRec> = Vec::new();
+            for s in r!().statuses.iter().rev().filter(|s| s.status.sha == sha) {
+                if !latest.iter().any(|l| l.status.context == s.status.context) {
+                    latest.push(s);
+                }
+            }
+            let has = |x: &str| latest.iter().any(|s| s.status.state == x);
+            let state = if latest.is_empty() {
+                ""
+            } else if has("failure") || has("error") {
+                "failure"
+            } else if has("pending") {
+                "pending"
+            } else if has("warning") {
+                "warning"
+            } else {
+                "success"
+            };
+            let statuses: Vec<Value> = latest.iter().map(|s| render::status(st, r!(), s)).collect();
+            ok(200, json!({"state": state, "sha": sha, "total_count": statuses.len(), "statuses": statuses}))
+        }
         ("GET", ["commits", git_ref, "statuses"]) => {
             let sha = r!().branches.get(*git_ref).cloned().unwrap_or_else(|| git_ref.to_string());
             statuses(st, r!(), &sha, req)
