@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use forgefleet::core::{
-    AgentId, AgentName, Check, CommitSha, FailureClass, Receipt, TaskId, Timestamp, Usage, Validation,
+    AgentId, AgentName, Check, CommitSha, FailureClass, OnPullClosed, Receipt, TaskId, Timestamp, Usage, Validation,
 };
 use forgefleet::engine::{Command, Engine, EngineSettings, IssueObservation, ManualClock, Registration, Reply};
 use forgefleet::store::Store;
@@ -179,6 +179,14 @@ fn random_command(rng: &mut StdRng, engine: &Engine) -> Command {
         86..=87 => Command::DeregisterAgent { agent },
         // Progress lines are no events: the rebuild must keep them, and rebuild the tasks they refer to.
         88..=91 => Command::Progress { agent, task, attempt, lines: vec![format!("line {}", rng.random::<u16>())] },
+        // A pull request closed or merged: a completed task whose receipt names it records its end.
+        92..=94 => Command::ObservePull {
+            repo: "acme/app".parse().unwrap(),
+            number: rng.random_range(1..100),
+            closed: rng.random_bool(0.9),
+            merged: rng.random_bool(0.5),
+            by: Some("alice".into()),
+        },
         _ => Command::Tick,
     }
 }
@@ -191,6 +199,7 @@ fn rebuilt_projections_equal_the_live_ones_after_long_random_scenarios() {
         // Every other scenario's repositories require CI: tasks wait for it, and it passes, fails or never ends.
         let mut settings = EngineSettings::default();
         settings.require_checks = forgefleet::core::ChecksSetting::Flag(seed % 2 == 0);
+        settings.on_pr_closed = [OnPullClosed::Requeue, OnPullClosed::Fail, OnPullClosed::Nothing][seed as usize % 3];
         let mut engine = Engine::new(Store::open_in_memory().unwrap(), settings, clock.clone());
         let mut ok = 0;
         for _ in 0..4000 {
@@ -210,6 +219,7 @@ fn rebuilt_projections_equal_the_live_ones_after_long_random_scenarios() {
         if seed % 2 == 0 {
             assert!(kinds.contains("checks_awaited"), "seed {seed}: no task waited for CI: {kinds:?}");
         }
+        assert!(kinds.contains("pull_ended"), "seed {seed}: no pull request ended: {kinds:?}");
         assert!(ok > 1000, "seed {seed}: only {ok} commands applied");
 
         let live = snapshot(&engine.store);

@@ -703,3 +703,83 @@ async fn a_red_ci_round_is_retried_on_the_same_pull_request_and_a_green_one_comp
     })
     .await;
 }
+
+/// A completed task whose pull request a person merges records it (from the `pull_request` webhook, confirmed
+/// against Forgejo), and the issue says so once, however often the delivery comes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_merged_pull_request_is_recorded_on_its_completed_task_once() {
+    let w = World::new(None).await;
+    w.forgejo.add_hook(REPO, &format!("{}/api/v1/webhooks/forgejo", w.fleet.base), "s", &["pull_request"]).await;
+    let (pr, sha) = w.open_pull(&[("a.txt", "x\n")], "Greet", &format!("Closes #{}", w.issue)).await;
+    w.submit(pr, &sha).await;
+    assert_eq!(w.settled().await["state"], "completed");
+    w.forgejo.merge_pull(REPO, pr, "alice").await;
+    eventually("the merge is recorded", || async { !w.task().await["pull_end"].is_null() }).await;
+    let task = w.task().await;
+    assert_eq!(task["state"], "completed");
+    assert_eq!((task["pull_end"]["merged"].as_bool(), task["pull_end"]["by"].as_str()), (Some(true), Some("alice")));
+    eventually("the issue says who merged it", || async {
+        w.forgejo
+            .comments(REPO, w.issue)
+            .await
+            .iter()
+            .any(|c| c.body.contains("Merged") && c.body.contains("merged by alice"))
+    })
+    .await;
+    // The delivery replayed (a new delivery id), and once more with its action edited to `reopened`... only a
+    // view read back from Forgejo counts: nothing new is recorded.
+    let delivery =
+        w.forgejo.deliveries().await.into_iter().find(|d| d.event == "pull_request" && d.action == "closed").unwrap();
+    for body in [delivery.body.clone(), delivery.body.replace("\"action\":\"closed\"", "\"action\":\"reopened\"")] {
+        let r = reqwest::Client::new()
+            .post(format!("{}/api/v1/webhooks/forgejo", w.fleet.base))
+            .header("content-type", "application/json")
+            .header("x-forgejo-event", "pull_request")
+            .header("x-forgejo-delivery", support::forgejo::uuid_v4())
+            .header("x-forgejo-signature", forgefleet::integrations::forgejo::webhook::sign("s", body.as_bytes()))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(w.task().await["pull_end"]["merged"], true);
+    let merged: Vec<_> =
+        w.forgejo.comments(REPO, w.issue).await.into_iter().filter(|c| c.body.contains("Merged")).collect();
+    assert_eq!(merged.len(), 1, "{merged:?}");
+}
+
+/// A repository that wants a pull request closed without merging to be tried again (`on_pr_closed: requeue`):
+/// the close is found by reconciliation even with no webhook at all, the task is queued as a fresh attempt
+/// with `status:todo`, and the issue says why.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pull_request_closed_unmerged_requeues_its_task_when_the_repository_says_so() {
+    let mut w = World::with_fleet_yaml("on_pr_closed: requeue\n").await;
+    settings_read(&w).await;
+    let (pr, sha) = w.open_pull(&[("a.txt", "x\n")], "Greet", &format!("Closes #{}", w.issue)).await;
+    w.submit(pr, &sha).await;
+    assert_eq!(w.settled().await["state"], "completed");
+    eventually("status:done", || async { w.forgejo.issue(REPO, w.issue).await.labels == ["status:done"] }).await;
+    let r = reqwest::Client::new()
+        .patch(format!("{}/api/v1/repos/{REPO}/pulls/{pr}", w.forgejo.url().trim_end_matches('/')))
+        .header("Authorization", "token alice-token")
+        .json(&json!({"state": "closed"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    // No webhook is registered: the reconciliation pass at the next start finds it.
+    w.fleet.restart_after(Duration::from_secs(5)).await;
+    eventually("the task is queued again", || async { w.task().await["state"] == "queued" }).await;
+    let task = w.task().await;
+    assert_eq!(task["attempt"], 2, "{task}");
+    assert!(task["pushed_branch"].is_null(), "a fresh attempt starts a fresh branch: {task}");
+    eventually("status:todo and a comment saying why", || async {
+        w.forgejo.issue(REPO, w.issue).await.labels == ["status:todo"]
+            && w.forgejo.comments(REPO, w.issue).await.iter().any(|c| {
+                c.body.contains("closed without merging") && c.body.contains("queued again as a fresh attempt")
+            })
+    })
+    .await;
+}

@@ -328,6 +328,23 @@ pub struct TaskDoc {
     pushed_branch: Option<String>,
     /// The pull request's CI the task waits for, still `validating` but holding no agent slot. Absent otherwise.
     checks: Option<AwaitedChecksDoc>,
+    /// How the completed attempt's pull request ended: merged, or closed without merging. Absent before.
+    pull_end: Option<PullEndDoc>,
+}
+
+/// How a completed task's pull request ended.
+#[derive(ToSchema)]
+#[schema(as = PullEnd)]
+#[allow(dead_code)]
+pub struct PullEndDoc {
+    pr_number: u64,
+    merged: bool,
+    /// Who merged it, as Forgejo says. Absent when unknown (a close without merging).
+    #[serde(default)]
+    by: Option<String>,
+    /// When forgefleet saw it.
+    #[schema(format = DateTime)]
+    at: String,
 }
 
 /// One event of the task's log. `type` names it (`task_queued`, `task_assigned`, `task_started`,
@@ -453,6 +470,7 @@ mod tests {
                 since: at,
                 deadline: at,
             }),
+            pull_end: Some(crate::core::PullEnd { pr_number: 3, merged: true, by: Some("alice".into()), at }),
         }
     }
 
@@ -465,6 +483,7 @@ mod tests {
         assert_eq!(properties::<LeaseDoc>(), keys(&task["lease"]));
         assert_eq!(properties::<FailureDoc>(), keys(&task["last_failure"]));
         assert_eq!(properties::<AwaitedChecksDoc>(), keys(&task["checks"]));
+        assert_eq!(properties::<PullEndDoc>(), keys(&task["pull_end"]));
 
         let summary = TaskSummary {
             id: TaskId(7),

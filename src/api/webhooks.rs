@@ -120,6 +120,12 @@ pub async fn forgejo(
         }
         // A pull request changed (pushed, edited, reviewed...): a task waiting for its CI looks again at once.
         // Nothing is stored, so a replay or a forged-but-signed stale delivery can cause one extra look at most.
+        // Closed (merged or not): what that means for a completed task is confirmed against the pull request as
+        // Forgejo has it now, never taken from the delivery.
+        Delivery::PullRequest { repo, number, action, .. } if watched(&repo) && action == "closed" => {
+            app.pull_news.tell(repo.clone(), number);
+            Command::Enqueue(crate::core::Effect::ConfirmPull { pull: crate::core::IssueRef { repo, number } })
+        }
         Delivery::PullRequest { repo, number, .. } if watched(&repo) => {
             app.pull_news.tell(repo, number);
             return Ok(Json(WebhookAnswer { status: "applied" }));

@@ -285,6 +285,10 @@ pub struct ForgejoConfig {
     pub require_checks: crate::core::ChecksSetting,
     /// Minutes a task waits for required checks before its attempt fails with `checks_failed`. Default: `60`.
     pub checks_timeout_mins: u64,
+    /// What a completed task does when its pull request is closed without merging: `"requeue"` (a fresh
+    /// attempt), `"fail"` or `"nothing"` (recorded, the task stays completed). A repository's `fleet.yaml` may
+    /// set its own. Default: `"nothing"`.
+    pub on_pr_closed: crate::core::OnPullClosed,
     /// Forgejo users of agents, `agent name = "login"`: the user becomes the assignee while the
     /// agent works on it. Default: empty.
     pub agent_users: std::collections::BTreeMap<String, String>,
@@ -305,6 +309,7 @@ impl Default for ForgejoConfig {
             request_timeout_secs: 20,
             require_checks: Default::default(),
             checks_timeout_mins: 60,
+            on_pr_closed: Default::default(),
             base_branch: "main".into(),
             branch_prefix: "forgefleet/".into(),
             webhook_url: None,

@@ -49,6 +49,14 @@ pub enum Notice {
         reason: String,
         was_running: bool,
     },
+    /// The completed task's pull request was merged, or closed without merging and then `then`.
+    PullEnded {
+        pr_number: u64,
+        merged: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
+        then: super::pull::OnPullClosed,
+    },
 }
 
 impl Notice {
@@ -60,6 +68,8 @@ impl Notice {
             Notice::Retrying { .. } => "retrying",
             Notice::Failed { .. } => "failed",
             Notice::Cancelled { .. } => "cancelled",
+            Notice::PullEnded { merged: true, .. } => "merged",
+            Notice::PullEnded { merged: false, .. } => "pull_closed",
         }
     }
 }
@@ -130,6 +140,9 @@ pub enum Effect {
     /// Read the issue as Forgejo has it now and observe that: a webhook's view may be stale or out of order,
     /// so it never queues or cancels a task by itself. An issue that does not exist cancels its task.
     ConfirmIssue { issue: IssueRef },
+    /// Read the pull request as Forgejo has it now and observe that: a webhook said it was closed (or merged),
+    /// and a webhook may be stale or replayed. `pull` is its number in the repository.
+    ConfirmPull { pull: IssueRef },
     /// A task was cancelled while its agent held it (or after its receipt): the pull request the agent opened
     /// for that attempt, the receipt's or the one from the attempt's branch, is closed with a comment saying why.
     /// `branch` is the attempt's branch when it continued one an earlier attempt pushed (`Task::pushed_branch`);
@@ -259,7 +272,7 @@ impl Effect {
     /// forgefleet learns that it is).
     pub fn ordered_issue(&self) -> Option<&IssueRef> {
         match self {
-            Effect::ConfirmIssue { .. } => None,
+            Effect::ConfirmIssue { .. } | Effect::ConfirmPull { .. } => None,
             _ => self.issue(),
         }
     }
@@ -275,6 +288,7 @@ impl Effect {
             | Effect::Reply { issue, .. }
             | Effect::React { issue, .. }
             | Effect::ConfirmIssue { issue }
+            | Effect::ConfirmPull { pull: issue }
             | Effect::ClosePull { issue, .. }
             | Effect::SetCommitStatus { issue, .. } => Some(issue),
             Effect::ChatTask { issue, .. } => Some(issue),
@@ -291,6 +305,8 @@ impl Effect {
                     "verification_failed"
                 }
                 Notice::Retrying { class: FailureClass::Timeout, .. } => "timed_out",
+                // The end of a completed task's pull request edits its completed message.
+                Notice::PullEnded { .. } => "completed",
                 other => other.kind(),
             }),
             Effect::ChatAgent { news, .. } => Some(match news {
@@ -332,6 +348,7 @@ impl Effect {
             | Effect::Reply { .. }
             | Effect::React { .. }
             | Effect::ConfirmIssue { .. }
+            | Effect::ConfirmPull { .. }
             | Effect::ClosePull { .. }
             | Effect::SetCommitStatus { .. } => Destination::Forgejo,
             Effect::MatrixReply { .. }
@@ -355,6 +372,7 @@ impl Effect {
             Effect::Reply { .. } => "reply",
             Effect::React { .. } => "react",
             Effect::ConfirmIssue { .. } => "confirm_issue",
+            Effect::ConfirmPull { .. } => "confirm_pull",
             Effect::ClosePull { .. } => "close_pull",
             Effect::SetCommitStatus { .. } => "set_commit_status",
         }
@@ -490,6 +508,11 @@ fn issue_effects_of(before: Option<&Task>, after: &Task, event: &Event) -> Vec<E
                     description,
                 });
             }
+        }
+        Event::PullEnded { attempt, end, then, .. } => {
+            let notice =
+                Notice::PullEnded { pr_number: end.pr_number, merged: end.merged, by: end.by.clone(), then: *then };
+            out.push(comment(*attempt, notice));
         }
         // An issue that is gone has nobody to tell.
         Event::TaskCancelled { by: CancelledBy::IssueGone, attempt, reason, .. } => {

@@ -8,6 +8,7 @@ use super::checks::AwaitedChecks;
 use super::ids::{AgentId, AgentName, IssueRef, TaskId};
 use super::labels::TaskSpec;
 use super::policy::{FailureClass, RetryDecision};
+use super::pull::{OnPullClosed, PullEnd};
 use super::receipt::{Receipt, Validation};
 use super::time::Timestamp;
 
@@ -72,6 +73,15 @@ pub enum Event {
         task: TaskId,
         attempt: u32,
         checks: AwaitedChecks,
+        at: Timestamp,
+    },
+    /// A completed task's pull request ended: merged, or closed without merging, and then `then` (the
+    /// repository's `on_pr_closed`): queued again as a fresh attempt, failed, or left completed.
+    PullEnded {
+        task: TaskId,
+        attempt: u32,
+        end: PullEnd,
+        then: OnPullClosed,
         at: Timestamp,
     },
     TaskCompleted {
@@ -155,6 +165,7 @@ impl Event {
             Event::ReceiptReceived { .. } => "receipt_received",
             Event::ReceiptChecked { .. } => "receipt_checked",
             Event::ChecksAwaited { .. } => "checks_awaited",
+            Event::PullEnded { .. } => "pull_ended",
             Event::TaskCompleted { .. } => "task_completed",
             Event::TaskLost { .. } => "task_lost",
             Event::AttemptFailed { .. } => "attempt_failed",
@@ -178,6 +189,7 @@ impl Event {
             | Event::ReceiptReceived { task, .. }
             | Event::ReceiptChecked { task, .. }
             | Event::ChecksAwaited { task, .. }
+            | Event::PullEnded { task, .. }
             | Event::TaskCompleted { task, .. }
             | Event::TaskLost { task, .. }
             | Event::AttemptFailed { task, .. }
@@ -208,6 +220,7 @@ impl Event {
             | Event::ReceiptReceived { at, .. }
             | Event::ReceiptChecked { at, .. }
             | Event::ChecksAwaited { at, .. }
+            | Event::PullEnded { at, .. }
             | Event::TaskCompleted { at, .. }
             | Event::TaskLost { at, .. }
             | Event::AttemptFailed { at, .. }

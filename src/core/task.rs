@@ -11,6 +11,7 @@ use super::event::Event;
 use super::ids::{AgentId, IssueRef, TaskId};
 use super::labels::{StatusLabel, TaskSpec};
 use super::policy::{FailureClass, RetryDecision};
+use super::pull::{OnPullClosed, PullEnd};
 use super::receipt::{Receipt, Validation};
 use super::time::Timestamp;
 
@@ -171,6 +172,9 @@ pub struct Task {
     /// The CI this attempt waits for, once its receipt checked out (the repository requires checks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checks: Option<AwaitedChecks>,
+    /// How the completed attempt's pull request ended (merged, or closed without merging).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_end: Option<PullEnd>,
 }
 
 /// An event that does not apply to the task or agent in its current state. Nothing was changed.
@@ -221,6 +225,7 @@ impl Task {
                 validation: None,
                 pushed_branch: None,
                 checks: None,
+                pull_end: None,
             }),
             _ => None,
         }
@@ -329,6 +334,20 @@ impl Task {
                 }
                 self.checks = Some(checks.clone());
             }
+            Event::PullEnded { attempt, end, then, .. } => {
+                if self.state != Completed || self.pull_end.is_some() {
+                    return Err(illegal);
+                }
+                check_attempt(*attempt)?;
+                self.pull_end = Some(end.clone());
+                if !end.merged {
+                    match then {
+                        OnPullClosed::Requeue => self.fresh_attempt(e.at()),
+                        OnPullClosed::Fail => self.state = Failed,
+                        OnPullClosed::Nothing => {}
+                    }
+                }
+            }
             Event::TaskCompleted { attempt, .. } => {
                 if self.state != Validating {
                     return Err(illegal);
@@ -408,6 +427,7 @@ impl Task {
         self.receipt = None;
         self.validation = None;
         self.checks = None;
+        self.pull_end = None;
     }
 }
 

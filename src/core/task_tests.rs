@@ -92,13 +92,21 @@ fn event_of_kind(kind: &str, attempt: u32) -> Event {
         },
         "task_retried" => Event::TaskRetried { task: t, by: "alice".into(), at: at(100) },
         "checks_awaited" => Event::ChecksAwaited { task: t, attempt, checks: awaited(), at: at(100) },
+        "pull_ended" => Event::PullEnded {
+            task: t,
+            attempt,
+            end: crate::core::PullEnd { pr_number: 3, merged: true, by: Some("alice".into()), at: at(100) },
+            then: crate::core::OnPullClosed::Nothing,
+            at: at(100),
+        },
         other => panic!("no such kind {other}"),
     }
 }
 
-const KINDS: [&str; 12] = [
+const KINDS: [&str; 13] = [
     "receipt_checked",
     "checks_awaited",
+    "pull_ended",
     "task_queued",
     "task_spec_changed",
     "task_assigned",
@@ -155,6 +163,7 @@ fn legal_from(kind: &str) -> &'static [TaskState] {
         "task_completed" => &[Validating],
         "receipt_checked" => &[Validating],
         "checks_awaited" => &[Validating],
+        "pull_ended" => &[Completed],
         "task_lost" => &[Assigned, Running],
         "attempt_failed" => &[Assigned, Running, Validating, AgentLost],
         "task_cancelled" => &[Queued, Assigned, Running, Validating, AgentLost],
@@ -354,4 +363,26 @@ fn waiting_for_ci_frees_the_agents_slot_but_keeps_who_did_the_work() {
     assert_eq!(failed.pushed_branch.as_deref(), Some("fleet/issue-7-attempt-1"), "the retry continues the branch");
     t.apply(&event_of_kind("task_completed", 1)).unwrap();
     assert_eq!((t.state, t.checks.clone(), t.lease.clone()), (TaskState::Completed, None, None));
+}
+
+#[test]
+fn a_closed_pull_request_requeues_fails_or_leaves_the_completed_task_as_configured_and_is_recorded_once() {
+    let closed = |then| Event::PullEnded {
+        task: T,
+        attempt: 1,
+        end: crate::core::PullEnd { pr_number: 3, merged: false, by: None, at: at(300) },
+        then,
+        at: at(300),
+    };
+    let mut t = task_in(TaskState::Completed);
+    t.apply(&closed(crate::core::OnPullClosed::Requeue)).unwrap();
+    assert_eq!((t.state, t.attempt, t.pull_end.clone()), (TaskState::Queued, 2, None), "a fresh attempt");
+    let mut t = task_in(TaskState::Completed);
+    t.apply(&closed(crate::core::OnPullClosed::Fail)).unwrap();
+    assert_eq!(t.state, TaskState::Failed);
+    let mut t = task_in(TaskState::Completed);
+    t.apply(&closed(crate::core::OnPullClosed::Nothing)).unwrap();
+    assert_eq!(t.state, TaskState::Completed);
+    assert!(t.pull_end.as_ref().is_some_and(|e| !e.merged));
+    assert!(t.apply(&event_of_kind("pull_ended", 1)).is_err(), "an end is recorded once");
 }

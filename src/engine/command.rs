@@ -97,6 +97,16 @@ pub enum Command {
         head_sha: String,
         verdict: crate::core::ChecksVerdict,
     },
+    /// A pull request as Forgejo has it now (read back after a webhook, or by reconciliation): when it is
+    /// closed and a completed task's receipt names it, the task records how it ended.
+    ObservePull {
+        repo: crate::core::RepoName,
+        number: u64,
+        closed: bool,
+        merged: bool,
+        /// Who merged it, as Forgejo says.
+        by: Option<String>,
+    },
     CancelTask {
         task: TaskId,
         reason: String,
@@ -197,6 +207,7 @@ impl Command {
                 | Command::FailTask { .. }
                 | Command::FinishValidation { .. }
                 | Command::FinishChecks { .. }
+                | Command::ObservePull { .. }
                 | Command::CancelTask { .. }
                 | Command::IssueGone { .. }
                 | Command::RetryTask { .. }

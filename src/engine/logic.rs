@@ -44,6 +44,8 @@ pub struct EngineSettings {
     pub require_checks: crate::core::ChecksSetting,
     /// `[forgejo] checks_timeout_mins`: how long a task waits for required checks.
     pub checks_timeout: Duration,
+    /// `[forgejo] on_pr_closed`: what a task does when its pull request is closed without merging.
+    pub on_pr_closed: crate::core::OnPullClosed,
 }
 
 impl EngineSettings {
@@ -72,6 +74,11 @@ impl EngineSettings {
         let required = setting.required().ok().flatten()?;
         Some((required, o.and_then(|o| o.checks_timeout_secs).map_or(self.checks_timeout, Duration::from_secs)))
     }
+    /// What a task does when its pull request is closed unmerged: the repository's `on_pr_closed`, else the
+    /// server's.
+    pub fn on_pr_closed_for(&self, repo: &crate::core::RepoName) -> crate::core::OnPullClosed {
+        self.repos.get(repo).and_then(|o| o.on_pr_closed).unwrap_or(self.on_pr_closed)
+    }
     pub fn start_timeout_for(&self, repo: &crate::core::RepoName) -> Duration {
         self.repos.get(repo).and_then(|o| o.start_timeout_secs).map_or(self.start_timeout, Duration::from_secs)
     }
@@ -95,6 +102,7 @@ impl Default for EngineSettings {
             chat_progress: None,
             require_checks: Default::default(),
             checks_timeout: Duration::from_secs(60 * 60),
+            on_pr_closed: Default::default(),
         }
     }
 }
@@ -181,6 +189,20 @@ pub fn handle(s: &mut EngineSettings, tx: &WriteTx<'_>, cmd: Command, now: Times
         }
         Command::FinishChecks { task, attempt, head_sha, verdict } => {
             finish_checks(s, tx, task, attempt, &head_sha, verdict, now)
+        }
+        Command::ObservePull { repo, number, closed, merged, by } => {
+            if !closed {
+                return Ok(Reply::Done);
+            }
+            // Only a completed task's pull request has an end to record; one already recorded stays as it is.
+            let Some(id) = tx.read().completed_with_pull(&repo, number, TaskId(0))? else { return Ok(Reply::Done) };
+            let t = find_task(tx, id)?;
+            if t.pull_end.is_some() {
+                return Ok(Reply::Done);
+            }
+            let end = crate::core::PullEnd { pr_number: number, merged, by, at: now };
+            let then = if merged { crate::core::OnPullClosed::Nothing } else { s.on_pr_closed_for(&repo) };
+            append(tx, Event::PullEnded { task: id, attempt: t.attempt, end, then, at: now })
         }
         Command::CancelTask { task, reason } => {
             let t = find_task(tx, task)?;

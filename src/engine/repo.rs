@@ -86,6 +86,9 @@ pub struct RepoOverrides {
     pub require_checks: Option<crate::core::ChecksSetting>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checks_timeout_secs: Option<u64>,
+    /// What a task does when its pull request is closed without merging; unset: the server's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_pr_closed: Option<crate::core::OnPullClosed>,
     /// Why the file could not be used (then everything else is empty and the defaults apply).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
@@ -126,6 +129,8 @@ struct FleetFile {
     matrix: Option<MatrixPart>,
     #[serde(default)]
     require_checks: Option<crate::core::ChecksSetting>,
+    #[serde(default)]
+    on_pr_closed: Option<crate::core::OnPullClosed>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -218,6 +223,7 @@ pub fn parse_fleet_yaml(
         out.retry.insert(class, spec);
     }
     out.prompt = file.prompt.filter(|p| !p.trim().is_empty());
+    out.on_pr_closed = file.on_pr_closed;
     if let Some(setting) = file.require_checks {
         setting.required().map_err(|why| format!("require_checks: {why}"))?;
         out.require_checks = Some(setting);
@@ -308,6 +314,10 @@ mod tests {
         let err = parse_fleet_yaml("require_checks: []\n", &labels, None).unwrap_err();
         assert!(err.starts_with("require_checks: an empty list"), "{err}");
         assert!(parse_fleet_yaml("require_checks: 3\n", &labels, None).is_err());
+        let o = parse_fleet_yaml("on_pr_closed: requeue\n", &labels, None).unwrap();
+        assert_eq!(o.on_pr_closed, Some(crate::core::OnPullClosed::Requeue));
+        let err = parse_fleet_yaml("on_pr_closed: retry\n", &labels, None).unwrap_err();
+        assert!(err.contains("requeue"), "the choices are named: {err}");
     }
 
     #[test]

@@ -303,6 +303,8 @@ struct StoredTask<'a> {
     pushed_branch: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     checks: Option<&'a crate::core::AwaitedChecks>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pull_end: Option<&'a crate::core::PullEnd>,
 }
 
 /// The `data` column of a task's row: the task without its title and body. Public so that benchmarks write
@@ -326,6 +328,7 @@ pub fn encode_task(t: &Task) -> String {
         validation: t.validation.as_ref(),
         pushed_branch: t.pushed_branch.as_deref(),
         checks: t.checks.as_ref(),
+        pull_end: t.pull_end.as_ref(),
     };
     encode(&stored).expect("a task always serialises")
 }

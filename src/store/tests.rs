@@ -271,6 +271,8 @@ fn full_task() -> Task {
         since: Timestamp(8_000),
         deadline: Timestamp(9_000),
     });
+    t.pull_end =
+        Some(crate::core::PullEnd { pr_number: 12, merged: true, by: Some("alice".into()), at: Timestamp(9_500) });
     t
 }
 

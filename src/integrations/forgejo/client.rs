@@ -442,6 +442,12 @@ impl ForgejoClient {
         self.all_pages(&Self::repo_path(repo, "/pulls"), vec![("state", "open".to_string())]).await
     }
 
+    /// The most recently updated closed pull requests (merged ones among them), one page of `limit`.
+    pub async fn recently_closed_pulls(&self, repo: &RepoName, limit: u32) -> Result<Vec<PullRequest>, ForgejoError> {
+        let q = [("state", "closed".to_string()), ("sort", "recentupdate".to_string()), ("limit", limit.to_string())];
+        self.get(&Self::repo_path(repo, "/pulls"), &q).await
+    }
+
     pub async fn pull_commits(&self, repo: &RepoName, number: u64) -> Result<Vec<Commit>, ForgejoError> {
         let q = vec![("verification", "false".to_string()), ("files", "false".to_string())];
         self.all_pages(&Self::repo_path(repo, &format!("/pulls/{number}/commits")), q).await

@@ -25,3 +25,26 @@ pub async fn confirm_issue(
     engine.send(command).await?;
     Ok(())
 }
+
+/// Reads the pull request and has the engine observe how it is now: closed (merged or not) records the end of
+/// its completed task. One that does not exist (any more) says nothing.
+pub async fn confirm_pull(client: &ForgejoClient, engine: &EngineHandle, pull: &IssueRef) -> Result<(), DeliveryError> {
+    let pr = match client.pull_request(&pull.repo, pull.number).await {
+        Ok(pr) => pr,
+        Err(e) if e.is_not_found() => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    engine.send(observe_pull(&pull.repo, &pr)).await?;
+    Ok(())
+}
+
+/// The engine's view of a pull request as Forgejo has it.
+pub fn observe_pull(repo: &crate::core::RepoName, pr: &super::types::PullRequest) -> Command {
+    Command::ObservePull {
+        repo: repo.clone(),
+        number: pr.number,
+        closed: pr.state == "closed" || pr.merged,
+        merged: pr.merged,
+        by: pr.merged_by.as_ref().map(|u| u.login.clone()),
+    }
+}

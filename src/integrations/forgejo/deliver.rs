@@ -89,6 +89,7 @@ impl Deliverer {
             Effect::SetCommitStatus { .. }
             | Effect::RunCommands { .. }
             | Effect::ConfirmIssue { .. }
+            | Effect::ConfirmPull { .. }
             | Effect::MatrixReply { .. }
             | Effect::ChatTask { .. }
             | Effect::ChatAgent { .. }
@@ -123,6 +124,7 @@ impl Deliverer {
                 self.commit_status(&issue, &sha, state, &description).await
             }
             Effect::ConfirmIssue { issue } => super::confirm::confirm_issue(&self.client, &self.engine, &issue).await,
+            Effect::ConfirmPull { pull } => super::confirm::confirm_pull(&self.client, &self.engine, &pull).await,
             Effect::ClosePull { issue, task, attempt, pr_number, reason, branch } => {
                 self.close_pull(&issue, task, attempt, pr_number, &reason, branch).await
             }

@@ -176,4 +176,34 @@ async fn run_pass(client: &ForgejoClient, engine: &EngineHandle, reads: &ReadPoo
         Ok(r) => tracing::debug!(%repo, full, listed = r.listed, looked_up = r.looked_up, "reconciled"),
         Err(e) => tracing::warn!(%repo, full, error = %e, "reconciliation failed; the next pass tries again"),
     }
+    if let Err(e) = ended_pulls(client, engine, reads, repo).await {
+        tracing::warn!(%repo, error = %e, "cannot look for merged or closed pull requests; the next pass tries again");
+    }
+}
+
+/// The safety net for lost `pull_request` webhooks: the recently closed pull requests of `repo` whose completed
+/// task has not recorded its end yet are observed.
+async fn ended_pulls(
+    client: &ForgejoClient,
+    engine: &EngineHandle,
+    reads: &ReadPool,
+    repo: &RepoName,
+) -> Result<(), ForgejoError> {
+    let closed = client.recently_closed_pulls(repo, 50).await?;
+    for pr in closed {
+        let (r, n) = (repo.clone(), pr.number);
+        let open_end = reads
+            .with(move |v| -> crate::store::Result<bool> {
+                Ok(match v.completed_with_pull(&r, n, crate::core::TaskId(0))? {
+                    Some(id) => v.task(id)?.is_some_and(|t| t.pull_end.is_none()),
+                    None => false,
+                })
+            })
+            .await
+            .unwrap_or(false);
+        if open_end && let Err(e) = engine.send(confirm::observe_pull(repo, &pr)).await {
+            tracing::warn!(%repo, pull = pr.number, error = %e, "recording the pull request's end failed");
+        }
+    }
+    Ok(())
 }

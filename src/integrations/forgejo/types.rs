@@ -97,6 +97,9 @@ pub struct PullRequest {
     /// Who opened it.
     #[serde(default)]
     pub user: Option<User>,
+    /// Who merged it, once merged.
+    #[serde(default)]
+    pub merged_by: Option<User>,
 }
 
 /// `GET /repos/{o}/{r}/commits/{ref}/status`: the latest status of each context on a commit.

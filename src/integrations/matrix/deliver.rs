@@ -111,6 +111,9 @@ impl MatrixDeliverer {
         notice: &Notice,
         state: &str,
     ) -> Result<(), DeliveryError> {
+        if let Notice::PullEnded { .. } = notice {
+            return self.pull_news(bot, txn, issue, task, notice).await;
+        }
         let ctx = self.task_context(issue, task, attempt, notice, state).await?;
         let message = self.render(&ctx)?;
         let key = format!("task:{task}");
@@ -132,6 +135,43 @@ impl MatrixDeliverer {
             let failed = self.render(&ChatTaskFailed(ctx))?;
             self.send(bot, &room, txn("failed"), failed, None).await?;
         }
+        Ok(())
+    }
+
+    /// The end of a completed task's pull request: a line in the thread of the task's message (the completed
+    /// message itself stays as it was), or in the room when there is none.
+    async fn pull_news(
+        &self,
+        bot: &Bot,
+        txn: &impl Fn(&str) -> String,
+        issue: &IssueRef,
+        task: TaskId,
+        notice: &Notice,
+    ) -> Result<(), DeliveryError> {
+        let Notice::PullEnded { pr_number, merged, by, then } = notice else { return Ok(()) };
+        let pr = format!("[#{pr_number}]({})", self.web(&format!("{}/pulls/{pr_number}", issue.repo)));
+        // A Forgejo login: letters, digits, `-`, `_` and `.`; anything else is left out rather than rendered.
+        let by: Option<String> = by
+            .as_deref()
+            .filter(|b| b.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
+            .map(|b| format!(" by {b}"));
+        let by = by.unwrap_or_default();
+        let text = if *merged {
+            format!("🟣 {}#{}: pull request {pr} was merged{by}.", issue.repo, issue.number)
+        } else {
+            let next = match then {
+                crate::core::OnPullClosed::Requeue => "the task is queued again",
+                crate::core::OnPullClosed::Fail => "the task is marked failed",
+                crate::core::OnPullClosed::Nothing => "the task stays completed",
+            };
+            format!("⚫ {}#{}: pull request {pr} was closed without merging{by}; {next}.", issue.repo, issue.number)
+        };
+        let lookup = format!("task:{task}");
+        let (room, relation) = match self.read(move |r| r.matrix_message(&lookup)).await? {
+            Some((room, root)) => (room, Some(MessageRelation::Thread { root })),
+            None => (self.room_for(issue).await?, None),
+        };
+        self.send(bot, &room, txn("pull"), ChatMessage::from_markdown(text), relation).await?;
         Ok(())
     }
 
@@ -248,6 +288,7 @@ impl MatrixDeliverer {
                 ctx.explanation = Some(class.explain().into());
             }
             Notice::Cancelled { reason, .. } => ctx.reason = Some(reason.clone()),
+            Notice::PullEnded { .. } => {}
         }
         Ok(ctx)
     }

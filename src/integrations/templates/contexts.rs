@@ -74,6 +74,18 @@ pub struct CancelledComment {
     pub was_running: bool,
 }
 
+/// `comment_pull_ended.md`: the completed task's pull request was merged, or closed without merging.
+#[derive(Debug, Clone, Serialize)]
+pub struct PullEndedComment {
+    pub pr_number: u64,
+    pub merged: bool,
+    /// Who merged it (or closed it, when known): a Forgejo login.
+    pub by: Option<String>,
+    /// After a close without merging: `requeue`, `fail` or `nothing` (`on_pr_closed`).
+    pub then: String,
+    pub todo_label: String,
+}
+
 /// `reply_refused.md`: someone without write access gave a command.
 #[derive(Debug, Clone, Serialize)]
 pub struct RefusedReply {
@@ -177,6 +189,19 @@ impl TemplateContext for CancelledComment {
             reason: "the issue was closed".into(),
             todo_label: "status:todo".into(),
             was_running: true,
+        }
+    }
+}
+
+impl TemplateContext for PullEndedComment {
+    const NAME: &'static str = "comment_pull_ended.md";
+    fn example() -> Self {
+        PullEndedComment {
+            pr_number: 12,
+            merged: false,
+            by: Some("alice".into()),
+            then: "requeue".into(),
+            todo_label: "status:todo".into(),
         }
     }
 }

@@ -33,6 +33,7 @@ const BUILT_IN: &[BuiltIn] = &[
     built_in::<RetryingComment>(include_str!("../../../templates/comment_retrying.md")),
     built_in::<FailedComment>(include_str!("../../../templates/comment_failed.md")),
     built_in::<CancelledComment>(include_str!("../../../templates/comment_cancelled.md")),
+    built_in::<PullEndedComment>(include_str!("../../../templates/comment_pull_ended.md")),
     built_in::<RefusedReply>(include_str!("../../../templates/reply_refused.md")),
     built_in::<InvalidReply>(include_str!("../../../templates/reply_invalid.md")),
     built_in::<FailedReply>(include_str!("../../../templates/reply_failed.md")),

@@ -6,7 +6,8 @@ use std::time::Duration;
 use super::{Deliverer, DeliveryError};
 use crate::core::{IssueRef, Notice, TaskId};
 use crate::integrations::templates::{
-    CancelledComment, CompletedComment, FailedComment, RetryingComment, StartedComment, TemplateContext,
+    CancelledComment, CompletedComment, FailedComment, PullEndedComment, RetryingComment, StartedComment,
+    TemplateContext,
 };
 
 /// Tries at posting one comment within one delivery, each after looking for it; then the outbox retries.
@@ -86,6 +87,13 @@ impl Deliverer {
                 reason: reason.clone(),
                 todo_label: self.labels.todo.clone(),
                 was_running: *was_running,
+            }),
+            Notice::PullEnded { pr_number, merged, by, then } => self.render(&PullEndedComment {
+                pr_number: *pr_number,
+                merged: *merged,
+                by: by.clone(),
+                then: then.as_str().into(),
+                todo_label: self.labels.todo.clone(),
             }),
         }
     }
