@@ -30,6 +30,7 @@ pub fn engine_settings(config: &Config) -> EngineSettings {
         branch_prefix: config.forgejo.branch_prefix.clone(),
         require_checks: config.forgejo.require_checks.clone(),
         on_pr_closed: config.forgejo.on_pr_closed,
+        review_rounds: config.forgejo.review_rounds,
         checks_timeout: std::time::Duration::from_secs(config.forgejo.checks_timeout_mins.saturating_mul(60)),
         chat_progress: chat_kinds(config).is_some_and(|k| k.contains("progress")).then(|| {
             crate::core::logbatch::LogBatcher::new(

@@ -45,6 +45,13 @@ const CLASSES: [FailureClass; 5] = [
     FailureClass::AgentLost,
 ];
 
+/// The pull request of the most recently changed completed task, if there is one.
+fn completed_pull(engine: &Engine) -> Option<u64> {
+    let completed = engine.store.read().tasks(Some(forgefleet::core::TaskState::Completed), 1).unwrap();
+    let task = engine.store.read().task(completed.first()?.id).unwrap()?;
+    task.receipt.map(|r| r.pr_number)
+}
+
 fn random_command(rng: &mut StdRng, engine: &Engine) -> Command {
     let mut agent = AgentId(rng.random_range(1..=6));
     let task = TaskId(rng.random_range(1..=60));
@@ -182,11 +189,23 @@ fn random_command(rng: &mut StdRng, engine: &Engine) -> Command {
         // A pull request closed or merged: a completed task whose receipt names it records its end.
         92..=94 => Command::ObservePull {
             repo: "acme/app".parse().unwrap(),
-            number: rng.random_range(1..100),
+            number: completed_pull(engine).filter(|_| rng.random_bool(0.8)).unwrap_or_else(|| rng.random_range(1..100)),
             closed: rng.random_bool(0.9),
             merged: rng.random_bool(0.5),
             by: Some("alice".into()),
         },
+        // A person asks for changes on a pull request (`/fleet fix`): a completed task naming it gets a round.
+        95..=97 => {
+            // Mostly on the pull request of a completed task.
+            let pr =
+                completed_pull(engine).filter(|_| rng.random_bool(0.8)).unwrap_or_else(|| rng.random_range(1..100));
+            Command::RunCommand {
+                key: format!("fix-{}", rng.random::<u32>()),
+                command: forgefleet::core::commands::FleetCommand::Fix { instruction: "rename it".into() },
+                issue: Some(format!("acme/app#{pr}").parse().unwrap()),
+                by: "@alice".into(),
+            }
+        }
         _ => Command::Tick,
     }
 }
@@ -220,6 +239,7 @@ fn rebuilt_projections_equal_the_live_ones_after_long_random_scenarios() {
             assert!(kinds.contains("checks_awaited"), "seed {seed}: no task waited for CI: {kinds:?}");
         }
         assert!(kinds.contains("pull_ended"), "seed {seed}: no pull request ended: {kinds:?}");
+        assert!(kinds.contains("follow_up_requested"), "seed {seed}: no round of changes: {kinds:?}");
         assert!(ok > 1000, "seed {seed}: only {ok} commands applied");
 
         let live = snapshot(&engine.store);

@@ -783,3 +783,76 @@ async fn a_pull_request_closed_unmerged_requeues_its_task_when_the_repository_sa
     })
     .await;
 }
+
+/// A person with write access asks for changes on the completed task's pull request (`/fleet fix` in a comment
+/// on it): the task gets a round of changes on the same branch and pull request, whose prompt holds the
+/// instruction; a receipt that does not build on the verified head fails, one that does completes it again.
+/// Someone without write access is refused and nothing changes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fix_asked_on_the_pull_request_is_a_new_round_on_the_same_branch_built_on_the_verified_head() {
+    let w = World::new(None).await;
+    w.forgejo
+        .add_hook(
+            REPO,
+            &format!("{}/api/v1/webhooks/forgejo", w.fleet.base),
+            "s",
+            &["issue_comment", "pull_request_comment"],
+        )
+        .await;
+    w.forgejo.add_user("eve", "eve-token").await;
+    w.forgejo.set_permission(REPO, "eve", "read").await;
+    let (pr, sha) = w.open_pull(&[("a.txt", "x\n")], "Greet", &format!("Closes #{}", w.issue)).await;
+    w.submit(pr, &sha).await;
+    assert_eq!(w.settled().await["state"], "completed");
+
+    w.forgejo.comment(REPO, pr, "eve", "/fleet fix delete everything").await;
+    eventually("eve is refused", || async {
+        w.forgejo.comments(REPO, pr).await.iter().any(|c| c.body.contains("eve") && c.body.contains("write"))
+    })
+    .await;
+    assert_eq!(w.task().await["state"], "completed", "a refused command changes nothing");
+
+    w.forgejo.comment(REPO, pr, "alice", "Looks close.\n/fleet fix call it `greet_all`, not `greet`").await;
+    eventually("a round of changes is queued", || async { w.task().await["state"] == "queued" }).await;
+    let task = w.task().await;
+    assert_eq!(task["attempt"], 2);
+    assert_eq!(task["follow_up"]["round"], 1);
+    assert_eq!(task["follow_up"]["by"], "alice");
+    assert_eq!(task["follow_up"]["instruction"], "call it `greet_all`, not `greet`");
+    let agent2 = w.fleet.register("a2", &[], 1).await;
+    let round = agent2.pull().await.expect("the round is queued");
+    assert_eq!((round.attempt, round.branch.as_str()), (2, w.branch.as_str()), "the same branch");
+    assert!(
+        round.prompt.contains("call it `greet_all`, not `greet`") && round.prompt.contains("alice asked for changes"),
+        "{}",
+        round.prompt
+    );
+    agent2.start(&round).await;
+    // A receipt naming the verified head again adds nothing: it fails.
+    let body = json!({"task_id": w.task, "attempt": 2, "pr_number": pr, "head_sha": sha});
+    assert_eq!(agent2.post("/receipts", body).await.0, 202);
+    let task = w.settled().await;
+    assert_eq!(task["last_failure"]["class"], "verification_failed", "{task}");
+    assert!(failed_checks(&task).contains(&"builds_on_verified_head".to_string()), "{task}");
+
+    // The retry of the round pushes on top: it checks out.
+    w.fleet.later(Duration::from_secs(120));
+    w.fleet.tick().await;
+    agent2.heartbeat(&[]).await;
+    let retry = agent2.pull().await.expect("the round is retried");
+    assert!(retry.prompt.contains("greet_all"), "every attempt of the round carries the request");
+    agent2.start(&retry).await;
+    w.repo.checkout(&w.branch);
+    let fixed = w.repo.commit(&[("a.txt", "greet_all\n")], "rename");
+    w.repo.push(&w.branch);
+    w.repo.push_pull_head(pr, &fixed);
+    w.forgejo
+        .push_to_pull(REPO, pr, "agent", &[FakeCommit::new(&fixed, "rename").file("a.txt", "modified", 1, 1)])
+        .await;
+    let body = json!({"task_id": w.task, "attempt": 3, "pr_number": pr, "head_sha": fixed});
+    assert_eq!(agent2.post("/receipts", body).await.0, 202);
+    let task = w.settled().await;
+    assert_eq!(task["state"], "completed", "{task}");
+    assert_eq!(check(&task, "builds_on_verified_head")["passed"], true, "{task}");
+    assert_eq!(check(&task, "same_pull_request")["passed"], true, "{task}");
+}

@@ -330,6 +330,33 @@ pub struct TaskDoc {
     checks: Option<AwaitedChecksDoc>,
     /// How the completed attempt's pull request ended: merged, or closed without merging. Absent before.
     pull_end: Option<PullEndDoc>,
+    /// The round of changes a person asked for on the pull request (a review, or `/fleet fix`). Absent when none.
+    follow_up: Option<FollowUpDoc>,
+}
+
+/// A round of changes on a completed task's pull request.
+#[derive(ToSchema)]
+#[schema(as = FollowUp)]
+#[allow(dead_code)]
+pub struct FollowUpDoc {
+    /// 1 for the first round.
+    round: u32,
+    pr_number: u64,
+    /// The pull request's branch, which every attempt of the round is assigned.
+    branch: String,
+    /// The head verified last: the round's receipt must build on it.
+    verified_head: String,
+    /// Who asked (a Forgejo login).
+    by: String,
+    /// What they asked for.
+    instruction: String,
+    /// The review's comments (`path`, `line`, `body`). Absent when none.
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<Object>>)]
+    notes: Option<Vec<String>>,
+    /// The review it came from. Absent for `/fleet fix`.
+    #[serde(default)]
+    review_id: Option<i64>,
 }
 
 /// How a completed task's pull request ended.
@@ -471,6 +498,20 @@ mod tests {
                 deadline: at,
             }),
             pull_end: Some(crate::core::PullEnd { pr_number: 3, merged: true, by: Some("alice".into()), at }),
+            follow_up: Some(crate::core::FollowUp {
+                round: 1,
+                pr_number: 3,
+                branch: "forgefleet/issue-7-attempt-1".into(),
+                verified_head: "a".repeat(40),
+                by: "alice".into(),
+                instruction: "rename x".into(),
+                notes: vec![crate::core::ReviewNote {
+                    path: Some("src/lib.rs".into()),
+                    line: Some(3),
+                    body: "here".into(),
+                }],
+                review_id: Some(9),
+            }),
         }
     }
 
@@ -484,6 +525,7 @@ mod tests {
         assert_eq!(properties::<FailureDoc>(), keys(&task["last_failure"]));
         assert_eq!(properties::<AwaitedChecksDoc>(), keys(&task["checks"]));
         assert_eq!(properties::<PullEndDoc>(), keys(&task["pull_end"]));
+        assert_eq!(properties::<FollowUpDoc>(), keys(&task["follow_up"]));
 
         let summary = TaskSummary {
             id: TaskId(7),

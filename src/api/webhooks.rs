@@ -101,7 +101,7 @@ pub async fn forgejo(
         Delivery::Issue { repo, issue, .. } if watched(&repo) && !issue.is_pull() => {
             Command::ObserveIssue(crate::engine::IssueObservation { fresh: false, ..observation(&repo, &issue) })
         }
-        Delivery::Comment { repo, action, issue, comment, previous, sender } if watched(&repo) => {
+        Delivery::Comment { repo, action, issue, comment, previous, sender, on_pull } if watched(&repo) => {
             // The bot's own comments echo back: they command nothing (the deliverer checks again, with the login
             // read from Forgejo when `bot_user` is not set). Nor does any comment that carries a forgefleet marker.
             if bot.is_some_and(|b| b.trim().eq_ignore_ascii_case(&sender.login)) || comment.body.contains(MARKER) {
@@ -111,6 +111,12 @@ pub async fn forgejo(
                 ("edited", Some(before)) => new_commands(&before, &comment.body, Place::Issue),
                 _ => parse(&comment.body, Place::Issue),
             };
+            // On a pull request only `/fleet fix` means something (the pull request is no task's issue); on an
+            // issue it has no pull request to work on.
+            let is_fix = |p: &crate::core::commands::Parsed| {
+                matches!(p, crate::core::commands::Parsed::Valid(crate::core::commands::FleetCommand::Fix { .. }))
+            };
+            let commands: Vec<_> = commands.into_iter().filter(|p| on_pull == is_fix(p)).collect();
             if commands.is_empty() {
                 return Ok(Json(WebhookAnswer { status: "ignored" }));
             }

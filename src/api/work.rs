@@ -90,6 +90,7 @@ impl AssignmentView {
                             && matches!(f.class, FailureClass::ChecksFailed | FailureClass::VerificationFailed)
                     })
                     .map(|f| f.message.clone()),
+                follow_up: t.follow_up.as_ref().map(|f| f.for_prompt()),
             })
             .map_err(|e| ApiError::Internal(e.to_string()))?;
         let git_base = f.git_url.as_ref().or(f.url.as_ref());

@@ -289,6 +289,10 @@ pub struct ForgejoConfig {
     /// attempt), `"fail"` or `"nothing"` (recorded, the task stays completed). A repository's `fleet.yaml` may
     /// set its own. Default: `"nothing"`.
     pub on_pr_closed: crate::core::OnPullClosed,
+    /// How many rounds of changes people may ask for on a completed task's pull request (a review that
+    /// requests changes, or `/fleet fix`), each a new attempt on the same branch and pull request; `0` turns
+    /// them off. A repository's `fleet.yaml` may set its own. Default: `3`.
+    pub review_rounds: u32,
     /// Forgejo users of agents, `agent name = "login"`: the user becomes the assignee while the
     /// agent works on it. Default: empty.
     pub agent_users: std::collections::BTreeMap<String, String>,
@@ -310,6 +314,7 @@ impl Default for ForgejoConfig {
             require_checks: Default::default(),
             checks_timeout_mins: 60,
             on_pr_closed: Default::default(),
+            review_rounds: 3,
             base_branch: "main".into(),
             branch_prefix: "forgefleet/".into(),
             webhook_url: None,

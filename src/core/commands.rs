@@ -51,6 +51,10 @@ pub enum FleetCommand {
     Show {
         issue: Option<IssueRef>,
     },
+    /// On a completed task's pull request: a round of changes, `instruction` saying what to do.
+    Fix {
+        instruction: String,
+    },
     Help,
 }
 
@@ -63,6 +67,7 @@ impl FleetCommand {
                 | FleetCommand::Cancel { .. }
                 | FleetCommand::Assign { .. }
                 | FleetCommand::Drain { .. }
+                | FleetCommand::Fix { .. }
         )
     }
 
@@ -88,6 +93,7 @@ impl FleetCommand {
             FleetCommand::Agents => "agents",
             FleetCommand::Queue => "queue",
             FleetCommand::Show { .. } => "show",
+            FleetCommand::Fix { .. } => "fix",
             FleetCommand::Help => "help",
         }
     }
@@ -106,11 +112,46 @@ pub enum Parsed {
 }
 
 /// The command words, for help and for "did you mean".
-const WORDS: [&str; 9] = ["retry", "cancel", "assign", "drain", "status", "agents", "queue", "show", "help"];
+const WORDS: [&str; 10] = ["retry", "cancel", "assign", "drain", "status", "agents", "queue", "show", "fix", "help"];
 
 /// Every command in `text`, in order.
 pub fn parse(text: &str, place: Place) -> Vec<Parsed> {
-    plain_lines(text).iter().filter_map(|line| parse_line(line, place)).collect()
+    let mut parsed: Vec<Parsed> = plain_lines(text).iter().filter_map(|line| parse_line(line, place)).collect();
+    // The plain text shows code spans as `…`; a `/fleet fix` instruction keeps them, from its line as written.
+    let mut raw = raw_fix_lines(text).into_iter();
+    for p in &mut parsed {
+        if let Parsed::Valid(FleetCommand::Fix { instruction }) = p
+            && let Some(line) = raw.next()
+        {
+            *instruction = line;
+        }
+    }
+    parsed
+}
+
+/// The instructions of the `/fix` and `/fleet fix` lines of `text` as written, outside fenced code and quotes,
+/// in order.
+fn raw_fix_lines(text: &str) -> Vec<String> {
+    let mut fenced = false;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with("```") || t.starts_with("~~~") {
+            fenced = !fenced;
+            continue;
+        }
+        if fenced || t.starts_with('>') || !t.starts_with('/') {
+            continue;
+        }
+        let mut words = t[1..].split_whitespace();
+        let skip = match (words.next(), words.next()) {
+            (Some(w), _) if w.eq_ignore_ascii_case("fix") => 1,
+            (Some(f), Some(w)) if f.eq_ignore_ascii_case("fleet") && w.eq_ignore_ascii_case("fix") => 2,
+            _ => continue,
+        };
+        out.push(after_words(&t[1..], skip).to_string());
+    }
+    out
 }
 
 /// One line: `None` when it is not addressed to us.
@@ -141,11 +182,29 @@ pub fn parse_line(line: &str, place: Place) -> Option<Parsed> {
             .is_some_and(|w| w.trim_start_matches(['/', '!']).eq_ignore_ascii_case("fleet"))
             .then(|| invalid(line, format!("unknown command `{word}`{}.\n{}", did_you_mean(&word), help(place))));
     }
+    if word == "fix" {
+        // Free text: the rest of the line is the instruction, as written.
+        let skip = if rest.split_whitespace().next().is_some_and(|w| w.eq_ignore_ascii_case("fleet")) { 2 } else { 1 };
+        let instruction = after_words(rest, skip);
+        return Some(match place {
+            Place::Issue => Parsed::Valid(FleetCommand::Fix { instruction: instruction.to_string() }),
+            Place::Chat => invalid(line, "`/fleet fix` is written in a comment on the pull request it is about".into()),
+        });
+    }
     let args: Vec<&str> = words.collect();
     Some(match build(&word, &args, place) {
         Ok(cmd) => Parsed::Valid(cmd),
         Err(why) => invalid(line, why),
     })
+}
+
+/// `text` after its first `n` words, trimmed.
+fn after_words(text: &str, n: usize) -> &str {
+    let mut rest = text.trim_start();
+    for _ in 0..n {
+        rest = rest.split_once(char::is_whitespace).map_or("", |(_, r)| r).trim_start();
+    }
+    rest.trim_end()
 }
 
 fn invalid(line: &str, why: String) -> Parsed {
@@ -244,6 +303,7 @@ fn usage(word: &str, place: Place) -> String {
         "retry" | "cancel" => format!("/{word}{issue}"),
         "show" => format!("/fleet show{issue}"),
         "drain" => "/fleet drain <agent>".to_string(),
+        "fix" => "/fleet fix <what to change>".to_string(),
         other => format!("/fleet {other}"),
     }
 }
@@ -259,6 +319,7 @@ pub fn help(place: Place) -> String {
         FleetCommand::Agents => "each agent: status, running task, last heartbeat",
         FleetCommand::Queue => "queued tasks by priority",
         FleetCommand::Show { .. } => "one task: state, attempts, the receipt's checks, the pull request",
+        FleetCommand::Fix { .. } => "(a comment on a completed task's pull request) a round of changes on it",
         FleetCommand::Help => "this help",
     };
     let example_agent = AgentName::parse("agent").expect("a valid name");
@@ -271,6 +332,7 @@ pub fn help(place: Place) -> String {
         FleetCommand::Agents,
         FleetCommand::Queue,
         FleetCommand::Show { issue: None },
+        FleetCommand::Fix { instruction: String::new() },
         FleetCommand::Help,
     ];
     let mut out = String::from("Commands:\n");
@@ -507,5 +569,27 @@ mod tests {
         assert!(not_applicable("cancel", &t).unwrap().contains("already completed"));
         t.state = TaskState::Failed;
         assert_eq!(not_applicable("retry", &t), None);
+    }
+}
+
+#[cfg(test)]
+mod fix_tests {
+    use super::*;
+
+    #[test]
+    fn fix_takes_the_rest_of_its_line_as_the_instruction_and_only_in_a_comment() {
+        let fix = |text: &str| parse(text, Place::Issue);
+        let want = |i: &str| vec![Parsed::Valid(FleetCommand::Fix { instruction: i.into() })];
+        assert_eq!(fix("/fleet fix   rename `x` to `count`  "), want("rename `x` to `count`"));
+        assert_eq!(fix("/fix fix the typo in README"), want("fix the typo in README"));
+        assert_eq!(fix("/fleet fix"), want(""));
+        assert_eq!(fix("> /fleet fix quoted\n"), vec![], "a quoted command never runs");
+        assert!(FleetCommand::Fix { instruction: String::new() }.changes());
+        let chat = parse("!fleet fix it", Place::Chat);
+        assert!(
+            matches!(&chat[..], [Parsed::Invalid { why, .. }] if why.contains("comment on the pull request")),
+            "{chat:?}"
+        );
+        assert!(help(Place::Issue).contains("/fleet fix <what to change>"));
     }
 }

@@ -57,6 +57,12 @@ pub enum Notice {
         by: Option<String>,
         then: super::pull::OnPullClosed,
     },
+    /// A person asked for changes on the pull request: round `round` is queued on the same branch.
+    FollowUp {
+        round: u32,
+        pr_number: u64,
+        by: String,
+    },
 }
 
 impl Notice {
@@ -70,6 +76,7 @@ impl Notice {
             Notice::Cancelled { .. } => "cancelled",
             Notice::PullEnded { merged: true, .. } => "merged",
             Notice::PullEnded { merged: false, .. } => "pull_closed",
+            Notice::FollowUp { .. } => "follow_up",
         }
     }
 }
@@ -307,6 +314,8 @@ impl Effect {
                 Notice::Retrying { class: FailureClass::Timeout, .. } => "timed_out",
                 // The end of a completed task's pull request edits its completed message.
                 Notice::PullEnded { .. } => "completed",
+                // A new round of work on the task: news of the same kind as a retry.
+                Notice::FollowUp { .. } => "retrying",
                 other => other.kind(),
             }),
             Effect::ChatAgent { news, .. } => Some(match news {
@@ -508,6 +517,11 @@ fn issue_effects_of(before: Option<&Task>, after: &Task, event: &Event) -> Vec<E
                     description,
                 });
             }
+        }
+        Event::FollowUpRequested { follow_up, .. } => {
+            let notice =
+                Notice::FollowUp { round: follow_up.round, pr_number: follow_up.pr_number, by: follow_up.by.clone() };
+            out.push(comment(after.attempt, notice));
         }
         Event::PullEnded { attempt, end, then, .. } => {
             let notice =

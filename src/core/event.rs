@@ -8,7 +8,7 @@ use super::checks::AwaitedChecks;
 use super::ids::{AgentId, AgentName, IssueRef, TaskId};
 use super::labels::TaskSpec;
 use super::policy::{FailureClass, RetryDecision};
-use super::pull::{OnPullClosed, PullEnd};
+use super::pull::{FollowUp, OnPullClosed, PullEnd};
 use super::receipt::{Receipt, Validation};
 use super::time::Timestamp;
 
@@ -82,6 +82,13 @@ pub enum Event {
         attempt: u32,
         end: PullEnd,
         then: OnPullClosed,
+        at: Timestamp,
+    },
+    /// A person asked for changes on the completed task's pull request: a follow-up round, a new attempt on the
+    /// same branch and pull request.
+    FollowUpRequested {
+        task: TaskId,
+        follow_up: FollowUp,
         at: Timestamp,
     },
     TaskCompleted {
@@ -166,6 +173,7 @@ impl Event {
             Event::ReceiptChecked { .. } => "receipt_checked",
             Event::ChecksAwaited { .. } => "checks_awaited",
             Event::PullEnded { .. } => "pull_ended",
+            Event::FollowUpRequested { .. } => "follow_up_requested",
             Event::TaskCompleted { .. } => "task_completed",
             Event::TaskLost { .. } => "task_lost",
             Event::AttemptFailed { .. } => "attempt_failed",
@@ -190,6 +198,7 @@ impl Event {
             | Event::ReceiptChecked { task, .. }
             | Event::ChecksAwaited { task, .. }
             | Event::PullEnded { task, .. }
+            | Event::FollowUpRequested { task, .. }
             | Event::TaskCompleted { task, .. }
             | Event::TaskLost { task, .. }
             | Event::AttemptFailed { task, .. }
@@ -221,6 +230,7 @@ impl Event {
             | Event::ReceiptChecked { at, .. }
             | Event::ChecksAwaited { at, .. }
             | Event::PullEnded { at, .. }
+            | Event::FollowUpRequested { at, .. }
             | Event::TaskCompleted { at, .. }
             | Event::TaskLost { at, .. }
             | Event::AttemptFailed { at, .. }

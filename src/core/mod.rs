@@ -25,7 +25,7 @@ pub use event::{CancelledBy, Event};
 pub use ids::{AgentId, AgentName, CommitSha, InvalidId, IssueRef, RepoName, TaskId};
 pub use labels::{LabelChange, LabelReading, LabelScheme, Priority, StatusLabel, TaskSpec};
 pub use policy::{FailureClass, RetryDecision, RetryPolicy, RetryRule};
-pub use pull::{OnPullClosed, PullEnd};
+pub use pull::{FollowUp, OnPullClosed, PullEnd, ReviewNote};
 pub use receipt::{Artifact, Check, FileChange, Receipt, Spent, Usage, Validation};
 pub use task::{Lease, Task, TaskState, TransitionError, work_branch};
 pub use time::Timestamp;

@@ -46,3 +46,56 @@ pub struct PullEnd {
     pub by: Option<String>,
     pub at: Timestamp,
 }
+
+/// One comment of a review, where Forgejo says it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReviewNote {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<u64>,
+    pub body: String,
+}
+
+/// A person asked for changes on a completed task's pull request: the next round works on the same branch and
+/// pull request, on top of the head forgefleet verified.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FollowUp {
+    /// 1 for the first round of changes after the task first completed.
+    pub round: u32,
+    pub pr_number: u64,
+    /// The branch of the pull request, which every attempt of the round is assigned.
+    pub branch: String,
+    /// The head verified last: the round's work must build on it.
+    pub verified_head: String,
+    /// Who asked (a Forgejo login).
+    pub by: String,
+    /// What they asked for: the review's text or the `/fleet fix` instruction.
+    pub instruction: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<ReviewNote>,
+    /// The review it came from, when it came from one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review_id: Option<i64>,
+}
+
+impl FollowUp {
+    /// What the agent is told: the request, and each comment with where it is.
+    pub fn for_prompt(&self) -> String {
+        let mut s = format!("{} asked for changes on pull request #{}", self.by, self.pr_number);
+        if self.instruction.trim().is_empty() {
+            s.push('.');
+        } else {
+            s.push_str(&format!(":\n\n{}", self.instruction.trim()));
+        }
+        for n in &self.notes {
+            let place = match (&n.path, n.line) {
+                (Some(p), Some(l)) => format!("{p}, line {l}"),
+                (Some(p), None) => p.clone(),
+                _ => "on the pull request".into(),
+            };
+            s.push_str(&format!("\n\n- {place}: {}", n.body.trim()));
+        }
+        s
+    }
+}

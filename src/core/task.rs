@@ -11,7 +11,7 @@ use super::event::Event;
 use super::ids::{AgentId, IssueRef, TaskId};
 use super::labels::{StatusLabel, TaskSpec};
 use super::policy::{FailureClass, RetryDecision};
-use super::pull::{OnPullClosed, PullEnd};
+use super::pull::{FollowUp, OnPullClosed, PullEnd};
 use super::receipt::{Receipt, Validation};
 use super::time::Timestamp;
 
@@ -175,6 +175,10 @@ pub struct Task {
     /// How the completed attempt's pull request ended (merged, or closed without merging).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pull_end: Option<PullEnd>,
+    /// The round of changes a person asked for on the pull request, while the task works on it (and after,
+    /// until the next round or a fresh start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follow_up: Option<FollowUp>,
 }
 
 /// An event that does not apply to the task or agent in its current state. Nothing was changed.
@@ -226,6 +230,7 @@ impl Task {
                 pushed_branch: None,
                 checks: None,
                 pull_end: None,
+                follow_up: None,
             }),
             _ => None,
         }
@@ -348,6 +353,22 @@ impl Task {
                     }
                 }
             }
+            Event::FollowUpRequested { follow_up, at, .. } => {
+                if self.state != Completed || self.pull_end.is_some() {
+                    return Err(illegal);
+                }
+                self.state = TaskState::Queued;
+                self.attempt += 1;
+                self.retries.clear();
+                self.not_before = None;
+                self.queued_at = *at;
+                self.lease = None;
+                self.receipt = None;
+                self.validation = None;
+                self.checks = None;
+                self.pushed_branch = Some(follow_up.branch.clone());
+                self.follow_up = Some(follow_up.clone());
+            }
             Event::TaskCompleted { attempt, .. } => {
                 if self.state != Validating {
                     return Err(illegal);
@@ -428,6 +449,7 @@ impl Task {
         self.validation = None;
         self.checks = None;
         self.pull_end = None;
+        self.follow_up = None;
     }
 }
 

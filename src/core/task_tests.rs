@@ -92,6 +92,20 @@ fn event_of_kind(kind: &str, attempt: u32) -> Event {
         },
         "task_retried" => Event::TaskRetried { task: t, by: "alice".into(), at: at(100) },
         "checks_awaited" => Event::ChecksAwaited { task: t, attempt, checks: awaited(), at: at(100) },
+        "follow_up_requested" => Event::FollowUpRequested {
+            task: t,
+            follow_up: crate::core::FollowUp {
+                round: 1,
+                pr_number: 3,
+                branch: "fleet/issue-7-attempt-1".into(),
+                verified_head: "a".repeat(40),
+                by: "alice".into(),
+                instruction: "rename".into(),
+                notes: vec![],
+                review_id: None,
+            },
+            at: at(100),
+        },
         "pull_ended" => Event::PullEnded {
             task: t,
             attempt,
@@ -103,7 +117,8 @@ fn event_of_kind(kind: &str, attempt: u32) -> Event {
     }
 }
 
-const KINDS: [&str; 13] = [
+const KINDS: [&str; 14] = [
+    "follow_up_requested",
     "receipt_checked",
     "checks_awaited",
     "pull_ended",
@@ -164,6 +179,7 @@ fn legal_from(kind: &str) -> &'static [TaskState] {
         "receipt_checked" => &[Validating],
         "checks_awaited" => &[Validating],
         "pull_ended" => &[Completed],
+        "follow_up_requested" => &[Completed],
         "task_lost" => &[Assigned, Running],
         "attempt_failed" => &[Assigned, Running, Validating, AgentLost],
         "task_cancelled" => &[Queued, Assigned, Running, Validating, AgentLost],

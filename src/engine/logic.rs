@@ -46,6 +46,8 @@ pub struct EngineSettings {
     pub checks_timeout: Duration,
     /// `[forgejo] on_pr_closed`: what a task does when its pull request is closed without merging.
     pub on_pr_closed: crate::core::OnPullClosed,
+    /// `[forgejo] review_rounds`: how many rounds of changes people may ask for on a task's pull request.
+    pub review_rounds: u32,
 }
 
 impl EngineSettings {
@@ -79,6 +81,10 @@ impl EngineSettings {
     pub fn on_pr_closed_for(&self, repo: &crate::core::RepoName) -> crate::core::OnPullClosed {
         self.repos.get(repo).and_then(|o| o.on_pr_closed).unwrap_or(self.on_pr_closed)
     }
+    /// How many rounds of changes a repository's tasks take: its `fleet.yaml`'s `review_rounds`, else the server's.
+    pub fn review_rounds_for(&self, repo: &crate::core::RepoName) -> u32 {
+        self.repos.get(repo).and_then(|o| o.review_rounds).unwrap_or(self.review_rounds)
+    }
     pub fn start_timeout_for(&self, repo: &crate::core::RepoName) -> Duration {
         self.repos.get(repo).and_then(|o| o.start_timeout_secs).map_or(self.start_timeout, Duration::from_secs)
     }
@@ -103,6 +109,7 @@ impl Default for EngineSettings {
             require_checks: Default::default(),
             checks_timeout: Duration::from_secs(60 * 60),
             on_pr_closed: Default::default(),
+            review_rounds: 3,
         }
     }
 }
@@ -265,7 +272,7 @@ pub fn handle(s: &mut EngineSettings, tx: &WriteTx<'_>, cmd: Command, now: Times
             if !tx.first_sighting(&key, now)? {
                 return Ok(Reply::Ran(super::command::CommandOutcome::AlreadyRan));
             }
-            super::people::run(tx, command, issue, by, now).map(Reply::Ran)
+            super::people::run(s, tx, command, issue, by, now).map(Reply::Ran)
         }
         Command::Enqueue(effect) => {
             tx.enqueue(&effect, None, now)?;

@@ -4,12 +4,13 @@
 
 use super::command::{CommandOutcome, EngineError};
 use crate::core::commands::{FleetCommand, not_applicable};
-use crate::core::{AgentState, CancelledBy, Effect, Event, IssueRef, Timestamp};
+use crate::core::{AgentState, CancelledBy, Effect, Event, FollowUp, IssueRef, ReviewNote, TaskId, Timestamp};
 use crate::store::WriteTx;
 
 type Result<T> = std::result::Result<T, EngineError>;
 
 pub(super) fn run(
+    s: &super::logic::EngineSettings,
     tx: &WriteTx<'_>,
     command: FleetCommand,
     issue: Option<IssueRef>,
@@ -62,10 +63,61 @@ pub(super) fn run(
             }
             None => Ok(CommandOutcome::UnknownAgent(agent)),
         },
+        FleetCommand::Fix { instruction } => {
+            let pull = issue.ok_or_else(|| EngineError::Invalid("`/fleet fix` needs a pull request".into()))?;
+            follow_up(s, tx, &pull, by, instruction, Vec::new(), None, now)
+        }
         FleetCommand::Status
         | FleetCommand::Agents
         | FleetCommand::Queue
         | FleetCommand::Show { .. }
         | FleetCommand::Help => Err(EngineError::Invalid(format!("`{word}` changes nothing: it is answered, not run"))),
     }
+}
+
+/// A person asked for changes on pull request `pull`: the completed task whose receipt names it gets a
+/// follow-up round on the same branch and pull request, unless its rounds are spent or the pull request ended.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn follow_up(
+    s: &super::logic::EngineSettings,
+    tx: &WriteTx<'_>,
+    pull: &IssueRef,
+    by: String,
+    instruction: String,
+    notes: Vec<ReviewNote>,
+    review_id: Option<i64>,
+    now: Timestamp,
+) -> Result<CommandOutcome> {
+    let n = pull.number;
+    let Some(id) = tx.read().completed_with_pull(&pull.repo, n, TaskId(0))? else {
+        return Ok(CommandOutcome::NotApplicable(format!(
+            "#{n} is not the pull request of a completed task (a round of changes may be running already)"
+        )));
+    };
+    let Some(task) = tx.read().task(id)? else { return Ok(CommandOutcome::NoTask(pull.clone())) };
+    if let Some(end) = &task.pull_end {
+        let how = if end.merged { "merged" } else { "closed" };
+        return Ok(CommandOutcome::NotApplicable(format!("pull request #{n} is {how}: there is nothing to change")));
+    }
+    let (Some(receipt), done) = (&task.receipt, task.follow_up.as_ref().map_or(0, |f| f.round)) else {
+        return Ok(CommandOutcome::NotApplicable(format!("task {id} has no verified receipt")));
+    };
+    let rounds = s.review_rounds_for(&pull.repo);
+    if done >= rounds {
+        return Ok(CommandOutcome::NotApplicable(format!(
+            "task {id} has had its {rounds} round(s) of changes (`review_rounds`): a person takes it from here"
+        )));
+    }
+    let follow_up = FollowUp {
+        by: by.trim_start_matches('@').to_string(),
+        round: done + 1,
+        pr_number: n,
+        branch: task.branch(&s.branch_prefix),
+        verified_head: receipt.head_sha.as_str().to_string(),
+        instruction,
+        notes,
+        review_id,
+    };
+    tx.append(&Event::FollowUpRequested { task: id, follow_up, at: now })?;
+    Ok(CommandOutcome::Applied)
 }

@@ -89,6 +89,9 @@ pub struct RepoOverrides {
     /// What a task does when its pull request is closed without merging; unset: the server's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_pr_closed: Option<crate::core::OnPullClosed>,
+    /// How many rounds of changes people may ask for; unset: the server's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review_rounds: Option<u32>,
     /// Why the file could not be used (then everything else is empty and the defaults apply).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
@@ -131,6 +134,8 @@ struct FleetFile {
     require_checks: Option<crate::core::ChecksSetting>,
     #[serde(default)]
     on_pr_closed: Option<crate::core::OnPullClosed>,
+    #[serde(default)]
+    review_rounds: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -224,6 +229,7 @@ pub fn parse_fleet_yaml(
     }
     out.prompt = file.prompt.filter(|p| !p.trim().is_empty());
     out.on_pr_closed = file.on_pr_closed;
+    out.review_rounds = file.review_rounds;
     if let Some(setting) = file.require_checks {
         setting.required().map_err(|why| format!("require_checks: {why}"))?;
         out.require_checks = Some(setting);

@@ -305,6 +305,8 @@ struct StoredTask<'a> {
     checks: Option<&'a crate::core::AwaitedChecks>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pull_end: Option<&'a crate::core::PullEnd>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    follow_up: Option<&'a crate::core::FollowUp>,
 }
 
 /// The `data` column of a task's row: the task without its title and body. Public so that benchmarks write
@@ -329,6 +331,7 @@ pub fn encode_task(t: &Task) -> String {
         pushed_branch: t.pushed_branch.as_deref(),
         checks: t.checks.as_ref(),
         pull_end: t.pull_end.as_ref(),
+        follow_up: t.follow_up.as_ref(),
     };
     encode(&stored).expect("a task always serialises")
 }

@@ -171,6 +171,7 @@ fn done_text(cmd: &FleetCommand) -> String {
         FleetCommand::Cancel { .. } => format!("{issue} is cancelled; its agent is told at its next heartbeat."),
         FleetCommand::Assign { agent, .. } => format!("{issue} is pinned to `{agent}`."),
         FleetCommand::Drain { agent } => format!("`{agent}` gets no new work; it finishes what it holds."),
+        FleetCommand::Fix { .. } => "A round of changes is queued, on the same branch and pull request.".into(),
         other => format!("`{}` done.", other.word()),
     }
 }

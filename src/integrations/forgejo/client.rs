@@ -515,7 +515,7 @@ impl ForgejoClient {
         let body = json!({
             "type": "forgejo",
             "config": {"url": url, "content_type": "json", "secret": secret},
-            "events": ["issues", "issue_comment", "pull_request"],
+            "events": ["issues", "issue_comment", "pull_request", "pull_request_comment"],
             "active": true,
         });
         self.write(Method::POST, &Self::repo_path(repo, "/hooks"), &body).await

@@ -212,9 +212,22 @@ impl Validator {
             None => check("not_claimed_before", true, format!("no other task was completed with #{n}")),
         });
         let claimed = receipt.head_sha.as_str();
-        let (git_check, files, seen) = self.inspect(task, &pr.base.name, claimed, &pr.head.sha).await?;
+        let (git_check, files, seen, builds_on) = self.inspect(task, &pr.base.name, claimed, &pr.head.sha).await?;
         checks.push(head_matches_check(seen, &pr, claimed));
         checks.push(git_check);
+        if let Some(f) = &task.follow_up {
+            // A round of changes works on the same pull request, on top of what was verified before.
+            checks.push(if n == f.pr_number {
+                check("same_pull_request", true, format!("it is #{n}, the pull request the changes were asked on"))
+            } else {
+                check(
+                    "same_pull_request",
+                    false,
+                    format!("it is #{n}, but the changes were asked on #{}: a round works on that one", f.pr_number),
+                )
+            });
+            checks.extend(builds_on);
+        }
         Ok(Validation { checks, files })
     }
 
@@ -247,7 +260,7 @@ impl Validator {
         base: &str,
         head: &str,
         pr_head: &str,
-    ) -> Result<(Check, Vec<FileChange>, HeadSeen), NotYet> {
+    ) -> Result<(Check, Vec<FileChange>, HeadSeen, Option<Check>), NotYet> {
         let repo = task.issue.repo.clone();
         let n = task.receipt.as_ref().map(|r| r.pr_number).unwrap_or_default();
         let dir = self.mirrors.join(repo.owner()).join(format!("{}.git", repo.name()));
@@ -256,7 +269,8 @@ impl Validator {
         let base = base.to_string();
         let head_sha = head.to_string();
         let pr_head = pr_head.to_string();
-        let (inspection, seen) = tokio::task::spawn_blocking(move || -> Result<_, GitError> {
+        let previous = task.follow_up.as_ref().map(|f| f.verified_head.clone());
+        let (inspection, seen, builds_on) = tokio::task::spawn_blocking(move || -> Result<_, GitError> {
             let head = head_sha;
             let mirror = Mirror::open_or_init(&dir)?.with_ca(ca);
             let refspecs =
@@ -279,8 +293,40 @@ impl Validator {
                     HeadSeen::Elsewhere
                 }
             };
+            // A round of changes: the claimed head descends from the verified one and adds a commit that changes
+            // something.
+            let builds_on = match previous {
+                None => None,
+                Some(previous) => {
+                    let since = mirror.inspect(&previous, &head)?;
+                    let (old, new) = (short(&previous).to_string(), short(&head).to_string());
+                    Some(if !since.head_exists {
+                        check("builds_on_verified_head", false, format!("commit {new} is not in the repository"))
+                    } else if !since.merge_base.as_deref().is_some_and(|m| m.eq_ignore_ascii_case(&previous)) {
+                        check(
+                            "builds_on_verified_head",
+                            false,
+                            format!(
+                                "{new} does not descend from {old}, the head verified before: the branch was rewritten"
+                            ),
+                        )
+                    } else if since.commits.is_empty() || !since.tree_changed {
+                        check(
+                            "builds_on_verified_head",
+                            false,
+                            format!("{new} adds nothing to {old}, the head verified before: no change was made"),
+                        )
+                    } else {
+                        check(
+                            "builds_on_verified_head",
+                            true,
+                            format!("{} new commit(s) on top of {old}, the head verified before", since.commits.len()),
+                        )
+                    })
+                }
+            };
             keep_packs_in_check(&mirror);
-            Ok((inspection, seen))
+            Ok((inspection, seen, builds_on))
         })
         .await
         .map_err(|e| NotYet::Local(e.to_string()))??;
@@ -317,7 +363,7 @@ impl Validator {
                 ),
             )
         };
-        Ok((c, files, seen))
+        Ok((c, files, seen, builds_on))
     }
 }
 

@@ -113,7 +113,16 @@ pub enum Delivery {
     /// Any change to an issue: what matters is the issue as it now is.
     Issue { repo: RepoName, action: String, issue: Issue, sender: User },
     /// A comment was written or edited; `previous` is the text before an edit.
-    Comment { repo: RepoName, action: String, issue: Issue, comment: Comment, previous: Option<String>, sender: User },
+    /// `on_pull`: the comment is on a pull request (where only `/fleet fix` means something).
+    Comment {
+        repo: RepoName,
+        action: String,
+        issue: Issue,
+        comment: Comment,
+        previous: Option<String>,
+        sender: User,
+        on_pull: bool,
+    },
     PullRequest {
         repo: RepoName,
         action: String,
@@ -143,7 +152,8 @@ impl Delivery {
             }
             "issue_comment" => {
                 let p: CommentPayload = serde_json::from_slice(body).map_err(malformed)?;
-                if p.is_pull || p.issue.is_pull() || !matches!(p.action.as_str(), "created" | "edited") {
+                let on_pull = p.is_pull || p.issue.is_pull();
+                if !matches!(p.action.as_str(), "created" | "edited") {
                     return Ok(Delivery::Ignored { event: event.into(), action: p.action });
                 }
                 let previous = p.changes.unwrap_or_default().body.map(|b| b.from);
@@ -154,6 +164,7 @@ impl Delivery {
                     comment: p.comment,
                     previous,
                     sender: p.sender,
+                    on_pull,
                 })
             }
             "pull_request" => {

@@ -111,7 +111,7 @@ impl MatrixDeliverer {
         notice: &Notice,
         state: &str,
     ) -> Result<(), DeliveryError> {
-        if let Notice::PullEnded { .. } = notice {
+        if let Notice::PullEnded { .. } | Notice::FollowUp { .. } = notice {
             return self.pull_news(bot, txn, issue, task, notice).await;
         }
         let ctx = self.task_context(issue, task, attempt, notice, state).await?;
@@ -148,6 +148,14 @@ impl MatrixDeliverer {
         task: TaskId,
         notice: &Notice,
     ) -> Result<(), DeliveryError> {
+        if let Notice::FollowUp { round, pr_number, by } = notice {
+            let by: String = by.chars().filter(|c| c.is_ascii_alphanumeric() || "-_.".contains(*c)).collect();
+            let text = format!(
+                "🔁 {}#{}: {by} asked for changes on #{pr_number}; round {round} is queued.",
+                issue.repo, issue.number
+            );
+            return self.line_in_thread(bot, txn, issue, task, text).await;
+        }
         let Notice::PullEnded { pr_number, merged, by, then } = notice else { return Ok(()) };
         let pr = format!("[#{pr_number}]({})", self.web(&format!("{}/pulls/{pr_number}", issue.repo)));
         // A Forgejo login: letters, digits, `-`, `_` and `.`; anything else is left out rather than rendered.
@@ -166,12 +174,24 @@ impl MatrixDeliverer {
             };
             format!("⚫ {}#{}: pull request {pr} was closed without merging{by}; {next}.", issue.repo, issue.number)
         };
+        self.line_in_thread(bot, txn, issue, task, text).await
+    }
+
+    /// `text` in the thread of the task's message, or in the room when the task has none.
+    async fn line_in_thread(
+        &self,
+        bot: &Bot,
+        txn: &impl Fn(&str) -> String,
+        issue: &IssueRef,
+        task: TaskId,
+        text: String,
+    ) -> Result<(), DeliveryError> {
         let lookup = format!("task:{task}");
         let (room, relation) = match self.read(move |r| r.matrix_message(&lookup)).await? {
             Some((room, root)) => (room, Some(MessageRelation::Thread { root })),
             None => (self.room_for(issue).await?, None),
         };
-        self.send(bot, &room, txn("pull"), ChatMessage::from_markdown(text), relation).await?;
+        self.send(bot, &room, txn("line"), ChatMessage::from_markdown(text), relation).await?;
         Ok(())
     }
 
@@ -288,7 +308,7 @@ impl MatrixDeliverer {
                 ctx.explanation = Some(class.explain().into());
             }
             Notice::Cancelled { reason, .. } => ctx.reason = Some(reason.clone()),
-            Notice::PullEnded { .. } => {}
+            Notice::PullEnded { .. } | Notice::FollowUp { .. } => {}
         }
         Ok(ctx)
     }

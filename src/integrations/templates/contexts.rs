@@ -127,6 +127,9 @@ pub struct AgentPrompt {
     /// What the previous attempt's work ran into, when it is for the agent to fix: its pull request's CI
     /// failed (`checks_failed`) or it did not check out (`verification_failed`). The branch holds that work.
     pub previous_failure: Option<String>,
+    /// A round of changes a person asked for on the task's pull request: who, what, and the review's comments
+    /// with their file and line. The branch holds the pull request's work.
+    pub follow_up: Option<String>,
 }
 
 impl TemplateContext for StartedComment {
@@ -246,6 +249,7 @@ impl TemplateContext for AgentPrompt {
             base_branch: "main".into(),
             attempt: 2,
             previous_failure: Some("CI failed on the head commit: `ci/test` (failure): 2 tests failed".into()),
+            follow_up: Some("alice asked for changes on pull request #12:\n\nName it `count`.".into()),
         }
     }
 }

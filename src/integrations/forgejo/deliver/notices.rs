@@ -88,6 +88,11 @@ impl Deliverer {
                 todo_label: self.labels.todo.clone(),
                 was_running: *was_running,
             }),
+            // The login is Forgejo's (letters, digits, `-`, `_`, `.`): shown as code, it mentions no one.
+            Notice::FollowUp { round, pr_number, by } => Ok(format!(
+                "🔁 **Changes requested** on #{pr_number} by `{by}`: round {round} of changes is queued (attempt \
+                 {attempt}), on the same branch and pull request."
+            )),
             Notice::PullEnded { pr_number, merged, by, then } => self.render(&PullEndedComment {
                 pr_number: *pr_number,
                 merged: *merged,
