@@ -111,6 +111,8 @@ pub enum TaskStateDoc {
     /// The agent vanished; the task waits for the retry decision.
     AgentLost,
     Cancelled,
+    /// The agent asked a person a question (`block`) and waits for `/answer`: no lease, no timeout, no retry.
+    Blocked,
 }
 
 /// What operators see of an agent: derived from its stored state and how many tasks it runs.
@@ -297,10 +299,28 @@ pub struct TaskDoc {
     /// A branch an earlier attempt pushed before it failed (its `fail` report said so): the current and every
     /// later attempt are assigned it and continue its work. Absent when each attempt gets a fresh branch.
     pushed_branch: Option<String>,
+    /// The question an attempt asked a person (`block`), and the answer once one came; the attempts after the
+    /// answer are told both. Absent when no attempt asked.
+    question: Option<QuestionDoc>,
+}
+
+/// A question an agent asked a person, and the answer.
+#[derive(ToSchema)]
+#[schema(as = Question)]
+#[allow(dead_code)]
+pub struct QuestionDoc {
+    /// The attempt that asked.
+    attempt: u32,
+    text: String,
+    /// Absent until a person answers (`/answer`).
+    answer: Option<String>,
+    /// Who answered.
+    answered_by: Option<String>,
 }
 
 /// One event of the task's log. `type` names it (`task_queued`, `task_assigned`, `task_started`,
-/// `attempt_failed`, `task_lost`, `task_cancelled`, `task_retried`, `receipt_received`, `task_completed`, ...);
+/// `attempt_failed`, `task_lost`, `task_cancelled`, `task_retried`, `receipt_received`, `task_completed`,
+/// `task_blocked`, `task_answered`, ...);
 /// the other fields depend on the type.
 #[derive(ToSchema)]
 #[schema(as = LoggedEvent)]
@@ -414,6 +434,12 @@ mod tests {
             receipt: None,
             validation: Some(crate::core::Validation::default()),
             pushed_branch: Some("forgefleet/issue-7-attempt-1".into()),
+            question: Some(crate::core::Question {
+                attempt: 1,
+                text: "q".into(),
+                answer: Some("a".into()),
+                answered_by: Some("@alice".into()),
+            }),
         }
     }
 
@@ -425,6 +451,7 @@ mod tests {
         assert_eq!(properties::<TaskSpecDoc>(), keys(&task["spec"]));
         assert_eq!(properties::<LeaseDoc>(), keys(&task["lease"]));
         assert_eq!(properties::<FailureDoc>(), keys(&task["last_failure"]));
+        assert_eq!(properties::<QuestionDoc>(), keys(&task["question"]));
 
         let summary = TaskSummary {
             id: TaskId(7),

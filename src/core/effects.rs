@@ -49,6 +49,10 @@ pub enum Notice {
         reason: String,
         was_running: bool,
     },
+    /// The agent asked a person a question and waits for `/answer`. The question is the agent's text.
+    Blocked {
+        question: String,
+    },
 }
 
 impl Notice {
@@ -60,6 +64,7 @@ impl Notice {
             Notice::Retrying { .. } => "retrying",
             Notice::Failed { .. } => "failed",
             Notice::Cancelled { .. } => "cancelled",
+            Notice::Blocked { .. } => "blocked",
         }
     }
 }
@@ -171,7 +176,7 @@ pub enum AgentNews {
 }
 
 /// The kinds of chat notification a room can choose from (`[matrix] notify`).
-pub const CHAT_KINDS: [&str; 13] = [
+pub const CHAT_KINDS: [&str; 14] = [
     "assigned",
     "started",
     "completed",
@@ -180,6 +185,7 @@ pub const CHAT_KINDS: [&str; 13] = [
     "timed_out",
     "failed",
     "cancelled",
+    "blocked",
     "agent_online",
     "agent_draining",
     "agent_offline",
@@ -488,6 +494,10 @@ fn issue_effects_of(before: Option<&Task>, after: &Task, event: &Event) -> Vec<E
                     description,
                 });
             }
+        }
+        Event::TaskBlocked { attempt, question, .. } => {
+            out.push(comment(*attempt, Notice::Blocked { question: question.clone() }));
+            out.push(Effect::SetAssignee { issue: issue(), agent: None });
         }
         // An issue that is gone has nobody to tell.
         Event::TaskCancelled { by: CancelledBy::IssueGone, attempt, reason, .. } => {

@@ -28,10 +28,12 @@ pub enum TaskState {
     /// The agent vanished; the task waits for the retry decision.
     AgentLost,
     Cancelled,
+    /// The agent asked a person a question and stopped: no lease, no timeout, no retry, until `/answer`.
+    Blocked,
 }
 
 impl TaskState {
-    pub const ALL: [TaskState; 8] = [
+    pub const ALL: [TaskState; 9] = [
         TaskState::Queued,
         TaskState::Assigned,
         TaskState::Running,
@@ -40,6 +42,7 @@ impl TaskState {
         TaskState::Failed,
         TaskState::AgentLost,
         TaskState::Cancelled,
+        TaskState::Blocked,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -52,6 +55,7 @@ impl TaskState {
             TaskState::Failed => "failed",
             TaskState::AgentLost => "agent_lost",
             TaskState::Cancelled => "cancelled",
+            TaskState::Blocked => "blocked",
         }
     }
 
@@ -77,6 +81,7 @@ impl TaskState {
             TaskState::Assigned | TaskState::Running | TaskState::Validating => Some(StatusLabel::Doing),
             TaskState::Completed => Some(StatusLabel::Done),
             TaskState::Failed => Some(StatusLabel::Failed),
+            TaskState::Blocked => Some(StatusLabel::Blocked),
             TaskState::Cancelled => None,
         }
     }
@@ -111,6 +116,23 @@ pub struct Lease {
     /// When the agent handed in its receipt: the end of the agent's part (validation is forgefleet's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub receipt_at: Option<Timestamp>,
+}
+
+/// The longest question an agent may ask, and the longest answer a person may give, in bytes.
+pub const MAX_QUESTION_BYTES: usize = 16 * 1024;
+
+/// A question an attempt asked a person (`blocked`), and the answer once one came. The attempts after the
+/// answer are told both.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Question {
+    /// The attempt that asked.
+    pub attempt: u32,
+    pub text: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<String>,
+    /// Who answered (`@login`, or a Matrix user).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answered_by: Option<String>,
 }
 
 /// Why the last attempt ended.
@@ -156,6 +178,10 @@ pub struct Task {
     /// assigned it and continues its work, until a person queues the task again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pushed_branch: Option<String>,
+    /// The question an attempt asked a person, and its answer once given: kept for the attempts after it,
+    /// until a person queues the task again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub question: Option<Question>,
 }
 
 /// An event that does not apply to the task or agent in its current state. Nothing was changed.
@@ -205,6 +231,7 @@ impl Task {
                 receipt: None,
                 validation: None,
                 pushed_branch: None,
+                question: None,
             }),
             _ => None,
         }
@@ -353,6 +380,30 @@ impl Task {
                 self.lease = None;
                 self.not_before = None;
             }
+            Event::TaskBlocked { attempt, question, .. } => {
+                if self.state != Running {
+                    return Err(illegal);
+                }
+                check_attempt(*attempt)?;
+                self.state = Blocked;
+                self.lease = None;
+                self.not_before = None;
+                self.question =
+                    Some(Question { attempt: *attempt, text: question.clone(), answer: None, answered_by: None });
+            }
+            Event::TaskAnswered { answer, by, .. } => {
+                if self.state != Blocked {
+                    return Err(illegal);
+                }
+                // Not a retry: the budget stays as it was, and the work continues where the attempt left it.
+                self.attempt += 1;
+                self.state = Queued;
+                self.not_before = None;
+                if let Some(q) = &mut self.question {
+                    q.answer = Some(answer.clone());
+                    q.answered_by = Some(by.clone());
+                }
+            }
             Event::TaskRetried { at, .. } => {
                 if !matches!(self.state, Failed | Cancelled) {
                     return Err(illegal);
@@ -368,6 +419,7 @@ impl Task {
     /// A person asked for the task again: a new attempt with a fresh retry budget, on a fresh branch.
     fn fresh_attempt(&mut self, at: Timestamp) {
         self.pushed_branch = None;
+        self.question = None;
         self.state = TaskState::Queued;
         self.attempt += 1;
         self.retries.clear();

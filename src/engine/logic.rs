@@ -370,11 +370,9 @@ fn observe_issue(s: &EngineSettings, tx: &WriteTx<'_>, o: IssueObservation, now:
     };
     // A webhook's view may be a same-time one, or show an issue that is gone by now: queueing and cancelling
     // wait for the issue as Forgejo has it now (read by the deliverer, observed again, fresh).
-    let called_off = existing.as_ref().is_some_and(|t| {
-        !t.state.is_terminal()
-            && !(o.open
-                && (reading.statuses.contains(&StatusLabel::Todo) || reading.statuses.contains(&StatusLabel::Doing)))
-    });
+    let still_wanted = o.open
+        && [StatusLabel::Todo, StatusLabel::Doing, StatusLabel::Blocked].iter().any(|s| reading.statuses.contains(s));
+    let called_off = existing.as_ref().is_some_and(|t| !t.state.is_terminal() && !still_wanted);
     if !o.fresh && (queue_as.is_some() || called_off) {
         tx.enqueue(&Effect::ConfirmIssue { issue: o.issue.clone() }, None, now)?;
         return Ok(existing.map(|t| t.id));
@@ -395,7 +393,7 @@ fn observe_issue(s: &EngineSettings, tx: &WriteTx<'_>, o: IssueObservation, now:
     }
     let Some(t) = existing else { return Ok(None) };
     let changed = o.title != t.title || o.body != t.body || o.labels != t.labels || reading.spec != t.spec;
-    // While active, the issue carries `todo` or (once we labelled it) `doing` (`called_off` above). Neither,
+    // While active, the issue carries `todo`, or (once we labelled it) `doing` or `blocked` (`called_off` above). None,
     // or a closed issue, means a person called the work off. Said with forgefleet's label for the task's state.
     let removed = labels.status_name(t.state.status_label().unwrap_or(StatusLabel::Todo)).to_string();
     if changed {

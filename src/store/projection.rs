@@ -301,6 +301,8 @@ struct StoredTask<'a> {
     validation: Option<&'a crate::core::Validation>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pushed_branch: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    question: Option<&'a crate::core::Question>,
 }
 
 /// The `data` column of a task's row: the task without its title and body. Public so that benchmarks write
@@ -323,6 +325,7 @@ pub fn encode_task(t: &Task) -> String {
         receipt: &t.receipt,
         validation: t.validation.as_ref(),
         pushed_branch: t.pushed_branch.as_deref(),
+        question: t.question.as_ref(),
     };
     encode(&stored).expect("a task always serialises")
 }

@@ -74,6 +74,16 @@ pub struct CancelledComment {
     pub was_running: bool,
 }
 
+/// `comment_blocked.md`: the agent asked a question and waits for `/answer`.
+#[derive(Debug, Clone, Serialize)]
+pub struct BlockedComment {
+    pub attempt: u32,
+    /// The agent's question: text from elsewhere, to be fenced.
+    pub question: String,
+    /// The `status:todo` label, for how to give up waiting otherwise.
+    pub todo_label: String,
+}
+
 /// `reply_refused.md`: someone without write access gave a command.
 #[derive(Debug, Clone, Serialize)]
 pub struct RefusedReply {
@@ -174,6 +184,17 @@ impl TemplateContext for CancelledComment {
             reason: "the issue was closed".into(),
             todo_label: "status:todo".into(),
             was_running: true,
+        }
+    }
+}
+
+impl TemplateContext for BlockedComment {
+    const NAME: &'static str = "comment_blocked.md";
+    fn example() -> Self {
+        BlockedComment {
+            attempt: 1,
+            question: "Should the parser use the v1 or the v2 API?".into(),
+            todo_label: "status:todo".into(),
         }
     }
 }

@@ -8,7 +8,7 @@ use minijinja::Environment;
 
 pub mod chat;
 mod contexts;
-pub use chat::{ChatAgent, ChatMessage, ChatProgress, ChatTask, ChatTaskFailed};
+pub use chat::{ChatAgent, ChatMessage, ChatProgress, ChatTask, ChatTaskBlocked, ChatTaskFailed};
 pub use contexts::*;
 
 /// A template's name, its built-in text, and its context's example as JSON (for the load-time check).
@@ -33,12 +33,14 @@ const BUILT_IN: &[BuiltIn] = &[
     built_in::<RetryingComment>(include_str!("../../../templates/comment_retrying.md")),
     built_in::<FailedComment>(include_str!("../../../templates/comment_failed.md")),
     built_in::<CancelledComment>(include_str!("../../../templates/comment_cancelled.md")),
+    built_in::<BlockedComment>(include_str!("../../../templates/comment_blocked.md")),
     built_in::<RefusedReply>(include_str!("../../../templates/reply_refused.md")),
     built_in::<InvalidReply>(include_str!("../../../templates/reply_invalid.md")),
     built_in::<FailedReply>(include_str!("../../../templates/reply_failed.md")),
     built_in::<AgentPrompt>(include_str!("../../../templates/agent_prompt.md")),
     built_in::<ChatTask>(include_str!("../../../templates/matrix/task.md")),
     built_in::<ChatTaskFailed>(include_str!("../../../templates/matrix/task_failed.md")),
+    built_in::<ChatTaskBlocked>(include_str!("../../../templates/matrix/task_blocked.md")),
     built_in::<ChatAgent>(include_str!("../../../templates/matrix/agent.md")),
     built_in::<ChatProgress>(include_str!("../../../templates/matrix/progress.md")),
 ];

@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::{Deliverer, DeliveryError};
 use crate::core::{IssueRef, Notice, TaskId};
 use crate::integrations::templates::{
-    CancelledComment, CompletedComment, FailedComment, RetryingComment, StartedComment, TemplateContext,
+    BlockedComment, CancelledComment, CompletedComment, FailedComment, RetryingComment, StartedComment, TemplateContext,
 };
 
 /// Tries at posting one comment within one delivery, each after looking for it; then the outbox retries.
@@ -86,6 +86,11 @@ impl Deliverer {
                 reason: reason.clone(),
                 todo_label: self.labels.todo.clone(),
                 was_running: *was_running,
+            }),
+            Notice::Blocked { question } => self.render(&BlockedComment {
+                attempt,
+                question: question.clone(),
+                todo_label: self.labels.todo.clone(),
             }),
         }
     }
