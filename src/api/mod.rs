@@ -87,6 +87,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(work::start))
         .routes(routes!(work::progress))
         .routes(routes!(work::fail))
+        .routes(routes!(work::block))
         .routes(routes!(work::retry))
         .routes(routes!(work::cancel))
         .routes(routes!(receipts::submit))

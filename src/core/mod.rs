@@ -23,5 +23,5 @@ pub use ids::{AgentId, AgentName, CommitSha, InvalidId, IssueRef, RepoName, Task
 pub use labels::{LabelChange, LabelReading, LabelScheme, Priority, StatusLabel, TaskSpec};
 pub use policy::{FailureClass, RetryDecision, RetryPolicy, RetryRule};
 pub use receipt::{Artifact, Check, FileChange, Receipt, Spent, Usage, Validation};
-pub use task::{Lease, MAX_QUESTION_BYTES, Question, Task, TaskState, TransitionError, work_branch};
+pub use task::{Lease, MAX_QUESTION_BYTES, QUESTION_FILE, Question, Task, TaskState, TransitionError, work_branch};
 pub use time::Timestamp;

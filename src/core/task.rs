@@ -121,6 +121,10 @@ pub struct Lease {
 /// The longest question an agent may ask, and the longest answer a person may give, in bytes.
 pub const MAX_QUESTION_BYTES: usize = 16 * 1024;
 
+/// Where in its checkout an agent writes a question for a person, whatever its adapter: the runner looks for
+/// it when the agent exits, and a non-empty one blocks the task on that question instead of pushing.
+pub const QUESTION_FILE: &str = ".forgefleet/question.md";
+
 /// A question an attempt asked a person (`blocked`), and the answer once one came. The attempts after the
 /// answer are told both.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

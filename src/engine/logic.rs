@@ -126,6 +126,16 @@ pub fn handle(s: &mut EngineSettings, tx: &WriteTx<'_>, cmd: Command, now: Times
             let decision = s.retry_for(&t.issue.repo).decide(class, t.retries_used(class), now);
             append(tx, Event::AttemptFailed { task, attempt, class, message, decision, spent, pushed_branch, at: now })
         }
+        Command::BlockTask { agent, task, attempt, question } => {
+            let t = find_task(tx, task)?;
+            // The same question again (a retried request whose answer was lost) changes nothing.
+            let asked = t.question.as_ref().is_some_and(|q| q.attempt == attempt && q.text == question);
+            if t.state == TaskState::Blocked && asked && tx.read().ever_held(task, agent, attempt)? {
+                return Ok(Reply::Duplicate);
+            }
+            leased(tx, agent, task, attempt)?;
+            append(tx, Event::TaskBlocked { task, attempt, question, at: now })
+        }
         Command::SubmitReceipt { agent, task, attempt, receipt } => {
             submit_receipt(tx, agent, task, attempt, receipt, now)
         }

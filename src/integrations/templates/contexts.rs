@@ -122,6 +122,13 @@ pub struct AgentPrompt {
     pub branch: String,
     pub base_branch: String,
     pub attempt: u32,
+    /// The question an earlier attempt asked a person, when one did: the person's text and the agent's, to
+    /// be fenced.
+    pub question: Option<String>,
+    /// The person's answer to it, once given.
+    pub answer: Option<String>,
+    /// Where in the checkout the agent writes a question of its own (`core::QUESTION_FILE`).
+    pub question_file: String,
 }
 
 impl TemplateContext for StartedComment {
@@ -237,7 +244,10 @@ impl TemplateContext for AgentPrompt {
             instructions: Some("Run `make check`.".into()),
             branch: "fleet/issue-7-attempt-1".into(),
             base_branch: "main".into(),
-            attempt: 1,
+            attempt: 2,
+            question: Some("Should the parser use the v1 or the v2 API?".into()),
+            answer: Some("Use the v2 API.".into()),
+            question_file: ".forgefleet/question.md".into(),
         }
     }
 }

@@ -185,6 +185,10 @@ mod tests {
         assert!(t.render(&RetryingComment::example()).unwrap().contains("1 more retry of this kind"));
         let prompt = t.render(&AgentPrompt::example()).unwrap();
         assert!(prompt.contains("Run `make check`.") && prompt.contains("fleet/issue-7-attempt-1"), "{prompt}");
+        assert!(prompt.contains("use the v1 or the v2 API?") && prompt.contains("Use the v2 API."), "{prompt}");
+        assert!(prompt.contains("`.forgefleet/question.md`"), "{prompt}");
+        let first = t.render(&AgentPrompt { question: None, answer: None, ..AgentPrompt::example() }).unwrap();
+        assert!(!first.contains("stopped to ask") && first.contains(".forgefleet/question.md"), "{first}");
     }
 
     #[test]
