@@ -31,7 +31,7 @@ pub use agents::{
 use doc::TAG_SYSTEM;
 pub use error::{ApiError, ErrorBody, ErrorCode, ErrorDetail};
 pub use outbox::OutboxAck;
-pub use work::{AssignmentView, TaskAck};
+pub use work::{AssignmentView, BlockRequest, TaskAck};
 
 use crate::config::Config;
 use crate::engine::EngineHandle;

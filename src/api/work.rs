@@ -351,7 +351,7 @@ pub async fn fail(
     ack(&app, task, req.attempt).await
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"attempt": 1, "question": "The issue asks for the export in CSV, but the code already has a JSON export. Should I replace it or add CSV beside it?"}))]
 pub struct BlockRequest {
