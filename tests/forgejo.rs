@@ -406,9 +406,17 @@ async fn missing_labels_are_created_at_start() {
     let w = World::new().await;
     eventually("the status and priority labels exist", || async {
         let names: Vec<String> = w.forgejo.labels(REPO).await.into_iter().map(|l| l.name).collect();
-        ["status:todo", "status:doing", "status:done", "status:failed", "priority:critical", "priority:low"]
-            .iter()
-            .all(|l| names.iter().any(|n| n == l))
+        [
+            "status:todo",
+            "status:doing",
+            "status:done",
+            "status:failed",
+            "status:blocked",
+            "priority:critical",
+            "priority:low",
+        ]
+        .iter()
+        .all(|l| names.iter().any(|n| n == l))
     })
     .await;
 }

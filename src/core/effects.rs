@@ -650,6 +650,43 @@ mod tests {
     }
 
     #[test]
+    fn a_block_asks_on_the_issue_and_in_chat_and_an_answer_puts_todo_back() {
+        let (queued, _) = queued();
+        let (assigned, _) = step(
+            &queued,
+            Event::TaskAssigned {
+                task: TaskId(1),
+                attempt: 1,
+                agent: AgentId(4),
+                at: Timestamp(1),
+                start_by: Timestamp(2),
+                deadline: Timestamp(3),
+                request_key: None,
+            },
+        );
+        let (running, _) = step(&assigned, Event::TaskStarted { task: TaskId(1), attempt: 1, at: Timestamp(2) });
+        let block = Event::TaskBlocked { task: TaskId(1), attempt: 1, question: "v1 or v2?".into(), at: Timestamp(3) };
+        let (blocked, fx) = step_all(&running, block);
+        let issue = queued.issue.clone();
+        let notice = Notice::Blocked { question: "v1 or v2?".into() };
+        assert_eq!(
+            fx,
+            [
+                Effect::SetStatusLabel { issue: issue.clone(), status: Some(StatusLabel::Blocked) },
+                Effect::Comment { issue: issue.clone(), task: TaskId(1), attempt: 1, notice: notice.clone() },
+                Effect::SetAssignee { issue: issue.clone(), agent: None },
+                Effect::ChatTask { issue: issue.clone(), task: TaskId(1), attempt: 1, notice },
+            ]
+        );
+        assert_eq!(fx[3].chat_kind(), Some("blocked"));
+        assert!(CHAT_KINDS.contains(&"blocked"));
+        let answer =
+            Event::TaskAnswered { task: TaskId(1), answer: "v2".into(), by: "@alice".into(), at: Timestamp(4) };
+        let (_, fx) = step_all(&blocked, answer);
+        assert_eq!(fx, [Effect::SetStatusLabel { issue, status: Some(StatusLabel::Todo) }]);
+    }
+
+    #[test]
     fn a_retry_comments_with_the_decision_and_puts_todo_back() {
         let (queued, _) = queued();
         let (assigned, _) = step(
