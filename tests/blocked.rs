@@ -119,6 +119,7 @@ async fn an_agent_blocks_on_a_question_a_person_answers_and_the_next_attempt_is_
     let (status, ack) = w.block(1, QUESTION).await;
     assert_eq!((status.as_u16(), ack["state"].as_str()), (200, Some("blocked")), "{ack}");
     assert_eq!(w.fleet.event_count(), events, "a repeated block records nothing");
+    assert_eq!(w.block(1, "Another question?").await.0, 409, "the first question stands");
 
     // Blocked holds nothing: no lease, no timeout however long it waits, no work for the agent.
     let task = w.task().await;

@@ -130,8 +130,12 @@ pub fn handle(s: &mut EngineSettings, tx: &WriteTx<'_>, cmd: Command, now: Times
             let t = find_task(tx, task)?;
             // The same question again (a retried request whose answer was lost) changes nothing.
             let asked = t.question.as_ref().is_some_and(|q| q.attempt == attempt && q.text == question);
-            if t.state == TaskState::Blocked && asked && tx.read().ever_held(task, agent, attempt)? {
-                return Ok(Reply::Duplicate);
+            if t.state == TaskState::Blocked && t.attempt == attempt && tx.read().ever_held(task, agent, attempt)? {
+                if asked {
+                    return Ok(Reply::Duplicate);
+                }
+                // Another question for an attempt already blocked on one: the first stands.
+                return Err(TransitionError::Task { task, from: t.state, event: "task_blocked" }.into());
             }
             leased(tx, agent, task, attempt)?;
             append(tx, Event::TaskBlocked { task, attempt, question, at: now })
