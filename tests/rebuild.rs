@@ -164,6 +164,32 @@ fn random_command(rng: &mut StdRng, engine: &Engine) -> Command {
         86..=87 => Command::DeregisterAgent { agent },
         // Progress lines are no events: the rebuild must keep them, and rebuild the tasks they refer to.
         88..=91 => Command::Progress { agent, task, attempt, lines: vec![format!("line {}", rng.random::<u16>())] },
+        92..=94 => {
+            // An agent asks a person: mostly about a running task, by its leaseholder.
+            let running = engine.store.read().tasks(Some(forgefleet::core::TaskState::Running), 10).unwrap();
+            let (agent, task, attempt) = match running.first() {
+                Some(t) if rng.random_bool(0.8) => {
+                    let t = engine.store.read().task(t.id).unwrap().unwrap();
+                    (t.lease.map_or(agent, |l| l.agent), t.id, t.attempt)
+                }
+                _ => (agent, task, attempt),
+            };
+            Command::BlockTask { agent, task, attempt, question: format!("which {}?", rng.random_range(0..2)) }
+        }
+        95..=96 => {
+            // A person answers: mostly a blocked task.
+            let blocked = engine.store.read().tasks(Some(forgefleet::core::TaskState::Blocked), 10).unwrap();
+            let issue = match blocked.first() {
+                Some(t) if rng.random_bool(0.8) => Some(t.issue.parse().unwrap()),
+                _ => engine.store.read().task(task).unwrap().map(|t| t.issue),
+            };
+            Command::RunCommand {
+                key: format!("answer-{}", rng.random::<u64>()),
+                command: forgefleet::core::commands::FleetCommand::Answer { issue: None, text: "this one".into() },
+                issue,
+                by: "@alice".into(),
+            }
+        }
         _ => Command::Tick,
     }
 }
@@ -189,6 +215,7 @@ fn rebuilt_projections_equal_the_live_ones_after_long_random_scenarios() {
         };
         // The scenario must have walked the whole machine, or equality would prove little.
         assert!(kinds.len() >= 15, "seed {seed}: only {kinds:?}");
+        assert!(kinds.contains("task_blocked") && kinds.contains("task_answered"), "seed {seed}: {kinds:?}");
         assert!(ok > 1000, "seed {seed}: only {ok} commands applied");
 
         let live = snapshot(&engine.store);
