@@ -69,17 +69,12 @@ impl World {
 
         let root = tempfile::tempdir().unwrap();
         let git = GitServer::start_with_token(root.path(), BOT_TOKEN);
-        let repo = TestRepo::init_bare(root.path(), REPO);
-        repo.commit(&[("README.md", "hello\n")], "start");
-        repo.push("main");
+        let repo = TestRepo::with_main(root.path(), REPO, &[("README.md", "hello\n")]);
         let forgejo = FakeForgejo::start().await;
         forgejo.create_repo(REPO).await;
-        forgejo.add_user(BOT, BOT_TOKEN).await;
-        forgejo.set_permission(REPO, BOT, "admin").await;
-        forgejo.add_user("agent", "agent-token").await;
-        forgejo.set_permission(REPO, "agent", "write").await;
-        forgejo.add_user("alice", "alice-token").await;
-        forgejo.set_permission(REPO, "alice", "write").await;
+        forgejo.add_member(REPO, BOT, BOT_TOKEN, "admin").await;
+        forgejo.add_member(REPO, "agent", "agent-token", "write").await;
+        forgejo.add_member(REPO, "alice", "alice-token", "write").await;
         let (url, git_url) = (forgejo.url().to_string(), git.base_url());
         let (room_for_config, alice_id) = (room.clone(), alice.user_id.clone());
         let bot_user = bot.clone();
@@ -511,8 +506,7 @@ async fn in_an_encrypted_room_the_person_reads_the_news_and_is_answered() {
 
     let forgejo = FakeForgejo::start().await;
     forgejo.create_repo(REPO).await;
-    forgejo.add_user(BOT, BOT_TOKEN).await;
-    forgejo.set_permission(REPO, BOT, "admin").await;
+    forgejo.add_member(REPO, BOT, BOT_TOKEN, "admin").await;
     let (url, config_room, bot_user) = (forgejo.url().to_string(), room_id.clone(), bot.clone());
     let fleet = Fleet::start_with_forgejo(move |c| configure(c, &url, &bot_user, &config_room)).await;
     cast.bot_is_in(&fleet.bot.as_ref().unwrap().bot().await.device_id()).await;

@@ -68,8 +68,7 @@ impl World {
         forgejo.add_user(BOT, BOT_TOKEN).await;
         // Reading other people's permission takes admin access in Forgejo.
         forgejo.set_permission(REPO, BOT, "admin").await;
-        forgejo.add_user("alice", "alice-token").await;
-        forgejo.set_permission(REPO, "alice", "write").await;
+        forgejo.add_member(REPO, "alice", "alice-token", "write").await;
         forgejo.add_user("eve", "eve-token").await;
         let url = forgejo.url().to_string();
         let configure = |c: &mut forgefleet::config::Config| {
@@ -406,9 +405,17 @@ async fn missing_labels_are_created_at_start() {
     let w = World::new().await;
     eventually("the status and priority labels exist", || async {
         let names: Vec<String> = w.forgejo.labels(REPO).await.into_iter().map(|l| l.name).collect();
-        ["status:todo", "status:doing", "status:done", "status:failed", "priority:critical", "priority:low"]
-            .iter()
-            .all(|l| names.iter().any(|n| n == l))
+        [
+            "status:todo",
+            "status:doing",
+            "status:done",
+            "status:failed",
+            "status:blocked",
+            "priority:critical",
+            "priority:low",
+        ]
+        .iter()
+        .all(|l| names.iter().any(|n| n == l))
     })
     .await;
 }
@@ -417,8 +424,7 @@ async fn missing_labels_are_created_at_start() {
 async fn forgejo_setup_creates_the_labels_and_the_webhook_once() {
     let forgejo = FakeForgejo::start().await;
     forgejo.create_repo(REPO).await;
-    forgejo.add_user(BOT, BOT_TOKEN).await;
-    forgejo.set_permission(REPO, BOT, "admin").await;
+    forgejo.add_member(REPO, BOT, BOT_TOKEN, "admin").await;
     let home = support::Home::with_config(&format!(
         "[forgejo]\nurl = \"{}\"\ntoken = \"{BOT_TOKEN}\"\nwebhook_secret = \"{SECRET}\"\nrepos = [\"{REPO}\"]\n",
         forgejo.url()
@@ -854,10 +860,8 @@ async fn a_comment_whose_answer_was_lost_is_looked_for_and_never_posted_twice() 
 async fn labels_are_created_once_by_one_path_that_looks_first() {
     let forgejo = FakeForgejo::start().await;
     forgejo.create_repo(REPO).await;
-    forgejo.add_user(BOT, BOT_TOKEN).await;
-    forgejo.set_permission(REPO, BOT, "admin").await;
-    forgejo.add_user("alice", "alice-token").await;
-    forgejo.set_permission(REPO, "alice", "write").await;
+    forgejo.add_member(REPO, BOT, BOT_TOKEN, "admin").await;
+    forgejo.add_member(REPO, "alice", "alice-token", "write").await;
     // People made `priority:high` twice before forgefleet came: no third is made.
     forgejo.create_label(REPO, "priority:high", "#d93f0b", "", false).await;
     forgejo.create_label(REPO, "priority:high", "#d93f0b", "", false).await;

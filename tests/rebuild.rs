@@ -185,9 +185,9 @@ fn random_command(rng: &mut StdRng, engine: &Engine) -> Command {
         84..=85 => Command::DrainAgent { agent },
         86..=87 => Command::DeregisterAgent { agent },
         // Progress lines are no events: the rebuild must keep them, and rebuild the tasks they refer to.
-        88..=91 => Command::Progress { agent, task, attempt, lines: vec![format!("line {}", rng.random::<u16>())] },
+        88..=89 => Command::Progress { agent, task, attempt, lines: vec![format!("line {}", rng.random::<u16>())] },
         // A pull request closed or merged: a completed task whose receipt names it records its end.
-        92..=94 => Command::ObservePull {
+        90..=91 => Command::ObservePull {
             repo: "acme/app".parse().unwrap(),
             number: completed_pull(engine).filter(|_| rng.random_bool(0.8)).unwrap_or_else(|| rng.random_range(1..100)),
             closed: rng.random_bool(0.9),
@@ -195,7 +195,7 @@ fn random_command(rng: &mut StdRng, engine: &Engine) -> Command {
             by: Some("alice".into()),
         },
         // A person asks for changes on a pull request (`/fleet fix`): a completed task naming it gets a round.
-        95..=97 => {
+        92..=93 => {
             // Mostly on the pull request of a completed task.
             let pr =
                 completed_pull(engine).filter(|_| rng.random_bool(0.8)).unwrap_or_else(|| rng.random_range(1..100));
@@ -203,6 +203,32 @@ fn random_command(rng: &mut StdRng, engine: &Engine) -> Command {
                 key: format!("fix-{}", rng.random::<u32>()),
                 command: forgefleet::core::commands::FleetCommand::Fix { instruction: "rename it".into() },
                 issue: Some(format!("acme/app#{pr}").parse().unwrap()),
+                by: "@alice".into(),
+            }
+        }
+        94..=95 => {
+            // An agent asks a person: mostly about a running task, by its leaseholder.
+            let running = engine.store.read().tasks(Some(forgefleet::core::TaskState::Running), 10).unwrap();
+            let (agent, task, attempt) = match running.first() {
+                Some(t) if rng.random_bool(0.8) => {
+                    let t = engine.store.read().task(t.id).unwrap().unwrap();
+                    (t.lease.map_or(agent, |l| l.agent), t.id, t.attempt)
+                }
+                _ => (agent, task, attempt),
+            };
+            Command::BlockTask { agent, task, attempt, question: format!("which {}?", rng.random_range(0..2)) }
+        }
+        96..=97 => {
+            // A person answers: mostly a blocked task.
+            let blocked = engine.store.read().tasks(Some(forgefleet::core::TaskState::Blocked), 10).unwrap();
+            let issue = match blocked.first() {
+                Some(t) if rng.random_bool(0.8) => Some(t.issue.parse().unwrap()),
+                _ => engine.store.read().task(task).unwrap().map(|t| t.issue),
+            };
+            Command::RunCommand {
+                key: format!("answer-{}", rng.random::<u64>()),
+                command: forgefleet::core::commands::FleetCommand::Answer { issue: None, text: "this one".into() },
+                issue,
                 by: "@alice".into(),
             }
         }
@@ -240,6 +266,7 @@ fn rebuilt_projections_equal_the_live_ones_after_long_random_scenarios() {
         }
         assert!(kinds.contains("pull_ended"), "seed {seed}: no pull request ended: {kinds:?}");
         assert!(kinds.contains("follow_up_requested"), "seed {seed}: no round of changes: {kinds:?}");
+        assert!(kinds.contains("task_blocked") && kinds.contains("task_answered"), "seed {seed}: {kinds:?}");
         assert!(ok > 1000, "seed {seed}: only {ok} commands applied");
 
         let live = snapshot(&engine.store);
@@ -284,15 +311,11 @@ async fn store_rebuild_works_on_a_database_made_by_a_whole_loop_and_changes_no_r
     let root = tempfile::tempdir().unwrap();
     let db = root.path().join("fleet.db");
     let git = GitServer::start_with_token(root.path(), "bot-token");
-    let repo = TestRepo::init_bare(root.path(), REPO);
-    repo.commit(&[("README.md", "hello\n")], "start");
-    repo.push("main");
+    let repo = TestRepo::with_main(root.path(), REPO, &[("README.md", "hello\n")]);
     let forgejo = FakeForgejo::start().await;
     forgejo.create_repo(REPO).await;
-    forgejo.add_user("forgefleet", "bot-token").await;
-    forgejo.set_permission(REPO, "forgefleet", "admin").await;
-    forgejo.add_user("alice", "alice-token").await;
-    forgejo.set_permission(REPO, "alice", "write").await;
+    forgejo.add_member(REPO, "forgefleet", "bot-token", "admin").await;
+    forgejo.add_member(REPO, "alice", "alice-token", "write").await;
     let (url, git_url) = (forgejo.url().to_string(), git.base_url());
     let db_path = db.clone();
     let fleet = Fleet::start_with_forgejo(|c| {
@@ -355,15 +378,7 @@ async fn store_rebuild_works_on_a_database_made_by_a_whole_loop_and_changes_no_r
     for table in ["progress", "leases", "outbox", "webhook_seen"] {
         assert!(before.iter().any(|r| r.starts_with(&format!("{table}: "))), "no {table} rows: {before:#?}");
     }
-    let config = root.path().join("cli.toml");
-    std::fs::write(&config, format!("[store]\npath = {db:?}\n")).unwrap();
-    let out = std::process::Command::new(support::binary())
-        .args(["store", "rebuild", "--config"])
-        .arg(&config)
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}{}", support::stdout(&out), support::stderr(&out));
+    let out = support::rebuild_store(&db);
     assert!(support::stdout(&out).contains("rebuilt 3 tasks and 2 agents"), "{}", support::stdout(&out));
     let after = every_table(&db);
     assert_eq!(before.len(), after.len());

@@ -53,19 +53,13 @@ impl World {
     async fn build(db: Option<std::path::PathBuf>, https: bool, fleet_yaml: Option<&str>) -> World {
         let root = tempfile::tempdir().unwrap();
         let git = GitServer::start_with_token(root.path(), BOT_TOKEN);
-        let repo = TestRepo::init_bare(root.path(), REPO);
-        repo.commit(&[("README.md", "hello\n"), ("src/lib.rs", "fn a() {}\n")], "start");
-        repo.push("main");
+        let repo = TestRepo::with_main(root.path(), REPO, &[("README.md", "hello\n"), ("src/lib.rs", "fn a() {}\n")]);
         let forgejo = FakeForgejo::start().await;
         forgejo.create_repo(REPO).await;
-        forgejo.add_user(BOT, BOT_TOKEN).await;
-        forgejo.set_permission(REPO, BOT, "admin").await;
-        forgejo.add_user("agent", "agent-token").await;
-        forgejo.set_permission(REPO, "agent", "write").await;
-        forgejo.add_user("alice", "alice-token").await;
-        forgejo.set_permission(REPO, "alice", "write").await;
-        forgejo.add_user("ci", "ci-token").await;
-        forgejo.set_permission(REPO, "ci", "write").await;
+        forgejo.add_member(REPO, BOT, BOT_TOKEN, "admin").await;
+        forgejo.add_member(REPO, "agent", "agent-token", "write").await;
+        forgejo.add_member(REPO, "alice", "alice-token", "write").await;
+        forgejo.add_member(REPO, "ci", "ci-token", "write").await;
         if let Some(text) = fleet_yaml {
             forgejo.set_file(REPO, ".forgejo/fleet.yaml", text).await;
         }

@@ -376,3 +376,42 @@ async fn a_next_attempt_continues_the_branch_a_failed_attempt_pushed() {
     assert_eq!(w.repo.remote_ref(&format!("refs/heads/forgefleet/issue-{issue}-attempt-2")), None, "no fresh branch");
     drop(agent);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_question_the_agent_leaves_blocks_the_task_and_nothing_is_pushed() {
+    let w = World::new(|_| {}).await;
+    let (issue, task) = w.queued("Use the API").await;
+    // The command does some work, then finds it cannot go on without a person: it writes its question.
+    let agent = w.agent(
+        "echo half > half.txt; mkdir -p .forgefleet; \
+         printf 'Should the client call the v1 or the v2 API?\\n' > .forgefleet/question.md; echo 'Stuck.'",
+    );
+    eventually("the task is blocked", || async { w.state(task).await == "blocked" }).await;
+    let t = w.task(task).await["task"].clone();
+    assert_eq!(t["question"]["text"], "Should the client call the v1 or the v2 API?", "{t}");
+    assert_eq!((t["question"]["attempt"].as_u64(), &t["receipt"]), (Some(1), &serde_json::Value::Null), "{t}");
+    // Nothing was pushed and no pull request opened: the work waits for the answer.
+    assert_eq!(w.repo.remote_ref(&format!("refs/heads/forgefleet/issue-{issue}-attempt-1")), None);
+    assert_eq!(w.forgejo.count_requests("POST", &format!("/api/v1/repos/{REPO}/pulls")).await, 0);
+    eventually("the issue says status:blocked", || async {
+        w.forgejo.issue(REPO, issue).await.labels == ["status:blocked"]
+    })
+    .await;
+    eventually("the checkout is removed", || async {
+        std::fs::read_dir(w.root.path().join("agent/work/attempts")).unwrap().count() == 0
+    })
+    .await;
+    drop(agent);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_empty_question_file_is_no_question_and_is_never_committed() {
+    let w = World::new(|_| {}).await;
+    let (_, task) = w.queued("Greet").await;
+    let _agent = w.agent("echo hi > hi.txt; mkdir -p .forgefleet; : > .forgefleet/question.md; echo 'Said hi.'");
+    eventually("the task is completed", || async { w.state(task).await == "completed" }).await;
+    let t = w.task(task).await["task"].clone();
+    let files: Vec<&str> =
+        t["validation"]["files"].as_array().unwrap().iter().filter_map(|f| f["path"].as_str()).collect();
+    assert_eq!(files, ["hi.txt"], "the question file is the runner's, never part of the work");
+}

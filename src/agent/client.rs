@@ -179,6 +179,14 @@ impl FleetClient {
         Ok(())
     }
 
+    /// Asks a person the agent's question: the attempt ends and the task waits for an answer.
+    pub async fn block(&self, task: TaskId, attempt: u32, question: &str) -> Result<(), ClientError> {
+        let body = crate::api::BlockRequest { attempt, question: question.to_string() };
+        let body = serde_json::to_value(body).map_err(|e| ClientError::Setup(e.to_string()))?;
+        self.agent_call::<Value>(Method::POST, &format!("/tasks/{task}/block"), &body).await?;
+        Ok(())
+    }
+
     pub async fn receipt(&self, body: &Value) -> Result<(), ClientError> {
         self.agent_call::<Value>(Method::POST, "/receipts", body).await?;
         Ok(())

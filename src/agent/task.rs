@@ -1,5 +1,7 @@
 //! One assignment from acknowledgement to receipt: check, start, checkout, agent, commit, push, pull
 //! request, receipt. Every way out reports to the server (or knows why it need not) and removes the checkout.
+//! An agent that left a question in its checkout (`core::QUESTION_FILE`) hands the question back instead: the
+//! task is blocked on it and nothing is pushed.
 //!
 //! The assignment is input from the network: every field the runner uses is checked before use (see
 //! [`Checked`]), so a compromised or impersonated server cannot send the Forgejo token elsewhere or put an
@@ -16,7 +18,7 @@ use super::Runner;
 use super::process::{self, RunEnd};
 use crate::adapters::{Finished, Job, Outcome, describe};
 use crate::api::AssignmentView;
-use crate::core::{FailureClass, RepoName, Spent};
+use crate::core::{FailureClass, MAX_QUESTION_BYTES, QUESTION_FILE, RepoName, Spent};
 use crate::integrations::forgejo::client::RetryPolicy;
 use crate::integrations::forgejo::{ForgejoClient, ForgejoError};
 
@@ -138,7 +140,13 @@ pub async fn work(runner: Arc<Runner>, a: AssignmentView, cancel: watch::Receive
         Err(why) => (None, Err(Failure::agent(format!("the runner refused the assignment: {why}")))),
     };
     match result {
-        Ok(Some(receipt)) => match runner.client.receipt(&receipt).await {
+        Ok(Some(Handback::Question(question))) => match runner.client.block(task, attempt, &question).await {
+            Ok(()) => {
+                tracing::info!(%task, attempt, "the agent asked a person a question; the task waits for the answer")
+            }
+            Err(e) => tracing::warn!(%task, attempt, error = %e, "the server did not take the question"),
+        },
+        Ok(Some(Handback::Receipt(receipt))) => match runner.client.receipt(&receipt).await {
             Ok(()) => tracing::info!(%task, attempt, pr = %receipt["pr_number"], "receipt submitted"),
             Err(e) => tracing::warn!(%task, attempt, error = %e, "the receipt was refused"),
         },
@@ -156,7 +164,15 @@ pub async fn work(runner: Arc<Runner>, a: AssignmentView, cancel: watch::Receive
     }
 }
 
-type Attempted = (Option<super::workspace::Checkout>, Result<Option<serde_json::Value>, Failure>);
+/// What an attempt that ran to its end hands back.
+enum Handback {
+    /// The receipt to submit: the work is pushed and its pull request open.
+    Receipt(serde_json::Value),
+    /// The agent's question for a person: nothing was committed or pushed.
+    Question(String),
+}
+
+type Attempted = (Option<super::workspace::Checkout>, Result<Option<Handback>, Failure>);
 
 async fn attempt_work(
     runner: &Runner,
@@ -181,7 +197,7 @@ async fn run_agent(
     wt: &super::workspace::Checkout,
     cancel: watch::Receiver<bool>,
     started: Instant,
-) -> Result<Option<serde_json::Value>, Failure> {
+) -> Result<Option<Handback>, Failure> {
     let job = Job {
         prompt: &a.prompt,
         worktree: &wt.path,
@@ -217,6 +233,10 @@ async fn run_agent(
                 quiet.as_secs()
             )));
         }
+        // A question is the agent's own word that it cannot go on, whatever its exit status says.
+        RunEnd::Exited(..) if let Some(question) = read_question(&wt.path) => {
+            return Ok(Some(Handback::Question(question)));
+        }
         RunEnd::Exited(status, tail) => match runner.adapter.outcome(status, &tail) {
             Outcome::Done(f) => f,
             Outcome::Failed { class, message } => {
@@ -250,7 +270,7 @@ async fn run_agent(
     let pr = open_pull(runner, &checked.repo, a, &finished)
         .await
         .map_err(|e| Failure { pushed: Some(a.branch.clone()), ..Failure::after(&finished)(e) })?;
-    Ok(Some(json!({
+    Ok(Some(Handback::Receipt(json!({
         "task_id": a.task_id,
         "attempt": a.attempt,
         "pr_number": pr,
@@ -260,7 +280,36 @@ async fn run_agent(
         "cost_usd": finished.cost_usd,
         "duration_secs": started.elapsed().as_secs(),
         "session_id": finished.session_id,
-    })))
+    }))))
+}
+
+/// The question the agent left at [`QUESTION_FILE`] in its checkout, if it left a non-empty one. The checkout
+/// is the agent's: the file and its folder are read only if they are a plain file in a plain folder (never
+/// through a link, which could point at the runner's own files), and at most [`MAX_QUESTION_BYTES`] of it.
+pub fn read_question(checkout: &std::path::Path) -> Option<String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = checkout.join(QUESTION_FILE);
+    let dir = path.parent()?;
+    if !std::fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
+        return None;
+    }
+    if !std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
+        return None;
+    }
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(&path);
+    let mut bytes = Vec::new();
+    file.ok()?.take(MAX_QUESTION_BYTES as u64 + 1).read_to_end(&mut bytes).ok()?;
+    let mut text = String::from_utf8_lossy(&bytes).trim().to_string();
+    if text.len() > MAX_QUESTION_BYTES {
+        let mut end = MAX_QUESTION_BYTES - '…'.len_utf8();
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    (!text.is_empty()).then_some(text)
 }
 
 /// Opens the pull request, or finds the one an earlier try opened. The work is pushed by then, so a Forgejo
@@ -397,6 +446,31 @@ mod tests {
 
     fn origins() -> Vec<Origin> {
         ["https://forgejo.example.com", "https://git.example.com/"].iter().filter_map(|u| Origin::of(u)).collect()
+    }
+
+    #[test]
+    fn a_question_is_read_only_from_a_plain_file_and_never_through_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let (co, outside) = (dir.path().join("checkout"), dir.path().join("secret"));
+        std::fs::create_dir_all(co.join(".forgefleet")).unwrap();
+        std::fs::write(&outside, "the runner's token").unwrap();
+        assert_eq!(read_question(&co), None, "no file, no question");
+        std::fs::write(co.join(QUESTION_FILE), " \n").unwrap();
+        assert_eq!(read_question(&co), None, "an empty file is no question");
+        std::fs::write(co.join(QUESTION_FILE), "v1 or v2?\n").unwrap();
+        assert_eq!(read_question(&co).as_deref(), Some("v1 or v2?"));
+        std::fs::write(co.join(QUESTION_FILE), "é".repeat(MAX_QUESTION_BYTES)).unwrap();
+        let long = read_question(&co).unwrap();
+        assert!(long.len() <= MAX_QUESTION_BYTES && long.ends_with('…'), "{}", long.len());
+        std::fs::remove_file(co.join(QUESTION_FILE)).unwrap();
+        std::os::unix::fs::symlink(&outside, co.join(QUESTION_FILE)).unwrap();
+        assert_eq!(read_question(&co), None, "a link to the runner's files is not read");
+        std::fs::remove_dir_all(co.join(".forgefleet")).unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        std::fs::write(elsewhere.join("question.md"), "through a linked folder").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, co.join(".forgefleet")).unwrap();
+        assert_eq!(read_question(&co), None, "a linked folder is not followed");
     }
 
     #[test]

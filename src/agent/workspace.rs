@@ -194,6 +194,15 @@ impl Workspace {
         let wt = Some(co.path.as_path());
         self.git(&co.git_dir, wt, &["read-tree", &parent], false).await?;
         self.git(&co.git_dir, wt, &["add", "-A"], false).await?;
+        // The agent's question for a person (an empty one, when it had none) is the runner's to read, never part
+        // of the work: it leaves the tree, even if the agent committed it.
+        self.git(
+            &co.git_dir,
+            wt,
+            &["rm", "-q", "--cached", "--ignore-unmatch", "--", crate::core::QUESTION_FILE],
+            false,
+        )
+        .await?;
         let tree = self.git(&co.git_dir, wt, &["write-tree"], false).await?;
         let parent_tree = self.git(&co.git_dir, None, &["rev-parse", &format!("{parent}^{{tree}}")], false).await?;
         let head = if tree == parent_tree {

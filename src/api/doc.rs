@@ -111,6 +111,8 @@ pub enum TaskStateDoc {
     /// The agent vanished; the task waits for the retry decision.
     AgentLost,
     Cancelled,
+    /// The agent asked a person a question (`block`) and waits for `/answer`: no lease, no timeout, no retry.
+    Blocked,
 }
 
 /// What operators see of an agent: derived from its stored state and how many tasks it runs.
@@ -332,6 +334,9 @@ pub struct TaskDoc {
     pull_end: Option<PullEndDoc>,
     /// The round of changes a person asked for on the pull request (a review, or `/fleet fix`). Absent when none.
     follow_up: Option<FollowUpDoc>,
+    /// The question an attempt asked a person (`block`), and the answer once one came; the attempts after the
+    /// answer are told both. Absent when no attempt asked.
+    question: Option<QuestionDoc>,
 }
 
 /// A round of changes on a completed task's pull request.
@@ -374,8 +379,23 @@ pub struct PullEndDoc {
     at: String,
 }
 
+/// A question an agent asked a person, and the answer.
+#[derive(ToSchema)]
+#[schema(as = Question)]
+#[allow(dead_code)]
+pub struct QuestionDoc {
+    /// The attempt that asked.
+    attempt: u32,
+    text: String,
+    /// Absent until a person answers (`/answer`).
+    answer: Option<String>,
+    /// Who answered.
+    answered_by: Option<String>,
+}
+
 /// One event of the task's log. `type` names it (`task_queued`, `task_assigned`, `task_started`,
-/// `attempt_failed`, `task_lost`, `task_cancelled`, `task_retried`, `receipt_received`, `task_completed`, ...);
+/// `attempt_failed`, `task_lost`, `task_cancelled`, `task_retried`, `receipt_received`, `task_completed`,
+/// `task_blocked`, `task_answered`, ...);
 /// the other fields depend on the type.
 #[derive(ToSchema)]
 #[schema(as = LoggedEvent)]
@@ -512,6 +532,12 @@ mod tests {
                 }],
                 review_id: Some(9),
             }),
+            question: Some(crate::core::Question {
+                attempt: 1,
+                text: "q".into(),
+                answer: Some("a".into()),
+                answered_by: Some("@alice".into()),
+            }),
         }
     }
 
@@ -526,6 +552,7 @@ mod tests {
         assert_eq!(properties::<AwaitedChecksDoc>(), keys(&task["checks"]));
         assert_eq!(properties::<PullEndDoc>(), keys(&task["pull_end"]));
         assert_eq!(properties::<FollowUpDoc>(), keys(&task["follow_up"]));
+        assert_eq!(properties::<QuestionDoc>(), keys(&task["question"]));
 
         let summary = TaskSummary {
             id: TaskId(7),

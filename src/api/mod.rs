@@ -31,7 +31,7 @@ pub use agents::{
 use doc::TAG_SYSTEM;
 pub use error::{ApiError, ErrorBody, ErrorCode, ErrorDetail};
 pub use outbox::OutboxAck;
-pub use work::{AssignmentView, TaskAck};
+pub use work::{AssignmentView, BlockRequest, TaskAck};
 
 use crate::config::Config;
 use crate::engine::EngineHandle;
@@ -89,6 +89,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(work::start))
         .routes(routes!(work::progress))
         .routes(routes!(work::fail))
+        .routes(routes!(work::block))
         .routes(routes!(work::retry))
         .routes(routes!(work::cancel))
         .routes(routes!(receipts::submit))

@@ -13,7 +13,7 @@ use super::doc::{AgentFailureClassDoc, TAG_WORK, TaskStateDoc};
 use super::error::ErrorBody;
 use super::extract::{ApiJson, AuthAgent, Operator};
 use super::{ApiError, AppState};
-use crate::core::{FailureClass, Spent, TaskId, TaskState, Usage};
+use crate::core::{FailureClass, MAX_QUESTION_BYTES, QUESTION_FILE, Spent, TaskId, TaskState, Usage};
 use crate::engine::{Assignment, Command};
 use crate::integrations::templates::AgentPrompt;
 
@@ -91,6 +91,9 @@ impl AssignmentView {
                     })
                     .map(|f| f.message.clone()),
                 follow_up: t.follow_up.as_ref().map(|f| f.for_prompt()),
+                question: t.question.as_ref().map(|q| q.text.clone()),
+                answer: t.question.as_ref().and_then(|q| q.answer.clone()),
+                question_file: QUESTION_FILE.into(),
             })
             .map_err(|e| ApiError::Internal(e.to_string()))?;
         let git_base = f.git_url.as_ref().or(f.url.as_ref());
@@ -353,6 +356,61 @@ pub async fn fail(
         .then(|| Spent { usage: req.usage.unwrap_or_default(), cost_usd: req.cost_usd });
     let (attempt, message, pushed_branch) = (req.attempt, req.message, req.pushed_branch);
     let cmd = Command::FailTask { agent: agent.id, task, attempt, class, message, spent, pushed_branch };
+    app.engine.send(cmd).await?;
+    ack(&app, task, req.attempt).await
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"attempt": 1, "question": "The issue asks for the export in CSV, but the code already has a JSON export. Should I replace it or add CSV beside it?"}))]
+pub struct BlockRequest {
+    pub attempt: u32,
+    /// What the agent needs a person to answer, for people: posted on the issue (fenced). 1 byte to 16 KiB.
+    #[schema(min_length = 1, max_length = 16384)]
+    pub question: String,
+}
+
+#[utoipa::path(
+    post,
+    path = "/tasks/{id}/block",
+    operation_id = "block_task",
+    tag = TAG_WORK,
+    summary = "Ask a person a question and stop (blocked)",
+    description = "Ends the attempt without a failure: the task becomes `blocked`, the lease ends (no timeout runs, \
+        no slot is held, nothing is retried) and the question is posted on the issue. A person with write access \
+        answers with `/answer <text>`: a new attempt is queued whose prompt carries the question and the answer, \
+        continuing the branch an earlier attempt pushed, if any. The same question again for the same attempt is \
+        a no-op.",
+    params(("id" = i64, Path, description = "The task's id")),
+    request_body = BlockRequest,
+    security(("agent_token" = [])),
+    responses(
+        (status = 200, description = "Blocked (or already blocked on this question)", body = TaskAck),
+        (status = 400, description = "Invalid task id or JSON, or a question that is empty or over 16 KiB", body = ErrorBody),
+        (status = 401, description = "Missing, unknown or revoked agent token", body = ErrorBody),
+        (status = 403, description = "The agent does not hold the lease of this task and attempt", body = ErrorBody),
+        (status = 404, description = "No such task", body = ErrorBody),
+        (status = 409, description = "The transition does not apply (the attempt was not started, or is no longer \
+            running), or the attempt is stale", body = ErrorBody),
+        (status = 413, description = "The body is larger than the server accepts", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+        (status = 503, description = "The server is shutting down", body = ErrorBody),
+    )
+)]
+pub async fn block(
+    State(app): State<AppState>,
+    AuthAgent(agent): AuthAgent,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<BlockRequest>,
+) -> Result<Json<TaskAck>, ApiError> {
+    let task = parse_task(&id)?;
+    if req.question.trim().is_empty() {
+        return Err(ApiError::BadRequest("`question` is empty: say what a person should answer".into()));
+    }
+    if req.question.len() > MAX_QUESTION_BYTES {
+        return Err(ApiError::BadRequest(format!("`question` is longer than {} KiB", MAX_QUESTION_BYTES / 1024)));
+    }
+    let cmd = Command::BlockTask { agent: agent.id, task, attempt: req.attempt, question: req.question };
     app.engine.send(cmd).await?;
     ack(&app, task, req.attempt).await
 }

@@ -237,6 +237,13 @@ pub fn task(store: &Store, id: crate::core::TaskId, as_json: bool) -> Result<(),
     if let Some(f) = &task.last_failure {
         println!("failure:  attempt {} {}: {}", f.attempt, f.class, f.message);
     }
+    if let Some(q) = &task.question {
+        println!("question: attempt {}: {}", q.attempt, printable(&q.text));
+        match (&q.answer, &q.answered_by) {
+            (Some(a), by) => println!("answer:   {} ({})", printable(a), by.as_deref().unwrap_or("someone")),
+            (None, _) => println!("answer:   none yet (`/answer <text>` on the issue)"),
+        }
+    }
     let spent: Vec<(u32, &crate::core::Spent)> = events
         .iter()
         .filter_map(|(_, e)| match e {

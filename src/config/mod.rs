@@ -203,6 +203,9 @@ pub struct LabelsConfig {
     pub done: String,
     /// Set when the retries are spent. Default: `"status:failed"`.
     pub failed: String,
+    /// Set while the agent waits for a person's answer to its question (`/answer`). Default:
+    /// `"status:blocked"`.
+    pub blocked: String,
     /// Prefix of the priority labels (`<prefix>critical|high|medium|low`). Default: `"priority:"`.
     pub priority_prefix: String,
     /// Prefix of the task type labels (`<prefix>bug`). Default: `"type:"`.
@@ -223,6 +226,7 @@ impl Default for LabelsConfig {
             doing: s.doing,
             done: s.done,
             failed: s.failed,
+            blocked: s.blocked,
             priority_prefix: s.priority_prefix,
             type_prefix: s.type_prefix,
             needs_prefix: s.needs_prefix,
@@ -443,6 +447,7 @@ pub enum NotifyKind {
     TimedOut,
     Failed,
     Cancelled,
+    Blocked,
     AgentOnline,
     AgentDraining,
     AgentOffline,
@@ -452,7 +457,7 @@ pub enum NotifyKind {
 
 impl NotifyKind {
     /// Every kind, the default of `notify`.
-    pub const ALL: [NotifyKind; 13] = [
+    pub const ALL: [NotifyKind; 14] = [
         NotifyKind::Assigned,
         NotifyKind::Started,
         NotifyKind::Completed,
@@ -461,6 +466,7 @@ impl NotifyKind {
         NotifyKind::TimedOut,
         NotifyKind::Failed,
         NotifyKind::Cancelled,
+        NotifyKind::Blocked,
         NotifyKind::AgentOnline,
         NotifyKind::AgentDraining,
         NotifyKind::AgentOffline,
@@ -479,6 +485,7 @@ impl NotifyKind {
             NotifyKind::TimedOut => "timed_out",
             NotifyKind::Failed => "failed",
             NotifyKind::Cancelled => "cancelled",
+            NotifyKind::Blocked => "blocked",
             NotifyKind::AgentOnline => "agent_online",
             NotifyKind::AgentDraining => "agent_draining",
             NotifyKind::AgentOffline => "agent_offline",
@@ -502,6 +509,7 @@ impl Config {
             doing: l.doing,
             done: l.done,
             failed: l.failed,
+            blocked: l.blocked,
             priority_prefix: l.priority_prefix,
             type_prefix: l.type_prefix,
             needs_prefix: l.needs_prefix,

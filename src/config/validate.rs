@@ -60,7 +60,8 @@ pub(crate) fn check(c: &Config) -> Vec<ConfigError> {
 fn check_labels(c: &Config, p: &mut Problems) {
     let l = &c.labels;
     // A label name is matched exactly against a trimmed label, so stray spaces would never match.
-    let names = [("todo", &l.todo), ("doing", &l.doing), ("done", &l.done), ("failed", &l.failed)];
+    let names =
+        [("todo", &l.todo), ("doing", &l.doing), ("done", &l.done), ("failed", &l.failed), ("blocked", &l.blocked)];
     let mut seen: HashMap<&str, &str> = HashMap::new();
     for (key, name) in names {
         let path = format!("labels.{key}");

@@ -4,12 +4,16 @@
 //! quoted or shown as an example never runs. Each remaining line that starts with `/` (or `!` in Matrix,
 //! where Element eats unknown slash commands) is a candidate; a parser answers "not mine", "mine and
 //! valid", or "mine and wrong, here is why".
+//!
+//! `/answer <text>` is the one command that takes prose: the answer is the rest of the comment (or message)
+//! after the command, as written, so the lines after it are the answer's and never run as commands.
 
 use pulldown_cmark::{Event as Md, Parser, Tag, TagEnd};
 use serde::{Deserialize, Serialize};
+use std::ops::Range;
 
 use super::ids::{AgentName, IssueRef};
-use super::task::{Task, TaskState};
+use super::task::{MAX_QUESTION_BYTES, Task, TaskState};
 
 /// Where a command was written: it decides whether the issue is implied or must be named.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +35,11 @@ pub enum FleetCommand {
     /// Stop the task; its agent is told at its next heartbeat.
     Cancel {
         issue: Option<IssueRef>,
+    },
+    /// Answer the question a blocked task's agent asked: a new attempt is queued that is told it.
+    Answer {
+        issue: Option<IssueRef>,
+        text: String,
     },
     /// Pin the task to one agent.
     Assign {
@@ -65,6 +74,7 @@ impl FleetCommand {
             self,
             FleetCommand::Retry { .. }
                 | FleetCommand::Cancel { .. }
+                | FleetCommand::Answer { .. }
                 | FleetCommand::Assign { .. }
                 | FleetCommand::Drain { .. }
                 | FleetCommand::Fix { .. }
@@ -77,7 +87,7 @@ impl FleetCommand {
             FleetCommand::Retry { issue } | FleetCommand::Cancel { issue } | FleetCommand::Show { issue } => {
                 issue.as_ref()
             }
-            FleetCommand::Assign { issue, .. } => issue.as_ref(),
+            FleetCommand::Assign { issue, .. } | FleetCommand::Answer { issue, .. } => issue.as_ref(),
             _ => None,
         }
     }
@@ -87,6 +97,7 @@ impl FleetCommand {
         match self {
             FleetCommand::Retry { .. } => "retry",
             FleetCommand::Cancel { .. } => "cancel",
+            FleetCommand::Answer { .. } => "answer",
             FleetCommand::Assign { .. } => "assign",
             FleetCommand::Drain { .. } => "drain",
             FleetCommand::Status => "status",
@@ -112,21 +123,33 @@ pub enum Parsed {
 }
 
 /// The command words, for help and for "did you mean".
-const WORDS: [&str; 10] = ["retry", "cancel", "assign", "drain", "status", "agents", "queue", "show", "fix", "help"];
+const WORDS: [&str; 11] =
+    ["retry", "cancel", "answer", "assign", "drain", "status", "agents", "queue", "show", "fix", "help"];
 
-/// Every command in `text`, in order.
+/// Every command in `text`, in order. An `/answer` takes the rest of the text: nothing after it runs.
 pub fn parse(text: &str, place: Place) -> Vec<Parsed> {
-    let mut parsed: Vec<Parsed> = plain_lines(text).iter().filter_map(|line| parse_line(line, place)).collect();
+    let mut out = Vec::new();
+    for line in plain_lines(text) {
+        if matches!(split_command(&line, place), Some((word, _)) if word == "answer") {
+            let rest = answer_rest(text, place).unwrap_or_default();
+            out.push(match answer(&rest, place) {
+                Ok(cmd) => Parsed::Valid(cmd),
+                Err(why) => invalid(&line, why),
+            });
+            break;
+        }
+        out.extend(parse_line(&line, place));
+    }
     // The plain text shows code spans as `…`; a `/fleet fix` instruction keeps them, from its line as written.
     let mut raw = raw_fix_lines(text).into_iter();
-    for p in &mut parsed {
+    for p in &mut out {
         if let Parsed::Valid(FleetCommand::Fix { instruction }) = p
             && let Some(line) = raw.next()
         {
             *instruction = line;
         }
     }
-    parsed
+    out
 }
 
 /// The instructions of the `/fix` and `/fleet fix` lines of `text` as written, outside fenced code and quotes,
@@ -154,26 +177,97 @@ fn raw_fix_lines(text: &str) -> Vec<String> {
     out
 }
 
-/// One line: `None` when it is not addressed to us.
-pub fn parse_line(line: &str, place: Place) -> Option<Parsed> {
+/// The command word of a line addressed to us (lower case), and the text after it; `None` when the line is
+/// not addressed to us.
+fn split_command(line: &str, place: Place) -> Option<(String, &str)> {
     let line = line.trim();
     let rest = match (line.chars().next(), place) {
         (Some('/'), _) => &line[1..],
         (Some('!'), Place::Chat) => &line[1..],
         _ => return None,
     };
-    let mut words = rest.split_whitespace();
-    let mut word = words.next()?.to_ascii_lowercase();
+    let (first, after) = next_word(rest)?;
+    let word = first.to_ascii_lowercase();
     // `/fleet retry ...` and `!fleet ...` address the bot by name; `/fleet` alone asks for status.
     if word == "fleet" {
-        word = match words.next() {
-            Some(w) => w.to_ascii_lowercase(),
-            None => "status".into(),
-        };
-    } else if place == Place::Chat && line.starts_with('!') {
+        return Some(match next_word(after) {
+            Some((w, after)) => (w.to_ascii_lowercase(), after),
+            None => ("status".into(), after),
+        });
+    }
+    if place == Place::Chat && line.starts_with('!') {
         // In chat only `!fleet ...` is ours; other bots own other `!` words.
         return None;
     }
+    Some((word, after))
+}
+
+/// The first whitespace-separated word of `s` and what follows it.
+fn next_word(s: &str) -> Option<(&str, &str)> {
+    let s = s.trim_start();
+    if s.is_empty() {
+        return None;
+    }
+    let end = s.find(char::is_whitespace).unwrap_or(s.len());
+    Some((&s[..end], &s[end..]))
+}
+
+/// The text of the first `/answer` in `markdown` that a reader sees as prose (not in code or a quote), from
+/// just after the command word to the end, as written.
+fn answer_rest(markdown: &str, place: Place) -> Option<String> {
+    let hidden: Vec<Range<usize>> = Parser::new(markdown)
+        .into_offset_iter()
+        .filter(|(e, _)| matches!(e, Md::Start(Tag::CodeBlock(_) | Tag::BlockQuote(_) | Tag::HtmlBlock)))
+        .map(|(_, range)| range)
+        .collect();
+    let mut offset = 0;
+    for line in markdown.split_inclusive('\n') {
+        let at = offset;
+        offset += line.len();
+        if hidden.iter().any(|r| r.contains(&at)) {
+            continue;
+        }
+        if let Some((word, after)) = split_command(line, place)
+            && word == "answer"
+        {
+            // `split_command` trims the line: its line break goes back between it and the lines after it.
+            let newline = if line.ends_with('\n') { "\n" } else { "" };
+            return Some(format!("{}{newline}{}", after.trim(), &markdown[offset..]));
+        }
+    }
+    None
+}
+
+/// `/answer <text>` (in chat `/answer <owner/repo#N> <text>`): `rest` is what follows the command word.
+fn answer(rest: &str, place: Place) -> Result<FleetCommand, String> {
+    let usage = usage("answer", place);
+    let (issue, text) = match place {
+        Place::Issue => (None, rest),
+        Place::Chat => {
+            let (first, after) =
+                next_word(rest).ok_or_else(|| format!("name the issue as `owner/repo#N`: `{usage}`"))?;
+            let issue = first.parse::<IssueRef>().map_err(|e| format!("{e}. Usage: `{usage}`"))?;
+            (Some(issue), after)
+        }
+    };
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(format!("`/answer` needs the answer after it: `{usage}`"));
+    }
+    if text.len() > MAX_QUESTION_BYTES {
+        return Err(format!("the answer is longer than {} KiB; say it in fewer words", MAX_QUESTION_BYTES / 1024));
+    }
+    Ok(FleetCommand::Answer { issue, text: text.to_string() })
+}
+
+/// One line: `None` when it is not addressed to us.
+pub fn parse_line(line: &str, place: Place) -> Option<Parsed> {
+    let line = line.trim();
+    let (word, after) = split_command(line, place)?;
+    if word == "answer" {
+        return Some(answer(after, place).map_or_else(|why| invalid(line, why), Parsed::Valid));
+    }
+    let words = after.split_whitespace();
     if !WORDS.contains(&word.as_str()) {
         // In a comment, `/something` may be prose or another bot's: only `/fleet ...` is surely ours.
         return line
@@ -184,8 +278,7 @@ pub fn parse_line(line: &str, place: Place) -> Option<Parsed> {
     }
     if word == "fix" {
         // Free text: the rest of the line is the instruction, as written.
-        let skip = if rest.split_whitespace().next().is_some_and(|w| w.eq_ignore_ascii_case("fleet")) { 2 } else { 1 };
-        let instruction = after_words(rest, skip);
+        let instruction = after.trim();
         return Some(match place {
             Place::Issue => Parsed::Valid(FleetCommand::Fix { instruction: instruction.to_string() }),
             Place::Chat => invalid(line, "`/fleet fix` is written in a comment on the pull request it is about".into()),
@@ -301,6 +394,7 @@ fn usage(word: &str, place: Place) -> String {
     match word {
         "assign" => format!("/assign <agent>{issue}"),
         "retry" | "cancel" => format!("/{word}{issue}"),
+        "answer" => format!("/answer{issue} <text>"),
         "show" => format!("/fleet show{issue}"),
         "drain" => "/fleet drain <agent>".to_string(),
         "fix" => "/fleet fix <what to change>".to_string(),
@@ -313,6 +407,10 @@ pub fn help(place: Place) -> String {
     let describe = |c: &FleetCommand| match c {
         FleetCommand::Retry { .. } => "queue the task again, with a fresh retry budget",
         FleetCommand::Cancel { .. } => "stop the task; its agent is told at its next heartbeat",
+        FleetCommand::Answer { .. } => {
+            "answer the question the task's agent asked (the rest of the message is the answer); a new attempt \
+             is queued with it"
+        }
         FleetCommand::Assign { .. } => "pin the task to one agent",
         FleetCommand::Drain { .. } => "give the agent no new work; it finishes what it holds",
         FleetCommand::Status => "agents, the queue and the last day's failures",
@@ -326,6 +424,7 @@ pub fn help(place: Place) -> String {
     let all = [
         FleetCommand::Retry { issue: None },
         FleetCommand::Cancel { issue: None },
+        FleetCommand::Answer { issue: None, text: String::new() },
         FleetCommand::Assign { agent: example_agent.clone(), issue: None },
         FleetCommand::Drain { agent: example_agent },
         FleetCommand::Status,
@@ -400,18 +499,21 @@ fn described(state: TaskState) -> &'static str {
         TaskState::Failed => "already failed",
         TaskState::AgentLost => "waiting for another attempt (its agent was lost)",
         TaskState::Cancelled => "already cancelled",
+        TaskState::Blocked => "blocked, waiting for an answer to its agent's question",
     }
 }
 
-/// Why `/retry` or `/cancel` does not apply to `task` as it is; `None` when it does.
+/// Why `/retry`, `/cancel` or `/answer` does not apply to `task` as it is; `None` when it does.
 pub fn not_applicable(word: &str, task: &Task) -> Option<String> {
     let applies = match word {
         "retry" => matches!(task.state, TaskState::Failed | TaskState::Cancelled),
         "cancel" => !task.state.is_terminal(),
+        "answer" => task.state == TaskState::Blocked,
         _ => true,
     };
     let only = match word {
         "retry" => "`/retry` only applies to failed or cancelled tasks",
+        "answer" => "`/answer` only applies to a blocked task, whose agent asked a question; this does not apply",
         _ => "`/cancel` only applies to tasks that are queued or under way",
     };
     (!applies).then(|| format!("task {} is {}; {only}", task.id, described(task.state)))
@@ -520,6 +622,33 @@ mod tests {
     }
 
     #[test]
+    fn an_answer_is_the_rest_of_the_comment_as_written_and_nothing_after_it_runs() {
+        let text = "Thanks for asking.\n\n/answer use the v2 API\n\n```rust\nlet x = v2::client();\n```\n/cancel";
+        let [Parsed::Valid(FleetCommand::Answer { issue: None, text })] = &parse(text, Place::Issue)[..] else {
+            panic!("{:?}", parse(text, Place::Issue))
+        };
+        assert_eq!(text, "use the v2 API\n\n```rust\nlet x = v2::client();\n```\n/cancel");
+        // On a line of its own, the answer is what follows.
+        assert_eq!(
+            valid("/answer\nthe v2 one", Place::Issue),
+            [FleetCommand::Answer { issue: None, text: "the v2 one".into() }]
+        );
+        // Quoted or shown as an example, it is not an answer.
+        assert!(parse("> /answer no\n\n`/answer x`", Place::Issue).is_empty());
+        let p = parse("/answer", Place::Issue);
+        assert!(matches!(&p[..], [Parsed::Invalid { why, .. }] if why.contains("`/answer <text>`")), "{p:?}");
+        let p = parse(&format!("/answer {}", "x".repeat(MAX_QUESTION_BYTES + 1)), Place::Issue);
+        assert!(matches!(&p[..], [Parsed::Invalid { why, .. }] if why.contains("longer")), "{p:?}");
+        // In chat the issue comes first.
+        assert_eq!(
+            valid("!fleet answer acme/app#3 use v2\nplease", Place::Chat),
+            [FleetCommand::Answer { issue: Some("acme/app#3".parse().unwrap()), text: "use v2\nplease".into() }]
+        );
+        let p = parse("/answer use v2", Place::Chat);
+        assert!(matches!(&p[..], [Parsed::Invalid { why, .. }] if why.contains("owner/repo#N")), "{p:?}");
+    }
+
+    #[test]
     fn other_slash_words_are_not_ours() {
         assert!(parse("/shrug\n/usr/bin is a path", Place::Issue).is_empty());
         assert!(parse("a/retry in the middle", Place::Issue).is_empty());
@@ -569,6 +698,10 @@ mod tests {
         assert!(not_applicable("cancel", &t).unwrap().contains("already completed"));
         t.state = TaskState::Failed;
         assert_eq!(not_applicable("retry", &t), None);
+        assert!(not_applicable("answer", &t).unwrap().contains("does not apply"));
+        t.state = TaskState::Blocked;
+        assert_eq!(not_applicable("answer", &t), None);
+        assert_eq!(not_applicable("cancel", &t), None, "a blocked task can be cancelled");
     }
 }
 

@@ -63,6 +63,10 @@ pub enum Notice {
         pr_number: u64,
         by: String,
     },
+    /// The agent asked a person a question and waits for `/answer`. The question is the agent's text.
+    Blocked {
+        question: String,
+    },
 }
 
 impl Notice {
@@ -77,6 +81,7 @@ impl Notice {
             Notice::PullEnded { merged: true, .. } => "merged",
             Notice::PullEnded { merged: false, .. } => "pull_closed",
             Notice::FollowUp { .. } => "follow_up",
+            Notice::Blocked { .. } => "blocked",
         }
     }
 }
@@ -191,7 +196,7 @@ pub enum AgentNews {
 }
 
 /// The kinds of chat notification a room can choose from (`[matrix] notify`).
-pub const CHAT_KINDS: [&str; 13] = [
+pub const CHAT_KINDS: [&str; 14] = [
     "assigned",
     "started",
     "completed",
@@ -200,6 +205,7 @@ pub const CHAT_KINDS: [&str; 13] = [
     "timed_out",
     "failed",
     "cancelled",
+    "blocked",
     "agent_online",
     "agent_draining",
     "agent_offline",
@@ -528,6 +534,10 @@ fn issue_effects_of(before: Option<&Task>, after: &Task, event: &Event) -> Vec<E
                 Notice::PullEnded { pr_number: end.pr_number, merged: end.merged, by: end.by.clone(), then: *then };
             out.push(comment(*attempt, notice));
         }
+        Event::TaskBlocked { attempt, question, .. } => {
+            out.push(comment(*attempt, Notice::Blocked { question: question.clone() }));
+            out.push(Effect::SetAssignee { issue: issue(), agent: None });
+        }
         // An issue that is gone has nobody to tell.
         Event::TaskCancelled { by: CancelledBy::IssueGone, attempt, reason, .. } => {
             out.extend(close_pull(*attempt, reason));
@@ -590,6 +600,19 @@ mod tests {
         (Task::queued(&e).unwrap(), e)
     }
 
+    /// Agent 4 takes attempt `attempt` of task 1.
+    fn assign(attempt: u32) -> Event {
+        Event::TaskAssigned {
+            task: TaskId(1),
+            attempt,
+            agent: AgentId(4),
+            at: Timestamp(1),
+            start_by: Timestamp(2),
+            deadline: Timestamp(3),
+            request_key: None,
+        }
+    }
+
     /// The issue's effects of one step (chat news is checked on its own).
     fn step(t: &Task, e: Event) -> (Task, Vec<Effect>) {
         let (next, all) = step_all(t, e);
@@ -606,15 +629,6 @@ mod tests {
     #[test]
     fn the_chat_room_hears_what_the_issue_hears_and_the_assignment_and_a_lost_agent() {
         let (queued, _) = queued();
-        let assign = |attempt| Event::TaskAssigned {
-            task: TaskId(1),
-            attempt,
-            agent: AgentId(4),
-            at: Timestamp(1),
-            start_by: Timestamp(2),
-            deadline: Timestamp(3),
-            request_key: None,
-        };
         let chat = |fx: &[Effect]| fx.iter().filter_map(|e| e.chat_kind()).collect::<Vec<_>>();
         let (assigned, fx) = step_all(&queued, assign(1));
         assert_eq!(chat(&fx), ["assigned"]);
@@ -657,15 +671,7 @@ mod tests {
     fn a_new_task_needs_no_effect_and_assignment_sets_doing_and_the_assignee() {
         let (queued, e) = queued();
         assert!(effects_of(None, &queued, &e).is_empty());
-        let assign = Event::TaskAssigned {
-            task: TaskId(1),
-            attempt: 1,
-            agent: AgentId(4),
-            at: Timestamp(1),
-            start_by: Timestamp(2),
-            deadline: Timestamp(3),
-            request_key: None,
-        };
+        let assign = assign(1);
         let (assigned, fx) = step(&queued, assign);
         assert_eq!(
             fx,
@@ -679,20 +685,35 @@ mod tests {
     }
 
     #[test]
+    fn a_block_asks_on_the_issue_and_in_chat_and_an_answer_puts_todo_back() {
+        let (queued, _) = queued();
+        let (assigned, _) = step(&queued, assign(1));
+        let (running, _) = step(&assigned, Event::TaskStarted { task: TaskId(1), attempt: 1, at: Timestamp(2) });
+        let block = Event::TaskBlocked { task: TaskId(1), attempt: 1, question: "v1 or v2?".into(), at: Timestamp(3) };
+        let (blocked, fx) = step_all(&running, block);
+        let issue = queued.issue.clone();
+        let notice = Notice::Blocked { question: "v1 or v2?".into() };
+        assert_eq!(
+            fx,
+            [
+                Effect::SetStatusLabel { issue: issue.clone(), status: Some(StatusLabel::Blocked) },
+                Effect::Comment { issue: issue.clone(), task: TaskId(1), attempt: 1, notice: notice.clone() },
+                Effect::SetAssignee { issue: issue.clone(), agent: None },
+                Effect::ChatTask { issue: issue.clone(), task: TaskId(1), attempt: 1, notice },
+            ]
+        );
+        assert_eq!(fx[3].chat_kind(), Some("blocked"));
+        assert!(CHAT_KINDS.contains(&"blocked"));
+        let answer =
+            Event::TaskAnswered { task: TaskId(1), answer: "v2".into(), by: "@alice".into(), at: Timestamp(4) };
+        let (_, fx) = step_all(&blocked, answer);
+        assert_eq!(fx, [Effect::SetStatusLabel { issue, status: Some(StatusLabel::Todo) }]);
+    }
+
+    #[test]
     fn a_retry_comments_with_the_decision_and_puts_todo_back() {
         let (queued, _) = queued();
-        let (assigned, _) = step(
-            &queued,
-            Event::TaskAssigned {
-                task: TaskId(1),
-                attempt: 1,
-                agent: AgentId(4),
-                at: Timestamp(1),
-                start_by: Timestamp(2),
-                deadline: Timestamp(3),
-                request_key: None,
-            },
-        );
+        let (assigned, _) = step(&queued, assign(1));
         let decision = RetryDecision::Retry { not_before: Timestamp(99), retries_left: 1 };
         let failed = Event::AttemptFailed {
             task: TaskId(1),

@@ -127,6 +127,21 @@ pub enum Event {
         by: CancelledBy,
         at: Timestamp,
     },
+    /// The agent cannot go on without a person's answer: the attempt ends, the lease with it, and the task
+    /// waits (no timeout, no retry) until a person answers.
+    TaskBlocked {
+        task: TaskId,
+        attempt: u32,
+        question: String,
+        at: Timestamp,
+    },
+    /// A person answered a blocked task's question: a new attempt is queued that is told both.
+    TaskAnswered {
+        task: TaskId,
+        answer: String,
+        by: String,
+        at: Timestamp,
+    },
     /// An operator asked for another go at a failed or cancelled task: a fresh retry budget.
     TaskRetried {
         task: TaskId,
@@ -178,6 +193,8 @@ impl Event {
             Event::TaskLost { .. } => "task_lost",
             Event::AttemptFailed { .. } => "attempt_failed",
             Event::TaskCancelled { .. } => "task_cancelled",
+            Event::TaskBlocked { .. } => "task_blocked",
+            Event::TaskAnswered { .. } => "task_answered",
             Event::TaskRetried { .. } => "task_retried",
             Event::AgentRegistered { .. } => "agent_registered",
             Event::AgentDraining { .. } => "agent_draining",
@@ -203,6 +220,8 @@ impl Event {
             | Event::TaskLost { task, .. }
             | Event::AttemptFailed { task, .. }
             | Event::TaskCancelled { task, .. }
+            | Event::TaskBlocked { task, .. }
+            | Event::TaskAnswered { task, .. }
             | Event::TaskRetried { task, .. } => Some(*task),
             _ => None,
         }
@@ -235,6 +254,8 @@ impl Event {
             | Event::TaskLost { at, .. }
             | Event::AttemptFailed { at, .. }
             | Event::TaskCancelled { at, .. }
+            | Event::TaskBlocked { at, .. }
+            | Event::TaskAnswered { at, .. }
             | Event::TaskRetried { at, .. }
             | Event::AgentRegistered { at, .. }
             | Event::AgentDraining { at, .. }

@@ -78,6 +78,14 @@ pub enum StatusLabel {
     Doing,
     Done,
     Failed,
+    /// The agent waits for a person's answer.
+    Blocked,
+}
+
+impl StatusLabel {
+    /// In scheme order: the order an issue's status labels are read in.
+    pub const ALL: [StatusLabel; 5] =
+        [StatusLabel::Todo, StatusLabel::Doing, StatusLabel::Done, StatusLabel::Failed, StatusLabel::Blocked];
 }
 
 /// The names of the labels forgefleet reads and writes. Every name is configurable.
@@ -87,11 +95,18 @@ pub struct LabelScheme {
     pub doing: String,
     pub done: String,
     pub failed: String,
+    /// Settings stored by a forgefleet that had no `blocked` status read as the default name.
+    #[serde(default = "default_blocked")]
+    pub blocked: String,
     pub priority_prefix: String,
     pub type_prefix: String,
     pub needs_prefix: String,
     pub agent_prefix: String,
     pub default_priority: Priority,
+}
+
+fn default_blocked() -> String {
+    LabelScheme::default().blocked
 }
 
 impl Default for LabelScheme {
@@ -101,6 +116,7 @@ impl Default for LabelScheme {
             doing: "status:doing".into(),
             done: "status:done".into(),
             failed: "status:failed".into(),
+            blocked: "status:blocked".into(),
             priority_prefix: "priority:".into(),
             type_prefix: "type:".into(),
             needs_prefix: "needs:".into(),
@@ -113,7 +129,7 @@ impl Default for LabelScheme {
 /// What a set of labels says about an issue.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct LabelReading {
-    /// Every `status:*` label present, in scheme order (todo, doing, done, failed).
+    /// Every `status:*` label present, in scheme order (todo, doing, done, failed, blocked).
     pub statuses: Vec<StatusLabel>,
     pub spec: TaskSpec,
     /// Labels that look like ours but say nothing we understand, with the reason.
@@ -146,13 +162,12 @@ impl LabelScheme {
             StatusLabel::Doing => &self.doing,
             StatusLabel::Done => &self.done,
             StatusLabel::Failed => &self.failed,
+            StatusLabel::Blocked => &self.blocked,
         }
     }
 
     fn status_of(&self, label: &str) -> Option<StatusLabel> {
-        [StatusLabel::Todo, StatusLabel::Doing, StatusLabel::Done, StatusLabel::Failed]
-            .into_iter()
-            .find(|s| self.status_name(*s) == label)
+        StatusLabel::ALL.into_iter().find(|s| self.status_name(*s) == label)
     }
 
     /// Reads an issue's labels. Several priorities: the most urgent wins. Several agent pins: the task cannot
@@ -222,7 +237,7 @@ impl LabelScheme {
 
     /// Every label name forgefleet may write or route on with a fixed name, for creating them in a repository.
     pub fn managed_labels(&self) -> Vec<String> {
-        let mut v = vec![self.todo.clone(), self.doing.clone(), self.done.clone(), self.failed.clone()];
+        let mut v = StatusLabel::ALL.iter().map(|s| self.status_name(*s).to_string()).collect::<Vec<_>>();
         v.extend(Priority::ALL.iter().map(|p| format!("{}{}", self.priority_prefix, p)));
         v
     }
@@ -304,6 +319,6 @@ mod tests {
         }
         assert!(Priority::Critical < Priority::Low);
         assert_eq!(Priority::from_rank(9), None);
-        assert_eq!(LabelScheme::default().managed_labels().len(), 8);
+        assert_eq!(LabelScheme::default().managed_labels().len(), 9);
     }
 }

@@ -30,10 +30,12 @@ pub enum TaskState {
     /// The agent vanished; the task waits for the retry decision.
     AgentLost,
     Cancelled,
+    /// The agent asked a person a question and stopped: no lease, no timeout, no retry, until `/answer`.
+    Blocked,
 }
 
 impl TaskState {
-    pub const ALL: [TaskState; 8] = [
+    pub const ALL: [TaskState; 9] = [
         TaskState::Queued,
         TaskState::Assigned,
         TaskState::Running,
@@ -42,6 +44,7 @@ impl TaskState {
         TaskState::Failed,
         TaskState::AgentLost,
         TaskState::Cancelled,
+        TaskState::Blocked,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -54,6 +57,7 @@ impl TaskState {
             TaskState::Failed => "failed",
             TaskState::AgentLost => "agent_lost",
             TaskState::Cancelled => "cancelled",
+            TaskState::Blocked => "blocked",
         }
     }
 
@@ -79,6 +83,7 @@ impl TaskState {
             TaskState::Assigned | TaskState::Running | TaskState::Validating => Some(StatusLabel::Doing),
             TaskState::Completed => Some(StatusLabel::Done),
             TaskState::Failed => Some(StatusLabel::Failed),
+            TaskState::Blocked => Some(StatusLabel::Blocked),
             TaskState::Cancelled => None,
         }
     }
@@ -124,6 +129,27 @@ impl Lease {
     pub fn holds(&self) -> bool {
         self.released_at.is_none()
     }
+}
+
+/// The longest question an agent may ask, and the longest answer a person may give, in bytes.
+pub const MAX_QUESTION_BYTES: usize = 16 * 1024;
+
+/// Where in its checkout an agent writes a question for a person, whatever its adapter: the runner looks for
+/// it when the agent exits, and a non-empty one blocks the task on that question instead of pushing.
+pub const QUESTION_FILE: &str = ".forgefleet/question.md";
+
+/// A question an attempt asked a person (`blocked`), and the answer once one came. The attempts after the
+/// answer are told both.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Question {
+    /// The attempt that asked.
+    pub attempt: u32,
+    pub text: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<String>,
+    /// Who answered (`@login`, or a Matrix user).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answered_by: Option<String>,
 }
 
 /// Why the last attempt ended.
@@ -179,6 +205,10 @@ pub struct Task {
     /// until the next round or a fresh start).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub follow_up: Option<FollowUp>,
+    /// The question an attempt asked a person, and its answer once given: kept for the attempts after it,
+    /// until a person queues the task again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub question: Option<Question>,
 }
 
 /// An event that does not apply to the task or agent in its current state. Nothing was changed.
@@ -231,6 +261,7 @@ impl Task {
                 checks: None,
                 pull_end: None,
                 follow_up: None,
+                question: None,
             }),
             _ => None,
         }
@@ -424,6 +455,30 @@ impl Task {
                 self.checks = None;
                 self.not_before = None;
             }
+            Event::TaskBlocked { attempt, question, .. } => {
+                if self.state != Running {
+                    return Err(illegal);
+                }
+                check_attempt(*attempt)?;
+                self.state = Blocked;
+                self.lease = None;
+                self.not_before = None;
+                self.question =
+                    Some(Question { attempt: *attempt, text: question.clone(), answer: None, answered_by: None });
+            }
+            Event::TaskAnswered { answer, by, .. } => {
+                if self.state != Blocked {
+                    return Err(illegal);
+                }
+                // Not a retry: the budget stays as it was, and the work continues where the attempt left it.
+                self.attempt += 1;
+                self.state = Queued;
+                self.not_before = None;
+                if let Some(q) = &mut self.question {
+                    q.answer = Some(answer.clone());
+                    q.answered_by = Some(by.clone());
+                }
+            }
             Event::TaskRetried { at, .. } => {
                 if !matches!(self.state, Failed | Cancelled) {
                     return Err(illegal);
@@ -439,6 +494,7 @@ impl Task {
     /// A person asked for the task again: a new attempt with a fresh retry budget, on a fresh branch.
     fn fresh_attempt(&mut self, at: Timestamp) {
         self.pushed_branch = None;
+        self.question = None;
         self.state = TaskState::Queued;
         self.attempt += 1;
         self.retries.clear();

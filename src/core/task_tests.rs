@@ -113,11 +113,15 @@ fn event_of_kind(kind: &str, attempt: u32) -> Event {
             then: crate::core::OnPullClosed::Nothing,
             at: at(100),
         },
+        "task_blocked" => Event::TaskBlocked { task: t, attempt, question: "v1 or v2 API?".into(), at: at(100) },
+        "task_answered" => {
+            Event::TaskAnswered { task: t, answer: "use the v2 API".into(), by: "@alice".into(), at: at(100) }
+        }
         other => panic!("no such kind {other}"),
     }
 }
 
-const KINDS: [&str; 14] = [
+const KINDS: [&str; 16] = [
     "follow_up_requested",
     "receipt_checked",
     "checks_awaited",
@@ -132,6 +136,8 @@ const KINDS: [&str; 14] = [
     "attempt_failed",
     "task_cancelled",
     "task_retried",
+    "task_blocked",
+    "task_answered",
 ];
 
 /// A task brought into `state` by legal events.
@@ -146,6 +152,7 @@ fn task_in(state: TaskState) -> Task {
         TaskState::AgentLost => &["task_assigned", "task_lost"],
         TaskState::Cancelled => &["task_cancelled"],
         TaskState::Failed => &["task_assigned"],
+        TaskState::Blocked => &["task_assigned", "task_started", "task_blocked"],
     };
     for kind in path {
         t.apply(&event_of_kind(kind, t.attempt)).unwrap();
@@ -182,8 +189,10 @@ fn legal_from(kind: &str) -> &'static [TaskState] {
         "follow_up_requested" => &[Completed],
         "task_lost" => &[Assigned, Running],
         "attempt_failed" => &[Assigned, Running, Validating, AgentLost],
-        "task_cancelled" => &[Queued, Assigned, Running, Validating, AgentLost],
+        "task_cancelled" => &[Queued, Assigned, Running, Validating, AgentLost, Blocked],
         "task_retried" => &[Failed, Cancelled],
+        "task_blocked" => &[Running],
+        "task_answered" => &[Blocked],
         _ => unreachable!(),
     }
 }
@@ -229,6 +238,10 @@ fn legal_events_lead_to_the_documented_state() {
         (Cancelled, "task_retried", Queued),
         (Completed, "task_queued", Queued),
         (Running, "task_spec_changed", Running),
+        (Running, "task_blocked", Blocked),
+        (Blocked, "task_answered", Queued),
+        (Blocked, "task_cancelled", Cancelled),
+        (Blocked, "task_spec_changed", Blocked),
     ];
     for (from, kind, to) in cases {
         let mut t = task_in(*from);
@@ -248,6 +261,7 @@ fn a_stale_attempt_is_refused_and_changes_nothing() {
         (TaskState::Running, "task_lost"),
         (TaskState::Running, "attempt_failed"),
         (TaskState::Running, "task_cancelled"),
+        (TaskState::Running, "task_blocked"),
     ] {
         let mut t = task_in(state);
         let before = t.clone();
@@ -321,7 +335,10 @@ fn events_of_other_tasks_and_agents_are_refused() {
 fn each_state_maps_to_one_status_label() {
     use StatusLabel::*;
     let labels: Vec<_> = TaskState::ALL.iter().map(|s| s.status_label()).collect();
-    assert_eq!(labels, [Some(Todo), Some(Doing), Some(Doing), Some(Doing), Some(Done), Some(Failed), Some(Todo), None]);
+    assert_eq!(
+        labels,
+        [Some(Todo), Some(Doing), Some(Doing), Some(Doing), Some(Done), Some(Failed), Some(Todo), None, Some(Blocked)]
+    );
     for s in TaskState::ALL {
         assert_eq!(TaskState::parse(s.as_str()), Some(s));
     }
@@ -401,4 +418,69 @@ fn a_closed_pull_request_requeues_fails_or_leaves_the_completed_task_as_configur
     assert_eq!(t.state, TaskState::Completed);
     assert!(t.pull_end.as_ref().is_some_and(|e| !e.merged));
     assert!(t.apply(&event_of_kind("pull_ended", 1)).is_err(), "an end is recorded once");
+}
+
+#[test]
+fn a_running_attempt_blocks_on_a_question_and_holds_nothing_while_it_waits() {
+    let mut t = task_in(TaskState::Running);
+    t.apply(&event_of_kind("task_blocked", 1)).unwrap();
+    assert_eq!(t.state, TaskState::Blocked);
+    assert!(!t.state.is_terminal() && !t.state.is_leased());
+    assert_eq!((t.lease.as_ref(), t.not_before), (None, None), "no lease: no slot, no deadline, no timeout");
+    let q = t.question.clone().unwrap();
+    assert_eq!((q.attempt, q.text.as_str(), q.answer), (1, "v1 or v2 API?", None));
+}
+
+#[test]
+fn an_answer_queues_the_next_attempt_with_the_question_and_the_answer_and_spends_no_retry() {
+    let mut t = task_in(TaskState::Blocked);
+    t.apply(&event_of_kind("task_answered", 1)).unwrap();
+    assert_eq!((t.state, t.attempt, t.not_before), (TaskState::Queued, 2, None));
+    assert!(t.retries.is_empty(), "a question is not a failure: {:?}", t.retries);
+    let q = t.question.clone().unwrap();
+    assert_eq!(q.text, "v1 or v2 API?");
+    assert_eq!((q.answer.as_deref(), q.answered_by.as_deref()), (Some("use the v2 API"), Some("@alice")));
+    t.apply(&event_of_kind("task_assigned", 2)).unwrap();
+    assert!(t.question.is_some(), "the next attempt is told both");
+    // A person's new queueing starts afresh, without the old question.
+    t.apply(&event_of_kind("task_cancelled", 2)).unwrap();
+    t.apply(&Event::TaskRetried { task: T, by: "bob".into(), at: at(1000) }).unwrap();
+    assert_eq!(t.question, None);
+}
+
+#[test]
+fn blocking_a_queued_task_is_an_error_and_a_blocked_task_is_cancelled_by_a_person() {
+    let mut t = task_in(TaskState::Queued);
+    let before = t.clone();
+    let err = t.apply(&event_of_kind("task_blocked", 1)).unwrap_err();
+    assert_eq!(err, TransitionError::Task { task: T, from: TaskState::Queued, event: "task_blocked" });
+    assert_eq!(t, before);
+    let mut t = task_in(TaskState::Blocked);
+    t.apply(&event_of_kind("task_cancelled", 1)).unwrap();
+    assert_eq!(t.state, TaskState::Cancelled);
+    // An answer to a task that is no longer blocked does not apply.
+    let err = t.apply(&event_of_kind("task_answered", 1)).unwrap_err();
+    assert!(matches!(err, TransitionError::Task { from: TaskState::Cancelled, .. }), "{err:?}");
+}
+
+#[test]
+fn an_answered_task_continues_the_branch_an_earlier_attempt_pushed() {
+    let mut t = task_in(TaskState::Running);
+    let first = t.branch("ff/");
+    t.apply(&Event::AttemptFailed {
+        task: T,
+        attempt: 1,
+        class: FailureClass::AgentError,
+        message: "no pull request".into(),
+        decision: RetryDecision::Retry { not_before: at(150), retries_left: 1 },
+        spent: None,
+        pushed_branch: Some(first.clone()),
+        at: at(120),
+    })
+    .unwrap();
+    t.apply(&event_of_kind("task_assigned", 2)).unwrap();
+    t.apply(&event_of_kind("task_started", 2)).unwrap();
+    t.apply(&event_of_kind("task_blocked", 2)).unwrap();
+    t.apply(&event_of_kind("task_answered", 2)).unwrap();
+    assert_eq!((t.attempt, t.branch("ff/")), (3, first));
 }

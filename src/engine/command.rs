@@ -76,6 +76,13 @@ pub enum Command {
         /// The attempt's branch, if the agent pushed it: it must be the assignment's branch.
         pushed_branch: Option<String>,
     },
+    /// The agent cannot go on without a person's answer: the attempt ends and the task waits for `/answer`.
+    BlockTask {
+        agent: AgentId,
+        task: TaskId,
+        attempt: u32,
+        question: String,
+    },
     SubmitReceipt {
         agent: AgentId,
         task: TaskId,
@@ -205,6 +212,7 @@ impl Command {
             Command::ObserveIssue(_)
                 | Command::FromWebhook { .. }
                 | Command::FailTask { .. }
+                | Command::BlockTask { .. }
                 | Command::FinishValidation { .. }
                 | Command::FinishChecks { .. }
                 | Command::ObservePull { .. }

@@ -161,6 +161,20 @@ pub fn handle(s: &mut EngineSettings, tx: &WriteTx<'_>, cmd: Command, now: Times
             let decision = s.retry_for(&t.issue.repo).decide(class, t.retries_used(class), now);
             append(tx, Event::AttemptFailed { task, attempt, class, message, decision, spent, pushed_branch, at: now })
         }
+        Command::BlockTask { agent, task, attempt, question } => {
+            let t = find_task(tx, task)?;
+            // The same question again (a retried request whose answer was lost) changes nothing.
+            let asked = t.question.as_ref().is_some_and(|q| q.attempt == attempt && q.text == question);
+            if t.state == TaskState::Blocked && t.attempt == attempt && tx.read().ever_held(task, agent, attempt)? {
+                if asked {
+                    return Ok(Reply::Duplicate);
+                }
+                // Another question for an attempt already blocked on one: the first stands.
+                return Err(TransitionError::Task { task, from: t.state, event: "task_blocked" }.into());
+            }
+            leased(tx, agent, task, attempt)?;
+            append(tx, Event::TaskBlocked { task, attempt, question, at: now })
+        }
         Command::SubmitReceipt { agent, task, attempt, receipt } => {
             submit_receipt(tx, agent, task, attempt, receipt, now)
         }
@@ -494,11 +508,9 @@ fn observe_issue(s: &EngineSettings, tx: &WriteTx<'_>, o: IssueObservation, now:
     };
     // A webhook's view may be a same-time one, or show an issue that is gone by now: queueing and cancelling
     // wait for the issue as Forgejo has it now (read by the deliverer, observed again, fresh).
-    let called_off = existing.as_ref().is_some_and(|t| {
-        !t.state.is_terminal()
-            && !(o.open
-                && (reading.statuses.contains(&StatusLabel::Todo) || reading.statuses.contains(&StatusLabel::Doing)))
-    });
+    let still_wanted = o.open
+        && [StatusLabel::Todo, StatusLabel::Doing, StatusLabel::Blocked].iter().any(|s| reading.statuses.contains(s));
+    let called_off = existing.as_ref().is_some_and(|t| !t.state.is_terminal() && !still_wanted);
     if !o.fresh && (queue_as.is_some() || called_off) {
         tx.enqueue(&Effect::ConfirmIssue { issue: o.issue.clone() }, None, now)?;
         return Ok(existing.map(|t| t.id));
@@ -519,7 +531,7 @@ fn observe_issue(s: &EngineSettings, tx: &WriteTx<'_>, o: IssueObservation, now:
     }
     let Some(t) = existing else { return Ok(None) };
     let changed = o.title != t.title || o.body != t.body || o.labels != t.labels || reading.spec != t.spec;
-    // While active, the issue carries `todo` or (once we labelled it) `doing` (`called_off` above). Neither,
+    // While active, the issue carries `todo`, or (once we labelled it) `doing` or `blocked` (`called_off` above). None,
     // or a closed issue, means a person called the work off. Said with forgefleet's label for the task's state.
     let removed = labels.status_name(t.state.status_label().unwrap_or(StatusLabel::Todo)).to_string();
     if changed {

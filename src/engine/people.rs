@@ -1,4 +1,4 @@
-//! A person's command that changes something (`/retry`, `/cancel`, `/assign`, `/fleet drain`), decided in one
+//! A person's command that changes something (`/retry`, `/cancel`, `/answer`, `/assign`, `/fleet drain`), decided in one
 //! transaction: the task or agent is found, the command is checked against it as it is now, and applied. A
 //! command that does not apply changes nothing and says why.
 
@@ -38,6 +38,17 @@ pub(super) fn run(
                 },
             };
             tx.append(&event)?;
+            Ok(CommandOutcome::Applied)
+        }
+        FleetCommand::Answer { text, .. } => {
+            let issue = issue.ok_or_else(|| EngineError::Invalid("`/answer` needs an issue".into()))?;
+            let Some(task) = tx.read().task_by_issue(&issue)? else {
+                return Ok(CommandOutcome::NoTask(issue));
+            };
+            if let Some(why) = not_applicable(word, &task) {
+                return Ok(CommandOutcome::NotApplicable(why));
+            }
+            tx.append(&Event::TaskAnswered { task: task.id, answer: text, by, at: now })?;
             Ok(CommandOutcome::Applied)
         }
         FleetCommand::Assign { agent, .. } => {

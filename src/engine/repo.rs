@@ -151,6 +151,7 @@ struct LabelsPart {
     doing: Option<String>,
     done: Option<String>,
     failed: Option<String>,
+    blocked: Option<String>,
     priority_prefix: Option<String>,
     type_prefix: Option<String>,
     needs_prefix: Option<String>,
@@ -191,6 +192,7 @@ pub fn parse_fleet_yaml(
         set(&mut s.doing, l.doing);
         set(&mut s.done, l.done);
         set(&mut s.failed, l.failed);
+        set(&mut s.blocked, l.blocked);
         set(&mut s.priority_prefix, l.priority_prefix);
         set(&mut s.type_prefix, l.type_prefix);
         set(&mut s.needs_prefix, l.needs_prefix);
@@ -198,7 +200,7 @@ pub fn parse_fleet_yaml(
         if let Some(p) = l.default_priority {
             s.default_priority = p;
         }
-        let statuses = [&s.todo, &s.doing, &s.done, &s.failed];
+        let statuses = [&s.todo, &s.doing, &s.done, &s.failed, &s.blocked];
         if statuses.iter().any(|n| n.trim().is_empty()) {
             return Err("labels: the status label names must not be empty".into());
         }

@@ -307,6 +307,8 @@ struct StoredTask<'a> {
     pull_end: Option<&'a crate::core::PullEnd>,
     #[serde(skip_serializing_if = "Option::is_none")]
     follow_up: Option<&'a crate::core::FollowUp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    question: Option<&'a crate::core::Question>,
 }
 
 /// The `data` column of a task's row: the task without its title and body. Public so that benchmarks write
@@ -332,6 +334,7 @@ pub fn encode_task(t: &Task) -> String {
         checks: t.checks.as_ref(),
         pull_end: t.pull_end.as_ref(),
         follow_up: t.follow_up.as_ref(),
+        question: t.question.as_ref(),
     };
     encode(&stored).expect("a task always serialises")
 }

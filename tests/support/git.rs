@@ -369,6 +369,14 @@ pub struct TestRepo {
 }
 
 impl TestRepo {
+    /// [`TestRepo::init_bare`] with `files` committed on `main` and pushed.
+    pub fn with_main(root: &Path, name: &str, files: &[(&str, &str)]) -> TestRepo {
+        let repo = TestRepo::init_bare(root, name);
+        repo.commit(files, "start");
+        repo.push("main");
+        repo
+    }
+
     /// Creates `root/<name>.git` (bare, default branch `main`) and a working clone with `origin` pointing at it.
     pub fn init_bare(root: &Path, name: &str) -> TestRepo {
         let name = name.trim_end_matches(".git").trim_matches('/').to_owned();

@@ -40,6 +40,20 @@ pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_forgefleet")
 }
 
+/// Runs `forgefleet store rebuild` on the store at `db` (with the server stopped), and says it succeeded.
+pub fn rebuild_store(db: &Path) -> Output {
+    let config = db.with_extension("rebuild.toml");
+    std::fs::write(&config, format!("[store]\npath = {db:?}\n")).unwrap();
+    let out = Command::new(binary())
+        .args(["store", "rebuild", "--config"])
+        .arg(&config)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    out
+}
+
 /// A directory with a config file pointing the store into it.
 pub struct Home {
     pub dir: tempfile::TempDir,

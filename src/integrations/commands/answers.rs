@@ -122,6 +122,17 @@ pub fn show_text(r: ReadView<'_>, issue: &IssueRef) -> crate::store::Result<Opti
             message.replace('\n', " ")
         );
     }
+    // The question itself is the agent's text: it is on the issue, fenced, and not repeated here.
+    match &t.question {
+        Some(q) if q.answer.is_none() => {
+            let _ = writeln!(out, "- attempt {} asked a question on the issue; `/answer <text>` answers it", q.attempt);
+        }
+        Some(q) => {
+            let by = q.answered_by.as_deref().unwrap_or("someone");
+            let _ = writeln!(out, "- attempt {}'s question was answered by {by}", q.attempt);
+        }
+        None => {}
+    }
     if let Some(receipt) = &t.receipt {
         let _ = writeln!(out, "- pull request #{} (head {})", receipt.pr_number, receipt.head_sha);
     }

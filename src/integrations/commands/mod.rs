@@ -156,7 +156,10 @@ impl<P: Permission> Runner<'_, P> {
 fn written(cmd: &FleetCommand) -> String {
     let issue = cmd.issue().map(|i| format!(" {i}")).unwrap_or_default();
     match cmd {
-        FleetCommand::Retry { .. } | FleetCommand::Cancel { .. } => format!("/{}{issue}", cmd.word()),
+        // The answer's text is the person's own: shown back to nobody.
+        FleetCommand::Retry { .. } | FleetCommand::Cancel { .. } | FleetCommand::Answer { .. } => {
+            format!("/{}{issue}", cmd.word())
+        }
         FleetCommand::Assign { agent, .. } => format!("/assign {agent}{issue}"),
         FleetCommand::Drain { agent } => format!("/fleet drain {agent}"),
         other => format!("/fleet {}{issue}", other.word()),
@@ -169,6 +172,7 @@ fn done_text(cmd: &FleetCommand) -> String {
     match cmd {
         FleetCommand::Retry { .. } => format!("{issue} is queued again, with a fresh retry budget."),
         FleetCommand::Cancel { .. } => format!("{issue} is cancelled; its agent is told at its next heartbeat."),
+        FleetCommand::Answer { .. } => format!("{issue} is answered: a new attempt is queued with the answer."),
         FleetCommand::Assign { agent, .. } => format!("{issue} is pinned to `{agent}`."),
         FleetCommand::Drain { agent } => format!("`{agent}` gets no new work; it finishes what it holds."),
         FleetCommand::Fix { .. } => "A round of changes is queued, on the same branch and pull request.".into(),

@@ -71,6 +71,7 @@ pub fn label_color(name: &str) -> &'static str {
         "doing" => "#fbca04",
         "done" => "#0e8a16",
         "failed" => "#d73a4a",
+        "blocked" => "#8250df",
         "critical" => "#b60205",
         "high" => "#d93f0b",
         "medium" => "#fbca04",

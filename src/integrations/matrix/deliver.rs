@@ -18,7 +18,7 @@ use crate::engine::repo::RepoSettings;
 use crate::engine::{Command, EngineHandle};
 use crate::integrations::outbox::{Deliver, Delivery, DeliveryError};
 use crate::integrations::templates::{
-    ChatAgent, ChatMessage, ChatProgress, ChatTask, ChatTaskFailed, TemplateContext, Templates,
+    ChatAgent, ChatMessage, ChatProgress, ChatTask, ChatTaskBlocked, ChatTaskFailed, TemplateContext, Templates,
 };
 use crate::store::{OutboxRow, ReadPool, ReadView};
 
@@ -131,9 +131,16 @@ impl MatrixDeliverer {
                 room
             }
         };
-        if matches!(notice, Notice::Failed { .. }) {
-            let failed = self.render(&ChatTaskFailed(ctx))?;
-            self.send(bot, &room, txn("failed"), failed, None).await?;
+        match notice {
+            Notice::Failed { .. } => {
+                let failed = self.render(&ChatTaskFailed(ctx))?;
+                self.send(bot, &room, txn("failed"), failed, None).await?;
+            }
+            Notice::Blocked { .. } => {
+                let blocked = self.render(&ChatTaskBlocked(ctx))?;
+                self.send(bot, &room, txn("blocked"), blocked, None).await?;
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -309,6 +316,7 @@ impl MatrixDeliverer {
             }
             Notice::Cancelled { reason, .. } => ctx.reason = Some(reason.clone()),
             Notice::PullEnded { .. } | Notice::FollowUp { .. } => {}
+            Notice::Blocked { question } => ctx.message = Some(question.clone()),
         }
         Ok(ctx)
     }

@@ -72,7 +72,7 @@ pub struct ChatTask {
     pub task: u64,
     pub attempt: u32,
     /// `assigned`, `started`, `completed`, `retrying`, `verification_failed`, `timed_out`, `failed`,
-    /// `cancelled`.
+    /// `cancelled`, `blocked`.
     pub state: String,
     pub agent: String,
     pub duration: Option<String>,
@@ -93,6 +93,12 @@ pub struct ChatTask {
 #[derive(Debug, Clone, Serialize)]
 #[serde(transparent)]
 pub struct ChatTaskFailed(pub ChatTask);
+
+/// `matrix/task_blocked.md`: a message of its own when an agent asks a question (in `message`), because it
+/// needs a person's answer.
+#[derive(Debug, Clone, Serialize)]
+#[serde(transparent)]
+pub struct ChatTaskBlocked(pub ChatTask);
 
 /// `matrix/agent.md`: an agent's news, in its own thread.
 #[derive(Debug, Clone, Serialize)]
@@ -147,6 +153,17 @@ impl TemplateContext for ChatTaskFailed {
     const NAME: &'static str = "matrix/task_failed.md";
     fn example() -> Self {
         ChatTaskFailed(ChatTask { state: "failed".into(), ..ChatTask::example() })
+    }
+}
+
+impl TemplateContext for ChatTaskBlocked {
+    const NAME: &'static str = "matrix/task_blocked.md";
+    fn example() -> Self {
+        ChatTaskBlocked(ChatTask {
+            state: "blocked".into(),
+            message: Some("Should the parser use the v1 or the v2 API?".into()),
+            ..ChatTask::example()
+        })
     }
 }
 

@@ -86,6 +86,16 @@ pub struct PullEndedComment {
     pub todo_label: String,
 }
 
+/// `comment_blocked.md`: the agent asked a question and waits for `/answer`.
+#[derive(Debug, Clone, Serialize)]
+pub struct BlockedComment {
+    pub attempt: u32,
+    /// The agent's question: text from elsewhere, to be fenced.
+    pub question: String,
+    /// The `status:todo` label, for how to give up waiting otherwise.
+    pub todo_label: String,
+}
+
 /// `reply_refused.md`: someone without write access gave a command.
 #[derive(Debug, Clone, Serialize)]
 pub struct RefusedReply {
@@ -130,6 +140,13 @@ pub struct AgentPrompt {
     /// A round of changes a person asked for on the task's pull request: who, what, and the review's comments
     /// with their file and line. The branch holds the pull request's work.
     pub follow_up: Option<String>,
+    /// The question an earlier attempt asked a person, when one did: the person's text and the agent's, to
+    /// be fenced.
+    pub question: Option<String>,
+    /// The person's answer to it, once given.
+    pub answer: Option<String>,
+    /// Where in the checkout the agent writes a question of its own (`core::QUESTION_FILE`).
+    pub question_file: String,
 }
 
 impl TemplateContext for StartedComment {
@@ -209,6 +226,17 @@ impl TemplateContext for PullEndedComment {
     }
 }
 
+impl TemplateContext for BlockedComment {
+    const NAME: &'static str = "comment_blocked.md";
+    fn example() -> Self {
+        BlockedComment {
+            attempt: 1,
+            question: "Should the parser use the v1 or the v2 API?".into(),
+            todo_label: "status:todo".into(),
+        }
+    }
+}
+
 impl TemplateContext for RefusedReply {
     const NAME: &'static str = "reply_refused.md";
     fn example() -> Self {
@@ -250,6 +278,9 @@ impl TemplateContext for AgentPrompt {
             attempt: 2,
             previous_failure: Some("CI failed on the head commit: `ci/test` (failure): 2 tests failed".into()),
             follow_up: Some("alice asked for changes on pull request #12:\n\nName it `count`.".into()),
+            question: Some("Should the parser use the v1 or the v2 API?".into()),
+            answer: Some("Use the v2 API.".into()),
+            question_file: ".forgefleet/question.md".into(),
         }
     }
 }

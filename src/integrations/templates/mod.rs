@@ -8,7 +8,7 @@ use minijinja::Environment;
 
 pub mod chat;
 mod contexts;
-pub use chat::{ChatAgent, ChatMessage, ChatProgress, ChatTask, ChatTaskFailed};
+pub use chat::{ChatAgent, ChatMessage, ChatProgress, ChatTask, ChatTaskBlocked, ChatTaskFailed};
 pub use contexts::*;
 
 /// A template's name, its built-in text, and its context's example as JSON (for the load-time check).
@@ -34,12 +34,14 @@ const BUILT_IN: &[BuiltIn] = &[
     built_in::<FailedComment>(include_str!("../../../templates/comment_failed.md")),
     built_in::<CancelledComment>(include_str!("../../../templates/comment_cancelled.md")),
     built_in::<PullEndedComment>(include_str!("../../../templates/comment_pull_ended.md")),
+    built_in::<BlockedComment>(include_str!("../../../templates/comment_blocked.md")),
     built_in::<RefusedReply>(include_str!("../../../templates/reply_refused.md")),
     built_in::<InvalidReply>(include_str!("../../../templates/reply_invalid.md")),
     built_in::<FailedReply>(include_str!("../../../templates/reply_failed.md")),
     built_in::<AgentPrompt>(include_str!("../../../templates/agent_prompt.md")),
     built_in::<ChatTask>(include_str!("../../../templates/matrix/task.md")),
     built_in::<ChatTaskFailed>(include_str!("../../../templates/matrix/task_failed.md")),
+    built_in::<ChatTaskBlocked>(include_str!("../../../templates/matrix/task_blocked.md")),
     built_in::<ChatAgent>(include_str!("../../../templates/matrix/agent.md")),
     built_in::<ChatProgress>(include_str!("../../../templates/matrix/progress.md")),
 ];
@@ -184,6 +186,10 @@ mod tests {
         assert!(t.render(&RetryingComment::example()).unwrap().contains("1 more retry of this kind"));
         let prompt = t.render(&AgentPrompt::example()).unwrap();
         assert!(prompt.contains("Run `make check`.") && prompt.contains("fleet/issue-7-attempt-1"), "{prompt}");
+        assert!(prompt.contains("use the v1 or the v2 API?") && prompt.contains("Use the v2 API."), "{prompt}");
+        assert!(prompt.contains("`.forgefleet/question.md`"), "{prompt}");
+        let first = t.render(&AgentPrompt { question: None, answer: None, ..AgentPrompt::example() }).unwrap();
+        assert!(!first.contains("stopped to ask") && first.contains(".forgefleet/question.md"), "{first}");
     }
 
     #[test]

@@ -324,6 +324,12 @@ impl FakeForgejo {
         });
     }
 
+    /// A user whose API token is `token`, with `permission` on `repo` (see [`FakeForgejo::set_permission`]).
+    pub async fn add_member(&self, repo: &str, login: &str, token: &str, permission: &str) {
+        self.add_user(login, token).await;
+        self.set_permission(repo, login, permission).await;
+    }
+
     /// Points `branch` at `sha` (the default branch and pull request heads are created automatically).
     pub async fn set_branch(&self, repo: &str, branch: &str, sha: &str) {
         self.with(|s| s.repo_mut(repo).branches.insert(branch.to_string(), sha.to_string()));

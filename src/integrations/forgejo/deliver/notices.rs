@@ -6,8 +6,8 @@ use std::time::Duration;
 use super::{Deliverer, DeliveryError};
 use crate::core::{IssueRef, Notice, TaskId};
 use crate::integrations::templates::{
-    CancelledComment, CompletedComment, FailedComment, PullEndedComment, RetryingComment, StartedComment,
-    TemplateContext,
+    BlockedComment, CancelledComment, CompletedComment, FailedComment, PullEndedComment, RetryingComment,
+    StartedComment, TemplateContext,
 };
 
 /// Tries at posting one comment within one delivery, each after looking for it; then the outbox retries.
@@ -98,6 +98,11 @@ impl Deliverer {
                 merged: *merged,
                 by: by.clone(),
                 then: then.as_str().into(),
+                todo_label: self.labels.todo.clone(),
+            }),
+            Notice::Blocked { question } => self.render(&BlockedComment {
+                attempt,
+                question: question.clone(),
                 todo_label: self.labels.todo.clone(),
             }),
         }
