@@ -776,7 +776,7 @@ fn bench_next(dir: &Path, sizes: &Sizes) -> Vec<Row> {
     let view = engine.store.read();
     let agent = view.agent(me).unwrap().unwrap();
     let now = clock.now();
-    let picked = view.next_for(&agent, 0, now).unwrap();
+    let picked = view.next_for(&agent, 0, now, PREFER_WINDOW).unwrap();
     assert!(picked.is_some(), "the agent must find a task");
 
     // `picks` timed calls after 500 untimed ones; a slow variant stops at its time budget instead, so the
@@ -804,7 +804,7 @@ fn bench_next(dir: &Path, sizes: &Sizes) -> Vec<Row> {
         v
     };
     let ours = time_calls(&mut |_| {
-        black_box(view.next_for(black_box(&agent), 0, now).unwrap());
+        black_box(view.next_for(black_box(&agent), 0, now, PREFER_WINDOW).unwrap());
     });
     let mut ids_rng = Rng(0x5EED_0033);
     let ids: Vec<i64> = (0..sizes.picks.max(500)).map(|_| (ids_rng.next() % sizes.queue as u64) as i64 + 1).collect();
@@ -863,8 +863,13 @@ fn bench_next(dir: &Path, sizes: &Sizes) -> Vec<Row> {
     rows
 }
 
+/// The server's default `[agents] prefer_same_agent_secs`.
+const PREFER_WINDOW: Duration = Duration::from_secs(120);
+
 /// The query `ReadView::next_for` runs (src/store/queries.rs).
-const NEXT_FOR_SQL: &str = "SELECT id, priority, queued_at, not_before, needs, pin FROM tasks
+const NEXT_FOR_SQL: &str = "SELECT id, priority, queued_at, not_before, needs, pin,
+                    json_extract(data, '$.last_session.agent'), json_extract(data, '$.last_session.requeued_at')
+             FROM tasks
              WHERE state = 'queued' ORDER BY priority, queued_at, id";
 
 fn query_plan(conn: &Connection, sql: &str) -> String {
@@ -895,9 +900,9 @@ fn next_for_indexed(conn: &Connection, agent: &Agent, running: u32, now: Timesta
             queued_at: Timestamp(r.get(2).unwrap()),
             task: TaskId(r.get(0).unwrap()),
         };
-        Some(Candidate { key, spec, not_before: r.get::<_, Option<i64>>(3).unwrap().map(Timestamp) })
+        Some(Candidate { key, spec, not_before: r.get::<_, Option<i64>>(3).unwrap().map(Timestamp), prefer: None })
     });
-    pick_next(candidates, agent, running, now)
+    pick_next(candidates, agent, running, now, |_| true)
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -216,7 +216,13 @@ fn random_command(rng: &mut StdRng, engine: &Engine) -> Command {
                 }
                 _ => (agent, task, attempt),
             };
-            Command::BlockTask { agent, task, attempt, question: format!("which {}?", rng.random_range(0..2)) }
+            Command::BlockTask {
+                agent,
+                task,
+                attempt,
+                question: format!("which {}?", rng.random_range(0..2)),
+                session_id: rng.random_bool(0.5).then(|| format!("session-{}", rng.random_range(0..3))),
+            }
         }
         96..=97 => {
             // A person answers: mostly a blocked task.

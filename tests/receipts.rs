@@ -814,7 +814,9 @@ async fn a_fix_asked_on_the_pull_request_is_a_new_round_on_the_same_branch_built
     assert_eq!(task["follow_up"]["by"], "alice");
     assert_eq!(task["follow_up"]["instruction"], "call it `greet_all`, not `greet`");
     let agent2 = w.fleet.register("a2", &[], 1).await;
-    let round = agent2.pull().await.expect("the round is queued");
+    assert!(agent2.pull().await.is_none(), "the round waits for the agent that did the work, which is online");
+    w.fleet.later(Duration::from_secs(120));
+    let round = agent2.pull().await.expect("the round is queued, and after [agents] prefer_same_agent_secs anyone's");
     assert_eq!((round.attempt, round.branch.as_str()), (2, w.branch.as_str()), "the same branch");
     assert!(
         round.prompt.contains("call it `greet_all`, not `greet`") && round.prompt.contains("alice asked for changes"),

@@ -68,11 +68,16 @@ impl Adapter for ClaudeAdapter {
         AdapterKind::ClaudeCode
     }
 
-    fn command(&self, _job: &Job<'_>) -> tokio::process::Command {
+    fn command(&self, job: &Job<'_>) -> tokio::process::Command {
         let c = &self.config;
         let mut cmd = tokio::process::Command::new(&c.program);
         // The prompt comes on standard input: an argument is limited to 128 KiB, an issue body is not.
         cmd.arg("-p").args(["--output-format", "stream-json", "--verbose"]);
+        // Claude Code finds the session among those of the working directory, which the sandbox keeps the
+        // same for every attempt of a task.
+        if let Some(session) = job.resume {
+            cmd.args(["--resume", session]);
+        }
         cmd.args(["--permission-mode", &c.permission_mode]);
         if !c.model.is_empty() {
             cmd.args(["--model", &c.model]);
@@ -184,7 +189,16 @@ impl Adapter for ClaudeAdapter {
                 .collect(),
         })
     }
+
+    fn resume_refused(&self, status: ExitStatus, tail: &Tail) -> bool {
+        let Some(r) = result_line(tail) else { return false };
+        let errors = r["errors"].as_array().into_iter().flatten().filter_map(Value::as_str);
+        !status.success() && r["num_turns"].as_u64() == Some(0) && errors.into_iter().any(|e| e.contains(NO_SESSION))
+    }
 }
+
+/// Claude Code's words for a `--resume` of a session it does not have (2.1.197): a result with no turn, exit 1.
+const NO_SESSION: &str = "No conversation found";
 
 /// The last `result` line of the output.
 fn result_line(tail: &Tail) -> Option<Value> {

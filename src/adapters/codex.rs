@@ -75,9 +75,15 @@ impl Adapter for CodexAdapter {
         if !c.model.is_empty() {
             cmd.args(["-m", &c.model]);
         }
+        cmd.args(&c.extra_args);
+        // `codex exec [options] resume <id> <prompt>`: the options above are `exec`'s, taken by the resumed
+        // session too. Codex finds the session by its id in `CODEX_HOME`, which the runner keeps for the task.
+        if let Some(session) = job.resume {
+            cmd.args(["resume", session]);
+        }
         // `-`: the prompt comes on standard input (then closed, or codex waits for more): an argument is limited
         // to 128 KiB, an issue body is not.
-        cmd.args(&c.extra_args).arg("-");
+        cmd.arg("-");
         cmd
     }
 
@@ -153,6 +159,13 @@ impl Adapter for CodexAdapter {
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
             .find(|e| e["type"] == "turn.completed")?;
         Some(Spent { usage: turn_usage(&done["usage"]), cost_usd: None })
+    }
+
+    /// Codex 0.169.0 on `exec resume` of a thread it has no rollout for: nothing on standard output, exit 1,
+    /// and "thread/resume failed: no rollout found for thread id ..." on standard error.
+    fn resume_refused(&self, status: ExitStatus, tail: &Tail) -> bool {
+        let started = tail.stdout.iter().any(|l| l.contains("\"turn.started\""));
+        !status.success() && !started && tail.stderr.iter().any(|l| l.contains("no rollout found"))
     }
 
     fn outcome(&self, status: ExitStatus, tail: &Tail) -> Outcome {

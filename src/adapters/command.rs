@@ -28,6 +28,10 @@ impl Adapter for CommandAdapter {
     fn command(&self, job: &Job<'_>) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(&self.run[0]);
         cmd.args(&self.run[1..]).env("FORGEFLEET_PROMPT", job.prompt);
+        // A program that keeps sessions of its own may resume this one (its home is kept for the task).
+        if let Some(session) = job.resume {
+            cmd.env("FORGEFLEET_RESUME_SESSION", session);
+        }
         cmd
     }
 

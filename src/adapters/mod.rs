@@ -51,6 +51,8 @@ pub struct Job<'a> {
     pub task_id: i64,
     pub attempt: u32,
     pub branch: &'a str,
+    /// The CLI session to resume (checked: `core::is_session_id`), when the assignment carries one.
+    pub resume: Option<&'a str>,
 }
 
 /// What a successful run reports for the receipt.
@@ -109,6 +111,11 @@ pub trait Adapter: Send + Sync {
     /// What a run that failed had spent (tokens, cost), if its output says: sent with the failure report.
     fn spent(&self, _tail: &Tail) -> Option<Spent> {
         None
+    }
+    /// Whether a run asked to resume a session ended because the CLI could not find that session (its home
+    /// was lost, or the session was never there): the runner then starts a fresh session instead of failing.
+    fn resume_refused(&self, _status: ExitStatus, _tail: &Tail) -> bool {
+        false
     }
 }
 

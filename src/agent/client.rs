@@ -180,8 +180,15 @@ impl FleetClient {
     }
 
     /// Asks a person the agent's question: the attempt ends and the task waits for an answer.
-    pub async fn block(&self, task: TaskId, attempt: u32, question: &str) -> Result<(), ClientError> {
-        let body = crate::api::BlockRequest { attempt, question: question.to_string() };
+    pub async fn block(
+        &self,
+        task: TaskId,
+        attempt: u32,
+        question: &str,
+        session_id: Option<&str>,
+    ) -> Result<(), ClientError> {
+        let session_id = session_id.map(str::to_string);
+        let body = crate::api::BlockRequest { attempt, question: question.to_string(), session_id };
         let body = serde_json::to_value(body).map_err(|e| ClientError::Setup(e.to_string()))?;
         self.agent_call::<Value>(Method::POST, &format!("/tasks/{task}/block"), &body).await?;
         Ok(())

@@ -48,10 +48,12 @@ pub async fn run(
     limit: Duration,
     idle: Option<Duration>,
 ) -> RunEnd {
-    let attempt = match sandbox.prepare(job.worktree) {
+    let attempt = match sandbox.prepare(job.worktree, job.task_id, job.resume.is_some()) {
         Ok(a) => a,
         Err(e) => return RunEnd::NotStarted(format!("cannot prepare the agent's sandbox: {e}")),
     };
+    // The adapter names the checkout as the agent sees it (Codex's `-C`).
+    let job = &Job { worktree: attempt.inside_checkout(), ..*job };
     let (task_id, attempt_no, issue) = (job.task_id.to_string(), job.attempt.to_string(), job.issue.to_string());
     let mut vars: Vec<(&str, &str)> = env.to_vec();
     vars.extend([

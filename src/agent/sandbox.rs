@@ -77,6 +77,13 @@ const BASE_ENV: [&str; 5] = ["PATH", "LANG", "LANGUAGE", "TERM", "TZ"];
 /// How long the start-up probe may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// How long a task's home (the CLI's sessions) is kept after its last attempt here, for a later round that
+/// resumes the session; then it is removed.
+pub const SESSION_KEEP: Duration = Duration::from_secs(3 * 24 * 60 * 60);
+
+/// The file in a task's home folder whose time says when an attempt last used it.
+const LAST_USED: &str = "last-used";
+
 /// What every attempt's sandbox is built from, decided once at start.
 #[derive(Debug)]
 pub struct Sandbox {
@@ -87,7 +94,7 @@ pub struct Sandbox {
     /// Read-only paths beyond [`SYSTEM_PATHS`]: `PATH` entries, the adapter's CLI, `sandbox_paths`.
     read_only: Vec<PathBuf>,
     passthrough: Vec<String>,
-    /// `<work_dir>/homes`: one folder per running attempt.
+    /// `<work_dir>/homes`: one folder per task (`task-<id>`), kept across its attempts.
     homes: PathBuf,
     /// The runner's work directory: no sandbox sees it, even when an entry above includes it (only the
     /// attempt's own checkout and home in it, bound after it is covered).
@@ -166,7 +173,7 @@ impl Sandbox {
         };
         let home = self.homes.join(format!(".probe-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&home);
-        let attempt = self.attempt(&home, &home).map_err(|e| format!("preparing the sandbox probe: {e}"))?;
+        let attempt = self.attempt(&home, &home, &home).map_err(|e| format!("preparing the sandbox probe: {e}"))?;
         let mut cmd = std::process::Command::new(&bwrap);
         cmd.args(attempt.bwrap_args()).arg("--").arg("true");
         cmd.env_clear().stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
@@ -185,18 +192,51 @@ impl Sandbox {
         }
     }
 
-    /// The sandbox of one attempt working in `checkout`: its home (fresh) is made now and removed when the
-    /// returned value is dropped.
-    pub fn prepare(&self, checkout: &Path) -> std::io::Result<Attempt<'_>> {
-        self.attempt(&self.homes.join(home_name(checkout, &self.hidden)), checkout)
+    /// The sandbox of an attempt of task `task` working in `checkout`. Its home is the task's, kept across its
+    /// attempts on this host so that a later attempt can resume the CLI's session (`resume`); without
+    /// `resume` it starts empty. Inside the sandbox the checkout is at the same path for every attempt of the
+    /// task (`<work_dir>/attempts/task-<id>/checkout`), since Claude Code finds its sessions by working
+    /// directory; without a sandbox it is where it is.
+    pub fn prepare(&self, checkout: &Path, task: i64, resume: bool) -> std::io::Result<Attempt<'_>> {
+        let key = format!("task-{task}");
+        let dir = self.homes.join(&key);
+        self.prune(&dir);
+        if !resume && dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        let inside = match self.mode {
+            SandboxMode::Bubblewrap => self.hidden.join("attempts").join(&key).join("checkout"),
+            SandboxMode::None => checkout.to_path_buf(),
+        };
+        self.attempt(&dir, checkout, &inside)
     }
 
-    fn attempt(&self, dir: &Path, checkout: &Path) -> std::io::Result<Attempt<'_>> {
-        if dir.exists() {
-            std::fs::remove_dir_all(dir)?;
+    /// Removes the homes of tasks no attempt used for [`SESSION_KEEP`], and leftovers of other layouts, but
+    /// not `keep`.
+    fn prune(&self, keep: &Path) {
+        for entry in std::fs::read_dir(&self.homes).into_iter().flatten().flatten() {
+            let path = entry.path();
+            // A folder being made this instant has no such file yet, but a new time of its own.
+            let used = std::fs::metadata(path.join(LAST_USED))
+                .or_else(|_| std::fs::metadata(&path))
+                .and_then(|m| m.modified())
+                .ok();
+            let stale = used.is_none_or(|t| t.elapsed().is_ok_and(|age| age > SESSION_KEEP));
+            if path != keep && stale {
+                let _ = std::fs::remove_dir_all(&path);
+            }
         }
+    }
+
+    fn attempt(&self, dir: &Path, checkout: &Path, inside: &Path) -> std::io::Result<Attempt<'_>> {
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join(LAST_USED), "")?;
         let home = dir.join("home");
         let etc = dir.join("etc");
+        // The temporary files of an earlier attempt are not kept; the CLI's state in the home is.
+        if home.join("tmp").exists() {
+            std::fs::remove_dir_all(home.join("tmp"))?;
+        }
         for d in [&home, &home.join("tmp"), &etc] {
             std::fs::create_dir_all(d)?;
         }
@@ -209,14 +249,13 @@ impl Sandbox {
             ),
         )?;
         std::fs::write(etc.join("group"), format!("agent:x:{INSIDE_UID}:\nnogroup:x:65534:\n"))?;
-        Ok(Attempt { sandbox: self, dir: dir.to_path_buf(), home, etc, checkout: checkout.to_path_buf() })
+        Ok(Attempt { sandbox: self, home, etc, checkout: checkout.to_path_buf(), inside: inside.to_path_buf() })
     }
 
-    /// What a restarted runner finds of the homes of attempts its predecessor ran.
+    /// What a restarted runner finds of the homes its predecessor used: those of tasks not worked on for
+    /// [`SESSION_KEEP`] are removed, the rest kept for a later round of their task.
     pub fn sweep(&self) {
-        for entry in std::fs::read_dir(&self.homes).into_iter().flatten().flatten() {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
+        self.prune(Path::new(""));
     }
 
     /// Whether the runner's variable `name` reaches an agent of `adapter`.
@@ -228,19 +267,25 @@ impl Sandbox {
     }
 }
 
-/// One attempt's sandbox; its home is removed on drop.
+/// One attempt's sandbox. Its home is the task's and stays (see [`Sandbox::prepare`]).
 pub struct Attempt<'a> {
     sandbox: &'a Sandbox,
-    dir: PathBuf,
     home: PathBuf,
     etc: PathBuf,
     checkout: PathBuf,
+    /// Where the agent finds `checkout`: the task's path inside the sandbox.
+    inside: PathBuf,
 }
 
 impl Attempt<'_> {
     /// The agent's home, for its CLI's state and its `TMPDIR` (`<home>/tmp`).
     pub fn home(&self) -> &Path {
         &self.home
+    }
+
+    /// The checkout's path as the agent sees it.
+    pub fn inside_checkout(&self) -> &Path {
+        &self.inside
     }
 
     /// The process to start for `job`: the adapter's command inside bubblewrap (or as it is with `sandbox =
@@ -334,18 +379,12 @@ impl Attempt<'_> {
         push(&["--ro-bind".as_ref(), self.etc.join("passwd").as_os_str(), "/etc/passwd".as_ref()]);
         push(&["--ro-bind".as_ref(), self.etc.join("group").as_os_str(), "/etc/group".as_ref()]);
         push(&["--bind".as_ref(), self.home.as_os_str(), self.home.as_os_str()]);
-        push(&["--bind".as_ref(), self.checkout.as_os_str(), self.checkout.as_os_str()]);
+        push(&["--bind".as_ref(), self.checkout.as_os_str(), self.inside.as_os_str()]);
         for path in git_dirs(&self.checkout, &s.hidden) {
             push(&["--ro-bind".as_ref(), path.as_os_str(), path.as_os_str()]);
         }
-        push(&["--chdir".as_ref(), self.checkout.as_os_str()]);
+        push(&["--chdir".as_ref(), self.inside.as_os_str()]);
         a
-    }
-}
-
-impl Drop for Attempt<'_> {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -373,20 +412,6 @@ fn git_dirs(checkout: &Path, work_dir: &Path) -> Vec<PathBuf> {
         .filter_map(|d| std::fs::canonicalize(d).ok())
         .filter(|d| d.starts_with(work_dir) && !checkout.starts_with(d))
         .collect()
-}
-
-/// The folder name of the home of the attempt working in `checkout`: its path in the work directory, so two
-/// attempts never share one (`worktrees/task-1-attempt-1` gives `worktrees_task-1-attempt-1`).
-fn home_name(checkout: &Path, work_dir: &Path) -> String {
-    let relative = checkout.strip_prefix(work_dir).unwrap_or(checkout);
-    let parts: Vec<String> = relative
-        .components()
-        .filter_map(|c| match c {
-            std::path::Component::Normal(p) => Some(p.to_string_lossy().into_owned()),
-            _ => None,
-        })
-        .collect();
-    parts.join("_")
 }
 
 /// `program` as an absolute path: as it is when it has a `/`, else the first match on `path`.
@@ -442,16 +467,6 @@ mod tests {
         assert_eq!(resolve(Path::new("tool"), &path), Some(dir.path().join("tool")));
         assert_eq!(resolve(Path::new("missing"), &path), None);
         assert_eq!(resolve(&dir.path().join("tool"), OsStr::new("")), Some(dir.path().join("tool")));
-    }
-
-    #[test]
-    fn each_checkout_gets_a_home_of_its_own() {
-        let work = Path::new("/srv/work");
-        assert_eq!(home_name(&work.join("worktrees/task-1-attempt-1"), work), "worktrees_task-1-attempt-1");
-        assert_ne!(
-            home_name(&work.join("attempts/task-1-attempt-1/checkout"), work),
-            home_name(&work.join("attempts/task-2-attempt-1/checkout"), work)
-        );
     }
 
     #[test]

@@ -76,6 +76,16 @@ pub fn check(a: &AssignmentView, origins: &[super::config::Origin]) -> Result<Ch
     if a.issue == 0 {
         return Err("its issue number is 0".into());
     }
+    // It goes on the agent's command line: a plain token, never an option or anything a shell would read.
+    if let Some(session) = &a.resume_session
+        && !crate::core::is_session_id(session)
+    {
+        return Err(format!(
+            "its resume_session {:?} is not a session id (1 to {} letters, digits and '-', not beginning with '-')",
+            session.chars().take(100).collect::<String>(),
+            crate::core::MAX_SESSION_ID_BYTES
+        ));
+    }
     Ok(Checked { repo, clone_url: clone_url.to_string() })
 }
 
@@ -140,12 +150,14 @@ pub async fn work(runner: Arc<Runner>, a: AssignmentView, cancel: watch::Receive
         Err(why) => (None, Err(Failure::agent(format!("the runner refused the assignment: {why}")))),
     };
     match result {
-        Ok(Some(Handback::Question(question))) => match runner.client.block(task, attempt, &question).await {
-            Ok(()) => {
-                tracing::info!(%task, attempt, "the agent asked a person a question; the task waits for the answer")
+        Ok(Some(Handback::Question(question, session))) => {
+            match runner.client.block(task, attempt, &question, session.as_deref()).await {
+                Ok(()) => {
+                    tracing::info!(%task, attempt, "the agent asked a person a question; the task waits for the answer")
+                }
+                Err(e) => tracing::warn!(%task, attempt, error = %e, "the server did not take the question"),
             }
-            Err(e) => tracing::warn!(%task, attempt, error = %e, "the server did not take the question"),
-        },
+        }
         Ok(Some(Handback::Receipt(receipt))) => match runner.client.receipt(&receipt).await {
             Ok(()) => tracing::info!(%task, attempt, pr = %receipt["pr_number"], "receipt submitted"),
             Err(e) => tracing::warn!(%task, attempt, error = %e, "the receipt was refused"),
@@ -168,8 +180,9 @@ pub async fn work(runner: Arc<Runner>, a: AssignmentView, cancel: watch::Receive
 enum Handback {
     /// The receipt to submit: the work is pushed and its pull request open.
     Receipt(serde_json::Value),
-    /// The agent's question for a person: nothing was committed or pushed.
-    Question(String),
+    /// The agent's question for a person, and the CLI session that asked (resumed after the answer): nothing
+    /// was committed or pushed.
+    Question(String, Option<String>),
 }
 
 type Attempted = (Option<super::workspace::Checkout>, Result<Option<Handback>, Failure>);
@@ -206,14 +219,29 @@ async fn run_agent(
         task_id: a.task_id.0,
         attempt: a.attempt,
         branch: &a.branch,
+        resume: a.resume_session.as_deref(),
     };
-    let limit = time_left(&a.deadline);
     let (tx, rx) = mpsc::channel(1024);
     let forward = tokio::spawn(forward_progress(runner.client.clone(), a.task_id, a.attempt, rx).in_current_span());
     let env = runner.workspace.author_env();
     let pid_file = runner.workspace.pid_file(wt);
     let idle = runner.idle_timeout;
-    let end = process::run(&runner.adapter, &runner.sandbox, &job, &pid_file, &env, tx, cancel, limit, idle).await;
+    let run = async |job: &Job<'_>, tx: mpsc::Sender<String>| {
+        let limit = time_left(&a.deadline);
+        process::run(&runner.adapter, &runner.sandbox, job, &pid_file, &env, tx, cancel.clone(), limit, idle).await
+    };
+    let mut end = run(&job, tx.clone()).await;
+    // A session the CLI cannot find (its home is gone, or it never was here) is no reason to fail: a fresh
+    // session gets the whole prompt, which tells it what the earlier attempt did.
+    if let (Some(session), RunEnd::Exited(status, tail)) = (job.resume, &end)
+        && runner.adapter.resume_refused(*status, tail)
+    {
+        tracing::info!(session, "the agent's CLI does not have the session to resume; starting a fresh one");
+        let _ = tx.try_send(format!("could not resume session {session}: starting a fresh session"));
+        end = run(&Job { resume: None, ..job }, tx).await;
+    } else {
+        drop(tx);
+    }
     let _ = forward.await;
     let finished = match end {
         RunEnd::Stopped => return Ok(None),
@@ -234,8 +262,12 @@ async fn run_agent(
             )));
         }
         // A question is the agent's own word that it cannot go on, whatever its exit status says.
-        RunEnd::Exited(..) if let Some(question) = read_question(&wt.path) => {
-            return Ok(Some(Handback::Question(question)));
+        RunEnd::Exited(status, tail) if let Some(question) = read_question(&wt.path) => {
+            let session = match runner.adapter.outcome(status, &tail) {
+                Outcome::Done(f) => f.session_id.filter(|s| crate::core::is_session_id(s)),
+                Outcome::Failed { .. } => None,
+            };
+            return Ok(Some(Handback::Question(question, session)));
         }
         RunEnd::Exited(status, tail) => match runner.adapter.outcome(status, &tail) {
             Outcome::Done(f) => f,
@@ -441,6 +473,7 @@ mod tests {
             start_by: String::new(),
             deadline: String::new(),
             prompt: "Resolve it".into(),
+            resume_session: None,
         }
     }
 
@@ -502,5 +535,13 @@ mod tests {
         refused(&|a| a.base_branch = "main.lock".into(), "base branch");
         refused(&|a| a.title = "x".repeat(2000), "title");
         refused(&|a| a.prompt = "x".repeat(9 << 20), "prompt");
+        // The session to resume goes on the agent's command line: an option, a shell word or a path is refused.
+        for hostile in ["--dangerously-skip-permissions", "$(touch x)", "../../sessions/x", "a b", "", "x\n-p"] {
+            refused(&|a| a.resume_session = Some(hostile.into()), "its resume_session");
+        }
+        refused(&|a| a.resume_session = Some("a".repeat(129)), "its resume_session");
+        let mut a = assignment();
+        a.resume_session = Some("4f1c2a9e-0b7d-4c11-9a6e-2f0d3b5c7e81".into());
+        assert!(check(&a, &origins()).is_ok(), "a UUID is a session id");
     }
 }

@@ -337,6 +337,31 @@ pub struct TaskDoc {
     /// The question an attempt asked a person (`block`), and the answer once one came; the attempts after the
     /// answer are told both. Absent when no attempt asked.
     question: Option<QuestionDoc>,
+    /// The agent and CLI session of the attempt that last handed in work (a receipt) or a question: an attempt
+    /// that goes on from it is kept for that agent for a while and resumes the session. Absent before, and
+    /// after a person queues the task afresh.
+    last_session: Option<LastSessionDoc>,
+}
+
+/// The agent and CLI session of the attempt that last worked on a task.
+#[derive(ToSchema)]
+#[schema(as = LastSession)]
+#[allow(dead_code)]
+pub struct LastSessionDoc {
+    /// The agent's id.
+    agent: i64,
+    attempt: u32,
+    /// Claude Code's `session_id` or Codex's `thread_id`, as the agent reported it. Absent when it reported none.
+    #[serde(default)]
+    session_id: Option<String>,
+    /// What that attempt said it did (its receipt's summary). Absent after a question.
+    #[serde(default)]
+    summary: Option<String>,
+    /// When the task was queued again to go on from this work: that agent's preference window starts then
+    /// (or when the backoff ends). Absent while an attempt holds the task.
+    #[serde(default)]
+    #[schema(format = DateTime)]
+    requeued_at: Option<String>,
 }
 
 /// A round of changes on a completed task's pull request.
@@ -538,6 +563,13 @@ mod tests {
                 answer: Some("a".into()),
                 answered_by: Some("@alice".into()),
             }),
+            last_session: Some(crate::core::LastSession {
+                agent: AgentId(1),
+                attempt: 1,
+                session_id: Some("4f1c2a9e-0000-4000-8000-000000000001".into()),
+                summary: "did it".into(),
+                requeued_at: Some(at),
+            }),
         }
     }
 
@@ -553,6 +585,7 @@ mod tests {
         assert_eq!(properties::<PullEndDoc>(), keys(&task["pull_end"]));
         assert_eq!(properties::<FollowUpDoc>(), keys(&task["follow_up"]));
         assert_eq!(properties::<QuestionDoc>(), keys(&task["question"]));
+        assert_eq!(properties::<LastSessionDoc>(), keys(&task["last_session"]));
 
         let summary = TaskSummary {
             id: TaskId(7),

@@ -13,7 +13,7 @@ use super::doc::{AgentFailureClassDoc, TAG_WORK, TaskStateDoc};
 use super::error::ErrorBody;
 use super::extract::{ApiJson, AuthAgent, Operator};
 use super::{ApiError, AppState};
-use crate::core::{FailureClass, MAX_QUESTION_BYTES, QUESTION_FILE, Spent, TaskId, TaskState, Usage};
+use crate::core::{FailureClass, MAX_QUESTION_BYTES, QUESTION_FILE, Spent, TaskId, TaskState, Usage, is_session_id};
 use crate::engine::{Assignment, Command};
 use crate::integrations::templates::AgentPrompt;
 
@@ -61,8 +61,17 @@ pub struct AssignmentView {
     #[schema(format = DateTime)]
     pub deadline: String,
     /// What to tell the coding agent: the issue, the repository's own instructions (`prompt` in its
-    /// `.forgejo/fleet.yaml`) and how to hand the work back, rendered from the `agent_prompt.md` template.
+    /// `.forgejo/fleet.yaml`) and how to hand the work back, rendered from the `agent_prompt.md` template. An
+    /// attempt that goes on from earlier work is told what that work was (the earlier attempt's summary, the
+    /// changes asked for, the failure or the answer), whether or not it resumes the session: a runner that cannot
+    /// resume it starts a fresh session with this prompt.
     pub prompt: String,
+    /// The CLI session to resume (Claude Code `--resume <id>`, Codex `codex exec resume <id>`): present only
+    /// when this agent ran the earlier attempt this one goes on from and reported its session. Letters, digits
+    /// and `-`, at most 128; a runner checks that before it goes on a command line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 128, pattern = "^[A-Za-z0-9][A-Za-z0-9-]*$")]
+    pub resume_session: Option<String>,
 }
 
 impl AssignmentView {
@@ -70,6 +79,12 @@ impl AssignmentView {
         let f = &app.config.forgejo;
         let t = &a.task;
         let branch = t.branch(&f.branch_prefix);
+        // Only an attempt after the session's own goes on from it (a restarted attempt starts over).
+        let earlier = t.last_session.as_ref().filter(|s| s.attempt < a.lease.attempt);
+        let resume_session = earlier
+            .filter(|s| s.agent == a.lease.agent)
+            .and_then(|s| s.session_id.clone())
+            .filter(|id| is_session_id(id));
         let prompt = app
             .templates
             .render(&AgentPrompt {
@@ -93,6 +108,8 @@ impl AssignmentView {
                 follow_up: t.follow_up.as_ref().map(|f| f.for_prompt()),
                 question: t.question.as_ref().map(|q| q.text.clone()),
                 answer: t.question.as_ref().and_then(|q| q.answer.clone()),
+                earlier_attempt: earlier.filter(|s| !s.summary.trim().is_empty()).map(|s| s.attempt),
+                earlier_summary: earlier.map(|s| s.summary.trim().to_string()).filter(|s| !s.is_empty()),
                 question_file: QUESTION_FILE.into(),
             })
             .map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -112,6 +129,7 @@ impl AssignmentView {
             start_by: a.lease.start_by.to_rfc3339(),
             deadline: a.lease.deadline.to_rfc3339(),
             prompt,
+            resume_session,
         })
     }
 }
@@ -368,6 +386,11 @@ pub struct BlockRequest {
     /// What the agent needs a person to answer, for people: posted on the issue (fenced). 1 byte to 16 KiB.
     #[schema(min_length = 1, max_length = 16384)]
     pub question: String,
+    /// The coding agent's CLI session that asked (Claude Code's `session_id`, Codex's `thread_id`): the attempt
+    /// after the answer resumes it when it goes to the same agent. Letters, digits and `-`, at most 128.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 128, pattern = "^[A-Za-z0-9][A-Za-z0-9-]*$")]
+    pub session_id: Option<String>,
 }
 
 #[utoipa::path(
@@ -410,7 +433,13 @@ pub async fn block(
     if req.question.len() > MAX_QUESTION_BYTES {
         return Err(ApiError::BadRequest(format!("`question` is longer than {} KiB", MAX_QUESTION_BYTES / 1024)));
     }
-    let cmd = Command::BlockTask { agent: agent.id, task, attempt: req.attempt, question: req.question };
+    if req.session_id.as_deref().is_some_and(|s| !is_session_id(s)) {
+        return Err(ApiError::BadRequest(
+            "`session_id` must be 1 to 128 letters, digits and '-', not beginning with '-'".into(),
+        ));
+    }
+    let (attempt, question, session_id) = (req.attempt, req.question, req.session_id);
+    let cmd = Command::BlockTask { agent: agent.id, task, attempt, question, session_id };
     app.engine.send(cmd).await?;
     ack(&app, task, req.attempt).await
 }

@@ -160,6 +160,11 @@ pub struct AgentsConfig {
     /// Longest long poll on `POST /assignments/next`, in seconds; an agent asking for longer waits this long.
     /// Default: `60`.
     pub max_wait_secs: u64,
+    /// Seconds a task that goes on from an agent's earlier work (a round of changes on its pull request, an
+    /// answered question, a retry on its branch) is kept for that agent, so it can resume its CLI session,
+    /// while that agent is online and not draining; then any agent may take it. `0`: no preference.
+    /// Default: `120`.
+    pub prefer_same_agent_secs: u64,
 }
 
 impl Default for AgentsConfig {
@@ -170,6 +175,7 @@ impl Default for AgentsConfig {
             missed_heartbeats: 3,
             start_timeout_secs: 30,
             max_wait_secs: 60,
+            prefer_same_agent_secs: 120,
         }
     }
 }

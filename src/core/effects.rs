@@ -689,7 +689,13 @@ mod tests {
         let (queued, _) = queued();
         let (assigned, _) = step(&queued, assign(1));
         let (running, _) = step(&assigned, Event::TaskStarted { task: TaskId(1), attempt: 1, at: Timestamp(2) });
-        let block = Event::TaskBlocked { task: TaskId(1), attempt: 1, question: "v1 or v2?".into(), at: Timestamp(3) };
+        let block = Event::TaskBlocked {
+            task: TaskId(1),
+            attempt: 1,
+            question: "v1 or v2?".into(),
+            session_id: None,
+            at: Timestamp(3),
+        };
         let (blocked, fx) = step_all(&running, block);
         let issue = queued.issue.clone();
         let notice = Notice::Blocked { question: "v1 or v2?".into() };

@@ -133,6 +133,10 @@ pub enum Event {
         task: TaskId,
         attempt: u32,
         question: String,
+        /// The agent's CLI session that asked, when the runner reported it: the attempt after the answer
+        /// resumes it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session_id: Option<String>,
         at: Timestamp,
     },
     /// A person answered a blocked task's question: a new attempt is queued that is told both.

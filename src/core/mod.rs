@@ -27,5 +27,8 @@ pub use labels::{LabelChange, LabelReading, LabelScheme, Priority, StatusLabel, 
 pub use policy::{FailureClass, RetryDecision, RetryPolicy, RetryRule};
 pub use pull::{FollowUp, OnPullClosed, PullEnd, ReviewNote};
 pub use receipt::{Artifact, Check, FileChange, Receipt, Spent, Usage, Validation};
-pub use task::{Lease, MAX_QUESTION_BYTES, QUESTION_FILE, Question, Task, TaskState, TransitionError, work_branch};
+pub use task::{
+    LastSession, Lease, MAX_QUESTION_BYTES, MAX_SESSION_ID_BYTES, QUESTION_FILE, Question, Task, TaskState,
+    TransitionError, is_session_id, work_branch,
+};
 pub use time::Timestamp;

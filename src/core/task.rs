@@ -152,6 +152,38 @@ pub struct Question {
     pub answered_by: Option<String>,
 }
 
+/// The agent whose attempt last worked on the task and the CLI session it worked in (its receipt's or its
+/// question's): a later attempt that goes on from that work (a round of changes, an answered question, a retry
+/// on the same branch) prefers that agent for a while and resumes the session, or tells a fresh session what
+/// it did. Kept until a person starts the task afresh.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastSession {
+    pub agent: AgentId,
+    pub attempt: u32,
+    /// The CLI's session (Claude Code's `session_id`, Codex's `thread_id`), when the agent reported one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// What that attempt said it did (its receipt's summary; empty after a question).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub summary: String,
+    /// When the task was queued again to go on from this work: the window in which that agent is preferred
+    /// starts then (or when the retry's backoff ends, if later). Absent while an attempt holds the task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requeued_at: Option<Timestamp>,
+}
+
+/// The longest CLI session id the fleet passes on.
+pub const MAX_SESSION_ID_BYTES: usize = 128;
+
+/// Whether `id` looks like a CLI session id (a UUID or the like: letters, digits and `-`, not beginning with
+/// `-`, at most [`MAX_SESSION_ID_BYTES`]): the only kind that is ever put on an agent's command line.
+pub fn is_session_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_SESSION_ID_BYTES
+        && !id.starts_with('-')
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
 /// Why the last attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Failure {
@@ -209,6 +241,10 @@ pub struct Task {
     /// until a person queues the task again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub question: Option<Question>,
+    /// The agent and CLI session of the attempt that last handed in work or a question, for the attempts that
+    /// go on from it, until a person queues the task again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_session: Option<LastSession>,
 }
 
 /// An event that does not apply to the task or agent in its current state. Nothing was changed.
@@ -262,6 +298,7 @@ impl Task {
                 pull_end: None,
                 follow_up: None,
                 question: None,
+                last_session: None,
             }),
             _ => None,
         }
@@ -318,6 +355,9 @@ impl Task {
                 check_attempt(*attempt)?;
                 self.state = Assigned;
                 self.not_before = None;
+                if let Some(s) = &mut self.last_session {
+                    s.requeued_at = None;
+                }
                 self.lease = Some(Lease {
                     agent: *agent,
                     attempt: *attempt,
@@ -348,6 +388,13 @@ impl Task {
                 self.state = Validating;
                 if let Some(lease) = &mut self.lease {
                     lease.receipt_at = Some(*at);
+                    self.last_session = Some(LastSession {
+                        agent: lease.agent,
+                        attempt: *attempt,
+                        session_id: receipt.session_id.clone(),
+                        summary: receipt.summary.clone(),
+                        requeued_at: None,
+                    });
                 }
                 self.receipt = Some(receipt.clone());
                 self.validation = None;
@@ -399,6 +446,7 @@ impl Task {
                 self.checks = None;
                 self.pushed_branch = Some(follow_up.branch.clone());
                 self.follow_up = Some(follow_up.clone());
+                self.requeue_session(*at);
             }
             Event::TaskCompleted { attempt, .. } => {
                 if self.state != Validating {
@@ -441,6 +489,7 @@ impl Task {
                         self.not_before = Some(*not_before);
                         // The failed attempt's validation stays visible until the next receipt replaces it.
                         self.receipt = None;
+                        self.requeue_session(*at);
                     }
                     RetryDecision::GiveUp => self.state = Failed,
                 }
@@ -455,11 +504,20 @@ impl Task {
                 self.checks = None;
                 self.not_before = None;
             }
-            Event::TaskBlocked { attempt, question, .. } => {
+            Event::TaskBlocked { attempt, question, session_id, .. } => {
                 if self.state != Running {
                     return Err(illegal);
                 }
                 check_attempt(*attempt)?;
+                if let Some(lease) = &self.lease {
+                    self.last_session = Some(LastSession {
+                        agent: lease.agent,
+                        attempt: *attempt,
+                        session_id: session_id.clone(),
+                        summary: String::new(),
+                        requeued_at: None,
+                    });
+                }
                 self.state = Blocked;
                 self.lease = None;
                 self.not_before = None;
@@ -478,6 +536,7 @@ impl Task {
                     q.answer = Some(answer.clone());
                     q.answered_by = Some(by.clone());
                 }
+                self.requeue_session(e.at());
             }
             Event::TaskRetried { at, .. } => {
                 if !matches!(self.state, Failed | Cancelled) {
@@ -491,9 +550,17 @@ impl Task {
         Ok(())
     }
 
+    /// Queued again to go on from the last session's work: its agent's preference window starts now.
+    fn requeue_session(&mut self, at: Timestamp) {
+        if let Some(s) = &mut self.last_session {
+            s.requeued_at = Some(at);
+        }
+    }
+
     /// A person asked for the task again: a new attempt with a fresh retry budget, on a fresh branch.
     fn fresh_attempt(&mut self, at: Timestamp) {
         self.pushed_branch = None;
+        self.last_session = None;
         self.question = None;
         self.state = TaskState::Queued;
         self.attempt += 1;

@@ -113,7 +113,9 @@ fn event_of_kind(kind: &str, attempt: u32) -> Event {
             then: crate::core::OnPullClosed::Nothing,
             at: at(100),
         },
-        "task_blocked" => Event::TaskBlocked { task: t, attempt, question: "v1 or v2 API?".into(), at: at(100) },
+        "task_blocked" => {
+            Event::TaskBlocked { task: t, attempt, question: "v1 or v2 API?".into(), session_id: None, at: at(100) }
+        }
         "task_answered" => {
             Event::TaskAnswered { task: t, answer: "use the v2 API".into(), by: "@alice".into(), at: at(100) }
         }
@@ -483,4 +485,27 @@ fn an_answered_task_continues_the_branch_an_earlier_attempt_pushed() {
     t.apply(&event_of_kind("task_blocked", 2)).unwrap();
     t.apply(&event_of_kind("task_answered", 2)).unwrap();
     assert_eq!((t.attempt, t.branch("ff/")), (3, first));
+}
+
+#[test]
+fn the_last_session_is_kept_through_every_round_that_goes_on_from_it_and_dropped_by_a_fresh_start() {
+    let mut t = task_in(TaskState::Completed);
+    let s = t.last_session.clone().expect("the receipt's agent and session");
+    assert_eq!((s.agent, s.attempt, s.summary.as_str(), s.requeued_at), (A, 1, "done", None));
+    t.apply(&event_of_kind("follow_up_requested", 1)).unwrap();
+    assert_eq!(t.last_session.as_ref().and_then(|s| s.requeued_at), Some(at(100)), "the window starts");
+    t.apply(&event_of_kind("task_assigned", 2)).unwrap();
+    assert_eq!(t.last_session.as_ref().map(|s| (s.attempt, s.requeued_at)), Some((1, None)), "no window while held");
+    t.apply(&event_of_kind("attempt_failed", 2)).unwrap();
+    assert_eq!(t.last_session.as_ref().and_then(|s| s.requeued_at), Some(at(100)), "a retry goes on from it too");
+    t.apply(&Event::TaskCancelled {
+        task: T,
+        attempt: 3,
+        reason: "x".into(),
+        by: crate::core::CancelledBy::Person,
+        at: at(200),
+    })
+    .unwrap();
+    t.apply(&Event::TaskRetried { task: T, by: "bob".into(), at: at(300) }).unwrap();
+    assert_eq!(t.last_session, None, "a person started it afresh");
 }

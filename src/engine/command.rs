@@ -82,6 +82,8 @@ pub enum Command {
         task: TaskId,
         attempt: u32,
         question: String,
+        /// The agent's CLI session, when its runner reported one.
+        session_id: Option<String>,
     },
     SubmitReceipt {
         agent: AgentId,

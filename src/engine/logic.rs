@@ -48,6 +48,9 @@ pub struct EngineSettings {
     pub on_pr_closed: crate::core::OnPullClosed,
     /// `[forgejo] review_rounds`: how many rounds of changes people may ask for on a task's pull request.
     pub review_rounds: u32,
+    /// `[agents] prefer_same_agent_secs`: how long a task that goes on from an agent's work (a round of
+    /// changes, an answered question, a retry on its branch) is kept for that agent while it is online.
+    pub prefer_same_agent: Duration,
 }
 
 impl EngineSettings {
@@ -110,6 +113,7 @@ impl Default for EngineSettings {
             checks_timeout: Duration::from_secs(60 * 60),
             on_pr_closed: Default::default(),
             review_rounds: 3,
+            prefer_same_agent: Duration::from_secs(120),
         }
     }
 }
@@ -161,7 +165,7 @@ pub fn handle(s: &mut EngineSettings, tx: &WriteTx<'_>, cmd: Command, now: Times
             let decision = s.retry_for(&t.issue.repo).decide(class, t.retries_used(class), now);
             append(tx, Event::AttemptFailed { task, attempt, class, message, decision, spent, pushed_branch, at: now })
         }
-        Command::BlockTask { agent, task, attempt, question } => {
+        Command::BlockTask { agent, task, attempt, question, session_id } => {
             let t = find_task(tx, task)?;
             // The same question again (a retried request whose answer was lost) changes nothing.
             let asked = t.question.as_ref().is_some_and(|q| q.attempt == attempt && q.text == question);
@@ -173,7 +177,7 @@ pub fn handle(s: &mut EngineSettings, tx: &WriteTx<'_>, cmd: Command, now: Times
                 return Err(TransitionError::Task { task, from: t.state, event: "task_blocked" }.into());
             }
             leased(tx, agent, task, attempt)?;
-            append(tx, Event::TaskBlocked { task, attempt, question, at: now })
+            append(tx, Event::TaskBlocked { task, attempt, question, session_id, at: now })
         }
         Command::SubmitReceipt { agent, task, attempt, receipt } => {
             submit_receipt(tx, agent, task, attempt, receipt, now)
@@ -677,7 +681,7 @@ fn next_assignment(
         Some(id) => id,
         None => {
             let running = tx.read().running_count(agent)?;
-            let Some(id) = tx.read().next_for(&a, running, now)? else {
+            let Some(id) = tx.read().next_for(&a, running, now, s.prefer_same_agent)? else {
                 return Ok(Reply::Assignment(None));
             };
             let t = find_task(tx, id)?;

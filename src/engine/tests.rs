@@ -654,3 +654,57 @@ fn a_replayed_matrix_sync_records_each_message_once_and_keeps_the_newest_token()
     assert_eq!(queued, 1, "only `/fleet status` is a command, queued once");
     assert_eq!(read.matrix_next_batch().unwrap().as_deref(), Some("s2"));
 }
+
+/// A task blocked on a question that `a1` asked in session `s-1`, then answered: queued again to go on from
+/// a1's work.
+fn answered_after_a1_asked(f: &mut Fleet) -> (TaskId, AgentId, AgentId) {
+    let task = f.label("acme/app#1", &["status:todo"]).unwrap();
+    let a1 = f.register("a1", &[], 1);
+    let a = f.pull(a1).unwrap();
+    f.start(a1, &a);
+    let a2 = f.register("a2", &[], 1);
+    let block = Command::BlockTask {
+        agent: a1,
+        task,
+        attempt: 1,
+        question: "v1 or v2?".into(),
+        session_id: Some("s-1".into()),
+    };
+    f.engine.execute(block).unwrap();
+    let answer = Command::RunCommand {
+        key: "answer-1".into(),
+        command: crate::core::commands::FleetCommand::Answer { issue: None, text: "v2".into() },
+        issue: Some("acme/app#1".parse().unwrap()),
+        by: "@alice".into(),
+    };
+    f.engine.execute(answer).unwrap();
+    assert_eq!(f.task(task).state, TaskState::Queued);
+    (task, a1, a2)
+}
+
+#[test]
+fn work_that_goes_on_from_an_agents_session_waits_for_that_agent_until_the_window_ends() {
+    let mut f = fleet();
+    let (task, a1, a2) = answered_after_a1_asked(&mut f);
+    let session = f.task(task).last_session.unwrap();
+    assert_eq!((session.agent, session.attempt, session.session_id.as_deref()), (a1, 1, Some("s-1")));
+    assert!(f.pull(a2).is_none(), "kept for a1, which asked the question");
+    f.later(Duration::from_secs(119));
+    assert!(f.pull(a2).is_none(), "still within the 120 s");
+    f.later(Duration::from_secs(1));
+    let a = f.pull(a2).expect("the window ended: anyone may take it");
+    assert_eq!((a.task.id, a.lease.attempt, a.lease.agent), (task, 2, a2));
+    assert_eq!(f.task(task).last_session.map(|s| s.requeued_at), Some(None), "no window once assigned");
+}
+
+#[test]
+fn the_agent_that_ran_the_earlier_attempt_takes_it_at_once_and_another_does_when_it_drains() {
+    let mut f = fleet();
+    let (task, a1, _) = answered_after_a1_asked(&mut f);
+    assert_eq!(f.pull(a1).map(|a| (a.task.id, a.lease.attempt)), Some((task, 2)), "its own agent");
+
+    let mut f = fleet();
+    let (task, a1, a2) = answered_after_a1_asked(&mut f);
+    f.engine.execute(Command::DrainAgent { agent: a1 }).unwrap();
+    assert_eq!(f.pull(a2).map(|a| a.task.id), Some(task), "a draining agent takes no new work: not kept for it");
+}

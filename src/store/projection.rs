@@ -309,6 +309,8 @@ struct StoredTask<'a> {
     follow_up: Option<&'a crate::core::FollowUp>,
     #[serde(skip_serializing_if = "Option::is_none")]
     question: Option<&'a crate::core::Question>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_session: Option<&'a crate::core::LastSession>,
 }
 
 /// The `data` column of a task's row: the task without its title and body. Public so that benchmarks write
@@ -335,6 +337,7 @@ pub fn encode_task(t: &Task) -> String {
         pull_end: t.pull_end.as_ref(),
         follow_up: t.follow_up.as_ref(),
         question: t.question.as_ref(),
+        last_session: t.last_session.as_ref(),
     };
     encode(&stored).expect("a task always serialises")
 }

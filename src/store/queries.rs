@@ -7,10 +7,10 @@ use serde::Serialize;
 
 use super::projection::{TASK_COLUMNS, decode, load_agent, load_task, task_from_row};
 use super::{ReadView, Result, cached};
-use crate::core::queue::{Candidate, QueueKey, pick_next};
+use crate::core::queue::{Candidate, Preference, QueueKey, pick_next, preferred_until};
 use crate::core::{
-    Agent, AgentId, AgentName, Destination, Event, IssueRef, Priority, RepoName, Task, TaskId, TaskSpec, TaskState,
-    Timestamp,
+    Agent, AgentId, AgentName, AgentState, Destination, Event, IssueRef, Priority, RepoName, Task, TaskId, TaskSpec,
+    TaskState, Timestamp,
 };
 
 /// A task as listed: enough to show a table without its body.
@@ -306,26 +306,38 @@ impl ReadView<'_> {
         Ok(n > 0)
     }
 
-    /// The first queued task, in queue order, that `agent` may take now.
-    pub fn next_for(&self, agent: &Agent, running: u32, now: Timestamp) -> Result<Option<TaskId>> {
+    /// The first queued task, in queue order, that `agent` may take now. A task that goes on from another
+    /// agent's work is kept for that agent for `prefer_window` while it is online (`LastSession`).
+    pub fn next_for(
+        &self,
+        agent: &Agent,
+        running: u32,
+        now: Timestamp,
+        prefer_window: std::time::Duration,
+    ) -> Result<Option<TaskId>> {
         let mut stmt = self.conn.prepare_cached(
             // INDEXED BY: left to itself SQLite picks `tasks_by_state` and sorts the whole queue on every call;
             // walking the queue index in order lets the walk stop at the first fit.
-            "SELECT id, priority, queued_at, not_before, needs, pin FROM tasks INDEXED BY tasks_queue
+            "SELECT id, priority, queued_at, not_before, needs, pin,
+                    json_extract(data, '$.last_session.agent'), json_extract(data, '$.last_session.requeued_at')
+             FROM tasks INDEXED BY tasks_queue
              WHERE state = 'queued' ORDER BY priority, queued_at, id",
         )?;
         let mut rows = stmt.query([])?;
         // Rows are decoded one at a time and the walk stops at the first fit, so a deep queue costs
         // only as much as the tasks this agent has to skip.
         let mut failure = None;
-        let candidates = std::iter::from_fn(|| match rows.next().and_then(|r| r.map(candidate_from_row).transpose()) {
+        let read = |r: &rusqlite::Row<'_>| candidate_from_row(r, prefer_window);
+        let candidates = std::iter::from_fn(|| match rows.next().and_then(|r| r.map(read).transpose()) {
             Ok(c) => c,
             Err(e) => {
                 failure = Some(e);
                 None
             }
         });
-        let picked = pick_next(candidates, agent, running, now);
+        // Only asked for a task kept for another agent, while its window runs.
+        let present = |id: AgentId| matches!(self.agent(id), Ok(Some(a)) if a.state == AgentState::Online);
+        let picked = pick_next(candidates, agent, running, now, present);
         match failure {
             Some(e) => Err(e.into()),
             None => Ok(picked),
@@ -600,7 +612,7 @@ impl rusqlite::types::FromSql for Destination {
     }
 }
 
-fn candidate_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Candidate> {
+fn candidate_from_row(r: &rusqlite::Row<'_>, prefer_window: std::time::Duration) -> rusqlite::Result<Candidate> {
     let needs: String = r.get(4)?;
     let pin: Option<String> = r.get(5)?;
     let spec = TaskSpec {
@@ -610,5 +622,13 @@ fn candidate_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Candidate> {
         agent: pin.and_then(|p| AgentName::parse(&p).ok()),
     };
     let key = QueueKey { priority: spec.priority, queued_at: Timestamp(r.get(2)?), task: TaskId(r.get(0)?) };
-    Ok(Candidate { key, spec, not_before: r.get::<_, Option<i64>>(3)?.map(Timestamp) })
+    let not_before = r.get::<_, Option<i64>>(3)?.map(Timestamp);
+    // `last_session.agent` and `.requeued_at` of the row's task.
+    let prefer = match (r.get::<_, Option<i64>>(6)?, r.get::<_, Option<String>>(7)?) {
+        (Some(agent), Some(requeued)) => Timestamp::parse_rfc3339(&requeued)
+            .and_then(|requeued_at| preferred_until(requeued_at, not_before, prefer_window))
+            .map(|until| Preference { agent: AgentId(agent), until }),
+        _ => None,
+    };
+    Ok(Candidate { key, spec, not_before, prefer })
 }

@@ -132,11 +132,11 @@ fn the_queue_gives_the_most_urgent_oldest_fitting_task() {
     tx.append(&queued(4, 4, 8)).unwrap();
     tx.commit().unwrap();
     let agent = s.read().agent(AgentId(1)).unwrap().unwrap();
-    assert_eq!(s.read().next_for(&agent, 0, Timestamp(10)).unwrap(), Some(TaskId(4)));
+    assert_eq!(s.read().next_for(&agent, 0, Timestamp(10), std::time::Duration::ZERO).unwrap(), Some(TaskId(4)));
     let mut gpu_agent = agent.clone();
     gpu_agent.capabilities.insert("gpu".into());
-    assert_eq!(s.read().next_for(&gpu_agent, 0, Timestamp(10)).unwrap(), Some(TaskId(2)));
-    assert_eq!(s.read().next_for(&agent, 2, Timestamp(10)).unwrap(), None, "no free slot");
+    assert_eq!(s.read().next_for(&gpu_agent, 0, Timestamp(10), std::time::Duration::ZERO).unwrap(), Some(TaskId(2)));
+    assert_eq!(s.read().next_for(&agent, 2, Timestamp(10), std::time::Duration::ZERO).unwrap(), None, "no free slot");
 }
 
 #[test]

@@ -115,11 +115,17 @@ impl World {
     /// Starts `forgefleet agent` with `adapter`, its configuration sections `sections`, and `env` added to
     /// the runner's environment (which the agent inherits).
     pub fn agent_with(&self, sections: &str, adapter: &str, env: &[(String, String)]) -> AgentHost {
-        let dir = self.root.path().join("agent");
+        self.agent_named("a1", sections, adapter, env)
+    }
+
+    /// The same for an agent called `name`, on a host of its own (its files under `<root>/agent-<name>`; `a1`'s
+    /// under `<root>/agent`).
+    pub fn agent_named(&self, name: &str, sections: &str, adapter: &str, env: &[(String, String)]) -> AgentHost {
+        let dir = self.agent_dir(name);
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("agent.toml");
         let text = format!(
-            "[agent]\nname = \"a1\"\nadapter = {adapter:?}\nserver = {:?}\nregistration_token = {REGISTRATION_TOKEN:?}\n\
+            "[agent]\nname = {name:?}\nadapter = {adapter:?}\nserver = {:?}\nregistration_token = {REGISTRATION_TOKEN:?}\n\
              forgejo_url = {:?}\ngit_url = {:?}\nwork_dir = {:?}\nwait_secs = 1\n\n{sections}",
             self.fleet.base,
             self.forgejo.url(),
@@ -128,6 +134,14 @@ impl World {
         );
         std::fs::write(&config, text).unwrap();
         AgentHost::start(&config, &dir.join("agent.log"), env)
+    }
+
+    /// Where the runner of agent `name` keeps its files.
+    pub fn agent_dir(&self, name: &str) -> PathBuf {
+        match name {
+            "a1" => self.root.path().join("agent"),
+            _ => self.root.path().join(format!("agent-{name}")),
+        }
     }
 
     pub async fn task(&self, id: u64) -> Value {

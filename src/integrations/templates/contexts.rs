@@ -145,6 +145,10 @@ pub struct AgentPrompt {
     pub question: Option<String>,
     /// The person's answer to it, once given.
     pub answer: Option<String>,
+    /// The earlier attempt this one goes on from, and what it said it did (its receipt's summary, the agent's
+    /// text, to be fenced): a fresh session learns the history from it.
+    pub earlier_attempt: Option<u32>,
+    pub earlier_summary: Option<String>,
     /// Where in the checkout the agent writes a question of its own (`core::QUESTION_FILE`).
     pub question_file: String,
 }
@@ -280,6 +284,8 @@ impl TemplateContext for AgentPrompt {
             follow_up: Some("alice asked for changes on pull request #12:\n\nName it `count`.".into()),
             question: Some("Should the parser use the v1 or the v2 API?".into()),
             answer: Some("Use the v2 API.".into()),
+            earlier_attempt: Some(1),
+            earlier_summary: Some("Made the parser return an empty list on empty input.".into()),
             question_file: ".forgefleet/question.md".into(),
         }
     }
