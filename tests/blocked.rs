@@ -33,6 +33,11 @@ impl World {
     /// A repository with history on `main`, an issue labelled `status:todo`, and agent `a1` (one slot) that took
     /// the task and started it. alice may write to the repository; eve may only read it.
     async fn new() -> World {
+        World::start(false).await
+    }
+
+    /// [`World::new`], with `[forgejo] answer_any_comment` as given.
+    async fn start(answer_any_comment: bool) -> World {
         let root = tempfile::tempdir().unwrap();
         let git = GitServer::start_with_token(root.path(), BOT_TOKEN);
         let repo = TestRepo::with_main(root.path(), REPO, &[("README.md", "hello\n")]);
@@ -50,6 +55,7 @@ impl World {
             c.forgejo.webhook_secret = Some(Secret::new("s"));
             c.forgejo.bot_user = Some(BOT.into());
             c.forgejo.repos = vec![REPO.into()];
+            c.forgejo.answer_any_comment = answer_any_comment;
             c.store.path = db;
         })
         .await;
@@ -124,7 +130,9 @@ async fn an_agent_blocks_on_a_question_a_person_answers_and_the_next_attempt_is_
     assert_eq!(w.task().await["state"], "blocked", "no timeout runs for a blocked task");
     assert!(w.agent.pull().await.is_none(), "a blocked task is never handed out");
 
-    // eve may not answer; nothing changes.
+    // A comment without `/answer` answers nothing (`answer_any_comment` is off); eve may not answer; nothing
+    // changes. (Comments are handled in order: once eve is told, alice's comment was seen.)
+    w.forgejo.comment(REPO, w.issue, "alice", "Let me think about it.").await;
     w.forgejo.comment(REPO, w.issue, "eve", "/answer use v1").await;
     eventually("eve is told why", || async { w.bot_said("@eve").await }).await;
     assert!(w.bot_said("write access").await);
@@ -168,6 +176,34 @@ async fn an_agent_blocks_on_a_question_a_person_answers_and_the_next_attempt_is_
     assert_eq!(w.agent.post("/receipts", receipt).await.0, 202);
     eventually("completed", || async { w.task().await["state"] == "completed" }).await;
     eventually("status:done", || async { w.labels().await == ["status:done"] }).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_answer_any_comment_a_writers_plain_comment_answers_a_blocked_task_and_nothing_else_is_said() {
+    let w = World::start(true).await;
+    w.blocked().await;
+    let bot_comments = || async { w.forgejo.comments(REPO, w.issue).await.iter().filter(|c| c.user == BOT).count() };
+    let said = bot_comments().await;
+    // eve's comment is no answer, and a comment is not a command: nobody is told anything.
+    w.forgejo.comment(REPO, w.issue, "eve", "Use the v1 API.").await;
+    // alice's plain comment is the answer.
+    w.forgejo.comment(REPO, w.issue, "alice", "Use the v2 API.\nIts docs are in `docs/v2.md`.").await;
+    eventually("queued again", || async { w.task().await["state"] == "queued" }).await;
+    let task = w.task().await;
+    assert_eq!(task["attempt"], 2, "{task}");
+    assert_eq!(task["question"]["answer"], "Use the v2 API.\nIts docs are in `docs/v2.md`.", "{task}");
+    assert_eq!(task["question"]["answered_by"], "@alice", "{task}");
+    eventually("alice's comment gets a +1", || async {
+        w.forgejo.reactions(REPO, w.issue).await.iter().any(|r| r.user == BOT && r.content == "+1")
+    })
+    .await;
+    // Once the task no longer waits, a comment is just a comment; a command after it shows it was seen.
+    w.forgejo.comment(REPO, w.issue, "alice", "Thanks!").await;
+    w.forgejo.comment(REPO, w.issue, "alice", "/answer use v3").await;
+    eventually("the answer does not apply", || async { w.bot_said("does not apply").await }).await;
+    assert_eq!(bot_comments().await, said + 1, "only the `/answer` command was answered");
+    assert!(!w.bot_said("@eve").await);
+    assert_eq!(w.task().await["attempt"], 2);
 }
 
 #[tokio::test(flavor = "multi_thread")]

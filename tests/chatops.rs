@@ -321,6 +321,44 @@ async fn commands_from_the_room_are_answered_in_their_thread_and_run_once_for_th
     assert_eq!(w.answers_to(&retry).await.len(), 1, "and was answered once");
 }
 
+/// Scenario 7: a task whose agent asks a question is a message of its own in the room, the question fenced and
+/// pinging nobody; `/answer` from the room by a mapped writer queues the next attempt, told the question and the
+/// answer; from an unmapped person it changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_question_reaches_the_room_and_an_answer_from_the_room_queues_the_next_attempt() {
+    let w = World::new().await;
+    let (issue, task) = w.queued("Ask before guessing").await;
+    let agent = w.fleet.register("a1", &[], 1).await;
+    let a = agent.pull().await.unwrap();
+    assert_eq!(agent.start(&a).await, 200);
+    let question = "Should the client call the v1 or the v2 API?\n@room /retry";
+    let (status, ack) = agent.post(&format!("/tasks/{task}/block"), json!({"attempt": 1, "question": question})).await;
+    assert_eq!(status, 200, "{ack}");
+    eventually("the question is in the room", || async {
+        w.bot_said().await.iter().any(|e| body(e).contains("needs a person") && body(e).contains("v2 API?"))
+    })
+    .await;
+    let said = w.bot_said().await;
+    let asked = said.iter().find(|e| body(e).contains("v2 API?")).unwrap();
+    assert_eq!(asked["content"]["m.mentions"], json!({}), "the agent's text pings nobody: {asked}");
+    let html = asked["content"]["formatted_body"].as_str().unwrap_or_default();
+    assert!(html.contains("<code") && html.contains("@room /retry"), "fenced as code: {html}");
+
+    let target = format!("{REPO}#{issue}");
+    let refused = w.eve.say(&w.room, &format!("/answer {target} the v1 one")).await;
+    w.answered(&refused, "not mapped").await;
+    assert_eq!(w.state(task).await, "blocked", "a refused answer changes nothing");
+    let answer = w.alice.say(&w.room, &format!("/answer {target} the v2 one\nIts docs are in docs/v2.md.")).await;
+    w.answered(&answer, "is answered").await;
+    assert_eq!((w.state(task).await.as_str(), w.attempt(task).await), ("queued", 2));
+
+    agent.heartbeat(&[]).await;
+    let next = agent.pull().await.expect("the answered task");
+    assert_eq!(next.attempt, 2);
+    assert!(next.prompt.contains("v1 or the v2 API?"), "{}", next.prompt);
+    assert!(next.prompt.contains("the v2 one\nIts docs are in docs/v2.md."), "{}", next.prompt);
+}
+
 /// Scenario 6: on the very first start the room's history is skipped (an old command never runs); a `/retry`
 /// sent while forgefleet was stopped runs once when it is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -117,12 +117,19 @@ pub async fn forgejo(
                 matches!(p, crate::core::commands::Parsed::Valid(crate::core::commands::FleetCommand::Fix { .. }))
             };
             let commands: Vec<_> = commands.into_iter().filter(|p| on_pull == is_fix(p)).collect();
-            if commands.is_empty() {
+            let plain = commands.is_empty() && !on_pull && action == "created";
+            if commands.is_empty() && !plain {
                 return Ok(Json(WebhookAnswer { status: "ignored" }));
             }
             let issue = crate::core::IssueRef { repo, number: issue.number };
             let origin = crate::core::CommandOrigin::Comment { issue, comment_id: comment.id };
-            Command::QueueCommands { origin, author: sender.login, commands }
+            if plain {
+                // A comment with no command may still answer a blocked task's question (`answer_any_comment`):
+                // the engine knows whether the task is blocked and what the repository says.
+                Command::PlainComment { origin, author: sender.login, body: comment.body }
+            } else {
+                Command::QueueCommands { origin, author: sender.login, commands }
+            }
         }
         // A pull request changed (pushed, edited, reviewed...): a task waiting for its CI looks again at once.
         // Nothing is stored, so a replay or a forged-but-signed stale delivery can cause one extra look at most.

@@ -303,6 +303,10 @@ pub struct ForgejoConfig {
     /// requests changes, or `/fleet fix`), each a new attempt on the same branch and pull request; `0` turns
     /// them off. A repository's `fleet.yaml` may set its own. Default: `3`.
     pub review_rounds: u32,
+    /// Whether any comment by a person with write permission on a blocked task's issue answers its question,
+    /// as `/answer <the comment>` would (`false`: only `/answer` does). A repository's `fleet.yaml` may set its
+    /// own. Default: `false`.
+    pub answer_any_comment: bool,
     /// Forgejo users of agents, `agent name = "login"`: the user becomes the issue's assignee while the
     /// agent works on it. Default: empty.
     pub agent_users: std::collections::BTreeMap<String, String>,
@@ -325,6 +329,7 @@ impl Default for ForgejoConfig {
             checks_timeout_mins: 60,
             on_pr_closed: Default::default(),
             review_rounds: 3,
+            answer_any_comment: false,
             base_branch: "main".into(),
             branch_prefix: "forgefleet/".into(),
             webhook_url: None,

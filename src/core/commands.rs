@@ -238,6 +238,12 @@ fn answer_rest(markdown: &str, place: Place) -> Option<String> {
     None
 }
 
+/// A plain comment on a blocked task's issue read as the answer to its question (`answer_any_comment`), as
+/// if it were `/answer <the comment>`.
+pub fn comment_as_answer(body: &str) -> Parsed {
+    answer(body, Place::Issue).map_or_else(|why| Parsed::Invalid { line: "/answer".into(), why }, Parsed::Valid)
+}
+
 /// `/answer <text>` (in chat `/answer <owner/repo#N> <text>`): `rest` is what follows the command word.
 fn answer(rest: &str, place: Place) -> Result<FleetCommand, String> {
     let usage = usage("answer", place);

@@ -130,8 +130,15 @@ pub enum Effect {
     /// Make the agent's Forgejo user (if it has one) the issue's assignee, or clear it.
     SetAssignee { issue: IssueRef, agent: Option<AgentId> },
     /// Commands a person wrote, parsed where they arrived: their permission is checked by the place's own rule,
-    /// then each runs once and is answered where it came from.
-    RunCommands { origin: CommandOrigin, author: String, commands: Vec<Parsed> },
+    /// then each runs once and is answered where it came from. `quiet`: a plain comment read as an answer
+    /// (`answer_any_comment`); it is answered only when it worked, never with a refusal or a "does not apply".
+    RunCommands {
+        origin: CommandOrigin,
+        author: String,
+        commands: Vec<Parsed>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        quiet: bool,
+    },
     /// Make `agent` the only agent the issue is pinned to (its `agent:` labels), then observe the issue.
     SetAgentLabel { issue: IssueRef, agent: AgentName },
     /// What happened to a task, for the chat room: one message per task, edited in place as it moves; a new
@@ -345,6 +352,7 @@ impl Effect {
                     origin: CommandOrigin::Comment { issue: old.issue, comment_id: old.comment_id },
                     author: old.author,
                     commands: old.lines.iter().filter_map(|l| parse_line(l, Place::Issue)).collect(),
+                    quiet: false,
                 }),
                 _ => Err(e),
             },
@@ -563,7 +571,7 @@ mod tests {
     #[test]
     fn a_run_commands_row_an_older_version_wrote_is_read_as_parsed_commands() {
         let old = r#"{"kind":"run_commands","issue":{"repo":"acme/app","number":3},"comment_id":77,"author":"alice","lines":["/retry","/assign"]}"#;
-        let Effect::RunCommands { origin, author, commands } = Effect::from_json(old).unwrap() else { panic!() };
+        let Effect::RunCommands { origin, author, commands, .. } = Effect::from_json(old).unwrap() else { panic!() };
         let issue: IssueRef = "acme/app#3".parse().unwrap();
         assert_eq!(origin, CommandOrigin::Comment { issue: issue.clone(), comment_id: 77 });
         assert_eq!(origin.key(), "acme/app:77", "the keys older rows ran under stay the same");
@@ -571,7 +579,7 @@ mod tests {
         assert_eq!(commands[0], Parsed::Valid(crate::core::commands::FleetCommand::Retry { issue: None }));
         assert!(matches!(commands[1], Parsed::Invalid { .. }));
         // Today's shape goes through as it is; a row that is neither is an error.
-        let now = Effect::RunCommands { origin, author, commands };
+        let now = Effect::RunCommands { origin, author, commands, quiet: false };
         assert_eq!(Effect::from_json(&serde_json::to_string(&now).unwrap()).unwrap(), now);
         assert!(Effect::from_json(r#"{"kind":"run_commands","issue":{"repo":"acme/app","number":3}}"#).is_err());
         assert_eq!(now.issue(), Some(&issue));

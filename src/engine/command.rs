@@ -153,6 +153,13 @@ pub enum Command {
         author: String,
         commands: Vec<crate::core::commands::Parsed>,
     },
+    /// A comment on an issue that holds no command. With `answer_any_comment`, one on a blocked task's issue
+    /// answers its question: it is queued as an `/answer` that is answered only when it works.
+    PlainComment {
+        origin: crate::core::CommandOrigin,
+        author: String,
+        body: String,
+    },
     /// One command that changes something, from a person whose permission was checked: applied once under
     /// `key`, in one round trip (the task is found, the command checked against its state and applied in one
     /// transaction). `issue` is the one the command is about.

@@ -48,6 +48,8 @@ pub struct EngineSettings {
     pub on_pr_closed: crate::core::OnPullClosed,
     /// `[forgejo] review_rounds`: how many rounds of changes people may ask for on a task's pull request.
     pub review_rounds: u32,
+    /// `[forgejo] answer_any_comment`: whether any comment on a blocked task's issue answers it.
+    pub answer_any_comment: bool,
     /// `[agents] prefer_same_agent_secs`: how long a task that goes on from an agent's work (a round of
     /// changes, an answered question, a retry on its branch) is kept for that agent while it is online.
     pub prefer_same_agent: Duration,
@@ -88,6 +90,11 @@ impl EngineSettings {
     pub fn review_rounds_for(&self, repo: &crate::core::RepoName) -> u32 {
         self.repos.get(repo).and_then(|o| o.review_rounds).unwrap_or(self.review_rounds)
     }
+    /// Whether any comment on a blocked task's issue answers its question: the repository's
+    /// `answer_any_comment`, else the server's.
+    pub fn answer_any_comment_for(&self, repo: &crate::core::RepoName) -> bool {
+        self.repos.get(repo).and_then(|o| o.answer_any_comment).unwrap_or(self.answer_any_comment)
+    }
     pub fn start_timeout_for(&self, repo: &crate::core::RepoName) -> Duration {
         self.repos.get(repo).and_then(|o| o.start_timeout_secs).map_or(self.start_timeout, Duration::from_secs)
     }
@@ -113,6 +120,7 @@ impl Default for EngineSettings {
             checks_timeout: Duration::from_secs(60 * 60),
             on_pr_closed: Default::default(),
             review_rounds: 3,
+            answer_any_comment: false,
             prefer_same_agent: Duration::from_secs(120),
         }
     }
@@ -283,7 +291,16 @@ pub fn handle(s: &mut EngineSettings, tx: &WriteTx<'_>, cmd: Command, now: Times
             handle(s, tx, *inner, now)
         }
         Command::QueueCommands { origin, author, commands } => {
-            tx.enqueue(&Effect::RunCommands { origin, author, commands }, None, now)?;
+            tx.enqueue(&Effect::RunCommands { origin, author, commands, quiet: false }, None, now)?;
+            Ok(Reply::Done)
+        }
+        Command::PlainComment { origin, author, body } => {
+            let Some(issue) = origin.issue() else { return Ok(Reply::Done) };
+            let blocked = tx.read().task_by_issue(issue)?.is_some_and(|t| t.state == TaskState::Blocked);
+            if blocked && s.answer_any_comment_for(&issue.repo) {
+                let commands = vec![crate::core::commands::comment_as_answer(&body)];
+                tx.enqueue(&Effect::RunCommands { origin, author, commands, quiet: true }, None, now)?;
+            }
             Ok(Reply::Done)
         }
         Command::RunCommand { key, command, issue, by } => {
@@ -323,7 +340,11 @@ pub fn handle(s: &mut EngineSettings, tx: &WriteTx<'_>, cmd: Command, now: Times
                 if !commands.is_empty() {
                     let origin =
                         crate::core::CommandOrigin::Matrix { room: m.room.clone(), event_id: m.event_id.clone() };
-                    tx.enqueue(&Effect::RunCommands { origin, author: m.sender.clone(), commands }, None, now)?;
+                    tx.enqueue(
+                        &Effect::RunCommands { origin, author: m.sender.clone(), commands, quiet: false },
+                        None,
+                        now,
+                    )?;
                 }
                 tx.matrix_handled(&m.event_id, now)?;
             }

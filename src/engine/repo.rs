@@ -92,6 +92,9 @@ pub struct RepoOverrides {
     /// How many rounds of changes people may ask for; unset: the server's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub review_rounds: Option<u32>,
+    /// Whether any comment on a blocked task's issue answers it; unset: the server's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer_any_comment: Option<bool>,
     /// Why the file could not be used (then everything else is empty and the defaults apply).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
@@ -136,6 +139,8 @@ struct FleetFile {
     on_pr_closed: Option<crate::core::OnPullClosed>,
     #[serde(default)]
     review_rounds: Option<u32>,
+    #[serde(default)]
+    answer_any_comment: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -232,6 +237,7 @@ pub fn parse_fleet_yaml(
     out.prompt = file.prompt.filter(|p| !p.trim().is_empty());
     out.on_pr_closed = file.on_pr_closed;
     out.review_rounds = file.review_rounds;
+    out.answer_any_comment = file.answer_any_comment;
     if let Some(setting) = file.require_checks {
         setting.required().map_err(|why| format!("require_checks: {why}"))?;
         out.require_checks = Some(setting);
@@ -326,6 +332,20 @@ mod tests {
         assert_eq!(o.on_pr_closed, Some(crate::core::OnPullClosed::Requeue));
         let err = parse_fleet_yaml("on_pr_closed: retry\n", &labels, None).unwrap_err();
         assert!(err.contains("requeue"), "the choices are named: {err}");
+    }
+
+    #[test]
+    fn a_repository_may_let_any_comment_answer_a_blocked_task() {
+        let labels = LabelScheme::default();
+        let o = parse_fleet_yaml("answer_any_comment: true\nreview_rounds: 1\n", &labels, None).unwrap();
+        assert_eq!((o.answer_any_comment, o.review_rounds), (Some(true), Some(1)));
+        let mut s = crate::engine::EngineSettings::default();
+        let repo: crate::core::RepoName = "acme/app".parse().unwrap();
+        assert!(!s.answer_any_comment_for(&repo), "off unless configured");
+        s.repos.insert(repo.clone(), o);
+        assert!(s.answer_any_comment_for(&repo));
+        let err = parse_fleet_yaml("answer_any_comment: sometimes\n", &labels, None).unwrap_err();
+        assert!(err.contains("answer_any_comment"), "{err}");
     }
 
     #[test]

@@ -54,11 +54,21 @@ enum Answer {
 }
 
 impl<P: Permission> Runner<'_, P> {
-    /// Runs each command once (a key per command, recorded the first time) and answers each once.
-    pub async fn run(&self, origin: &CommandOrigin, author: &str, commands: &[Parsed]) -> Result<(), DeliveryError> {
+    /// Runs each command once (a key per command, recorded the first time) and answers each once. `quiet`: the
+    /// commands were read from a plain comment, not written as commands; only what worked is answered.
+    pub async fn run(
+        &self,
+        origin: &CommandOrigin,
+        author: &str,
+        commands: &[Parsed],
+        quiet: bool,
+    ) -> Result<(), DeliveryError> {
         for (i, parsed) in commands.iter().enumerate() {
             let key = format!("cmd:{}:{i}", origin.key());
             let answer = self.answer(origin, author, &key, parsed).await?;
+            if quiet && matches!(answer, Answer::Text(_)) {
+                continue;
+            }
             let effect = answer_effect(origin, author, i, answer);
             // Recorded under its own key: running this delivery again answers nothing twice.
             let record =

@@ -107,7 +107,9 @@ impl Deliverer {
             Effect::SetStatusLabel { issue, status } => self.set_status_label(&issue, status).await,
             Effect::Comment { issue, task, attempt, notice } => self.comment(&issue, task, attempt, &notice).await,
             Effect::SetAssignee { issue, agent } => self.set_assignee(&issue, agent).await,
-            Effect::RunCommands { origin, author, commands } => self.run_commands(&origin, &author, &commands).await,
+            Effect::RunCommands { origin, author, commands, quiet } => {
+                self.run_commands(&origin, &author, &commands, quiet).await
+            }
             Effect::SetAgentLabel { issue, agent } => self.set_agent_label(&issue, &agent).await,
             Effect::MatrixReply { .. }
             | Effect::ChatTask { .. }

@@ -89,6 +89,7 @@ impl Deliverer {
         origin: &CommandOrigin,
         author: &str,
         commands: &[Parsed],
+        quiet: bool,
     ) -> Result<(), DeliveryError> {
         if let CommandOrigin::Comment { .. } = origin {
             match self.bot.is(author) {
@@ -103,9 +104,11 @@ impl Deliverer {
         }
         match origin {
             CommandOrigin::Comment { .. } => {
-                self.runner(&CollaboratorPermission(self)).run(origin, author, commands).await
+                self.runner(&CollaboratorPermission(self)).run(origin, author, commands, quiet).await
             }
-            CommandOrigin::Matrix { .. } => self.runner(&MatrixPermission(self)).run(origin, author, commands).await,
+            CommandOrigin::Matrix { .. } => {
+                self.runner(&MatrixPermission(self)).run(origin, author, commands, quiet).await
+            }
         }
     }
 
