@@ -10,7 +10,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{Home, stderr, stdout};
+use support::fleet::TestAgent;
+use support::forgejo::{FakeCommit, FakeForgejo};
+use support::git::{GitServer, TestRepo};
+use support::{Home, eventually, stderr, stdout};
 
 const REGISTRATION: &str = "crash-test-registration";
 const TASKS: usize = 120;
@@ -134,5 +137,164 @@ async fn a_server_killed_while_agents_pull_loses_nothing_and_hands_out_nothing_t
     let out = home.run(&["store", "rebuild"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains(&format!("rebuilt {TASKS} tasks and {AGENTS} agents")), "{}", stdout(&out));
+    assert_eq!(task_table(&home), tasks);
+}
+
+/// The operator's view of task `id` on the server at `base`.
+async fn task_view(base: &str, id: u64) -> Value {
+    let r = reqwest::Client::new()
+        .get(format!("{base}/api/v1/tasks/{id}"))
+        .bearer_auth(support::OPERATOR_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json::<Value>().await.unwrap()["task"].clone()
+}
+
+/// The task's stored row, as the projection keeps it.
+fn task_row(db: &std::path::Path, id: u64) -> (String, String) {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+    conn.query_row("SELECT state, data FROM tasks WHERE id = ?1", [id as i64], |r| Ok((r.get(0)?, r.get(1)?))).unwrap()
+}
+
+/// Kills `server` with SIGKILL and starts `serve` again on the same database; the task's row is what it was.
+fn kill_and_restart(home: &Home, server: support::Server, task: u64) -> support::Server {
+    let before = task_row(&home.db(), task);
+    let mut killed = server;
+    killed.child.kill().unwrap();
+    killed.child.wait().unwrap();
+    drop(killed);
+    assert_eq!(task_row(&home.db(), task), before, "what was committed before the kill is kept");
+    home.serve()
+}
+
+/// CI reports `state` for `sha` (context `ci/test`).
+async fn ci_reports(forgejo: &FakeForgejo, sha: &str, state: &str) {
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/v1/repos/{PULL_REPO}/statuses/{sha}", forgejo.url().trim_end_matches('/')))
+        .header("Authorization", "token ci-token")
+        .json(&json!({"state": state, "context": "ci/test", "description": state}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+}
+
+const PULL_REPO: &str = "acme/app";
+
+/// Every state of a pull request's life that issue #12 added survives `forgefleet serve` killed with SIGKILL
+/// and goes on after the restart: blocked on a question (answered after it), validating while CI runs (the
+/// poller picks it up again), a round of changes asked for on the pull request (run after it), and the
+/// merge. The projections then equal the log (`store rebuild`).
+#[tokio::test(flavor = "multi_thread")]
+async fn every_state_of_a_pull_requests_life_survives_sigkill_and_store_rebuild() {
+    let root = tempfile::tempdir().unwrap();
+    let git = GitServer::start_with_token(root.path(), "bot-token");
+    let repo = TestRepo::with_main(root.path(), PULL_REPO, &[("README.md", "hello\n")]);
+    let forgejo = FakeForgejo::start().await;
+    forgejo.create_repo(PULL_REPO).await;
+    forgejo.add_member(PULL_REPO, "forgefleet", "bot-token", "admin").await;
+    for user in ["agent", "alice", "ci"] {
+        forgejo.add_member(PULL_REPO, user, &format!("{user}-token"), "write").await;
+    }
+    let home = Home::with_config(&format!(
+        "[agents]\nregistration_token = \"{REGISTRATION}\"\n\n[forgejo]\nurl = \"{}\"\ngit_url = \"{}\"\n\
+         token = \"bot-token\"\nwebhook_secret = \"s\"\nbot_user = \"forgefleet\"\nrepos = [\"{PULL_REPO}\"]\n\
+         require_checks = [\"ci/test\"]\n",
+        forgejo.url(),
+        git.base_url()
+    ));
+    let base = format!("http://{}", home.addr);
+    let hook = format!("{base}/api/v1/webhooks/forgejo");
+    forgejo.add_hook(PULL_REPO, &hook, "s", &["issues", "issue_comment", "pull_request", "pull_request_comment"]).await;
+    let server = home.serve();
+    let issue = forgejo.create_issue(PULL_REPO, "alice", "Greet", "Say hello.", &["status:todo"]).await;
+    let agent = TestAgent::register_at(&base, REGISTRATION, "a1").await;
+    let a = loop {
+        if let Some(a) = agent.pull_with(1, None).await {
+            break a;
+        }
+    };
+    let task = a.task_id.0 as u64;
+    assert_eq!(agent.start(&a).await, 200);
+
+    // Blocked on a question.
+    let question = json!({"attempt": 1, "question": "Hello in which language?"});
+    assert_eq!(agent.post(&format!("/tasks/{task}/block"), question).await.0, 200);
+    let server = kill_and_restart(&home, server, task);
+    let t = task_view(&base, task).await;
+    assert_eq!(
+        (t["state"].as_str(), t["question"]["text"].as_str()),
+        (Some("blocked"), Some("Hello in which language?")),
+        "{t}"
+    );
+    forgejo.comment(PULL_REPO, issue, "alice", "/answer English").await;
+    eventually("the answer queues attempt 2", || async { task_view(&base, task).await["attempt"] == 2 }).await;
+    agent.heartbeat(&[]).await;
+    let a = agent.pull_with(2, None).await.expect("the answered task");
+    assert!(a.prompt.contains("Hello in which language?") && a.prompt.contains("English"), "{}", a.prompt);
+    assert_eq!(agent.start(&a).await, 200);
+
+    // Validating while CI runs.
+    repo.checkout("main");
+    repo.checkout(&a.branch);
+    let sha = repo.commit(&[("hello.txt", "hello\n")], "greet");
+    repo.push(&a.branch);
+    let pr =
+        forgejo.create_pull(PULL_REPO, "agent", "Greet", &format!("Fixes #{issue}"), &a.branch, &sha, "main").await;
+    repo.push_pull_head(pr, &sha);
+    forgejo.set_pull_commits(PULL_REPO, pr, &[FakeCommit::new(&sha, "greet").file("hello.txt", "added", 1, 0)]).await;
+    ci_reports(&forgejo, &sha, "pending").await;
+    let receipt = json!({"task_id": task, "attempt": 2, "pr_number": pr, "head_sha": sha});
+    assert_eq!(agent.post("/receipts", receipt).await.0, 202);
+    eventually("the task waits for CI", || async { !task_view(&base, task).await["checks"].is_null() }).await;
+    let server = kill_and_restart(&home, server, task);
+    assert_eq!(task_view(&base, task).await["state"], "validating");
+    ci_reports(&forgejo, &sha, "success").await;
+    eventually("green CI completes it after the restart", || async {
+        task_view(&base, task).await["state"] == "completed"
+    })
+    .await;
+
+    // A round of changes asked for on the pull request.
+    forgejo.comment(PULL_REPO, pr, "alice", "/fleet fix say hello twice").await;
+    eventually("a round of changes is queued", || async { task_view(&base, task).await["state"] == "queued" }).await;
+    let server = kill_and_restart(&home, server, task);
+    let t = task_view(&base, task).await;
+    assert_eq!(
+        (t["follow_up"]["round"].as_u64(), t["follow_up"]["instruction"].as_str()),
+        (Some(1), Some("say hello twice")),
+        "{t}"
+    );
+    agent.heartbeat(&[]).await;
+    let round = agent.pull_with(2, None).await.expect("the round");
+    assert_eq!((round.attempt, round.branch.as_str()), (3, a.branch.as_str()));
+    assert!(round.prompt.contains("say hello twice"), "{}", round.prompt);
+    assert_eq!(agent.start(&round).await, 200);
+    repo.checkout(&a.branch);
+    let twice = repo.commit(&[("hello.txt", "hello\nhello\n")], "twice");
+    repo.push(&a.branch);
+    repo.push_pull_head(pr, &twice);
+    forgejo
+        .push_to_pull(PULL_REPO, pr, "agent", &[FakeCommit::new(&twice, "twice").file("hello.txt", "modified", 1, 0)])
+        .await;
+    ci_reports(&forgejo, &twice, "success").await;
+    let receipt = json!({"task_id": task, "attempt": 3, "pr_number": pr, "head_sha": twice});
+    assert_eq!(agent.post("/receipts", receipt).await.0, 202);
+    eventually("the round completes", || async { task_view(&base, task).await["state"] == "completed" }).await;
+
+    // The merge.
+    forgejo.merge_pull(PULL_REPO, pr, "alice").await;
+    eventually("the merge is recorded", || async { task_view(&base, task).await["pull_end"]["merged"] == true }).await;
+    let server = kill_and_restart(&home, server, task);
+    let t = task_view(&base, task).await;
+    assert_eq!((t["state"].as_str(), t["pull_end"]["by"].as_str()), (Some("completed"), Some("alice")), "{t}");
+    assert!(server.stop().success());
+
+    let tasks = task_table(&home);
+    let out = home.run(&["store", "rebuild"]);
+    assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(task_table(&home), tasks);
 }

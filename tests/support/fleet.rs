@@ -286,6 +286,21 @@ impl TestAgent {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// Registers `name` (one slot) with the server at `base` (`http://addr`), e.g. a `forgefleet serve` process.
+    pub async fn register_at(base: &str, registration_token: &str, name: &str) -> TestAgent {
+        let http = reqwest::Client::new();
+        let r = http
+            .post(format!("{base}/api/v1/agents/register"))
+            .bearer_auth(registration_token)
+            .json(&json!({"name": name, "adapter": "command", "max_concurrency": 1, "version": "test"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "register {name}: {}", r.text().await.unwrap());
+        let body: Value = r.json().await.unwrap();
+        TestAgent { name: name.into(), token: body["token"].as_str().unwrap().into(), base: base.into(), http }
+    }
+
     /// An agent of `fleet` known by its token.
     pub fn with_token(fleet: &Fleet, name: &str, token: &str) -> TestAgent {
         TestAgent { name: name.into(), token: token.into(), base: fleet.base.clone(), http: fleet.http.clone() }
