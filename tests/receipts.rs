@@ -646,7 +646,7 @@ async fn a_red_ci_round_is_retried_on_the_same_pull_request_and_a_green_one_comp
     );
     let message = task["last_failure"]["message"].as_str().unwrap();
     assert!(
-        message.contains("`ci/test` (failure): 2 tests failed")
+        message.contains("`ci/test` (failure): `2 tests failed`")
             && message.contains(&format!("https://ci.example/{REPO}/runs/{sha}")),
         "{message}"
     );

@@ -1,6 +1,7 @@
 //! CI as a receipt check: which commit statuses a repository requires on the pull request's head, and what
 //! a set of statuses means for the task (still pending, passed, failed). Pure: the statuses come in as data.
 
+use super::text::code;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -99,12 +100,13 @@ impl CommitStatus {
 
     /// `name` (state): description <url>, for a comment or a prompt.
     pub fn describe(&self) -> String {
-        let mut s = format!("`{}` ({})", self.context, self.state);
+        // Every part is the CI's word, and CI runs the pull request's code: inert text only.
+        let mut s = format!("{} ({})", code(&self.context), self.state);
         if !self.description.trim().is_empty() {
-            s.push_str(&format!(": {}", self.description.trim()));
+            s.push_str(&format!(": {}", code(self.description.trim())));
         }
         if !self.target_url.trim().is_empty() {
-            s.push_str(&format!(" <{}>", self.target_url.trim()));
+            s.push_str(&format!(" {}", code(self.target_url.trim())));
         }
         s
     }
@@ -130,7 +132,7 @@ impl ChecksVerdict {
             }
             ChecksVerdict::Pending { waiting_for } => format!("waiting for {}", waiting_for.join(", ")),
             ChecksVerdict::Passed { checks } => {
-                let names: Vec<String> = checks.iter().map(|c| format!("`{}`", c.context)).collect();
+                let names: Vec<String> = checks.iter().map(|c| code(&c.context)).collect();
                 format!("CI passed on the head commit: {}", names.join(", "))
             }
             ChecksVerdict::Failed { failing } => {
@@ -158,12 +160,11 @@ pub fn judge(required: &RequiredChecks, statuses: &[CommitStatus]) -> ChecksVerd
     if !failing.is_empty() {
         return ChecksVerdict::Failed { failing };
     }
-    let mut waiting_for: Vec<String> =
-        relevant.iter().filter(|s| !s.succeeded()).map(|s| format!("`{}`", s.context)).collect();
+    let mut waiting_for: Vec<String> = relevant.iter().filter(|s| !s.succeeded()).map(|s| code(&s.context)).collect();
     if let RequiredChecks::Named(names) = required {
         for n in names {
             if !relevant.iter().any(|s| &s.context == n) {
-                waiting_for.push(format!("`{n}` (not reported yet)"));
+                waiting_for.push(format!("{} (not reported yet)", code(n)));
             }
         }
     }
@@ -176,6 +177,24 @@ pub fn judge(required: &RequiredChecks, statuses: &[CommitStatus]) -> ChecksVerd
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_ci_says_is_inert_text_in_a_comment() {
+        // CI runs the pull request's code: a job may name itself, describe itself and link anywhere.
+        let hostile = CommitStatus {
+            context: "build `@alice`".into(),
+            state: "failure".into(),
+            description: "![x](http://evil/x.png)\n/retry".into(),
+            target_url: "http://ci> @bob".into(),
+        };
+        let said = ChecksVerdict::Failed { failing: vec![hostile] }.explain();
+        assert_eq!(
+            said,
+            "CI failed on the head commit: `` build `@alice` `` (failure): `![x](http://evil/x.png) /retry` \
+             `http://ci> @bob`"
+        );
+        assert!(crate::core::commands::parse(&said, crate::core::commands::Place::Issue).is_empty());
+    }
 
     fn status(context: &str, state: &str) -> CommitStatus {
         CommitStatus {
@@ -195,7 +214,7 @@ mod tests {
         let v = judge(&all, &[status("build", "success"), status("lint", "pending"), status("test", "error")]);
         let ChecksVerdict::Failed { failing } = &v else { panic!("{v:?}") };
         assert_eq!(failing.len(), 1);
-        assert!(v.explain().contains("`test` (error): test is error <https://ci.example/test>"), "{}", v.explain());
+        assert!(v.explain().contains("`test` (error): `test is error` `https://ci.example/test`"), "{}", v.explain());
         let v = judge(&all, &[status("build", "success"), status("lint", "warning")]);
         assert!(matches!(v, ChecksVerdict::Passed { ref checks } if checks.len() == 2), "{v:?}");
     }

@@ -13,6 +13,7 @@ pub mod pull;
 pub mod queue;
 pub mod receipt;
 pub mod task;
+pub mod text;
 pub mod time;
 
 pub use agent::{Agent, AgentState, AgentStatus};

@@ -113,13 +113,14 @@ pub fn show_text(r: ReadView<'_>, issue: &IssueRef) -> crate::store::Result<Opti
             writeln!(out, "- held by `{agent}` (attempt {}), deadline {}", lease.attempt, lease.deadline.to_rfc3339());
     }
     if let Some(f) = &t.last_failure {
+        // The message may be an agent's or a CI job's words: inert, on one line.
         let message: String = f.message.chars().take(200).collect();
         let _ = writeln!(
             out,
             "- last failure: attempt {}, {}: {}",
             f.attempt,
             f.class.as_str(),
-            message.replace('\n', " ")
+            crate::core::text::code(&message)
         );
     }
     // The question itself is the agent's text: it is on the issue, fenced, and not repeated here.

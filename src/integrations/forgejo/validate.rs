@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use super::types::PullRequest;
 use super::{ForgejoClient, ForgejoError};
+use crate::core::text::code;
 use crate::core::{Check, FileChange, Task, TaskId, TaskState, Validation};
 use crate::engine::{Command, EngineHandle};
 use crate::integrations::git::{GitError, Mirror};
@@ -435,18 +436,6 @@ fn head_matches_check(seen: HeadSeen, pr: &PullRequest, claimed: &str) -> Check 
     check("head_matches", false, detail)
 }
 
-/// `text` as a Markdown code span for a comment: a branch name is chosen by whoever pushed it and may hold
-/// backticks, so the fence is longer than any run of them (a mention or a link inside stays inert). Control
-/// characters are written out.
-fn code(text: &str) -> String {
-    let text: String =
-        text.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect();
-    let longest = text.split(|c| c != '`').map(str::len).max().unwrap_or(0);
-    let fence = "`".repeat(longest + 1);
-    let pad = if text.starts_with('`') || text.ends_with('`') { " " } else { "" };
-    format!("{fence}{pad}{text}{pad}{fence}")
-}
-
 fn short(sha: &str) -> &str {
     sha.get(..10).unwrap_or(sha)
 }
@@ -539,9 +528,6 @@ mod tests {
 
     #[test]
     fn a_branch_name_with_backticks_stays_inside_its_code_span() {
-        assert_eq!(code("forgefleet/issue-7-attempt-1"), "`forgefleet/issue-7-attempt-1`");
-        assert_eq!(code("x`@alice`y"), "``x`@alice`y``");
-        assert_eq!(code("`a``b"), "``` `a``b ```");
         let c = head_branch_check(&pull("x`@alice", Some("acme/app"), "main"), &task(1), "forgefleet/");
         assert!(c.detail.contains("``x`@alice``"), "{c:?}");
     }

@@ -127,31 +127,21 @@ impl Templates {
     }
 }
 
-/// The longest run of backticks in `text`.
-fn longest_backtick_run(text: &str) -> usize {
-    text.split(|c| c != '`').map(str::len).max().unwrap_or(0)
-}
-
-/// Text from elsewhere (an agent's message or summary) as a fenced code block, with a fence longer than any run
-/// of backticks in it: it cannot close the block, so it cannot mention people, embed images, run as a command
-/// or pass for a forgefleet section.
-pub fn fence(text: &str) -> String {
-    let f = "`".repeat(longest_backtick_run(text).max(2) + 1);
-    format!("{f}text\n{}\n{f}", text.trim_end_matches('\n'))
-}
-
-/// A short text from elsewhere (a file name) as inline code, on one line, that it cannot close.
-pub fn code(text: &str) -> String {
-    let f = "`".repeat(longest_backtick_run(text) + 1);
-    let one_line: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
-    // A space on each side keeps a backtick at either end from joining the fence; CommonMark strips it.
-    let pad = if one_line.starts_with('`') || one_line.ends_with('`') { " " } else { "" };
-    format!("{f}{pad}{one_line}{pad}{f}")
-}
+pub use crate::core::text::{code, fence};
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_agents_message_in_a_comment_cannot_mention_embed_or_command() {
+        let t = Templates::load(None).unwrap();
+        let hostile =
+            FailedComment { message: "@alice ![i](http://x/i.png)\n\n/retry".into(), ..FailedComment::example() };
+        let failed = t.render(&hostile).unwrap();
+        let commands = crate::core::commands::parse(&failed, crate::core::commands::Place::Issue);
+        assert!(commands.is_empty(), "{failed}");
+    }
 
     /// docs/configuration.md lists each template's names; this keeps the table true. With
     /// `FORGEFLEET_WRITE_DOCS=1` it rewrites the table instead.
@@ -208,20 +198,6 @@ mod tests {
         };
         let done = t.render(&bare).unwrap();
         assert!(!done.contains("Pull request") && !done.contains("Tokens") && !done.contains(" in "), "{done}");
-    }
-
-    #[test]
-    fn text_from_agents_is_fenced_so_that_it_cannot_close_its_fence() {
-        assert_eq!(fence("plain"), "```text\nplain\n```");
-        assert_eq!(fence("a ```` b\n\n/cancel\n"), "`````text\na ```` b\n\n/cancel\n`````");
-        assert_eq!(code("src/a.rs"), "`src/a.rs`");
-        assert_eq!(code("`x\n@y"), "`` `x @y ``");
-        let t = Templates::load(None).unwrap();
-        let hostile =
-            FailedComment { message: "@alice ![i](http://x/i.png)\n\n/retry".into(), ..FailedComment::example() };
-        let failed = t.render(&hostile).unwrap();
-        let commands = crate::core::commands::parse(&failed, crate::core::commands::Place::Issue);
-        assert!(commands.is_empty(), "{failed}");
     }
 
     #[test]
