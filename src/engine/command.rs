@@ -116,6 +116,16 @@ pub enum Command {
         /// Who merged it, as Forgejo says.
         by: Option<String>,
     },
+    /// A pull request Forgejo said twice, a while apart, does not merge (`mergeable: false`) at head `head_sha`
+    /// into `base_branch` at `base_sha`: when a completed task's receipt names it and that head was not decided
+    /// yet, a round that merges the base in is queued (`auto_rebase`), or people are told.
+    ObserveConflict {
+        repo: crate::core::RepoName,
+        number: u64,
+        head_sha: String,
+        base_branch: String,
+        base_sha: String,
+    },
     CancelTask {
         task: TaskId,
         reason: String,
@@ -225,6 +235,7 @@ impl Command {
                 | Command::FinishValidation { .. }
                 | Command::FinishChecks { .. }
                 | Command::ObservePull { .. }
+                | Command::ObserveConflict { .. }
                 | Command::CancelTask { .. }
                 | Command::IssueGone { .. }
                 | Command::RetryTask { .. }
