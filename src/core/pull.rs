@@ -73,6 +73,15 @@ pub enum OnConflict {
 }
 
 impl PullConflict {
+    /// Whether `name` is a branch name of letters, digits and `-_./` only (no backtick, space or markup): the only
+    /// kind forgefleet writes into a comment, a chat line or a prompt.
+    pub fn plain_branch(name: &str) -> bool {
+        !name.is_empty()
+            && name.len() <= 200
+            && !name.starts_with(['-', '.', '/'])
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+    }
+
     /// What the agent of a merging round is asked to do. The receipt check wants the new head to descend from
     /// the verified one, so the base is merged in, never rebased onto.
     pub fn merge_instruction(&self) -> String {

@@ -107,7 +107,8 @@ pub enum Command {
         verdict: crate::core::ChecksVerdict,
     },
     /// A pull request as Forgejo has it now (read back after a webhook, or by reconciliation): when it is
-    /// closed and a completed task's receipt names it, the task records how it ended.
+    /// closed and a completed task's receipt names it, the task records how it ended; a task still waiting for
+    /// its CI completes first (a person's merge or close is the verdict it waited for).
     ObservePull {
         repo: crate::core::RepoName,
         number: u64,

@@ -236,7 +236,20 @@ pub fn handle(s: &mut EngineSettings, tx: &WriteTx<'_>, cmd: Command, now: Times
                 return Ok(Reply::Done);
             }
             // Only a completed task's pull request has an end to record; one already recorded stays as it is.
-            let Some(id) = tx.read().completed_with_pull(&repo, number, TaskId(0))? else { return Ok(Reply::Done) };
+            let id = match tx.read().completed_with_pull(&repo, number, TaskId(0))? {
+                Some(id) => id,
+                // Merged or closed by a person while its CI ran: that is the verdict the task was waiting for, and
+                // CI no longer decides anything. The attempt completes (its receipt checked out), and then its end
+                // is recorded as for any completed task: merged, or closed and `on_pr_closed`.
+                None => match tx.read().awaiting_checks_of_pull(&repo, number)? {
+                    Some(id) => {
+                        let attempt = find_task(tx, id)?.attempt;
+                        tx.append(&Event::TaskCompleted { task: id, attempt, at: now })?;
+                        id
+                    }
+                    None => return Ok(Reply::Done),
+                },
+            };
             let t = find_task(tx, id)?;
             if t.pull_end.is_some() {
                 return Ok(Reply::Done);

@@ -129,6 +129,20 @@ pub(super) fn conflict(
     now: Timestamp,
 ) -> Result<super::command::Reply> {
     use crate::core::{OnConflict, PullConflict};
+    // Both go into a comment and the agent's prompt: only a commit id and a plain branch name do.
+    let bad = |value: &str, what: &str| {
+        EngineError::Invalid(format!(
+            "{value:?} is not {what}: nothing was recorded about pull request #{}",
+            pull.number
+        ))
+    };
+    let head_sha = crate::core::CommitSha::parse(&head_sha).map_err(|_| bad(&head_sha, "a commit id"))?;
+    let head_sha = head_sha.as_str().to_string();
+    if !PullConflict::plain_branch(&base_branch) {
+        return Err(bad(&base_branch, "a plain branch name (letters, digits, `-_./`)"));
+    }
+    let base_sha = crate::core::CommitSha::parse(&base_sha).map_err(|_| bad(&base_sha, "a commit id"))?;
+    let base_sha = base_sha.as_str().to_string();
     let (task, then) = match next_round(s, tx, pull)? {
         NextRound::Round { task, round } if s.auto_rebase_for(&pull.repo) => (task, OnConflict::Merge { round }),
         NextRound::Round { task, .. } => (task, OnConflict::Tell),

@@ -714,11 +714,12 @@ fn completed_with_pull(f: &mut Fleet) -> (TaskId, AgentId) {
     let task = f.label("acme/app#1", &["status:todo"]).unwrap();
     let a1 = f.register("a1", &[], 1);
     hand_in_verified(f, a1, task, 'b');
+    assert_eq!(f.task(task).state, TaskState::Completed);
     (task, a1)
 }
 
 /// `agent` takes the task's next attempt and hands in a receipt for pull request #3 at head `head…head`, which
-/// checks out.
+/// checks out (the task completes, or waits for CI where that is required).
 fn hand_in_verified(f: &mut Fleet, agent: AgentId, task: TaskId, head: char) {
     let a = f.pull(agent).unwrap();
     f.start(agent, &a);
@@ -739,7 +740,6 @@ fn hand_in_verified(f: &mut Fleet, agent: AgentId, task: TaskId, head: char) {
         files: vec![],
     };
     f.engine.execute(Command::FinishValidation { task, attempt, validation }).unwrap();
-    assert_eq!(f.task(task).state, TaskState::Completed);
 }
 
 fn conflict_at(head: char) -> Command {
@@ -829,4 +829,62 @@ fn with_auto_rebase_a_conflict_queues_one_merging_round_until_the_rounds_are_spe
     assert_eq!(t.conflict.as_ref().map(|c| c.then), Some(OnConflict::RoundsSpent { rounds: 1 }));
     let notices = conflict_comments(&f);
     assert_eq!(notices.len(), 2, "{notices:?}");
+}
+
+#[test]
+fn a_conflict_with_a_head_or_base_that_is_not_plain_is_refused_and_changes_nothing() {
+    let mut f = fleet();
+    let (task, _) = completed_with_pull(&mut f);
+    let events = f.engine.store.read().event_count().unwrap();
+    let with = |head: &str, base: &str| Command::ObserveConflict {
+        repo: "acme/app".parse().unwrap(),
+        number: 3,
+        head_sha: head.into(),
+        base_branch: base.into(),
+        base_sha: "c".repeat(40),
+    };
+    for bad in [with("not-a-sha", "main"), with(&"d".repeat(40), "main`; rm -rf"), with(&"d".repeat(40), "")] {
+        let err = f.engine.execute(bad).unwrap_err();
+        assert!(matches!(err, EngineError::Invalid(_)), "{err:?}");
+        assert!(err.to_string().contains("nothing was recorded"), "{err}");
+    }
+    assert_eq!(f.engine.store.read().event_count().unwrap(), events);
+    assert!(f.task(task).conflict.is_none());
+    assert!(f.engine.execute(with(&"D".repeat(40), "release/2.x")).is_ok(), "a plain name and any-case hex do");
+}
+
+#[test]
+fn a_pull_request_merged_or_closed_while_its_ci_runs_ends_the_wait_as_for_a_completed_task() {
+    use OnPullClosed::*;
+    for (merged, on_closed, state, attempt) in [
+        (true, Fail, TaskState::Completed, 1),
+        (false, Nothing, TaskState::Completed, 1),
+        (false, Fail, TaskState::Failed, 1),
+        (false, Requeue, TaskState::Queued, 2),
+    ] {
+        let mut f = fleet();
+        f.engine.settings.require_checks = ChecksSetting::Flag(true);
+        f.engine.settings.on_pr_closed = on_closed;
+        let task = f.label("acme/app#1", &["status:todo"]).unwrap();
+        let a1 = f.register("a1", &[], 1);
+        hand_in_verified(&mut f, a1, task, 'b');
+        assert!(f.task(task).checks.is_some(), "it waits for CI");
+        let observe = Command::ObservePull {
+            repo: "acme/app".parse().unwrap(),
+            number: 3,
+            closed: true,
+            merged,
+            by: Some("alice".into()),
+        };
+        f.engine.execute(observe.clone()).unwrap();
+        let t = f.task(task);
+        assert_eq!((t.state, t.attempt), (state, attempt), "merged {merged}, {on_closed}");
+        assert!(t.checks.is_none(), "CI is no longer waited for");
+        if on_closed != Requeue {
+            assert_eq!(t.pull_end.map(|e| e.merged), Some(merged));
+        }
+        let events = f.engine.store.read().event_count().unwrap();
+        f.engine.execute(observe).unwrap();
+        assert_eq!(f.engine.store.read().event_count().unwrap(), events, "recorded once");
+    }
 }

@@ -194,7 +194,7 @@ async fn run_pass(
 }
 
 /// The safety net for lost `pull_request` webhooks: the recently closed pull requests of `repo` whose completed
-/// task has not recorded its end yet are observed.
+/// task has not recorded its end yet, or whose task still waits for their CI, are observed.
 async fn ended_pulls(
     client: &ForgejoClient,
     engine: &EngineHandle,
@@ -208,7 +208,8 @@ async fn ended_pulls(
             .with(move |v| -> crate::store::Result<bool> {
                 Ok(match v.completed_with_pull(&r, n, crate::core::TaskId(0))? {
                     Some(id) => v.task(id)?.is_some_and(|t| t.pull_end.is_none()),
-                    None => false,
+                    // Ended while its task waited for CI.
+                    None => v.awaiting_checks_of_pull(&r, n)?.is_some(),
                 })
             })
             .await
