@@ -32,6 +32,7 @@ pub fn engine_settings(config: &Config) -> EngineSettings {
         on_pr_closed: config.forgejo.on_pr_closed,
         review_rounds: config.forgejo.review_rounds,
         answer_any_comment: config.forgejo.answer_any_comment,
+        auto_rebase: config.forgejo.auto_rebase,
         prefer_same_agent: std::time::Duration::from_secs(config.agents.prefer_same_agent_secs),
         checks_timeout: std::time::Duration::from_secs(config.forgejo.checks_timeout_mins.saturating_mul(60)),
         chat_progress: chat_kinds(config).is_some_and(|k| k.contains("progress")).then(|| {

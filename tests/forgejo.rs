@@ -584,8 +584,10 @@ async fn the_client_pages_through_long_lists_and_rides_out_server_errors() {
     assert_eq!(pages, 3, "50 + 50 + 20");
     w.forgejo.fail_next_requests(2, 502).await;
     assert_eq!(client.issue(&repo, 7).await.unwrap().number, 7, "two 502s, then success");
-    w.forgejo.fail_next_requests(4, 500).await;
+    // Every try fails (by path: the fleet's own workers talk to the same Forgejo meanwhile).
+    w.forgejo.fail_path_until_healed("/api/v1/repos/acme/app/issues/7", 500).await;
     let err = client.issue(&repo, 7).await.unwrap_err();
+    w.forgejo.heal().await;
     assert_eq!(err.status().map(|s| s.as_u16()), Some(500));
     assert!(err.to_string().contains("GET /repos/acme/app/issues/7"), "{err}");
     let missing = client.issue(&repo, 999).await.unwrap_err();

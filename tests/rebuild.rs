@@ -63,7 +63,7 @@ fn random_command(rng: &mut StdRng, engine: &Engine) -> Command {
     if let Some(lease) = current.and_then(|t| t.lease).filter(|_| rng.random_bool(0.8)) {
         agent = lease.agent;
     }
-    match rng.random_range(0..100) {
+    match rng.random_range(0..102) {
         0..=19 => {
             let mut labels: Vec<String> =
                 LABELS.iter().filter(|_| rng.random_bool(0.2)).map(|l| l.to_string()).collect();
@@ -238,6 +238,14 @@ fn random_command(rng: &mut StdRng, engine: &Engine) -> Command {
                 by: "@alice".into(),
             }
         }
+        // A pull request that stopped merging, seen twice: mostly a completed task's, at one of a few heads.
+        98..=99 => Command::ObserveConflict {
+            repo: "acme/app".parse().unwrap(),
+            number: completed_pull(engine).filter(|_| rng.random_bool(0.8)).unwrap_or_else(|| rng.random_range(1..100)),
+            head_sha: format!("{:040x}", rng.random_range(0..3u64)),
+            base_branch: "main".into(),
+            base_sha: format!("{:040x}", rng.random_range(0..3u64) + 7),
+        },
         _ => Command::Tick,
     }
 }
@@ -251,6 +259,8 @@ fn rebuilt_projections_equal_the_live_ones_after_long_random_scenarios() {
         let mut settings = EngineSettings::default();
         settings.require_checks = forgefleet::core::ChecksSetting::Flag(seed % 2 == 0);
         settings.on_pr_closed = [OnPullClosed::Requeue, OnPullClosed::Fail, OnPullClosed::Nothing][seed as usize % 3];
+        // Conflicts queue merging rounds in half the scenarios and are only told in the others.
+        settings.auto_rebase = seed % 4 < 2;
         let mut engine = Engine::new(Store::open_in_memory().unwrap(), settings, clock.clone());
         let mut ok = 0;
         for _ in 0..4000 {
@@ -272,6 +282,7 @@ fn rebuilt_projections_equal_the_live_ones_after_long_random_scenarios() {
         }
         assert!(kinds.contains("pull_ended"), "seed {seed}: no pull request ended: {kinds:?}");
         assert!(kinds.contains("follow_up_requested"), "seed {seed}: no round of changes: {kinds:?}");
+        assert!(kinds.contains("pull_conflicted"), "seed {seed}: no conflicted pull request: {kinds:?}");
         assert!(kinds.contains("task_blocked") && kinds.contains("task_answered"), "seed {seed}: {kinds:?}");
         assert!(ok > 1000, "seed {seed}: only {ok} commands applied");
 

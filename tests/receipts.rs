@@ -122,6 +122,18 @@ impl World {
         (n, sha)
     }
 
+    /// alice closes pull request `pr` without merging it, through the API (`PATCH` with `state: closed`).
+    async fn close_pull(&self, pr: u64) {
+        let r = reqwest::Client::new()
+            .patch(format!("{}/api/v1/repos/{REPO}/pulls/{pr}", self.forgejo.url().trim_end_matches('/')))
+            .header("Authorization", "token alice-token")
+            .json(&json!({"state": "closed"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    }
+
     async fn submit(&self, pr: u64, head: &str) -> (reqwest::StatusCode, Value) {
         self.submit_for(self.task, pr, head).await
     }
@@ -755,14 +767,7 @@ async fn a_pull_request_closed_unmerged_requeues_its_task_when_the_repository_sa
     w.submit(pr, &sha).await;
     assert_eq!(w.settled().await["state"], "completed");
     eventually("status:done", || async { w.forgejo.issue(REPO, w.issue).await.labels == ["status:done"] }).await;
-    let r = reqwest::Client::new()
-        .patch(format!("{}/api/v1/repos/{REPO}/pulls/{pr}", w.forgejo.url().trim_end_matches('/')))
-        .header("Authorization", "token alice-token")
-        .json(&json!({"state": "closed"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    w.close_pull(pr).await;
     // No webhook is registered: the reconciliation pass at the next start finds it.
     w.fleet.restart_after(Duration::from_secs(5)).await;
     eventually("the task is queued again", || async { w.task().await["state"] == "queued" }).await;
@@ -851,4 +856,28 @@ async fn a_fix_asked_on_the_pull_request_is_a_new_round_on_the_same_branch_built
     assert_eq!(task["state"], "completed", "{task}");
     assert_eq!(check(&task, "builds_on_verified_head")["passed"], true, "{task}");
     assert_eq!(check(&task, "same_pull_request")["passed"], true, "{task}");
+}
+
+/// A pull request closed without merging while its task waits for CI: CI no longer decides anything. The attempt
+/// ends as if completed and its end is recorded, so the repository's `on_pr_closed` applies (here: a fresh
+/// attempt); the statuses are no longer polled for it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pull_request_closed_while_its_ci_runs_ends_the_wait_and_on_pr_closed_applies() {
+    let w = World::with_fleet_yaml("require_checks: [ci/test]\non_pr_closed: requeue\n").await;
+    w.forgejo.add_hook(REPO, &format!("{}/api/v1/webhooks/forgejo", w.fleet.base), "s", &["pull_request"]).await;
+    settings_read(&w).await;
+    let (pr, sha) = w.open_pull(&[("a.txt", "x\n")], "Greet", &format!("Closes #{}", w.issue)).await;
+    assert_eq!(w.submit(pr, &sha).await.0, 202);
+    eventually("the task waits for CI", || async { !w.task().await["checks"].is_null() }).await;
+    w.close_pull(pr).await;
+    eventually("the task is queued again", || async { w.task().await["state"] == "queued" }).await;
+    let (_, detail) = w.fleet.operator(Method::GET, &format!("/tasks/{}", w.task)).await;
+    let kinds: Vec<&str> = detail["events"].as_array().unwrap().iter().filter_map(|e| e["type"].as_str()).collect();
+    assert!(kinds.ends_with(&["task_completed", "pull_ended"]), "{kinds:?}");
+    let task = w.task().await;
+    assert_eq!((task["attempt"].as_u64(), task["checks"].is_null()), (Some(2), true), "{task}");
+    eventually("the issue says why", || async {
+        w.forgejo.comments(REPO, w.issue).await.iter().any(|c| c.body.contains("closed without merging"))
+    })
+    .await;
 }

@@ -334,6 +334,9 @@ pub struct TaskDoc {
     pull_end: Option<PullEndDoc>,
     /// The round of changes a person asked for on the pull request (a review, or `/fleet fix`). Absent when none.
     follow_up: Option<FollowUpDoc>,
+    /// The last time the completed attempt's pull request stopped merging (its base branch moved and Forgejo
+    /// said `mergeable: false`), and what forgefleet did. Absent when it never did since the task was queued.
+    conflict: Option<PullConflictDoc>,
     /// The question an attempt asked a person (`block`), and the answer once one came; the attempts after the
     /// answer are told both. Absent when no attempt asked.
     question: Option<QuestionDoc>,
@@ -387,6 +390,23 @@ pub struct FollowUpDoc {
     /// The review it came from. Absent for `/fleet fix`.
     #[serde(default)]
     review_id: Option<i64>,
+}
+
+/// A completed task's pull request that stopped merging into its moved base branch.
+#[derive(ToSchema)]
+#[schema(as = PullConflict)]
+#[allow(dead_code)]
+pub struct PullConflictDoc {
+    pr_number: u64,
+    /// The pull request's head that conflicts: each head is decided once.
+    head_sha: String,
+    base_branch: String,
+    /// The base branch's tip it conflicts with.
+    base_sha: String,
+    /// What forgefleet did: `{"merge": {"round": n}}` (`auto_rebase`: round `n` of changes merges the base in),
+    /// `"tell"` (people were told) or `{"rounds_spent": {"rounds": n}}` (told: the rounds are spent).
+    #[schema(value_type = Object)]
+    then: String,
 }
 
 /// How a completed task's pull request ended.
@@ -557,6 +577,13 @@ mod tests {
                 }],
                 review_id: Some(9),
             }),
+            conflict: Some(crate::core::PullConflict {
+                pr_number: 3,
+                head_sha: "b".repeat(40),
+                base_branch: "main".into(),
+                base_sha: "c".repeat(40),
+                then: crate::core::OnConflict::Merge { round: 2 },
+            }),
             question: Some(crate::core::Question {
                 attempt: 1,
                 text: "q".into(),
@@ -584,6 +611,7 @@ mod tests {
         assert_eq!(properties::<AwaitedChecksDoc>(), keys(&task["checks"]));
         assert_eq!(properties::<PullEndDoc>(), keys(&task["pull_end"]));
         assert_eq!(properties::<FollowUpDoc>(), keys(&task["follow_up"]));
+        assert_eq!(properties::<PullConflictDoc>(), keys(&task["conflict"]));
         assert_eq!(properties::<QuestionDoc>(), keys(&task["question"]));
         assert_eq!(properties::<LastSessionDoc>(), keys(&task["last_session"]));
 

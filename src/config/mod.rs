@@ -307,6 +307,11 @@ pub struct ForgejoConfig {
     /// as `/answer <the comment>` would (`false`: only `/answer` does). A repository's `fleet.yaml` may set its
     /// own. Default: `false`.
     pub answer_any_comment: bool,
+    /// What happens when a completed task's pull request stops merging because its base branch moved
+    /// (Forgejo's `mergeable: false`): `true` queues a round on the same branch in which an agent merges the
+    /// base branch in and resolves the conflicts (a round of `review_rounds`); `false` only tells the issue and
+    /// the chat room. A repository's `fleet.yaml` may set its own. Default: `false`.
+    pub auto_rebase: bool,
     /// Forgejo users of agents, `agent name = "login"`: the user becomes the issue's assignee while the
     /// agent works on it. Default: empty.
     pub agent_users: std::collections::BTreeMap<String, String>,
@@ -330,6 +335,7 @@ impl Default for ForgejoConfig {
             on_pr_closed: Default::default(),
             review_rounds: 3,
             answer_any_comment: false,
+            auto_rebase: false,
             base_branch: "main".into(),
             branch_prefix: "forgefleet/".into(),
             webhook_url: None,

@@ -8,6 +8,7 @@ use super::event::{CancelledBy, Event};
 use super::ids::{AgentId, AgentName, CommitSha, IssueRef, TaskId};
 use super::labels::StatusLabel;
 use super::policy::{FailureClass, RetryDecision};
+use super::pull::OnConflict;
 use super::receipt::{Receipt, Validation};
 use super::task::{Task, TaskState};
 use super::time::Timestamp;
@@ -67,6 +68,13 @@ pub enum Notice {
     Blocked {
         question: String,
     },
+    /// The completed task's pull request no longer merges into its moved base branch, and what forgefleet did.
+    Conflicted {
+        pr_number: u64,
+        head_sha: String,
+        base_branch: String,
+        then: super::pull::OnConflict,
+    },
 }
 
 impl Notice {
@@ -82,6 +90,19 @@ impl Notice {
             Notice::PullEnded { merged: false, .. } => "pull_closed",
             Notice::FollowUp { .. } => "follow_up",
             Notice::Blocked { .. } => "blocked",
+            Notice::Conflicted { .. } => "conflicted",
+        }
+    }
+
+    /// What tells this notice's comment apart from every other one of its attempt (its hidden marker's last
+    /// part): the kind, and for a conflict the head too, since a later head of the same attempt (a person
+    /// pushed) may conflict again and is told again.
+    pub fn marker_kind(&self) -> String {
+        match self {
+            Notice::Conflicted { head_sha, .. } => {
+                format!("conflicted-{}", head_sha.get(..12).unwrap_or(head_sha))
+            }
+            other => other.kind().to_string(),
         }
     }
 }
@@ -328,7 +349,9 @@ impl Effect {
                 // The end of a completed task's pull request edits its completed message.
                 Notice::PullEnded { .. } => "completed",
                 // A new round of work on the task: news of the same kind as a retry.
-                Notice::FollowUp { .. } => "retrying",
+                Notice::FollowUp { .. } | Notice::Conflicted { then: OnConflict::Merge { .. }, .. } => "retrying",
+                // News of the completed task's pull request, as its end is.
+                Notice::Conflicted { .. } => "completed",
                 other => other.kind(),
             }),
             Effect::ChatAgent { news, .. } => Some(match news {
@@ -535,6 +558,16 @@ fn issue_effects_of(before: Option<&Task>, after: &Task, event: &Event) -> Vec<E
         Event::FollowUpRequested { follow_up, .. } => {
             let notice =
                 Notice::FollowUp { round: follow_up.round, pr_number: follow_up.pr_number, by: follow_up.by.clone() };
+            out.push(comment(after.attempt, notice));
+        }
+        Event::PullConflicted { conflict, .. } => {
+            let notice = Notice::Conflicted {
+                pr_number: conflict.pr_number,
+                head_sha: conflict.head_sha.clone(),
+                base_branch: conflict.base_branch.clone(),
+                then: conflict.then,
+            };
+            // The round's attempt when one was queued, else the completed one.
             out.push(comment(after.attempt, notice));
         }
         Event::PullEnded { attempt, end, then, .. } => {

@@ -8,7 +8,7 @@ use super::checks::AwaitedChecks;
 use super::ids::{AgentId, AgentName, IssueRef, TaskId};
 use super::labels::TaskSpec;
 use super::policy::{FailureClass, RetryDecision};
-use super::pull::{FollowUp, OnPullClosed, PullEnd};
+use super::pull::{FollowUp, OnPullClosed, PullConflict, PullEnd};
 use super::receipt::{Receipt, Validation};
 use super::time::Timestamp;
 
@@ -89,6 +89,16 @@ pub enum Event {
     FollowUpRequested {
         task: TaskId,
         follow_up: FollowUp,
+        at: Timestamp,
+    },
+    /// A completed task's pull request no longer merges (its base moved): recorded once per head, with what was
+    /// done: a round of changes that merges the base in (`follow_up`, with `auto_rebase`), or people were told.
+    PullConflicted {
+        task: TaskId,
+        attempt: u32,
+        conflict: PullConflict,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        follow_up: Option<FollowUp>,
         at: Timestamp,
     },
     TaskCompleted {
@@ -193,6 +203,7 @@ impl Event {
             Event::ChecksAwaited { .. } => "checks_awaited",
             Event::PullEnded { .. } => "pull_ended",
             Event::FollowUpRequested { .. } => "follow_up_requested",
+            Event::PullConflicted { .. } => "pull_conflicted",
             Event::TaskCompleted { .. } => "task_completed",
             Event::TaskLost { .. } => "task_lost",
             Event::AttemptFailed { .. } => "attempt_failed",
@@ -220,6 +231,7 @@ impl Event {
             | Event::ChecksAwaited { task, .. }
             | Event::PullEnded { task, .. }
             | Event::FollowUpRequested { task, .. }
+            | Event::PullConflicted { task, .. }
             | Event::TaskCompleted { task, .. }
             | Event::TaskLost { task, .. }
             | Event::AttemptFailed { task, .. }
@@ -254,6 +266,7 @@ impl Event {
             | Event::ChecksAwaited { at, .. }
             | Event::PullEnded { at, .. }
             | Event::FollowUpRequested { at, .. }
+            | Event::PullConflicted { at, .. }
             | Event::TaskCompleted { at, .. }
             | Event::TaskLost { at, .. }
             | Event::AttemptFailed { at, .. }

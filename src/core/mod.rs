@@ -26,7 +26,7 @@ pub use event::{CancelledBy, Event};
 pub use ids::{AgentId, AgentName, CommitSha, InvalidId, IssueRef, RepoName, TaskId};
 pub use labels::{LabelChange, LabelReading, LabelScheme, Priority, StatusLabel, TaskSpec};
 pub use policy::{FailureClass, RetryDecision, RetryPolicy, RetryRule};
-pub use pull::{FollowUp, OnPullClosed, PullEnd, ReviewNote};
+pub use pull::{FollowUp, OnConflict, OnPullClosed, PullConflict, PullEnd, ReviewNote};
 pub use receipt::{Artifact, Check, FileChange, Receipt, Spent, Usage, Validation};
 pub use task::{
     LastSession, Lease, MAX_QUESTION_BYTES, MAX_SESSION_ID_BYTES, QUESTION_FILE, Question, Task, TaskState,

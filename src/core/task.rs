@@ -11,7 +11,7 @@ use super::event::Event;
 use super::ids::{AgentId, IssueRef, TaskId};
 use super::labels::{StatusLabel, TaskSpec};
 use super::policy::{FailureClass, RetryDecision};
-use super::pull::{FollowUp, OnPullClosed, PullEnd};
+use super::pull::{FollowUp, OnPullClosed, PullConflict, PullEnd};
 use super::receipt::{Receipt, Validation};
 use super::time::Timestamp;
 
@@ -237,6 +237,10 @@ pub struct Task {
     /// until the next round or a fresh start).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub follow_up: Option<FollowUp>,
+    /// The last time the pull request stopped merging (its base moved), and what was done about it: kept until
+    /// a fresh start, so that the same head is never decided twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conflict: Option<PullConflict>,
     /// The question an attempt asked a person, and its answer once given: kept for the attempts after it,
     /// until a person queues the task again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -297,6 +301,7 @@ impl Task {
                 checks: None,
                 pull_end: None,
                 follow_up: None,
+                conflict: None,
                 question: None,
                 last_session: None,
             }),
@@ -435,18 +440,17 @@ impl Task {
                 if self.state != Completed || self.pull_end.is_some() {
                     return Err(illegal);
                 }
-                self.state = TaskState::Queued;
-                self.attempt += 1;
-                self.retries.clear();
-                self.not_before = None;
-                self.queued_at = *at;
-                self.lease = None;
-                self.receipt = None;
-                self.validation = None;
-                self.checks = None;
-                self.pushed_branch = Some(follow_up.branch.clone());
-                self.follow_up = Some(follow_up.clone());
-                self.requeue_session(*at);
+                self.round_of_changes(follow_up, *at);
+            }
+            Event::PullConflicted { attempt, conflict, follow_up, at, .. } => {
+                if self.state != Completed || self.pull_end.is_some() {
+                    return Err(illegal);
+                }
+                check_attempt(*attempt)?;
+                self.conflict = Some(conflict.clone());
+                if let Some(f) = follow_up {
+                    self.round_of_changes(f, *at);
+                }
             }
             Event::TaskCompleted { attempt, .. } => {
                 if self.state != Validating {
@@ -550,6 +554,14 @@ impl Task {
         Ok(())
     }
 
+    /// A round of changes on the pull request: a new attempt on its branch, with a fresh retry budget.
+    fn round_of_changes(&mut self, follow_up: &FollowUp, at: Timestamp) {
+        self.next_attempt_queued(at);
+        self.pushed_branch = Some(follow_up.branch.clone());
+        self.follow_up = Some(follow_up.clone());
+        self.requeue_session(at);
+    }
+
     /// Queued again to go on from the last session's work: its agent's preference window starts now.
     fn requeue_session(&mut self, at: Timestamp) {
         if let Some(s) = &mut self.last_session {
@@ -562,6 +574,14 @@ impl Task {
         self.pushed_branch = None;
         self.last_session = None;
         self.question = None;
+        self.next_attempt_queued(at);
+        self.pull_end = None;
+        self.follow_up = None;
+        self.conflict = None;
+    }
+
+    /// The next attempt waits in the queue from `at`, with a fresh retry budget and nothing of the last one's.
+    fn next_attempt_queued(&mut self, at: Timestamp) {
         self.state = TaskState::Queued;
         self.attempt += 1;
         self.retries.clear();
@@ -571,8 +591,6 @@ impl Task {
         self.receipt = None;
         self.validation = None;
         self.checks = None;
-        self.pull_end = None;
-        self.follow_up = None;
     }
 }
 

@@ -113,6 +113,19 @@ fn event_of_kind(kind: &str, attempt: u32) -> Event {
             then: crate::core::OnPullClosed::Nothing,
             at: at(100),
         },
+        "pull_conflicted" => Event::PullConflicted {
+            task: t,
+            attempt,
+            conflict: crate::core::PullConflict {
+                pr_number: 3,
+                head_sha: "b".repeat(40),
+                base_branch: "main".into(),
+                base_sha: "c".repeat(40),
+                then: crate::core::OnConflict::Tell,
+            },
+            follow_up: None,
+            at: at(100),
+        },
         "task_blocked" => {
             Event::TaskBlocked { task: t, attempt, question: "v1 or v2 API?".into(), session_id: None, at: at(100) }
         }
@@ -123,8 +136,9 @@ fn event_of_kind(kind: &str, attempt: u32) -> Event {
     }
 }
 
-const KINDS: [&str; 16] = [
+const KINDS: [&str; 17] = [
     "follow_up_requested",
+    "pull_conflicted",
     "receipt_checked",
     "checks_awaited",
     "pull_ended",
@@ -189,6 +203,7 @@ fn legal_from(kind: &str) -> &'static [TaskState] {
         "checks_awaited" => &[Validating],
         "pull_ended" => &[Completed],
         "follow_up_requested" => &[Completed],
+        "pull_conflicted" => &[Completed],
         "task_lost" => &[Assigned, Running],
         "attempt_failed" => &[Assigned, Running, Validating, AgentLost],
         "task_cancelled" => &[Queued, Assigned, Running, Validating, AgentLost, Blocked],
@@ -508,4 +523,30 @@ fn the_last_session_is_kept_through_every_round_that_goes_on_from_it_and_dropped
     .unwrap();
     t.apply(&Event::TaskRetried { task: T, by: "bob".into(), at: at(300) }).unwrap();
     assert_eq!(t.last_session, None, "a person started it afresh");
+}
+
+#[test]
+fn a_conflict_is_recorded_on_the_completed_task_and_a_merging_round_goes_on_its_branch() {
+    // Told only: the task stays completed, the conflict is kept.
+    let mut t = task_in(TaskState::Completed);
+    t.apply(&event_of_kind("pull_conflicted", 1)).unwrap();
+    assert_eq!((t.state, t.attempt), (TaskState::Completed, 1));
+    assert_eq!(t.conflict.as_ref().map(|c| c.head_sha.as_str()), Some("b".repeat(40).as_str()));
+    assert!(t.apply(&event_of_kind("pull_conflicted", 2)).is_err(), "about another attempt: refused");
+
+    // With a round: queued on the pull request's branch, the conflict kept for the rounds after.
+    let mut t = task_in(TaskState::Completed);
+    let branch = t.branch("ff/");
+    let Event::FollowUpRequested { follow_up, .. } = event_of_kind("follow_up_requested", 1) else { unreachable!() };
+    let follow_up = crate::core::FollowUp { branch: branch.clone(), by: "forgefleet".into(), ..follow_up };
+    let Event::PullConflicted { conflict, .. } = event_of_kind("pull_conflicted", 1) else { unreachable!() };
+    let conflict = crate::core::PullConflict { then: crate::core::OnConflict::Merge { round: 1 }, ..conflict };
+    t.apply(&Event::PullConflicted { task: T, attempt: 1, conflict, follow_up: Some(follow_up), at: at(200) }).unwrap();
+    assert_eq!((t.state, t.attempt, t.branch("ff/")), (TaskState::Queued, 2, branch));
+    assert_eq!(t.follow_up.as_ref().map(|f| (f.round, f.by.as_str())), Some((1, "forgefleet")));
+    assert!(t.conflict.is_some());
+    // A fresh start forgets it.
+    t.apply(&event_of_kind("task_cancelled", 2)).unwrap();
+    t.apply(&event_of_kind("task_retried", 2)).unwrap();
+    assert!(t.conflict.is_none());
 }

@@ -107,7 +107,8 @@ pub enum Command {
         verdict: crate::core::ChecksVerdict,
     },
     /// A pull request as Forgejo has it now (read back after a webhook, or by reconciliation): when it is
-    /// closed and a completed task's receipt names it, the task records how it ended.
+    /// closed and a completed task's receipt names it, the task records how it ended; a task still waiting for
+    /// its CI completes first (a person's merge or close is the verdict it waited for).
     ObservePull {
         repo: crate::core::RepoName,
         number: u64,
@@ -115,6 +116,16 @@ pub enum Command {
         merged: bool,
         /// Who merged it, as Forgejo says.
         by: Option<String>,
+    },
+    /// A pull request Forgejo said twice, a while apart, does not merge (`mergeable: false`) at head `head_sha`
+    /// into `base_branch` at `base_sha`: when a completed task's receipt names it and that head was not decided
+    /// yet, a round that merges the base in is queued (`auto_rebase`), or people are told.
+    ObserveConflict {
+        repo: crate::core::RepoName,
+        number: u64,
+        head_sha: String,
+        base_branch: String,
+        base_sha: String,
     },
     CancelTask {
         task: TaskId,
@@ -225,6 +236,7 @@ impl Command {
                 | Command::FinishValidation { .. }
                 | Command::FinishChecks { .. }
                 | Command::ObservePull { .. }
+                | Command::ObserveConflict { .. }
                 | Command::CancelTask { .. }
                 | Command::IssueGone { .. }
                 | Command::RetryTask { .. }

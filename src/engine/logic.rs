@@ -50,6 +50,8 @@ pub struct EngineSettings {
     pub review_rounds: u32,
     /// `[forgejo] answer_any_comment`: whether any comment on a blocked task's issue answers it.
     pub answer_any_comment: bool,
+    /// `[forgejo] auto_rebase`: whether a pull request that stopped merging gets a round that merges its base in.
+    pub auto_rebase: bool,
     /// `[agents] prefer_same_agent_secs`: how long a task that goes on from an agent's work (a round of
     /// changes, an answered question, a retry on its branch) is kept for that agent while it is online.
     pub prefer_same_agent: Duration,
@@ -95,6 +97,11 @@ impl EngineSettings {
     pub fn answer_any_comment_for(&self, repo: &crate::core::RepoName) -> bool {
         self.repos.get(repo).and_then(|o| o.answer_any_comment).unwrap_or(self.answer_any_comment)
     }
+    /// Whether a completed task's pull request that no longer merges gets a round that merges its base branch
+    /// in: the repository's `auto_rebase`, else the server's.
+    pub fn auto_rebase_for(&self, repo: &crate::core::RepoName) -> bool {
+        self.repos.get(repo).and_then(|o| o.auto_rebase).unwrap_or(self.auto_rebase)
+    }
     pub fn start_timeout_for(&self, repo: &crate::core::RepoName) -> Duration {
         self.repos.get(repo).and_then(|o| o.start_timeout_secs).map_or(self.start_timeout, Duration::from_secs)
     }
@@ -121,6 +128,7 @@ impl Default for EngineSettings {
             on_pr_closed: Default::default(),
             review_rounds: 3,
             answer_any_comment: false,
+            auto_rebase: false,
             prefer_same_agent: Duration::from_secs(120),
         }
     }
@@ -228,7 +236,20 @@ pub fn handle(s: &mut EngineSettings, tx: &WriteTx<'_>, cmd: Command, now: Times
                 return Ok(Reply::Done);
             }
             // Only a completed task's pull request has an end to record; one already recorded stays as it is.
-            let Some(id) = tx.read().completed_with_pull(&repo, number, TaskId(0))? else { return Ok(Reply::Done) };
+            let id = match tx.read().completed_with_pull(&repo, number, TaskId(0))? {
+                Some(id) => id,
+                // Merged or closed by a person while its CI ran: that is the verdict the task was waiting for, and
+                // CI no longer decides anything. The attempt completes (its receipt checked out), and then its end
+                // is recorded as for any completed task: merged, or closed and `on_pr_closed`.
+                None => match tx.read().awaiting_checks_of_pull(&repo, number)? {
+                    Some(id) => {
+                        let attempt = find_task(tx, id)?.attempt;
+                        tx.append(&Event::TaskCompleted { task: id, attempt, at: now })?;
+                        id
+                    }
+                    None => return Ok(Reply::Done),
+                },
+            };
             let t = find_task(tx, id)?;
             if t.pull_end.is_some() {
                 return Ok(Reply::Done);
@@ -236,6 +257,10 @@ pub fn handle(s: &mut EngineSettings, tx: &WriteTx<'_>, cmd: Command, now: Times
             let end = crate::core::PullEnd { pr_number: number, merged, by, at: now };
             let then = if merged { crate::core::OnPullClosed::Nothing } else { s.on_pr_closed_for(&repo) };
             append(tx, Event::PullEnded { task: id, attempt: t.attempt, end, then, at: now })
+        }
+        Command::ObserveConflict { repo, number, head_sha, base_branch, base_sha } => {
+            let pull = crate::core::IssueRef { repo, number };
+            super::people::conflict(s, tx, &pull, head_sha, base_branch, base_sha, now)
         }
         Command::CancelTask { task, reason } => {
             let t = find_task(tx, task)?;

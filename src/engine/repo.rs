@@ -95,6 +95,9 @@ pub struct RepoOverrides {
     /// Whether any comment on a blocked task's issue answers it; unset: the server's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub answer_any_comment: Option<bool>,
+    /// Whether a conflicted pull request gets a round that merges its base branch in; unset: the server's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_rebase: Option<bool>,
     /// Why the file could not be used (then everything else is empty and the defaults apply).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
@@ -141,6 +144,8 @@ struct FleetFile {
     review_rounds: Option<u32>,
     #[serde(default)]
     answer_any_comment: Option<bool>,
+    #[serde(default)]
+    auto_rebase: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -238,6 +243,7 @@ pub fn parse_fleet_yaml(
     out.on_pr_closed = file.on_pr_closed;
     out.review_rounds = file.review_rounds;
     out.answer_any_comment = file.answer_any_comment;
+    out.auto_rebase = file.auto_rebase;
     if let Some(setting) = file.require_checks {
         setting.required().map_err(|why| format!("require_checks: {why}"))?;
         out.require_checks = Some(setting);
@@ -346,6 +352,20 @@ mod tests {
         assert!(s.answer_any_comment_for(&repo));
         let err = parse_fleet_yaml("answer_any_comment: sometimes\n", &labels, None).unwrap_err();
         assert!(err.contains("answer_any_comment"), "{err}");
+    }
+
+    #[test]
+    fn a_repository_may_turn_auto_rebase_on_over_the_servers_default() {
+        let labels = LabelScheme::default();
+        let o = parse_fleet_yaml("auto_rebase: true\n", &labels, None).unwrap();
+        assert_eq!(o.auto_rebase, Some(true));
+        let mut s = crate::engine::EngineSettings::default();
+        let repo: crate::core::RepoName = "acme/app".parse().unwrap();
+        assert!(!s.auto_rebase_for(&repo), "off unless configured");
+        s.repos.insert(repo.clone(), o);
+        assert!(s.auto_rebase_for(&repo));
+        let err = parse_fleet_yaml("auto_rebase: yes please\n", &labels, None).unwrap_err();
+        assert!(err.contains("auto_rebase"), "{err}");
     }
 
     #[test]

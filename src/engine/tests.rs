@@ -708,3 +708,183 @@ fn the_agent_that_ran_the_earlier_attempt_takes_it_at_once_and_another_does_when
     f.engine.execute(Command::DrainAgent { agent: a1 }).unwrap();
     assert_eq!(f.pull(a2).map(|a| a.task.id), Some(task), "a draining agent takes no new work: not kept for it");
 }
+
+/// A task completed with a verified receipt for pull request #3 at head `b…b`, by agent `a1`.
+fn completed_with_pull(f: &mut Fleet) -> (TaskId, AgentId) {
+    let task = f.label("acme/app#1", &["status:todo"]).unwrap();
+    let a1 = f.register("a1", &[], 1);
+    hand_in_verified(f, a1, task, 'b');
+    assert_eq!(f.task(task).state, TaskState::Completed);
+    (task, a1)
+}
+
+/// `agent` takes the task's next attempt and hands in a receipt for pull request #3 at head `head…head`, which
+/// checks out (the task completes, or waits for CI where that is required).
+fn hand_in_verified(f: &mut Fleet, agent: AgentId, task: TaskId, head: char) {
+    let a = f.pull(agent).unwrap();
+    f.start(agent, &a);
+    let attempt = a.lease.attempt;
+    let receipt = Receipt {
+        pr_number: 3,
+        head_sha: CommitSha::parse(&head.to_string().repeat(40)).unwrap(),
+        summary: "fixed".into(),
+        usage: Usage::default(),
+        cost_usd: None,
+        duration_secs: None,
+        session_id: None,
+        artifacts: vec![],
+    };
+    f.engine.execute(Command::SubmitReceipt { agent, task, attempt, receipt }).unwrap();
+    let validation = Validation {
+        checks: vec![Check { name: "refers_to_issue".into(), passed: true, detail: "seen".into() }],
+        files: vec![],
+    };
+    f.engine.execute(Command::FinishValidation { task, attempt, validation }).unwrap();
+}
+
+fn conflict_at(head: char) -> Command {
+    Command::ObserveConflict {
+        repo: "acme/app".parse().unwrap(),
+        number: 3,
+        head_sha: head.to_string().repeat(40),
+        base_branch: "main".into(),
+        base_sha: "c".repeat(40),
+    }
+}
+
+/// The conflict notices waiting in the outbox for the issue; each must have its chat message beside it.
+fn conflict_comments(f: &Fleet) -> Vec<Notice> {
+    let rows = f.engine.store.read().outbox_due(Timestamp(i64::MAX), 1000).unwrap();
+    let effects: Vec<Effect> = rows.iter().map(|r| Effect::from_json(&r.payload).unwrap()).collect();
+    let notices = |chat: bool| -> Vec<Notice> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Comment { notice: n @ Notice::Conflicted { .. }, .. } if !chat => Some(n.clone()),
+                Effect::ChatTask { notice: n @ Notice::Conflicted { .. }, .. } if chat => Some(n.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(notices(false), notices(true), "the room is told what the issue is");
+    notices(false)
+}
+
+fn fleet_with_chat() -> Fleet {
+    let mut f = fleet();
+    f.engine.store.set_chat(Some(CHAT_KINDS.iter().map(|k| k.to_string()).collect()));
+    f
+}
+
+#[test]
+fn a_conflicted_pull_request_is_told_once_per_head_without_auto_rebase() {
+    let mut f = fleet_with_chat();
+    let (task, _) = completed_with_pull(&mut f);
+    assert_eq!(f.engine.execute(conflict_at('b')).unwrap(), Reply::Done);
+    let t = f.task(task);
+    assert_eq!((t.state, t.attempt), (TaskState::Completed, 1), "told only: the task stays completed");
+    assert_eq!(t.conflict.as_ref().map(|c| c.then), Some(OnConflict::Tell));
+    assert_eq!(conflict_comments(&f).len(), 1);
+    // The same head again (the next pass, or the base moved on): decided already.
+    let events = f.engine.store.read().event_count().unwrap();
+    assert_eq!(f.engine.execute(conflict_at('b')).unwrap(), Reply::Duplicate);
+    assert_eq!((f.engine.store.read().event_count().unwrap(), conflict_comments(&f).len()), (events, 1));
+    // A later head (a person pushed) that conflicts again is told again.
+    f.engine.execute(conflict_at('d')).unwrap();
+    assert_eq!(conflict_comments(&f).len(), 2);
+    // A pull request no completed task names changes nothing.
+    let mut other = conflict_at('e');
+    if let Command::ObserveConflict { number, .. } = &mut other {
+        *number = 4;
+    }
+    let events = f.engine.store.read().event_count().unwrap();
+    assert_eq!(f.engine.execute(other).unwrap(), Reply::Done);
+    assert_eq!(f.engine.store.read().event_count().unwrap(), events);
+}
+
+#[test]
+fn with_auto_rebase_a_conflict_queues_one_merging_round_until_the_rounds_are_spent() {
+    let mut f = fleet_with_chat();
+    f.engine.settings.auto_rebase = true;
+    f.engine.settings.review_rounds = 1;
+    let (task, a1) = completed_with_pull(&mut f);
+    f.engine.execute(conflict_at('b')).unwrap();
+    let t = f.task(task);
+    assert_eq!((t.state, t.attempt), (TaskState::Queued, 2), "a round of changes");
+    let round = t.follow_up.clone().unwrap();
+    assert_eq!((round.round, round.by.as_str(), round.pr_number), (1, "forgefleet", 3));
+    assert_eq!(round.verified_head, "b".repeat(40), "it builds on the verified head");
+    assert!(round.instruction.contains("git merge origin/main") && round.instruction.contains("Do not rebase"));
+    assert_eq!(t.conflict.as_ref().map(|c| c.then), Some(OnConflict::Merge { round: 1 }));
+    // While the round runs, the pull request is not a completed task's: nothing more is decided.
+    assert_eq!(f.engine.execute(conflict_at('b')).unwrap(), Reply::Done);
+    assert_eq!(f.task(task).attempt, 2);
+
+    // The round completes at a new head; it conflicts again, but the one round is spent: people are told.
+    f.later(mins(3));
+    hand_in_verified(&mut f, a1, task, 'd');
+    f.engine.execute(conflict_at('d')).unwrap();
+    let t = f.task(task);
+    assert_eq!((t.state, t.attempt), (TaskState::Completed, 2));
+    assert_eq!(t.conflict.as_ref().map(|c| c.then), Some(OnConflict::RoundsSpent { rounds: 1 }));
+    let notices = conflict_comments(&f);
+    assert_eq!(notices.len(), 2, "{notices:?}");
+}
+
+#[test]
+fn a_conflict_with_a_head_or_base_that_is_not_plain_is_refused_and_changes_nothing() {
+    let mut f = fleet();
+    let (task, _) = completed_with_pull(&mut f);
+    let events = f.engine.store.read().event_count().unwrap();
+    let with = |head: &str, base: &str| Command::ObserveConflict {
+        repo: "acme/app".parse().unwrap(),
+        number: 3,
+        head_sha: head.into(),
+        base_branch: base.into(),
+        base_sha: "c".repeat(40),
+    };
+    for bad in [with("not-a-sha", "main"), with(&"d".repeat(40), "main`; rm -rf"), with(&"d".repeat(40), "")] {
+        let err = f.engine.execute(bad).unwrap_err();
+        assert!(matches!(err, EngineError::Invalid(_)), "{err:?}");
+        assert!(err.to_string().contains("nothing was recorded"), "{err}");
+    }
+    assert_eq!(f.engine.store.read().event_count().unwrap(), events);
+    assert!(f.task(task).conflict.is_none());
+    assert!(f.engine.execute(with(&"D".repeat(40), "release/2.x")).is_ok(), "a plain name and any-case hex do");
+}
+
+#[test]
+fn a_pull_request_merged_or_closed_while_its_ci_runs_ends_the_wait_as_for_a_completed_task() {
+    use OnPullClosed::*;
+    for (merged, on_closed, state, attempt) in [
+        (true, Fail, TaskState::Completed, 1),
+        (false, Nothing, TaskState::Completed, 1),
+        (false, Fail, TaskState::Failed, 1),
+        (false, Requeue, TaskState::Queued, 2),
+    ] {
+        let mut f = fleet();
+        f.engine.settings.require_checks = ChecksSetting::Flag(true);
+        f.engine.settings.on_pr_closed = on_closed;
+        let task = f.label("acme/app#1", &["status:todo"]).unwrap();
+        let a1 = f.register("a1", &[], 1);
+        hand_in_verified(&mut f, a1, task, 'b');
+        assert!(f.task(task).checks.is_some(), "it waits for CI");
+        let observe = Command::ObservePull {
+            repo: "acme/app".parse().unwrap(),
+            number: 3,
+            closed: true,
+            merged,
+            by: Some("alice".into()),
+        };
+        f.engine.execute(observe.clone()).unwrap();
+        let t = f.task(task);
+        assert_eq!((t.state, t.attempt), (state, attempt), "merged {merged}, {on_closed}");
+        assert!(t.checks.is_none(), "CI is no longer waited for");
+        if on_closed != Requeue {
+            assert_eq!(t.pull_end.map(|e| e.merged), Some(merged));
+        }
+        let events = f.engine.store.read().event_count().unwrap();
+        f.engine.execute(observe).unwrap();
+        assert_eq!(f.engine.store.read().event_count().unwrap(), events, "recorded once");
+    }
+}

@@ -308,6 +308,8 @@ struct StoredTask<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     follow_up: Option<&'a crate::core::FollowUp>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    conflict: Option<&'a crate::core::PullConflict>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     question: Option<&'a crate::core::Question>,
     #[serde(skip_serializing_if = "Option::is_none")]
     last_session: Option<&'a crate::core::LastSession>,
@@ -336,6 +338,7 @@ pub fn encode_task(t: &Task) -> String {
         checks: t.checks.as_ref(),
         pull_end: t.pull_end.as_ref(),
         follow_up: t.follow_up.as_ref(),
+        conflict: t.conflict.as_ref(),
         question: t.question.as_ref(),
         last_session: t.last_session.as_ref(),
     };

@@ -212,6 +212,19 @@ impl ReadView<'_> {
         Ok(id.map(TaskId))
     }
 
+    /// The task still `validating`, its receipt checked, that waits for the CI of pull request `pr` of `repo`.
+    pub fn awaiting_checks_of_pull(&self, repo: &RepoName, pr: u64) -> Result<Option<TaskId>> {
+        let id: Option<i64> = self
+            .conn
+            .prepare_cached(
+                "SELECT id FROM tasks WHERE repo = ?1 AND state = 'validating'
+                 AND json_extract(data, '$.checks.pr_number') = ?2 ORDER BY id LIMIT 1",
+            )?
+            .query_row(params![repo.as_str(), pr as i64], |r| r.get(0))
+            .optional()?;
+        Ok(id.map(TaskId))
+    }
+
     pub fn agent(&self, id: AgentId) -> Result<Option<Agent>> {
         Ok(self.agent_shared(id)?.map(Arc::unwrap_or_clone))
     }

@@ -6,6 +6,7 @@ pub mod confirm;
 pub mod deliver;
 pub mod identity;
 pub mod labels;
+pub mod mergeable;
 pub mod reconcile;
 pub mod types;
 pub mod validate;
@@ -46,6 +47,7 @@ pub fn spawn(
     let repos = config.forgejo.repo_names();
     let db = config.store.path.clone();
     let bot = identity::BotLogin::new(config.forgejo.bot_user.clone());
+    let merge_watch = mergeable::MergeWatch::new(clock.clone());
     let learning = bot.get().is_none().then(|| tokio::spawn(identity::learn(client.clone(), bot.clone())));
     let label_maker = labels::LabelMaker::new(client.clone());
     let deliverer = deliver::Deliverer {
@@ -126,7 +128,7 @@ pub fn spawn(
                 if !full {
                     refresh(&client, &engine, &reads, repo, &labels, &matrix).await;
                 }
-                run_pass(&client, &engine, &reads, repo, full).await;
+                run_pass(&client, &engine, &reads, repo, full, &merge_watch).await;
             }
             if full {
                 last_full = Some(tokio::time::Instant::now());
@@ -171,7 +173,14 @@ pub async fn repo_labels(
     }
 }
 
-async fn run_pass(client: &ForgejoClient, engine: &EngineHandle, reads: &ReadPool, repo: &RepoName, full: bool) {
+async fn run_pass(
+    client: &ForgejoClient,
+    engine: &EngineHandle,
+    reads: &ReadPool,
+    repo: &RepoName,
+    full: bool,
+    merge_watch: &mergeable::MergeWatch,
+) {
     match reconcile::pass(client, engine, reads, repo, full).await {
         Ok(r) => tracing::debug!(%repo, full, listed = r.listed, looked_up = r.looked_up, "reconciled"),
         Err(e) => tracing::warn!(%repo, full, error = %e, "reconciliation failed; the next pass tries again"),
@@ -179,10 +188,13 @@ async fn run_pass(client: &ForgejoClient, engine: &EngineHandle, reads: &ReadPoo
     if let Err(e) = ended_pulls(client, engine, reads, repo).await {
         tracing::warn!(%repo, error = %e, "cannot look for merged or closed pull requests; the next pass tries again");
     }
+    if let Err(e) = merge_watch.look(client, engine, reads, repo).await {
+        tracing::warn!(%repo, error = %e, "cannot look for conflicted pull requests; the next pass tries again");
+    }
 }
 
 /// The safety net for lost `pull_request` webhooks: the recently closed pull requests of `repo` whose completed
-/// task has not recorded its end yet are observed.
+/// task has not recorded its end yet, or whose task still waits for their CI, are observed.
 async fn ended_pulls(
     client: &ForgejoClient,
     engine: &EngineHandle,
@@ -196,7 +208,8 @@ async fn ended_pulls(
             .with(move |v| -> crate::store::Result<bool> {
                 Ok(match v.completed_with_pull(&r, n, crate::core::TaskId(0))? {
                     Some(id) => v.task(id)?.is_some_and(|t| t.pull_end.is_none()),
-                    None => false,
+                    // Ended while its task waited for CI.
+                    None => v.awaiting_checks_of_pull(&r, n)?.is_some(),
                 })
             })
             .await

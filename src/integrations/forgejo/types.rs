@@ -100,6 +100,10 @@ pub struct PullRequest {
     /// Who merged it, once merged.
     #[serde(default)]
     pub merged_by: Option<User>,
+    /// Whether Forgejo would merge it now: `false` on conflicts, but also while it is still checking after a
+    /// push to the base, after an error, and for a work-in-progress title. Missing: not known.
+    #[serde(default)]
+    pub mergeable: Option<bool>,
 }
 
 /// `GET /repos/{o}/{r}/commits/{ref}/status`: the latest status of each context on a commit.

@@ -111,7 +111,7 @@ impl MatrixDeliverer {
         notice: &Notice,
         state: &str,
     ) -> Result<(), DeliveryError> {
-        if let Notice::PullEnded { .. } | Notice::FollowUp { .. } = notice {
+        if let Notice::PullEnded { .. } | Notice::FollowUp { .. } | Notice::Conflicted { .. } = notice {
             return self.pull_news(bot, txn, issue, task, notice).await;
         }
         let ctx = self.task_context(issue, task, attempt, notice, state).await?;
@@ -159,6 +159,22 @@ impl MatrixDeliverer {
             let by: String = by.chars().filter(|c| c.is_ascii_alphanumeric() || "-_.".contains(*c)).collect();
             let text = format!(
                 "🔁 {}#{}: {by} asked for changes on #{pr_number}; round {round} is queued.",
+                issue.repo, issue.number
+            );
+            return self.line_in_thread(bot, txn, issue, task, text).await;
+        }
+        if let Notice::Conflicted { pr_number, base_branch, then, .. } = notice {
+            // A branch name forgefleet checked is shown as code; what is done about it, in forgefleet's words.
+            let base: String = base_branch.chars().filter(|c| !c.is_control() && *c != '`').collect();
+            let next = match then {
+                crate::core::OnConflict::Merge { round } => format!("round {round} merges `{base}` in"),
+                crate::core::OnConflict::Tell => "a person resolves the conflicts".into(),
+                crate::core::OnConflict::RoundsSpent { .. } => {
+                    "its rounds of changes are spent: a person resolves the conflicts".into()
+                }
+            };
+            let text = format!(
+                "⚠️ {}#{}: pull request #{pr_number} no longer merges into `{base}`; {next}.",
                 issue.repo, issue.number
             );
             return self.line_in_thread(bot, txn, issue, task, text).await;
@@ -315,7 +331,7 @@ impl MatrixDeliverer {
                 ctx.explanation = Some(class.explain().into());
             }
             Notice::Cancelled { reason, .. } => ctx.reason = Some(reason.clone()),
-            Notice::PullEnded { .. } | Notice::FollowUp { .. } => {}
+            Notice::PullEnded { .. } | Notice::FollowUp { .. } | Notice::Conflicted { .. } => {}
             Notice::Blocked { question } => ctx.message = Some(question.clone()),
         }
         Ok(ctx)

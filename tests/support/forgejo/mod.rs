@@ -157,6 +157,8 @@ pub struct PullRequest {
     pub base_ref: String,
     pub base_sha: String,
     pub commits: Vec<FakeCommit>,
+    /// Forgejo's `mergeable`, as the API shows it now.
+    pub mergeable: bool,
 }
 
 /// A commit of a pull request, as the test describes it.

@@ -70,6 +70,46 @@ pub(super) fn open_pull(st: &mut State, full: &str, perm: Perm, req: &Req) -> Re
     ok(201, render::pull(st, r, &r.issues[&n], perm))
 }
 
+/// What Forgejo does when a pull request's head branch is pushed to (`AddTestPullRequestTask`): for a linked
+/// repository, each open pull request whose branch moved gets the new head, its commits since the base's tip and
+/// `refs/pull/<n>/head`. Forgejo does it on the push; the fake, which sees no push, before pull requests are read.
+pub(super) fn follow_pushes(st: &mut State, full: &str) -> Result<(), ApiErr> {
+    let r = st.find_repo(full).expect("repo");
+    let Some(dir) = r.git_dir.clone() else { return Ok(()) };
+    let mut moved = Vec::new();
+    for i in r.issues.values().filter(|i| i.open) {
+        let Some(p) = i.pull.as_ref().filter(|p| !p.merged) else { continue };
+        if let Some(new) = tip(r, &p.head_ref)?.filter(|t| *t != p.head_sha) {
+            let base = tip(r, &p.base_ref)?.unwrap_or_else(|| p.base_sha.clone());
+            moved.push((i.number, base, new));
+        }
+    }
+    for (n, base, new) in moved {
+        let commits = commits_between(&dir, &base, &new)?;
+        git_ok(&dir, &["update-ref", &format!("refs/pull/{n}/head"), &new])?;
+        let pull = st.issue_mut(full, n)?.pull.as_mut().expect("a pull request");
+        pull.commits = commits;
+        pull.head_sha = new;
+    }
+    Ok(())
+}
+
+/// Forgejo's `mergeable` of an open pull request: for a linked repository, whether git merges its head into the
+/// base branch's tip without conflicts (`git merge-tree --write-tree` exits 1 on conflicts); without git, always.
+pub(super) fn merges_cleanly(r: &RepoRec, p: &PullRec) -> bool {
+    let Some(dir) = &r.git_dir else { return true };
+    let base = format!("refs/heads/{}", p.base_ref);
+    git_in(dir, &["merge-tree", "--write-tree", &base, &p.head_sha]).is_ok_and(|o| o.status.success())
+}
+
+/// The tip of the base branch as Forgejo shows it (`base.sha`): in a linked repository, where the branch is now.
+pub(super) fn base_tip(r: &RepoRec, p: &PullRec) -> String {
+    match &r.git_dir {
+        Some(_) => tip(r, &p.base_ref).ok().flatten().unwrap_or_else(|| p.base_sha.clone()),
+        None => p.base_sha.clone(),
+    }
+}
+
 /// `branch` or `owner:branch`; the fake has no forks, so another owner's branch is never found.
 fn head_branch<'h>(st: &State, r: &RepoRec, head: &'h str) -> Result<&'h str, ApiErr> {
     let parts: Vec<&str> = head.split(':').collect();

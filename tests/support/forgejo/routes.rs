@@ -199,6 +199,9 @@ fn repo_route(st: &mut State, m: &str, full: &str, rest: &[&str], req: &Req) -> 
             st.find_repo(&full).unwrap()
         };
     }
+    if m == "GET" && rest.first() == Some(&"pulls") {
+        super::pulls::follow_pushes(st, &full)?;
+    }
     match (m, rest) {
         ("GET", []) => ok(200, render::repo(st, r!(), perm)),
         ("GET", ["issues"]) => list_issues(st, r!(), req),

@@ -328,9 +328,12 @@ impl State {
     }
 
     pub fn pull_snapshot(&mut self, repo: &str, number: u64) -> PullRequest {
-        let i = self.issue_mut(repo, number).expect("pull request");
+        super::pulls::follow_pushes(self, repo).expect("the pushes are followed");
+        let r = self.find_repo(repo).expect("repo");
+        let i = &r.issues[&number];
         let p = i.pull.as_ref().unwrap_or_else(|| panic!("{repo}#{number} is not a pull request"));
         PullRequest {
+            mergeable: i.open && !p.merged && super::pulls::merges_cleanly(r, p),
             number,
             state: if i.open { "open" } else { "closed" }.into(),
             merged: p.merged,

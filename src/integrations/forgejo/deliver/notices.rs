@@ -10,6 +10,30 @@ use crate::integrations::templates::{
     StartedComment, TemplateContext,
 };
 
+/// The comment on a pull request that no longer merges. The branch name and the sha are forgefleet's own
+/// (checked when the receipt was verified, or read from Forgejo's API), shown as code.
+fn conflicted_text(pr: u64, head: &str, base: &str, then: crate::core::OnConflict, todo: &str) -> String {
+    use crate::core::OnConflict;
+    let head = head.get(..12).unwrap_or(head);
+    let what = format!(
+        "⚠️ **Conflicts**: the base branch `{base}` moved and pull request #{pr} (at `{head}`) no longer merges."
+    );
+    match then {
+        OnConflict::Merge { round } => format!(
+            "{what} Round {round} of changes is queued (`auto_rebase`): an agent merges `{base}` into the branch and \
+             resolves the conflicts, on the same branch and pull request."
+        ),
+        OnConflict::Tell => format!(
+            "{what} Merge `{base}` into the branch and resolve the conflicts, or set `auto_rebase: true` in the \
+             repository's `.forgejo/fleet.yaml` to have an agent do it; label the issue `{todo}` for a fresh attempt."
+        ),
+        OnConflict::RoundsSpent { rounds } => format!(
+            "{what} Its {rounds} round(s) of changes (`review_rounds`) are spent: a person merges `{base}` into the \
+             branch and resolves the conflicts."
+        ),
+    }
+}
+
 /// Tries at posting one comment within one delivery, each after looking for it; then the outbox retries.
 const COMMENT_TRIES: u32 = 3;
 
@@ -34,7 +58,7 @@ impl Deliverer {
             return Ok(());
         }
         let body = self.notice_body(issue, attempt, notice).await?;
-        self.reply(issue, &format!("task-{task}:attempt-{attempt}:{}", notice.kind()), &body).await
+        self.reply(issue, &format!("task-{task}:attempt-{attempt}:{}", notice.marker_kind()), &body).await
     }
 
     /// The comment for `notice`, from its template.
@@ -100,6 +124,9 @@ impl Deliverer {
                 then: then.as_str().into(),
                 todo_label: self.labels.todo.clone(),
             }),
+            Notice::Conflicted { pr_number, head_sha, base_branch, then } => {
+                Ok(conflicted_text(*pr_number, head_sha, base_branch, *then, &self.labels.todo))
+            }
             Notice::Blocked { question } => self.render(&BlockedComment {
                 attempt,
                 question: question.clone(),
