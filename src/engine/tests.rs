@@ -708,3 +708,6 @@ fn the_agent_that_ran_the_earlier_attempt_takes_it_at_once_and_another_does_when
     f.engine.execute(Command::DrainAgent { agent: a1 }).unwrap();
     assert_eq!(f.pull(a2).map(|a| a.task.id), Some(task), "a draining agent takes no new work: not kept for it");
 }
+
+#[path = "review_tests.rs"]
+mod reviews;

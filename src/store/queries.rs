@@ -212,6 +212,20 @@ impl ReadView<'_> {
         Ok(id.map(TaskId))
     }
 
+    /// The task of `repo` working a round of changes on pull request `pr` right now (not completed, failed or
+    /// cancelled: `TaskState::is_terminal`'s states, as `active_issues` spells them too), if any.
+    pub fn in_round_on_pull(&self, repo: &RepoName, pr: u64) -> Result<Option<TaskId>> {
+        let id: Option<i64> = self
+            .conn
+            .prepare_cached(
+                "SELECT id FROM tasks WHERE repo = ?1 AND state NOT IN ('completed', 'failed', 'cancelled')
+                 AND json_extract(data, '$.follow_up.pr_number') = ?2 ORDER BY id LIMIT 1",
+            )?
+            .query_row(params![repo.as_str(), pr as i64], |r| r.get(0))
+            .optional()?;
+        Ok(id.map(TaskId))
+    }
+
     pub fn agent(&self, id: AgentId) -> Result<Option<Agent>> {
         Ok(self.agent_shared(id)?.map(Arc::unwrap_or_clone))
     }
