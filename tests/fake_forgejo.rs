@@ -151,6 +151,24 @@ async fn every_json_shape_matches_the_openapi_definitions() {
     files.as_array().unwrap().iter().for_each(|f| spec.check("ChangedFile", f, &must));
     assert_eq!((files[0]["filename"].as_str(), files[0]["additions"].as_u64()), (Some("src/a.rs"), Some(12)));
 
+    // Reviews: the author may not reject their own pull request; another person's review and its comments.
+    let review = json!({"body": "Rename it.", "event": "REQUEST_CHANGES",
+        "comments": [{"path": "src/a.rs", "body": "here", "new_position": 3, "old_position": 0}]});
+    let own = bot.send(Method::POST, &format!("{r}/pulls/{pr}/reviews"), review.clone(), 422).await;
+    spec.check("APIError", &own, &["message"]);
+    let alice = Api::new(&fake, Some("alice-token"));
+    let review_must =
+        ["id", "user", "state", "body", "commit_id", "stale", "dismissed", "comments_count", "submitted_at"];
+    let made = alice.send(Method::POST, &format!("{r}/pulls/{pr}/reviews"), review, 200).await;
+    spec.check("PullReview", &made, &review_must);
+    assert_eq!((made["state"].as_str(), made["commit_id"].as_str()), (Some("REQUEST_CHANGES"), Some(SHA_B)));
+    let listed = bot.ok(&format!("{r}/pulls/{pr}/reviews")).await;
+    spec.check("PullReview", &listed[0], &[&review_must[..], &["html_url", "pull_request_url", "official"]].concat());
+    let comments = bot.ok(&format!("{r}/pulls/{pr}/reviews/{}/comments", made["id"])).await;
+    let comment_must = ["id", "body", "path", "position", "original_position", "commit_id", "diff_hunk", "user"];
+    spec.check("PullReviewComment", &comments[0], &[&comment_must[..], &["pull_request_review_id"]].concat());
+    assert_eq!((comments[0]["path"].as_str(), comments[0]["position"].as_u64()), (Some("src/a.rs"), Some(3)));
+
     let perm = bot.ok(&format!("{r}/collaborators/alice/permission")).await;
     spec.check("RepoCollaboratorPermission", &perm, &["permission", "role_name", "user"]);
     let file = bot.ok(&format!("{r}/contents/docs/fleet.toml?ref=main")).await;
@@ -174,7 +192,12 @@ async fn every_json_shape_matches_the_openapi_definitions() {
         &bot.send(Method::POST, &format!("{r}/hooks"), hook, 201).await,
         &["id", "type", "config", "events"],
     );
-    spec.check("Hook", &bot.ok(&format!("{r}/hooks")).await[0], &["active", "created_at"]);
+    let listed = bot.ok(&format!("{r}/hooks")).await;
+    spec.check("Hook", &listed[0], &["active", "created_at"]);
+    let edit = json!({"events": ["issues", "pull_request_review"]});
+    let edited = bot.send(Method::PATCH, &format!("{r}/hooks/{}", listed[0]["id"]), edit, 200).await;
+    spec.check("Hook", &edited, &["id", "events"]);
+    assert!(edited["events"].as_array().unwrap().iter().any(|e| e == "pull_request_review_rejected"), "{edited}");
 
     let denied = Api::new(&fake, Some("no-such-token")).get(&r).await;
     assert_eq!(denied.status, 401);

@@ -458,6 +458,26 @@ async fn forgejo_setup_creates_the_labels_and_the_webhook_once() {
     let text = support::stdout(&again);
     assert!(text.contains("all present") && text.contains("already"), "{text}");
     assert_eq!(forgejo.hooks(REPO).await.len(), 1, "not created twice");
+    assert!(forgejo.hooks(REPO).await[0].events.iter().any(|e| e == "pull_request_review_rejected"));
+
+    // forgefleet's hook made before reviews counted (or by hand, with push too): the review events are added,
+    // the others kept.
+    let older = "acme/older";
+    forgejo.create_repo(older).await;
+    forgejo.add_member(older, BOT, BOT_TOKEN, "admin").await;
+    forgejo.add_hook(older, &hook, SECRET, &["issues", "issue_comment", "pull_request_comment", "push"]).await;
+    let args =
+        vec!["forgejo".into(), "setup".into(), "--repo".into(), older.into(), "--webhook-url".into(), hook.clone()];
+    let out = run(args.clone()).await.unwrap();
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    assert!(support::stdout(&out).contains("added pull_request_review"), "{}", support::stdout(&out));
+    let hooks = forgejo.hooks(older).await;
+    assert_eq!(hooks.len(), 1, "the hook is edited, not made again");
+    for kind in ["pull_request_review_rejected", "push", "issue_comment", "pull_request_comment"] {
+        assert!(hooks[0].events.iter().any(|e| e == kind), "{kind}: {:?}", hooks[0].events);
+    }
+    let again = run(args).await.unwrap();
+    assert!(support::stdout(&again).contains("already delivers to forgefleet\n"), "{}", support::stdout(&again));
 
     let bad = run(vec!["forgejo".into(), "setup".into(), "--repo".into(), "nope".into()]).await.unwrap();
     assert_eq!(bad.status.code(), Some(2));

@@ -10,7 +10,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use support::eventually;
 use support::fleet::{Fleet, TestAgent};
-use support::forgejo::{FakeCommit, FakeForgejo};
+use support::forgejo::{FakeCommit, FakeForgejo, NewReview};
 use support::git::{GitServer, TestRepo};
 use support::tls::{TestCa, TlsFront};
 
@@ -150,6 +150,17 @@ impl World {
     async fn task(&self) -> Value {
         let (_, body) = self.fleet.operator(Method::GET, &format!("/tasks/{}", self.task)).await;
         body["task"].clone()
+    }
+
+    /// The round's work: a commit renaming the greeting on top of the branch, pushed and on pull request `pr`.
+    async fn rename_on_top(&self, pr: u64) -> String {
+        self.repo.checkout(&self.branch);
+        let fixed = self.repo.commit(&[("a.txt", "greet_all\n")], "rename");
+        self.repo.push(&self.branch);
+        self.repo.push_pull_head(pr, &fixed);
+        let commit = FakeCommit::new(&fixed, "rename").file("a.txt", "modified", 1, 1);
+        self.forgejo.push_to_pull(REPO, pr, "agent", &[commit]).await;
+        fixed
     }
 
     async fn settled(&self) -> Value {
@@ -843,13 +854,7 @@ async fn a_fix_asked_on_the_pull_request_is_a_new_round_on_the_same_branch_built
     let retry = agent2.pull().await.expect("the round is retried");
     assert!(retry.prompt.contains("greet_all"), "every attempt of the round carries the request");
     agent2.start(&retry).await;
-    w.repo.checkout(&w.branch);
-    let fixed = w.repo.commit(&[("a.txt", "greet_all\n")], "rename");
-    w.repo.push(&w.branch);
-    w.repo.push_pull_head(pr, &fixed);
-    w.forgejo
-        .push_to_pull(REPO, pr, "agent", &[FakeCommit::new(&fixed, "rename").file("a.txt", "modified", 1, 1)])
-        .await;
+    let fixed = w.rename_on_top(pr).await;
     let body = json!({"task_id": w.task, "attempt": 3, "pr_number": pr, "head_sha": fixed});
     assert_eq!(agent2.post("/receipts", body).await.0, 202);
     let task = w.settled().await;
@@ -880,4 +885,184 @@ async fn a_pull_request_closed_while_its_ci_runs_ends_the_wait_and_on_pr_closed_
         w.forgejo.comments(REPO, w.issue).await.iter().any(|c| c.body.contains("closed without merging"))
     })
     .await;
+}
+
+/// Forgefleet's webhook on the fake Forgejo, delivering `events`.
+async fn hook(w: &World, events: &[&str]) {
+    w.forgejo.add_hook(REPO, &format!("{}/api/v1/webhooks/forgejo", w.fleet.base), "s", events).await;
+}
+
+/// Sends a recorded delivery again, as Forgejo's "replay" does (a new delivery id); forgefleet's answer.
+async fn replay(w: &World, delivery: &support::forgejo::Delivery) -> Value {
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/v1/webhooks/forgejo", w.fleet.base))
+        .header("content-type", "application/json")
+        .header("x-forgejo-event", &delivery.event)
+        .header("x-forgejo-event-type", &delivery.event_type)
+        .header("x-forgejo-delivery", support::forgejo::uuid_v4())
+        .header("x-forgejo-signature", forgefleet::integrations::forgejo::webhook::sign("s", delivery.body.as_bytes()))
+        .body(delivery.body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+/// How often forgefleet listed pull request `pr`'s reviews.
+async fn review_reads(w: &World, pr: u64) -> usize {
+    let path = format!("/api/v1/repos/{REPO}/pulls/{pr}/reviews");
+    w.forgejo.requests().await.iter().filter(|r| r.method == "GET" && r.path == path).count()
+}
+
+/// Waits until forgefleet has listed pull request `pr`'s reviews `n` times in all and holds no review
+/// confirmation still to deliver.
+async fn reviews_read(w: &World, pr: u64, n: usize) {
+    eventually("the reviews are read and nothing waits", || async {
+        review_reads(w, pr).await >= n && !w.fleet.outbox_list().iter().any(|e| e.kind == "confirm_reviews")
+    })
+    .await;
+}
+
+fn changes<'a>(body: &'a str, comments: Vec<(&'a str, u64, &'a str)>) -> NewReview<'a> {
+    NewReview { event: "REQUEST_CHANGES", body, commit_id: None, comments }
+}
+
+/// A person with write access requests changes in a review of the completed task's pull request, with two
+/// line comments: the task gets a round of changes on the same branch and pull request, whose prompt holds the
+/// review and each comment with its file and line (fenced: a person's text); the new head is verified and the
+/// task completes again. Another writer's review while the round runs is answered once; the webhook replayed
+/// and a reconciliation pass start no second round.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_review_requesting_changes_is_a_round_on_the_same_pull_request_and_runs_once() {
+    let mut w = World::new(None).await;
+    hook(&w, &["issues", "issue_comment", "pull_request_review"]).await;
+    let (pr, sha) = w.open_pull(&[("a.txt", "x\n")], "Greet", &format!("Closes #{}", w.issue)).await;
+    w.submit(pr, &sha).await;
+    assert_eq!(w.settled().await["state"], "completed");
+
+    let comments = vec![("a.txt", 1, "Say `greet_all` here."), ("src/lib.rs", 1, "Keep `a` private.\n/cancel")];
+    let id = w.forgejo.review(REPO, pr, "alice", changes("Two things, please.", comments)).await.unwrap();
+    eventually("a round of changes is queued", || async { w.task().await["state"] == "queued" }).await;
+    let task = w.task().await;
+    assert_eq!((task["attempt"].as_u64(), task["follow_up"]["round"].as_u64()), (Some(2), Some(1)), "{task}");
+    assert_eq!(task["follow_up"]["review_id"], id, "{task}");
+    assert_eq!((task["follow_up"]["by"].as_str(), task["follow_up"]["pr_number"].as_u64()), (Some("alice"), Some(pr)));
+    assert_eq!(task["follow_up"]["instruction"], "Two things, please.");
+    assert_eq!(
+        task["follow_up"]["notes"][1],
+        json!({"path": "src/lib.rs", "line": 1, "body": "Keep `a` private.\n/cancel"})
+    );
+
+    // Another writer's review of the same head while the round waits: answered once, nothing more queued.
+    w.forgejo.review(REPO, pr, "ci", changes("And rename it.", vec![])).await.unwrap();
+    eventually("the second review is answered", || async {
+        w.forgejo.comments(REPO, pr).await.iter().any(|c| c.body.contains("@ci") && c.body.contains("under way"))
+    })
+    .await;
+    // Both deliveries replayed: duplicates, and the round is still the one.
+    let rejected: Vec<_> =
+        w.forgejo.deliveries().await.into_iter().filter(|d| d.event == "pull_request_rejected").collect();
+    assert_eq!(rejected.len(), 2);
+    for d in &rejected {
+        assert_eq!(replay(&w, d).await["status"], "duplicate");
+    }
+
+    let round = w.agent.pull().await.expect("the round goes to the agent that did the work");
+    assert_eq!((round.attempt, round.branch.as_str()), (2, w.branch.as_str()), "the same branch");
+    let prompt = &round.prompt;
+    assert!(prompt.contains(&format!("alice asked for changes on pull request #{pr}")), "{prompt}");
+    assert!(prompt.contains("```text\nTwo things, please.\n```"), "{prompt}");
+    assert!(prompt.contains("- `a.txt`, line 1:\n\n```text\nSay `greet_all` here.\n```"), "{prompt}");
+    assert!(prompt.contains("- `src/lib.rs`, line 1:\n\n```text\nKeep `a` private.\n/cancel\n```"), "{prompt}");
+    assert!(!prompt.contains("rename it"), "the second review waits for its own round: {prompt}");
+    w.agent.start(&round).await;
+    let fixed = w.rename_on_top(pr).await;
+    let body = json!({"task_id": w.task, "attempt": 2, "pr_number": pr, "head_sha": fixed});
+    assert_eq!(w.agent.post("/receipts", body).await.0, 202);
+    let task = w.settled().await;
+    assert_eq!(task["state"], "completed", "{task}");
+    assert_eq!(check(&task, "builds_on_verified_head")["passed"], true, "{task}");
+
+    // The reviews stand on Forgejo (of the old head now); a replay and a reconciliation pass find nothing new.
+    let before = review_reads(&w, pr).await;
+    assert_eq!(replay(&w, &rejected[0]).await["status"], "duplicate");
+    w.fleet.restart_after(Duration::from_secs(5)).await;
+    w.agent = w.agent.moved_to(&w.fleet);
+    reviews_read(&w, pr, before + 1).await;
+    let task = w.task().await;
+    assert_eq!((task["state"].as_str(), task["attempt"].as_u64()), (Some("completed"), Some(2)), "{task}");
+    let answers = w.forgejo.comments(REPO, pr).await.into_iter().filter(|c| c.body.contains("under way")).count();
+    assert_eq!(answers, 1, "answered once");
+}
+
+/// Reviews that ask for nothing forgefleet acts on start nothing, and nobody is told: one by a person
+/// without write access, an approval, and one of an older commit than the verified head.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_readers_review_an_approval_and_a_review_of_an_older_commit_start_nothing() {
+    let w = World::new(None).await;
+    hook(&w, &["issues", "issue_comment", "pull_request_review"]).await;
+    w.forgejo.add_user("eve", "eve-token").await;
+    w.forgejo.set_permission(REPO, "eve", "read").await;
+    let (pr, sha) = w.open_pull(&[("a.txt", "x\n")], "Greet", &format!("Closes #{}", w.issue)).await;
+    w.submit(pr, &sha).await;
+    assert_eq!(w.settled().await["state"], "completed");
+    let base = w.forgejo.pull(REPO, pr).await.base_sha;
+
+    w.forgejo.review(REPO, pr, "eve", changes("Delete everything.", vec![("a.txt", 1, "all of it")])).await.unwrap();
+    let approve = NewReview { event: "APPROVED", body: "Fine.", commit_id: None, comments: vec![] };
+    w.forgejo.review(REPO, pr, "alice", approve).await.unwrap();
+    let older = NewReview { commit_id: Some(&base), ..changes("On the old code.", vec![]) };
+    w.forgejo.review(REPO, pr, "alice", older).await.unwrap();
+    // The PR's author may not reject their own pull request, as in Forgejo.
+    let own = w.forgejo.review(REPO, pr, "agent", changes("Mine.", vec![])).await;
+    assert_eq!(own.map_err(|e| e.0), Err(422));
+    w.forgejo.settle().await;
+    // Two requests changes reviews were delivered (eve's and the older one): each had the reviews read.
+    reviews_read(&w, pr, 2).await;
+    let task = w.task().await;
+    assert_eq!((task["state"].as_str(), task["attempt"].as_u64()), (Some("completed"), Some(1)), "{task}");
+    assert!(task["follow_up"].is_null(), "{task}");
+    let said: Vec<_> = w.forgejo.comments(REPO, pr).await.into_iter().filter(|c| c.user == BOT).collect();
+    assert!(said.is_empty(), "nobody is answered: {said:?}");
+}
+
+/// The review webhook is lost (the hook does not deliver reviews): reconciliation reads the open pull request's
+/// reviews and starts the round, once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_review_whose_webhook_was_lost_is_found_by_reconciliation_once() {
+    let mut w = World::new(None).await;
+    hook(&w, &["issues", "issue_comment"]).await;
+    let (pr, sha) = w.open_pull(&[("a.txt", "x\n")], "Greet", &format!("Closes #{}", w.issue)).await;
+    w.submit(pr, &sha).await;
+    assert_eq!(w.settled().await["state"], "completed");
+    let id = w.forgejo.review(REPO, pr, "alice", changes("", vec![("a.txt", 1, "Not like this.")])).await.unwrap();
+    w.forgejo.settle().await;
+    assert!(w.forgejo.deliveries().await.iter().all(|d| d.event != "pull_request_rejected"), "no review webhook");
+    assert_eq!(w.task().await["state"], "completed");
+
+    w.fleet.restart_after(Duration::from_secs(5)).await;
+    eventually("reconciliation starts the round", || async { w.task().await["state"] == "queued" }).await;
+    let task = w.task().await;
+    assert_eq!((task["attempt"].as_u64(), task["follow_up"]["review_id"].as_i64()), (Some(2), Some(id)), "{task}");
+    w.agent = w.agent.moved_to(&w.fleet);
+    let round = w.agent.pull().await.expect("the round");
+    assert!(round.prompt.contains("- `a.txt`, line 1:\n\n```text\nNot like this.\n```"), "{}", round.prompt);
+    assert!(round.prompt.contains(&format!("alice asked for changes on pull request #{pr}.")), "{}", round.prompt);
+
+    // Another reconciliation pass while the round is assigned: the one round is all there is.
+    let open_listings = || async {
+        let path = format!("/api/v1/repos/{REPO}/pulls");
+        let requests = w.forgejo.requests().await;
+        requests.iter().filter(|r| r.path == path && r.query.contains("state=open")).count()
+    };
+    let before = open_listings().await;
+    w.fleet.restart_after(Duration::from_secs(5)).await;
+    eventually("the pass looks at the open pull requests", || async { open_listings().await > before }).await;
+    eventually("and queues nothing to deliver", || async {
+        !w.fleet.outbox_list().iter().any(|e| e.kind == "confirm_reviews")
+    })
+    .await;
+    let task = w.task().await;
+    assert_eq!((task["attempt"].as_u64(), task["follow_up"]["round"].as_u64()), (Some(2), Some(1)), "{task}");
 }

@@ -49,11 +49,14 @@ fn header<'a>(headers: &'a HeaderMap, names: &[&str]) -> Option<&'a str> {
     tag = super::doc::TAG_WEBHOOKS,
     summary = "Receive a Forgejo webhook delivery",
     description = "Point the repository's webhook here (`forgefleet forgejo setup` does), content type JSON, with the \
-        configured secret; events `issues`, `issue_comment`, `pull_request`. Only signed deliveries are accepted. \
+        configured secret; events `issues`, `issue_comment`, `pull_request`, `pull_request_review`. Only signed \
+        deliveries are accepted. \
         The delivery is applied through the engine before the answer, which comes at once: an issue labelled \
         `status:todo` is queued, a closed or unlabelled one cancelled (both once the issue, read back from \
         Forgejo, confirms it; a view older than one already seen is ignored), commands in new comments are queued to run \
-        once their author's permission is checked. A replay (same content, new delivery id) changes nothing.",
+        once their author's permission is checked; a review that requests changes (`pull_request_rejected`) has the \
+        pull request's reviews read back, and one by a writer on the verified head queues a round of changes. A \
+        replay (same content, new delivery id) changes nothing.",
     request_body = WebhookPayload,
     security(("webhook_signature" = [])),
     responses(
@@ -142,6 +145,14 @@ pub async fn forgejo(
         Delivery::PullRequest { repo, number, .. } if watched(&repo) => {
             app.pull_news.tell(repo, number);
             return Ok(Json(WebhookAnswer { status: "applied" }));
+        }
+        // A review that requests changes: the pull request's reviews are read back from Forgejo, and one by a
+        // writer on the verified head becomes a round of changes. An approval or a review comment asks for
+        // nothing; the bot's own reviews never count.
+        Delivery::Review { repo, number, requests_changes: true, sender, .. }
+            if watched(&repo) && !bot.is_some_and(|b| b.trim().eq_ignore_ascii_case(&sender.login)) =>
+        {
+            Command::Enqueue(crate::core::Effect::ConfirmReviews { pull: crate::core::IssueRef { repo, number } })
         }
         _ => return Ok(Json(WebhookAnswer { status: "ignored" })),
     };

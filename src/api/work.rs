@@ -105,7 +105,7 @@ impl AssignmentView {
                             && matches!(f.class, FailureClass::ChecksFailed | FailureClass::VerificationFailed)
                     })
                     .map(|f| f.message.clone()),
-                follow_up: t.follow_up.as_ref().map(|f| f.for_prompt()),
+                follow_up: t.follow_up.as_ref().map(Into::into),
                 question: t.question.as_ref().map(|q| q.text.clone()),
                 answer: t.question.as_ref().and_then(|q| q.answer.clone()),
                 earlier_attempt: earlier.filter(|s| !s.summary.trim().is_empty()).map(|s| s.attempt),

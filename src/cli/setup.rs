@@ -47,11 +47,18 @@ pub fn run(config: &Config, repo: &str, webhook_url: Option<&str>) -> Result<(),
             println!("labels: created {} in {repo}", created.join(", "));
         }
         let hooks = client.hooks(&repo).await.map_err(fail)?;
-        if hooks.iter().any(|h| h.config.get("url").map(String::as_str) == Some(hook_url)) {
-            println!("webhook: {hook_url} already delivers to forgefleet");
-        } else {
-            let hook = client.create_hook(&repo, hook_url, &secret).await.map_err(fail)?;
-            println!("webhook: created (id {}) delivering issues, issue_comment and pull_request to {hook_url}", hook.id);
+        match hooks.iter().find(|h| h.config.get("url").map(String::as_str) == Some(hook_url)) {
+            Some(hook) if hook.delivers_reviews() => println!("webhook: {hook_url} already delivers to forgefleet"),
+            // A hook made by an older forgefleet, or by hand: reviews that request changes are work too.
+            Some(hook) => {
+                client.add_hook_events(&repo, hook.id, &hook.events).await.map_err(fail)?;
+                println!("webhook: {hook_url} already delivers to forgefleet; added pull_request_review to its events");
+            }
+            None => {
+                let hook = client.create_hook(&repo, hook_url, &secret).await.map_err(fail)?;
+                let events = crate::integrations::forgejo::client::HOOK_EVENTS.join(", ");
+                println!("webhook: created (id {}) delivering {events} to {hook_url}", hook.id);
+            }
         }
         println!(
             "If forgefleet listens on a private or loopback address, Forgejo's [webhook] ALLOWED_HOST_LIST must allow it."

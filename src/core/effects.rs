@@ -183,6 +183,10 @@ pub enum Effect {
     /// Read the pull request as Forgejo has it now and observe that: a webhook said it was closed (or merged),
     /// and a webhook may be stale or replayed. `pull` is its number in the repository.
     ConfirmPull { pull: IssueRef },
+    /// Read the pull request's reviews as Forgejo has them now: a review that requests changes on the verified
+    /// head, by a person with write permission, becomes a round of changes. A webhook said a review was
+    /// submitted (or reconciliation looks again); what it carried is never acted on by itself.
+    ConfirmReviews { pull: IssueRef },
     /// A task was cancelled while its agent held it (or after its receipt): the pull request the agent opened
     /// for that attempt, the receipt's or the one from the attempt's branch, is closed with a comment saying why.
     /// `branch` is the attempt's branch when it continued one an earlier attempt pushed (`Task::pushed_branch`);
@@ -313,7 +317,7 @@ impl Effect {
     /// forgefleet learns that it is).
     pub fn ordered_issue(&self) -> Option<&IssueRef> {
         match self {
-            Effect::ConfirmIssue { .. } | Effect::ConfirmPull { .. } => None,
+            Effect::ConfirmIssue { .. } | Effect::ConfirmPull { .. } | Effect::ConfirmReviews { .. } => None,
             _ => self.issue(),
         }
     }
@@ -330,6 +334,7 @@ impl Effect {
             | Effect::React { issue, .. }
             | Effect::ConfirmIssue { issue }
             | Effect::ConfirmPull { pull: issue }
+            | Effect::ConfirmReviews { pull: issue }
             | Effect::ClosePull { issue, .. }
             | Effect::SetCommitStatus { issue, .. } => Some(issue),
             Effect::ChatTask { issue, .. } => Some(issue),
@@ -395,6 +400,7 @@ impl Effect {
             | Effect::React { .. }
             | Effect::ConfirmIssue { .. }
             | Effect::ConfirmPull { .. }
+            | Effect::ConfirmReviews { .. }
             | Effect::ClosePull { .. }
             | Effect::SetCommitStatus { .. } => Destination::Forgejo,
             Effect::MatrixReply { .. }
@@ -419,6 +425,7 @@ impl Effect {
             Effect::React { .. } => "react",
             Effect::ConfirmIssue { .. } => "confirm_issue",
             Effect::ConfirmPull { .. } => "confirm_pull",
+            Effect::ConfirmReviews { .. } => "confirm_reviews",
             Effect::ClosePull { .. } => "close_pull",
             Effect::SetCommitStatus { .. } => "set_commit_status",
         }

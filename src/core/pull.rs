@@ -128,24 +128,3 @@ pub struct FollowUp {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub review_id: Option<i64>,
 }
-
-impl FollowUp {
-    /// What the agent is told: the request, and each comment with where it is.
-    pub fn for_prompt(&self) -> String {
-        let mut s = format!("{} asked for changes on pull request #{}", self.by, self.pr_number);
-        if self.instruction.trim().is_empty() {
-            s.push('.');
-        } else {
-            s.push_str(&format!(":\n\n{}", self.instruction.trim()));
-        }
-        for n in &self.notes {
-            let place = match (&n.path, n.line) {
-                (Some(p), Some(l)) => format!("{p}, line {l}"),
-                (Some(p), None) => p.clone(),
-                _ => "on the pull request".into(),
-            };
-            s.push_str(&format!("\n\n- {place}: {}", n.body.trim()));
-        }
-        s
-    }
-}

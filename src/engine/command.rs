@@ -180,6 +180,20 @@ pub enum Command {
         issue: Option<IssueRef>,
         by: String,
     },
+    /// A person with write permission asked for changes in a review of pull request `pull` (read back from
+    /// Forgejo, never taken from a webhook): the completed task whose receipt names it gets a round of changes,
+    /// once per review, when the review is of the head forgefleet verified.
+    RequestChanges {
+        pull: IssueRef,
+        /// The reviewer's Forgejo login.
+        by: String,
+        review_id: i64,
+        /// The commit the review is of.
+        commit_id: String,
+        /// The review's text: the round's instruction.
+        body: String,
+        notes: Vec<crate::core::ReviewNote>,
+    },
     /// Any side effect a worker decided on (replies, reactions).
     Enqueue(crate::core::Effect),
     /// The outbox row was delivered.
@@ -241,6 +255,7 @@ impl Command {
                 | Command::IssueGone { .. }
                 | Command::RetryTask { .. }
                 | Command::RunCommand { .. }
+                | Command::RequestChanges { .. }
                 | Command::DeregisterAgent { .. }
                 | Command::Tick
         )
@@ -301,6 +316,9 @@ pub enum CommandOutcome {
     UnknownAgent(crate::core::AgentName),
     /// It does not apply to the task as it is; why, in words.
     NotApplicable(String),
+    /// It is about a commit that is no longer the one forgefleet verified (a review of an older head): there
+    /// is nothing to do and nobody to tell.
+    Stale,
 }
 
 /// Why the engine refused a command. Nothing was changed.

@@ -334,6 +334,10 @@ pub fn handle(s: &mut EngineSettings, tx: &WriteTx<'_>, cmd: Command, now: Times
             }
             super::people::run(s, tx, command, issue, by, now).map(Reply::Ran)
         }
+        Command::RequestChanges { pull, by, review_id, commit_id, body, notes } => {
+            let review = super::people::Review { id: review_id, commit_id, body, notes };
+            super::people::request_changes(s, tx, &pull, by, review, now).map(Reply::Ran)
+        }
         Command::Enqueue(effect) => {
             tx.enqueue(&effect, None, now)?;
             Ok(Reply::Done)

@@ -1,11 +1,13 @@
 //! A person's command that changes something (`/retry`, `/cancel`, `/answer`, `/assign`, `/fleet drain`), and the
-//! rounds of changes on a pull request (a person's `/fleet fix`, or a conflict's merge), each decided in one
-//! transaction: the task or agent is found, the command is checked against it as it is now, and applied. A
-//! command that does not apply changes nothing and says why.
+//! rounds of changes on a pull request (a person's `/fleet fix`, a review that requests changes, or a conflict's
+//! merge), each decided in one transaction: the task or agent is found, the command is checked against it as it
+//! is now, and applied. A command that does not apply changes nothing and says why.
 
 use super::command::{CommandOutcome, EngineError};
 use crate::core::commands::{FleetCommand, not_applicable};
-use crate::core::{AgentState, CancelledBy, Effect, Event, FollowUp, IssueRef, ReviewNote, Task, TaskId, Timestamp};
+use crate::core::{
+    AgentState, CancelledBy, Effect, Event, FollowUp, IssueRef, ReviewNote, Task, TaskId, TaskState, Timestamp,
+};
 use crate::store::WriteTx;
 
 type Result<T> = std::result::Result<T, EngineError>;
@@ -85,6 +87,46 @@ pub(super) fn run(
         | FleetCommand::Show { .. }
         | FleetCommand::Help => Err(EngineError::Invalid(format!("`{word}` changes nothing: it is answered, not run"))),
     }
+}
+
+/// A review that requests changes, as Forgejo has it.
+pub(super) struct Review {
+    pub id: i64,
+    /// The commit it is of.
+    pub commit_id: String,
+    pub body: String,
+    pub notes: Vec<ReviewNote>,
+}
+
+/// A review asked for changes on pull request `pull`: a round of changes, once per review, and only for a
+/// review of the head forgefleet verified (one of an older head was answered by the work since).
+pub(super) fn request_changes(
+    s: &super::logic::EngineSettings,
+    tx: &WriteTx<'_>,
+    pull: &IssueRef,
+    by: String,
+    review: Review,
+    now: Timestamp,
+) -> Result<CommandOutcome> {
+    let read = tx.read();
+    let id = match read.completed_with_pull(&pull.repo, pull.number, TaskId(0))? {
+        Some(id) => Some(id),
+        None => read.in_round_on_pull(&pull.repo, pull.number)?,
+    };
+    // Anyone's pull request gets reviews: one that is no task's is none of forgefleet's business.
+    let Some(task) = id.map(|id| read.task(id)).transpose()?.flatten() else {
+        return Ok(CommandOutcome::NoTask(pull.clone()));
+    };
+    // The round this review started (running, or done and awaiting the next): seen before.
+    if task.follow_up.as_ref().is_some_and(|f| f.review_id == Some(review.id)) {
+        return Ok(CommandOutcome::AlreadyRan);
+    }
+    if let Some(receipt) = task.receipt.as_ref().filter(|_| task.state == TaskState::Completed)
+        && !receipt.head_sha.as_str().eq_ignore_ascii_case(review.commit_id.trim())
+    {
+        return Ok(CommandOutcome::Stale);
+    }
+    follow_up(s, tx, pull, by, review.body, review.notes, Some(review.id), now)
 }
 
 /// A person asked for changes on pull request `pull`: the completed task whose receipt names it gets a
@@ -189,9 +231,12 @@ enum NextRound {
 fn next_round(s: &super::logic::EngineSettings, tx: &WriteTx<'_>, pull: &IssueRef) -> Result<NextRound> {
     let n = pull.number;
     let Some(id) = tx.read().completed_with_pull(&pull.repo, n, TaskId(0))? else {
-        return Ok(NextRound::None(format!(
-            "#{n} is not the pull request of a completed task (a round of changes may be running already)"
-        )));
+        if let Some(id) = tx.read().in_round_on_pull(&pull.repo, n)? {
+            return Ok(NextRound::None(format!(
+                "a round of changes is under way on #{n} (task {id}): ask again once it is done"
+            )));
+        }
+        return Ok(NextRound::None(format!("#{n} is not the pull request of a completed task")));
     };
     let Some(task) = tx.read().task(id)? else { return Ok(NextRound::NoTask) };
     if let Some(end) = &task.pull_end {

@@ -888,3 +888,6 @@ fn a_pull_request_merged_or_closed_while_its_ci_runs_ends_the_wait_as_for_a_comp
         assert_eq!(f.engine.store.read().event_count().unwrap(), events, "recorded once");
     }
 }
+
+#[path = "review_tests.rs"]
+mod reviews;

@@ -214,14 +214,24 @@ impl ReadView<'_> {
 
     /// The task still `validating`, its receipt checked, that waits for the CI of pull request `pr` of `repo`.
     pub fn awaiting_checks_of_pull(&self, repo: &RepoName, pr: u64) -> Result<Option<TaskId>> {
-        let id: Option<i64> = self
-            .conn
-            .prepare_cached(
-                "SELECT id FROM tasks WHERE repo = ?1 AND state = 'validating'
-                 AND json_extract(data, '$.checks.pr_number') = ?2 ORDER BY id LIMIT 1",
-            )?
-            .query_row(params![repo.as_str(), pr as i64], |r| r.get(0))
-            .optional()?;
+        self.task_of_pull("state = 'validating' AND json_extract(data, '$.checks.pr_number') = ?2", repo, pr)
+    }
+
+    /// The task of `repo` working a round of changes on pull request `pr` right now (not completed, failed or
+    /// cancelled: `TaskState::is_terminal`'s states, as `active_issues` spells them too), if any.
+    pub fn in_round_on_pull(&self, repo: &RepoName, pr: u64) -> Result<Option<TaskId>> {
+        self.task_of_pull(
+            "state NOT IN ('completed', 'failed', 'cancelled') AND json_extract(data, '$.follow_up.pr_number') = ?2",
+            repo,
+            pr,
+        )
+    }
+
+    /// The first task of `repo` that `condition` (on `?2`, the pull request's number) picks.
+    fn task_of_pull(&self, condition: &str, repo: &RepoName, pr: u64) -> Result<Option<TaskId>> {
+        let sql = format!("SELECT id FROM tasks WHERE repo = ?1 AND {condition} ORDER BY id LIMIT 1");
+        let id: Option<i64> =
+            self.conn.prepare_cached(&sql)?.query_row(params![repo.as_str(), pr as i64], |r| r.get(0)).optional()?;
         Ok(id.map(TaskId))
     }
 

@@ -102,6 +102,10 @@ impl std::fmt::Debug for ForgejoClient {
 /// Forgejo's page size cap ([api] MAX_RESPONSE_ITEMS, 50 by default): asking for more is silently capped.
 const PAGE: u32 = 50;
 
+/// The events of the webhook forgefleet creates: issues, comments, pull requests and their reviews.
+pub const HOOK_EVENTS: [&str; 5] =
+    ["issues", "issue_comment", "pull_request", "pull_request_comment", "pull_request_review"];
+
 impl ForgejoClient {
     /// A client of the Forgejo at `base_url`; `ca` adds CA certificates to trust besides the public roots.
     pub fn new(base_url: &str, token: Secret, ca: Option<&crate::config::CaBundle>) -> Result<Self, reqwest::Error> {
@@ -448,6 +452,21 @@ impl ForgejoClient {
         self.get(&Self::repo_path(repo, "/pulls"), &q).await
     }
 
+    /// Every review of a pull request, oldest first.
+    pub async fn pull_reviews(&self, repo: &RepoName, number: u64) -> Result<Vec<PullReview>, ForgejoError> {
+        self.all_pages(&Self::repo_path(repo, &format!("/pulls/{number}/reviews")), Vec::new()).await
+    }
+
+    /// The line comments of one review.
+    pub async fn review_comments(
+        &self,
+        repo: &RepoName,
+        number: u64,
+        review: i64,
+    ) -> Result<Vec<PullReviewComment>, ForgejoError> {
+        self.get(&Self::repo_path(repo, &format!("/pulls/{number}/reviews/{review}/comments")), &[]).await
+    }
+
     pub async fn pull_commits(&self, repo: &RepoName, number: u64) -> Result<Vec<Commit>, ForgejoError> {
         let q = vec![("verification", "false".to_string()), ("files", "false".to_string())];
         self.all_pages(&Self::repo_path(repo, &format!("/pulls/{number}/commits")), q).await
@@ -511,11 +530,24 @@ impl ForgejoClient {
         self.all_pages(&Self::repo_path(repo, "/hooks"), Vec::new()).await
     }
 
+    /// Sets the events of hook `id` (`PATCH /hooks/{id}`): forgefleet's own ([`HOOK_EVENTS`]) and those of
+    /// `kept` that Forgejo takes as an option (the review kinds it lists are asked for as `pull_request_review`).
+    pub async fn add_hook_events(&self, repo: &RepoName, id: i64, kept: &[String]) -> Result<Hook, ForgejoError> {
+        let mut events: Vec<&str> = HOOK_EVENTS.to_vec();
+        let listed_only = |e: &str| e.starts_with("pull_request_review_") && e != "pull_request_review_request";
+        for e in kept.iter().map(String::as_str).filter(|e| !listed_only(e)) {
+            if !events.contains(&e) {
+                events.push(e);
+            }
+        }
+        self.write(Method::PATCH, &Self::repo_path(repo, &format!("/hooks/{id}")), &json!({"events": events})).await
+    }
+
     pub async fn create_hook(&self, repo: &RepoName, url: &str, secret: &str) -> Result<Hook, ForgejoError> {
         let body = json!({
             "type": "forgejo",
             "config": {"url": url, "content_type": "json", "secret": secret},
-            "events": ["issues", "issue_comment", "pull_request", "pull_request_comment"],
+            "events": HOOK_EVENTS,
             "active": true,
         });
         self.write(Method::POST, &Self::repo_path(repo, "/hooks"), &body).await

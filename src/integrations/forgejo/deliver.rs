@@ -5,7 +5,8 @@
 //! Every delivery is idempotent, because a crash between doing it and recording it means doing it again:
 //! labels are set to a target, not toggled (`deliver/labels.rs`); comments carry a hidden marker that is looked
 //! for first (`deliver/notices.rs`); commands run through the engine under a key that is recorded the first
-//! time (`deliver/run_commands.rs`); closing a cancelled attempt's pull request is `deliver/close_pull.rs`.
+//! time (`deliver/run_commands.rs`); closing a cancelled attempt's pull request is `deliver/close_pull.rs`; a
+//! pull request's reviews becoming a round of changes is `deliver/reviews.rs`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use crate::store::{OutboxRow, ReadPool, ReadView};
 mod close_pull;
 mod labels;
 mod notices;
+mod reviews;
 mod run_commands;
 
 pub use notices::marker;
@@ -90,6 +92,7 @@ impl Deliverer {
             | Effect::RunCommands { .. }
             | Effect::ConfirmIssue { .. }
             | Effect::ConfirmPull { .. }
+            | Effect::ConfirmReviews { .. }
             | Effect::MatrixReply { .. }
             | Effect::ChatTask { .. }
             | Effect::ChatAgent { .. }
@@ -127,6 +130,7 @@ impl Deliverer {
             }
             Effect::ConfirmIssue { issue } => super::confirm::confirm_issue(&self.client, &self.engine, &issue).await,
             Effect::ConfirmPull { pull } => super::confirm::confirm_pull(&self.client, &self.engine, &pull).await,
+            Effect::ConfirmReviews { pull } => self.confirm_reviews(&pull).await,
             Effect::ClosePull { issue, task, attempt, pr_number, reason, branch } => {
                 self.close_pull(&issue, task, attempt, pr_number, &reason, branch).await
             }

@@ -191,6 +191,43 @@ async fn run_pass(
     if let Err(e) = merge_watch.look(client, engine, reads, repo).await {
         tracing::warn!(%repo, error = %e, "cannot look for conflicted pull requests; the next pass tries again");
     }
+    if let Err(e) = reviewed_pulls(client, engine, reads, repo).await {
+        tracing::warn!(%repo, error = %e, "cannot look for reviews that request changes; the next pass tries again");
+    }
+}
+
+/// The safety net for lost review webhooks: each open pull request of a completed task whose end is not recorded
+/// has its reviews read; one that requests changes of the head, and did not start the task's current round,
+/// queues the same confirmation a review webhook does, once per review.
+async fn reviewed_pulls(
+    client: &ForgejoClient,
+    engine: &EngineHandle,
+    reads: &ReadPool,
+    repo: &RepoName,
+) -> Result<(), ForgejoError> {
+    for pr in client.open_pulls(repo).await? {
+        let (r, n) = (repo.clone(), pr.number);
+        let task = reads
+            .with(move |v| match v.completed_with_pull(&r, n, crate::core::TaskId(0))? {
+                Some(id) => v.task(id),
+                None => Ok(None),
+            })
+            .await
+            .unwrap_or(None)
+            .filter(|t| t.pull_end.is_none());
+        let Some(task) = task else { continue };
+        let started = task.follow_up.and_then(|f| f.review_id);
+        let reviews = client.pull_reviews(repo, n).await?;
+        for review in reviews.iter().filter(|r| r.asks_changes_of(&pr.head.sha) && Some(r.id) != started) {
+            let pull = crate::core::IssueRef { repo: repo.clone(), number: n };
+            let key = format!("reviews:{pull}:{}", review.id);
+            let confirm = Box::new(crate::engine::Command::Enqueue(crate::core::Effect::ConfirmReviews { pull }));
+            if let Err(e) = engine.send(crate::engine::Command::FromWebhook { key, inner: confirm }).await {
+                tracing::warn!(%repo, pull = n, error = %e, "queueing a review's confirmation failed");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The safety net for lost `pull_request` webhooks: the recently closed pull requests of `repo` whose completed

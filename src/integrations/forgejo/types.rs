@@ -206,4 +206,59 @@ pub struct Hook {
     pub active: bool,
     #[serde(default)]
     pub config: std::collections::BTreeMap<String, String>,
+    /// The kinds it delivers, as Forgejo lists them (`pull_request_review_rejected`, not the group name).
+    #[serde(default)]
+    pub events: Vec<String>,
+}
+
+impl Hook {
+    /// Whether it delivers reviews that request changes.
+    pub fn delivers_reviews(&self) -> bool {
+        self.events.iter().any(|e| e == "pull_request_review_rejected" || e == "pull_request_review")
+    }
+}
+
+/// `GET /repos/{o}/{r}/pulls/{n}/reviews`: one review of a pull request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullReview {
+    pub id: i64,
+    /// `APPROVED`, `PENDING`, `COMMENT`, `REQUEST_CHANGES`, `REQUEST_REVIEW`.
+    #[serde(default)]
+    pub state: String,
+    #[serde(default)]
+    pub body: String,
+    /// The reviewer; Forgejo writes `null` for a team's review request.
+    #[serde(default)]
+    pub user: Option<User>,
+    /// The commit reviewed.
+    #[serde(default)]
+    pub commit_id: String,
+    /// The pull request's head has moved since.
+    #[serde(default)]
+    pub stale: bool,
+    #[serde(default)]
+    pub dismissed: bool,
+}
+
+impl PullReview {
+    /// A review that asks for changes of commit `head` and still stands (not dismissed).
+    pub fn asks_changes_of(&self, head: &str) -> bool {
+        self.state == "REQUEST_CHANGES" && !self.dismissed && self.commit_id.eq_ignore_ascii_case(head)
+    }
+}
+
+/// `GET /repos/{o}/{r}/pulls/{n}/reviews/{id}/comments`: one line comment of a review.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullReviewComment {
+    pub id: i64,
+    #[serde(default)]
+    pub body: String,
+    #[serde(default)]
+    pub path: String,
+    /// The line in the new file (0 for a comment on the old side).
+    #[serde(default)]
+    pub position: u64,
+    /// The line in the old file (0 for a comment on the new side).
+    #[serde(default)]
+    pub original_position: u64,
 }

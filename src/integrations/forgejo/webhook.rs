@@ -107,6 +107,30 @@ struct PullPayload {
     sender: User,
 }
 
+/// `review` of a review delivery: Forgejo's `ReviewPayload`.
+#[derive(Debug, Deserialize)]
+struct ReviewField {
+    #[serde(default, rename = "type")]
+    kind: String,
+    #[serde(default)]
+    content: String,
+}
+
+/// A review delivery: a `PullRequestPayload` (`action: "reviewed"`) with `review`.
+#[derive(Debug, Deserialize)]
+struct ReviewPayload {
+    number: u64,
+    pull_request: PullField,
+    review: ReviewField,
+    repository: RepoField,
+    sender: User,
+}
+
+/// The `X-Forgejo-Event` of a submitted review, by its kind (Gitea's `HookEventType.Event()`, which Forgejo
+/// inherited): request changes, approve, or comment. The last is also the event name older servers gave a
+/// plain comment on a pull request, so its payload decides what it is.
+const REVIEW_EVENTS: [&str; 3] = ["pull_request_rejected", "pull_request_approved", "pull_request_comment"];
+
 /// A delivery forgefleet acts on.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Delivery {
@@ -132,6 +156,19 @@ pub enum Delivery {
         updated_at: String,
         sender: User,
     },
+    /// A review was submitted on pull request `number`. What it says is read back from Forgejo, never taken
+    /// from here; `requests_changes`: it was a "request changes" review (`pull_request_rejected`), the only
+    /// kind that can lead to work.
+    Review {
+        repo: RepoName,
+        number: u64,
+        head_sha: String,
+        updated_at: String,
+        sender: User,
+        requests_changes: bool,
+        /// A digest of the review's text: two reviews of one head by one person differ in it.
+        content_digest: String,
+    },
     /// An event or action forgefleet does not act on; answered 2xx all the same.
     Ignored { event: String, action: String },
 }
@@ -145,12 +182,31 @@ impl Delivery {
             RepoName::parse(&r.full_name)
                 .map_err(|e| WebhookError::Malformed { event: event.to_string(), detail: e.to_string() })
         };
+        let is_review = |body: &[u8]| {
+            serde_json::from_slice::<serde_json::Value>(body)
+                .map(|v| v.get("review").is_some_and(|r| r.is_object()) && v.get("pull_request").is_some())
+                .map_err(malformed)
+        };
         match event {
+            e if REVIEW_EVENTS.contains(&e) && (e != "pull_request_comment" || is_review(body)?) => {
+                let p: ReviewPayload = serde_json::from_slice(body).map_err(malformed)?;
+                Ok(Delivery::Review {
+                    repo: repo(p.repository)?,
+                    number: p.number,
+                    head_sha: p.pull_request.head.sha,
+                    updated_at: p.pull_request.updated_at,
+                    sender: p.sender,
+                    requests_changes: e == "pull_request_rejected",
+                    content_digest: digest(&format!("{}\n{}", p.review.kind, p.review.content)),
+                })
+            }
             "issues" => {
                 let p: IssuesPayload = serde_json::from_slice(body).map_err(malformed)?;
                 Ok(Delivery::Issue { repo: repo(p.repository)?, action: p.action, issue: p.issue, sender: p.sender })
             }
-            "issue_comment" => {
+            // A plain comment on a pull request comes as `issue_comment` (its type `pull_request_comment`); a
+            // `pull_request_comment` event with a comment and no review is read the same way.
+            "issue_comment" | "pull_request_comment" => {
                 let p: CommentPayload = serde_json::from_slice(body).map_err(malformed)?;
                 let on_pull = p.is_pull || p.issue.is_pull();
                 if !matches!(p.action.as_str(), "created" | "edited") {
@@ -202,9 +258,19 @@ impl Delivery {
             Delivery::PullRequest { repo, action, number, head_sha, updated_at, .. } => {
                 Some(format!("pull:{repo}#{number}:{action}:{head_sha}:{updated_at}"))
             }
+            Delivery::Review { repo, number, head_sha, updated_at, sender, requests_changes, content_digest } => {
+                let kind = if *requests_changes { "changes" } else { "other" };
+                Some(format!("review:{repo}#{number}:{kind}:{head_sha}:{updated_at}:{}:{content_digest}", sender.login))
+            }
             Delivery::Ignored { .. } => None,
         }
     }
+}
+
+/// The first 16 hex digits of the SHA-256 of `text`.
+fn digest(text: &str) -> String {
+    use sha2::Digest;
+    Sha256::digest(text.as_bytes()).iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -271,6 +337,63 @@ mod tests {
         let d = Delivery::parse("issue_comment", &body).unwrap();
         assert!(matches!(&d, Delivery::Comment { previous: Some(p), .. } if p == "Got it"), "{d:?}");
         assert_eq!(d.dedupe_key(), Delivery::parse("issue_comment", &body).unwrap().dedupe_key());
+    }
+
+    /// A real `pull_request` body as Forgejo sends it for a review of `kind`: `action: "reviewed"` and
+    /// `review: {type, content}` (services/webhook/notifier.go `PullRequestReview`).
+    fn review_body(kind: &str, content: &str) -> Vec<u8> {
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&shared("forgejo-pull-request/HookPullRequestUpdated.json")).unwrap();
+        v["action"] = "reviewed".into();
+        v["review"] = serde_json::json!({"type": kind, "content": content});
+        serde_json::to_vec_pretty(&v).unwrap()
+    }
+
+    #[test]
+    fn a_review_is_read_by_its_event_and_replays_share_a_key() {
+        let rejected = review_body("pull_request_review_rejected", "Please rename it.");
+        let d = Delivery::parse("pull_request_rejected", &rejected).unwrap();
+        match &d {
+            Delivery::Review { repo, number, head_sha, updated_at, sender, requests_changes, .. } => {
+                assert_eq!(
+                    (repo.as_str(), *number, *requests_changes),
+                    ("Test-CI/multi-line-secrets", 2, true),
+                    "{d:?}"
+                );
+                assert_eq!(head_sha, "788ed8d02d3b7fcfcf6386dbcbca696aa1d4dc25");
+                assert_eq!(updated_at, "2024-02-22T01:42:03+01:00");
+                assert!(!sender.login.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(d.dedupe_key(), Delivery::parse("pull_request_rejected", &rejected).unwrap().dedupe_key());
+        let other = review_body("pull_request_review_rejected", "Another thing.");
+        assert_ne!(d.dedupe_key(), Delivery::parse("pull_request_rejected", &other).unwrap().dedupe_key());
+
+        let approved = review_body("pull_request_review_approved", "Fine.");
+        let d = Delivery::parse("pull_request_approved", &approved).unwrap();
+        assert!(matches!(d, Delivery::Review { requests_changes: false, .. }), "{d:?}");
+        let comment = review_body("pull_request_review_comment", "Hm.");
+        let d = Delivery::parse("pull_request_comment", &comment).unwrap();
+        assert!(matches!(d, Delivery::Review { requests_changes: false, .. }), "{d:?}");
+    }
+
+    #[test]
+    fn a_plain_comment_on_a_pull_request_stays_a_comment_under_either_event_name() {
+        let body = shared("gitea-issues/pull_request_comment_created.json");
+        for event in ["issue_comment", "pull_request_comment"] {
+            let d = Delivery::parse(event, &body).unwrap();
+            assert!(matches!(d, Delivery::Comment { on_pull: true, .. }), "{event}: {d:?}");
+        }
+    }
+
+    #[test]
+    fn a_review_without_its_pull_request_is_malformed() {
+        for event in ["pull_request_rejected", "pull_request_approved"] {
+            let e = Delivery::parse(event, br#"{"action": "reviewed", "review": {"type": "x"}}"#).unwrap_err();
+            assert!(matches!(e, WebhookError::Malformed { .. }), "{e:?}");
+        }
+        assert!(Delivery::parse("pull_request_rejected", b"nope").is_err());
     }
 
     #[test]

@@ -121,6 +121,41 @@ pub struct FailedReply {
     pub why: String,
 }
 
+/// A round of changes as the agent is told it (`follow_up` in `agent_prompt.md`).
+#[derive(Debug, Clone, Serialize)]
+pub struct FollowUpPrompt {
+    /// Who asked (a Forgejo login).
+    pub by: String,
+    pub pr_number: u64,
+    /// The review's text or the `/fleet fix` instruction: a person's text, to be fenced. May be empty.
+    pub instruction: String,
+    /// The review's line comments.
+    pub notes: Vec<NotePrompt>,
+}
+
+/// One comment of a review: its file and line when it has them, and its text (a person's, to be fenced).
+#[derive(Debug, Clone, Serialize)]
+pub struct NotePrompt {
+    pub path: Option<String>,
+    pub line: Option<u64>,
+    pub body: String,
+}
+
+impl From<&crate::core::FollowUp> for FollowUpPrompt {
+    fn from(f: &crate::core::FollowUp) -> Self {
+        FollowUpPrompt {
+            by: f.by.clone(),
+            pr_number: f.pr_number,
+            instruction: f.instruction.trim().to_string(),
+            notes: f
+                .notes
+                .iter()
+                .map(|n| NotePrompt { path: n.path.clone(), line: n.line, body: n.body.trim().to_string() })
+                .collect(),
+        }
+    }
+}
+
 /// `agent_prompt.md`: what the coding agent is told.
 #[derive(Debug, Clone, Serialize)]
 pub struct AgentPrompt {
@@ -139,7 +174,7 @@ pub struct AgentPrompt {
     pub previous_failure: Option<String>,
     /// A round of changes a person asked for on the task's pull request: who, what, and the review's comments
     /// with their file and line. The branch holds the pull request's work.
-    pub follow_up: Option<String>,
+    pub follow_up: Option<FollowUpPrompt>,
     /// The question an earlier attempt asked a person, when one did: the person's text and the agent's, to
     /// be fenced.
     pub question: Option<String>,
@@ -281,7 +316,12 @@ impl TemplateContext for AgentPrompt {
             base_branch: "main".into(),
             attempt: 2,
             previous_failure: Some("CI failed on the head commit: `ci/test` (failure): 2 tests failed".into()),
-            follow_up: Some("alice asked for changes on pull request #12:\n\nName it `count`.".into()),
+            follow_up: Some(FollowUpPrompt {
+                by: "alice".into(),
+                pr_number: 12,
+                instruction: "Name it `count`.".into(),
+                notes: vec![NotePrompt { path: Some("src/a.rs".into()), line: Some(4), body: "Not here.".into() }],
+            }),
             question: Some("Should the parser use the v1 or the v2 API?".into()),
             answer: Some("Use the v2 API.".into()),
             earlier_attempt: Some(1),

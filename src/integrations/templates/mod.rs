@@ -178,6 +178,12 @@ mod tests {
         assert!(prompt.contains("Run `make check`.") && prompt.contains("fleet/issue-7-attempt-1"), "{prompt}");
         assert!(prompt.contains("use the v1 or the v2 API?") && prompt.contains("Use the v2 API."), "{prompt}");
         assert!(prompt.contains("`.forgefleet/question.md`"), "{prompt}");
+        // A person's request and each review comment are fenced, the comment under its file and line.
+        assert!(
+            prompt.contains("alice asked for changes on pull request #12:\n\n```text\nName it `count`.\n```"),
+            "{prompt}"
+        );
+        assert!(prompt.contains("- `src/a.rs`, line 4:\n\n```text\nNot here.\n```"), "{prompt}");
         let first = t.render(&AgentPrompt { question: None, answer: None, ..AgentPrompt::example() }).unwrap();
         assert!(!first.contains("stopped to ask") && first.contains(".forgefleet/question.md"), "{first}");
     }

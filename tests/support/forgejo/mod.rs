@@ -50,6 +50,7 @@ mod listing;
 pub mod probe;
 mod pulls;
 mod render;
+mod reviews;
 mod routes;
 mod state;
 mod webhooks;
@@ -63,6 +64,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use changes::{IssueEdit, LabelOp, NewPull};
+#[allow(unused_imports)]
+pub use reviews::NewReview;
 use state::State;
 #[allow(unused_imports)]
 pub use webhooks::{sign, uuid_v4};
@@ -488,6 +491,18 @@ impl FakeForgejo {
     /// Merges (webhook `pull_request`/`closed` with `merged: true`); returns the merge commit sha.
     pub async fn merge_pull(&self, repo: &str, number: u64, as_user: &str) -> String {
         self.with(|s| s.merge_pull(repo, number, as_user).expect("merge"))
+    }
+
+    /// Submits a review of pull request `number` as `as_user` (webhook `pull_request_rejected`, `_approved` or
+    /// `pull_request_comment` by its kind); its id, or Forgejo's status and message when it refuses.
+    pub async fn review(
+        &self,
+        repo: &str,
+        number: u64,
+        as_user: &str,
+        review: NewReview<'_>,
+    ) -> Result<i64, (u16, String)> {
+        self.with(|s| s.submit_review(repo, number, as_user, review).map_err(|e| (e.status, e.message)))
     }
 
     pub async fn pull(&self, repo: &str, number: u64) -> PullRequest {

@@ -374,6 +374,8 @@ fn repo_route(st: &mut State, m: &str, full: &str, rest: &[&str], req: &Req) -> 
             writer()?;
             open_pull(st, &full, perm, req)
         }
+        ("GET", ["pulls", n, "reviews", tail @ ..]) => super::reviews::route(st, r!(), number(n)?, tail, req),
+        ("POST", ["pulls", n, "reviews"]) => super::reviews::create(st, &full, number(n)?, req),
         ("GET", ["pulls", n, tail @ ..]) => pull_route(st, r!(), number(n)?, tail, perm, req),
         // EditPullRequest: title, body and state (`closed` or `open`); 201 with the pull request.
         ("PATCH", ["pulls", n]) => {
@@ -487,6 +489,21 @@ fn repo_route(st: &mut State, m: &str, full: &str, rest: &[&str], req: &Req) -> 
             let active = body["active"].as_bool().unwrap_or(false);
             let id = st.add_hook(&full, kind, url, content_type, secret, &events, active);
             ok(201, render::hook(r!().hooks.iter().find(|h| h.hook.id == id).unwrap()))
+        }
+        // EditHook: only what the body names changes; `events` replaces the events (expanded as on create).
+        ("PATCH", ["hooks", id]) => {
+            admin()?;
+            let id: i64 = id.parse().map_err(|_| ApiErr::not_found())?;
+            let body = req.json()?;
+            let rec = st.repo_mut(&full).hooks.iter_mut().find(|h| h.hook.id == id).ok_or_else(ApiErr::not_found)?;
+            if let Some(events) = body["events"].as_array() {
+                let events: Vec<String> = events.iter().filter_map(|e| e.as_str().map(String::from)).collect();
+                rec.hook.events = super::webhooks::expand_events(&events);
+            }
+            if let Some(active) = body["active"].as_bool() {
+                rec.hook.active = active;
+            }
+            ok(200, render::hook(rec))
         }
         _ => Err(ApiErr::not_found()),
     }

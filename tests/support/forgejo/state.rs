@@ -136,6 +136,8 @@ pub(crate) struct RepoRec {
     pub branches: BTreeMap<String, String>,
     pub statuses: Vec<StatusRec>,
     pub hooks: Vec<HookRec>,
+    /// Pull request reviews, oldest first (`reviews.rs`).
+    pub reviews: Vec<super::reviews::ReviewRec>,
     pub next_index: u64,
     /// The bare repository holding this repository's git data (`FakeForgejo::link_git`); `None`: the fake's own
     /// `branches` are all there is.
@@ -285,6 +287,7 @@ impl State {
             statuses: Vec::new(),
             hooks: Vec::new(),
             next_index: 1,
+            reviews: Vec::new(),
             git_dir: None,
         };
         self.repos.insert(full.to_ascii_lowercase(), repo);
