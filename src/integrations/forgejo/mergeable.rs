@@ -52,9 +52,20 @@ impl MergeWatch {
         repo: &RepoName,
     ) -> Result<usize, ForgejoError> {
         let open = client.open_pulls(repo).await?;
+        Ok(self.look_at(engine, reads, repo, &open).await)
+    }
+
+    /// [`MergeWatch::look`] at `open`, the open pull requests of `repo` as just listed.
+    pub async fn look_at(
+        &self,
+        engine: &EngineHandle,
+        reads: &ReadPool,
+        repo: &RepoName,
+        open: &[PullRequest],
+    ) -> usize {
         let mut told = 0;
         for pr in open {
-            if !self.undecided(reads, repo, &pr).await {
+            if !self.undecided(reads, repo, pr).await {
                 self.forget(repo, pr.number);
                 continue;
             }
@@ -62,7 +73,7 @@ impl MergeWatch {
                 self.forget(repo, pr.number);
                 continue;
             }
-            if !self.confirmed(repo, &pr) {
+            if !self.confirmed(repo, pr) {
                 continue;
             }
             let command = Command::ObserveConflict {
@@ -82,7 +93,7 @@ impl MergeWatch {
                 }
             }
         }
-        Ok(told)
+        told
     }
 
     /// Whether `pr` is the pull request of a completed task, not ended, whose conflict at this head is not

@@ -188,10 +188,16 @@ async fn run_pass(
     if let Err(e) = ended_pulls(client, engine, reads, repo).await {
         tracing::warn!(%repo, error = %e, "cannot look for merged or closed pull requests; the next pass tries again");
     }
-    if let Err(e) = merge_watch.look(client, engine, reads, repo).await {
-        tracing::warn!(%repo, error = %e, "cannot look for conflicted pull requests; the next pass tries again");
-    }
-    if let Err(e) = reviewed_pulls(client, engine, reads, repo).await {
+    // The open pull requests, listed once for both looks: conflicts, and reviews whose webhook was lost.
+    let open = match client.open_pulls(repo).await {
+        Ok(open) => open,
+        Err(e) => {
+            tracing::warn!(%repo, error = %e, "cannot list the open pull requests; the next pass tries again");
+            return;
+        }
+    };
+    merge_watch.look_at(engine, reads, repo, &open).await;
+    if let Err(e) = reviewed_pulls(client, engine, reads, repo, &open).await {
         tracing::warn!(%repo, error = %e, "cannot look for reviews that request changes; the next pass tries again");
     }
 }
@@ -204,8 +210,9 @@ async fn reviewed_pulls(
     engine: &EngineHandle,
     reads: &ReadPool,
     repo: &RepoName,
+    open: &[types::PullRequest],
 ) -> Result<(), ForgejoError> {
-    for pr in client.open_pulls(repo).await? {
+    for pr in open {
         let (r, n) = (repo.clone(), pr.number);
         let task = reads
             .with(move |v| match v.completed_with_pull(&r, n, crate::core::TaskId(0))? {
