@@ -94,6 +94,7 @@ pub async fn forgejo(
     let Some(key) = delivery.dedupe_key() else { return Ok(Json(WebhookAnswer { status: "ignored" })) };
     let watched = |repo: &crate::core::RepoName| app.config.forgejo.repos.iter().any(|r| r == repo.as_str());
     let bot = app.config.forgejo.bot_user.as_deref();
+    let by_bot = |login: &str| bot.is_some_and(|b| b.trim().eq_ignore_ascii_case(login));
     let inner = match delivery {
         // A deleted issue: only Forgejo can say what is left of it.
         Delivery::Issue { repo, action, issue, .. } if watched(&repo) && action == "deleted" => {
@@ -107,7 +108,7 @@ pub async fn forgejo(
         Delivery::Comment { repo, action, issue, comment, previous, sender, on_pull } if watched(&repo) => {
             // The bot's own comments echo back: they command nothing (the deliverer checks again, with the login
             // read from Forgejo when `bot_user` is not set). Nor does any comment that carries a forgefleet marker.
-            if bot.is_some_and(|b| b.trim().eq_ignore_ascii_case(&sender.login)) || comment.body.contains(MARKER) {
+            if by_bot(&sender.login) || comment.body.contains(MARKER) {
                 return Ok(Json(WebhookAnswer { status: "ignored" }));
             }
             let commands = match (action.as_str(), previous) {
@@ -150,7 +151,7 @@ pub async fn forgejo(
         // writer on the verified head becomes a round of changes. An approval or a review comment asks for
         // nothing; the bot's own reviews never count.
         Delivery::Review { repo, number, requests_changes: true, sender, .. }
-            if watched(&repo) && !bot.is_some_and(|b| b.trim().eq_ignore_ascii_case(&sender.login)) =>
+            if watched(&repo) && !by_bot(&sender.login) =>
         {
             Command::Enqueue(crate::core::Effect::ConfirmReviews { pull: crate::core::IssueRef { repo, number } })
         }

@@ -27,14 +27,8 @@ impl Deliverer {
         let reviews = self.client.pull_reviews(&pull.repo, pull.number).await?;
         for review in reviews.iter().filter(|r| r.asks_changes_of(&pr.head.sha)) {
             let Some(reviewer) = review.user.as_ref().map(|u| u.login.as_str()) else { continue };
-            match self.bot.is(reviewer) {
-                None => {
-                    return Err(DeliveryError::Other(
-                        "forgefleet does not know its own Forgejo login yet (GET /user): reviews wait".into(),
-                    ));
-                }
-                Some(true) => continue,
-                Some(false) => {}
+            if self.is_bot(reviewer, "reviews")? {
+                continue;
             }
             if let Verdict::Refused(_) = CollaboratorPermission(self).check(reviewer, Some(&pull.repo), WHAT).await? {
                 // Anyone who may read may review; only a writer's review is work for the fleet. Nobody is told:

@@ -91,16 +91,10 @@ impl Deliverer {
         commands: &[Parsed],
         quiet: bool,
     ) -> Result<(), DeliveryError> {
-        if let CommandOrigin::Comment { .. } = origin {
-            match self.bot.is(author) {
-                None => {
-                    return Err(DeliveryError::Other(
-                        "forgefleet does not know its own Forgejo login yet (GET /user): commands wait".into(),
-                    ));
-                }
-                Some(true) => return Ok(()),
-                Some(false) => {}
-            }
+        if let CommandOrigin::Comment { .. } = origin
+            && self.is_bot(author, "commands")?
+        {
+            return Ok(());
         }
         match origin {
             CommandOrigin::Comment { .. } => {
@@ -110,6 +104,14 @@ impl Deliverer {
                 self.runner(&MatrixPermission(self)).run(origin, author, commands, quiet).await
             }
         }
+    }
+
+    /// Whether `login` is forgefleet's own Forgejo account, whose words command nothing. Until forgefleet knows
+    /// its login, the delivery waits (an error: tried again later), as `what` says.
+    pub(super) fn is_bot(&self, login: &str, what: &str) -> Result<bool, DeliveryError> {
+        self.bot.is(login).ok_or_else(|| {
+            DeliveryError::Other(format!("forgefleet does not know its own Forgejo login yet (GET /user): {what} wait"))
+        })
     }
 
     fn runner<'a, P: Permission>(&'a self, permission: &'a P) -> Runner<'a, P> {
